@@ -1,0 +1,3 @@
+"""monitor: watch news feeds and alert once per story."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,354 @@
+"""config.yaml: pydantic models, ``${ENV}`` interpolation and ``load_config()``. No logic.
+
+Every problem is reported with ``file:line:column`` and what to do about it; all of them
+at once (``ConfigError.problems``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from monitor.errors import ConfigError, Problem
+from monitor.model import FeedSpec
+from monitor.yamlpos import Positions, load_yaml, problems_from_validation
+
+DEFAULT_CONFIG = "config.yaml"
+ENV_CONFIG = "MONITOR_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """``90``, ``"90s"``, ``"5m"``, ``"2h"``, ``"7d"`` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 2h or 7d")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
+    raise ValueError(f"expected a duration such as 30s, 5m, 2h or 7d, got {value!r}")
+
+
+def parse_size(value: Any) -> int:
+    """``1048576``, ``"10MiB"``, ``"512kb"`` → bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512KiB or 10MiB")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+    raise ValueError(f"expected a size such as 512KiB or 10MiB, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Model):
+    interval: Duration = 300.0
+    alert_on_first_poll: bool = False
+    jitter: float = Field(0.1, ge=0, le=1)  # fraction of the interval
+
+
+class FeedConfig(_Model):
+    name: str = Field(min_length=1)
+    url: str
+    interval: Duration | None = None
+    tags: tuple[str, ...] = ()
+    alert_on_first_poll: bool | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"url must start with http:// or https://, got {v!r}")
+        return v
+
+
+class FetchConfig(_Model):
+    concurrency: int = Field(16, ge=1)
+    per_host: int = Field(2, ge=1)
+    connect_timeout: Duration = 10.0
+    timeout: Duration = 30.0
+    max_bytes: Size = 10 * 1024 * 1024
+    max_redirects: int = Field(5, ge=0)
+    user_agent: str = ""
+    backoff_max: Duration = 6 * 3600.0
+    parse_workers: int = Field(0, ge=0)  # 0 = one per core
+    parse_in: Literal["process", "thread"] = "process"
+
+
+class SlackChannel(_Model):
+    type: Literal["slack"]
+    webhook_url: str | None = None
+    token: str | None = None
+    channel: str | None = None
+    base_url: str | None = None  # Web API base URL (tests point slack-sdk at a local server)
+    rate: float = Field(1.0, gt=0)  # messages per second
+    username: str | None = None
+    icon_emoji: str | None = None
+
+    @model_validator(mode="after")
+    def _auth(self) -> SlackChannel:
+        if self.webhook_url and self.token:
+            raise ValueError("give either webhook_url or token + channel, not both")
+        if not self.webhook_url and not self.token:
+            raise ValueError(
+                "a slack channel needs webhook_url (incoming webhook) or token + channel (bot)"
+            )
+        if self.token and not self.channel:
+            raise ValueError("a bot token needs a channel, e.g. channel: '#news'")
+        return self
+
+
+class EmailChannel(_Model):
+    type: Literal["email"]
+    host: str
+    port: int | None = None
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+    from_: str = Field(alias="from")
+    to: tuple[str, ...] = Field(min_length=1)
+    timeout: Duration = 30.0
+    rate: float = Field(1.0, gt=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return {"tls": 465, "starttls": 587, "none": 25}[self.security]
+
+
+class FileChannel(_Model):
+    type: Literal["file"]
+    path: str
+    rate: float = Field(1000.0, gt=0)
+
+
+Channel = Annotated[SlackChannel | EmailChannel | FileChannel, Field(discriminator="type")]
+
+
+class DedupConfig(_Model):
+    window: Duration = 48 * 3600.0
+    threshold: float = Field(0.0, ge=0, le=100)  # 0 = the engine's calibrated default
+    enabled: bool = True
+
+
+class DeliveryConfig(_Model):
+    retry_min: Duration = 30.0
+    retry_max: Duration = 3600.0
+    give_up_after: Duration = 7 * 86400.0  # retryable failures older than this are given up
+    batch: int = Field(50, ge=1)
+
+
+class ServerConfig(_Model):
+    listen: str = "127.0.0.1:9464"
+    enabled: bool = True
+
+
+class Config(_Model):
+    defaults: Defaults = Defaults()
+    feeds: tuple[FeedConfig, ...] = ()
+    rules: str = "rules"
+    store: str = "sqlite:///monitor.db"
+    retention: Duration = 30 * 86400.0
+    channels: dict[str, Channel] = {}
+    fetch: FetchConfig = FetchConfig()
+    dedup: DedupConfig = DedupConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    server: ServerConfig = ServerConfig()
+    # where the config file lives: relative paths resolve against it
+    base_dir: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        seen: set[str] = set()
+        for f in self.feeds:
+            if f.name in seen:
+                raise ValueError(f"feed name {f.name!r} is used twice; feed names must be unique")
+            seen.add(f.name)
+        return self
+
+    def feed_specs(self) -> list[FeedSpec]:
+        d = self.defaults
+        return [
+            FeedSpec(
+                name=f.name,
+                url=f.url,
+                interval=f.interval or d.interval,
+                tags=tuple(f.tags),
+                alert_on_first_poll=(
+                    d.alert_on_first_poll if f.alert_on_first_poll is None else f.alert_on_first_poll
+                ),
+            )
+            for f in self.feeds
+        ]
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def rules_path(self) -> Path:
+        return self.resolve(self.rules)
+
+    @property
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path made absolute against the config."""
+        if self.store.startswith("sqlite:///"):
+            rest = self.store[len("sqlite:///") :]
+            if rest == ":memory:":
+                return self.store
+            return "sqlite:///" + str(self.resolve(rest))
+        return self.store
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(
+    data: Any, where: tuple[str | int, ...], env: dict[str, str], missing: list[tuple[Any, str]]
+) -> Any:
+    if isinstance(data, dict):
+        return {k: _interpolate(v, (*where, k), env, missing) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_interpolate(v, (*where, i), env, missing) for i, v in enumerate(data)]
+    if isinstance(data, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            missing.append((where, name))
+            return ""
+
+        return _ENV.sub(sub, data)
+    return data
+
+
+def secrets_of(config: Config) -> list[str]:
+    """Values that must never be logged (webhook URLs, tokens, passwords)."""
+    out: list[str] = []
+    for ch in config.channels.values():
+        if isinstance(ch, SlackChannel):
+            out += [s for s in (ch.webhook_url, ch.token) if s]
+        elif isinstance(ch, EmailChannel) and ch.password:
+            out.append(ch.password)
+    return out
+
+
+def find_config(explicit: str | None) -> Path:
+    """``--config`` if given, else ``./config.yaml``, else ``$MONITOR_CONFIG``."""
+    if explicit:
+        return Path(explicit)
+    local = Path(DEFAULT_CONFIG)
+    if local.exists():
+        return local
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    return local
+
+
+def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Config:
+    """Validate config text; raise ``ConfigError`` listing every problem."""
+    env = dict(os.environ) if env is None else env
+    try:
+        data, positions = load_yaml(text, path)
+    except ValueError as e:
+        raise ConfigError([e.args[0]], "invalid configuration") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(path, 1, 1, "the configuration must be a mapping of keys")])
+    missing: list[tuple[Any, str]] = []
+    data = _interpolate(data, (), env, missing)
+    problems: list[Problem] = []
+    for where, name in missing:
+        pos = positions.get(tuple(where))
+        problems.append(
+            Problem(
+                path,
+                pos[0] if pos else None,
+                pos[1] if pos else None,
+                f"environment variable {name} is not set (used in {'.'.join(map(str, where))}); "
+                f"export it or write ${{{name}:-default}}",
+            )
+        )
+    base = str(Path(path).resolve().parent)
+    try:
+        config = Config.model_validate({**data, "base_dir": base})
+    except ValidationError as e:
+        problems += problems_from_validation(e, path, _positions(positions))
+        config = None
+    if problems or config is None:
+        raise ConfigError(problems, "invalid configuration")
+    return config
+
+
+def _positions(p: Positions) -> Positions:
+    # email channels use the alias "from": pydantic reports loc "from" already.
+    return p
+
+
+def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(
+            [
+                Problem(
+                    str(p),
+                    None,
+                    None,
+                    "configuration file not found; copy config.example.yaml to config.yaml, "
+                    f"or pass --config PATH, or set {ENV_CONFIG}",
+                )
+            ]
+        )
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([Problem(str(p), None, None, f"cannot read: {e}")]) from e
+    return parse_config(text, str(p), env)

@@ -1,0 +1,216 @@
+"""Frozen, keyword-only dataclasses passed between the stages.
+
+Names follow the flow of data (see DESIGN.md):
+
+* ``FeedSpec``     a feed as configured (from config.yaml)
+* ``FeedState``    a feed as stored (schedule, validators, failures)
+* ``FetchResult``  what the fetcher saw: ``Fetched`` | ``NotModified`` | ``FetchFailed``
+* ``ParsedFeed``   what parse + normalise made of the bytes: stories and any problem
+* ``Story``        one normalised entry
+* ``Match``        one rule that fired on a story, with the evidence (``Hit``)
+* ``Alert``        what a notifier renders: story + match + cluster facts
+* ``Delivery``     one outbox row: an alert for one channel, with its idempotency key
+
+All datetimes are timezone-aware UTC. Nothing here does I/O or reads the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Severity = Literal["info", "low", "medium", "high", "critical"]
+SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FeedSpec:
+    """A feed as configured."""
+
+    name: str
+    url: str
+    interval: float  # seconds between polls
+    tags: tuple[str, ...] = ()
+    alert_on_first_poll: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FeedState:
+    """A feed as stored: where to fetch it, validators, schedule and health."""
+
+    name: str
+    url: str  # current URL (a permanent redirect updates it)
+    configured_url: str  # the URL in config.yaml (a config change resets ``url``)
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None  # sha256 of the last 200 body: an identical body skips parsing
+    last_polled: datetime | None = None
+    next_poll: datetime | None = None
+    last_success: datetime | None = None
+    failures: int = 0  # consecutive failed polls (drives backoff)
+    last_status: int | None = None
+    last_error: str | None = None
+    gone: bool = False  # the server answered 410 Gone
+    baselined: bool = False  # the first poll (silent baseline) is done
+    problem: str | None = None  # last bozo / parse warning, even on success
+    polls: int = 0
+    stories_seen: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fetched:
+    """A 200 response with its body."""
+
+    url: str  # the URL requested
+    final_url: str  # after redirects
+    status: int
+    body: bytes
+    headers: dict[str, str]  # response headers (lower-case names)
+    etag: str | None
+    last_modified: str | None
+    permanent_redirect: str | None = None  # new URL when every hop was 301/308
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NotModified:
+    """A 304: nothing changed since the validators we sent."""
+
+    url: str
+    etag: str | None
+    last_modified: str | None
+    permanent_redirect: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FetchFailed:
+    """Any failure; ``reason`` is readable by a person, ``retry_after`` in seconds."""
+
+    url: str
+    reason: str
+    status: int | None = None
+    retry_after: float | None = None
+    gone: bool = False  # 410
+    permanent_redirect: str | None = None
+
+
+FetchResult = Fetched | NotModified | FetchFailed
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Story:
+    """One feed entry, normalised.
+
+    ``id`` is stable and global: the entry's guid when it is a URL/URN/tag URI, the guid
+    scoped by feed (``feed:guid``) otherwise, else the canonical link, else
+    ``sha256:`` of title+link. ``link`` is canonical (tracking parameters removed).
+    """
+
+    id: str
+    feed: str
+    title: str
+    link: str
+    summary: str = ""  # plain text
+    content: str = ""  # plain text of the full content, when the feed carries it
+    published: datetime  # UTC; falls back to first_seen
+    first_seen: datetime
+    authors: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    lang: str | None = None
+    guid: str | None = None
+    feed_tags: tuple[str, ...] = ()  # the configured tags of the feed it came from
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ParsedFeed:
+    """What parsing + normalising one body produced."""
+
+    title: str
+    link: str
+    stories: tuple[Story, ...]
+    problem: str | None = None  # bozo reason, if feedparser flagged one
+    failed: bool = False  # True when nothing usable came out (then ``problem`` says why)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hit:
+    """Where a term matched: field name and character offsets in that field's text."""
+
+    term: str
+    field: str
+    start: int
+    end: int
+    text: str  # the matched text as it appears
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Match:
+    """A rule that fired on a story, and why."""
+
+    rule: str
+    severity: str
+    channels: tuple[str, ...]
+    terms: tuple[str, ...] = ()  # the rule's terms that matched
+    actors: tuple[str, ...] = ()  # actor names that matched
+    hits: tuple[Hit, ...] = ()
+    cooldown: float = 0.0  # seconds; 0 = once per story cluster forever
+    digest: str | None = None  # cron expression when the rule collects into a digest
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Alert:
+    """Everything a notifier needs to render one alert."""
+
+    story: Story
+    match: Match
+    cluster: str  # story cluster id
+    sources: int = 1  # distinct sources carrying the cluster
+    source_names: tuple[str, ...] = ()
+    update: bool = False  # a later update of an earlier alert (new source, "carried by N")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Delivery:
+    """One outbox row. ``key`` = cluster × rule × channel (× update number)."""
+
+    key: str
+    channel: str
+    alert: Alert
+    created: datetime
+    parent_key: str | None = None  # for updates: the first alert's key (thread / In-Reply-To)
+    id: int | None = None  # assigned by the store
+    attempts: int = 0
+    next_attempt: datetime | None = None
+    thread_ref: str | None = None  # the parent's reference (Slack ts, email Message-ID)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Sent:
+    """The peer accepted the message; ``ref`` identifies it for threading."""
+
+    ref: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendFailed:
+    """The peer refused or could not be reached; ``retry`` says whether to try again."""
+
+    reason: str
+    retry: bool
+    retry_after: float | None = None
+
+
+SendResult = Sent | SendFailed
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterInfo:
+    """A story cluster as stored."""
+
+    id: str
+    first_story: str
+    title: str
+    first_seen: datetime
+    last_seen: datetime
+    sources: tuple[str, ...] = ()
+    members: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,1 @@
+"""Notifiers: deliver rendered alerts to Slack, email or a JSON-lines file."""

@@ -1,0 +1,28 @@
+"""The Notifier protocol: one per channel kind, one shared test suite (tests/test_notify.py).
+
+``send`` never raises for a delivery problem: it returns ``Sent(ref)`` when the peer
+accepted the message, or ``SendFailed(reason, retry, retry_after)``. ``retry`` is True
+for transient problems (connection refused, timeouts, 5xx, 429 with its Retry-After)
+and False for those that will not heal by themselves (bad token, unknown channel,
+rejected recipient). Secrets (webhook URLs, tokens, passwords) never appear in reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from monitor.model import Alert, SendResult
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    name: str  # the channel's name in config.yaml
+
+    async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
+        """Deliver one alert. ``thread_ref`` is the parent's ``Sent.ref`` for updates
+        (Slack: reply in the thread; email: In-Reply-To / References)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,150 @@
+"""The Store protocol: everything the daemon keeps between polls and restarts.
+
+Implementations: ``sqlite.SQLiteStore`` (default, embedded) and ``postgres.PostgresStore``
+(several instances sharing the work). Both pass the one shared suite in
+``tests/test_store.py``.
+
+Every method raises ``StoreError`` (wrapping the driver's exception with ``from``) when
+the database fails. Times are timezone-aware UTC datetimes and are always passed in:
+a store never reads the clock.
+
+Durability contract (the outbox): ``save_poll`` records the feed state, the new
+stories, their cluster membership and the deliveries in ONE transaction. A delivery's
+``key`` is unique: saving a delivery whose key exists is a no-op, so a replay after a
+crash sends nothing twice. A delivery is marked sent only after the peer accepted it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from monitor.model import ClusterInfo, Delivery, FeedState, Story
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoredStory:
+    """A story with the cluster it was assigned to."""
+
+    story: Story
+    cluster: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeliveryStatus:
+    """An outbox row as seen by an operator (``monitor status``, health)."""
+
+    id: int
+    key: str
+    channel: str
+    state: str  # "pending" | "sent" | "failed" (permanently)
+    attempts: int
+    created: datetime
+    next_attempt: datetime | None
+    sent_at: datetime | None
+    last_error: str | None
+    ref: str | None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistent state. Use as ``async with store:`` (``open`` creates/migrates the schema)."""
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    # -- feeds --------------------------------------------------------------------------
+    async def get_feeds(self) -> list[FeedState]:
+        """All stored feeds, ordered by name."""
+
+    async def get_feed(self, name: str) -> FeedState | None:
+        """One feed by name, or None."""
+
+    async def save_feed(self, state: FeedState) -> None:
+        """Insert or replace a feed's state (by name)."""
+
+    async def delete_feed(self, name: str) -> None:
+        """Forget a feed removed from the config (its stories stay until pruned)."""
+
+    async def claim_due_feeds(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[FeedState]:
+        """Feeds with ``next_poll <= now`` (or never polled), not gone, oldest first.
+
+        The claim sets ``next_poll`` to ``lease_until`` so that another worker (or another
+        instance sharing a PostgreSQL store) does not poll the same feed concurrently;
+        ``save_poll``/``save_feed`` then sets the real next poll time.
+        """
+
+    # -- stories ------------------------------------------------------------------------
+    async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
+        """The subset of the given story ids and canonical links already stored."""
+
+    async def save_poll(
+        self,
+        state: FeedState,
+        stories: Sequence[StoredStory],
+        deliveries: Sequence[Delivery],
+        clusters: Sequence[ClusterInfo] = (),
+    ) -> list[Delivery]:
+        """One transaction: feed state, new stories, cluster upserts and outbox rows.
+
+        Stories whose id exists are ignored. ``clusters`` are upserted by id (sources and
+        last_seen replaced, first_seen kept). Returns the deliveries actually inserted
+        (with ``id`` set); those whose key already existed are skipped.
+        """
+
+    async def recent_stories(self, since: datetime, *, limit: int | None = None) -> list[StoredStory]:
+        """Stories first seen at or after ``since``, oldest first (dedup rebuild, backtest)."""
+
+    async def get_story(self, story_id: str) -> StoredStory | None:
+        """One story by id."""
+
+    async def prune(self, before: datetime) -> int:
+        """Delete stories first seen before ``before`` (and clusters left empty, and sent
+        or failed deliveries created before it). Returns the number of stories deleted."""
+
+    # -- clusters -----------------------------------------------------------------------
+    async def get_cluster(self, cluster_id: str) -> ClusterInfo | None:
+        """A cluster with its member story ids and distinct sources."""
+
+    async def list_clusters(self, *, since: datetime | None = None, limit: int = 50) -> list[ClusterInfo]:
+        """Clusters, most recently seen first."""
+
+    # -- outbox -------------------------------------------------------------------------
+    async def claim_deliveries(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[Delivery]:
+        """Pending deliveries due at ``now`` (``next_attempt <= now``), oldest first.
+
+        Claimed rows get ``next_attempt = lease_until`` so a crash mid-send retries them
+        after the lease (at-least-once towards the peer, exactly-once when it answered).
+        ``Delivery.thread_ref`` is filled from the parent delivery's ``ref`` when sent.
+        """
+
+    async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:
+        """The peer accepted it: state ``sent``, ``ref`` kept for threading updates."""
+
+    async def mark_failed(
+        self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
+    ) -> None:
+        """A failed attempt: ``attempts += 1``; retry at ``next_attempt``, or give up
+        (state ``failed``) when it is None."""
+
+    async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
+        """Outbox rows for operators, newest first, optionally filtered by state."""
+
+    async def last_alert(self, cluster: str, rule: str, channel: str) -> datetime | None:
+        """When an alert for this cluster × rule × channel was last created (cooldown)."""
+
+    async def count_pending(self) -> int:
+        """Deliveries not yet sent and not given up."""
