@@ -1,0 +1,110 @@
+"""Structured logs: one event name plus fields, rendered as ``key=value`` text or JSON lines.
+
+    from monitor.log import get_logger
+    log = get_logger(__name__)
+    log.info("feed.polled", feed="bbc", status=304, new=0, ms=41)
+
+Values registered with ``redact()`` (webhook URLs, tokens, passwords) are replaced by
+``***`` in every rendered line, whatever field or message they hide in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_SECRETS: set[str] = set()
+
+
+def redact(*values: str | None) -> None:
+    """Never print these values (secrets from the config)."""
+    for v in values:
+        if v and len(v) >= 4:
+            _SECRETS.add(v)
+
+
+def scrub(text: str) -> str:
+    for s in _SECRETS:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+class Logger:
+    """A thin wrapper over ``logging.Logger`` that takes fields as keyword arguments."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self._log.isEnabledFor(level):
+            exc = fields.pop("exc_info", None)
+            self._log.log(level, event, extra={"fields": fields}, exc_info=exc)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, event, fields)
+
+
+def get_logger(name: str) -> Logger:
+    return Logger(logging.getLogger(name))
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        v = round(v, 3)
+    s = str(v)
+    if s == "" or any(c in s for c in " \"=\n\t"):
+        s = json.dumps(s, ensure_ascii=False)
+    return s
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        parts = [f"{ts}Z", record.levelname.lower().ljust(7), record.getMessage()]
+        parts += [f"{k}={_value(v)}" for k, v in fields.items()]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return scrub(line)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        for k, v in fields.items():
+            out[k] = v if isinstance(v, int | float | bool | None) else str(v)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return scrub(json.dumps(out, ensure_ascii=False))
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("apscheduler", "aiohttp.access", "asyncio", "mail.log", "watchfiles"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
