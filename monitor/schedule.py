@@ -1,0 +1,117 @@
+"""Pure polling-schedule decisions: when should a feed be fetched next?
+
+Nothing here reads the clock or does I/O: ``now`` is always an argument, and the
+"random" jitter is derived from a hash of the feed's key (and ``now``), so the same
+inputs always give the same answer while different feeds still spread out.
+
+* :func:`next_poll`    after a poll: the interval (± jitter) on success, exponential
+  backoff on failure (never giving up), ``Retry-After`` as a lower bound.
+* :func:`initial_poll` at start-up: resume the stored schedule, spreading overdue
+  feeds over the first minute and brand-new feeds over the first 30 seconds, so a
+  restart does not fire every feed at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+
+#: A ``Retry-After`` longer than this is treated as this (a server asking for a week
+#: of silence is more likely broken than sincere; we still back off a whole day).
+RETRY_AFTER_CAP = 24 * 3600.0
+#: Overdue feeds found at start-up are spread over at most this many seconds.
+OVERDUE_SPREAD = 60.0
+#: Brand-new feeds get their first poll spread over at most this many seconds.
+NEW_FEED_SPREAD = 30.0
+#: Exponent cap for the backoff multiplier (2**62 × any interval is beyond any cap).
+_MAX_EXPONENT = 62
+
+
+def unit_hash(*parts: str) -> float:
+    """A deterministic number in [0, 1) derived from ``parts`` (stable across runs)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def backoff_delay(*, interval: float, failures: int, backoff_max: float) -> float:
+    """Seconds to wait after ``failures`` consecutive failures (``failures >= 1``).
+
+    ``interval × 2**(failures-1)``, capped at ``backoff_max`` but never shorter than
+    ``interval`` (a small ``backoff_max`` must not make a failing feed poll *faster*).
+    """
+    exponent = min(max(failures, 1) - 1, _MAX_EXPONENT)
+    return max(interval, min(interval * float(2**exponent), backoff_max))
+
+
+def _require_aware(now: datetime) -> None:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+
+
+def next_poll(
+    *,
+    now: datetime,
+    interval: float,
+    failures: int,
+    retry_after: float | None,
+    backoff_max: float,
+    jitter: float,
+    key: str,
+) -> datetime:
+    """When to poll a feed next, decided right after a poll that ended at ``now``.
+
+    * ``failures == 0`` (success): ``now + interval ± jitter × interval``.
+    * ``failures >= 1``: exponential backoff ``interval × 2**(failures-1)``, capped at
+      ``backoff_max`` (but never below ``interval``); the feed is never given up on.
+      The same relative jitter applies, so feeds failing together do not retry together.
+    * ``retry_after`` (seconds, from a 429/503) is a lower bound on the delay, itself
+      capped at :data:`RETRY_AFTER_CAP`; negative values are ignored.
+
+    ``jitter`` is a fraction of the delay in [0, 1]; the offset is derived from a hash
+    of ``key`` and ``now``: deterministic for tests, different across feeds and polls.
+    """
+    _require_aware(now)
+    interval = max(interval, 0.0)
+    jitter = min(max(jitter, 0.0), 1.0)
+    delay = interval if failures <= 0 else backoff_delay(
+        interval=interval, failures=failures, backoff_max=backoff_max
+    )
+    # offset in [-jitter, +jitter) × delay
+    delay += (2.0 * unit_hash(key, now.isoformat()) - 1.0) * jitter * delay
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
+    return now + timedelta(seconds=max(delay, 0.0))
+
+
+def initial_poll(
+    *,
+    now: datetime,
+    interval: float,
+    key: str,
+    last_polled: datetime | None,
+    next_poll: datetime | None,
+) -> datetime:
+    """The first poll time of a feed when the daemon starts (or the feed is added).
+
+    * A stored ``next_poll`` in the future (or exactly ``now``) is kept as it is: a
+      restart resumes the schedule, including any backoff in progress.
+    * Without a stored ``next_poll`` but with ``last_polled``, the feed is due at
+      ``last_polled + interval``.
+    * A due time in the past means the feed is overdue (the daemon was down): instead
+      of firing every overdue feed at once, each is placed at a deterministic point
+      (by ``key``) in ``[now, now + min(interval, 60 s))``.
+    * A brand-new feed (never polled, nothing stored) is placed at a deterministic
+      point in ``[now, now + min(interval, 30 s))``.
+    """
+    _require_aware(now)
+    interval = max(interval, 0.0)
+    due = next_poll
+    if due is None and last_polled is not None:
+        due = last_polled + timedelta(seconds=interval)
+    if due is None:
+        window = min(interval, NEW_FEED_SPREAD)
+    elif due >= now:
+        return due
+    else:
+        window = min(interval, OVERDUE_SPREAD)
+    return now + timedelta(seconds=unit_hash(key) * window)
