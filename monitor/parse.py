@@ -1,0 +1,158 @@
+"""Pure: feed bytes + response headers → :class:`~monitor.model.ParsedFeed`.
+
+feedparser never sees a URL or a file name: the body goes in as a ``BytesIO`` (a bare
+``bytes`` or ``str`` argument would be tried as a path and, for ``str``, as a URL), the
+HTTP response headers as ``response_headers`` (lower-cased names; ``Content-Type``'s
+charset drives the decoding), and the feed URL as ``Content-Location`` so relative links
+resolve against it. A missing ``Content-Type`` counts as ``application/xml`` (encoding
+from the BOM / XML declaration, else UTF-8). HTML in entries is sanitised by feedparser before we reduce it to
+plain text.
+
+Outcomes:
+
+* well-formed feed → stories, ``problem=None`` (zero entries is fine: not a failure);
+* "bozo" feed (broken XML, wrong encoding declaration …) that still yields entries →
+  stories plus ``problem`` = a readable reason such as
+  ``"not well-formed XML at line 3, column 2: mismatched tag"``;
+* bozo with no entries, an empty body, or a document that is not RSS/Atom/RDF →
+  ``ParsedFeed(failed=True, problem=...)``.
+
+``parse_feed`` is a top-level function with plain, picklable arguments and result, so
+the daemon may run it in a ``ProcessPoolExecutor`` or in threads. It never raises for
+bad input.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import xml.sax
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import feedparser
+
+from monitor.model import ParsedFeed, Story
+from monitor.normalize import canonical_link, normalize_entry
+from monitor.text import html_to_text
+
+__all__ = ["describe_bozo", "parse_feed"]
+
+
+_BOMS = (codecs.BOM_UTF32_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF8, codecs.BOM_UTF16_BE,
+         codecs.BOM_UTF16_LE)
+_DECLS = tuple("<?xml".encode(enc) for enc in ("ascii", "utf-16-be", "utf-16-le", "utf-32-be",
+                                                 "utf-32-le"))
+
+
+def _prepends_declaration(body: bytes) -> bool:
+    """feedparser re-encodes to UTF-8 and, when the document does not *start* with an XML
+    declaration, prepends one plus a newline: SAX line numbers are then one too high."""
+    for bom in _BOMS:
+        if body.startswith(bom):
+            body = body[len(bom):]
+            break
+    return not body.startswith(_DECLS)
+
+
+def describe_bozo(exc: BaseException | None, *, line_offset: int = 0) -> str:
+    """A person-readable reason for feedparser's ``bozo_exception``.
+
+    ``line_offset`` corrects the line number of an XML error (see ``parse_feed``).
+    """
+    if exc is None:
+        return "feed is malformed (no reason given)"
+    if isinstance(exc, xml.sax.SAXParseException):
+        where = f"line {max((exc.getLineNumber() or 1) - line_offset, 1)}"
+        col = exc.getColumnNumber()
+        if col is not None and col >= 0:
+            where += f", column {col}"
+        return f"not well-formed XML at {where}: {exc.getMessage()}"
+    name = type(exc).__name__
+    message = str(exc).strip() or name
+    if isinstance(exc, feedparser.CharacterEncodingOverride):
+        return f"character encoding: {message}"
+    if isinstance(exc, feedparser.CharacterEncodingUnknown):
+        return f"unknown character encoding: {message}"
+    if isinstance(exc, feedparser.NonXMLContentType):
+        return f"not served as XML: {message}"
+    if isinstance(exc, feedparser.UndeclaredNamespace):
+        return f"undeclared XML namespace: {message}"
+    if isinstance(exc, xml.sax.SAXException):
+        return f"XML error: {message}"
+    return f"{name}: {message}"
+
+
+def _headers(headers: Mapping[str, str], url: str) -> dict[str, str]:
+    out = {str(k).lower(): str(v) for k, v in headers.items()}
+    # Without a Content-Type feedparser would assume ISO-8859-1 and flag the feed (as soon
+    # as any header is given); the XML declaration / BOM / UTF-8 is the better default.
+    out.setdefault("content-type", "application/xml")
+    if url and "content-location" not in out:
+        out["content-location"] = url
+    return out
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_feed(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    feed: str,
+    feed_tags: tuple[str, ...] = (),
+    url: str = "",
+    now: datetime,
+) -> ParsedFeed:
+    """Parse one fetched body and normalise its entries (see the module docstring)."""
+    if not body or not body.strip():
+        return ParsedFeed(title="", link="", stories=(), problem="empty body", failed=True)
+    hdrs = _headers(headers, url)
+    try:
+        result = feedparser.parse(
+            io.BytesIO(bytes(body)),
+            response_headers=hdrs,
+            sanitize_html=True,
+            resolve_relative_uris=True,
+        )
+    except Exception as e:  # feedparser bug on hostile input: a result, not a crash
+        return ParsedFeed(
+            title="", link="", stories=(), problem=f"feedparser failed: {describe_bozo(e)}",
+            failed=True,
+        )
+
+    meta = result.get("feed") or {}
+    entries = result.get("entries") or []
+    problem = None
+    if result.get("bozo"):
+        offset = 1 if _prepends_declaration(body) else 0
+        problem = describe_bozo(result.get("bozo_exception"), line_offset=offset)
+    base = url or _str(meta.get("link"))
+    title = html_to_text(_str(meta.get("title")), single_line=True)
+    link = canonical_link(_str(meta.get("link")), url)
+
+    if not entries:
+        if problem:
+            return ParsedFeed(title=title, link=link, stories=(), problem=problem, failed=True)
+        if not result.get("version"):
+            return ParsedFeed(
+                title=title, link=link, stories=(),
+                problem="not an RSS, Atom or RDF feed (no feed root element found)",
+                failed=True,
+            )
+        return ParsedFeed(title=title, link=link, stories=())
+
+    lang = _str(meta.get("language")) or hdrs.get("content-language") or None
+    stories: list[Story] = []
+    seen: set[str] = set()
+    for entry in entries:
+        story = normalize_entry(
+            entry, feed=feed, feed_tags=feed_tags, base_url=base, now=now, lang=lang
+        )
+        if story is not None and story.id not in seen:  # a repeated guid: first one wins
+            seen.add(story.id)
+            stories.append(story)
+    return ParsedFeed(title=title, link=link, stories=tuple(stories), problem=problem)

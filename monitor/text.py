@@ -1,0 +1,161 @@
+"""Pure HTML → plain text, for story titles, summaries and content.
+
+``html_to_text`` uses the stdlib ``html.parser``: tags are dropped, the contents of
+``script``/``style``/``template``/embedded objects are dropped entirely, block elements
+(``p``, ``div``, headings, lists, tables …) become paragraph breaks, ``br``/``li``/``tr``
+line breaks and table cells spaces, character
+references are decoded, whitespace is collapsed and the result is NFC-normalised.
+
+Feeds often escape their HTML twice (``&amp;amp;``, ``&lt;b&gt;``); when the decoded text
+still looks like escaped markup or entities, it is decoded once more (only once: a
+literal ``&amp;`` written on purpose by a third escaping level survives as ``&``).
+
+Typographic characters (curly quotes, dashes, non-Latin scripts) are kept as they are;
+only control characters and zero-width noise are removed.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from html.parser import HTMLParser
+
+__all__ = ["clean_text", "html_to_text", "truncate"]
+
+# Elements whose whole content is dropped (not text a reader would see).
+_SKIP = frozenset(
+    {"script", "style", "template", "noscript", "iframe", "object", "embed", "svg", "math",
+     "head", "title", "select", "textarea", "button", "canvas", "audio", "video", "map"}
+)
+# Elements that are paragraphs of their own (a blank line before and after) …
+_PARA = frozenset(
+    {"address", "article", "aside", "blockquote", "caption", "details", "dialog", "div", "dl",
+     "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6",
+     "header", "hgroup", "hr", "main", "nav", "ol", "p", "pre", "section", "summary", "table",
+     "ul"}
+)
+# … elements that start a new line …
+_LINE = frozenset({"br", "li", "tr", "dt", "dd"})
+# … and cells, separated by a space.
+_CELL = frozenset({"td", "th"})
+_VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+     "source", "track", "wbr"}
+)
+
+# Control characters except \t \n; zero-width and bidi-embedding noise is kept out too,
+# but RLM/LRM (used in RTL text) and ZWJ/ZWNJ (needed by Persian/Urdu, emoji) are kept.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff\ufffe\uffff]")
+_HSPACE = re.compile(r"[^\S\n]+")  # whitespace other than newline (includes NBSP)
+_NEWLINES = re.compile(r"\s*\n\s*(?:\n\s*)+")  # two or more line breaks → one blank line
+_NEWLINE = re.compile(r" *\n *")
+# Signs of a second level of escaping: an entity or an escaped tag in the decoded text.
+_ESCAPED = re.compile(
+    r"&(?:[a-zA-Z][a-zA-Z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6});"
+    r"|<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?\s*>"
+)
+
+
+class _TextExtractor(HTMLParser):
+    """Collects the visible text of an HTML fragment."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP:
+            if tag not in _VOID:
+                self._skip_depth += 1
+            return
+        self._open(tag, attrs)
+
+    def _open(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _PARA:
+            self.parts.append("\n\n")
+        elif tag in _LINE:
+            self.parts.append("\n")
+        elif tag in _CELL:
+            self.parts.append(" ")
+        elif tag == "img":
+            alt = dict(attrs).get("alt")
+            if alt and not self._skip_depth:
+                self.parts.append(f" {alt} ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # <br/>, <p/>, <script/>: never opens a skipped region.
+        if tag not in _SKIP:
+            self._open(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            if tag not in _VOID and self._skip_depth:
+                self._skip_depth -= 1
+            return
+        if tag in _PARA:
+            self.parts.append("\n\n")
+        elif tag in _CELL:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip_depth:
+            self.parts.append(data)
+
+    # CDATA sections (``<![CDATA[...]]>`` inside HTML) arrive here as "CDATA[..."
+    def unknown_decl(self, data: str) -> None:
+        if data.startswith("CDATA[") and not self._skip_depth:
+            self.parts.append(data[6:])
+
+
+def _extract(markup: str) -> str:
+    parser = _TextExtractor()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:  # html.parser is lenient, but never let odd input escape
+        return re.sub(r"<[^>]*>", " ", markup)
+    return "".join(parser.parts)
+
+
+def clean_text(text: str, *, single_line: bool = False) -> str:
+    """Normalise plain text: NFC, no control characters, collapsed whitespace.
+
+    ``single_line`` folds every line break into a space (titles); otherwise paragraphs
+    are kept, separated by one blank line at most.
+    """
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _CONTROL.sub("", text.replace("\t", " "))
+    if single_line:
+        return " ".join(text.split())
+    text = _HSPACE.sub(" ", text)
+    text = _NEWLINES.sub("\n\n", text)
+    text = _NEWLINE.sub("\n", text)
+    return text.strip()
+
+
+def html_to_text(markup: str, *, single_line: bool = False) -> str:
+    """The visible text of an HTML fragment (or of plain text that may hold entities).
+
+    >>> html_to_text("<p>Tom &amp; Jerry&#8217;s <b>show</b></p><script>x()</script>")
+    'Tom & Jerry’s show'
+    """
+    if not markup:
+        return ""
+    if "<" not in markup and "&" not in markup:
+        return clean_text(markup, single_line=single_line)
+    text = _extract(markup)
+    if _ESCAPED.search(text):  # double-escaped: &amp;amp; or &lt;p&gt;
+        text = _extract(text)
+    return clean_text(text, single_line=single_line)
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut ``text`` to at most ``limit`` characters, at a word boundary, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 0)]
+    space = cut.rfind(" ", max(len(cut) - 200, 0))
+    if space > 0:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
