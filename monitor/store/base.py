@@ -148,3 +148,11 @@ class Store(Protocol):
 
     async def count_pending(self) -> int:
         """Deliveries not yet sent and not given up."""
+
+    async def release(self, delivery_id: int, next_attempt: datetime) -> None:
+        """Give a claimed delivery back without counting an attempt (its channel is
+        failing; it was not tried)."""
+
+    async def cluster_alerts(self, cluster: str) -> list[Delivery]:
+        """The first alerts (not updates) created for a cluster, any state, oldest first:
+        routing uses them for cooldowns and "carried by N sources" updates."""

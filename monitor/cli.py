@@ -1,0 +1,449 @@
+"""The commands. Parses arguments, calls the rest, prints text or ``--json``.
+
+    monitor run        the daemon
+    monitor once       poll every feed once, deliver, exit
+    monitor check      validate config and rules; print every problem; exit 1 if any
+    monitor demo       the real pipeline on bundled feeds, offline
+    monitor status     feeds and outbox state
+    monitor rules test "would this story fire?" with the reasons
+    monitor backtest   replay stored stories through (edited) rules, send nothing
+    monitor stories cluster|list|show
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from monitor import __version__
+from monitor.config import Config, find_config, load_config, parse_duration
+from monitor.errors import ConfigError, MonitorError, ProblemsError, RulesError
+from monitor.log import setup_logging
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="PATH",
+                   help="config file (default ./config.yaml, else $MONITOR_CONFIG)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="monitor", description=__doc__.splitlines()[0] if __doc__ else "")
+    ap.add_argument("--version", action="version", version=f"monitor {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon")
+    _add_common(p)
+    p = sub.add_parser("once", help="poll every feed once, deliver, exit")
+    _add_common(p)
+    p = sub.add_parser("check", help="validate config and rules")
+    _add_common(p)
+    p = sub.add_parser("demo", help="run the real pipeline offline on bundled feeds")
+    _add_common(p)
+    p.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
+    p = sub.add_parser("status", help="feeds and outbox state")
+    _add_common(p)
+
+    rules = sub.add_parser("rules", help="rule tools").add_subparsers(dest="rules_cmd",
+                                                                      required=True)
+    p = rules.add_parser("test", help="would a story fire? and why")
+    _add_common(p)
+    p.add_argument("file", nargs="?", help="a text file (first line = title) or a feed file")
+    p.add_argument("--title", help="story title")
+    p.add_argument("--text", help="story text")
+    p.add_argument("--feed", metavar="FILE_OR_URL", help="test every entry of a feed")
+    p.add_argument("--rules", metavar="PATH", help="rules to test (default: the config's)")
+    p.add_argument("--all", action="store_true", help="show rules that did not match too")
+
+    p = sub.add_parser("backtest", help="replay stored stories through rules; send nothing")
+    _add_common(p)
+    p.add_argument("--since", default="7d", help="how far back (default 7d)")
+    p.add_argument("--rules", metavar="PATH", help="rules to replay (default: the config's)")
+
+    stories = sub.add_parser("stories", help="story clusters").add_subparsers(
+        dest="stories_cmd", required=True)
+    p = stories.add_parser("cluster", help="cluster JSON lines from stdin (offline)")
+    _add_common(p)
+    p.add_argument("--window", help="dedup window, e.g. 48h")
+    p.add_argument("--threshold", type=float, help="similarity threshold override")
+    p = stories.add_parser("list", help="recent clusters")
+    _add_common(p)
+    p.add_argument("--since", default="2d")
+    p.add_argument("--limit", type=int, default=30)
+    p = stories.add_parser("show", help="one cluster and its stories")
+    _add_common(p)
+    p.add_argument("cluster")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return _dispatch(args)
+    except ProblemsError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except MonitorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(find_config(args.config))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.cmd
+    if cmd == "demo":
+        from monitor.demo import run_demo
+
+        return asyncio.run(run_demo(keep=args.keep, as_json=args.json))
+    if cmd == "check":
+        return cmd_check(args)
+    if cmd == "stories" and args.stories_cmd == "cluster":
+        return cmd_cluster(args)
+    if cmd == "rules" and args.rules_cmd == "test":
+        return cmd_rules_test(args)
+    config = _config(args)
+    if cmd == "run":
+        from monitor.daemon import Daemon
+
+        return asyncio.run(Daemon(config).run())
+    if cmd == "once":
+        return asyncio.run(cmd_once(config, args.json))
+    if cmd == "status":
+        return asyncio.run(cmd_status(config, args.json))
+    if cmd == "backtest":
+        return asyncio.run(cmd_backtest(config, args))
+    if cmd == "stories":
+        return asyncio.run(cmd_stories(config, args))
+    raise AssertionError(cmd)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+# -- check ------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from monitor.rules import load_rules
+
+    path = find_config(args.config)
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        problems += [str(p) for p in e.problems]
+    rules = None
+    if config is not None:
+        try:
+            rules = load_rules(config.rules_path, channels=list(config.channels),
+                               feeds=[f.name for f in config.feeds])
+        except RulesError as e:
+            problems += [str(p) for p in e.problems]
+    if args.json:
+        _print_json({
+            "ok": not problems,
+            "config": str(path),
+            "problems": problems,
+            "feeds": len(config.feeds) if config else None,
+            "rules": len(rules.rules) if rules else None,
+            "channels": sorted(config.channels) if config else None,
+        })
+    elif problems:
+        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(p, file=sys.stderr)
+    else:
+        assert config is not None and rules is not None
+        enabled = sum(1 for r in rules.rules if r.enabled)
+        print(f"{path}: OK — {len(config.feeds)} feeds, {enabled} rules enabled "
+              f"({len(rules.rules)} in {len(rules.files)} files), "
+              f"channels: {', '.join(sorted(config.channels)) or 'none'}")
+    return 1 if problems else 0
+
+
+# -- once / status ----------------------------------------------------------------------
+async def cmd_once(config: Config, as_json: bool) -> int:
+    from monitor.daemon import Runtime
+
+    async with Runtime(config) as rt:
+        outcomes = await rt.poll_all()
+        sent = await rt.drain()
+    if as_json:
+        _print_json({
+            "feeds": [o.to_dict() for o in outcomes],
+            "deliveries": {"sent": sent.sent, "retrying": sent.retrying, "failed": sent.failed},
+        })
+    else:
+        for o in outcomes:
+            extra = f" error: {o.error}" if o.error else ""
+            print(f"{o.feed:<24} {o.result:<13} entries={o.stories:<4} new={o.new:<4} "
+                  f"alerts={o.alerts}{extra}")
+        print(f"deliveries: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed")
+    failed = sum(1 for o in outcomes if o.result in ("failed", "gone"))
+    return 0 if failed < len(outcomes) or not outcomes else 2
+
+
+async def cmd_status(config: Config, as_json: bool) -> int:
+    from monitor.store.open import open_store
+
+    async with open_store(config.store_url) as store:
+        feeds = await store.get_feeds()
+        pending = await store.count_pending()
+        failed = await store.deliveries(state="failed", limit=20)
+    if as_json:
+        _print_json({
+            "feeds": [
+                {"name": f.name, "url": f.url, "last_polled": f.last_polled,
+                 "next_poll": f.next_poll, "failures": f.failures, "last_status": f.last_status,
+                 "last_error": f.last_error, "gone": f.gone, "problem": f.problem,
+                 "stories_seen": f.stories_seen}
+                for f in feeds
+            ],
+            "outbox": {"pending": pending,
+                       "failed": [{"key": d.key, "channel": d.channel, "error": d.last_error}
+                                  for d in failed]},
+        })
+        return 0
+    for f in feeds:
+        state = "GONE" if f.gone else (f"failing×{f.failures}" if f.failures else "ok")
+        print(f"{f.name:<24} {state:<12} last={_t(f.last_polled)} next={_t(f.next_poll)} "
+              f"seen={f.stories_seen}" + (f"  {f.last_error}" if f.last_error else "")
+              + (f"  [{f.problem}]" if f.problem else ""))
+    print(f"outbox: {pending} pending, {len(failed)} failed (recent)")
+    for d in failed:
+        print(f"  failed {d.channel}: {d.key}: {d.last_error}")
+    return 0
+
+
+def _t(d: Any) -> str:
+    return d.strftime("%Y-%m-%d %H:%M:%S") if d else "-"
+
+
+# -- rules test / backtest --------------------------------------------------------------
+def _load_rules_for(args: argparse.Namespace) -> Any:
+    from monitor.rules import load_rules
+
+    config: Config | None = None
+    try:
+        config = _config(args)
+    except ConfigError:
+        if not args.rules:
+            raise
+    rules_path = Path(args.rules) if args.rules else (config.rules_path if config else None)
+    assert rules_path is not None
+    channels = list(config.channels) if config else []
+    return load_rules(rules_path, channels=channels, feeds=(),
+                      default_channels=() if channels else ("(none)",)) if not channels else \
+        load_rules(rules_path, channels=channels)
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.match import format_explanation
+    from monitor.model import Story
+    from monitor.rules import compile_rules
+
+    ruleset = _load_rules_for(args)
+    matcher = compile_rules(ruleset)
+    now = datetime.now(UTC)
+    stories: list[Story] = []
+    if args.feed:
+        stories = _stories_from_feed(args.feed, now)
+    elif args.title or args.text:
+        stories = [Story(id="cli", feed="cli", title=args.title or "", link="",
+                         summary=args.text or "", published=now, first_seen=now)]
+    elif args.file:
+        p = Path(args.file)
+        raw = p.read_bytes()
+        if raw.lstrip()[:1] == b"<":
+            stories = _stories_from_feed(args.file, now)
+        else:
+            text = raw.decode("utf-8", errors="replace")
+            title, _, body = text.partition("\n")
+            stories = [Story(id=p.name, feed="file", title=title.strip(), link="",
+                             summary=body.strip(), published=now, first_seen=now)]
+    else:
+        print("give a story: --title/--text, a text file, or --feed FILE_OR_URL", file=sys.stderr)
+        return 2
+    out: list[dict[str, Any]] = []
+    any_match = False
+    for s in stories:
+        expls = matcher.explain(s)
+        any_match = any_match or any(e.matched for e in expls)
+        if args.json:
+            out.append({"story": {"id": s.id, "title": s.title},
+                        "rules": [e.to_dict() for e in expls]})
+        else:
+            shown = expls if args.all or len(stories) == 1 else [e for e in expls if e.matched]
+            if not shown:
+                continue
+            print(f"== {s.title[:120]}")
+            print(format_explanation(shown, color=sys.stdout.isatty()))
+    if args.json:
+        _print_json(out if len(out) != 1 else out[0])
+    return 0 if any_match else 1
+
+
+def _stories_from_feed(source: str, now: Any) -> list[Any]:
+    from monitor.parse import parse_feed
+
+    if source.startswith(("http://", "https://")):
+        from monitor.fetch import Fetcher
+        from monitor.model import Fetched
+
+        async def get() -> Fetched:
+            async with Fetcher(user_agent="", connect_timeout=10, timeout=30,
+                               max_bytes=10 * 2**20, max_redirects=5, concurrency=1,
+                               per_host=1) as f:
+                r = await f.fetch(source, etag=None, last_modified=None)
+            if not isinstance(r, Fetched):
+                raise MonitorError(f"cannot fetch {source}: {getattr(r, 'reason', r)}")
+            return r
+
+        r = asyncio.run(get())
+        parsed = parse_feed(r.body, r.headers, feed="cli", url=source, now=now)
+    else:
+        parsed = parse_feed(Path(source).read_bytes(), {}, feed=Path(source).stem, now=now)
+    if parsed.failed:
+        raise MonitorError(f"cannot parse {source}: {parsed.problem}")
+    return list(parsed.stories)
+
+
+async def cmd_backtest(config: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.rules import compile_rules
+    from monitor.store.open import open_store
+
+    ruleset = _load_rules_for(args)
+    matcher = compile_rules(ruleset)
+    since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
+    async with open_store(config.store_url) as store:
+        stored = await store.recent_stories(since)
+    sources: dict[str, set[str]] = defaultdict(set)
+    for s in stored:
+        sources[s.cluster].add(s.story.feed)
+    fired: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    alerted: set[tuple[str, str]] = set()
+    for s in stored:
+        srcs = tuple(sorted(sources[s.cluster]))
+        for m in matcher.match(s.story, sources=len(srcs), source_names=srcs):
+            if (s.cluster, m.rule) in alerted:
+                continue  # the daemon alerts once per story cluster and rule
+            alerted.add((s.cluster, m.rule))
+            fired[m.rule].append({
+                "story": s.story.id, "title": s.story.title, "feed": s.story.feed,
+                "published": s.story.published.isoformat(), "cluster": s.cluster,
+                "terms": list(m.terms), "actors": list(m.actors), "channels": list(m.channels),
+            })
+    counts = Counter({r.name: len(fired.get(r.name, [])) for r in ruleset.rules if r.enabled})
+    if args.json:
+        _print_json({"since": since.isoformat(), "stories": len(stored),
+                     "rules": {name: {"alerts": n, "fired": fired.get(name, [])}
+                               for name, n in counts.items()}})
+        return 0
+    print(f"replayed {len(stored)} stories since {since:%Y-%m-%d %H:%M} UTC "
+          f"through {len(counts)} rules (nothing sent)")
+    for name, n in counts.most_common():
+        print(f"  {name:<32} {n} alert(s)")
+        for a in fired.get(name, [])[:10]:
+            print(f"      {a['published'][:16]}  [{a['feed']}] {a['title'][:90]}")
+        if n > 10:
+            print(f"      ... and {n - 10} more")
+    return 0
+
+
+# -- stories ----------------------------------------------------------------------------
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from monitor.dedup import DedupSettings, cluster_stream
+
+    kw: dict[str, Any] = {}
+    config: Config | None = None
+    try:
+        config = _config(args)
+    except ConfigError:
+        config = None  # offline evaluation works without a config
+    if config is not None:
+        kw["window"] = config.dedup.window
+        if config.dedup.threshold:
+            kw["threshold"] = config.dedup.threshold
+    if args.window:
+        kw["window"] = parse_duration(args.window)
+    if args.threshold is not None:
+        kw["threshold"] = args.threshold
+    settings = DedupSettings(**kw)
+
+    def lines() -> Any:
+        for n, line in enumerate(sys.stdin, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MonitorError(f"stdin line {n}: not JSON: {e}") from e
+
+    for row in cluster_stream(lines(), settings):
+        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return 0
+
+
+async def cmd_stories(config: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.store.open import open_store
+
+    async with open_store(config.store_url) as store:
+        if args.stories_cmd == "list":
+            since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
+            clusters = await store.list_clusters(since=since, limit=args.limit)
+            if args.json:
+                _print_json([_cluster_dict(c) for c in clusters])
+            else:
+                for c in clusters:
+                    print(f"{c.last_seen:%m-%d %H:%M}  {len(c.sources):>2} src  "
+                          f"{len(c.members):>3} stories  {c.title[:80]}  [{c.id}]")
+            return 0
+        c = await store.get_cluster(args.cluster)
+        if c is None:
+            print(f"no cluster {args.cluster!r}", file=sys.stderr)
+            return 1
+        stories = [await store.get_story(m) for m in c.members]
+        if args.json:
+            d = _cluster_dict(c)
+            d["stories"] = [
+                {"id": s.story.id, "feed": s.story.feed, "title": s.story.title,
+                 "link": s.story.link, "published": s.story.published.isoformat()}
+                for s in stories if s is not None
+            ]
+            _print_json(d)
+        else:
+            print(f"cluster {c.id}: {c.title}")
+            print(f"  first seen {c.first_seen:%Y-%m-%d %H:%M}, last {c.last_seen:%Y-%m-%d %H:%M}"
+                  f", {len(c.sources)} sources: {', '.join(c.sources)}")
+            for s in stories:
+                if s is not None:
+                    print(f"  [{s.story.feed}] {s.story.title}\n      {s.story.link}")
+        return 0
+
+
+def _cluster_dict(c: Any) -> dict[str, Any]:
+    return {"id": c.id, "title": c.title, "first_seen": c.first_seen.isoformat(),
+            "last_seen": c.last_seen.isoformat(), "sources": list(c.sources),
+            "members": list(c.members)}

@@ -1,0 +1,401 @@
+"""Lifecycle: build the runtime, run the ticks, reload rules, stop gracefully.
+
+``Runtime`` owns every resource (store, HTTP session, parse pool, notifiers, server) in
+one ``AsyncExitStack``. ``Daemon.run()`` is ``monitor run``; ``Runtime.poll_all()`` +
+``Runtime.drain()`` is ``monitor once``.
+
+Stopping (SIGTERM/SIGINT): stop claiming feeds, let in-flight polls finish within a
+deadline (an abandoned poll committed nothing: its feed is polled again on restart),
+finish the delivery in hand, close. SIGHUP and any change in the rules directory reload
+the rules: validated as a whole and swapped atomically, or rejected with the old set
+kept running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from monitor.config import Config, secrets_of
+from monitor.dedup import DedupSettings, StoryIndex
+from monitor.dispatch import Dispatcher, DispatchResult
+from monitor.errors import RulesError
+from monitor.fetch import Fetcher
+from monitor.log import get_logger, redact
+from monitor.metrics import Metrics
+from monitor.model import Delivery, FeedSpec, FeedState
+from monitor.notify.base import Notifier
+from monitor.notify.registry import build_notifiers
+from monitor.pipeline import ActiveRules, Pipeline, PollOutcome, executor_parser
+from monitor.rules import compile_rules, load_rules
+from monitor.schedule import initial_poll
+from monitor.scheduler import Scheduler
+from monitor.server import Server
+from monitor.store.base import Store
+from monitor.store.open import open_store
+
+log = get_logger(__name__)
+
+FEED_LEASE = timedelta(minutes=10)
+STOP_DEADLINE = 10.0  # seconds in-flight polls get to finish on SIGTERM
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def load_active_rules(config: Config, now: datetime) -> ActiveRules:
+    """Load, validate and compile the rules of ``config`` (raises RulesError)."""
+    ruleset = load_rules(
+        config.rules_path,
+        channels=list(config.channels),
+        feeds=[f.name for f in config.feeds],
+    )
+    return ActiveRules(ruleset=ruleset, matcher=compile_rules(ruleset), loaded_at=now)
+
+
+def dedup_settings(config: Config) -> DedupSettings:
+    kw: dict[str, Any] = {"window": config.dedup.window}
+    if config.dedup.threshold:
+        kw["threshold"] = config.dedup.threshold
+    return DedupSettings(**kw)
+
+
+def make_executor(config: Config) -> Executor:
+    workers = config.fetch.parse_workers or max(1, os.cpu_count() or 1)
+    if config.fetch.parse_in == "process" and workers > 1:
+        return ProcessPoolExecutor(max_workers=workers)
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parse")
+
+
+async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list[FeedState]:
+    """Make the stored feeds match the config: add new feeds (first poll spread over the
+    next seconds), reset a feed whose configured URL changed, keep the schedule of the
+    others (a restart resumes it instead of stampeding), forget removed feeds."""
+    stored = {f.name: f for f in await store.get_feeds()}
+    out: list[FeedState] = []
+    for spec in specs:
+        st = stored.get(spec.name)
+        if st is None:
+            st = FeedState(
+                name=spec.name,
+                url=spec.url,
+                configured_url=spec.url,
+                next_poll=initial_poll(now=now, interval=spec.interval, key=spec.name,
+                                       last_polled=None, next_poll=None),
+            )
+        elif st.configured_url != spec.url:
+            st = replace(st, url=spec.url, configured_url=spec.url, etag=None,
+                         last_modified=None, body_hash=None, gone=False, failures=0,
+                         last_error=None, next_poll=now)
+        else:
+            st = replace(st, next_poll=initial_poll(
+                now=now, interval=spec.interval, key=spec.name,
+                last_polled=st.last_polled, next_poll=st.next_poll))
+            if st.gone:
+                log.warning("feed.gone", feed=spec.name, url=st.url,
+                            hint="the server answered 410 Gone; change its url or remove it")
+        await store.save_feed(st)
+        out.append(st)
+    for name in set(stored) - {s.name for s in specs}:
+        await store.delete_feed(name)
+        log.info("feed.removed", feed=name)
+    return out
+
+
+class Runtime:
+    """Every resource the pipeline needs, opened together and closed together."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        notifiers: dict[str, Notifier] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self._stack = AsyncExitStack()
+        self._notifiers = notifiers
+        self._executor = executor
+        self.store: Store
+        self.pipeline: Pipeline
+        self.dispatcher: Dispatcher
+        self.on_sent: list[Callable[[Delivery], None]] = []
+
+    async def __aenter__(self) -> Runtime:
+        cfg = self.config
+        redact(*secrets_of(cfg))
+        now = self.clock()
+        rules = load_active_rules(cfg, now)  # invalid rules: refuse to start
+        self.metrics.rules_loaded.set(len(rules.ruleset.rules))
+        try:
+            self.store = open_store(cfg.store_url)
+            await self._stack.enter_async_context(self.store)
+            fc = cfg.fetch
+            fetcher = Fetcher(
+                user_agent=fc.user_agent,
+                connect_timeout=fc.connect_timeout,
+                timeout=fc.timeout,
+                max_bytes=fc.max_bytes,
+                max_redirects=fc.max_redirects,
+                concurrency=fc.concurrency,
+                per_host=fc.per_host,
+            )
+            await self._stack.enter_async_context(fetcher)
+            executor = self._executor or make_executor(cfg)
+            if self._executor is None:
+                self._stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+            index = StoryIndex(dedup_settings(cfg))
+            restored = await self.store.recent_stories(now - timedelta(seconds=cfg.dedup.window))
+            index.restore((s.story, s.cluster) for s in restored)
+            log.info("dedup.restored", stories=len(restored))
+            self.pipeline = Pipeline(
+                config=cfg,
+                store=self.store,
+                fetcher=fetcher,
+                index=index,
+                rules=rules,
+                parse=executor_parser(executor),
+                metrics=self.metrics,
+                clock=self.clock,
+            )
+            notifiers = self._notifiers if self._notifiers is not None else build_notifiers(cfg)
+            self.dispatcher = Dispatcher(
+                self.store, notifiers, cfg.delivery, self.metrics, self.clock,
+                on_sent=self._sent,
+            )
+            self._stack.push_async_callback(self.dispatcher.close)
+            await sync_feeds(self.store, cfg.feed_specs(), now)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def _sent(self, d: Delivery) -> None:
+        for cb in self.on_sent:
+            cb(d)
+
+    def reload_rules(self) -> bool:
+        """Validate the rules on disk and swap them in; keep the old ones on error."""
+        now = self.clock()
+        try:
+            new = load_active_rules(self.config, now)
+        except RulesError as e:
+            self.pipeline.rules.error = str(e)
+            self.pipeline.rules.error_at = now
+            self.metrics.rules_reloads.labels("invalid").inc()
+            log.error("rules.invalid", problems=len(e.problems), error=str(e),
+                      kept=len(self.pipeline.rules.ruleset.rules))
+            return False
+        old = self.pipeline.rules.ruleset
+        self.pipeline.rules = new  # atomic: the next story sees the whole new set
+        self.metrics.rules_loaded.set(len(new.ruleset.rules))
+        self.metrics.rules_reloads.labels("ok").inc()
+        log.info("rules.reloaded", rules=len(new.ruleset.rules),
+                 added=sorted({r.name for r in new.ruleset.rules} - {r.name for r in old.rules}),
+                 removed=sorted({r.name for r in old.rules} - {r.name for r in new.ruleset.rules}))
+        return True
+
+    async def poll_all(self) -> list[PollOutcome]:
+        """Poll every configured feed now (``monitor once``), concurrently."""
+        specs = {s.name: s for s in self.config.feed_specs()}
+        states = [f for f in await self.store.get_feeds() if f.name in specs and not f.gone]
+        return list(await asyncio.gather(
+            *(self.poll_one(st, specs[st.name]) for st in states)
+        ))
+
+    async def poll_one(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
+        try:
+            return await self.pipeline.poll_feed(state, spec)
+        except Exception as e:  # a bug must not kill the daemon or stop the feed for good
+            now = self.clock()
+            log.error("feed.poll_crashed", feed=spec.name, error=repr(e), exc_info=True)
+            with contextlib.suppress(Exception):
+                await self.store.save_feed(replace(
+                    state, last_polled=now, failures=state.failures + 1,
+                    last_error=f"internal error: {e!r}",
+                    next_poll=now + timedelta(seconds=spec.interval)))
+            return PollOutcome(feed=spec.name, result="failed", error=f"internal error: {e!r}")
+
+    async def drain(self) -> DispatchResult:
+        """Deliver everything due now."""
+        return await self.dispatcher.run_once()
+
+    async def health(self) -> dict[str, Any]:
+        now = self.clock()
+        feeds = await self.store.get_feeds()
+        failing = [
+            {"feed": f.name, "failures": f.failures, "error": f.last_error,
+             "next_poll": f.next_poll.isoformat() if f.next_poll else None}
+            for f in feeds if f.failures and not f.gone
+        ]
+        gone = [f.name for f in feeds if f.gone]
+        rules = self.pipeline.rules
+        pending = await self.store.count_pending()
+        status = "ok"
+        if failing or gone or rules.error:
+            status = "degraded"
+        return {
+            "status": status,
+            "time": now.isoformat(),
+            "feeds": {"total": len(feeds), "failing": failing, "gone": gone},
+            "rules": {
+                "count": len(rules.ruleset.rules),
+                "loaded_at": rules.loaded_at.isoformat(),
+                "error": rules.error,
+                "error_at": rules.error_at.isoformat() if rules.error_at else None,
+            },
+            "outbox": {"pending": pending},
+            "dedup": {"stories": len(self.pipeline.index)},
+        }
+
+
+class Daemon:
+    """``monitor run``: poll on schedule, deliver, reload rules, stop on a signal."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], datetime] = utc_now,
+                 tick: float = 1.0) -> None:
+        self.config = config
+        self.clock = clock
+        self.tick = tick
+        self._stop = asyncio.Event()
+        self._wake_dispatch = asyncio.Event()
+        self._inflight: set[asyncio.Task[PollOutcome]] = set()
+        self.rt: Runtime | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        try:
+            async with Runtime(self.config, clock=self.clock) as rt:
+                self.rt = rt
+                rt.pipeline.on_queued = self._wake_dispatch.set
+                server: Server | None = None
+                if self.config.server.enabled:
+                    server = Server(self.config.server.listen, rt.metrics, rt.health)
+                    await server.start()
+                sched = Scheduler()
+                sched.every("poll", self.tick, self._poll_tick)
+                sched.every("prune", 3600.0, self._prune)
+                sched.start()
+                dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatch")
+                watcher = asyncio.create_task(self._watch_rules(), name="watch-rules")
+                if server:
+                    server.ready = True
+                log.info("daemon.started", feeds=len(self.config.feeds),
+                         rules=len(rt.pipeline.rules.ruleset.rules), store=_safe_url(
+                             self.config.store_url))
+                await self._stop.wait()
+                log.info("daemon.stopping", inflight=len(self._inflight))
+                sched.stop()
+                watcher.cancel()
+                if self._inflight:
+                    _, pending = await asyncio.wait(self._inflight, timeout=STOP_DEADLINE)
+                    for t in pending:
+                        t.cancel()
+                    if pending:
+                        log.warning("daemon.abandoned", polls=len(pending),
+                                    note="nothing of them was committed; repolled on restart")
+                        await asyncio.gather(*pending, return_exceptions=True)
+                dispatcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dispatcher
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                if server:
+                    await server.stop()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("daemon.stopped")
+        return 0
+
+    def _sighup(self) -> None:
+        if self.rt is not None:
+            log.info("rules.reload_requested", by="SIGHUP")
+            self.rt.reload_rules()
+
+    async def _poll_tick(self) -> None:
+        rt = self.rt
+        if rt is None or self._stop.is_set():
+            return
+        free = self.config.fetch.concurrency - len(self._inflight)
+        if free <= 0:
+            return
+        now = self.clock()
+        specs = {s.name: s for s in self.config.feed_specs()}
+        due = await rt.store.claim_due_feeds(now, limit=free, lease_until=now + FEED_LEASE)
+        for st in due:
+            spec = specs.get(st.name)
+            if spec is None:
+                continue
+            task = asyncio.create_task(rt.poll_one(st, spec), name=f"poll:{st.name}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _dispatch_loop(self) -> None:
+        assert self.rt is not None
+        while True:
+            try:
+                await self.rt.drain()
+            except Exception as e:  # the store hiccuped: try again shortly
+                log.error("dispatch.error", error=repr(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_dispatch.wait(), timeout=self.tick)
+            self._wake_dispatch.clear()
+
+    async def _prune(self) -> None:
+        assert self.rt is not None
+        before = self.clock() - timedelta(seconds=self.config.retention)
+        n = await self.rt.store.prune(before)
+        if n:
+            log.info("store.pruned", stories=n, before=before.isoformat())
+
+    async def _watch_rules(self) -> None:
+        import watchfiles
+
+        path = self.config.rules_path
+        if not path.exists():
+            return
+        async for changes in watchfiles.awatch(path, debounce=200, step=50,
+                                               stop_event=_event_of(self._stop)):
+            names = sorted({Path(p).name for _, p in changes})
+            if not any(n.endswith((".yaml", ".yml")) for n in names):
+                continue
+            log.info("rules.changed", files=",".join(names))
+            if self.rt is not None:
+                self.rt.reload_rules()
+
+
+def _event_of(ev: asyncio.Event) -> asyncio.Event:
+    return ev
+
+
+def _safe_url(url: str) -> str:
+    """A store URL without its password."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+    return url

@@ -1,0 +1,155 @@
+"""The outbox worker: claim due deliveries, send them, record the outcome.
+
+A delivery is marked sent only after the peer accepted it. A transient failure (a 429,
+a 5xx, SMTP down) is retried with backoff, honouring Retry-After; a permanent one (bad
+token, rejected recipient) is marked failed and logged for the operator. Channels are
+independent: a dead SMTP server never holds up Slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from monitor.config import DeliveryConfig
+from monitor.log import get_logger
+from monitor.metrics import Metrics
+from monitor.model import Delivery, SendFailed, Sent
+from monitor.notify.base import Notifier
+from monitor.route import retry_at
+from monitor.store.base import Store
+
+log = get_logger(__name__)
+
+LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DispatchResult:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+    def __add__(self, other: DispatchResult) -> DispatchResult:
+        return DispatchResult(
+            sent=self.sent + other.sent,
+            retrying=self.retrying + other.retrying,
+            failed=self.failed + other.failed,
+        )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        notifiers: Mapping[str, Notifier],
+        settings: DeliveryConfig,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        on_sent: Callable[[Delivery], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.notifiers = dict(notifiers)
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.on_sent = on_sent
+        self._lock = asyncio.Lock()
+
+    async def run_once(self) -> DispatchResult:
+        """Send everything due now (in batches) and return what happened."""
+        total = DispatchResult()
+        async with self._lock:  # one dispatch round at a time per process
+            while True:
+                now = self.clock()
+                batch = await self.store.claim_deliveries(
+                    now, limit=self.settings.batch, lease_until=now + LEASE
+                )
+                if not batch:
+                    break
+                by_channel: dict[str, list[Delivery]] = defaultdict(list)
+                for d in batch:
+                    by_channel[d.channel].append(d)
+                results = await asyncio.gather(
+                    *(self._send_channel(ch, ds) for ch, ds in by_channel.items())
+                )
+                for r in results:
+                    total = total + r
+                if len(batch) < self.settings.batch:
+                    break
+            self.metrics.outbox_pending.set(await self.store.count_pending())
+        return total
+
+    async def _send_channel(self, channel: str, deliveries: list[Delivery]) -> DispatchResult:
+        """Deliveries of one channel, in order (the notifier paces them to its rate).
+        After a transient failure the rest of the batch waits too: the peer is unwell."""
+        result = DispatchResult()
+        notifier = self.notifiers.get(channel)
+        blocked: datetime | None = None
+        for d in deliveries:
+            assert d.id is not None
+            if notifier is None:
+                await self.store.mark_failed(
+                    d.id, self.clock(), f"channel {channel!r} is not configured any more", None
+                )
+                log.error("delivery.failed", channel=channel, key=d.key,
+                          error="channel not configured")
+                result = result + DispatchResult(failed=1)
+                continue
+            if blocked is not None:
+                await self.store.release(d.id, blocked)
+                result = result + DispatchResult(retrying=1)
+                continue
+            try:
+                outcome = await notifier.send(d.alert, thread_ref=d.thread_ref)
+            except Exception as e:  # a notifier bug must not lose the delivery
+                log.error("delivery.crashed", channel=channel, key=d.key, error=repr(e))
+                outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+            now = self.clock()
+            if isinstance(outcome, Sent):
+                await self.store.mark_sent(d.id, now, outcome.ref)
+                self.metrics.deliveries.labels(channel, "sent").inc()
+                log.info("delivery.sent", channel=channel, rule=d.alert.match.rule,
+                         story=d.alert.story.id, update=d.alert.update, attempts=d.attempts + 1)
+                if self.on_sent:
+                    self.on_sent(d)
+                result = result + DispatchResult(sent=1)
+                continue
+            nxt = (
+                retry_at(
+                    now=now,
+                    created=d.created,
+                    attempts=d.attempts + 1,
+                    retry_after=outcome.retry_after,
+                    retry_min=self.settings.retry_min,
+                    retry_max=self.settings.retry_max,
+                    give_up_after=self.settings.give_up_after,
+                )
+                if outcome.retry
+                else None
+            )
+            await self.store.mark_failed(d.id, now, outcome.reason, nxt)
+            if nxt is None:
+                self.metrics.deliveries.labels(channel, "failed").inc()
+                log.error("delivery.failed", channel=channel, rule=d.alert.match.rule,
+                          story=d.alert.story.id, error=outcome.reason,
+                          attempts=d.attempts + 1, retryable=outcome.retry)
+                result = result + DispatchResult(failed=1)
+            else:
+                self.metrics.deliveries.labels(channel, "retry").inc()
+                log.warning("delivery.retry", channel=channel, rule=d.alert.match.rule,
+                            error=outcome.reason, attempts=d.attempts + 1,
+                            next_attempt=nxt.isoformat())
+                result = result + DispatchResult(retrying=1)
+                blocked = nxt
+        return result
+
+    async def close(self) -> None:
+        for n in self.notifiers.values():
+            try:
+                await n.close()
+            except Exception as e:  # closing must not mask the shutdown
+                log.warning("notifier.close_failed", channel=n.name, error=repr(e))

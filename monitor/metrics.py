@@ -1,0 +1,43 @@
+"""Prometheus metrics, in a registry of their own (one per daemon, so tests don't collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.polls = Counter(
+            "monitor_polls_total", "Feed polls by result", ["feed", "result"], registry=r
+        )
+        self.fetch_seconds = Histogram(
+            "monitor_fetch_seconds",
+            "Time to fetch (and parse) one feed",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.stories = Counter(
+            "monitor_stories_total", "Stories seen by outcome", ["feed", "outcome"], registry=r
+        )
+        self.matches = Counter("monitor_rule_matches_total", "Rule matches", ["rule"], registry=r)
+        self.deliveries = Counter(
+            "monitor_deliveries_total", "Delivery attempts by result", ["channel", "result"], registry=r
+        )
+        self.outbox_pending = Gauge(
+            "monitor_outbox_pending", "Deliveries waiting to be sent", registry=r
+        )
+        self.feed_failures = Gauge(
+            "monitor_feed_consecutive_failures", "Consecutive failed polls", ["feed"], registry=r
+        )
+        self.rules_loaded = Gauge("monitor_rules_loaded", "Rules in the active set", registry=r)
+        self.rules_reloads = Counter(
+            "monitor_rules_reloads_total", "Rule reloads by result", ["result"], registry=r
+        )
+        self.clusters = Gauge(
+            "monitor_dedup_index_stories", "Stories in the dedup window index", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

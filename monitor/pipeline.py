@@ -1,0 +1,358 @@
+"""``poll_feed()``: the one place that strings the stages together for one feed.
+
+fetch → (unchanged? stop) → parse+normalise (executor) → known? → dedup → match → route
+→ ``store.save_poll`` (feed state + stories + clusters + outbox in one transaction).
+
+Expected failures (timeouts, HTTP errors, broken XML) are recorded on the feed and
+returned in the ``PollOutcome``; they are never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import partial
+
+from monitor.config import Config
+from monitor.dedup import New, SameStory, Seen, StoryIndex
+from monitor.fetch import Fetcher
+from monitor.log import get_logger
+from monitor.metrics import Metrics
+from monitor.model import (
+    ClusterInfo,
+    Delivery,
+    Fetched,
+    FetchFailed,
+    FeedSpec,
+    FeedState,
+    Match,
+    NotModified,
+    ParsedFeed,
+    Story,
+)
+from monitor.parse import parse_feed
+from monitor.route import ClusterFacts, route, updates_for_new_source
+from monitor.rules import Matcher, RuleSet
+from monitor.schedule import next_poll
+from monitor.store.base import Store, StoredStory
+
+log = get_logger(__name__)
+
+# A story is "news" only while it is recent: an item published longer ago than this
+# (a feed re-surfacing its archive) is remembered but never alerted on.
+MAX_ALERT_AGE = timedelta(days=3)
+
+
+@dataclass
+class ActiveRules:
+    """The rule set in force; swapped atomically on reload (the old one keeps running
+    when a new one is invalid, and ``error`` says why)."""
+
+    ruleset: RuleSet
+    matcher: Matcher
+    loaded_at: datetime
+    error: str | None = None
+    error_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PollOutcome:
+    """What one poll did: for logs, ``monitor once --json`` and tests."""
+
+    feed: str
+    result: str  # "new" | "unchanged" | "not-modified" | "failed" | "gone" | "baseline"
+    status: int | None = None
+    stories: int = 0  # entries in the feed
+    new: int = 0  # stories never seen before
+    alerts: int = 0  # deliveries queued
+    error: str | None = None
+    problem: str | None = None
+    ms: float = 0.0
+    deliveries: tuple[Delivery, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "feed": self.feed,
+            "result": self.result,
+            "status": self.status,
+            "stories": self.stories,
+            "new": self.new,
+            "alerts": self.alerts,
+            "error": self.error,
+            "problem": self.problem,
+            "ms": round(self.ms, 1),
+        }
+
+
+ParseFn = Callable[[bytes, Mapping[str, str], str, tuple[str, ...], str, datetime], Awaitable[ParsedFeed]]
+
+
+def executor_parser(executor: Executor | None) -> ParseFn:
+    """Run ``parse_feed`` off the event loop, in ``executor`` (threads or processes)."""
+
+    async def run(
+        body: bytes,
+        headers: Mapping[str, str],
+        feed: str,
+        tags: tuple[str, ...],
+        url: str,
+        now: datetime,
+    ) -> ParsedFeed:
+        loop = asyncio.get_running_loop()
+        fn = partial(
+            parse_feed, body, dict(headers), feed=feed, feed_tags=tags, url=url, now=now
+        )
+        return await loop.run_in_executor(executor, fn)
+
+    return run
+
+
+@dataclass
+class Pipeline:
+    """The stages, wired to their I/O. One per daemon; ``poll_feed`` is safe to run
+    for several feeds concurrently (the index is only touched between awaits)."""
+
+    config: Config
+    store: Store
+    fetcher: Fetcher
+    index: StoryIndex
+    rules: ActiveRules
+    parse: ParseFn
+    metrics: Metrics
+    clock: Callable[[], datetime]
+    on_queued: Callable[[], None] = lambda: None
+
+    def spec(self, name: str) -> FeedSpec | None:
+        for s in self.config.feed_specs():
+            if s.name == name:
+                return s
+        return None
+
+    async def poll_feed(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
+        t0 = time.perf_counter()
+        result = await self.fetcher.fetch(
+            state.url, etag=state.etag, last_modified=state.last_modified
+        )
+        now = self.clock()
+        fc = self.config.fetch
+        jitter = self.config.defaults.jitter
+        url = state.url
+        if result.permanent_redirect and result.permanent_redirect != state.url:
+            log.info("feed.moved", feed=spec.name, old=state.url, new=result.permanent_redirect)
+            url = result.permanent_redirect
+
+        def ms() -> float:
+            return (time.perf_counter() - t0) * 1000
+
+        if isinstance(result, FetchFailed):
+            return await self._failed(state, spec, now, url, result.reason, result.status,
+                                      retry_after=result.retry_after, gone=result.gone, ms=ms())
+
+        ok_state = replace(
+            state,
+            url=url,
+            last_polled=now,
+            last_success=now,
+            failures=0,
+            last_error=None,
+            gone=False,
+            polls=state.polls + 1,
+            next_poll=next_poll(
+                now=now, interval=spec.interval, failures=0, retry_after=None,
+                backoff_max=fc.backoff_max, jitter=jitter, key=spec.name,
+            ),
+        )
+        if isinstance(result, NotModified):
+            ok_state = replace(
+                ok_state,
+                last_status=304,
+                etag=result.etag or state.etag,
+                last_modified=result.last_modified or state.last_modified,
+            )
+            await self.store.save_feed(ok_state)
+            self.metrics.polls.labels(spec.name, "not-modified").inc()
+            log.debug("feed.polled", feed=spec.name, status=304, new=0, ms=ms())
+            return PollOutcome(feed=spec.name, result="not-modified", status=304, ms=ms())
+
+        assert isinstance(result, Fetched)
+        body_hash = hashlib.sha256(result.body).hexdigest()
+        ok_state = replace(
+            ok_state,
+            last_status=result.status,
+            etag=result.etag,
+            last_modified=result.last_modified,
+            body_hash=body_hash,
+        )
+        if body_hash == state.body_hash and state.baselined:
+            await self.store.save_feed(ok_state)
+            self.metrics.polls.labels(spec.name, "unchanged").inc()
+            log.debug("feed.polled", feed=spec.name, status=result.status, new=0,
+                      unchanged=True, ms=ms())
+            return PollOutcome(feed=spec.name, result="unchanged", status=result.status, ms=ms())
+
+        parsed = await self.parse(
+            result.body, result.headers, spec.name, spec.tags, result.final_url, now
+        )
+        if parsed.failed:
+            return await self._failed(state, spec, now, url, parsed.problem or "unparseable feed",
+                                      result.status, retry_after=None, gone=False, ms=ms())
+        ok_state = replace(ok_state, problem=parsed.problem)
+        return await self._ingest(ok_state, spec, parsed.stories, now, result.status, ms, parsed)
+
+    async def _ingest(
+        self,
+        state: FeedState,
+        spec: FeedSpec,
+        stories: Sequence[Story],
+        now: datetime,
+        status: int | None,
+        ms: Callable[[], float],
+        parsed: ParsedFeed | None = None,
+    ) -> PollOutcome:
+        # unique ids within the batch, oldest first so clusters form in time order
+        uniq: dict[str, Story] = {}
+        for s in stories:
+            uniq.setdefault(s.id, s)
+        batch = sorted(uniq.values(), key=lambda s: (s.published, s.id))
+        known = await self.store.known([s.id for s in batch], [s.link for s in batch if s.link])
+        fresh = [s for s in batch if s.id not in known and not (s.link and s.link in known)]
+
+        baseline = not state.baselined and not spec.alert_on_first_poll
+        churn = False
+        if fresh and not baseline and state.baselined:
+            churn = self.index.is_churn(fresh)
+            if churn:
+                state = replace(
+                    state,
+                    problem=f"GUID churn: {len(fresh)} of {len(batch)} items came back with new "
+                    "ids but known titles and links; they were recorded without alerting",
+                )
+                log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=len(batch))
+
+        to_store: list[StoredStory] = []
+        deliveries: list[Delivery] = []
+        clusters: dict[str, ClusterInfo] = {}
+        matcher = self.rules.matcher
+        for story in fresh:
+            decision = self.index.add(story, now=now)
+            cluster = decision.cluster
+            to_store.append(StoredStory(story=story, cluster=cluster))
+            sources = self.index.cluster_sources(cluster)
+            clusters[cluster] = self._cluster_info(cluster, story, sources, now)
+            if isinstance(decision, New):
+                self.metrics.stories.labels(spec.name, "new").inc()
+            elif isinstance(decision, SameStory):
+                self.metrics.stories.labels(spec.name, "same-story").inc()
+                log.debug("story.clustered", feed=spec.name, story=story.id, cluster=cluster,
+                          score=decision.score, matched_with=decision.matched_with)
+            elif isinstance(decision, Seen):
+                self.metrics.stories.labels(spec.name, "repeat").inc()
+            if baseline or churn or story.published < now - MAX_ALERT_AGE:
+                continue
+            matches = matcher.match(story, sources=len(sources), source_names=sources)
+            for m in matches:
+                self.metrics.matches.labels(m.rule).inc()
+            new_source = sum(1 for f in self.index.cluster_member_feeds(cluster)
+                             if f == story.feed) == 1
+            facts = ClusterFacts(cluster=cluster, sources=sources, new_source=new_source)
+            if isinstance(decision, New):
+                deliveries += route(story, matches, facts, now=now)
+                continue
+            earlier = await self.store.cluster_alerts(cluster)
+            last: dict[tuple[str, str], datetime] = {}
+            alerted: dict[str, Match] = {}
+            for d in earlier:
+                k = (d.alert.match.rule, d.channel)
+                last[k] = max(last.get(k, d.created), d.created)
+                alerted.setdefault(d.alert.match.rule, d.alert.match)
+            deliveries += route(story, matches, facts, now=now, last_alerts=last)
+            # restrict updates to rules still in force, with their current channels
+            current = {r.name for r in self.rules.ruleset.rules if r.enabled}
+            deliveries += updates_for_new_source(
+                story, [m for r, m in alerted.items() if r in current], facts, now=now
+            )
+
+        state = replace(
+            state,
+            baselined=True,
+            stories_seen=state.stories_seen + len(fresh),
+        )
+        inserted = await self.store.save_poll(state, to_store, deliveries, list(clusters.values()))
+        result = "baseline" if baseline else "new" if fresh else "unchanged"
+        self.metrics.polls.labels(spec.name, result).inc()
+        self.metrics.clusters.set(len(self.index))
+        self.metrics.feed_failures.labels(spec.name).set(0)
+        log.info(
+            "feed.polled", feed=spec.name, status=status, entries=len(batch), new=len(fresh),
+            alerts=len(inserted), baseline=baseline, problem=state.problem, ms=ms(),
+        )
+        for d in inserted:
+            log.info("alert.queued", feed=spec.name, rule=d.alert.match.rule, channel=d.channel,
+                     story=d.alert.story.id, cluster=d.alert.cluster, update=d.alert.update,
+                     title=d.alert.story.title[:120])
+        if inserted:
+            self.on_queued()
+        return PollOutcome(
+            feed=spec.name, result=result, status=status, stories=len(batch), new=len(fresh),
+            alerts=len(inserted), problem=state.problem, ms=ms(), deliveries=tuple(inserted),
+        )
+
+    def _cluster_info(
+        self, cluster: str, story: Story, sources: tuple[str, ...], now: datetime
+    ) -> ClusterInfo:
+        return ClusterInfo(
+            id=cluster,
+            first_story=cluster,
+            title=story.title if cluster == story.id else "",
+            first_seen=now,
+            last_seen=now,
+            sources=sources,
+        )
+
+    async def _failed(
+        self,
+        state: FeedState,
+        spec: FeedSpec,
+        now: datetime,
+        url: str,
+        reason: str,
+        status: int | None,
+        *,
+        retry_after: float | None,
+        gone: bool,
+        ms: float,
+    ) -> PollOutcome:
+        failures = state.failures + 1
+        new = replace(
+            state,
+            url=url,
+            last_polled=now,
+            failures=failures,
+            last_status=status,
+            last_error=reason,
+            gone=gone,
+            polls=state.polls + 1,
+            next_poll=next_poll(
+                now=now, interval=spec.interval, failures=failures, retry_after=retry_after,
+                backoff_max=self.config.fetch.backoff_max, jitter=self.config.defaults.jitter,
+                key=spec.name,
+            ),
+        )
+        await self.store.save_feed(new)
+        result = "gone" if gone else "failed"
+        self.metrics.polls.labels(spec.name, result).inc()
+        self.metrics.feed_failures.labels(spec.name).set(failures)
+        # one line per failure streak change, not per retry: first failure, a new reason,
+        # and then every 10th
+        if failures == 1 or reason != state.last_error or failures % 10 == 0 or gone:
+            log.warning(
+                "feed.gone" if gone else "feed.failed", feed=spec.name, status=status,
+                error=reason, failures=failures, next_poll=new.next_poll.isoformat()
+                if new.next_poll else None, ms=ms,
+            )
+        return PollOutcome(feed=spec.name, result=result, status=status, error=reason, ms=ms)

@@ -1,0 +1,125 @@
+"""Pure routing: matches on a story → outbox deliveries, with idempotency keys.
+
+One alert per story cluster × rule × channel. Keys make replays harmless: the store
+ignores a delivery whose key exists, so a crash and a re-poll send nothing twice.
+
+* first alert:  ``a:{cluster}:{rule}:{channel}``
+* cooldown re-alert (``cooldown > 0`` and the last alert is older than it):
+  ``a:{cluster}:{rule}:{channel}:{epoch}``
+* "carried by N sources" update of an earlier alert, at source-count milestones only
+  (2, 3, 5, 10, 20, 50, 100): ``u:{cluster}:{rule}:{channel}:{N}``, with ``parent_key``
+  the first alert's key so Slack threads it and email sets In-Reply-To.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from monitor.model import Alert, Delivery, Match, Story
+
+UPDATE_MILESTONES: tuple[int, ...] = (2, 3, 5, 10, 20, 50, 100)
+
+
+def alert_key(cluster: str, rule: str, channel: str) -> str:
+    return f"a:{cluster}:{rule}:{channel}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterFacts:
+    """What routing needs to know about the story's cluster."""
+
+    cluster: str
+    sources: tuple[str, ...]  # distinct feeds carrying it, including this story's
+    new_source: bool  # this story brought a source the cluster did not have
+
+
+def route(
+    story: Story,
+    matches: Iterable[Match],
+    facts: ClusterFacts,
+    *,
+    now: datetime,
+    last_alerts: Mapping[tuple[str, str], datetime] | None = None,
+) -> list[Delivery]:
+    """First alerts (and cooldown re-alerts) for the rules that fired on ``story``.
+
+    ``last_alerts`` maps (rule, channel) → when this cluster last alerted for them (from
+    the store). A rule that already alerted on the cluster is silent here; the
+    "carried by N sources" update comes from ``updates_for_new_source``. Pure.
+    """
+    last_alerts = last_alerts or {}
+    out: list[Delivery] = []
+    for m in matches:
+        for channel in m.channels:
+            first = alert_key(facts.cluster, m.rule, channel)
+            last = last_alerts.get((m.rule, channel))
+            alert = Alert(
+                story=story,
+                match=m,
+                cluster=facts.cluster,
+                sources=len(facts.sources),
+                source_names=facts.sources,
+            )
+            if last is None:
+                out.append(Delivery(key=first, channel=channel, alert=alert, created=now))
+            elif m.cooldown > 0 and (now - last).total_seconds() >= m.cooldown:
+                key = f"{first}:{int(now.timestamp())}"
+                out.append(Delivery(key=key, channel=channel, alert=alert, created=now))
+    return out
+
+
+def updates_for_new_source(
+    story: Story,
+    alerted: Iterable[Match],
+    facts: ClusterFacts,
+    *,
+    now: datetime,
+) -> list[Delivery]:
+    """Updates for rules that already alerted on this cluster when a story from a new
+    source joins it, even if the new story's own text does not match the rule."""
+    if not facts.new_source or len(facts.sources) not in UPDATE_MILESTONES:
+        return []
+    out: list[Delivery] = []
+    for m in alerted:
+        for channel in m.channels:
+            first = alert_key(facts.cluster, m.rule, channel)
+            out.append(
+                Delivery(
+                    key=f"u:{facts.cluster}:{m.rule}:{channel}:{len(facts.sources)}",
+                    channel=channel,
+                    alert=Alert(
+                        story=story,
+                        match=m,
+                        cluster=facts.cluster,
+                        sources=len(facts.sources),
+                        source_names=facts.sources,
+                        update=True,
+                    ),
+                    created=now,
+                    parent_key=first,
+                )
+            )
+    return out
+
+
+def retry_at(
+    *,
+    now: datetime,
+    created: datetime,
+    attempts: int,
+    retry_after: float | None,
+    retry_min: float,
+    retry_max: float,
+    give_up_after: float,
+) -> datetime | None:
+    """When to try a failed delivery again (None: give up). ``attempts`` counts the
+    attempt that just failed. Exponential backoff from ``retry_min`` capped at
+    ``retry_max``; a peer's Retry-After is a lower bound."""
+    if (now - created).total_seconds() >= give_up_after:
+        return None
+    delay = min(retry_max, retry_min * (2 ** max(0, attempts - 1)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, 24 * 3600.0))
+    return now + timedelta(seconds=delay)

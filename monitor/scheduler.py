@@ -1,0 +1,82 @@
+"""The only module that imports APScheduler: periodic ticks and cron jobs on the loop.
+
+Feed due times live in the store (so a restart resumes the schedule); APScheduler drives
+the ticks that claim due feeds, drain the outbox, prune old stories and send digests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+Job = Callable[[], Awaitable[None]]
+
+
+def validate_cron(expr: str) -> str | None:
+    """None if ``expr`` is a valid 5-field crontab expression, else the reason."""
+    try:
+        CronTrigger.from_crontab(expr, timezone=UTC)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def next_cron(expr: str, after: datetime) -> datetime | None:
+    """The first fire time of a crontab expression strictly after ``after`` (pure)."""
+    trig = CronTrigger.from_crontab(expr, timezone=UTC)
+    t: datetime | None = trig.get_next_fire_time(None, after + timedelta(seconds=1))
+    return t
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self._s = AsyncIOScheduler(timezone=UTC)
+
+    def every(self, name: str, seconds: float, job: Job, *, start_now: bool = True) -> None:
+        self._s.add_job(
+            job,
+            IntervalTrigger(seconds=seconds, timezone=UTC),
+            id=name,
+            name=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            replace_existing=True,
+            next_run_time=datetime.now(UTC) if start_now else None,
+        )
+
+    def cron(self, name: str, expr: str, job: Job) -> None:
+        self._s.add_job(
+            job,
+            CronTrigger.from_crontab(expr, timezone=UTC),
+            id=name,
+            name=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=300,
+            replace_existing=True,
+        )
+
+    def remove(self, name: str) -> None:
+        if self._s.get_job(name) is not None:
+            self._s.remove_job(name)
+
+    def job_names(self) -> list[str]:
+        return [j.id for j in self._s.get_jobs()]
+
+    def wake(self, name: str) -> None:
+        """Run a periodic job as soon as possible (e.g. drain the outbox right away)."""
+        job = self._s.get_job(name)
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    def start(self) -> None:
+        self._s.start()
+
+    def stop(self) -> None:
+        if self._s.running:
+            self._s.shutdown(wait=False)
