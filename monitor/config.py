@@ -262,7 +262,7 @@ def _interpolate(
             if default is not None:
                 return default
             missing.append((where, name))
-            return ""
+            return m.group(0)  # leave it: the missing variable is the problem reported
 
         return _ENV.sub(sub, data)
     return data

@@ -82,11 +82,25 @@ def locate(positions: Positions, loc: Sequence[str | int], *, key: bool = False)
     if key and (*loc, "__key__") in positions:
         return positions[(*loc, "__key__")]
     for n in range(len(loc), -1, -1):
-        if (*loc[:n], "__key__") in positions and n == len(loc):
-            return positions[(*loc[:n], "__key__")]
         if loc[:n] in positions:
             return positions[loc[:n]]
     return None
+
+
+def _drop_tags(loc: tuple[str | int, ...], positions: Positions) -> tuple[str | int, ...]:
+    """Remove the discriminator tags pydantic inserts into union locations
+    (``channels.s.slack.token`` → ``channels.s.token``)."""
+    out = list(loc)
+    i = 0
+    while i < len(out):
+        here = tuple(out[: i + 1])
+        if isinstance(out[i], str) and here not in positions and tuple(out[:i]) in positions:
+            without = (*out[:i], *out[i + 1 : i + 2])
+            if i + 1 >= len(out) or without in positions:
+                del out[i]
+                continue
+        i += 1
+    return tuple(out)
 
 
 def problems_from_validation(
@@ -101,7 +115,12 @@ def problems_from_validation(
     out: list[Problem] = []
     for e in err.errors(include_url=False):
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        unknown = e["type"] == "extra_forbidden"
         full = (*prefix, *loc)
+        if not unknown and e["type"] != "missing":
+            full = _drop_tags(full, positions)
+        elif len(full) > 1:
+            full = (*_drop_tags(full[:-1], positions), full[-1])
         unknown = e["type"] == "extra_forbidden"
         pos = locate(positions, full, key=unknown)
         dotted = ".".join(str(x) for x in full) or "(top level)"

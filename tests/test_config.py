@@ -1,0 +1,136 @@
+"""config.yaml validation: every problem located at file:line:column, env interpolation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import (
+    Config,
+    EmailChannel,
+    SlackChannel,
+    find_config,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+    secrets_of,
+)
+from monitor.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "c.yaml", env or {})
+    return [str(p) for p in e.value.problems]
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load_config(ROOT / "config.example.yaml", env={"SLACK_WEBHOOK_URL": "https://h/x"})
+    assert [f.name for f in cfg.feeds] == ["bbc-world", "aljazeera", "npr-world"]
+    specs = {s.name: s for s in cfg.feed_specs()}
+    assert specs["bbc-world"].interval == 300
+    assert specs["npr-world"].interval == 600
+    assert specs["aljazeera"].tags == ("world",)
+    assert cfg.rules_path == ROOT / "rules"
+    assert cfg.store_url == f"sqlite:///{ROOT / 'monitor.db'}"
+    assert isinstance(cfg.channels["slack-news"], SlackChannel)
+    email = cfg.channels["email-oncall"]
+    assert isinstance(email, EmailChannel) and email.effective_port == 587
+    assert cfg.fetch.max_bytes == 10 * 1024 * 1024
+
+
+def test_defaults_when_empty() -> None:
+    cfg = parse_config("", "c.yaml", {})
+    assert cfg.feeds == () and cfg.store == "sqlite:///monitor.db"
+    assert cfg.defaults.interval == 300 and cfg.retention == 30 * 86400
+    assert cfg.dedup.window == 48 * 3600
+
+
+def test_durations_and_sizes() -> None:
+    assert parse_duration("90s") == 90 and parse_duration("5m") == 300
+    assert parse_duration("2h") == 7200 and parse_duration("7d") == 7 * 86400
+    assert parse_duration(12) == 12.0
+    assert parse_size("10MiB") == 10 * 2**20 and parse_size("512kb") == 512_000
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("soon")
+    with pytest.raises(ValueError, match="size"):
+        parse_size("big")
+
+
+def test_every_problem_is_located() -> None:
+    text = (
+        "feeds:\n"
+        "  - name: a\n"
+        "    url: http://x/feed\n"
+        "    intervall: 5m\n"  # line 4: typo
+        "  - name: b\n"
+        "    url: ftp://x\n"  # line 6: bad scheme
+        "    interval: soon\n"  # line 7: bad duration
+        "channels:\n"
+        "  s:\n"
+        "    type: slack\n"
+        "    webhook_url: ${NOPE}\n"  # line 11: missing env
+    )
+    got = problems(text)
+    assert any(p.startswith("c.yaml:4:5: unknown key 'feeds.0.intervall'") for p in got), got
+    assert any(p.startswith("c.yaml:6:10: feeds.1.url: url must start with http") for p in got), got
+    assert any(p.startswith("c.yaml:7:15:") and "duration" in p for p in got), got
+    assert any(p.startswith("c.yaml:11:18: environment variable NOPE is not set") for p in got), got
+
+
+def test_duplicate_feed_names_and_yaml_errors() -> None:
+    got = problems("feeds:\n  - {name: a, url: 'http://x'}\n  - {name: a, url: 'http://y'}\n")
+    assert any("used twice" in p for p in got)
+    got = problems("feeds: [\n")
+    assert got[0].startswith("c.yaml:") and "invalid YAML" in got[0]
+    got = problems("store: a\nstore: b\n")
+    assert "duplicate key 'store'" in got[0] and got[0].startswith("c.yaml:2:1")
+
+
+def test_channel_validation() -> None:
+    got = problems("channels:\n  s:\n    type: slack\n    token: x\n")
+    assert any("needs a channel" in p for p in got)
+    got = problems("channels:\n  s:\n    type: pager\n")
+    assert got and got[0].startswith("c.yaml:3:11:") and "pager" in got[0]
+    got = problems("channels:\n  e:\n    type: email\n    host: h\n    from: a@b\n")
+    assert any("missing required key 'channels.e.to'" in p for p in got), got
+
+
+def test_env_interpolation_and_secrets() -> None:
+    cfg = parse_config(
+        "channels:\n  s:\n    type: slack\n    webhook_url: ${HOOK}\n"
+        "  e:\n    type: email\n    host: ${SMTP_HOST:-localhost}\n    from: a@b\n    to: c@d\n"
+        "    password: ${PW}\n",
+        "c.yaml",
+        {"HOOK": "https://hooks.example/T/B/secret", "PW": "hunter22"},
+    )
+    s = cfg.channels["s"]
+    assert isinstance(s, SlackChannel) and s.webhook_url == "https://hooks.example/T/B/secret"
+    e = cfg.channels["e"]
+    assert isinstance(e, EmailChannel) and e.host == "localhost" and e.to == ("c@d",)
+    assert set(secrets_of(cfg)) == {"https://hooks.example/T/B/secret", "hunter22"}
+
+
+def test_missing_file_is_a_helpful_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "nope.yaml")
+    assert "not found" in str(e.value) and "--config" in str(e.value)
+
+
+def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MONITOR_CONFIG", str(tmp_path / "env.yaml"))
+    assert find_config("x.yaml") == Path("x.yaml")
+    assert find_config(None) == tmp_path / "env.yaml"
+    (tmp_path / "config.yaml").write_text("")
+    assert find_config(None) == Path("config.yaml")
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(Exception, match="frozen"):
+        cfg.rules = "x"  # type: ignore[misc]
