@@ -95,7 +95,7 @@ def test_channel_validation() -> None:
     got = problems("channels:\n  s:\n    type: slack\n    token: x\n")
     assert any("needs a channel" in p for p in got)
     got = problems("channels:\n  s:\n    type: pager\n")
-    assert got and got[0].startswith("c.yaml:3:11:") and "pager" in got[0]
+    assert got and got[0].startswith("c.yaml:3:5:") and "pager" in got[0]
     got = problems("channels:\n  e:\n    type: email\n    host: h\n    from: a@b\n")
     assert any("missing required key 'channels.e.to'" in p for p in got), got
 
