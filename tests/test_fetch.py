@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -169,6 +170,14 @@ async def test_slow_server_times_out(feed_server: FeedServer) -> None:
         r = await get(f, feed_server.url("/slow"))
     assert isinstance(r, FetchFailed)
     assert r.reason == "timed out after 0.3s" and r.status is None
+
+
+async def test_stalled_body_times_out(feed_server: FeedServer) -> None:
+    # headers arrive at once, the body stalls: the timeout covers reading the body too
+    feed_server.slow("/stall", 30, body=RSS, mid_body=True)
+    async with make_fetcher(timeout=0.3) as f:
+        r = await get(f, feed_server.url("/stall"))
+    assert isinstance(r, FetchFailed) and r.reason == "timed out after 0.3s"
 
 
 async def test_dropped_connection_fails(feed_server: FeedServer, fetcher: Fetcher) -> None:
@@ -361,16 +370,27 @@ def test_parse_retry_after() -> None:
 
 
 async def test_per_host_limit_really_limits(feed_server: FeedServer) -> None:
-    feed_server.slow("/slow", 0.2)
+    gate = feed_server.gate("/held")
     async with make_fetcher(per_host=2, concurrency=10) as f:
-        results = await asyncio.gather(*(get(f, feed_server.url("/slow")) for _ in range(6)))
+        tasks = [asyncio.create_task(get(f, feed_server.url("/held"))) for _ in range(6)]
+        await feed_server.wait_active(2, "/held")  # the limit is reached...
+        gate.set()  # ...then everything is let through: the rest run at most 2 at a time
+        results = await asyncio.gather(*tasks)
     assert all(isinstance(r, Fetched) for r in results)
-    assert feed_server.hits("/slow") == 6
-    assert feed_server.max_active("/slow") == 2
+    assert feed_server.hits("/held") == 6
+    assert feed_server.max_active("/held") == 2
+
+
+async def test_per_host_limit_with_slow_server(feed_server: FeedServer) -> None:
+    feed_server.slow("/slow", 0.1)
+    async with make_fetcher(per_host=1, concurrency=10) as f:
+        results = await asyncio.gather(*(get(f, feed_server.url("/slow")) for _ in range(4)))
+    assert all(isinstance(r, Fetched) for r in results)
+    assert feed_server.max_active("/slow") == 1
 
 
 async def test_without_a_tight_limit_requests_overlap(feed_server: FeedServer) -> None:
-    # the control for the test above: the server does see parallel requests
+    # the control for the tests above: the server does see parallel requests
     gate = feed_server.gate("/gate")
     async with make_fetcher(per_host=6, concurrency=10) as f:
         tasks = [asyncio.create_task(get(f, feed_server.url("/gate"))) for _ in range(6)]
@@ -382,13 +402,41 @@ async def test_without_a_tight_limit_requests_overlap(feed_server: FeedServer) -
 
 
 async def test_global_concurrency_limit(feed_server: FeedServer) -> None:
-    feed_server.slow("/s1", 0.2)
-    feed_server.slow("/s2", 0.2)
+    gates = [feed_server.gate("/g1"), feed_server.gate("/g2")]
     async with make_fetcher(per_host=10, concurrency=3) as f:
-        urls = [feed_server.url(p) for p in ("/s1", "/s2") * 4]
-        results = await asyncio.gather(*(get(f, u) for u in urls))
+        urls = [feed_server.url(p) for p in ("/g1", "/g2") * 4]
+        tasks = [asyncio.create_task(get(f, u)) for u in urls]
+        await feed_server.wait_active(3)
+        for g in gates:
+            g.set()
+        results = await asyncio.gather(*tasks)
     assert all(isinstance(r, Fetched) for r in results)
     assert feed_server.max_active() == 3
+
+
+async def test_redirect_chain_on_one_host_with_per_host_1(feed_server: FeedServer) -> None:
+    # each hop releases the host slot before the next one takes it: no self-deadlock
+    feed_server.serve("/c", RSS)
+    feed_server.redirect("/a", "/b", status=302)
+    feed_server.redirect("/b", "/c", status=302)
+    async with make_fetcher(per_host=1, concurrency=1) as f:
+        results = await asyncio.gather(*(get(f, feed_server.url("/a")) for _ in range(3)))
+    assert all(isinstance(r, Fetched) for r in results)
+    assert feed_server.max_active() == 1
+
+
+async def test_cross_host_redirect(feed_server: FeedServer, fetcher: Fetcher) -> None:
+    try:
+        infos = socket.getaddrinfo("localhost", None, socket.AF_INET)
+    except OSError:
+        pytest.skip("localhost does not resolve")
+    if not any(i[4][0] == "127.0.0.1" for i in infos):
+        pytest.skip("localhost is not 127.0.0.1 here")
+    other = feed_server.url("/there").replace("127.0.0.1", "localhost")
+    feed_server.serve("/there", RSS)
+    feed_server.redirect("/here", other, status=308)
+    r = await get(fetcher, feed_server.url("/here"))
+    assert isinstance(r, Fetched) and r.permanent_redirect == other == r.final_url
 
 
 async def test_fetch_outside_context_is_a_programming_error() -> None:

@@ -24,8 +24,9 @@ Programming a path (each call replaces what the path did before):
     moves one minute forward unless given, so validators from the old body stop matching.
 ``serve_file(path, file, *, content_type=None, **serve_kw)``
     serve a file (e.g. from ../shared/corpora/real-feeds); type guessed from the suffix.
-``slow(path, seconds, body=b"<rss/>")``
-    wait ``seconds`` before answering (returns early when the server shuts down).
+``slow(path, seconds, body=b"<rss/>", *, mid_body=False)``
+    wait ``seconds`` before answering, or (``mid_body=True``) after sending the headers
+    and half the body; the wait ends early when the server shuts down.
 ``gate(path, body=b"<rss/>") -> asyncio.Event``
     hold every request until the test sets the returned event.
 ``drop(path)``
@@ -195,11 +196,28 @@ class FeedServer:
             ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         self.serve(path, file.read_bytes(), content_type=ctype, **serve_kw)  # type: ignore[arg-type]
 
-    def slow(self, path: str, seconds: float, body: bytes = b"<rss/>") -> None:
-        async def handler(request: web.Request) -> web.StreamResponse:
+    def slow(self, path: str, seconds: float, body: bytes = b"<rss/>", *,
+             mid_body: bool = False) -> None:
+        async def pause() -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), seconds)
-            return web.Response(body=body, content_type="application/rss+xml")
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if not mid_body:
+                await pause()
+                return web.Response(body=body, content_type="application/rss+xml")
+            resp = web.StreamResponse(headers={"Content-Type": "application/rss+xml"})
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            half = len(body) // 2
+            try:
+                await resp.write(body[:half])
+                await pause()
+                await resp.write(body[half:])
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass  # the client gave up waiting
+            return resp
 
         self._routes.pop(path, None)
         self._served.pop(path, None)
