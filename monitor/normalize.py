@@ -85,6 +85,8 @@ TRACKING_PARAMS: frozenset[str] = frozenset(
         "sr_share", "share_source", "rss_source",
         "ref", "ref_src", "ref_url", "referrer", "referer",  # share/referrer markers
         "cid_source", "ncid", "sref", "taid",
+        "traffic_source",  # Al Jazeera (traffic_source=rss)
+        "maca",  # Deutsche Welle (maca=en-rss-en-all-1573-rdf)
     }
 )
 #: Parameter-name prefixes removed (compared case-insensitively).

@@ -38,6 +38,7 @@ _PARA = frozenset(
 _LINE = frozenset({"br", "li", "tr", "dt", "dd"})
 # … and cells, separated by a space.
 _CELL = frozenset({"td", "th"})
+# Images (and their alt text: photo captions, tracking pixels) contribute nothing.
 _VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
      "source", "track", "wbr"}
@@ -69,24 +70,20 @@ class _TextExtractor(HTMLParser):
             if tag not in _VOID:
                 self._skip_depth += 1
             return
-        self._open(tag, attrs)
+        self._open(tag)
 
-    def _open(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def _open(self, tag: str) -> None:
         if tag in _PARA:
             self.parts.append("\n\n")
         elif tag in _LINE:
             self.parts.append("\n")
         elif tag in _CELL:
             self.parts.append(" ")
-        elif tag == "img":
-            alt = dict(attrs).get("alt")
-            if alt and not self._skip_depth:
-                self.parts.append(f" {alt} ")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         # <br/>, <p/>, <script/>: never opens a skipped region.
         if tag not in _SKIP:
-            self._open(tag, attrs)
+            self._open(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP:

@@ -44,6 +44,8 @@ def norm(entry: dict[str, Any], **kw: Any) -> Any:
         ("https://x.org/p?mc_cid=1&mc_eid=2&_ga=3&yclid=4&igshid=5", "https://x.org/p"),
         ("https://x.org/p?ocid=msn&cmpid=rss&s_cid=a&ito=b&spm=c.d", "https://x.org/p"),
         ("https://x.org/p?ref=hn&ref_src=twsrc%5Etfw&q=ok", "https://x.org/p?q=ok"),
+        ("https://www.aljazeera.com/news/a?traffic_source=rss", "https://www.aljazeera.com/news/a"),
+        ("https://www.dw.com/en/x/a-759?maca=en-rss-en-all-1573-rdf", "https://www.dw.com/en/x/a-759"),
         ("https://x.org/p?UTM_Source=Feed&Q=Keep", "https://x.org/p?Q=Keep"),
         ("https://x.org/p?q=a%20b&utm_source=x", "https://x.org/p?q=a%20b"),  # encoding kept
         ("https://example.com/a#section-2", "https://example.com/a"),
@@ -157,7 +159,7 @@ def test_entry_without_title_link_or_summary_is_none() -> None:
         ("<p>one</p><p>two</p>", "one two"),
         ("1 < 2 and 3 > 2", "1 < 2 and 3 > 2"),
         ("R&D and AT&T", "R&D and AT&T"),
-        ("<img src=x onerror=alert(1) alt=\"chart\">", "chart"),
+        ("<img src=x onerror=alert(1) alt=\"a photo\">Caption", "Caption"),
         ("", ""),
     ],
 )
