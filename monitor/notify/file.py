@@ -1,0 +1,60 @@
+"""File notifier: one JSON object per line (``render.json_line``), appended, flushed and
+fsynced in a worker thread so the event loop never waits on the disk. Parent
+directories are created. An I/O error is reported ``retry=True`` (a full disk or a
+missing mount may heal). ``Sent.ref`` is None: a file has no threads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from monitor.config import FileChannel
+from monitor.log import get_logger
+from monitor.model import Alert, SendFailed, SendResult, Sent
+from monitor.notify.render import json_line
+from monitor.notify.slack import RateLimiter
+
+log = get_logger(__name__)
+
+
+def _append(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileNotifier:
+    """Appends alerts to ``cfg.path`` (relative paths resolve against ``base_dir``)."""
+
+    def __init__(self, name: str, cfg: FileChannel, base_dir: Path) -> None:
+        self.name = name
+        self.cfg = cfg
+        p = Path(cfg.path).expanduser()
+        self.path = p if p.is_absolute() else Path(base_dir) / p
+        self.limiter = RateLimiter(cfg.rate, burst=cfg.rate)
+        self._lock = asyncio.Lock()
+
+    async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
+        line = json_line(alert)
+        await self.limiter.acquire()
+        try:
+            async with self._lock:  # one writer at a time: lines never interleave
+                await asyncio.to_thread(_append, self.path, line)
+        except OSError as e:
+            reason = f"file {self.path}: {e.strerror or type(e).__name__}"
+            log.warning("notify.failed", channel=self.name, kind="file", reason=reason, retry=True)
+            return SendFailed(reason=reason, retry=True)
+        log.info("notify.sent", channel=self.name, kind="file", path=str(self.path))
+        return Sent(ref=None)
+
+    async def close(self) -> None:
+        """Nothing to release: the file is opened per write."""
