@@ -135,11 +135,13 @@ class _Failure(Exception):
         self.reason = reason
 
 
-def _describe(exc: BaseException, *, connect_timeout: float, timeout: float) -> str:
-    """A readable reason for a network-level exception."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return f"connect timed out after {_seconds(connect_timeout)}"
+def _describe(exc: BaseException, *, connect_timeout: float, timeout: float,
+              expired: bool) -> str:
+    """A readable reason for a network-level exception (``expired``: the whole-fetch
+    deadline has passed, so a timeout is reported against ``timeout``)."""
     if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError on 3.11
+        if isinstance(exc, aiohttp.ConnectionTimeoutError) and not expired:
+            return f"connect timed out after {_seconds(connect_timeout)}"
         return f"timed out after {_seconds(timeout)}"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"DNS lookup failed for {exc.host}: {exc.os_error.strerror or exc.os_error}"
@@ -303,7 +305,8 @@ class Fetcher:
         except _Failure as exc:
             return FetchFailed(url=url, reason=exc.reason, status=status), status, 0
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = _describe(exc, connect_timeout=self.connect_timeout, timeout=self.timeout)
+            reason = _describe(exc, connect_timeout=self.connect_timeout, timeout=self.timeout,
+                               expired=loop.time() >= deadline - 0.001)
             return FetchFailed(url=url, reason=reason), status, 0
 
     async def _final(

@@ -188,6 +188,19 @@ async def test_dropped_connection_fails(feed_server: FeedServer, fetcher: Fetche
                         " header (received 24 of 10000 bytes)")
 
 
+async def test_connect_timeout(blackhole_port: int) -> None:
+    async with make_fetcher(connect_timeout=0.3, timeout=20) as f:
+        r = await get(f, f"http://127.0.0.1:{blackhole_port}/rss")
+    assert isinstance(r, FetchFailed)
+    assert r.reason == "connect timed out after 0.3s" and r.status is None
+
+
+async def test_total_timeout_during_connect_is_reported_as_total(blackhole_port: int) -> None:
+    async with make_fetcher(connect_timeout=20, timeout=0.3) as f:
+        r = await get(f, f"http://127.0.0.1:{blackhole_port}/rss")
+    assert isinstance(r, FetchFailed) and r.reason == "timed out after 0.3s"
+
+
 async def test_connection_refused(unused_tcp_port: int, fetcher: Fetcher) -> None:
     r = await get(fetcher, f"http://127.0.0.1:{unused_tcp_port}/rss")
     assert isinstance(r, FetchFailed)

@@ -39,7 +39,12 @@ Programming a path (each call replaces what the path did before):
 ``status(path, code, headers=None, body=b"")``
     answer ``code`` (429, 404, 410, 500, 503, …) with these headers (e.g. Retry-After).
 
-Any other path is a 404. Observing:
+Any other path is a 404.
+
+The ``blackhole_port`` fixture is a 127.0.0.1 port whose listen backlog is full, so a new
+TCP connect to it hangs (the kernel drops the SYN): use it to test connect timeouts.
+
+Observing:
 
 ``requests``                    every request: ``RecordedRequest(path, method, headers, query)``,
                                 headers case-insensitive (``CIMultiDict``)
@@ -55,12 +60,14 @@ import contextlib
 import gzip as gzipmod
 import hashlib
 import mimetypes
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from multidict import CIMultiDict
@@ -362,6 +369,28 @@ class FeedServer:
             return await handler(request)
         finally:
             await self._bump(path, -1)
+
+
+@pytest.fixture
+def blackhole_port() -> Iterator[int]:
+    """A local port where TCP connects hang (listen backlog 0, already filled)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port: int = server.getsockname()[1]
+    fillers: list[socket.socket] = []
+    for _ in range(3):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            c.connect(("127.0.0.1", port))
+        fillers.append(c)
+    try:
+        yield port
+    finally:
+        for c in fillers:
+            c.close()
+        server.close()
 
 
 @pytest_asyncio.fixture
