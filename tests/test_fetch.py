@@ -139,6 +139,20 @@ async def test_real_feed_file_is_served_with_its_type(feed_server: FeedServer,
     assert r.headers["content-type"].startswith("application/xml")
 
 
+async def test_real_feed_gzipped_fetches_and_parses(feed_server: FeedServer) -> None:
+    # end to end with the next stage: body + headers go to parse as they came
+    from monitor.parse import parse_feed
+
+    file = shared_path("corpora", "real-feeds", "news-snapshot-2026-02-17", "bbc-news-top.xml")
+    feed_server.serve_file("/bbc", file, gzip=True)
+    async with make_fetcher(max_bytes=10 * 1024 * 1024) as f:
+        r = await get(f, feed_server.url("/bbc"))
+    assert isinstance(r, Fetched) and r.body == file.read_bytes()
+    parsed = parse_feed(r.body, r.headers, feed="bbc", url=r.final_url,
+                        now=datetime(2026, 2, 17, tzinfo=UTC))
+    assert not parsed.failed and len(parsed.stories) > 5
+
+
 async def test_user_agent_and_accept_are_sent(feed_server: FeedServer) -> None:
     feed_server.serve("/rss", RSS)
     async with make_fetcher() as f:
