@@ -354,18 +354,21 @@ async def test_slack_bot_unknown_channel_is_permanent(slack_server: SlackServer)
     assert "channel_not_found" in r.reason
 
 
+@pytest.mark.parametrize("status", [429, 500, 503])
 @pytest.mark.parametrize("webhook", [True, False])
-async def test_slack_5xx_is_retryable_and_not_retried_by_the_sdk(
-    slack_server: SlackServer, webhook: bool
+async def test_slack_errors_are_not_retried_by_the_sdk(
+    slack_server: SlackServer, webhook: bool, status: int
 ) -> None:
     h = SlackHarness(slack_server, webhook=webhook)
-    slack_server.fail_next(2, status=500)
+    slack_server.fail_next(2, status=status, retry_after=30)
     try:
         r = await h.notifier.send(make_alert())
     finally:
         await h.notifier.close()
-    assert isinstance(r, SendFailed) and r.retry is True and r.retry_after is None
-    assert slack_server.requests == 1  # slack-sdk did not retry on its own
+    assert isinstance(r, SendFailed) and r.retry is True
+    assert r.retry_after == (30 if status == 429 else None)
+    assert str(status) in r.reason
+    assert slack_server.requests == 1  # slack-sdk neither slept nor retried on its own
 
 
 async def test_slack_webhook_bad_payload_is_permanent(slack_server: SlackServer) -> None:
