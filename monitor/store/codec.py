@@ -1,0 +1,321 @@
+"""Story / Alert / FeedState ⇄ JSON and database rows, shared by every store.
+
+Round-trips are exact: ``story_from_json(story_to_json(s)) == s`` with tuples kept as
+tuples and datetimes timezone-aware UTC. Datetimes become fixed-width ISO-8601 text in
+UTC (``2026-01-02T03:04:05.000006+00:00``) so that text comparison is chronological
+(SQLite stores them as text and compares them in SQL).
+
+Encoding refuses naive datetimes: the whole package works in aware UTC, and a naive
+value reaching the store is a bug that must not be silently shifted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from monitor.model import Alert, FeedState, Hit, Match, Story
+
+T = TypeVar("T")
+
+#: Bumped when the JSON shape changes incompatibly; decoders accept every older version.
+PAYLOAD_VERSION = 1
+
+
+class CodecError(ValueError):
+    """A value cannot be encoded, or a stored payload cannot be decoded."""
+
+
+# -- datetimes ----------------------------------------------------------------------------
+
+
+def dt_to_text(dt: datetime) -> str:
+    """Aware datetime → fixed-width UTC ISO text (sorts chronologically)."""
+    if not isinstance(dt, datetime):
+        raise CodecError(f"expected a datetime, got {type(dt).__name__}")
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise CodecError(f"naive datetime {dt.isoformat()} (expected timezone-aware UTC)")
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def dt_from_text(text: str) -> datetime:
+    """Inverse of :func:`dt_to_text` (accepts any aware ISO-8601 text)."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"bad datetime {text!r}: {e}") from e
+    if dt.tzinfo is None:
+        raise CodecError(f"naive datetime {text!r} in stored data")
+    return dt.astimezone(UTC)
+
+
+def opt_dt_to_text(dt: datetime | None) -> str | None:
+    return None if dt is None else dt_to_text(dt)
+
+
+def opt_dt_from_text(text: str | None) -> datetime | None:
+    return None if text is None else dt_from_text(text)
+
+
+def utc(dt: datetime) -> datetime:
+    """Check a datetime is aware and return it in UTC (for drivers with native types)."""
+    if not isinstance(dt, datetime):
+        raise CodecError(f"expected a datetime, got {type(dt).__name__}")
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise CodecError(f"naive datetime {dt.isoformat()} (expected timezone-aware UTC)")
+    return dt.astimezone(UTC)
+
+
+# -- small typed readers ------------------------------------------------------------------
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type[T], what: str) -> T:
+    try:
+        value = d[key]
+    except KeyError:
+        raise CodecError(f"{what}: missing field {key!r}") from None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CodecError(f"{what}: field {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _opt(d: Mapping[str, Any], key: str, kind: type[T], what: str) -> T | None:
+    if d.get(key) is None:
+        return None
+    return _get(d, key, kind, what)
+
+
+def _strs(d: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
+    value = d.get(key, [])
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise CodecError(f"{what}: field {key!r} should be a list of strings")
+    return tuple(value)
+
+
+def _check_strs(values: tuple[str, ...], name: str) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise CodecError(f"{name} should contain only strings: {values!r}")
+    return list(values)
+
+
+def _dumps(obj: Any) -> str:
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"cannot encode to JSON: {e}") from e
+
+
+def _loads(text: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"{what}: invalid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise CodecError(f"{what}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+# -- Story --------------------------------------------------------------------------------
+
+
+def story_to_dict(s: Story) -> dict[str, Any]:
+    """A JSON-able dict of every field of a Story."""
+    return {
+        "v": PAYLOAD_VERSION,
+        "id": s.id,
+        "feed": s.feed,
+        "title": s.title,
+        "link": s.link,
+        "summary": s.summary,
+        "content": s.content,
+        "published": dt_to_text(s.published),
+        "first_seen": dt_to_text(s.first_seen),
+        "authors": _check_strs(s.authors, "authors"),
+        "tags": _check_strs(s.tags, "tags"),
+        "lang": s.lang,
+        "guid": s.guid,
+        "feed_tags": _check_strs(s.feed_tags, "feed_tags"),
+    }
+
+
+def story_from_dict(d: Mapping[str, Any]) -> Story:
+    what = f"story {d.get('id')!r}"
+    return Story(
+        id=_get(d, "id", str, what),
+        feed=_get(d, "feed", str, what),
+        title=_get(d, "title", str, what),
+        link=_get(d, "link", str, what),
+        summary=d.get("summary") or "",
+        content=d.get("content") or "",
+        published=dt_from_text(_get(d, "published", str, what)),
+        first_seen=dt_from_text(_get(d, "first_seen", str, what)),
+        authors=_strs(d, "authors", what),
+        tags=_strs(d, "tags", what),
+        lang=_opt(d, "lang", str, what),
+        guid=_opt(d, "guid", str, what),
+        feed_tags=_strs(d, "feed_tags", what),
+    )
+
+
+def story_to_json(s: Story) -> str:
+    return _dumps(story_to_dict(s))
+
+
+def story_from_json(text: str | bytes) -> Story:
+    return story_from_dict(_loads(text, "story payload"))
+
+
+# -- Match / Alert ------------------------------------------------------------------------
+
+
+def _hit_to_dict(h: Hit) -> dict[str, Any]:
+    return {"term": h.term, "field": h.field, "start": h.start, "end": h.end, "text": h.text}
+
+
+def _hit_from_dict(d: Mapping[str, Any]) -> Hit:
+    what = "hit"
+    return Hit(
+        term=_get(d, "term", str, what),
+        field=_get(d, "field", str, what),
+        start=_get(d, "start", int, what),
+        end=_get(d, "end", int, what),
+        text=_get(d, "text", str, what),
+    )
+
+
+def match_to_dict(m: Match) -> dict[str, Any]:
+    return {
+        "rule": m.rule,
+        "severity": m.severity,
+        "channels": _check_strs(m.channels, "channels"),
+        "terms": _check_strs(m.terms, "terms"),
+        "actors": _check_strs(m.actors, "actors"),
+        "hits": [_hit_to_dict(h) for h in m.hits],
+        "cooldown": m.cooldown,
+        "digest": m.digest,
+    }
+
+
+def match_from_dict(d: Mapping[str, Any]) -> Match:
+    what = f"match {d.get('rule')!r}"
+    hits = d.get("hits", [])
+    if not isinstance(hits, list) or not all(isinstance(h, dict) for h in hits):
+        raise CodecError(f"{what}: field 'hits' should be a list of objects")
+    cooldown = d.get("cooldown", 0.0)
+    if not isinstance(cooldown, int | float) or isinstance(cooldown, bool):
+        raise CodecError(f"{what}: field 'cooldown' should be a number")
+    return Match(
+        rule=_get(d, "rule", str, what),
+        severity=_get(d, "severity", str, what),
+        channels=_strs(d, "channels", what),
+        terms=_strs(d, "terms", what),
+        actors=_strs(d, "actors", what),
+        hits=tuple(_hit_from_dict(h) for h in hits),
+        cooldown=float(cooldown),
+        digest=_opt(d, "digest", str, what),
+    )
+
+
+def alert_to_dict(a: Alert) -> dict[str, Any]:
+    """A JSON-able dict of an Alert (story and match nested)."""
+    return {
+        "v": PAYLOAD_VERSION,
+        "story": story_to_dict(a.story),
+        "match": match_to_dict(a.match),
+        "cluster": a.cluster,
+        "sources": a.sources,
+        "source_names": _check_strs(a.source_names, "source_names"),
+        "update": a.update,
+    }
+
+
+def alert_from_dict(d: Mapping[str, Any]) -> Alert:
+    what = "alert"
+    update = d.get("update", False)
+    if not isinstance(update, bool):
+        raise CodecError(f"{what}: field 'update' should be a boolean")
+    return Alert(
+        story=story_from_dict(_get(d, "story", dict, what)),
+        match=match_from_dict(_get(d, "match", dict, what)),
+        cluster=_get(d, "cluster", str, what),
+        sources=_get(d, "sources", int, what) if "sources" in d else 1,
+        source_names=_strs(d, "source_names", what),
+        update=update,
+    )
+
+
+def alert_to_json(a: Alert) -> str:
+    return _dumps(alert_to_dict(a))
+
+
+def alert_from_json(text: str | bytes) -> Alert:
+    return alert_from_dict(_loads(text, "alert payload"))
+
+
+# -- lists of strings (cluster sources) ---------------------------------------------------
+
+
+def strs_to_json(values: tuple[str, ...]) -> str:
+    return _dumps(_check_strs(values, "sources"))
+
+
+def strs_from_json(text: str | bytes) -> tuple[str, ...]:
+    try:
+        obj = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"invalid JSON list: {e}") from e
+    if not isinstance(obj, list) or not all(isinstance(v, str) for v in obj):
+        raise CodecError("expected a JSON list of strings")
+    return tuple(obj)
+
+
+# -- FeedState rows -----------------------------------------------------------------------
+
+#: Column order of the ``feeds`` table, same as the FeedState fields.
+FEED_COLUMNS: tuple[str, ...] = (
+    "name",
+    "url",
+    "configured_url",
+    "etag",
+    "last_modified",
+    "body_hash",
+    "last_polled",
+    "next_poll",
+    "last_success",
+    "failures",
+    "last_status",
+    "last_error",
+    "gone",
+    "baselined",
+    "problem",
+    "polls",
+    "stories_seen",
+)
+_FEED_TIMES = frozenset({"last_polled", "next_poll", "last_success"})
+_FEED_BOOLS = frozenset({"gone", "baselined"})
+
+
+def feed_to_row(state: FeedState, dt: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    """FeedState → values in FEED_COLUMNS order; ``dt`` encodes non-null datetimes."""
+    out: list[Any] = []
+    for col in FEED_COLUMNS:
+        value = getattr(state, col)
+        if col in _FEED_TIMES and value is not None:
+            value = dt(value)
+        out.append(value)
+    return tuple(out)
+
+
+def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime]) -> FeedState:
+    """A ``feeds`` row (mapping by column name) → FeedState; ``dt`` decodes datetimes."""
+    values: dict[str, Any] = {}
+    for col in FEED_COLUMNS:
+        value = row[col]
+        if col in _FEED_TIMES and value is not None:
+            value = dt(value)
+        elif col in _FEED_BOOLS:
+            value = bool(value)
+        values[col] = value
+    return FeedState(**values)

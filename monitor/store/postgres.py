@@ -1,0 +1,547 @@
+"""The shared store: PostgreSQL through an asyncpg pool.
+
+Several daemon instances may share one database: ``claim_due_feeds`` and
+``claim_deliveries`` lock their rows with ``SELECT … FOR UPDATE SKIP LOCKED`` inside the
+``UPDATE … RETURNING`` that sets the lease, so two instances never claim the same row and
+never wait for each other.
+
+``schema`` (a store option, ``?schema=`` in the URL) puts every table in that schema
+(created when missing) by setting ``search_path`` on each pooled connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from monitor.errors import StoreError
+from monitor.log import get_logger
+from monitor.model import ClusterInfo, Delivery, FeedState
+from monitor.store import migrations
+from monitor.store.base import DeliveryStatus, StoredStory
+from monitor.store.codec import (
+    FEED_COLUMNS,
+    CodecError,
+    alert_from_json,
+    alert_to_json,
+    feed_from_row,
+    feed_to_row,
+    story_from_json,
+    story_to_json,
+    strs_from_json,
+    strs_to_json,
+    utc,
+)
+
+log = get_logger(__name__)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_FEED_UPSERT = (
+    f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(FEED_COLUMNS) + 1))}) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in FEED_COLUMNS if c != "name")
+)
+_CLUSTER_UPSERT = (
+    "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
+    "VALUES ($1, $2, $3, $4, $5, $6) "
+    "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, sources = excluded.sources"
+)
+_CLUSTER_FOR_STORY = (
+    "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
+    "SELECT $1::text, $2::text, $3::text, $4::timestamptz, $4::timestamptz, $5::text "
+    "WHERE NOT EXISTS (SELECT 1 FROM stories WHERE id = $2::text) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_STORY_INSERT = (
+    "INSERT INTO stories (id, feed, link, title, cluster, first_seen, published, payload) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+)
+_DELIVERY_INSERT = (
+    "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, attempts, "
+    "created, next_attempt) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9) "
+    "ON CONFLICT (key) DO NOTHING RETURNING id"
+)
+_DELIVERY_COLUMNS = (
+    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref"
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (for messages and logs)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<invalid postgres url>"
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+
+
+def _text(s: str) -> str:
+    """PostgreSQL text cannot hold NUL characters (the JSON payload keeps them escaped)."""
+    return s.replace("\x00", "") if "\x00" in s else s
+
+
+def _count(status: str) -> int:
+    """Rows affected from a command status such as ``UPDATE 3``."""
+    try:
+        return int(status.rsplit(" ", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def _status(r: Any) -> DeliveryStatus:
+    return DeliveryStatus(
+        id=r["id"],
+        key=r["key"],
+        channel=r["channel"],
+        state=r["state"],
+        attempts=r["attempts"],
+        created=r["created"],
+        next_attempt=r["next_attempt"],
+        sent_at=r["sent_at"],
+        last_error=r["last_error"],
+        ref=r["ref"],
+    )
+
+
+def _cluster(r: Any, members: tuple[str, ...]) -> ClusterInfo:
+    return ClusterInfo(
+        id=r["id"],
+        first_story=r["first_story"],
+        title=r["title"],
+        first_seen=r["first_seen"],
+        last_seen=r["last_seen"],
+        sources=strs_from_json(r["sources"]),
+        members=members,
+    )
+
+
+def _same(dt: datetime) -> datetime:
+    return dt
+
+
+class PostgresStore:
+    """A ``Store`` in PostgreSQL, safe to share between several daemon instances."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 5,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+    ) -> None:
+        if schema is not None and not _IDENT.match(schema):
+            raise StoreError(f"invalid PostgreSQL schema name {schema!r} (letters, digits, _)")
+        self._dsn = dsn
+        self._schema = schema
+        self._min = min_size
+        self._max = max_size
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._pool: Any = None
+
+    @property
+    def schema(self) -> str | None:
+        return self._schema
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact_dsn(self._dsn)!r}, schema={self._schema!r})"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        settings = {"search_path": self._schema} if self._schema else {}
+        where = redact_dsn(self._dsn)
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min,
+                max_size=self._max,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+                server_settings=settings,
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as e:
+            raise StoreError(f"cannot connect to {where}: {e or type(e).__name__}") from e
+        try:
+            async with pool.acquire() as con, con.transaction():
+                await self._migrate(con)
+        except BaseException as e:
+            await pool.close()
+            if isinstance(e, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
+                raise StoreError(f"cannot open {where}: {e}") from e
+            raise
+        self._pool = pool
+
+    async def _migrate(self, con: Any) -> None:
+        schema = self._schema or "public"
+        # One migrator at a time per schema, across every instance sharing the database.
+        await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"monitor.migrate:{schema}")
+        if self._schema:
+            await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+        await con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await con.fetchval("SELECT max(version) FROM schema_version") or 0
+        wanted = migrations.load("postgres")
+        if current > len(wanted):
+            raise StoreError(
+                f"schema {schema}: version {current} is newer than this program "
+                f"({len(wanted)}); upgrade monitor"
+            )
+        for m in wanted[current:]:
+            await con.execute(m.sql)
+            await con.execute("INSERT INTO schema_version (version) VALUES ($1)", m.version)
+            log.info("store.migrated", schema=schema, version=m.version, file=m.name)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _con(self, what: str, *, tx: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection (in a transaction when ``tx``), driver errors → StoreError."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"{what}: the store is not open")
+        try:
+            async with pool.acquire() as con:
+                if tx:
+                    async with con.transaction():
+                        yield con
+                else:
+                    yield con
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, CodecError) as e:
+            raise StoreError(f"{what}: {e or type(e).__name__}") from e
+
+    # -- feeds ----------------------------------------------------------------------------
+
+    async def get_feeds(self) -> list[FeedState]:
+        async with self._con("get_feeds") as con:
+            rows = await con.fetch("SELECT * FROM feeds ORDER BY name")
+        return [feed_from_row(r, _same) for r in rows]
+
+    async def get_feed(self, name: str) -> FeedState | None:
+        async with self._con("get_feed") as con:
+            r = await con.fetchrow("SELECT * FROM feeds WHERE name = $1", name)
+        return None if r is None else feed_from_row(r, _same)
+
+    async def save_feed(self, state: FeedState) -> None:
+        async with self._con(f"save_feed {state.name!r}") as con:
+            await con.execute(_FEED_UPSERT, *self._feed_row(state))
+
+    @staticmethod
+    def _feed_row(state: FeedState) -> tuple[Any, ...]:
+        row = list(feed_to_row(state, utc))
+        for i, col in enumerate(FEED_COLUMNS):
+            if isinstance(row[i], str) and col in ("last_error", "problem"):
+                row[i] = _text(row[i])
+        return tuple(row)
+
+    async def delete_feed(self, name: str) -> None:
+        async with self._con(f"delete_feed {name!r}") as con:
+            await con.execute("DELETE FROM feeds WHERE name = $1", name)
+
+    async def claim_due_feeds(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[FeedState]:
+        if limit <= 0:
+            return []
+        async with self._con("claim_due_feeds") as con:
+            rows = await con.fetch(
+                "WITH due AS ("
+                " SELECT name, next_poll AS old_next_poll FROM feeds"
+                " WHERE NOT gone AND (next_poll IS NULL OR next_poll <= $1)"
+                " ORDER BY next_poll NULLS FIRST, name LIMIT $2"
+                " FOR UPDATE SKIP LOCKED) "
+                "UPDATE feeds f SET next_poll = $3 FROM due WHERE f.name = due.name "
+                "RETURNING f.*, due.old_next_poll",
+                utc(now),
+                limit,
+                utc(lease_until),
+            )
+        rows = sorted(
+            rows,
+            key=lambda r: (r["old_next_poll"] is not None, r["old_next_poll"] or now, r["name"]),
+        )
+        return [feed_from_row(r, _same) for r in rows]
+
+    # -- stories --------------------------------------------------------------------------
+
+    async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
+        id_list = list(dict.fromkeys(ids))
+        link_list = list(dict.fromkeys(links))
+        if not id_list and not link_list:
+            return set()
+        async with self._con("known") as con:
+            rows = await con.fetch(
+                "SELECT id FROM stories WHERE id = ANY($1::text[]) "
+                "UNION ALL SELECT link FROM stories WHERE link = ANY($2::text[])",
+                id_list,
+                [_text(x) for x in link_list],
+            )
+        return {r[0] for r in rows}
+
+    async def save_poll(
+        self,
+        state: FeedState,
+        stories: Sequence[StoredStory],
+        deliveries: Sequence[Delivery],
+        clusters: Sequence[ClusterInfo] = (),
+    ) -> list[Delivery]:
+        inserted: list[Delivery] = []
+        async with self._con(f"save_poll {state.name!r}", tx=True) as con:
+            await con.execute(_FEED_UPSERT, *self._feed_row(state))
+            if clusters:
+                await con.executemany(
+                    _CLUSTER_UPSERT,
+                    [
+                        (c.id, c.first_story, _text(c.title), utc(c.first_seen), utc(c.last_seen),
+                         strs_to_json(c.sources))
+                        for c in clusters
+                    ],
+                )
+            if stories:
+                rows = []
+                auto = []
+                for st in stories:
+                    s = st.story
+                    seen = utc(s.first_seen)
+                    rows.append(
+                        (s.id, s.feed, _text(s.link), _text(s.title), st.cluster, seen,
+                         utc(s.published), story_to_json(s))
+                    )
+                    auto.append((st.cluster, s.id, _text(s.title), seen, strs_to_json((s.feed,))))
+                await con.executemany(_CLUSTER_FOR_STORY, auto)
+                await con.executemany(_STORY_INSERT, rows)
+            for d in deliveries:
+                new_id = await con.fetchval(
+                    _DELIVERY_INSERT,
+                    d.key,
+                    d.channel,
+                    d.parent_key,
+                    d.alert.cluster,
+                    d.alert.match.rule,
+                    alert_to_json(d.alert),
+                    d.attempts,
+                    utc(d.created),
+                    utc(d.next_attempt or d.created),
+                )
+                if new_id is not None:
+                    inserted.append(replace(d, id=new_id))
+        return inserted
+
+    async def recent_stories(self, since: datetime, *, limit: int | None = None) -> list[StoredStory]:
+        async with self._con("recent_stories") as con:
+            rows = await con.fetch(
+                "SELECT payload, cluster FROM stories WHERE first_seen >= $1 "
+                "ORDER BY first_seen, id LIMIT $2",
+                utc(since),
+                limit,
+            )
+            return [StoredStory(story=story_from_json(r[0]), cluster=r[1]) for r in rows]
+
+    async def get_story(self, story_id: str) -> StoredStory | None:
+        async with self._con("get_story") as con:
+            r = await con.fetchrow("SELECT payload, cluster FROM stories WHERE id = $1", story_id)
+            return None if r is None else StoredStory(story=story_from_json(r[0]), cluster=r[1])
+
+    async def prune(self, before: datetime) -> int:
+        cut = utc(before)
+        async with self._con("prune", tx=True) as con:
+            n = _count(await con.execute("DELETE FROM stories WHERE first_seen < $1", cut))
+            c = _count(
+                await con.execute(
+                    "DELETE FROM clusters WHERE NOT EXISTS "
+                    "(SELECT 1 FROM stories WHERE stories.cluster = clusters.id)"
+                )
+            )
+            d = _count(
+                await con.execute(
+                    "DELETE FROM deliveries WHERE state IN ('sent', 'failed') AND created < $1", cut
+                )
+            )
+        log.debug("store.pruned", stories=n, clusters=c, deliveries=d)
+        return n
+
+    # -- clusters -------------------------------------------------------------------------
+
+    @staticmethod
+    async def _members(con: Any, ids: list[str]) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {i: [] for i in ids}
+        if ids:
+            for r in await con.fetch(
+                "SELECT cluster, id FROM stories WHERE cluster = ANY($1::text[]) ORDER BY first_seen, id",
+                ids,
+            ):
+                out[r[0]].append(r[1])
+        return {k: tuple(v) for k, v in out.items()}
+
+    async def get_cluster(self, cluster_id: str) -> ClusterInfo | None:
+        async with self._con("get_cluster", tx=True) as con:
+            r = await con.fetchrow("SELECT * FROM clusters WHERE id = $1", cluster_id)
+            if r is None:
+                return None
+            members = await self._members(con, [cluster_id])
+            return _cluster(r, members[cluster_id])
+
+    async def list_clusters(self, *, since: datetime | None = None, limit: int = 50) -> list[ClusterInfo]:
+        async with self._con("list_clusters", tx=True) as con:
+            rows = await con.fetch(
+                "SELECT * FROM clusters WHERE ($1::timestamptz IS NULL OR last_seen >= $1) "
+                "ORDER BY last_seen DESC, id LIMIT $2",
+                None if since is None else utc(since),
+                limit,
+            )
+            members = await self._members(con, [r["id"] for r in rows])
+            return [_cluster(r, members[r["id"]]) for r in rows]
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        lease = utc(lease_until)
+        async with self._con("claim_deliveries") as con:
+            rows = await con.fetch(
+                "WITH due AS ("
+                " SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt <= $1"
+                " ORDER BY created, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                "UPDATE deliveries d SET next_attempt = $3 FROM due WHERE d.id = due.id "
+                "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
+                "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
+                "AS parent_ref",
+                utc(now),
+                limit,
+                lease,
+            )
+            rows = sorted(rows, key=lambda r: (r["created"], r["id"]))
+            return [
+                Delivery(
+                    key=r["key"],
+                    channel=r["channel"],
+                    alert=alert_from_json(r["payload"]),
+                    created=r["created"],
+                    parent_key=r["parent_key"],
+                    id=r["id"],
+                    attempts=r["attempts"],
+                    next_attempt=lease,
+                    thread_ref=r["parent_ref"],
+                )
+                for r in rows
+            ]
+
+    async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:
+        async with self._con(f"mark_sent {delivery_id}", tx=True) as con:
+            status = await con.execute(
+                "UPDATE deliveries SET state = 'sent', sent_at = $1, last_attempt = $1, ref = $2, "
+                "attempts = attempts + 1, next_attempt = NULL WHERE id = $3 AND state <> 'sent'",
+                utc(now),
+                ref,
+                delivery_id,
+            )
+            if _count(status) == 0:
+                await self._exists(con, delivery_id)
+
+    async def mark_failed(
+        self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
+    ) -> None:
+        async with self._con(f"mark_failed {delivery_id}", tx=True) as con:
+            status = await con.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, last_attempt = $2, "
+                "state = CASE WHEN $3::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, "
+                "next_attempt = $3 WHERE id = $4 AND state = 'pending'",
+                _text(error),
+                utc(now),
+                None if next_attempt is None else utc(next_attempt),
+                delivery_id,
+            )
+            if _count(status) == 0:
+                await self._exists(con, delivery_id)
+
+    @staticmethod
+    async def _exists(con: Any, delivery_id: int) -> None:
+        if await con.fetchval("SELECT 1 FROM deliveries WHERE id = $1", delivery_id) is None:
+            raise StoreError(f"no delivery with id {delivery_id}")
+
+    async def release(self, delivery_id: int, next_attempt: datetime) -> None:
+        async with self._con(f"release {delivery_id}", tx=True) as con:
+            status = await con.execute(
+                "UPDATE deliveries SET next_attempt = $1 WHERE id = $2 AND state = 'pending'",
+                utc(next_attempt),
+                delivery_id,
+            )
+            if _count(status) == 0:
+                await self._exists(con, delivery_id)
+
+    async def cluster_alerts(self, cluster: str) -> list[Delivery]:
+        async with self._con("cluster_alerts") as con:
+            rows = await con.fetch(
+                "SELECT id, key, channel, parent_key, payload, attempts, created, next_attempt "
+                "FROM deliveries WHERE cluster = $1 AND parent_key IS NULL ORDER BY created, id",
+                cluster,
+            )
+            return [
+                Delivery(
+                    key=r["key"],
+                    channel=r["channel"],
+                    alert=alert_from_json(r["payload"]),
+                    created=r["created"],
+                    parent_key=r["parent_key"],
+                    id=r["id"],
+                    attempts=r["attempts"],
+                    next_attempt=r["next_attempt"],
+                )
+                for r in rows
+            ]
+
+    async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
+        async with self._con("deliveries") as con:
+            rows = await con.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE ($1::text IS NULL OR state = $1) "
+                "ORDER BY created DESC, id DESC LIMIT $2",
+                state,
+                limit,
+            )
+        return [_status(r) for r in rows]
+
+    async def last_alert(self, cluster: str, rule: str, channel: str) -> datetime | None:
+        async with self._con("last_alert") as con:
+            value: datetime | None = await con.fetchval(
+                "SELECT max(created) FROM deliveries WHERE cluster = $1 AND rule = $2 AND channel = $3",
+                cluster,
+                rule,
+                channel,
+            )
+        return value
+
+    async def count_pending(self) -> int:
+        async with self._con("count_pending") as con:
+            return int(await con.fetchval("SELECT count(*) FROM deliveries WHERE state = 'pending'"))

@@ -1,0 +1,677 @@
+"""The default store: one SQLite file (stdlib ``sqlite3``), WAL mode.
+
+All database work runs on ONE connection owned by ONE worker thread
+(``ThreadPoolExecutor(max_workers=1)``): calls are serialised, the event loop never
+blocks on disk, and ``sqlite3``'s same-thread check stays on. Writes use
+``BEGIN IMMEDIATE`` so that another process sharing the file waits (``busy_timeout``)
+instead of failing half-way through a transaction.
+
+Durability: in WAL mode a committed transaction is in the WAL file (in the OS page
+cache) before ``COMMIT`` returns, so it survives the process being killed (``kill -9``)
+with ``synchronous=NORMAL``; ``synchronous=FULL`` also makes it survive power loss or an
+OS crash, at the price of one fsync per commit.
+
+Times are stored as fixed-width UTC ISO text (see ``codec``), which SQLite compares
+chronologically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from monitor.errors import StoreError
+from monitor.log import get_logger
+from monitor.model import ClusterInfo, Delivery, FeedState
+from monitor.store import migrations
+from monitor.store.base import DeliveryStatus, StoredStory
+from monitor.store.codec import (
+    FEED_COLUMNS,
+    CodecError,
+    alert_from_json,
+    alert_to_json,
+    dt_from_text,
+    dt_to_text,
+    feed_from_row,
+    feed_to_row,
+    opt_dt_from_text,
+    opt_dt_to_text,
+    story_from_json,
+    story_to_json,
+    strs_from_json,
+    strs_to_json,
+)
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Host parameters per statement: far below SQLite's limit (32766 since 3.32, 999 before).
+CHUNK = 400
+
+_SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_FEED_UPSERT = (
+    f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) VALUES ({', '.join('?' for _ in FEED_COLUMNS)}) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in FEED_COLUMNS if c != "name")
+)
+_CLUSTER_UPSERT = (
+    "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
+    "VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, sources = excluded.sources"
+)
+# A story whose cluster was not passed in ``clusters`` still gets a cluster row (the
+# stories → clusters foreign key holds), unless the story itself is already stored.
+_CLUSTER_FOR_STORY = (
+    "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
+    "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM stories WHERE id = ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_STORY_INSERT = (
+    "INSERT INTO stories (id, feed, link, title, cluster, first_seen, published, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+_DELIVERY_INSERT = (
+    "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, attempts, "
+    "created, next_attempt) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+    "ON CONFLICT (key) DO NOTHING RETURNING id"
+)
+_DELIVERY_COLUMNS = (
+    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref"
+)
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+@contextlib.contextmanager
+def _write(con: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
+def _read(con: sqlite3.Connection) -> Iterator[None]:
+    """A read transaction: several SELECTs see one snapshot."""
+    con.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if con.in_transaction:
+            con.execute("COMMIT")
+
+
+def _status(row: sqlite3.Row) -> DeliveryStatus:
+    return DeliveryStatus(
+        id=row["id"],
+        key=row["key"],
+        channel=row["channel"],
+        state=row["state"],
+        attempts=row["attempts"],
+        created=dt_from_text(row["created"]),
+        next_attempt=opt_dt_from_text(row["next_attempt"]),
+        sent_at=opt_dt_from_text(row["sent_at"]),
+        last_error=row["last_error"],
+        ref=row["ref"],
+    )
+
+
+def _cluster(row: sqlite3.Row, members: tuple[str, ...]) -> ClusterInfo:
+    return ClusterInfo(
+        id=row["id"],
+        first_story=row["first_story"],
+        title=row["title"],
+        first_seen=dt_from_text(row["first_seen"]),
+        last_seen=dt_from_text(row["last_seen"]),
+        sources=strs_from_json(row["sources"]),
+        members=members,
+    )
+
+
+class SQLiteStore:
+    """A ``Store`` in one SQLite file (or ``":memory:"``).
+
+    ``synchronous`` is SQLite's ``PRAGMA synchronous`` (``NORMAL`` survives kill -9 in WAL
+    mode; ``FULL`` also survives power loss). ``busy_timeout`` (seconds) is how long a
+    statement waits for another process's write lock before failing with
+    "database is locked".
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 10.0,
+    ) -> None:
+        sync = synchronous.upper()
+        if sync not in _SYNC_MODES:
+            raise StoreError(f"synchronous must be one of {', '.join(_SYNC_MODES)}, not {synchronous!r}")
+        self._path = os.fspath(path)
+        self._sync = sync
+        self._busy_ms = int(busy_timeout * 1000)
+        self._executor: ThreadPoolExecutor | None = None
+        self._con: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r})"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        async with self._lock:
+            if self._executor is not None:
+                return
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+            loop = asyncio.get_running_loop()
+            try:
+                self._con = await loop.run_in_executor(executor, self._connect)
+            except BaseException:
+                executor.shutdown(wait=False)
+                raise
+            self._executor = executor
+
+    async def close(self) -> None:
+        async with self._lock:
+            executor, con = self._executor, self._con
+            if executor is None:
+                return
+            self._executor = self._con = None
+            loop = asyncio.get_running_loop()
+            try:
+                if con is not None:
+                    await loop.run_in_executor(executor, con.close)
+            finally:
+                executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        memory = self._path == ":memory:" or self._path.startswith("file:")
+        if not memory:
+            p = Path(self._path)
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # Create the file owner-only before SQLite does; SQLite gives the -wal and
+                # -shm files the same permissions as the database file.
+                os.close(os.open(p, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError as e:
+                raise StoreError(f"cannot open {self._path}: {e.strerror or e}") from e
+        try:
+            con = sqlite3.connect(
+                self._path,
+                timeout=self._busy_ms / 1000,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                cached_statements=256,
+                uri=self._path.startswith("file:"),
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open {self._path}: {e}") from e
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            con.execute("PRAGMA foreign_keys = ON")
+            if not memory:
+                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"cannot open {self._path}: journal_mode is {mode}, not WAL")
+            con.execute(f"PRAGMA synchronous = {self._sync}")
+            self._migrate(con)
+        except sqlite3.Error as e:
+            con.close()
+            raise StoreError(f"cannot open {self._path}: {e}") from e
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        wanted = migrations.load("sqlite")
+        current = con.execute("PRAGMA user_version").fetchone()[0]
+        if current >= len(wanted):
+            if current > len(wanted):
+                raise StoreError(
+                    f"{self._path}: schema version {current} is newer than this program "
+                    f"({len(wanted)}); upgrade monitor"
+                )
+            return
+        with _write(con):
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            current = con.execute("PRAGMA user_version").fetchone()[0]
+            for m in wanted[current:]:
+                for stmt in _statements(m.sql):
+                    con.execute(stmt)
+                con.execute(f"PRAGMA user_version = {m.version}")
+                log.info("store.migrated", path=self._path, version=m.version, file=m.name)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor, con = self._executor, self._con
+        if executor is None or con is None:
+            raise StoreError(f"{what}: the store is not open")
+
+        def call() -> T:
+            try:
+                return fn(con)
+            except sqlite3.Error as e:
+                raise StoreError(f"{what}: {e}") from e
+            except CodecError as e:
+                raise StoreError(f"{what}: {e}") from e
+
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    # -- feeds ----------------------------------------------------------------------------
+
+    async def get_feeds(self) -> list[FeedState]:
+        def work(con: sqlite3.Connection) -> list[FeedState]:
+            rows = con.execute("SELECT * FROM feeds ORDER BY name").fetchall()
+            return [feed_from_row(r, dt_from_text) for r in rows]
+
+        return await self._run("get_feeds", work)
+
+    async def get_feed(self, name: str) -> FeedState | None:
+        def work(con: sqlite3.Connection) -> FeedState | None:
+            row = con.execute("SELECT * FROM feeds WHERE name = ?", (name,)).fetchone()
+            return None if row is None else feed_from_row(row, dt_from_text)
+
+        return await self._run("get_feed", work)
+
+    async def save_feed(self, state: FeedState) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            row = feed_to_row(state, dt_to_text)
+            with _write(con):
+                con.execute(_FEED_UPSERT, row)
+
+        await self._run(f"save_feed {state.name!r}", work)
+
+    async def delete_feed(self, name: str) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                con.execute("DELETE FROM feeds WHERE name = ?", (name,))
+
+        await self._run(f"delete_feed {name!r}", work)
+
+    async def claim_due_feeds(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[FeedState]:
+        def work(con: sqlite3.Connection) -> list[FeedState]:
+            if limit <= 0:
+                return []
+            now_t, lease_t = dt_to_text(now), dt_to_text(lease_until)
+            with _write(con):
+                names = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT name FROM feeds WHERE gone = 0 AND (next_poll IS NULL OR next_poll <= ?) "
+                        "ORDER BY next_poll, name LIMIT ?",  # NULL (never polled) sorts first
+                        (now_t, limit),
+                    )
+                ]
+                if not names:
+                    return []
+                con.execute(
+                    f"UPDATE feeds SET next_poll = ? WHERE name IN ({_marks(len(names))})",
+                    (lease_t, *names),
+                )
+                rows = con.execute(
+                    f"SELECT * FROM feeds WHERE name IN ({_marks(len(names))})", names
+                ).fetchall()
+            by_name = {r["name"]: feed_from_row(r, dt_from_text) for r in rows}
+            return [by_name[n] for n in names]
+
+        return await self._run("claim_due_feeds", work)
+
+    # -- stories --------------------------------------------------------------------------
+
+    async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
+        id_list = list(dict.fromkeys(ids))
+        link_list = list(dict.fromkeys(links))
+
+        def work(con: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            half = CHUNK // 2
+            n = max(len(id_list), len(link_list))
+            for i in range(0, n, half):
+                a, b = id_list[i : i + half], link_list[i : i + half]
+                parts, params = [], []
+                if a:
+                    parts.append(f"SELECT id FROM stories WHERE id IN ({_marks(len(a))})")
+                    params += a
+                if b:
+                    parts.append(f"SELECT link FROM stories WHERE link IN ({_marks(len(b))})")
+                    params += b
+                found.update(r[0] for r in con.execute(" UNION ALL ".join(parts), params))
+            return found
+
+        if not id_list and not link_list:
+            return set()
+        return await self._run("known", work)
+
+    async def save_poll(
+        self,
+        state: FeedState,
+        stories: Sequence[StoredStory],
+        deliveries: Sequence[Delivery],
+        clusters: Sequence[ClusterInfo] = (),
+    ) -> list[Delivery]:
+        def work(con: sqlite3.Connection) -> list[Delivery]:
+            inserted: list[Delivery] = []
+            with _write(con):
+                con.execute(_FEED_UPSERT, feed_to_row(state, dt_to_text))
+                if clusters:
+                    con.executemany(
+                        _CLUSTER_UPSERT,
+                        [
+                            (
+                                c.id,
+                                c.first_story,
+                                c.title,
+                                dt_to_text(c.first_seen),
+                                dt_to_text(c.last_seen),
+                                strs_to_json(c.sources),
+                            )
+                            for c in clusters
+                        ],
+                    )
+                if stories:
+                    rows = []
+                    auto = []
+                    for st in stories:
+                        s = st.story
+                        seen = dt_to_text(s.first_seen)
+                        rows.append(
+                            (s.id, s.feed, s.link, s.title, st.cluster, seen,
+                             dt_to_text(s.published), story_to_json(s))
+                        )
+                        auto.append((st.cluster, s.id, s.title, seen, seen, strs_to_json((s.feed,)), s.id))
+                    con.executemany(_CLUSTER_FOR_STORY, auto)
+                    con.executemany(_STORY_INSERT, rows)
+                for d in deliveries:
+                    row = con.execute(
+                        _DELIVERY_INSERT,
+                        (
+                            d.key,
+                            d.channel,
+                            d.parent_key,
+                            d.alert.cluster,
+                            d.alert.match.rule,
+                            alert_to_json(d.alert),
+                            d.attempts,
+                            dt_to_text(d.created),
+                            dt_to_text(d.next_attempt or d.created),
+                        ),
+                    ).fetchone()
+                    if row is not None:
+                        inserted.append(replace(d, id=row[0]))
+            return inserted
+
+        return await self._run(f"save_poll {state.name!r}", work)
+
+    async def recent_stories(self, since: datetime, *, limit: int | None = None) -> list[StoredStory]:
+        def work(con: sqlite3.Connection) -> list[StoredStory]:
+            rows = con.execute(
+                "SELECT payload, cluster FROM stories WHERE first_seen >= ? "
+                "ORDER BY first_seen, id LIMIT ?",
+                (dt_to_text(since), -1 if limit is None else limit),
+            ).fetchall()
+            return [StoredStory(story=story_from_json(r[0]), cluster=r[1]) for r in rows]
+
+        return await self._run("recent_stories", work)
+
+    async def get_story(self, story_id: str) -> StoredStory | None:
+        def work(con: sqlite3.Connection) -> StoredStory | None:
+            r = con.execute("SELECT payload, cluster FROM stories WHERE id = ?", (story_id,)).fetchone()
+            return None if r is None else StoredStory(story=story_from_json(r[0]), cluster=r[1])
+
+        return await self._run("get_story", work)
+
+    async def prune(self, before: datetime) -> int:
+        def work(con: sqlite3.Connection) -> int:
+            cut = dt_to_text(before)
+            with _write(con):
+                n = con.execute("DELETE FROM stories WHERE first_seen < ?", (cut,)).rowcount
+                c = con.execute(
+                    "DELETE FROM clusters WHERE NOT EXISTS "
+                    "(SELECT 1 FROM stories WHERE stories.cluster = clusters.id)"
+                ).rowcount
+                d = con.execute(
+                    "DELETE FROM deliveries WHERE state IN ('sent', 'failed') AND created < ?", (cut,)
+                ).rowcount
+            log.debug("store.pruned", stories=n, clusters=c, deliveries=d)
+            return int(n)
+
+        return await self._run("prune", work)
+
+    # -- clusters -------------------------------------------------------------------------
+
+    def _members(self, con: sqlite3.Connection, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {i: [] for i in ids}
+        for chunk in _chunks(ids):
+            for cluster, sid in con.execute(
+                f"SELECT cluster, id FROM stories WHERE cluster IN ({_marks(len(chunk))}) "
+                "ORDER BY first_seen, id",
+                tuple(chunk),
+            ):
+                out[cluster].append(sid)
+        return {k: tuple(v) for k, v in out.items()}
+
+    async def get_cluster(self, cluster_id: str) -> ClusterInfo | None:
+        def work(con: sqlite3.Connection) -> ClusterInfo | None:
+            with _read(con):
+                row = con.execute("SELECT * FROM clusters WHERE id = ?", (cluster_id,)).fetchone()
+                if row is None:
+                    return None
+                return _cluster(row, self._members(con, [cluster_id])[cluster_id])
+
+        return await self._run("get_cluster", work)
+
+    async def list_clusters(self, *, since: datetime | None = None, limit: int = 50) -> list[ClusterInfo]:
+        def work(con: sqlite3.Connection) -> list[ClusterInfo]:
+            with _read(con):
+                if since is None:
+                    rows = con.execute(
+                        "SELECT * FROM clusters ORDER BY last_seen DESC, id LIMIT ?", (limit,)
+                    ).fetchall()
+                else:
+                    rows = con.execute(
+                        "SELECT * FROM clusters WHERE last_seen >= ? ORDER BY last_seen DESC, id LIMIT ?",
+                        (dt_to_text(since), limit),
+                    ).fetchall()
+                members = self._members(con, [r["id"] for r in rows])
+            return [_cluster(r, members[r["id"]]) for r in rows]
+
+        return await self._run("list_clusters", work)
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, now: datetime, *, limit: int, lease_until: datetime
+    ) -> list[Delivery]:
+        def work(con: sqlite3.Connection) -> list[Delivery]:
+            if limit <= 0:
+                return []
+            with _write(con):
+                rows = con.execute(
+                    "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
+                    "CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref "
+                    "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
+                    "WHERE d.state = 'pending' AND d.next_attempt <= ? "
+                    "ORDER BY d.created, d.id LIMIT ?",
+                    (dt_to_text(now), limit),
+                ).fetchall()
+                if not rows:
+                    return []
+                con.execute(
+                    f"UPDATE deliveries SET next_attempt = ? WHERE id IN ({_marks(len(rows))})",
+                    (dt_to_text(lease_until), *(r["id"] for r in rows)),
+                )
+            return [
+                Delivery(
+                    key=r["key"],
+                    channel=r["channel"],
+                    alert=alert_from_json(r["payload"]),
+                    created=dt_from_text(r["created"]),
+                    parent_key=r["parent_key"],
+                    id=r["id"],
+                    attempts=r["attempts"],
+                    next_attempt=lease_until,
+                    thread_ref=r["parent_ref"],
+                )
+                for r in rows
+            ]
+
+        return await self._run("claim_deliveries", work)
+
+    async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            t = dt_to_text(now)
+            with _write(con):
+                n = con.execute(
+                    "UPDATE deliveries SET state = 'sent', sent_at = ?, last_attempt = ?, ref = ?, "
+                    "attempts = attempts + 1, next_attempt = NULL "
+                    "WHERE id = ? AND state <> 'sent'",
+                    (t, t, ref, delivery_id),
+                ).rowcount
+                if n == 0:
+                    _exists(con, delivery_id)
+
+        await self._run(f"mark_sent {delivery_id}", work)
+
+    async def mark_failed(
+        self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
+    ) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                n = con.execute(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, last_attempt = ?, "
+                    "state = CASE WHEN ? IS NULL THEN 'failed' ELSE 'pending' END, next_attempt = ? "
+                    "WHERE id = ? AND state = 'pending'",
+                    (error, dt_to_text(now), *(2 * (opt_dt_to_text(next_attempt),)), delivery_id),
+                ).rowcount
+                if n == 0:
+                    _exists(con, delivery_id)
+
+        await self._run(f"mark_failed {delivery_id}", work)
+
+    async def release(self, delivery_id: int, next_attempt: datetime) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                n = con.execute(
+                    "UPDATE deliveries SET next_attempt = ? WHERE id = ? AND state = 'pending'",
+                    (dt_to_text(next_attempt), delivery_id),
+                ).rowcount
+                if n == 0:
+                    _exists(con, delivery_id)
+
+        await self._run(f"release {delivery_id}", work)
+
+    async def cluster_alerts(self, cluster: str) -> list[Delivery]:
+        def work(con: sqlite3.Connection) -> list[Delivery]:
+            rows = con.execute(
+                "SELECT id, key, channel, parent_key, payload, attempts, created, next_attempt "
+                "FROM deliveries WHERE cluster = ? AND parent_key IS NULL ORDER BY created, id",
+                (cluster,),
+            ).fetchall()
+            return [
+                Delivery(
+                    key=r["key"],
+                    channel=r["channel"],
+                    alert=alert_from_json(r["payload"]),
+                    created=dt_from_text(r["created"]),
+                    parent_key=r["parent_key"],
+                    id=r["id"],
+                    attempts=r["attempts"],
+                    next_attempt=opt_dt_from_text(r["next_attempt"]),
+                )
+                for r in rows
+            ]
+
+        return await self._run("cluster_alerts", work)
+
+    async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
+        def work(con: sqlite3.Connection) -> list[DeliveryStatus]:
+            if state is None:
+                rows = con.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries ORDER BY created DESC, id DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                rows = con.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = ? "
+                    "ORDER BY created DESC, id DESC LIMIT ?",
+                    (state, limit),
+                ).fetchall()
+            return [_status(r) for r in rows]
+
+        return await self._run("deliveries", work)
+
+    async def last_alert(self, cluster: str, rule: str, channel: str) -> datetime | None:
+        def work(con: sqlite3.Connection) -> datetime | None:
+            row = con.execute(
+                "SELECT MAX(created) FROM deliveries WHERE cluster = ? AND rule = ? AND channel = ?",
+                (cluster, rule, channel),
+            ).fetchone()
+            return opt_dt_from_text(row[0])
+
+        return await self._run("last_alert", work)
+
+    async def count_pending(self) -> int:
+        def work(con: sqlite3.Connection) -> int:
+            return int(con.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0])
+
+        return await self._run("count_pending", work)
+
+
+def _exists(con: sqlite3.Connection, delivery_id: int) -> None:
+    """Raise StoreError when no delivery has this id (a finished one is left as it is)."""
+    if con.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() is None:
+        raise StoreError(f"no delivery with id {delivery_id}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split an SQL script into complete statements (``executescript`` would COMMIT)."""
+    buf: list[str] = []
+    for line in script.splitlines(keepends=True):
+        if not buf and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        buf.append(line)
+        text = "".join(buf)
+        if sqlite3.complete_statement(text):
+            yield text.strip()
+            buf = []
+    if "".join(buf).strip():
+        raise StoreError(f"incomplete SQL statement in migration: {''.join(buf)[:80]!r}")
+

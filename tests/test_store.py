@@ -1,0 +1,598 @@
+"""The one shared Store suite, run against SQLite and PostgreSQL.
+
+PostgreSQL: ``MONITOR_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``);
+each test gets its own random schema, dropped afterwards. When no server answers within
+2 s the postgres cases are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from monitor.errors import StoreError
+from monitor.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
+from monitor.store.base import Store, StoredStory
+from monitor.store.open import open_store
+from monitor.store.postgres import PostgresStore, redact_dsn
+from monitor.store.sqlite import SQLiteStore
+
+PG_URL = os.environ.get("MONITOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_PG_STATUS: dict[str, str | None] = {}
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def t(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+async def _pg_unavailable() -> str | None:
+    """None when the test server answers, else why not (computed once per session)."""
+    if "reason" not in _PG_STATUS:
+        try:
+            con = await asyncpg.connect(PG_URL, timeout=2)
+            await con.close()
+            _PG_STATUS["reason"] = None
+        except Exception as e:
+            _PG_STATUS["reason"] = f"no PostgreSQL at {redact_dsn(PG_URL)}: {e!r}"
+    return _PG_STATUS["reason"]
+
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """A factory of (unopened) stores that all share one fresh database."""
+    made: list[Store] = []
+    schema: str | None = None
+    if request.param == "sqlite":
+        path = tmp_path / "state" / "monitor.db"
+
+        def factory() -> Store:
+            s = SQLiteStore(path)
+            made.append(s)
+            return s
+    else:
+        reason = await _pg_unavailable()
+        if reason:
+            pytest.skip(reason)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+
+        def factory() -> Store:
+            s = PostgresStore(PG_URL, schema=schema, max_size=3)
+            made.append(s)
+            return s
+
+    try:
+        yield factory
+    finally:
+        for s in made:
+            await s.close()
+        if schema is not None:
+            con = await asyncpg.connect(PG_URL, timeout=5)
+            try:
+                await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await con.close()
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
+    async with make_store() as s:
+        yield s
+
+
+# -- builders -----------------------------------------------------------------------------
+
+
+def feed(name: str, **kw: object) -> FeedState:
+    return FeedState(name=name, url=f"https://{name}.example/feed", configured_url=f"https://{name}.example/feed", **kw)  # type: ignore[arg-type]
+
+
+def story(sid: str, *, feed: str = "a", seen: datetime = T0, title: str | None = None, link: str | None = None) -> Story:
+    return Story(
+        id=sid,
+        feed=feed,
+        title=title if title is not None else f"Title of {sid} — café 日本",
+        link=link if link is not None else f"https://news.example/{sid}",
+        summary="summary ünïcode 😀",
+        published=seen - timedelta(minutes=1),
+        first_seen=seen,
+        authors=("Ann", "Bob"),
+        tags=("world",),
+        lang="en",
+        guid=sid,
+        feed_tags=("news",),
+    )
+
+
+def stored(sid: str, cluster: str = "", **kw: object) -> StoredStory:
+    return StoredStory(story=story(sid, **kw), cluster=cluster or f"c-{sid}")  # type: ignore[arg-type]
+
+
+def alert(s: Story, *, rule: str = "r1", cluster: str | None = None, update: bool = False) -> Alert:
+    m = Match(
+        rule=rule,
+        severity="high",
+        channels=("slack",),
+        terms=("café",),
+        hits=(Hit(term="café", field="title", start=9, end=13, text="café"),),
+        cooldown=3600.0,
+    )
+    return Alert(story=s, match=m, cluster=cluster or f"c-{s.id}", sources=2, source_names=("a", "b"), update=update)
+
+
+def delivery(key: str, *, created: datetime = T0, channel: str = "slack", rule: str = "r1",
+             cluster: str | None = None, parent: str | None = None,
+             next_attempt: datetime | None = None) -> Delivery:
+    s = story(f"s-{key}", seen=created)
+    return Delivery(
+        key=key,
+        channel=channel,
+        alert=alert(s, rule=rule, cluster=cluster, update=parent is not None),
+        created=created,
+        parent_key=parent,
+        next_attempt=next_attempt,
+    )
+
+
+async def queue(store: Store, *ds: Delivery) -> list[Delivery]:
+    # the outbox feed is never due, so that it does not disturb feed claims
+    return await store.save_poll(feed("outbox", next_poll=t(10**6)), [], list(ds))
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+async def test_store_satisfies_the_protocol_and_open_is_idempotent(store: Store) -> None:
+    assert isinstance(store, Store)
+    await store.open()
+    await store.open()
+    assert await store.get_feeds() == []
+
+
+async def test_closed_store_raises_store_error(make_store: StoreFactory) -> None:
+    s = make_store()
+    with pytest.raises(StoreError, match="not open"):
+        await s.get_feeds()
+    async with s:
+        pass
+    await s.close()  # idempotent
+    with pytest.raises(StoreError, match="not open"):
+        await s.count_pending()
+
+
+async def test_reopen_keeps_everything(make_store: StoreFactory) -> None:
+    async with make_store() as s:
+        await s.save_poll(feed("a", next_poll=t(5), polls=3), [stored("s1"), stored("s2", cluster="c-s1")],
+                          [delivery("k1")], [ClusterInfo(id="c-s1", first_story="s1", title="T", first_seen=T0,
+                                                          last_seen=t(1), sources=("a",))])
+        [d] = await s.claim_deliveries(t(0), limit=5, lease_until=t(2))
+        assert d.id is not None
+        await s.mark_sent(d.id, t(1), "ts-1")
+    async with make_store() as s:
+        f = await s.get_feed("a")
+        assert f is not None and f.polls == 3 and f.next_poll == t(5)
+        assert [x.story.id for x in await s.recent_stories(T0)] == ["s1", "s2"]
+        c = await s.get_cluster("c-s1")
+        assert c is not None and c.members == ("s1", "s2")
+        [st] = await s.deliveries()
+        assert (st.key, st.state, st.ref) == ("k1", "sent", "ts-1")
+        assert await s.known(["s1"], []) == {"s1"}
+
+
+# -- feeds --------------------------------------------------------------------------------
+
+
+async def test_feed_crud(store: Store) -> None:
+    full = feed(
+        "b", etag='W/"1"', last_modified="Mon, 01 Jan 2026 00:00:00 GMT", body_hash="ff" * 32,
+        last_polled=t(1), next_poll=t(6), last_success=t(1), failures=2, last_status=503,
+        last_error="HTTP 503 — service unavailable", gone=False, baselined=True, problem="bozo: é",
+        polls=7, stories_seen=42,
+    )
+    await store.save_feed(full)
+    await store.save_feed(feed("a"))
+    assert await store.get_feed("b") == full
+    assert await store.get_feed("zzz") is None
+    assert [f.name for f in await store.get_feeds()] == ["a", "b"]
+    moved = replace(full, url="https://new.example/feed", failures=0, gone=True, last_error=None)
+    await store.save_feed(moved)
+    assert await store.get_feed("b") == moved
+    await store.delete_feed("b")
+    await store.delete_feed("never-existed")
+    assert [f.name for f in await store.get_feeds()] == ["a"]
+
+
+async def test_claim_due_feeds_order_lease_and_gone(store: Store) -> None:
+    await store.save_feed(feed("late", next_poll=t(-10)))
+    await store.save_feed(feed("new"))  # never polled: first
+    await store.save_feed(feed("b-due", next_poll=t(-1)))
+    await store.save_feed(feed("a-due", next_poll=t(-1)))  # same time: by name
+    await store.save_feed(feed("future", next_poll=t(5)))
+    await store.save_feed(feed("gone", next_poll=t(-100), gone=True))
+    await store.save_feed(feed("exact", next_poll=t(0)))  # next_poll == now is due
+
+    first = await store.claim_due_feeds(t(0), limit=3, lease_until=t(2))
+    assert [f.name for f in first] == ["new", "late", "a-due"]
+    assert all(f.next_poll == t(2) for f in first)  # the lease is stored and returned
+    rest = await store.claim_due_feeds(t(0), limit=10, lease_until=t(2))
+    assert [f.name for f in rest] == ["b-due", "exact"]
+    assert await store.claim_due_feeds(t(1), limit=10, lease_until=t(3)) == []
+    assert await store.claim_due_feeds(t(0), limit=0, lease_until=t(2)) == []
+
+    # the real next poll replaces the lease; an expired lease (crashed worker) is reclaimed
+    got = await store.get_feed("a-due")
+    assert got is not None
+    await store.save_feed(replace(got, next_poll=t(30), polls=1))
+    again = await store.claim_due_feeds(t(2), limit=10, lease_until=t(4))
+    assert [f.name for f in again] == ["b-due", "exact", "late", "new"]  # lease t(2) ties: by name
+    late = await store.claim_due_feeds(t(31), limit=10, lease_until=t(40))
+    assert [f.name for f in late] == ["b-due", "exact", "late", "new", "future", "a-due"]  # never "gone"
+
+
+# -- stories ------------------------------------------------------------------------------
+
+
+async def test_known_finds_ids_and_links(store: Store) -> None:
+    await store.save_poll(feed("a"), [stored("s1"), stored("s2", link="https://x.example/canon")], [])
+    assert await store.known([], []) == set()
+    assert await store.known(["s1", "nope"], ["https://x.example/canon", "https://other"]) == {
+        "s1",
+        "https://x.example/canon",
+    }
+    assert await store.known(iter(["s2", "s2"]), iter([])) == {"s2"}
+
+
+async def test_known_handles_large_batches(store: Store) -> None:
+    many = [stored(f"s{i}") for i in range(1200)]
+    await store.save_poll(feed("a"), many, [])
+    ids = [f"s{i}" for i in range(0, 2400, 2)]
+    links = [f"https://news.example/s{i}" for i in range(1, 2400, 2)]
+    found = await store.known(ids, links)
+    assert found == {f"s{i}" for i in range(0, 1200, 2)} | {f"https://news.example/s{i}" for i in range(1, 1200, 2)}
+
+
+async def test_save_poll_stores_everything_and_ignores_repeats(store: Store) -> None:
+    st = feed("a", polls=1, baselined=True, last_polled=t(0), next_poll=t(10))
+    clusters = [ClusterInfo(id="c1", first_story="s1", title="First", first_seen=T0, last_seen=T0, sources=("a",))]
+    out = await store.save_poll(st, [stored("s1", cluster="c1")], [delivery("k1", cluster="c1"), delivery("k1")], clusters)
+    assert [d.key for d in out] == ["k1"]  # a key repeated in the same batch is inserted once
+    assert out[0].id is not None and out[0].alert.cluster == "c1"
+    assert await store.get_feed("a") == st
+
+    # replay after a crash: same story (changed) and same key → nothing new
+    changed = StoredStory(story=story("s1", title="edited"), cluster="other")
+    later = [ClusterInfo(id="c1", first_story="s9", title="ignored", first_seen=t(5), last_seen=t(5), sources=("a", "b"))]
+    out2 = await store.save_poll(replace(st, polls=2), [changed, stored("s2", cluster="c1", seen=t(5))],
+                                 [delivery("k1"), delivery("k2", created=t(5))], later)
+    assert [d.key for d in out2] == ["k2"]
+    assert out2[0].id is not None and out2[0].id != out[0].id
+    s1 = await store.get_story("s1")
+    assert s1 == StoredStory(story=story("s1"), cluster="c1")  # the first version stays
+    assert await store.get_story("missing") is None
+    c = await store.get_cluster("c1")
+    assert c == ClusterInfo(id="c1", first_story="s1", title="First", first_seen=T0, last_seen=t(5),
+                            sources=("a", "b"), members=("s1", "s2"))
+    assert (await store.get_feed("a")) == replace(st, polls=2)
+    assert await store.count_pending() == 2
+
+
+async def test_save_poll_creates_a_cluster_row_when_none_is_passed(store: Store) -> None:
+    await store.save_poll(feed("a"), [stored("s1", cluster="cx", seen=t(1))], [])
+    c = await store.get_cluster("cx")
+    assert c is not None
+    assert (c.first_story, c.first_seen, c.last_seen, c.sources, c.members) == ("s1", t(1), t(1), ("a",), ("s1",))
+
+
+async def test_save_poll_is_atomic(store: Store) -> None:
+    before = feed("a", polls=1)
+    await store.save_feed(before)
+    s = story("s-bad")
+    bad = Delivery(
+        key="k-bad",
+        channel="slack",
+        alert=Alert(story=s, match=Match(rule="r", severity="high", channels=("slack",),
+                                         terms=(object(),)), cluster="c"),  # type: ignore[arg-type]
+        created=T0,
+    )
+    clusters = [ClusterInfo(id="c-new", first_story="s1", title="t", first_seen=T0, last_seen=T0)]
+    with pytest.raises(StoreError, match="save_poll 'a'") as info:
+        # the bad delivery comes last: the feed, the cluster, the stories and k-ok were already
+        # written inside the transaction when it fails
+        await store.save_poll(replace(before, polls=2), [stored("s1"), stored("s2")],
+                              [delivery("k-ok"), bad], clusters)
+    assert info.value.__cause__ is not None
+    assert await store.get_feed("a") == before
+    assert await store.known(["s1", "s2"], ["https://news.example/s1"]) == set()
+    assert await store.get_cluster("c-new") is None and await store.get_cluster("c-s1") is None
+    assert await store.deliveries() == []
+    assert await store.count_pending() == 0
+    # and the store is still usable afterwards
+    assert [d.key for d in await store.save_poll(before, [stored("s1")], [delivery("k-ok")])] == ["k-ok"]
+
+
+async def test_naive_datetimes_raise_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="naive"):
+        await store.save_feed(feed("a", next_poll=datetime(2026, 1, 1)))
+    with pytest.raises(StoreError, match="naive"):
+        await store.claim_due_feeds(datetime(2026, 1, 1), limit=1, lease_until=t(1))
+
+
+async def test_recent_stories_oldest_first_with_limit(store: Store) -> None:
+    await store.save_poll(feed("a"), [stored("s3", seen=t(3)), stored("s1", seen=t(1)), stored("s2", seen=t(2)),
+                                       stored("s0", seen=t(-5))], [])
+    got = await store.recent_stories(t(1))
+    assert [x.story.id for x in got] == ["s1", "s2", "s3"]
+    assert got[0] == stored("s1", seen=t(1))  # exact round trip, unicode and tuples included
+    assert [x.story.id for x in await store.recent_stories(t(1), limit=2)] == ["s1", "s2"]
+    assert await store.recent_stories(t(10)) == []
+
+
+async def test_prune(store: Store) -> None:
+    await store.save_poll(
+        feed("a"),
+        [stored("old1", cluster="c-old", seen=t(-100)), stored("old2", cluster="c-mixed", seen=t(-100)),
+         stored("new1", cluster="c-mixed", seen=t(10))],
+        [delivery("sent-old", created=t(-100)), delivery("failed-old", created=t(-100)),
+         delivery("pending-old", created=t(-100)), delivery("sent-new", created=t(10))],
+    )
+    ids = {d.key: d.id for d in await store.claim_deliveries(t(20), limit=10, lease_until=t(21))}
+    await store.mark_sent(ids["sent-old"], t(-99), None)  # type: ignore[arg-type]
+    await store.mark_failed(ids["failed-old"], t(-99), "400", None)  # type: ignore[arg-type]
+    await store.mark_sent(ids["sent-new"], t(11), None)  # type: ignore[arg-type]
+
+    assert await store.prune(t(0)) == 2
+    assert [x.story.id for x in await store.recent_stories(t(-1000))] == ["new1"]
+    assert await store.get_cluster("c-old") is None
+    mixed = await store.get_cluster("c-mixed")
+    assert mixed is not None and mixed.members == ("new1",)
+    assert sorted(d.key for d in await store.deliveries()) == ["pending-old", "sent-new"]
+    assert await store.prune(t(0)) == 0
+
+
+# -- clusters -----------------------------------------------------------------------------
+
+
+async def test_list_clusters_most_recent_first(store: Store) -> None:
+    cs = [ClusterInfo(id=f"c{i}", first_story=f"s{i}", title=f"T{i}", first_seen=t(i), last_seen=t(i * 2),
+                      sources=("a",)) for i in range(5)]
+    await store.save_poll(feed("a"), [stored(f"s{i}", cluster=f"c{i}", seen=t(i)) for i in range(5)]
+                          + [stored("s4b", cluster="c4", seen=t(8))], [], cs)
+    got = await store.list_clusters()
+    assert [c.id for c in got] == ["c4", "c3", "c2", "c1", "c0"]
+    assert got[0].members == ("s4", "s4b") and got[1].members == ("s3",)
+    assert [c.id for c in await store.list_clusters(since=t(4))] == ["c4", "c3", "c2"]
+    assert [c.id for c in await store.list_clusters(limit=2)] == ["c4", "c3"]
+    assert await store.get_cluster("nope") is None
+
+
+# -- outbox -------------------------------------------------------------------------------
+
+
+async def test_claim_deliveries_due_order_and_lease(store: Store) -> None:
+    await queue(store, delivery("k2", created=t(2)), delivery("k1", created=t(1)),
+                delivery("later", created=t(1), next_attempt=t(30)))
+    assert await store.claim_deliveries(t(0), limit=10, lease_until=t(5)) == []  # none due yet
+    got = await store.claim_deliveries(t(3), limit=1, lease_until=t(8))
+    assert [d.key for d in got] == ["k1"]
+    assert got[0].next_attempt == t(8) and got[0].attempts == 0 and got[0].alert == delivery("k1", created=t(1)).alert
+    assert [d.key for d in await store.claim_deliveries(t(3), limit=10, lease_until=t(8))] == ["k2"]
+    assert await store.claim_deliveries(t(7), limit=10, lease_until=t(9)) == []  # leased
+    # the worker died mid-send: after the lease both come back, still pending, attempts unchanged
+    again = await store.claim_deliveries(t(8), limit=10, lease_until=t(12))
+    assert [(d.key, d.attempts) for d in again] == [("k1", 0), ("k2", 0)]
+    assert await store.count_pending() == 3
+    assert [d.key for d in await store.claim_deliveries(t(30), limit=10, lease_until=t(40))] == ["k1", "later", "k2"]
+
+
+async def test_delivery_state_machine(store: Store) -> None:
+    [d] = await queue(store, delivery("k"))
+    assert d.id is not None
+    await store.claim_deliveries(t(0), limit=1, lease_until=t(1))
+    await store.mark_failed(d.id, t(0), "HTTP 503", t(10))
+    [st] = await store.deliveries()
+    assert (st.state, st.attempts, st.next_attempt, st.last_error) == ("pending", 1, t(10), "HTTP 503")
+    assert await store.claim_deliveries(t(9), limit=5, lease_until=t(20)) == []  # retry not due yet
+    [retry] = await store.claim_deliveries(t(10), limit=5, lease_until=t(20))
+    assert retry.attempts == 1
+    await store.mark_failed(d.id, t(10), "HTTP 429", t(11))
+    await store.claim_deliveries(t(11), limit=5, lease_until=t(20))
+    await store.mark_sent(d.id, t(12), "1700000000.000100")
+    [st] = await store.deliveries()
+    assert (st.state, st.attempts, st.sent_at, st.ref, st.next_attempt) == ("sent", 3, t(12), "1700000000.000100", None)
+    # a late duplicate answer changes nothing: sent stays sent with its first ref
+    await store.mark_sent(d.id, t(13), "other")
+    await store.mark_failed(d.id, t(13), "late failure", t(20))
+    [st2] = await store.deliveries()
+    assert st2 == st
+    assert await store.count_pending() == 0
+    assert await store.claim_deliveries(t(100), limit=5, lease_until=t(101)) == []
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.mark_sent(999999, t(0), None)
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.mark_failed(999999, t(0), "x", None)
+
+
+async def test_mark_failed_without_retry_gives_up(store: Store) -> None:
+    [d] = await queue(store, delivery("k"))
+    assert d.id is not None
+    await store.mark_failed(d.id, t(0), "HTTP 404 channel_not_found", None)
+    [st] = await store.deliveries(state="failed")
+    assert (st.key, st.attempts, st.next_attempt, st.last_error) == ("k", 1, None, "HTTP 404 channel_not_found")
+    assert await store.count_pending() == 0
+    assert await store.claim_deliveries(t(1000), limit=5, lease_until=t(1001)) == []
+
+
+async def test_release_gives_a_claim_back_without_an_attempt(store: Store) -> None:
+    [d] = await queue(store, delivery("k"))
+    assert d.id is not None
+    await store.claim_deliveries(t(0), limit=1, lease_until=t(5))
+    await store.release(d.id, t(2))
+    [again] = await store.claim_deliveries(t(2), limit=1, lease_until=t(5))
+    assert again.attempts == 0
+    with pytest.raises(StoreError, match="no delivery"):
+        await store.release(424242, t(2))
+
+
+async def test_thread_ref_comes_from_the_sent_parent(store: Store) -> None:
+    [parent] = await queue(store, delivery("p"))
+    assert parent.id is not None
+    await queue(store, delivery("u1", created=t(1), parent="p"))
+    [p, u] = await store.claim_deliveries(t(1), limit=5, lease_until=t(2))
+    assert (p.key, p.thread_ref, u.key, u.thread_ref, u.parent_key) == ("p", None, "u1", None, "p")
+    await store.mark_sent(parent.id, t(1), "ts-parent")
+    await queue(store, delivery("u2", created=t(3), parent="p"), delivery("orphan", created=t(3), parent="gone"))
+    got = {d.key: d.thread_ref for d in await store.claim_deliveries(t(3), limit=5, lease_until=t(4))}
+    assert got == {"u1": "ts-parent", "u2": "ts-parent", "orphan": None}
+
+
+async def test_deliveries_newest_first_filtered(store: Store) -> None:
+    out = await queue(store, delivery("a", created=t(1)), delivery("b", created=t(3)), delivery("c", created=t(2)))
+    ids = {d.key: d.id for d in out}
+    await store.mark_sent(ids["c"], t(4), "ref-c")  # type: ignore[arg-type]
+    rows = await store.deliveries()
+    assert [r.key for r in rows] == ["b", "c", "a"]
+    c = rows[1]
+    assert (c.id, c.channel, c.state, c.attempts, c.created, c.sent_at, c.ref) == (
+        ids["c"], "slack", "sent", 1, t(2), t(4), "ref-c")
+    assert [r.key for r in await store.deliveries(state="pending")] == ["b", "a"]
+    assert [r.key for r in await store.deliveries(limit=1)] == ["b"]
+    assert await store.deliveries(state="failed") == []
+
+
+async def test_last_alert_and_cluster_alerts(store: Store) -> None:
+    assert await store.last_alert("c1", "r1", "slack") is None
+    await queue(store,
+                delivery("k1", cluster="c1", created=t(1)),
+                delivery("k2", cluster="c1", created=t(5), channel="email"),
+                delivery("k3", cluster="c1", created=t(3)),
+                delivery("k4", cluster="c1", created=t(9), rule="r2"),
+                delivery("u1", cluster="c1", created=t(10), parent="k1"),
+                delivery("k5", cluster="c2", created=t(20)))
+    assert await store.last_alert("c1", "r1", "slack") == t(10)  # the update counts too
+    assert await store.last_alert("c1", "r1", "email") == t(5)
+    assert await store.last_alert("c1", "r2", "slack") == t(9)
+    assert await store.last_alert("c1", "r3", "slack") is None
+    firsts = await store.cluster_alerts("c1")
+    assert [d.key for d in firsts] == ["k1", "k3", "k2", "k4"]
+    assert firsts[0].alert.cluster == "c1" and firsts[0].id is not None
+    assert await store.cluster_alerts("none") == []
+
+
+async def test_count_pending(store: Store) -> None:
+    assert await store.count_pending() == 0
+    out = await queue(store, *(delivery(f"k{i}") for i in range(5)))
+    assert await store.count_pending() == 5
+    await store.mark_sent(out[0].id, t(1), None)  # type: ignore[arg-type]
+    await store.mark_failed(out[1].id, t(1), "no", None)  # type: ignore[arg-type]
+    await store.mark_failed(out[2].id, t(1), "later", t(5))  # type: ignore[arg-type]
+    assert await store.count_pending() == 3
+
+
+# -- PostgreSQL: several instances sharing the work ----------------------------------------
+
+
+@pytest.fixture
+async def pg_pair(make_store: StoreFactory, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, Store]]:
+    if request.node.callspec.params["make_store"] != "postgres":
+        pytest.skip("PostgreSQL only: several instances share one database")
+    async with make_store() as a, make_store() as b:
+        yield a, b
+
+
+async def test_pg_concurrent_claims_are_disjoint(pg_pair: tuple[Store, Store]) -> None:
+    a, b = pg_pair
+    for i in range(40):
+        await a.save_feed(feed(f"f{i:02d}", next_poll=t(-i)))
+    await queue(a, *(delivery(f"k{i:02d}", created=t(-i)) for i in range(40)))
+
+    async def claims(s: Store, fn: str) -> list[str]:
+        got: list[str] = []
+        for _ in range(8):
+            if fn == "feeds":
+                got += [f.name for f in await s.claim_due_feeds(t(0), limit=3, lease_until=t(5))]
+            else:
+                got += [d.key for d in await s.claim_deliveries(t(0), limit=3, lease_until=t(5))]
+        return got
+
+    for kind in ("feeds", "deliveries"):
+        ra, rb, rc, rd = await asyncio.gather(claims(a, kind), claims(b, kind), claims(a, kind), claims(b, kind))
+        everyone = ra + rb + rc + rd
+        assert len(everyone) == len(set(everyone)) == 40  # each row claimed exactly once
+
+
+async def test_pg_claims_skip_rows_locked_by_another_instance(pg_pair: tuple[Store, Store]) -> None:
+    a, b = pg_pair
+    assert isinstance(a, PostgresStore)
+    await a.save_feed(feed("x", next_poll=t(-2)))
+    await a.save_feed(feed("y", next_poll=t(-1)))
+    con = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": a.schema or "public"})
+    try:
+        async with con.transaction():
+            await con.execute("SELECT 1 FROM feeds WHERE name = 'x' FOR UPDATE")
+            # another instance is mid-claim on x: b neither waits nor takes it
+            got = await asyncio.wait_for(b.claim_due_feeds(t(0), limit=5, lease_until=t(3)), 10)
+            assert [f.name for f in got] == ["y"]
+    finally:
+        await con.close()
+    assert [f.name for f in await b.claim_due_feeds(t(0), limit=5, lease_until=t(3))] == ["x"]
+
+
+# -- open_store ---------------------------------------------------------------------------
+
+
+async def test_open_store_sqlite_urls(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path}/x/m.db")
+    assert isinstance(s, SQLiteStore) and s.path == f"{tmp_path}/x/m.db"
+    async with s:
+        await s.save_feed(feed("a"))
+    assert (tmp_path / "x" / "m.db").exists()
+    mem = open_store("sqlite:///:memory:")
+    async with mem:
+        await mem.save_feed(feed("a"))
+        assert [f.name for f in await mem.get_feeds()] == ["a"]
+    rel = open_store("sqlite:///data/m.db?synchronous=full&busy_timeout=2")
+    assert isinstance(rel, SQLiteStore) and rel.path == "data/m.db"
+
+
+def test_open_store_postgres_urls() -> None:
+    s = open_store("postgres://u:secret@db.example:5433/mon?schema=tenant1&sslmode=disable")
+    assert isinstance(s, PostgresStore) and s.schema == "tenant1"
+    assert "secret" not in repr(s)
+    assert isinstance(open_store("postgresql://localhost/db"), PostgresStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://u@h/db", "unsupported store URL 'mysql://u@h/db': use one of sqlite:///…, postgresql://…, postgres://…"),
+        ("monitor.db", "unsupported store URL"),
+        ("redis://u:pw@h/0", "redis://u:\\*\\*\\*@h/0"),
+        ("sqlite://relative.db", "expected sqlite:///relative/path"),
+        ("sqlite:///", "no database path"),
+        ("sqlite:///m.db?journal=delete", "unknown option"),
+        ("sqlite:///m.db?synchronous=sometimes", "synchronous must be one of"),
+        ("postgresql://h/db?schema=bad-name;drop", "invalid PostgreSQL schema name"),
+    ],
+)
+def test_open_store_rejects_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        open_store(url)
+
+
+async def test_unreachable_postgres_raises_store_error() -> None:
+    s = PostgresStore("postgresql://u:topsecret@127.0.0.1:1/db", connect_timeout=2)
+    with pytest.raises(StoreError, match=r"cannot connect to postgresql://u:\*\*\*@127.0.0.1:1/db") as info:
+        await s.open()
+    assert "topsecret" not in str(info.value)
