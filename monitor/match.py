@@ -1,0 +1,748 @@
+"""Pure matching: compiled rules × story → matches, and an explanation of why.
+
+How it stays fast with many rules:
+
+1. ``Matcher(ruleset)`` compiles once: every distinct term of every rule and actor alias gets
+   an id; a single dict maps the key of a term's first token (stem, exact or prefix key, see
+   ``monitor.terms``) to the terms starting with it.
+2. ``match(story)`` tokenises each searched field once and does one dict lookup per token
+   (plus one per distinct prefix length when prefix terms exist), verifying phrases in place.
+3. Only rules that reference a term that occurred (or that contain a regex) are evaluated;
+   evaluation is a small boolean walk over sets of term ids. Positions are consulted only for
+   NEAR, and character offsets only for the rules that matched.
+
+No clock, no I/O: ``sources`` (distinct sources carrying the story's cluster) is an argument.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.expr import Actor, Near, Node, Not, Or, Term, render
+from monitor.model import Hit, Match, Story
+from monitor.rules import DEFAULT_FIELDS, Rule, RuleSet
+from monitor.terms import (
+    _CACHE,
+    EXACT,
+    PREFIX,
+    TOKEN_RE,
+    Mode,
+    TermSpec,
+    sentence_ids,
+    token_keys,
+)
+
+_EXACT_NS = "\x00="
+_PREFIX_NS = "\x00*"
+MAX_HITS = 50
+
+# compiled condition opcodes
+_TERM, _ANYOF, _ALLOF, _AND, _OR, _NOT, _NEAR = range(7)
+
+
+def field_text(story: Story, name: str) -> str:
+    """The text of one searchable field of a story."""
+    if name == "title":
+        return story.title
+    if name == "summary":
+        return story.summary
+    if name == "content":
+        return story.content
+    if name == "author":
+        return "; ".join(story.authors)
+    if name == "tags":
+        return "; ".join(story.tags)
+    if name == "link":
+        return story.link
+    raise ValueError(f"unknown field {name!r}")
+
+
+@dataclass(slots=True)
+class _Field:
+    text: str
+    toks: list[str]
+    spans: list[tuple[int, int]] | None = None
+    sents: list[int] | None = None
+
+    def span_list(self) -> list[tuple[int, int]]:
+        if self.spans is None:
+            self.spans = [m.span() for m in TOKEN_RE.finditer(self.text)]
+        return self.spans
+
+    def sentence(self, ti: int) -> int:
+        if self.sents is None:
+            self.sents = sentence_ids(self.text, [s for s, _ in self.span_list()])
+        return self.sents[ti]
+
+
+# an occurrence: (token start, token end (exclusive), char start, char end); chars -1 = from tokens
+_Occ = tuple[int, int, int, int]
+
+
+@dataclass(slots=True)
+class _Scan:
+    fields: dict[str, _Field] = field(default_factory=dict)
+    occ: dict[str, dict[int, list[_Occ]]] = field(default_factory=dict)
+    present_cache: dict[tuple[str, ...], frozenset[int]] = field(default_factory=dict)
+
+    def present(self, fields: tuple[str, ...]) -> frozenset[int]:
+        p = self.present_cache.get(fields)
+        if p is None:
+            s: set[int] = set()
+            for f in fields:
+                o = self.occ.get(f)
+                if o:
+                    s.update(o)
+            p = self.present_cache[fields] = frozenset(s)
+        return p
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _CRule:
+    rule: Rule
+    cond: tuple[Any, ...]
+    positive: frozenset[int]  # term ids whose occurrence can make the rule true
+    labels: dict[int, str]  # term id → label in this rule ("@actor" for aliases)
+    actor_tids: tuple[tuple[str, frozenset[int]], ...]
+    has_regex: bool
+
+
+# --- explanations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Condition:
+    """One node of a rule's condition, evaluated against a story."""
+
+    kind: str  # term | actor | all | any | none | and | or | not | near | check
+    label: str
+    ok: bool
+    found: bool = False  # for term/actor leaves: it occurs (under "none", found means failure)
+    hits: tuple[Hit, ...] = ()
+    children: tuple[Condition, ...] = ()
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "label": self.label, "ok": self.ok}
+        if self.kind in ("term", "actor"):
+            d["found"] = self.found
+        if self.note:
+            d["note"] = self.note
+        if self.hits:
+            d["hits"] = [_hit_dict(h) for h in self.hits]
+        if self.children:
+            d["children"] = [c.to_dict() for c in self.children]
+        return d
+
+
+def _hit_dict(h: Hit) -> dict[str, Any]:
+    return {"term": h.term, "field": h.field, "start": h.start, "end": h.end, "text": h.text}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RuleExplanation:
+    """Whether one rule matches a story, and why."""
+
+    rule: str
+    matched: bool
+    enabled: bool
+    reason: str  # one line: why it matched or the first reason it did not
+    severity: str
+    channels: tuple[str, ...]
+    where: str
+    condition: Condition | None  # None when scope excluded the story before any term check
+    checks: tuple[Condition, ...] = ()  # scope, corroboration, require_title
+    expr: str = ""
+    texts: dict[str, str] = field(default_factory=dict)  # field → text, for highlighting
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "matched": self.matched,
+            "enabled": self.enabled,
+            "reason": self.reason,
+            "severity": self.severity,
+            "channels": list(self.channels),
+            "where": self.where,
+            "condition_expr": self.expr,
+            "condition": self.condition.to_dict() if self.condition else None,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+# --- the matcher -------------------------------------------------------------------------
+
+
+class Matcher:
+    """Compiled rules. ``match()`` and ``explain()`` are pure and thread-safe."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        self._terms: list[TermSpec] = []
+        self._tid_by_key: dict[tuple[object, ...], int] = {}
+        self._index: dict[str, list[tuple[int, tuple[tuple[Mode, str], ...]]]] = {}
+        self._regex: list[tuple[int, re.Pattern[str]]] = []
+        prefix_lens: set[int] = set()
+        self._has_exact = False
+        self._actor_tids: dict[str, frozenset[int]] = {}
+        for name, actor in ruleset.actors.items():
+            self._actor_tids[name] = frozenset(self._tid(s) for s in actor.aliases)
+        self._rules: list[_CRule] = []
+        fields: set[str] = set()
+        for rule in ruleset.rules:
+            cr = self._compile_rule(rule)
+            self._rules.append(cr)
+            if rule.enabled:
+                fields.update(rule.fields)
+        for spec in self._terms:
+            if spec.regex is None:
+                mode, key = spec.tokens[0]
+                if mode == PREFIX:
+                    prefix_lens.add(len(key))
+                self._has_exact |= any(m == EXACT for m, _ in spec.tokens)
+        self._prefix_lens = tuple(sorted(prefix_lens))
+        self._fields = tuple(f for f in ("title", "summary", "content", "author", "tags", "link") if f in fields)
+        term_rules: dict[int, list[int]] = {}
+        always: list[int] = []
+        for i, cr in enumerate(self._rules):
+            if not cr.rule.enabled:
+                continue
+            if cr.has_regex:
+                always.append(i)
+            for tid in cr.positive:
+                term_rules.setdefault(tid, []).append(i)
+        self._term_rules = {t: tuple(v) for t, v in term_rules.items()}
+        self._always = tuple(always)
+
+    # compile --------------------------------------------------------------------------
+    def _tid(self, spec: TermSpec) -> int:
+        tid = self._tid_by_key.get(spec.key)
+        if tid is not None:
+            return tid
+        tid = len(self._terms)
+        self._terms.append(spec)
+        self._tid_by_key[spec.key] = tid
+        if spec.regex is not None:
+            self._regex.append((tid, re.compile(spec.regex, spec.flags)))
+        else:
+            (mode, key), rest = spec.tokens[0], spec.tokens[1:]
+            k = key if mode == "stem" else (_EXACT_NS if mode == EXACT else _PREFIX_NS) + key
+            self._index.setdefault(k, []).append((tid, rest))
+        return tid
+
+    def _compile_rule(self, rule: Rule) -> _CRule:
+        labels: dict[int, str] = {}
+        positive: set[int] = set()
+        has_regex = [False]
+        actors: dict[str, frozenset[int]] = {}
+
+        def comp(node: Node, pos: bool) -> tuple[Any, ...]:
+            if isinstance(node, Term):
+                tid = self._tid(node.spec)
+                labels.setdefault(tid, node.spec.label)
+                if pos:
+                    positive.add(tid)
+                    has_regex[0] |= node.spec.regex is not None
+                return (_TERM, tid)
+            if isinstance(node, Actor):
+                tids = self._actor_tids[node.name]
+                actors[node.name] = tids
+                for t in tids:
+                    labels.setdefault(t, f"@{node.name}")
+                    if pos:
+                        positive.add(t)
+                        has_regex[0] |= self._terms[t].regex is not None
+                return (_ANYOF, tids)
+            if isinstance(node, Not):
+                return (_NOT, comp(node.item, not pos))
+            if isinstance(node, Near):
+                sets = tuple(frozenset(self._leaf_tids(i, comp, pos)) for i in node.items)
+                return (_NEAR, sets, node.within, node.same_sentence)
+            kids = tuple(comp(i, pos) for i in node.items)
+            if isinstance(node, Or):
+                if kids and all(k[0] in (_TERM, _ANYOF) for k in kids):
+                    return (_ANYOF, frozenset(_flat(kids)))
+                return (_OR, kids)
+            if kids and all(k[0] == _TERM for k in kids):
+                return (_ALLOF, frozenset(k[1] for k in kids))
+            return (_AND, kids)
+
+        cond = comp(rule.condition, True)
+        return _CRule(
+            rule=rule,
+            cond=cond,
+            positive=frozenset(positive),
+            labels=labels,
+            actor_tids=tuple(actors.items()),
+            has_regex=has_regex[0],
+        )
+
+    def _leaf_tids(self, node: Node, comp: Any, pos: bool) -> set[int]:
+        c = comp(node, pos)
+        if c[0] == _TERM:
+            return {c[1]}
+        return set(c[1])
+
+    # scan -----------------------------------------------------------------------------
+    def _scan(self, story: Story, fields: Iterable[str]) -> _Scan:
+        scan = _Scan()
+        index_get = self._index.get
+        cache_get = _CACHE.get
+        has_exact = self._has_exact
+        plens = self._prefix_lens
+        for fname in fields:
+            text = field_text(story, fname)
+            if not text:
+                continue
+            toks = TOKEN_RE.findall(text)
+            fd = _Field(text, toks)
+            scan.fields[fname] = fd
+            occ: dict[int, list[_Occ]] = {}
+            keys = [cache_get(t) or token_keys(t) for t in toks]
+            n = len(keys)
+            for i, k in enumerate(keys):
+                entries = index_get(k[0])
+                if entries is not None:
+                    _collect(entries, keys, i, n, occ)
+                if has_exact:
+                    entries = index_get(_EXACT_NS + k[2])
+                    if entries is not None:
+                        _collect(entries, keys, i, n, occ)
+                if plens:
+                    nk = k[1]
+                    for ln in plens:
+                        if len(nk) < ln:
+                            break
+                        entries = index_get(_PREFIX_NS + nk[:ln])
+                        if entries is not None:
+                            _collect(entries, keys, i, n, occ)
+            if self._regex:
+                starts: list[int] | None = None
+                for tid, rx in self._regex:
+                    for m in rx.finditer(text):
+                        if m.end() == m.start():
+                            continue
+                        if starts is None:
+                            starts = [s for s, _ in fd.span_list()]
+                        ti = max(bisect.bisect_right(starts, m.start()) - 1, 0)
+                        tj = max(bisect.bisect_left(starts, m.end()), ti + 1)
+                        occ.setdefault(tid, []).append((ti, tj, m.start(), m.end()))
+            if occ:
+                scan.occ[fname] = occ
+        return scan
+
+    # evaluation -----------------------------------------------------------------------
+    def _eval(self, c: tuple[Any, ...], present: frozenset[int], scan: _Scan, fields: tuple[str, ...]) -> bool:
+        op = c[0]
+        if op == _TERM:
+            return c[1] in present
+        if op == _ANYOF:
+            return not present.isdisjoint(c[1])
+        if op == _ALLOF:
+            return c[1] <= present  # type: ignore[no-any-return]
+        if op == _AND:
+            return all(self._eval(k, present, scan, fields) for k in c[1])
+        if op == _OR:
+            return any(self._eval(k, present, scan, fields) for k in c[1])
+        if op == _NOT:
+            return not self._eval(c[1], present, scan, fields)
+        return _near(c[1], c[2], c[3], scan, fields)[0]
+
+    def _scope(self, rule: Rule, story: Story, sources: int, source_names: tuple[str, ...]) -> list[tuple[str, bool, str]]:
+        """Scope and corroboration checks: (name, ok, note)."""
+        out: list[tuple[str, bool, str]] = []
+        if rule.feeds:
+            ok = story.feed in rule.feeds or any(s in rule.feeds for s in source_names)
+            out.append(("feeds", ok, f"feed {story.feed!r} " + ("is" if ok else "is not") + f" in {list(rule.feeds)}"))
+        if rule.feed_tags:
+            ok = any(t in rule.feed_tags for t in story.feed_tags)
+            out.append(("feed_tags", ok, f"feed tags {list(story.feed_tags)} vs {list(rule.feed_tags)}"))
+        if rule.languages:
+            lang = (story.lang or "").lower()
+            ok = bool(lang) and any(lang == x or lang.startswith(x + "-") or lang.startswith(x + "_") for x in rule.languages)
+            out.append(("languages", ok, f"language {story.lang or 'unknown'} vs {list(rule.languages)}"))
+        if rule.min_sources > 1:
+            ok = sources >= rule.min_sources
+            out.append(("min_sources", ok, f"needs {rule.min_sources} sources, the story has {sources}"))
+        return out
+
+    def _title_hit(self, cr: _CRule, scan: _Scan) -> bool:
+        occ = scan.occ.get("title")
+        return occ is not None and not cr.positive.isdisjoint(occ.keys())
+
+    def match(self, story: Story, *, sources: int = 1, source_names: tuple[str, ...] = ()) -> tuple[Match, ...]:
+        """The enabled rules that fire on ``story`` (in rule order)."""
+        scan = self._scan(story, self._fields)
+        cands: set[int] = set(self._always)
+        term_rules = self._term_rules
+        for occ in scan.occ.values():
+            for tid in occ:
+                rs = term_rules.get(tid)
+                if rs:
+                    cands.update(rs)
+        out: list[Match] = []
+        for i in sorted(cands):
+            cr = self._rules[i]
+            rule = cr.rule
+            if (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1) and not all(
+                ok for _, ok, _ in self._scope(rule, story, sources, source_names)
+            ):
+                continue
+            present = scan.present(rule.fields)
+            if present.isdisjoint(cr.positive):
+                continue
+            if not self._eval(cr.cond, present, scan, rule.fields):
+                continue
+            if rule.require_title and not self._title_hit(cr, scan):
+                continue
+            out.append(self._make_match(cr, scan, present))
+        return tuple(out)
+
+    def _make_match(self, cr: _CRule, scan: _Scan, present: frozenset[int]) -> Match:
+        rule = cr.rule
+        hits = self._hits(cr, scan, cr.positive & present, rule.fields)
+        alias_tids = {t for _, ts in cr.actor_tids for t in ts}
+        terms = tuple(dict.fromkeys(cr.labels[t] for t in sorted(cr.positive & present) if t not in alias_tids))
+        actors = tuple(a for a, ts in cr.actor_tids if not ts.isdisjoint(present) and not ts.isdisjoint(cr.positive))
+        return Match(
+            rule=rule.name,
+            severity=rule.severity,
+            channels=rule.channels,
+            terms=terms,
+            actors=actors,
+            hits=hits,
+            cooldown=rule.cooldown,
+            digest=rule.digest,
+        )
+
+    def _hits(self, cr: _CRule, scan: _Scan, tids: Iterable[int], fields: tuple[str, ...], limit: int = MAX_HITS) -> tuple[Hit, ...]:
+        out: list[Hit] = []
+        tids = set(tids)
+        for fname in fields:
+            occ = scan.occ.get(fname)
+            if not occ:
+                continue
+            fd = scan.fields[fname]
+            for tid, occs in occ.items():
+                if tid not in tids:
+                    continue
+                label = cr.labels.get(tid, self._terms[tid].label)
+                for o in occs:
+                    s, e = _chars(fd, o)
+                    out.append(Hit(term=label, field=fname, start=s, end=e, text=fd.text[s:e]))
+        out.sort(key=lambda h: (fields.index(h.field), h.start, -h.end))
+        kept: list[Hit] = []
+        for h in out:  # drop a hit inside a longer one ("Putin" inside "Vladimir Putin")
+            if kept and kept[-1].field == h.field and h.end <= kept[-1].end:
+                continue
+            kept.append(h)
+        return tuple(kept[:limit])
+
+    def rules_needing_sources(self) -> tuple[Rule, ...]:
+        """Enabled rules with ``min_sources > 1``: re-evaluate them when a cluster grows."""
+        return tuple(r for r in self.ruleset.rules if r.enabled and r.min_sources > 1)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.ruleset.rules
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The story fields some enabled rule searches."""
+        return self._fields
+
+    # explain --------------------------------------------------------------------------
+    def explain(self, story: Story, *, sources: int = 1, source_names: tuple[str, ...] = ()) -> list[RuleExplanation]:
+        """For every rule (disabled too): matched or not, and why."""
+        all_fields = tuple(dict.fromkeys(f for cr in self._rules for f in cr.rule.fields)) or DEFAULT_FIELDS
+        scan = self._scan(story, all_fields)
+        texts = {f: fd.text for f, fd in scan.fields.items()}
+        out: list[RuleExplanation] = []
+        for cr in self._rules:
+            rule = cr.rule
+            present = scan.present(rule.fields)
+            cond = self._explain_node(rule.condition, cr, scan, present, rule.fields)
+            checks = [
+                Condition(kind="check", label=name, ok=ok, note=note)
+                for name, ok, note in self._scope(rule, story, sources, source_names)
+            ]
+            if rule.require_title:
+                ok = self._title_hit(cr, scan)
+                checks.append(Condition(kind="check", label="require_title", ok=ok,
+                                        note="a term or actor is in the title" if ok else "no term or actor of the rule is in the title"))
+            failed = [c for c in checks if not c.ok]
+            matched = rule.enabled and cond.ok and not failed
+            if not rule.enabled:
+                reason = "disabled (enabled: false)" + ("; its condition holds" if cond.ok and not failed else "")
+            elif matched:
+                reason = "matched: " + _summary(cond)
+            elif not cond.ok:
+                reason = "no match: " + _why_not(cond)
+            else:
+                reason = "no match: " + "; ".join(f"{c.label}: {c.note}" for c in failed)
+            out.append(
+                RuleExplanation(
+                    rule=rule.name,
+                    matched=matched,
+                    enabled=rule.enabled,
+                    reason=reason,
+                    severity=rule.severity,
+                    channels=rule.channels,
+                    where=rule.where,
+                    condition=cond,
+                    checks=tuple(checks),
+                    expr=render(rule.condition),
+                    texts=texts,
+                )
+            )
+        return out
+
+    def _explain_node(self, node: Node, cr: _CRule, scan: _Scan, present: frozenset[int], fields: tuple[str, ...]) -> Condition:
+        if isinstance(node, Term):
+            tid = self._tid_by_key[node.spec.key]
+            found = tid in present
+            hits = self._hits(cr, scan, (tid,), fields, limit=10) if found else ()
+            hits = tuple(Hit(term=node.spec.label, field=h.field, start=h.start, end=h.end, text=h.text) for h in hits)
+            return Condition(kind="term", label=node.spec.label, ok=found, found=found, hits=hits,
+                             note="" if found else f"not found in {', '.join(fields)}")
+        if isinstance(node, Actor):
+            tids = self._actor_tids[node.name]
+            found = not tids.isdisjoint(present)
+            hits = self._hits(cr, scan, tids & present, fields, limit=10) if found else ()
+            return Condition(kind="actor", label=f"@{node.name}", ok=found, found=found, hits=hits,
+                             note="" if found else "no alias found: " + ", ".join(s.label for s in self.ruleset.actors[node.name].aliases))
+        if isinstance(node, Not):
+            if isinstance(node.item, Or) and node.item.label == "none":
+                kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.item.items)
+                ok = not any(k.ok for k in kids)
+                return Condition(kind="none", label="none of", ok=ok, children=kids)
+            kid = self._explain_node(node.item, cr, scan, present, fields)
+            return Condition(kind="not", label="NOT", ok=not kid.ok, children=(kid,))
+        if isinstance(node, Near):
+            kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.items)
+            sets = tuple(frozenset(self._node_tids(i)) for i in node.items)
+            ok, note = _near(sets, node.within, node.same_sentence, scan, fields)
+            op = ("NEAR" + (f"/{node.within}" if node.within is not None else "") + ("/s" if node.same_sentence else ""))
+            return Condition(kind="near", label=op, ok=ok, children=kids, note=note)
+        kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.items)
+        if isinstance(node, Or):
+            label = {"any": "any of", "actors": "any actor of", "OR": "OR"}.get(node.label, node.label)
+            return Condition(kind="any" if node.label != "OR" else "or", label=label, ok=any(k.ok for k in kids), children=kids)
+        label = {"all": "all of", "actors_all": "every actor of", "rule": "all conditions", "AND": "AND"}.get(node.label, node.label)
+        return Condition(kind="all" if node.label != "AND" else "and", label=label, ok=all(k.ok for k in kids), children=kids)
+
+    def _node_tids(self, node: Node) -> set[int]:
+        if isinstance(node, Term):
+            return {self._tid_by_key[node.spec.key]}
+        if isinstance(node, Actor):
+            return set(self._actor_tids[node.name])
+        out: set[int] = set()
+        if isinstance(node, Or):
+            for i in node.items:
+                out |= self._node_tids(i)
+        return out
+
+
+def _flat(kids: tuple[tuple[Any, ...], ...]) -> set[int]:
+    out: set[int] = set()
+    for k in kids:
+        if k[0] == _TERM:
+            out.add(k[1])
+        else:
+            out |= k[1]
+    return out
+
+
+def _collect(
+    entries: list[tuple[int, tuple[tuple[Mode, str], ...]]],
+    keys: list[tuple[str, str, str]],
+    i: int,
+    n: int,
+    occ: dict[int, list[_Occ]],
+) -> None:
+    for tid, rest in entries:
+        if rest:
+            if i + len(rest) >= n:
+                continue
+            ok = True
+            for j, (mode, key) in enumerate(rest, 1):
+                k = keys[i + j]
+                if mode == "stem":
+                    if k[0] != key:
+                        ok = False
+                        break
+                elif mode == EXACT:
+                    if k[2] != key:
+                        ok = False
+                        break
+                elif not k[1].startswith(key):
+                    ok = False
+                    break
+            if not ok:
+                continue
+        o = occ.get(tid)
+        item = (i, i + 1 + len(rest), -1, -1)
+        if o is None:
+            occ[tid] = [item]
+        else:
+            o.append(item)
+
+
+def _chars(fd: _Field, o: _Occ) -> tuple[int, int]:
+    if o[2] >= 0:
+        return o[2], o[3]
+    spans = fd.span_list()
+    return spans[o[0]][0], spans[o[1] - 1][1]
+
+
+def _near(
+    sets: tuple[frozenset[int], ...], within: int | None, same_sentence: bool, scan: _Scan, fields: tuple[str, ...]
+) -> tuple[bool, str]:
+    """Whether one occurrence of each item lies within ``within`` words (first words), in one
+    sentence if asked; with a note on the closest distance seen."""
+    best: tuple[int, str] | None = None
+    k = len(sets)
+    for fname in fields:
+        occ = scan.occ.get(fname)
+        if not occ:
+            continue
+        merged: list[tuple[int, int, int]] = []  # (token start, item, sentence)
+        fd = scan.fields[fname]
+        for idx, tids in enumerate(sets):
+            for tid in tids:
+                for o in occ.get(tid, ()):
+                    merged.append((o[0], idx, fd.sentence(o[0]) if same_sentence else 0))
+        if len({m[1] for m in merged}) < k:
+            continue
+        merged.sort()
+        groups: dict[int, list[tuple[int, int, int]]] = {}
+        for m in merged:
+            groups.setdefault(m[2], []).append(m)
+        for items in groups.values():
+            # sliding window over positions: the narrowest windows covering every item
+            count: dict[int, int] = {}
+            lo = 0
+            for hi in range(len(items)):
+                count[items[hi][1]] = count.get(items[hi][1], 0) + 1
+                while len(count) == k:
+                    dist = items[hi][0] - items[lo][0]
+                    if best is None or dist < best[0]:
+                        best = (dist, fname)
+                    if within is None or dist <= within:
+                        where = " (same sentence)" if same_sentence else ""
+                        return True, f"{dist} word(s) apart in {fname}{where}"
+                    left = items[lo][1]
+                    count[left] -= 1
+                    if count[left] == 0:
+                        del count[left]
+                    lo += 1
+    if best is None:
+        return False, "not all items occur" + (" in one sentence" if same_sentence else "")
+    if within is None:
+        return False, "not in one sentence"
+    return False, f"closest: {best[0]} words apart in {best[1]}, more than {within}"
+
+
+def _summary(c: Condition) -> str:
+    leaves: list[str] = []
+
+    def walk(n: Condition, neg: bool) -> None:
+        if n.kind in ("term", "actor"):
+            if n.found and not neg and n.hits:
+                h = n.hits[0]
+                leaves.append(f"{n.label} ({h.field}: {h.text!r})")
+            return
+        for ch in n.children:
+            walk(ch, neg or n.kind in ("none", "not"))
+
+    walk(c, False)
+    return ", ".join(dict.fromkeys(leaves)) or "condition holds"
+
+
+def _why_not(c: Condition) -> str:
+    """The first failing leaf-level reason."""
+    if c.ok:
+        return ""
+    if c.kind in ("term", "actor"):
+        return f"{c.label}: {c.note}" if c.note else c.label
+    if c.kind == "none":
+        bad = [k for k in c.children if k.found]
+        return "excluded by " + ", ".join(f"{k.label} ({k.hits[0].field}: {k.hits[0].text!r})" if k.hits else k.label for k in bad)
+    if c.kind == "not":
+        return f"excluded by NOT {c.children[0].label}"
+    if c.kind == "near":
+        return f"{c.label}: {c.note}"
+    if c.kind in ("any", "or"):
+        return f"{c.label}: none found (" + ", ".join(k.label for k in c.children) + ")"
+    for k in c.children:
+        if not k.ok:
+            return _why_not(k)
+    return ""
+
+
+# --- text rendering ----------------------------------------------------------------------
+
+_GREEN, _RED, _BOLD, _DIM, _RESET, _YELLOW = "\x1b[32m", "\x1b[31m", "\x1b[1m", "\x1b[2m", "\x1b[0m", "\x1b[33m"
+
+
+def _snippet(text: str, start: int, end: int, color: bool, width: int = 40) -> str:
+    a = max(0, start - width)
+    b = min(len(text), end + width)
+    before = re.sub(r"\s+", " ", text[a:start])
+    after = re.sub(r"\s+", " ", text[end:b])
+    if a == 0:
+        before = before.lstrip()
+    if b == len(text):
+        after = after.rstrip()
+    mid = text[start:end]
+    mid = f"{_BOLD}{_YELLOW}{mid}{_RESET}" if color else f"«{mid}»"
+    return ("…" if a > 0 else "") + before + mid + after + ("…" if b < len(text) else "")
+
+
+def format_explanation(expls: Iterable[RuleExplanation], color: bool = False) -> str:
+    """Human-readable explanation of every rule, matched text highlighted in context
+    (``«…»`` without color, ANSI bold with color)."""
+    lines: list[str] = []
+
+    def c(code: str, s: str) -> str:
+        return f"{code}{s}{_RESET}" if color else s
+
+    for ex in expls:
+        mark = c(_GREEN, "✔ MATCH   ") if ex.matched else (c(_DIM, "– DISABLED") if not ex.enabled else c(_RED, "✘ no match"))
+        lines.append(f"{mark} {c(_BOLD, ex.rule)}  [{ex.severity} → {', '.join(ex.channels) or '-'}]  {c(_DIM, ex.where)}")
+        lines.append(f"    {ex.reason}")
+        lines.append(f"    {c(_DIM, 'condition: ' + ex.expr)}")
+        if ex.condition is not None:
+            _render_cond(ex.condition, ex.texts, lines, 2, color, neg=False)
+        for ch in ex.checks:
+            sym = c(_GREEN, "✔") if ch.ok else c(_RED, "✘")
+            lines.append(f"    {sym} {ch.label}: {ch.note}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_cond(n: Condition, texts: dict[str, str], lines: list[str], depth: int, color: bool, *, neg: bool) -> None:
+    pad = "  " * depth
+    ok_s = ("\x1b[32m✔\x1b[0m" if color else "✔") if n.ok else ("\x1b[31m✘\x1b[0m" if color else "✘")
+    if n.kind in ("term", "actor"):
+        if n.found:
+            state = "found" + (" (forbidden)" if neg else "")
+            sym = ("\x1b[31m✘\x1b[0m" if color else "✘") if neg else ok_s
+        else:
+            state = "absent"
+            sym = ("\x1b[32m✔\x1b[0m" if color else "✔") if neg else ok_s
+        lines.append(f"{pad}{sym} {n.label}: {state}" + (f" — {n.note}" if n.note and not n.found and not neg else ""))
+        for h in n.hits[:5]:
+            text = texts.get(h.field, "")
+            lines.append(f"{pad}    {h.field}[{h.start}:{h.end}] {_snippet(text, h.start, h.end, color)}")
+        if len(n.hits) > 5:
+            lines.append(f"{pad}    … {len(n.hits) - 5} more")
+        return
+    note = f" — {n.note}" if n.note else ""
+    lines.append(f"{pad}{ok_s} {n.label}{note}")
+    for ch in n.children:
+        _render_cond(ch, texts, lines, depth + 1, color, neg=neg or n.kind in ("none", "not"))
