@@ -1,0 +1,251 @@
+"""End-to-end ingest: 500 local feeds × 50 realistic items through the whole pipeline.
+
+fetch (aiohttp, from a feed server in another process) → parse (feedparser) → normalise →
+store (SQLite) → dedup → match 50 rules → outbox → file channel. Reported beside the bare
+``feedparser.parse`` throughput over the same bytes in the same run (the ceiling), with
+their ratio; then the cost of 500 polls that change nothing (304, and 200 with an
+identical body); and the parse pool: threads against processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import html
+import multiprocessing as mp
+import random
+import resource
+import sys
+import tempfile
+import time
+from email.utils import format_datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import feedparser
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPORA = ROOT.parent / "shared" / "corpora"
+N_FEEDS = 500
+N_ITEMS = 50
+N_RULES = 50
+
+
+def _headlines() -> tuple[list[str], list[str]]:
+    """Real headlines and real (HTML) descriptions from the shared corpora."""
+    titles: list[str] = []
+    with (CORPORA / "uci-news-aggregator" / "headlines.csv").open(encoding="utf-8") as f:
+        titles += [row["TITLE"] for row in csv.DictReader(f)]
+    with (CORPORA / "stsb-headlines" / "headline_pairs.tsv").open(encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 6 and parts[0] != "split":
+                titles += parts[4:6]
+    descs: list[str] = []
+    for p in sorted((CORPORA / "real-feeds" / "news-snapshot-2026-02-17").glob("*.xml")):
+        d = feedparser.parse(p.read_bytes())
+        for e in d.entries:
+            titles.append(e.get("title", ""))
+            if e.get("summary"):
+                descs.append(e["summary"])
+    return [t for t in dict.fromkeys(titles) if t], descs
+
+
+def make_feeds(now: datetime) -> list[bytes]:
+    rnd = random.Random(42)
+    titles, descs = _headlines()
+    bodies = []
+    for f in range(N_FEEDS):
+        items = []
+        for i in range(N_ITEMS):
+            t = titles[(f * N_ITEMS + i * 7919) % len(titles)]
+            desc = rnd.choice(descs)
+            pub = format_datetime(now - timedelta(minutes=rnd.randrange(600)), usegmt=True)
+            link = f"https://news{f % 40}.example.com/{f}/{i}/story.html?utm_source=rss"
+            items.append(
+                f"<item><title>{html.escape(t)}</title><link>{link}</link>"
+                f"<guid isPermaLink='false'>feed{f}-item{i}</guid><pubDate>{pub}</pubDate>"
+                f"<description>{html.escape(desc)}</description>"
+                f"<category>world</category></item>"
+            )
+        bodies.append(
+            (
+                '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+                f"<title>Feed {f}</title><link>https://news{f % 40}.example.com/</link>"
+                f"<description>bench</description>{''.join(items)}</channel></rss>"
+            ).encode()
+        )
+    return bodies
+
+
+def _serve(bodies: list[bytes], conn: Any) -> None:
+    """Feed server process: /etag/N.xml honours If-None-Match; /plain/N.xml always 200."""
+    import hashlib
+
+    from aiohttp import web
+
+    etags = ['"' + hashlib.sha1(b).hexdigest() + '"' for b in bodies]
+
+    async def etag(request: web.Request) -> web.Response:
+        i = int(request.match_info["n"])
+        if request.headers.get("If-None-Match") == etags[i]:
+            return web.Response(status=304, headers={"ETag": etags[i]})
+        return web.Response(body=bodies[i], headers={"ETag": etags[i]},
+                            content_type="application/rss+xml")
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(body=bodies[int(request.match_info["n"])],
+                            content_type="application/rss+xml")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/etag/{n}.xml", etag)
+        app.router.add_get("/plain/{n}.xml", plain)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+        conn.send(port)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # wait for "stop"
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def write_rules(dir_: Path) -> None:
+    """50 rules: the shipped examples plus generated ones over real news vocabulary."""
+    import shutil
+
+    dir_.mkdir(parents=True, exist_ok=True)
+    for p in (ROOT / "rules").glob("*.y*ml"):
+        shutil.copy(p, dir_ / p.name)
+    from monitor.rules import load_rules
+
+    have = len(load_rules(dir_, channels=["slack-news", "email-oncall", "audit-file"]).rules)
+    vocab = ["election", "ceasefire", "tariff", "earthquake", "inflation", "strike",
+             "protest", "merger", "bankruptcy", "recall", "outbreak", "hurricane", "court",
+             "verdict", "missile", "drone", "embassy", "summit", "treaty", "oil", "bank",
+             "rates", "shares", "minister", "president", "talks", "nuclear", "border",
+             "refugees", "flood", "fire", "police", "arrest", "vote", "budget", "health",
+             "vaccine", "climate", "energy", "google", "apple", "microsoft", "bitcoin"]
+    rnd = random.Random(7)
+    lines = ["rules:"]
+    for i in range(N_RULES - have):
+        a, b, c = rnd.sample(vocab, 3)
+        lines += [f"  - name: gen-{i}", f"    all: [{a}]", f"    any: [{b}, {c}, \"{a} {b}\"]",
+                  "    channels: [audit-file]"]
+    (dir_ / "generated.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_config(tmp: Path, port: int, path: str, parse_in: str) -> Path:
+    feeds = "\n".join(
+        f"  - {{name: f{i}, url: 'http://127.0.0.1:{port}/{path}/{i}.xml'}}" for i in range(N_FEEDS)
+    )
+    cfg = tmp / "config.yaml"
+    cfg.write_text(f"""
+defaults: {{alert_on_first_poll: true}}
+feeds:
+{feeds}
+rules: rules
+store: sqlite:///state.db
+channels:
+  slack-news: {{type: file, path: slack.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: alerts.jsonl}}
+fetch: {{concurrency: 32, per_host: 32, parse_in: {parse_in}}}
+server: {{enabled: false}}
+""", encoding="utf-8")
+    return cfg
+
+
+async def _pipeline(tmp: Path, port: int, parse_in: str) -> dict[str, Any]:
+    from monitor.config import load_config
+    from monitor.daemon import Runtime
+
+    write_rules(tmp / "rules")
+    config = load_config(write_config(tmp, port, "etag", parse_in))
+    async with Runtime(config) as rt:
+        t0 = time.perf_counter()
+        outcomes = await rt.poll_all()
+        sent = await rt.drain()
+        elapsed = time.perf_counter() - t0
+        stories = sum(o.new for o in outcomes)
+        failed = [o.error for o in outcomes if o.error]
+        # the same 500 feeds again: every one answers 304
+        c0 = time.process_time()
+        w0 = time.perf_counter()
+        again = await rt.poll_all()
+        cpu_304 = time.process_time() - c0
+        wall_304 = time.perf_counter() - w0
+        assert all(o.result == "not-modified" for o in again), {o.result for o in again}
+    # 200 with an identical body (a server without validators): body hash skips parsing
+    config2 = load_config(write_config(tmp, port, "plain", parse_in))
+    async with Runtime(config2) as rt:
+        await rt.poll_all()  # new URLs: first poll of these is a real one
+        c0 = time.process_time()
+        same = await rt.poll_all()
+        cpu_same = time.process_time() - c0
+        assert all(o.result == "unchanged" for o in same), {o.result for o in same}
+    return {
+        "seconds": round(elapsed, 2),
+        "stories": stories,
+        "stories_per_s": round(stories / elapsed, 1),
+        "alerts_delivered": sent.sent,
+        "failed_feeds": len(failed),
+        "unchanged_304_cpu_s": round(cpu_304, 3),
+        "unchanged_304_wall_s": round(wall_304, 3),
+        "unchanged_same_body_cpu_s": round(cpu_same, 3),
+    }
+
+
+def run() -> dict[str, Any]:
+    if not CORPORA.exists():
+        return {"skipped": f"{CORPORA} is absent"}
+    now = datetime.now(UTC)
+    bodies = make_feeds(now)
+    total_bytes = sum(len(b) for b in bodies)
+
+    # the ceiling: bare feedparser over the same bytes, one core
+    t0 = time.perf_counter()
+    n = 0
+    for b in bodies:
+        n += len(feedparser.parse(b).entries)
+    bare = time.perf_counter() - t0
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(bodies, child), daemon=True)
+    server.start()
+    port = parent.recv()
+    results: dict[str, Any] = {}
+    try:
+        for mode in ("process", "thread"):
+            with tempfile.TemporaryDirectory(prefix="monitor-bench-") as tmp:
+                results[mode] = asyncio.run(_pipeline(Path(tmp), port, mode))
+    finally:
+        parent.send("stop")
+        server.join(10)
+    best = max(("process", "thread"), key=lambda m: results[m]["stories_per_s"])
+    ceiling = n / bare
+    rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "feeds": N_FEEDS,
+        "items_per_feed": N_ITEMS,
+        "rules": N_RULES,
+        "bytes": total_bytes,
+        "bare_feedparser": {
+            "seconds": round(bare, 2),
+            "stories_per_s": round(ceiling, 1),
+            "ms_per_feed": round(bare / N_FEEDS * 1000, 2),
+        },
+        "pipeline_process_pool": results["process"],
+        "pipeline_thread_pool": results["thread"],
+        "faster_pool": best,
+        "ratio_to_bare_parse": round(results[best]["stories_per_s"] / ceiling, 3),
+        "peak_rss_mib": round(rss_self / 1024, 1),
+        "peak_rss_children_mib": round(rss_children / 1024, 1),
+        "python": sys.version.split()[0],
+    }
