@@ -165,6 +165,20 @@ def _describe(exc: BaseException, *, connect_timeout: float, timeout: float,
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _redirect_target(current: URL, resp: aiohttp.ClientResponse) -> URL:
+    """Where a 3xx points, resolved against the current URL (fragment dropped)."""
+    location = resp.headers.get("Location")
+    if not location:
+        raise _Failure(f"{_status_reason(resp.status, resp.reason)} without Location")
+    try:
+        target = current.join(URL(location))
+    except ValueError as exc:
+        raise _Failure(f"invalid redirect Location {location!r}") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise _Failure(f"redirect to unsupported URL {location!r}")
+    return target.with_fragment(None)
+
+
 class Fetcher:
     """Fetches feeds over one shared ``aiohttp.ClientSession``; use with ``async with``."""
 
@@ -230,8 +244,7 @@ class Fetcher:
         if self._session is None:
             raise RuntimeError("Fetcher used outside 'async with'")
         started = time.monotonic()
-        async with self._global:
-            result, status, size = await self._fetch(url, etag=etag, last_modified=last_modified)
+        result, status, size = await self._fetch(url, etag=etag, last_modified=last_modified)
         ms = round((time.monotonic() - started) * 1000)
         if isinstance(result, FetchFailed):
             log.debug("fetch.done", url=url, status=status, bytes=size, ms=ms, reason=result.reason)
@@ -249,64 +262,63 @@ class Fetcher:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        status: int | None = None
         try:
             current = URL(url)
             if current.scheme not in ("http", "https") or not current.host:
                 return FetchFailed(url=url, reason=f"unsupported URL: {url!r}"), None, 0
         except ValueError as exc:
             return FetchFailed(url=url, reason=f"invalid URL: {exc}"), None, 0
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # starts with the first request, not while queued
+        status: int | None = None
         seen = {str(current)}
         hops = 0
         all_permanent = True
         try:
             while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError
-                async with (
-                    self._host_semaphore(current),
-                    asyncio.timeout(remaining),
-                    self._session.get(
-                        current,
-                        headers=headers,
-                        allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(
-                            total=remaining, sock_connect=self.connect_timeout
-                        ),
-                    ) as resp,
-                ):
-                    status = resp.status
-                    if status in REDIRECT_STATUSES:
-                        location = resp.headers.get("Location")
-                        if not location:
-                            raise _Failure(f"{_status_reason(status, resp.reason)} without Location")
-                        try:
-                            target = current.join(URL(location))
-                        except ValueError as exc:
-                            raise _Failure(f"invalid redirect Location {location!r}") from exc
-                        if target.scheme not in ("http", "https") or not target.host:
-                            raise _Failure(f"redirect to unsupported URL {location!r}")
-                        target = target.with_fragment(None)
-                        if str(target) in seen:
-                            raise _Failure(f"redirect loop at {target}")
-                        hops += 1
-                        if hops > self.max_redirects:
-                            raise _Failure(f"too many redirects (more than {self.max_redirects})")
-                        all_permanent = all_permanent and status in PERMANENT_STATUSES
-                        seen.add(str(target))
-                        current = target
-                        continue
-                    moved = str(current) if hops and all_permanent else None
-                    result, size = await self._final(url, current, resp, etag, last_modified, moved)
-                    return result, status, size
+                # Slots are taken per hop, host first then global, and released before the
+                # next hop: a fetch queued behind a busy host holds no global slot, and no
+                # fetch waits for a slot while holding one.
+                async with self._host_semaphore(current), self._global:
+                    if deadline is None:
+                        deadline = loop.time() + self.timeout
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with (
+                        asyncio.timeout(remaining),
+                        self._session.get(
+                            current,
+                            headers=headers,
+                            allow_redirects=False,
+                            timeout=aiohttp.ClientTimeout(
+                                total=remaining, sock_connect=self.connect_timeout
+                            ),
+                        ) as resp,
+                    ):
+                        status = resp.status
+                        if status not in REDIRECT_STATUSES:
+                            moved = str(current) if hops and all_permanent else None
+                            result, size = await self._final(
+                                url, current, resp, etag, last_modified, moved
+                            )
+                            return result, status, size
+                        target = _redirect_target(current, resp)
+                if str(target) in seen:
+                    raise _Failure(f"redirect loop at {target}")
+                hops += 1
+                if hops > self.max_redirects:
+                    raise _Failure(f"too many redirects (more than {self.max_redirects})")
+                all_permanent = all_permanent and status in PERMANENT_STATUSES
+                seen.add(str(target))
+                current = target
         except _Failure as exc:
             return FetchFailed(url=url, reason=exc.reason, status=status), status, 0
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = _describe(exc, connect_timeout=self.connect_timeout, timeout=self.timeout,
-                               expired=loop.time() >= deadline - 0.001)
+            expired = deadline is not None and loop.time() >= deadline - 0.001
+            reason = _describe(
+                exc, connect_timeout=self.connect_timeout, timeout=self.timeout, expired=expired
+            )
             return FetchFailed(url=url, reason=reason), status, 0
 
     async def _final(

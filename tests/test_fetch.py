@@ -323,6 +323,13 @@ async def test_too_many_redirects(feed_server: FeedServer) -> None:
     assert isinstance(ok, Fetched)
 
 
+async def test_redirect_to_other_scheme(feed_server: FeedServer, fetcher: Fetcher) -> None:
+    feed_server.redirect("/ftp", "ftp://example.invalid/feed.xml", status=302)
+    r = await get(fetcher, feed_server.url("/ftp"))
+    assert isinstance(r, FetchFailed)
+    assert r.reason == "redirect to unsupported URL 'ftp://example.invalid/feed.xml'"
+
+
 async def test_redirect_without_location(feed_server: FeedServer, fetcher: Fetcher) -> None:
     feed_server.status("/bad", 301)
     r = await get(fetcher, feed_server.url("/bad"))
@@ -452,14 +459,34 @@ async def test_redirect_chain_on_one_host_with_per_host_1(feed_server: FeedServe
     assert feed_server.max_active() == 1
 
 
-async def test_cross_host_redirect(feed_server: FeedServer, fetcher: Fetcher) -> None:
+def other_host_url(feed_server: FeedServer, path: str) -> str:
+    """The same server under another host name (``localhost``), or skip."""
     try:
         infos = socket.getaddrinfo("localhost", None, socket.AF_INET)
     except OSError:
         pytest.skip("localhost does not resolve")
     if not any(i[4][0] == "127.0.0.1" for i in infos):
         pytest.skip("localhost is not 127.0.0.1 here")
-    other = feed_server.url("/there").replace("127.0.0.1", "localhost")
+    return feed_server.url(path).replace("127.0.0.1", "localhost")
+
+
+async def test_busy_host_does_not_block_other_hosts(feed_server: FeedServer) -> None:
+    other = other_host_url(feed_server, "/free")
+    gate = feed_server.gate("/busy")
+    feed_server.serve("/free", RSS)
+    async with make_fetcher(per_host=1, concurrency=2) as f:
+        busy = [asyncio.create_task(get(f, feed_server.url("/busy"))) for _ in range(3)]
+        await feed_server.wait_active(1, "/busy")
+        # two fetches queue behind the busy host, yet they hold no global slot
+        free = await asyncio.wait_for(get(f, other), 10)
+        assert isinstance(free, Fetched)
+        gate.set()
+        assert all(isinstance(r, Fetched) for r in await asyncio.gather(*busy))
+    assert feed_server.max_active("/busy") == 1
+
+
+async def test_cross_host_redirect(feed_server: FeedServer, fetcher: Fetcher) -> None:
+    other = other_host_url(feed_server, "/there")
     feed_server.serve("/there", RSS)
     feed_server.redirect("/here", other, status=308)
     r = await get(fetcher, feed_server.url("/here"))
