@@ -18,11 +18,12 @@ Redirects are followed by hand (so each hop is checked against the limits, loops
 caught and permanence is known): when every hop was a 301/308 the result carries
 ``permanent_redirect`` = the final URL, which the caller may store as the feed's new URL.
 
-Limits: one shared ``aiohttp.ClientSession``; at most ``concurrency`` fetches at once
-(a semaphore, and the connector's pool size) and at most ``per_host`` requests in flight
-to one host name (a semaphore per host, taken per redirect hop). ``timeout`` bounds a
-whole fetch including redirects and body; ``connect_timeout`` bounds each TCP/TLS
-connect. ``max_bytes`` caps the *decompressed* body while it streams; a Content-Length
+Limits: one shared ``aiohttp.ClientSession``; at most ``concurrency`` requests at once
+(a semaphore, and the connector's pool size) and at most ``per_host`` in flight to one
+host name (a semaphore per host). Both are taken per redirect hop, the host's first, so a
+fetch queued behind a busy host holds no global slot. ``timeout`` bounds a whole fetch
+(every hop and the body) from the moment its first request starts, not while it is
+queued; ``connect_timeout`` bounds each TCP/TLS connect. ``max_bytes`` caps the *decompressed* body while it streams; a Content-Length
 over the cap is refused before reading. No cookies are kept between fetches.
 """
 
