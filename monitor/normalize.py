@@ -173,6 +173,11 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _is_plain(detail: Any) -> bool:
+    """Did feedparser find this value to be plain text (not HTML)?"""
+    return isinstance(detail, Mapping) and detail.get("type") == "text/plain"
+
+
 def _when(entry: Mapping[str, Any], now: datetime) -> datetime:
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
         t = entry.get(key)
@@ -203,9 +208,9 @@ def _authors(entry: Mapping[str, Any]) -> tuple[str, ...]:
     names: list[str] = []
     for a in entry.get("authors") or ():
         if isinstance(a, Mapping):
-            names.append(html_to_text(_text(a.get("name")), single_line=True))
+            names.append(html_to_text(_text(a.get("name")), single_line=True, plain=True))
     if not any(names):
-        names.append(html_to_text(_text(entry.get("author")), single_line=True))
+        names.append(html_to_text(_text(entry.get("author")), single_line=True, plain=True))
     return _unique(n[:200] for n in names)
 
 
@@ -214,7 +219,7 @@ def _tags(entry: Mapping[str, Any]) -> tuple[str, ...]:
     for t in entry.get("tags") or ():
         if isinstance(t, Mapping):
             term = _text(t.get("term")) or _text(t.get("label"))
-            terms.append(html_to_text(term, single_line=True)[:200])
+            terms.append(html_to_text(term, single_line=True, plain=True)[:200])
     return _unique(terms)
 
 
@@ -232,17 +237,17 @@ def _lang(entry: Mapping[str, Any], fallback: str | None) -> str | None:
 
 
 def _content(entry: Mapping[str, Any]) -> str:
-    best = ""
+    best, plain = "", False
     for c in entry.get("content") or ():
         if isinstance(c, Mapping):
             value = _text(c.get("value"))
             if len(value) > len(best):
-                best = value
+                best, plain = value, _is_plain(c)
     if not best:
         return ""
     if len(best) > MAX_CONTENT * 20:  # never feed megabytes to the HTML parser
         best = best[: MAX_CONTENT * 20]
-    return truncate(html_to_text(best), MAX_CONTENT)
+    return truncate(html_to_text(best, plain=plain), MAX_CONTENT)
 
 
 def normalize_entry(
@@ -270,10 +275,13 @@ def normalize_entry(
         return None
 
     content = _content(entry)
-    summary = truncate(html_to_text(raw_summary[: MAX_SUMMARY * 20]), MAX_SUMMARY)
+    summary = truncate(
+        html_to_text(raw_summary[: MAX_SUMMARY * 20], plain=_is_plain(entry.get("summary_detail"))),
+        MAX_SUMMARY,
+    )
     if not summary and content:
         summary = truncate(content, SUMMARY_FROM_CONTENT)
-    title = html_to_text(raw_title, single_line=True)
+    title = html_to_text(raw_title, single_line=True, plain=_is_plain(entry.get("title_detail")))
     if not title and summary:
         title = truncate(clean_text(summary, single_line=True), 200)
     title = truncate(title, MAX_TITLE)

@@ -6,7 +6,9 @@ HTTP response headers as ``response_headers`` (lower-cased names; ``Content-Type
 charset drives the decoding), and the feed URL as ``Content-Location`` so relative links
 resolve against it. A missing ``Content-Type`` counts as ``application/xml`` (encoding
 from the BOM / XML declaration, else UTF-8). HTML in entries is sanitised by feedparser before we reduce it to
-plain text.
+plain text (defence in depth); feedparser's rewriting of relative URIs *inside* HTML is
+off, since only the text survives (entry/feed links are still resolved, by feedparser
+against ``xml:base``/``Content-Location`` and again by :func:`canonical_link`).
 
 Outcomes:
 
@@ -116,7 +118,7 @@ def parse_feed(
             io.BytesIO(bytes(body)),
             response_headers=hdrs,
             sanitize_html=True,
-            resolve_relative_uris=True,
+            resolve_relative_uris=False,  # links inside HTML: we keep only its text
         )
     except Exception as e:  # feedparser bug on hostile input: a result, not a crash
         return ParsedFeed(

@@ -16,6 +16,7 @@ only control characters and zero-width noise are removed.
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from html.parser import HTMLParser
@@ -50,6 +51,10 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff\uf
 _HSPACE = re.compile(r"[^\S\n]+")  # whitespace other than newline (includes NBSP)
 _NEWLINES = re.compile(r"\s*\n\s*(?:\n\s*)+")  # two or more line breaks → one blank line
 _NEWLINE = re.compile(r" *\n *")
+_ENTITY_BODY = r"(?:[a-zA-Z][a-zA-Z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6});"
+_ENTITY = re.compile("&" + _ENTITY_BODY)
+_BARE_AMP = re.compile("&(?!" + _ENTITY_BODY + ")")
+_TAG = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?\s*>")
 # Signs of a second level of escaping: an entity or an escaped tag in the decoded text.
 _ESCAPED = re.compile(
     r"&(?:[a-zA-Z][a-zA-Z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6});"
@@ -131,8 +136,21 @@ def clean_text(text: str, *, single_line: bool = False) -> str:
     return text.strip()
 
 
-def html_to_text(markup: str, *, single_line: bool = False) -> str:
-    """The visible text of an HTML fragment (or of plain text that may hold entities).
+def _protect_amps(markup: str) -> str:
+    """Escape every ``&`` that does not start a ``;``-terminated character reference.
+
+    HTML5 decodes some legacy names without the ``;`` ("this&nothing" → "this¬hing",
+    "Banks&regulators" → "Banks®ulators"); in feed text those are always plain ampersands.
+    """
+    return _BARE_AMP.sub("&amp;", markup) if "&" in markup else markup
+
+
+def html_to_text(markup: str, *, single_line: bool = False, plain: bool = False) -> str:
+    """The visible text of an HTML fragment.
+
+    ``plain=True`` says the source declared it plain text (feedparser's
+    ``text/plain``): only character references are decoded, unless it evidently
+    carries markup anyway (then it is treated as HTML).
 
     >>> html_to_text("<p>Tom &amp; Jerry&#8217;s <b>show</b></p><script>x()</script>")
     'Tom & Jerry’s show'
@@ -141,10 +159,17 @@ def html_to_text(markup: str, *, single_line: bool = False) -> str:
         return ""
     if "<" not in markup and "&" not in markup:
         return clean_text(markup, single_line=single_line)
-    text = _extract(markup)
+    if plain and not _TAG.search(markup):
+        text = _ENTITY.sub(_unescape_match, markup)
+    else:
+        text = _extract(_protect_amps(markup))
     if _ESCAPED.search(text):  # double-escaped: &amp;amp; or &lt;p&gt;
-        text = _extract(text)
+        text = _extract(_protect_amps(text))
     return clean_text(text, single_line=single_line)
+
+
+def _unescape_match(m: re.Match[str]) -> str:
+    return html.unescape(m.group(0))
 
 
 def truncate(text: str, limit: int) -> str:

@@ -167,6 +167,28 @@ def test_html_to_text_single_line(html: str, expected: str) -> None:
     assert html_to_text(html, single_line=True) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "plain", "expected"),
+    [
+        ("Plain this&nothing", True, "Plain this&nothing"),  # not "this¬hing"
+        ("Banks&regulators &copy; 2026", False, "Banks&regulators © 2026"),
+        ("Banks&amp;regulators &lt;i&gt;x", False, "Banks&regulators x"),
+        ("a < b &amp; c", True, "a < b & c"),  # &amp; in plain text = double escaping
+        ("raw <b>markup</b> in a plain field", True, "raw markup in a plain field"),
+        ("It&#8217;s", True, "It’s"),
+    ],
+)
+def test_bare_ampersands_are_text(text: str, plain: bool, expected: str) -> None:
+    assert html_to_text(text, single_line=True, plain=plain) == expected
+
+
+def test_plain_title_detail_respected() -> None:
+    s = norm({"title": "Q&A: this&nothing", "title_detail": {"type": "text/plain"},
+              "summary": "P&G &not; <i>x</i>", "summary_detail": {"type": "text/html"}})
+    assert s.title == "Q&A: this&nothing"
+    assert s.summary == "P&G ¬ x"
+
+
 def test_html_to_text_keeps_paragraphs() -> None:
     html = "<div><p>First   para.</p>\n\n\n<p>Second <a href='x'>link</a>.</p><ul><li>a</li><li>b</li></ul></div>"
     assert html_to_text(html) == "First para.\n\nSecond link.\n\na\nb"
