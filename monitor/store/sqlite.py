@@ -223,7 +223,10 @@ class SQLiteStore:
         if not memory:
             p = Path(self._path)
             try:
-                p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                try:
+                    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                except FileExistsError:
+                    raise StoreError(f"cannot open {self._path}: {p.parent} is not a directory") from None
                 # Create the file owner-only before SQLite does; SQLite gives the -wal and
                 # -shm files the same permissions as the database file.
                 os.close(os.open(p, os.O_RDWR | os.O_CREAT, 0o600))
