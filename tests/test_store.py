@@ -329,6 +329,17 @@ async def test_naive_datetimes_raise_store_error(store: Store) -> None:
         await store.claim_due_feeds(datetime(2026, 1, 1), limit=1, lease_until=t(1))
 
 
+async def test_awkward_text_round_trips_exactly(store: Store) -> None:
+    # NUL cannot live in a PostgreSQL text column; the payload keeps it (JSON-escaped)
+    odd = replace(story("s-odd"), title="NUL\x00 tab\t 👩‍💻 עברית \u200b", summary="a\x00b",
+                  authors=(), tags=("x",) * 3, lang=None, guid=None)
+    await store.save_poll(feed("a"), [StoredStory(story=odd, cluster="c")], [delivery("k")])
+    got = await store.get_story("s-odd")
+    assert got is not None and got.story == odd
+    [d] = await store.claim_deliveries(t(0), limit=1, lease_until=t(1))
+    assert d.alert == delivery("k").alert
+
+
 async def test_recent_stories_oldest_first_with_limit(store: Store) -> None:
     await store.save_poll(feed("a"), [stored("s3", seen=t(3)), stored("s1", seen=t(1)), stored("s2", seen=t(2)),
                                        stored("s0", seen=t(-5))], [])

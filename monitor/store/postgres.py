@@ -11,6 +11,7 @@ never wait for each other.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -154,6 +155,7 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: Any = None
+        self._opening = asyncio.Lock()
 
     @property
     def schema(self) -> str | None:
@@ -165,8 +167,11 @@ class PostgresStore:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await self._open_pool()
+
+    async def _open_pool(self) -> Any:
         settings = {"search_path": self._schema} if self._schema else {}
         where = redact_dsn(self._dsn)
         try:
@@ -188,7 +193,7 @@ class PostgresStore:
             if isinstance(e, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
                 raise StoreError(f"cannot open {where}: {e}") from e
             raise
-        self._pool = pool
+        return pool
 
     async def _migrate(self, con: Any) -> None:
         schema = self._schema or "public"
