@@ -274,7 +274,7 @@ class _Loader:
         for k in data:
             if k not in ("rules", "actors"):
                 hint = _did_you_mean(k, ["rules", "actors"])
-                self.problem(f, (k,), f"unknown top-level key {k!r}; expected rules: and/or actors:{hint}", key=True)
+                self.problem(f, (k,), f"unknown top-level key {k!r}{hint}; expected rules: and/or actors:", key=True)
         if "actors" in data:
             self.read_actors(f, data["actors"])
         rules = data.get("rules")
@@ -494,7 +494,9 @@ class _Loader:
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        if t.endswith("_type") or t in ("literal_error", "bool_parsing", "int_parsing", "int_from_float", "string_too_short", "too_short", "greater_than_equal", "greater_than"):
+        if t == "string_type" and isinstance(e.get("input"), bool):
+            msg += " (YAML reads on/off/yes/no/true/false as booleans: quote it)"
+        elif t.endswith("_type") or t in ("literal_error", "bool_parsing", "int_parsing", "int_from_float", "string_too_short", "too_short", "greater_than_equal", "greater_than"):
             msg += f" (got {e['input']!r})"
         self.problem(f, full, f"{label}: {dotted}: {msg}")
 
