@@ -206,17 +206,31 @@ class Matcher:
                 self._has_exact |= any(m == EXACT for m, _ in spec.tokens)
         self._prefix_lens = tuple(sorted(prefix_lens))
         self._fields = tuple(f for f in ("title", "summary", "content", "author", "tags", "link") if f in fields)
-        term_rules: dict[int, list[int]] = {}
-        always: list[int] = []
+        # Prefilter: every rule gets up to _SLOTS necessary clauses (sets of term ids, one of
+        # which must occur for the rule to hold). Per term id and slot, a bitmask of the rules
+        # whose clause in that slot it satisfies; per story, OR the masks of the terms that
+        # occurred, AND the slots: the set bits are the only rules worth evaluating.
+        slot_masks: dict[int, dict[int, int]] = {}
+        always = 0
+        short = [0] * _SLOTS  # rules with fewer clauses than slot j pass it
         for i, cr in enumerate(self._rules):
             if not cr.rule.enabled:
                 continue
-            if cr.has_regex:
-                always.append(i)
-            for tid in cr.positive:
-                term_rules.setdefault(tid, []).append(i)
-        self._term_rules = {t: tuple(v) for t, v in term_rules.items()}
-        self._always = tuple(always)
+            bit = 1 << i
+            clauses = sorted(_clauses(cr.cond), key=len)
+            if cr.has_regex or not clauses:
+                always |= bit
+                continue
+            for j in range(_SLOTS):
+                if j >= len(clauses):
+                    short[j] |= bit
+                    continue
+                for tid in clauses[j]:
+                    d = slot_masks.setdefault(tid, {})
+                    d[j] = d.get(j, 0) | bit
+        self._slot_masks = {t: tuple(d.items()) for t, d in slot_masks.items()}
+        self._short = tuple(short)
+        self._always = always
 
     # compile --------------------------------------------------------------------------
     def _tid(self, spec: TermSpec) -> int:
@@ -377,15 +391,20 @@ class Matcher:
     def match(self, story: Story, *, sources: int = 1, source_names: tuple[str, ...] = ()) -> tuple[Match, ...]:
         """The enabled rules that fire on ``story`` (in rule order)."""
         scan = self._scan(story, self._fields)
-        cands: set[int] = set(self._always)
-        term_rules = self._term_rules
+        sat = list(self._short)
+        masks = self._slot_masks
         for occ in scan.occ.values():
             for tid in occ:
-                rs = term_rules.get(tid)
-                if rs:
-                    cands.update(rs)
+                ms = masks.get(tid)
+                if ms is not None:
+                    for j, m in ms:
+                        sat[j] |= m
+        cands = self._always | _and_all(sat)
         out: list[Match] = []
-        for i in sorted(cands):
+        while cands:
+            low = cands & -cands
+            cands ^= low
+            i = low.bit_length() - 1
             cr = self._rules[i]
             rule = cr.rule
             if (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1) and not all(
@@ -545,6 +564,40 @@ class Matcher:
             for i in node.items:
                 out |= self._node_tids(i)
         return out
+
+
+_SLOTS = 4
+
+
+def _and_all(masks: list[int]) -> int:
+    out = masks[0]
+    for m in masks[1:]:
+        out &= m
+    return out
+
+
+def _clauses(c: tuple[Any, ...]) -> list[frozenset[int]]:
+    """Necessary clauses of a compiled condition: each set must meet the terms present."""
+    op = c[0]
+    if op == _TERM:
+        return [frozenset((c[1],))]
+    if op == _ANYOF:
+        return [c[1]]
+    if op == _ALLOF:
+        return [frozenset((t,)) for t in c[1]]
+    if op == _AND:
+        return [cl for k in c[1] for cl in _clauses(k)]
+    if op == _OR:
+        union: set[int] = set()
+        for k in c[1]:
+            cls = _clauses(k)
+            if not cls:
+                return []
+            union |= min(cls, key=len)
+        return [frozenset(union)]
+    if op == _NEAR:
+        return list(c[1])
+    return []  # NOT: no necessary occurrence
 
 
 def _flat(kids: tuple[tuple[Any, ...], ...]) -> set[int]:
