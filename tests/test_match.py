@@ -464,3 +464,23 @@ def test_explain_none_marks_forbidden_terms(tmp_path: Path) -> None:
     """)
     text = format_explanation(m.explain(story("Olympics nuclear")))
     assert "✘ Olympics: found (forbidden)" in text
+
+
+def test_prefilter_agrees_with_full_evaluation(tmp_path: Path) -> None:
+    """``match`` (prefiltered) and ``explain`` (every rule evaluated) agree, over generated
+    rules drawn from real feed vocabulary and real stories."""
+    from bench.bench_rules import _ruleset_yaml, _stories, _vocab
+
+    shared_path("corpora", "real-feeds")
+    stories = _stories()[::12]
+    actors, rules = _ruleset_yaml(60, _vocab(stories), seed=3)
+    (tmp_path / "actors.yaml").write_text(actors, encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(rules, encoding="utf-8")
+    m = compile_rules(load_rules(tmp_path, channels={"file"}))
+    total = 0
+    for s in stories:
+        fast = [x.rule for x in m.match(s)]
+        full = [e.rule for e in m.explain(s) if e.matched]
+        assert fast == full, s.title
+        total += len(fast)
+    assert total > 5
