@@ -123,8 +123,8 @@ def test_disabled_shipped_rule_never_fires(shipped: Matcher) -> None:
 
 def test_digest_rule_carries_cron(shipped: Matcher) -> None:
     (m,) = [x for x in shipped.match(story("Trump’s tariffs will pummel Vietnam")) if x.rule == "us-tariffs"]
-    assert m.digest == "0 8 * * 1-5"
-    assert shipped.ruleset.digest == {"us-tariffs": "0 8 * * 1-5"}
+    assert m.digest == "0 8 * * mon-fri"
+    assert shipped.ruleset.digest == {"us-tariffs": "0 8 * * mon-fri"}
 
 
 def test_seed_rule_matches_no_unrelated_real_story(shipped: Matcher) -> None:
