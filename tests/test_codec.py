@@ -223,3 +223,17 @@ def test_feed_state_rows_round_trip() -> None:
         row = feed_to_row(state, dt_to_text)
         mapping = dict(zip(FEED_COLUMNS, row, strict=True))
         assert feed_from_row(mapping, dt_from_text) == state
+
+
+def test_lone_surrogates_round_trip_in_payloads_and_are_replaced_in_columns() -> None:
+    from monitor.store.codec import column_text
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    s = Story(id="x\ud800", feed="f", title="a\udc00b é", link="l", published=t, first_seen=t)
+    text = story_to_json(s)
+    text.encode("utf-8")  # storable by any driver
+    assert story_from_json(text) == s
+    assert column_text("a\udc00b é") == "a\ufffdb é"
+    assert column_text("nul\x00here") == "nul\x00here"
+    assert column_text("nul\x00here", nul=True) == "nulhere"
+    assert column_text("plain") == "plain"

@@ -340,6 +340,24 @@ async def test_awkward_text_round_trips_exactly(store: Store) -> None:
     assert d.alert == delivery("k").alert
 
 
+async def test_lone_surrogates_are_stored_and_found(store: Store) -> None:
+    # a broken character reference (&#xD800;) can leave a lone surrogate, which no driver
+    # can encode as UTF-8: columns get U+FFFD, payloads keep the exact text, lookups agree
+    odd = replace(story("id-\ud800"), title="bad \udc00 title", link="https://x.example/\ud83d")
+    [d] = await store.save_poll(feed("a"), [StoredStory(story=odd, cluster="c-\ud800")],
+                                [replace(delivery("k-\ud800", cluster="c-\ud800"), alert=alert(odd, cluster="c-\ud800"))])
+    assert await store.known(["id-\ud800", "id-x"], ["https://x.example/\ud83d"]) == {
+        "id-\ud800", "https://x.example/\ud83d"}
+    got = await store.get_story("id-\ud800")
+    assert got is not None and got.story == odd
+    c = await store.get_cluster("c-\ud800")
+    assert c is not None and c.members == ("id-\ufffd",)
+    [claimed] = await store.claim_deliveries(t(0), limit=1, lease_until=t(1))
+    assert claimed.id == d.id and claimed.alert.story == odd
+    assert await store.last_alert("c-\ud800", "r1", "slack") == T0
+    assert [x.id for x in await store.cluster_alerts("c-\ud800")] == [d.id]
+
+
 async def test_recent_stories_oldest_first_with_limit(store: Store) -> None:
     await store.save_poll(feed("a"), [stored("s3", seen=t(3)), stored("s1", seen=t(1)), stored("s2", seen=t(2)),
                                        stored("s0", seen=t(-5))], [])

@@ -12,6 +12,7 @@ value reaching the store is a bug that must not be silently shifted.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -68,6 +69,30 @@ def utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
 
+# -- text for columns ---------------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def column_text(s: str, *, nul: bool = False) -> str:
+    """Text for a database column or lookup key.
+
+    Lone surrogates (from broken character references) cannot be encoded as UTF-8 by
+    any driver: they become U+FFFD. ``nul=True`` also drops NUL characters, which
+    PostgreSQL text refuses. Stores apply the same function to the values they store
+    and to the values they look up, so lookups stay consistent; the JSON payloads keep
+    the exact text (escaped).
+    """
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            s = _SURROGATE.sub("\ufffd", s)
+    if nul and "\x00" in s:
+        s = s.replace("\x00", "")
+    return s
+
+
 # -- small typed readers ------------------------------------------------------------------
 
 
@@ -102,7 +127,13 @@ def _check_strs(values: tuple[str, ...], name: str) -> list[str]:
 
 def _dumps(obj: Any) -> str:
     try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: keep them, \u-escaped
+                text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return text
     except (TypeError, ValueError) as e:
         raise CodecError(f"cannot encode to JSON: {e}") from e
 

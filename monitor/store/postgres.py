@@ -32,6 +32,7 @@ from monitor.store.codec import (
     CodecError,
     alert_from_json,
     alert_to_json,
+    column_text,
     feed_from_row,
     feed_to_row,
     story_from_json,
@@ -90,8 +91,13 @@ def redact_dsn(dsn: str) -> str:
 
 
 def _text(s: str) -> str:
-    """PostgreSQL text cannot hold NUL characters (the JSON payload keeps them escaped)."""
-    return s.replace("\x00", "") if "\x00" in s else s
+    """The stored form of a text value: no NUL (PostgreSQL text refuses it), no lone
+    surrogates (see ``codec.column_text``); the JSON payloads keep the exact text."""
+    return column_text(s, nul=True)
+
+
+def _opt_text(s: str | None) -> str | None:
+    return None if s is None else column_text(s, nul=True)
 
 
 def _count(status: str) -> int:
@@ -262,11 +268,7 @@ class PostgresStore:
 
     @staticmethod
     def _feed_row(state: FeedState) -> tuple[Any, ...]:
-        row = list(feed_to_row(state, utc))
-        for i, col in enumerate(FEED_COLUMNS):
-            if isinstance(row[i], str) and col in ("last_error", "problem"):
-                row[i] = _text(row[i])
-        return tuple(row)
+        return tuple(_text(v) if isinstance(v, str) else v for v in feed_to_row(state, utc))
 
     async def delete_feed(self, name: str) -> None:
         async with self._con(f"delete_feed {name!r}") as con:
@@ -299,18 +301,20 @@ class PostgresStore:
     # -- stories --------------------------------------------------------------------------
 
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
-        id_list = list(dict.fromkeys(ids))
-        link_list = list(dict.fromkeys(links))
-        if not id_list and not link_list:
+        # lookups use the stored form of each value; answers are the values given
+        id_map = {_text(i): i for i in ids}
+        link_map = {_text(x): x for x in links}
+        if not id_map and not link_map:
             return set()
         async with self._con("known") as con:
             rows = await con.fetch(
                 "SELECT id FROM stories WHERE id = ANY($1::text[]) "
                 "UNION ALL SELECT link FROM stories WHERE link = ANY($2::text[])",
-                id_list,
-                [_text(x) for x in link_list],
+                list(id_map),
+                list(link_map),
             )
-        return {r[0] for r in rows}
+        found = {r[0] for r in rows}
+        return {id_map[v] for v in found if v in id_map} | {link_map[v] for v in found if v in link_map}
 
     async def save_poll(
         self,
@@ -326,7 +330,7 @@ class PostgresStore:
                 await con.executemany(
                     _CLUSTER_UPSERT,
                     [
-                        (c.id, c.first_story, _text(c.title), utc(c.first_seen), utc(c.last_seen),
+                        (_text(c.id), _text(c.first_story), _text(c.title), utc(c.first_seen), utc(c.last_seen),
                          strs_to_json(c.sources))
                         for c in clusters
                     ],
@@ -337,21 +341,22 @@ class PostgresStore:
                 for st in stories:
                     s = st.story
                     seen = utc(s.first_seen)
+                    sid, cluster, title = _text(s.id), _text(st.cluster), _text(s.title)
                     rows.append(
-                        (s.id, s.feed, _text(s.link), _text(s.title), st.cluster, seen,
+                        (sid, _text(s.feed), _text(s.link), title, cluster, seen,
                          utc(s.published), story_to_json(s))
                     )
-                    auto.append((st.cluster, s.id, _text(s.title), seen, strs_to_json((s.feed,))))
+                    auto.append((cluster, sid, title, seen, strs_to_json((s.feed,))))
                 await con.executemany(_CLUSTER_FOR_STORY, auto)
                 await con.executemany(_STORY_INSERT, rows)
             for d in deliveries:
                 new_id = await con.fetchval(
                     _DELIVERY_INSERT,
-                    d.key,
-                    d.channel,
-                    d.parent_key,
-                    d.alert.cluster,
-                    d.alert.match.rule,
+                    _text(d.key),
+                    _text(d.channel),
+                    _opt_text(d.parent_key),
+                    _text(d.alert.cluster),
+                    _text(d.alert.match.rule),
                     alert_to_json(d.alert),
                     d.attempts,
                     utc(d.created),
@@ -373,7 +378,7 @@ class PostgresStore:
 
     async def get_story(self, story_id: str) -> StoredStory | None:
         async with self._con("get_story") as con:
-            r = await con.fetchrow("SELECT payload, cluster FROM stories WHERE id = $1", story_id)
+            r = await con.fetchrow("SELECT payload, cluster FROM stories WHERE id = $1", _text(story_id))
             return None if r is None else StoredStory(story=story_from_json(r[0]), cluster=r[1])
 
     async def prune(self, before: datetime) -> int:
@@ -409,11 +414,12 @@ class PostgresStore:
 
     async def get_cluster(self, cluster_id: str) -> ClusterInfo | None:
         async with self._con("get_cluster", tx=True) as con:
-            r = await con.fetchrow("SELECT * FROM clusters WHERE id = $1", cluster_id)
+            key = _text(cluster_id)
+            r = await con.fetchrow("SELECT * FROM clusters WHERE id = $1", key)
             if r is None:
                 return None
-            members = await self._members(con, [cluster_id])
-            return _cluster(r, members[cluster_id])
+            members = await self._members(con, [key])
+            return _cluster(r, members[key])
 
     async def list_clusters(self, *, since: datetime | None = None, limit: int = 50) -> list[ClusterInfo]:
         async with self._con("list_clusters", tx=True) as con:
@@ -469,7 +475,7 @@ class PostgresStore:
                 "UPDATE deliveries SET state = 'sent', sent_at = $1, last_attempt = $1, ref = $2, "
                 "attempts = attempts + 1, next_attempt = NULL WHERE id = $3 AND state <> 'sent'",
                 utc(now),
-                ref,
+                _opt_text(ref),
                 delivery_id,
             )
             if _count(status) == 0:
@@ -511,7 +517,7 @@ class PostgresStore:
             rows = await con.fetch(
                 "SELECT id, key, channel, parent_key, payload, attempts, created, next_attempt "
                 "FROM deliveries WHERE cluster = $1 AND parent_key IS NULL ORDER BY created, id",
-                cluster,
+                _text(cluster),
             )
             return [
                 Delivery(
@@ -541,9 +547,9 @@ class PostgresStore:
         async with self._con("last_alert") as con:
             value: datetime | None = await con.fetchval(
                 "SELECT max(created) FROM deliveries WHERE cluster = $1 AND rule = $2 AND channel = $3",
-                cluster,
-                rule,
-                channel,
+                _text(cluster),
+                _text(rule),
+                _text(channel),
             )
         return value
 

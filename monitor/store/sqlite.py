@@ -38,6 +38,7 @@ from monitor.store.codec import (
     CodecError,
     alert_from_json,
     alert_to_json,
+    column_text,
     dt_from_text,
     dt_to_text,
     feed_from_row,
@@ -88,6 +89,15 @@ _DELIVERY_INSERT = (
 _DELIVERY_COLUMNS = (
     "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref"
 )
+
+
+def _k(s: str) -> str:
+    """The stored form of a text value (see ``codec.column_text``)."""
+    return column_text(s)
+
+
+def _feed_row(state: FeedState) -> tuple[object, ...]:
+    return tuple(column_text(v) if isinstance(v, str) else v for v in feed_to_row(state, dt_to_text))
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
@@ -314,7 +324,7 @@ class SQLiteStore:
 
     async def save_feed(self, state: FeedState) -> None:
         def work(con: sqlite3.Connection) -> None:
-            row = feed_to_row(state, dt_to_text)
+            row = _feed_row(state)
             with _write(con):
                 con.execute(_FEED_UPSERT, row)
 
@@ -360,8 +370,10 @@ class SQLiteStore:
     # -- stories --------------------------------------------------------------------------
 
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
-        id_list = list(dict.fromkeys(ids))
-        link_list = list(dict.fromkeys(links))
+        # lookups use the stored form of each value; answers are the values given
+        id_map = {_k(i): i for i in ids}
+        link_map = {_k(x): x for x in links}
+        id_list, link_list = list(id_map), list(link_map)
 
         def work(con: sqlite3.Connection) -> set[str]:
             found: set[str] = set()
@@ -377,7 +389,9 @@ class SQLiteStore:
                     parts.append(f"SELECT link FROM stories WHERE link IN ({_marks(len(b))})")
                     params += b
                 found.update(r[0] for r in con.execute(" UNION ALL ".join(parts), params))
-            return found
+            return {id_map[v] for v in found if v in id_map} | {
+                link_map[v] for v in found if v in link_map
+            }
 
         if not id_list and not link_list:
             return set()
@@ -393,15 +407,15 @@ class SQLiteStore:
         def work(con: sqlite3.Connection) -> list[Delivery]:
             inserted: list[Delivery] = []
             with _write(con):
-                con.execute(_FEED_UPSERT, feed_to_row(state, dt_to_text))
+                con.execute(_FEED_UPSERT, _feed_row(state))
                 if clusters:
                     con.executemany(
                         _CLUSTER_UPSERT,
                         [
                             (
-                                c.id,
-                                c.first_story,
-                                c.title,
+                                _k(c.id),
+                                _k(c.first_story),
+                                _k(c.title),
                                 dt_to_text(c.first_seen),
                                 dt_to_text(c.last_seen),
                                 strs_to_json(c.sources),
@@ -415,22 +429,23 @@ class SQLiteStore:
                     for st in stories:
                         s = st.story
                         seen = dt_to_text(s.first_seen)
+                        sid, cluster, title = _k(s.id), _k(st.cluster), _k(s.title)
                         rows.append(
-                            (s.id, s.feed, s.link, s.title, st.cluster, seen,
+                            (sid, _k(s.feed), _k(s.link), title, cluster, seen,
                              dt_to_text(s.published), story_to_json(s))
                         )
-                        auto.append((st.cluster, s.id, s.title, seen, seen, strs_to_json((s.feed,)), s.id))
+                        auto.append((cluster, sid, title, seen, seen, strs_to_json((s.feed,)), sid))
                     con.executemany(_CLUSTER_FOR_STORY, auto)
                     con.executemany(_STORY_INSERT, rows)
                 for d in deliveries:
                     row = con.execute(
                         _DELIVERY_INSERT,
                         (
-                            d.key,
-                            d.channel,
-                            d.parent_key,
-                            d.alert.cluster,
-                            d.alert.match.rule,
+                            _k(d.key),
+                            _k(d.channel),
+                            None if d.parent_key is None else _k(d.parent_key),
+                            _k(d.alert.cluster),
+                            _k(d.alert.match.rule),
                             alert_to_json(d.alert),
                             d.attempts,
                             dt_to_text(d.created),
@@ -456,7 +471,7 @@ class SQLiteStore:
 
     async def get_story(self, story_id: str) -> StoredStory | None:
         def work(con: sqlite3.Connection) -> StoredStory | None:
-            r = con.execute("SELECT payload, cluster FROM stories WHERE id = ?", (story_id,)).fetchone()
+            r = con.execute("SELECT payload, cluster FROM stories WHERE id = ?", (_k(story_id),)).fetchone()
             return None if r is None else StoredStory(story=story_from_json(r[0]), cluster=r[1])
 
         return await self._run("get_story", work)
@@ -494,10 +509,11 @@ class SQLiteStore:
     async def get_cluster(self, cluster_id: str) -> ClusterInfo | None:
         def work(con: sqlite3.Connection) -> ClusterInfo | None:
             with _read(con):
-                row = con.execute("SELECT * FROM clusters WHERE id = ?", (cluster_id,)).fetchone()
+                key = _k(cluster_id)
+                row = con.execute("SELECT * FROM clusters WHERE id = ?", (key,)).fetchone()
                 if row is None:
                     return None
-                return _cluster(row, self._members(con, [cluster_id])[cluster_id])
+                return _cluster(row, self._members(con, [key])[key])
 
         return await self._run("get_cluster", work)
 
@@ -566,7 +582,7 @@ class SQLiteStore:
                     "UPDATE deliveries SET state = 'sent', sent_at = ?, last_attempt = ?, ref = ?, "
                     "attempts = attempts + 1, next_attempt = NULL "
                     "WHERE id = ? AND state <> 'sent'",
-                    (t, t, ref, delivery_id),
+                    (t, t, None if ref is None else _k(ref), delivery_id),
                 ).rowcount
                 if n == 0:
                     _exists(con, delivery_id)
@@ -582,7 +598,7 @@ class SQLiteStore:
                     "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, last_attempt = ?, "
                     "state = CASE WHEN ? IS NULL THEN 'failed' ELSE 'pending' END, next_attempt = ? "
                     "WHERE id = ? AND state = 'pending'",
-                    (error, dt_to_text(now), *(2 * (opt_dt_to_text(next_attempt),)), delivery_id),
+                    (_k(error), dt_to_text(now), *(2 * (opt_dt_to_text(next_attempt),)), delivery_id),
                 ).rowcount
                 if n == 0:
                     _exists(con, delivery_id)
@@ -606,7 +622,7 @@ class SQLiteStore:
             rows = con.execute(
                 "SELECT id, key, channel, parent_key, payload, attempts, created, next_attempt "
                 "FROM deliveries WHERE cluster = ? AND parent_key IS NULL ORDER BY created, id",
-                (cluster,),
+                (_k(cluster),),
             ).fetchall()
             return [
                 Delivery(
@@ -645,7 +661,7 @@ class SQLiteStore:
         def work(con: sqlite3.Connection) -> datetime | None:
             row = con.execute(
                 "SELECT MAX(created) FROM deliveries WHERE cluster = ? AND rule = ? AND channel = ?",
-                (cluster, rule, channel),
+                (_k(cluster), _k(rule), _k(channel)),
             ).fetchone()
             return opt_dt_from_text(row[0])
 
