@@ -275,3 +275,40 @@ async def test_a_cancelled_call_leaves_the_store_usable(tmp_path: Path) -> None:
         assert n in (0, 200)
         await store.save_feed(_feed("b"))
         assert "b" in {f.name for f in await store.get_feeds()}
+
+
+async def test_forward_migrations_apply_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "m.db"
+    async with SQLiteStore(db) as store:
+        await store.save_feed(_feed())
+    real = migrations.load("sqlite")
+    v2 = migrations.Migration(
+        version=len(real) + 1,
+        name="9999_test.sqlite.sql",
+        sql="-- a later version\nCREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);\n",
+    )
+    monkeypatch.setattr(migrations, "load", lambda dialect: [*real, v2])
+    for _ in range(2):  # the second open finds the schema current and applies nothing
+        async with SQLiteStore(db) as store:
+            assert [f.name for f in await store.get_feeds()] == ["a"]
+            got = await store._run("extra", lambda con: con.execute("SELECT count(*) FROM extra").fetchone()[0])
+            assert got == 1
+            assert await store._run("v", lambda con: con.execute("PRAGMA user_version").fetchone()[0]) == v2.version
+
+
+async def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "m.db"
+    async with SQLiteStore(db):
+        pass
+    real = migrations.load("sqlite")
+    bad = migrations.Migration(version=len(real) + 1, name="9999_bad.sqlite.sql",
+                               sql="CREATE TABLE extra (x INTEGER);\nTHIS IS NOT SQL;\n")
+    monkeypatch.setattr(migrations, "load", lambda dialect: [*real, bad])
+    with pytest.raises(StoreError, match=r"cannot open .*syntax error"):
+        await SQLiteStore(db).open()
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == len(real)
+        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+    finally:
+        con.close()
