@@ -1,0 +1,730 @@
+"""The recent-story index: exact keys, token blocking, cluster-level rapidfuzz scoring.
+
+Pure: no I/O, no clock. Every decision takes ``now`` as an argument and uses the
+stories' own ``published`` / ``first_seen`` for time distance.
+
+How a story is decided (``StoryIndex.decide``):
+
+1. **Exact repeat** → ``Seen``: the same id, the same canonical link, or the same
+   normalised title (at least ``min_exact_tokens`` words long) as a story in the window.
+2. **Near duplicate** → ``SameStory``: candidates come from an inverted index over the
+   story's *rarest* tokens (token blocking: at most ``block_tokens`` tokens, postings longer
+   than ``max_posting`` are skipped), so the cost per story does not grow with the window.
+   Each candidate cluster is scored *as a whole*:
+
+   * ``pair``: the best of the cluster's representative members (its first and latest few)
+     by a blend of IDF-weighted token Dice and ``rapidfuzz.fuzz.token_set_ratio``;
+   * ``cover``: how much of the story's informative weight the cluster's *frequent*
+     tokens carry (a token counts fully when it occurs in ``cover_share`` of the members),
+     which stops one odd member from chaining an unrelated story into a big cluster;
+
+   ``score = (1 - cover_weight) * pair + cover_weight * cover`` and the story joins the
+   best cluster when ``score`` reaches ``threshold`` plus a time penalty that grows with the
+   distance to the cluster's nearest activity (``time_grace`` free, then
+   ``time_penalty`` per day).
+3. Otherwise → ``New``: the story starts a cluster whose id is the story's id.
+
+Token weights are IDF-like and estimated online from the clusters in the window (a token
+seen in many clusters says little); stopwords weigh little and numbers/capitalised names
+a bit more. When a title has few informative tokens the lead sentence of the summary is
+added at a lower weight.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rapidfuzz import fuzz
+
+from monitor.model import Story
+
+__all__ = [
+    "Decision",
+    "DedupSettings",
+    "New",
+    "SameStory",
+    "Seen",
+    "StoryIndex",
+    "cluster_stream",
+    "detect_guid_churn",
+    "normalize_title",
+    "pair_score",
+    "tokenize",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DedupSettings:
+    """Knobs of the engine; the defaults are calibrated on the shared UCI / STS-B corpora."""
+
+    window: float = 48 * 3600.0  # seconds a cluster stays open after its last member
+    threshold: float = 0.54  # score in [0, 1] needed to join a cluster
+    cover_weight: float = 0.85  # share of the cluster-coverage term in the score
+    cover_share: float = 0.9  # a token is "the cluster's" when this share of members has it
+    fuzz_weight: float = 0.3  # share of rapidfuzz token_set_ratio in the pair score
+    containment: float = 0.0  # 0: weighted Dice of the two titles; 1: overlap coefficient
+    sig_weight: float = 0.8  # share of "cluster signature carried by the story" in cover
+    idf_power: float = 1.5  # weights are idf ** idf_power (sharper above 1)
+    stopword_weight: float = 0.15  # weight of a stopword (informative tokens weigh >= 1)
+    time_grace: float = 12 * 3600.0  # no time penalty within this distance (seconds)
+    time_penalty: float = 0.06  # extra threshold per day beyond the grace
+    block_tokens: int = 5  # rarest tokens of a story used to find candidates
+    max_posting: int = 400  # postings longer than this are too common to block on
+    max_candidates: int = 12  # clusters scored per story
+    reps_first: int = 3  # representative members kept per cluster: the first ...
+    reps_last: int = 3  # ... and the latest
+    min_exact_tokens: int = 3  # a normalised title this short never counts as an exact repeat
+    short_title_tokens: int = 4  # fewer informative title tokens: add the summary's lead
+    lead_weight: float = 0.5  # weight factor of the summary-lead tokens
+    idf_prior: float = 50.0  # pseudo-clusters in the IDF estimate (cold start)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class New:
+    """The story starts a new cluster (``cluster`` is the story's id)."""
+
+    cluster: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SameStory:
+    """A near duplicate of cluster ``cluster``; ``matched_with`` is the closest member."""
+
+    cluster: str
+    score: float
+    matched_with: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Seen:
+    """An exact repeat (same id, same canonical link or same normalised title)."""
+
+    cluster: str
+    matched_with: str
+    reason: str
+
+
+Decision = New | SameStory | Seen
+
+# ---------------------------------------------------------------------------------------
+# normalisation and tokens
+
+_QUOTES = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u00ab": '"',
+        "\u00bb": '"',
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2012": "-",
+        "\u2015": "-",
+        "\u00a0": " ",
+        "\u2026": "...",
+    }
+)
+
+# " - Reuters", " | BBC News", " - The Washington Post": a short trailing segment after a
+# spaced dash/pipe/colon-less separator that looks like a publisher (<= 5 words, capitalised).
+_SUFFIX = re.compile(
+    r"\s+(?:[-|~\u2022:]|::)\s+(?:the\s+)?[A-Z0-9][\w.&'’]*(?:\s+[\w.&'’]+){0,4}\s*$",
+)
+_KNOWN_PUBLISHER = re.compile(
+    r"\b(?:reuters|ap|afp|bbc|bbc news|cnn|nyt|the new york times|new york times|"
+    r"washington post|the washington post|al jazeera|npr|cbs news|abc news|nbc news|"
+    r"the guardian|guardian|bloomberg|associated press|dw|time|the economist|wsj|"
+    r"the wall street journal|wall street journal|fox news|sky news|the independent|"
+    r"the telegraph|ndtv|dawn|usa today|politico|axios|the hill|cnbc|forbes|"
+    r"business insider|yahoo news|yahoo finance|marketwatch|the atlantic|vox|"
+    r"los angeles times|la times|chicago tribune|the verge|techcrunch|engadget|"
+    r"variety|hollywood reporter|deadline|e! online|people|us weekly|tmz)\b",
+    re.IGNORECASE,
+)
+_PREFIX = re.compile(
+    r"^\s*(?:(?:watch|live|video|breaking|update|updated|exclusive|analysis|opinion|"
+    r"photos|in pictures|listen|explainer|factbox|refile|corrected|correction|"
+    r"update\s*\d+|wrapup\s*\d*|rpt|podcast|live updates|breaking news)\s*[:\-|]\s*)+",
+    re.IGNORECASE,
+)
+_ELLIPSIS = re.compile(r"(?:\s*\.\.\.|\s*\u2026)+\s*$")
+_POSSESSIVE = re.compile(r"(\w)'s\b")
+_NONWORD = re.compile(r"[^\w]+")
+
+
+def _strip_accents(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _strip_affixes(title: str) -> str:
+    t = title.translate(_QUOTES).strip()
+    t = _ELLIPSIS.sub("", t)
+    for _ in range(2):
+        m = _SUFFIX.search(t)
+        if m is None:
+            break
+        tail = m.group(0)
+        # the segment after the separator: strip it only when it looks like a publisher
+        seg = re.split(r"\s+(?:[-|~\u2022:]|::)\s+", tail, maxsplit=1)[-1].strip()
+        is_pub = (
+            _KNOWN_PUBLISHER.fullmatch(seg) is not None
+            or (len(seg.split()) <= 4 and tail.lstrip()[0] in "|~\u2022")
+            or _KNOWN_PUBLISHER.fullmatch(re.sub(r"^the\s+", "", seg, flags=re.I)) is not None
+        )
+        if not is_pub or len(t) - len(tail) < 12:
+            break
+        t = t[: m.start()].rstrip()
+    t = _PREFIX.sub("", t)
+    return t
+
+
+def normalize_title(title: str) -> str:
+    """Case-, accent- and punctuation-free title without publisher affixes.
+
+    >>> normalize_title("WATCH: Fed’s Plosser says taper — Reuters")
+    'fed plosser says taper'
+    >>> normalize_title("Café owners protest | BBC News")
+    'cafe owners protest'
+    """
+    t = _strip_affixes(title)
+    t = _strip_accents(t).lower()
+    t = _POSSESSIVE.sub(r"\1", t)
+    t = t.replace("'", "")
+    t = _NONWORD.sub(" ", t).replace("_", " ")
+    return " ".join(t.split())
+
+
+_STOPWORDS_TEXT = """a an the and or but nor of to in on at for from by with without about as into onto
+    over under after before since until up down out off than then that this these those
+    it its is are was were be been being has have had do does did will would shall should
+    can could may might must not no yes so if vs via per new news says said say saying
+    he she they we you i his her their our your them him us who whom whose what which when
+    where why how all any some more most other such only own same too very just also
+    now here there again once amid against between during through while report reports
+    update live watch video photos breaking latest today week day year first last
+    s t de la le el en et und der die das les des du al"""
+STOPWORDS: frozenset[str] = frozenset(_STOPWORDS_TEXT.split())
+
+
+def _stem(tok: str) -> str:
+    if len(tok) > 4 and tok.endswith("ies"):
+        return tok[:-3] + "y"
+    if len(tok) > 3 and tok.endswith("s") and not tok.endswith(("ss", "us", "is")):
+        return tok[:-1]
+    return tok
+
+
+def tokenize(normalized: str) -> list[str]:
+    """Tokens of a normalised title (light plural stemming), in order, duplicates removed."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in normalized.split():
+        tok = _stem(raw)
+        if tok not in seen:
+            seen.add(tok)
+            out.append(tok)
+    return out
+
+
+_CAPS = re.compile(r"\b[A-Z][\w'’\-]+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _boosts(title: str) -> set[str]:
+    """Tokens that look like names (capitalised mid-sentence) in the original title."""
+    words = _CAPS.findall(_strip_affixes(title))
+    if not words:
+        return set()
+    upper_ratio = sum(1 for w in title.split() if w[:1].isupper()) / max(1, len(title.split()))
+    if upper_ratio > 0.6:  # Title Case Headline: capitals say nothing
+        return set()
+    return {_stem(normalize_title(w)) for w in words[1:]} if words else set()
+
+
+def _lead(summary: str) -> str:
+    s = summary.strip()
+    if not s:
+        return ""
+    first = _SENTENCE.split(s, maxsplit=1)[0]
+    return " ".join(first.split()[:30])
+
+
+# ---------------------------------------------------------------------------------------
+# the index
+
+
+class _Features:
+    """What the matcher needs to know about one story."""
+
+    __slots__ = ("boost", "extra", "norm", "text", "tokens")
+
+    def __init__(self, title: str, summary: str, short_tokens: int) -> None:
+        self.norm = normalize_title(title)
+        self.tokens = tokenize(self.norm)
+        self.boost = frozenset(_boosts(title))
+        informative = [t for t in self.tokens if t not in STOPWORDS]
+        extra: list[str] = []
+        text = self.norm
+        if len(informative) < short_tokens and summary:
+            lead_norm = normalize_title(_lead(summary))
+            have = set(self.tokens)
+            extra = [t for t in tokenize(lead_norm) if t not in have]
+            text = f"{self.norm} {lead_norm}".strip()
+        self.extra = tuple(extra)
+        self.text = text
+
+
+class _Member:
+    __slots__ = ("extra", "id", "text", "tokens")
+
+    def __init__(self, sid: str, f: _Features) -> None:
+        self.id = sid
+        self.tokens = tuple(f.tokens)
+        self.extra = f.extra
+        self.text = f.text
+
+
+class _Cluster:
+    __slots__ = (
+        "first",
+        "first_pub",
+        "id",
+        "keys",
+        "last",
+        "last_pub",
+        "members",
+        "n",
+        "num",
+        "reps",
+        "sig",
+        "sig_n",
+        "sources",
+        "tf",
+    )
+
+    def __init__(self, num: int, cid: str) -> None:
+        self.num = num
+        self.id = cid
+        self.members: list[str] = []
+        self.sources: dict[str, None] = {}
+        self.keys: list[tuple[int, int]] = []  # (kind, hash) exact keys to drop on eviction
+        self.tf: dict[str, int] = {}
+        self.reps: list[_Member] = []
+        self.n = 0
+        self.sig: tuple[str, ...] = ()
+        self.sig_n = -1
+        self.first = 0.0  # first_seen epoch of the first member
+        self.last = 0.0  # latest first_seen epoch (eviction)
+        self.first_pub = math.inf
+        self.last_pub = -math.inf
+
+
+def _epoch(dt: datetime) -> float:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+_ID, _LINK, _TITLE = 0, 1, 2
+
+
+class StoryIndex:
+    """Clusters of recent stories over a sliding window. See the module docstring."""
+
+    def __init__(self, settings: DedupSettings | None = None) -> None:
+        self.settings = settings or DedupSettings()
+        self._clusters: dict[int, _Cluster] = {}
+        self._by_id: dict[str, int] = {}  # cluster id -> num
+        self._exact: dict[tuple[int, int], tuple[int, str]] = {}  # key -> (num, story id)
+        self._postings: dict[str, set[int]] = {}
+        self._df: dict[str, int] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._next = 0
+        self._stories = 0
+
+    # -- public API ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of stories (members of open clusters) in the index."""
+        return self._stories
+
+    @property
+    def clusters(self) -> int:
+        """Number of open clusters."""
+        return len(self._clusters)
+
+    def decide(self, story: Story, *, now: datetime) -> Decision:
+        """What ``add`` would answer, without inserting (eviction still applies)."""
+        self.evict(now)
+        return self._decide(
+            story, _Features(story.title, story.summary, self.settings.short_title_tokens)
+        )[0]
+
+    def add(self, story: Story, *, now: datetime) -> Decision:
+        """Decide and insert. ``Seen`` stories join their cluster (a new source counts)
+        unless their id is already a member."""
+        self.evict(now)
+        f = _Features(story.title, story.summary, self.settings.short_title_tokens)
+        decision, num = self._decide(story, f)
+        if isinstance(decision, Seen) and decision.reason == "same id":
+            return decision
+        self._insert(story, f, num)
+        return decision
+
+    def evict(self, now: datetime) -> int:
+        """Drop clusters whose latest member was first seen more than ``window`` ago."""
+        cutoff = _epoch(now) - self.settings.window
+        dropped = 0
+        heap = self._heap
+        while heap and heap[0][0] < cutoff:
+            t, num = heapq.heappop(heap)
+            c = self._clusters.get(num)
+            if c is None or c.last != t:
+                continue  # stale entry: the cluster moved on (or is gone)
+            self._drop(c)
+            dropped += 1
+        return dropped
+
+    def cluster_sources(self, cluster_id: str) -> tuple[str, ...]:
+        """Distinct feeds of the cluster's members, in order of arrival."""
+        c = self._get(cluster_id)
+        return tuple(c.sources) if c else ()
+
+    def cluster_members(self, cluster_id: str) -> tuple[str, ...]:
+        """Story ids of the cluster's members, in order of arrival."""
+        c = self._get(cluster_id)
+        return tuple(c.members) if c else ()
+
+    def cluster_of(self, story_id: str) -> str | None:
+        """The open cluster holding the story id, if any."""
+        hit = self._exact.get((_ID, hash(story_id)))
+        return self._clusters[hit[0]].id if hit else None
+
+    def restore(self, stories_with_clusters: Iterable[tuple[Story, str]]) -> None:
+        """Rebuild from stored (story, cluster id) pairs, oldest first.
+
+        Later decisions are the same as if the stories had been added live (given the same
+        ``now``): the clusters, their tokens and the IDF estimate are rebuilt exactly.
+        """
+        st = self.settings
+        for story, cid in stories_with_clusters:
+            if (_ID, hash(story.id)) in self._exact:
+                continue
+            f = _Features(story.title, story.summary, st.short_title_tokens)
+            num = self._by_id.get(cid)
+            self._insert(story, f, num, cluster_id=cid)
+
+    def known_under_other_id(self, story: Story) -> bool:
+        """True when the id is new but the same feed already brought this link or title."""
+        if (_ID, hash(story.id)) in self._exact:
+            return False
+        for key in self._keys(story, normalize_title(story.title))[1:]:
+            hit = self._exact.get(key)
+            if hit is not None and story.feed in self._clusters[hit[0]].sources:
+                return True
+        return False
+
+    def churn_ratio(self, stories: Sequence[Story]) -> float:
+        """Share of ``stories`` presented under an unknown id whose title or link the same
+        feed already brought (0.0 when none is new by id). See ``detect_guid_churn``."""
+        new = [s for s in stories if (_ID, hash(s.id)) not in self._exact]
+        if not new:
+            return 0.0
+        return sum(1 for s in new if self.known_under_other_id(s)) / len(new)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _get(self, cluster_id: str) -> _Cluster | None:
+        num = self._by_id.get(cluster_id)
+        return None if num is None else self._clusters.get(num)
+
+    def _keys(self, story: Story, norm: str) -> list[tuple[int, int]]:
+        keys = [(_ID, hash(story.id))]
+        if story.link:
+            keys.append((_LINK, hash(story.link)))
+        if len(norm.split()) >= self.settings.min_exact_tokens:
+            keys.append((_TITLE, hash(norm)))
+        return keys
+
+    def _weight(self, tok: str, boost: frozenset[str]) -> float:
+        if tok in STOPWORDS or len(tok) == 1:
+            return self.settings.stopword_weight
+        df = self._df.get(tok, 0)
+        idf = math.log((len(self._clusters) + self.settings.idf_prior) / (df + 1.0)) + 1.0
+        w = math.pow(idf, self.settings.idf_power)
+        if tok.isdigit() or tok in boost:
+            w *= 1.25
+        return w
+
+    def _decide(self, story: Story, f: _Features) -> tuple[Decision, int | None]:
+        st = self.settings
+        reasons = ("same id", "same link", "same title")
+        for key in self._keys(story, f.norm):
+            hit = self._exact.get(key)
+            if hit is not None:
+                c = self._clusters[hit[0]]
+                return Seen(cluster=c.id, matched_with=hit[1], reason=reasons[key[0]]), c.num
+        if not f.tokens:
+            return New(cluster=story.id), None
+        weights = {t: self._weight(t, f.boost) for t in f.tokens}
+        for t in f.extra:
+            weights[t] = self._weight(t, f.boost) * st.lead_weight
+        # candidates: postings of the rarest informative tokens
+        ranked = sorted((t for t in weights if t not in STOPWORDS), key=lambda t: -weights[t])
+        votes: dict[int, float] = {}
+        used = 0
+        for t in ranked:
+            posting = self._postings.get(t)
+            if posting is None:
+                continue  # unseen token: costs nothing, counts nothing
+            if len(posting) <= st.max_posting:
+                used += 1
+                w = weights[t]
+                for num in posting:
+                    votes[num] = votes.get(num, 0.0) + w
+            if used >= st.block_tokens:
+                break
+        if not votes:
+            return New(cluster=story.id), None
+        total = sum(weights.values())
+        best: tuple[float, _Cluster, _Member] | None = None
+        t_story = _epoch(story.published)
+        for num in heapq.nlargest(st.max_candidates, votes, key=votes.__getitem__):
+            if votes[num] < 0.2 * total:
+                break
+            c = self._clusters[num]
+            score, member = self._score(f, weights, total, c)
+            need = st.threshold + self._time_penalty(t_story, c)
+            if score >= need and (best is None or score - need > best[0]):
+                best = (score - need, c, member)
+        if best is None:
+            return New(cluster=story.id), None
+        margin, c, m = best
+        score = margin + st.threshold + self._time_penalty(t_story, c)
+        return (
+            SameStory(
+                cluster=c.id,
+                score=round(score, 4),
+                matched_with=m.id,
+                reason=f"score {score:.2f} vs {m.text!r}",
+            ),
+            c.num,
+        )
+
+    def _time_penalty(self, t: float, c: _Cluster) -> float:
+        st = self.settings
+        if t < c.first_pub:
+            dist = c.first_pub - t
+        elif t > c.last_pub:
+            dist = t - c.last_pub
+        else:
+            dist = 0.0
+        return max(0.0, dist - st.time_grace) / 86400.0 * st.time_penalty
+
+    def _score(
+        self, f: _Features, weights: dict[str, float], total: float, c: _Cluster
+    ) -> tuple[float, _Member]:
+        st = self.settings
+        # pair: the best representative member
+        best_pair = -1.0
+        best_m = c.reps[0]
+        for m in c.reps:
+            inter = 0.0
+            mw = 0.0
+            for t in m.tokens:
+                w = weights.get(t)
+                if w is None:
+                    mw += self._weight(t, f.boost)
+                else:
+                    mw += w
+                    inter += w
+            for t in m.extra:
+                w = weights.get(t)
+                mw += (w if w is not None else self._weight(t, f.boost)) * st.lead_weight
+                if w is not None:
+                    inter += w * st.lead_weight
+            denom = (1.0 - st.containment) * (total + mw) / 2.0 + st.containment * min(total, mw)
+            dice = min(1.0, inter / denom) if denom > 0 else 0.0
+            ratio = fuzz.token_set_ratio(f.text, m.text) / 100.0
+            pair = (1.0 - st.fuzz_weight) * dice + st.fuzz_weight * ratio
+            if pair > best_pair:
+                best_pair, best_m = pair, m
+        # cover: the story's weight carried by the cluster's frequent tokens
+        need = max(1.0, c.n * st.cover_share)
+        carried = 0.0
+        for t, w in weights.items():
+            k = c.tf.get(t)
+            if k:
+                carried += w * min(1.0, k / need)
+        cover = carried / total if total else 0.0
+        if st.sig_weight > 0.0:
+            # and the cluster's signature (its frequent tokens) carried by the story
+            sig = self._signature(c)
+            sig_total = 0.0
+            sig_hit = 0.0
+            for t in sig:
+                w = weights.get(t)
+                if w is None:
+                    sig_total += self._weight(t, f.boost)
+                else:
+                    sig_total += w
+                    sig_hit += w
+            if sig_total > 0.0:
+                back = sig_hit / sig_total
+                cover = (1.0 - st.sig_weight) * cover + st.sig_weight * back
+        return (1.0 - st.cover_weight) * best_pair + st.cover_weight * cover, best_m
+
+    def _signature(self, c: _Cluster) -> tuple[str, ...]:
+        """The cluster's frequent informative tokens (cached until the cluster grows)."""
+        if c.sig_n != c.n:
+            need = max(1.0, c.n * self.settings.cover_share)
+            c.sig = tuple(t for t, k in c.tf.items() if k >= need and t not in STOPWORDS)
+            c.sig_n = c.n
+        return c.sig
+
+    def _insert(
+        self, story: Story, f: _Features, num: int | None, *, cluster_id: str | None = None
+    ) -> None:
+        st = self.settings
+        if num is None or num not in self._clusters:
+            num = self._next
+            self._next += 1
+            c = _Cluster(num, cluster_id or story.id)
+            self._clusters[num] = c
+            self._by_id[c.id] = num
+        c = self._clusters[num]
+        seen_at = _epoch(story.first_seen)
+        pub = _epoch(story.published)
+        if c.n == 0:
+            c.first = seen_at
+        c.n += 1
+        c.members.append(story.id)
+        c.sources.setdefault(story.feed, None)
+        c.first_pub = min(c.first_pub, pub)
+        c.last_pub = max(c.last_pub, pub)
+        for t in (*f.tokens, *f.extra):
+            k = c.tf.get(t)
+            if k is None:
+                c.tf[t] = 1
+                self._df[t] = self._df.get(t, 0) + 1
+                self._postings.setdefault(t, set()).add(num)
+            else:
+                c.tf[t] = k + 1
+        member = _Member(story.id, f)
+        if len(c.reps) < st.reps_first + st.reps_last:
+            c.reps.append(member)
+        else:
+            c.reps[st.reps_first + (c.n - 1 - st.reps_first) % st.reps_last] = member
+        for key in self._keys(story, f.norm):
+            if key not in self._exact:
+                self._exact[key] = (num, story.id)
+                c.keys.append(key)
+        if seen_at > c.last or c.n == 1:
+            c.last = seen_at
+            heapq.heappush(self._heap, (seen_at, num))
+        self._stories += 1
+
+    def _drop(self, c: _Cluster) -> None:
+        del self._clusters[c.num]
+        self._by_id.pop(c.id, None)
+        for key in c.keys:
+            self._exact.pop(key, None)
+        for t in c.tf:
+            k = self._df[t] - 1
+            if k:
+                self._df[t] = k
+            else:
+                del self._df[t]
+            p = self._postings[t]
+            p.discard(c.num)
+            if not p:
+                del self._postings[t]
+        self._stories -= c.n
+
+
+def pair_score(a: str, b: str, *, settings: DedupSettings | None = None) -> float:
+    """Score of two headlines alone (a one-member cluster), for calibration on pairs."""
+    index = StoryIndex(settings)
+    t0 = datetime(2000, 1, 1, tzinfo=UTC)
+    sa = Story(id="a", feed="a", title=a, link="", published=t0, first_seen=t0)
+    index.add(sa, now=t0)
+    f = _Features(b, "", index.settings.short_title_tokens)
+    if not f.tokens or (_TITLE, hash(f.norm)) in index._exact:
+        return 1.0 if f.tokens else 0.0
+    weights = {t: index._weight(t, f.boost) for t in f.tokens}
+    c = next(iter(index._clusters.values()))
+    return index._score(f, weights, sum(weights.values()), c)[0]
+
+
+def detect_guid_churn(
+    new_stories: Sequence[Story],
+    is_known: Callable[[Story], bool],
+    *,
+    min_items: int = 4,
+    min_ratio: float = 0.6,
+) -> bool:
+    """True when a feed presents most of its items under new ids while they are known.
+
+    ``new_stories`` are the items of one poll of one feed whose ids are unknown;
+    ``is_known(story)`` says whether that feed already brought the same link or title
+    (``StoryIndex.known_under_other_id`` is the natural choice). The pipeline then flags
+    the feed and alerts nothing for those items. At least ``min_items`` must be
+    known-under-a-new-id, and they must make up ``min_ratio`` of the new items.
+    """
+    if not new_stories:
+        return False
+    known = sum(1 for s in new_stories if is_known(s))
+    return known >= min_items and known / len(new_stories) >= min_ratio
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, int | float):
+        v = float(value)
+        if v > 1e11:  # milliseconds
+            v /= 1000.0
+        return datetime.fromtimestamp(v, tz=UTC)
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            return _parse_time(float(s))
+        except ValueError:
+            pass
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    raise ValueError(f"published must be ISO-8601 or epoch seconds, not {value!r}")
+
+
+def cluster_stream(
+    lines: Iterable[dict[str, Any]], settings: DedupSettings | None = None
+) -> Iterator[dict[str, str]]:
+    """``monitor stories cluster``: ``{"id","title","summary"?,"source"?,"published"}``
+    records (in time order; ``published`` ISO-8601 or epoch s/ms) → ``{"id","cluster"}``."""
+    index = StoryIndex(settings)
+    for rec in lines:
+        sid = str(rec["id"])
+        when = _parse_time(rec["published"])
+        story = Story(
+            id=sid,
+            feed=str(rec.get("source") or ""),
+            title=str(rec.get("title") or ""),
+            link=str(rec.get("link") or ""),
+            summary=str(rec.get("summary") or ""),
+            published=when,
+            first_seen=when,
+        )
+        decision = index.add(story, now=when + timedelta(0))
+        yield {"id": sid, "cluster": decision.cluster}
