@@ -19,25 +19,25 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from monitor.config import Config
-from monitor.dedup import New, SameStory, Seen, StoryIndex
+from monitor.dedup import New, SameStory, Seen, StoryIndex, detect_guid_churn
 from monitor.fetch import Fetcher
 from monitor.log import get_logger
+from monitor.match import Matcher
 from monitor.metrics import Metrics
 from monitor.model import (
     ClusterInfo,
     Delivery,
-    Fetched,
-    FetchFailed,
     FeedSpec,
     FeedState,
-    Match,
+    Fetched,
+    FetchFailed,
     NotModified,
     ParsedFeed,
     Story,
 )
 from monitor.parse import parse_feed
-from monitor.route import ClusterFacts, route, updates_for_new_source
-from monitor.rules import Matcher, RuleSet
+from monitor.route import ClusterFacts, route, updates
+from monitor.rules import RuleSet
 from monitor.schedule import next_poll
 from monitor.store.base import Store, StoredStory
 
@@ -220,12 +220,14 @@ class Pipeline:
             uniq.setdefault(s.id, s)
         batch = sorted(uniq.values(), key=lambda s: (s.published, s.id))
         known = await self.store.known([s.id for s in batch], [s.link for s in batch if s.link])
-        fresh = [s for s in batch if s.id not in known and not (s.link and s.link in known)]
+        # a known id is a story we already have; a known link under a new id is the same
+        # story from another source (or re-published): it joins its cluster as a source
+        fresh = [s for s in batch if s.id not in known]
 
         baseline = not state.baselined and not spec.alert_on_first_poll
         churn = False
         if fresh and not baseline and state.baselined:
-            churn = self.index.is_churn(fresh)
+            churn = detect_guid_churn(fresh, self.index.known_under_other_id)
             if churn:
                 state = replace(
                     state,
@@ -254,28 +256,27 @@ class Pipeline:
                 self.metrics.stories.labels(spec.name, "repeat").inc()
             if baseline or churn or story.published < now - MAX_ALERT_AGE:
                 continue
+            if isinstance(decision, New) and story.link and story.link in known:
+                continue  # an old story (its link is stored) that left the dedup window
             matches = matcher.match(story, sources=len(sources), source_names=sources)
             for m in matches:
                 self.metrics.matches.labels(m.rule).inc()
-            new_source = sum(1 for f in self.index.cluster_member_feeds(cluster)
-                             if f == story.feed) == 1
-            facts = ClusterFacts(cluster=cluster, sources=sources, new_source=new_source)
+            facts = ClusterFacts(cluster=cluster, sources=sources)
             if isinstance(decision, New):
                 deliveries += route(story, matches, facts, now=now)
                 continue
-            earlier = await self.store.cluster_alerts(cluster)
+            # a member of a known cluster: first alerts only for rules that had not fired
+            # on it (e.g. min_sources just reached), updates for those that had
+            current = {r.name: r for r in self.rules.ruleset.rules if r.enabled}
+            earlier = [d for d in await self.store.cluster_alerts(cluster)
+                       if d.alert.match.rule in current]
             last: dict[tuple[str, str], datetime] = {}
-            alerted: dict[str, Match] = {}
             for d in earlier:
                 k = (d.alert.match.rule, d.channel)
                 last[k] = max(last.get(k, d.created), d.created)
-                alerted.setdefault(d.alert.match.rule, d.alert.match)
             deliveries += route(story, matches, facts, now=now, last_alerts=last)
-            # restrict updates to rules still in force, with their current channels
-            current = {r.name for r in self.rules.ruleset.rules if r.enabled}
-            deliveries += updates_for_new_source(
-                story, [m for r, m in alerted.items() if r in current], facts, now=now
-            )
+            firsts = {d.alert.match.rule: d.alert for d in earlier}
+            deliveries += updates(story, firsts.values(), facts, now=now)
 
         state = replace(
             state,

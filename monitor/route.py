@@ -32,7 +32,6 @@ class ClusterFacts:
 
     cluster: str
     sources: tuple[str, ...]  # distinct feeds carrying it, including this story's
-    new_source: bool  # this story brought a source the cluster did not have
 
 
 def route(
@@ -47,7 +46,7 @@ def route(
 
     ``last_alerts`` maps (rule, channel) → when this cluster last alerted for them (from
     the store). A rule that already alerted on the cluster is silent here; the
-    "carried by N sources" update comes from ``updates_for_new_source``. Pure.
+    "carried by N sources" update comes from ``updates``. Pure.
     """
     last_alerts = last_alerts or {}
     out: list[Delivery] = []
@@ -70,35 +69,41 @@ def route(
     return out
 
 
-def updates_for_new_source(
+def updates(
     story: Story,
-    alerted: Iterable[Match],
+    alerted: Iterable[Alert],
     facts: ClusterFacts,
     *,
     now: datetime,
 ) -> list[Delivery]:
-    """Updates for rules that already alerted on this cluster when a story from a new
-    source joins it, even if the new story's own text does not match the rule."""
-    if not facts.new_source or len(facts.sources) not in UPDATE_MILESTONES:
+    """"Now carried by N sources" updates of earlier first alerts of this cluster.
+
+    ``alerted`` are those first alerts (as created, with the source count they said). An
+    update is due when the cluster's source count is a milestone above what the alert
+    said; its key holds the count, so a replay or a story from a known source adds
+    nothing."""
+    n = len(facts.sources)
+    if n not in UPDATE_MILESTONES:
         return []
     out: list[Delivery] = []
-    for m in alerted:
-        for channel in m.channels:
-            first = alert_key(facts.cluster, m.rule, channel)
+    for a in alerted:
+        if n <= a.sources:
+            continue
+        for channel in a.match.channels:
             out.append(
                 Delivery(
-                    key=f"u:{facts.cluster}:{m.rule}:{channel}:{len(facts.sources)}",
+                    key=f"u:{facts.cluster}:{a.match.rule}:{channel}:{n}",
                     channel=channel,
                     alert=Alert(
                         story=story,
-                        match=m,
+                        match=a.match,
                         cluster=facts.cluster,
-                        sources=len(facts.sources),
+                        sources=n,
                         source_names=facts.sources,
                         update=True,
                     ),
                     created=now,
-                    parent_key=first,
+                    parent_key=alert_key(facts.cluster, a.match.rule, channel),
                 )
             )
     return out

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from monitor.model import Match, Story
-from monitor.route import ClusterFacts, alert_key, retry_at, route, updates_for_new_source
+from monitor.model import Alert, Match, Story
+from monitor.route import ClusterFacts, alert_key, retry_at, route, updates
 
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
 STORY = Story(id="s1", feed="bbc", title="Sanctions deadline", link="https://x/1",
@@ -13,8 +13,8 @@ STORY = Story(id="s1", feed="bbc", title="Sanctions deadline", link="https://x/1
 M = Match(rule="r", severity="high", channels=("slack", "mail"), terms=("sanctions",))
 
 
-def facts(*sources: str, new: bool = True) -> ClusterFacts:
-    return ClusterFacts(cluster="c1", sources=sources, new_source=new)
+def facts(*sources: str) -> ClusterFacts:
+    return ClusterFacts(cluster="c1", sources=sources)
 
 
 def test_first_alert_per_channel_with_stable_keys() -> None:
@@ -41,12 +41,18 @@ def test_cooldown_realerts_after_the_period_only() -> None:
     assert d.key == f"a:c1:r:slack:{int(NOW.timestamp())}"
 
 
-def test_updates_only_at_milestones_and_threaded_to_the_first_alert() -> None:
-    (u1, u2) = updates_for_new_source(STORY, [M], facts("bbc", "ap"), now=NOW)
-    assert u1.alert.update and u1.alert.sources == 2
+def test_updates_only_at_milestones_above_what_the_alert_said() -> None:
+    first = Alert(story=STORY, match=M, cluster="c1", sources=1)
+    u1, u2 = updates(STORY, [first], facts("bbc", "ap"), now=NOW)
+    assert u1.alert.update and u1.alert.sources == 2 and u1.alert.source_names == ("bbc", "ap")
     assert u1.parent_key == alert_key("c1", "r", "slack") and u1.key == "u:c1:r:slack:2"
-    assert updates_for_new_source(STORY, [M], facts("bbc", "ap", "afp", "dw"), now=NOW) == []
-    assert updates_for_new_source(STORY, [M], facts("bbc", "ap", new=False), now=NOW) == []
+    assert u2.channel == "mail" and u2.parent_key == alert_key("c1", "r", "mail")
+    # 4 sources is not a milestone; 3 is
+    assert updates(STORY, [first], facts("bbc", "ap", "afp", "dw"), now=NOW) == []
+    assert len(updates(STORY, [first], facts("bbc", "ap", "afp"), now=NOW)) == 2
+    # an alert that already said "2 sources" gets no "2 sources" update
+    said_two = Alert(story=STORY, match=M, cluster="c1", sources=2)
+    assert updates(STORY, [said_two], facts("bbc", "ap"), now=NOW) == []
 
 
 def test_retry_backoff_honours_retry_after_and_gives_up() -> None:

@@ -1,0 +1,259 @@
+"""End to end: `monitor run` as a real process against local feed, Slack and SMTP peers.
+
+Poll → baseline → new stories → exactly one alert per matching story in Slack, email and
+the file; SIGTERM, restart, re-poll: no repeats; SMTP down: the alert is delivered after
+it comes back; a rule edit is hot-reloaded; an invalid edit keeps the old rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def until(cond: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Wait for a condition the daemon must bring about (bounded; not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+class DaemonProc:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._fh = self.log.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "monitor", "run", "--config", str(self.config),
+            "--log-level", "debug", stdout=self._fh, stderr=self._fh, env=env, cwd=str(ROOT),
+        )
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = await asyncio.wait_for(self.proc.wait(), 30)
+        self._fh.close()
+        return rc
+
+    def logtext(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, feed_server: Any, slack_server: Any, smtp_server: Any
+                ) -> AsyncIterator[dict[str, Any]]:
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    port = free_port()
+    feed_server.serve("/world.rss", rss(BACKLOG))
+    feed_server.serve("/wire.rss", rss([]))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+feeds:
+  - name: world
+    url: {feed_server.url('/world.rss')}
+    interval: 0.3s
+  - name: wire
+    url: {feed_server.url('/wire.rss')}
+    interval: 0.3s
+defaults:
+  jitter: 0
+rules: rules
+store: sqlite:///state.db
+channels:
+  slack-news:
+    type: slack
+    webhook_url: ${{TEST_SLACK_WEBHOOK}}
+    rate: 100
+  email-oncall:
+    type: email
+    host: 127.0.0.1
+    port: {smtp_server.port}
+    security: none
+    from: monitor@example.org
+    to: [oncall@example.org]
+    timeout: 5s
+  audit-file:
+    type: file
+    path: alerts.jsonl
+delivery:
+  retry_min: 0.2s
+  retry_max: 0.5s
+fetch:
+  parse_in: thread
+server:
+  listen: 127.0.0.1:{port}
+""", encoding="utf-8")
+    os.environ["TEST_SLACK_WEBHOOK"] = slack_server.webhook_url
+    daemon = DaemonProc(config, tmp_path / "daemon.log")
+    yield {"tmp": tmp_path, "daemon": daemon, "port": port, "rules": rules,
+           "feeds": feed_server, "slack": slack_server, "smtp": smtp_server}
+    if daemon.proc is not None and daemon.proc.returncode is None:
+        daemon.proc.kill()
+        await daemon.proc.wait()
+    os.environ.pop("TEST_SLACK_WEBHOOK", None)
+
+
+async def health(port: int) -> dict[str, Any] | None:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(
+            f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=2)
+        ) as r:
+            data: dict[str, Any] = await r.json()
+            return data
+    except (TimeoutError, aiohttp.ClientError):
+        return None
+
+
+def file_alerts(tmp: Path) -> list[dict[str, Any]]:
+    p = tmp / "alerts.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
+
+
+async def wait_polls(feeds: Any, path: str, n: int) -> None:
+    start = feeds.hits(path)
+    await until(lambda: feeds.hits(path) >= start + n, f"{n} more polls of {path}")
+
+
+async def test_daemon_alerts_once_survives_restart_and_smtp_outage(setup: dict[str, Any]) -> None:
+    d: DaemonProc = setup["daemon"]
+    feeds, slack, smtp, tmp = setup["feeds"], setup["slack"], setup["smtp"], setup["tmp"]
+    await d.start()
+    # baseline: the backlog is remembered silently
+    await wait_polls(feeds, "/world.rss", 2)
+    assert slack.messages == [] and smtp.messages == []
+
+    # the seed story breaks on two feeds (the wire one under another headline)
+    feeds.set("/world.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
+    wire = Item(title="Witkoff urged to take tough approach with Putin before sanctions deadline"
+                " - Reuters", link="https://wire.example.net/witkoff", guid="wire-1",
+                description="Trump's deadline for Russia is Friday; sanctions loom.")
+    feeds.set("/wire.rss", rss([wire]))
+    await until(lambda: len(slack.messages) >= 1 and len(smtp.messages) >= 1
+                and len(file_alerts(tmp)) >= 1, "the alert in Slack, email and the file")
+    # several more polls: nothing repeats
+    await wait_polls(feeds, "/world.rss", 3)
+    await wait_polls(feeds, "/wire.rss", 3)
+    first = [m for m in slack.messages if "Witkoff" in (m["text"] or "")]
+    assert len(first) >= 1
+    alerts = [a for a in file_alerts(tmp) if not a.get("update")]
+    assert len(alerts) == 1, alerts
+    assert alerts[0]["rule"] == "sanctions-deadline"
+    assert "robots" not in json.dumps(file_alerts(tmp)).lower()
+    n_slack, n_mail, n_file = len(slack.messages), len(smtp.messages), len(file_alerts(tmp))
+    mail = smtp.messages[0].message
+    assert "Witkoff" in mail["Subject"] and mail["To"] == "oncall@example.org"
+
+    h = await health(setup["port"])
+    assert h is not None and h["rules"]["error"] is None and h["outbox"]["pending"] == 0
+
+    # restart: the schedule resumes, nothing is sent again
+    assert await d.stop() == 0
+    assert "daemon.stopped" in d.logtext()
+    await d.start()
+    await wait_polls(feeds, "/world.rss", 3)
+    await wait_polls(feeds, "/wire.rss", 2)
+    assert (len(slack.messages), len(smtp.messages), len(file_alerts(tmp))) == (
+        n_slack, n_mail, n_file)
+
+    # SMTP goes down; a new matching story arrives; Slack gets it at once, email later
+    smtp.stop()
+    other = Item(title="Putin rejects Trump deadline as new sanctions loom",
+                 link="https://news.example.org/putin-rejects", guid="p-2",
+                 description="The Kremlin said the sanctions deadline set by Trump was "
+                             "unacceptable.")
+    feeds.set("/world.rss", rss([other, seed_item(), UNRELATED, *BACKLOG]))
+    await until(lambda: any("rejects" in (m["text"] or "") for m in slack.messages),
+                "the second alert in Slack")
+    await until(lambda: "delivery.retry" in d.logtext(), "a logged email retry")
+    assert len(smtp.messages) == n_mail
+    smtp.start()
+    await until(lambda: len(smtp.messages) == n_mail + 1, "the email after SMTP came back")
+    assert "rejects" in smtp.messages[-1].message["Subject"]
+    await wait_polls(feeds, "/world.rss", 3)
+    assert len(smtp.messages) == n_mail + 1
+    assert [m["text"] for m in slack.messages].count(
+        next(m["text"] for m in slack.messages if "rejects" in (m["text"] or ""))) == 1
+    assert await d.stop() == 0
+
+
+async def test_rules_hot_reload_and_invalid_edit_keeps_old(setup: dict[str, Any]) -> None:
+    d: DaemonProc = setup["daemon"]
+    feeds, slack, rules, port = setup["feeds"], setup["slack"], setup["rules"], setup["port"]
+    await d.start()
+    await wait_polls(feeds, "/world.rss", 2)
+
+    # a new rule, saved while the daemon runs
+    (rules / "robots.yaml").write_text(
+        "rules:\n  - name: robots\n    any: [robot, humanoid]\n    channels: [slack-news]\n",
+        encoding="utf-8")
+    await until(lambda: "rules.reloaded" in d.logtext(), "the reload", limit=10)
+    h = await health(port)
+    assert h is not None and h["rules"]["error"] is None
+
+    # an invalid edit: the old set keeps running and the error is visible
+    (rules / "broken.yaml").write_text(
+        "rules:\n  - name: broken\n    any: [x]\n    channels: [nowhere]\n", encoding="utf-8")
+    await until(lambda: "rules.invalid" in d.logtext(), "the rejected reload", limit=10)
+    h = await health(port)
+    assert h is not None and h["status"] == "degraded"
+    assert "broken.yaml:4" in h["rules"]["error"] and "nowhere" in h["rules"]["error"]
+
+    feeds.set("/world.rss", rss([UNRELATED, *BACKLOG]))
+    await until(lambda: any("Humanoid" in (m["text"] or "") for m in slack.messages),
+                "the robots rule (loaded before the broken edit) to fire")
+    assert await d.stop() == 0
+
+
+async def test_sigkill_loses_nothing(setup: dict[str, Any]) -> None:
+    """kill -9 after the story is committed but before delivery: the outbox delivers it
+    on restart, once."""
+    d: DaemonProc = setup["daemon"]
+    feeds, slack, tmp = setup["feeds"], setup["slack"], setup["tmp"]
+    await d.start()
+    await wait_polls(feeds, "/world.rss", 2)
+    await slack.stop()  # Slack unreachable: the alert stays in the outbox
+    feeds.set("/world.rss", rss([seed_item(), *BACKLOG]))
+    await until(lambda: "delivery.retry" in d.logtext() and "channel=slack-news" in d.logtext(),
+                "a failed Slack attempt")
+    assert await d.stop(signal.SIGKILL) == -signal.SIGKILL
+    await slack.start()
+    await d.start()
+    await until(lambda: len(slack.messages) == 1, "the alert after restart")
+    await wait_polls(feeds, "/world.rss", 3)
+    assert len(slack.messages) == 1
+    assert len([a for a in file_alerts(tmp) if not a.get("update")]) == 1
+    with contextlib.suppress(ProcessLookupError):
+        assert await d.stop() == 0

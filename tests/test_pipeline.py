@@ -1,0 +1,238 @@
+"""The pipeline in-process: real feed server, real SQLite, file channels, fixed clock."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.config import load_config
+from monitor.daemon import Runtime
+from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
+
+
+def alerts(tmp: Path, name: str = "alerts.jsonl") -> list[dict[str, Any]]:
+    p = tmp / name
+    if not p.exists():
+        return []
+    return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, feed_server: Any) -> Any:
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+
+    def make(feeds: dict[str, str], extra: str = "") -> Any:
+        lines = "\n".join(
+            f"  - {{name: {n}, url: '{feed_server.url(p)}', interval: 60s}}"
+            for n, p in feeds.items()
+        )
+        path = tmp_path / "config.yaml"
+        path.write_text(f"""
+feeds:
+{lines}
+rules: rules
+store: sqlite:///state.db
+channels:
+  slack-news: {{type: file, path: alerts.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: audit.jsonl}}
+fetch: {{parse_in: thread, per_host: 4}}
+server: {{enabled: false}}
+{extra}
+""", encoding="utf-8")
+        return load_config(path)
+
+    return make
+
+
+@pytest.fixture
+async def rt(make_config: Any, feed_server: Any, clock: Clock) -> AsyncIterator[Runtime]:
+    feed_server.serve("/a.rss", rss(BACKLOG, now=T0))
+    feed_server.serve("/b.rss", rss([], now=T0))
+    config = make_config({"a": "/a.rss", "b": "/b.rss"})
+    async with Runtime(config, clock=clock) as runtime:
+        yield runtime
+
+
+async def poll(rt: Runtime) -> dict[str, Any]:
+    out = {o.feed: o for o in await rt.poll_all()}
+    await rt.drain()
+    return out
+
+
+async def test_baseline_then_one_alert_per_story(rt: Runtime, feed_server: Any, clock: Clock,
+                                                 tmp_path: Path) -> None:
+    first = await poll(rt)
+    assert first["a"].result == "baseline" and first["a"].new == 3 and first["a"].alerts == 0
+    assert alerts(tmp_path) == []
+
+    clock.advance(minutes=5)
+    feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG], now=clock.now))
+    second = await poll(rt)
+    assert second["a"].result == "new" and second["a"].new == 2 and second["a"].alerts >= 1
+    got = alerts(tmp_path)
+    assert [a["rule"] for a in got] == ["sanctions-deadline"]
+    assert "Witkoff" in got[0]["title"]
+    assert alerts(tmp_path, "email.jsonl")  # the rule's other channel too
+
+    clock.advance(minutes=5)
+    third = await poll(rt)
+    assert third["a"].result == "not-modified"
+    assert len(alerts(tmp_path)) == 1
+
+
+async def test_same_story_on_another_feed_updates_instead_of_alerting(
+        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+    await poll(rt)
+    clock.advance(minutes=5)
+    feed_server.set("/a.rss", rss([seed_item(), *BACKLOG], now=clock.now))
+    await poll(rt)
+    # the same link under another guid from another feed (an exact repeat) is a new
+    # source of the cluster
+    clock.advance(minutes=5)
+    s = seed_item()
+    feed_server.set("/b.rss", rss([Item(title=s.title, link=s.link + "?utm_source=b",
+                                        guid="b-1", description=s.description)], now=clock.now))
+    await poll(rt)
+    got = alerts(tmp_path)
+    firsts = [a for a in got if not a["update"]]
+    updates = [a for a in got if a["update"]]
+    assert len(firsts) == 1
+    assert len(updates) == 1 and updates[0]["sources"] == 2
+
+
+async def test_restart_resumes_without_repeats(make_config: Any, feed_server: Any,
+                                               clock: Clock, tmp_path: Path) -> None:
+    feed_server.serve("/a.rss", rss(BACKLOG, now=T0), etag=False)
+    config = make_config({"a": "/a.rss"})
+    async with Runtime(config, clock=clock) as rt:
+        await poll(rt)
+        clock.advance(minutes=5)
+        feed_server.set("/a.rss", rss([seed_item(), *BACKLOG], now=clock.now))
+        await poll(rt)
+    assert len(alerts(tmp_path)) == 1
+    # a new process: the feed reorders its items and serves them again without validators
+    feed_server.set("/a.rss", rss([*reversed(BACKLOG), seed_item()], now=clock.now))
+    clock.advance(minutes=5)
+    async with Runtime(config, clock=clock) as rt:
+        (st,) = await rt.store.get_feeds()
+        assert st.baselined and st.next_poll is not None
+        out = await poll(rt)
+        assert out["a"].new == 0 and out["a"].alerts == 0
+    assert len(alerts(tmp_path)) == 1
+
+
+async def test_unchanged_body_skips_parsing(make_config: Any, feed_server: Any, clock: Clock
+                                            ) -> None:
+    feed_server.serve("/a.rss", rss(BACKLOG, now=T0), etag=False)
+    async with Runtime(make_config({"a": "/a.rss"}), clock=clock) as rt:
+        await poll(rt)
+        out = await poll(rt)
+        assert out["a"].result == "unchanged" and out["a"].status == 200
+
+
+async def test_failures_are_recorded_with_backoff(make_config: Any, feed_server: Any,
+                                                  clock: Clock) -> None:
+    feed_server.status("/err.rss", 500)
+    feed_server.status("/gone.rss", 410)
+    feed_server.serve("/junk.rss", b"this is not a feed at all <<<")
+    feed_server.status("/busy.rss", 429, headers={"Retry-After": "7200"})
+    config = make_config({"err": "/err.rss", "gone": "/gone.rss", "junk": "/junk.rss",
+                          "busy": "/busy.rss"})
+    async with Runtime(config, clock=clock) as rt:
+        out = await poll(rt)
+        assert out["err"].result == "failed" and "500" in (out["err"].error or "")
+        assert out["gone"].result == "gone"
+        assert out["junk"].result == "failed" and out["junk"].error
+        feeds = {f.name: f for f in await rt.store.get_feeds()}
+        assert feeds["err"].failures == 1 and feeds["gone"].gone
+        assert feeds["busy"].next_poll is not None
+        assert feeds["busy"].next_poll >= clock.now + timedelta(seconds=7200)
+        clock.advance(minutes=5)
+        await poll(rt)
+        feeds = {f.name: f for f in await rt.store.get_feeds()}
+        assert feeds["err"].failures == 2
+        assert feeds["err"].next_poll is not None
+        assert feeds["err"].next_poll > clock.now + timedelta(seconds=60)  # backing off
+        health = await rt.health()
+        assert health["status"] == "degraded" and "gone" in health["feeds"]["gone"]
+
+
+async def test_permanent_redirect_updates_url(make_config: Any, feed_server: Any,
+                                              clock: Clock) -> None:
+    feed_server.redirect("/old.rss", "/new.rss", status=301)
+    feed_server.serve("/new.rss", rss(BACKLOG, now=T0))
+    async with Runtime(make_config({"a": "/old.rss"}), clock=clock) as rt:
+        await poll(rt)
+        (st,) = await rt.store.get_feeds()
+        assert st.url == feed_server.url("/new.rss")
+        assert st.configured_url == feed_server.url("/old.rss")
+
+
+async def test_guid_churn_flags_the_feed_and_stays_silent(make_config: Any, feed_server: Any,
+                                                          clock: Clock, tmp_path: Path) -> None:
+    items = [seed_item(f"https://x.example/{i}") for i in range(1)] + [
+        Item(title=f"Story number {i} about sanctions and Putin's deadline talks {i}",
+             link=f"https://x.example/s{i}", guid=f"g{i}") for i in range(6)]
+    feed_server.serve("/a.rss", rss(items, now=T0))
+    async with Runtime(make_config({"a": "/a.rss"}), clock=clock) as rt:
+        await poll(rt)
+        churned = [Item(title=i.title, link=i.link, guid=f"new-{i.guid}",
+                        description=i.description) for i in items]
+        clock.advance(minutes=5)
+        feed_server.set("/a.rss", rss(churned, now=clock.now))
+        out = await poll(rt)
+        assert out["a"].alerts == 0
+        (st,) = await rt.store.get_feeds()
+        assert st.problem and "churn" in st.problem.lower()
+    assert alerts(tmp_path) == []
+
+
+async def test_old_items_are_remembered_not_alerted(rt: Runtime, feed_server: Any,
+                                                    clock: Clock, tmp_path: Path) -> None:
+    await poll(rt)
+    old = seed_item()
+    old = Item(title=old.title, link=old.link, guid=old.guid, description=old.description,
+               published=clock.now - timedelta(days=10))
+    feed_server.set("/a.rss", rss([old, *BACKLOG], now=clock.now))
+    out = await poll(rt)
+    assert out["a"].new == 1 and out["a"].alerts == 0
+    assert alerts(tmp_path) == []
+
+
+async def test_reload_rules_keeps_old_set_on_error(rt: Runtime, tmp_path: Path) -> None:
+    before = len(rt.pipeline.rules.ruleset.rules)
+    (tmp_path / "rules" / "bad.yaml").write_text("rules:\n  - name: x\n    any: [\n")
+    assert rt.reload_rules() is False
+    assert len(rt.pipeline.rules.ruleset.rules) == before
+    assert rt.pipeline.rules.error and "bad.yaml" in rt.pipeline.rules.error
+    (tmp_path / "rules" / "bad.yaml").write_text(
+        "rules:\n  - name: x\n    any: [robots]\n    channels: [audit-file]\n")
+    assert rt.reload_rules() is True
+    assert len(rt.pipeline.rules.ruleset.rules) == before + 1
