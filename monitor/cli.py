@@ -32,7 +32,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="PATH",
                    help="config file (default ./config.yaml, else $MONITOR_CONFIG)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="default: info (warning for demo and the offline tools)")
     p.add_argument("--log-format", default="text", choices=["text", "json"])
 
 
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status")
+    setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
     try:
         return _dispatch(args)
     except ProblemsError as e:

@@ -147,12 +147,12 @@ server:
     return path
 
 
-def describe(d: Delivery) -> str:
+def describe(d: Delivery, channels: list[str]) -> str:
     a = d.alert
     m = a.match
     head = "↳ update" if a.update else "🔔 ALERT"
     lines = [
-        f"{head} [{m.severity.upper()}] rule={m.rule} → {d.channel}",
+        f"{head} [{m.severity.upper()}] rule={m.rule} → {', '.join(channels)}",
         f"    {a.story.title}",
         f"    {a.story.link}",
         f"    source: {a.story.feed}, published {a.story.published:%Y-%m-%d %H:%M} UTC"
@@ -180,11 +180,13 @@ async def run_demo(*, keep: str | None = None, as_json: bool = False) -> int:
         if not as_json:
             print(text, file=out, flush=True)
 
+    delivered: dict[tuple[str, str, bool], list[Delivery]] = {}
+
     def on_sent(d: Delivery) -> None:
         events.append({"round": server.round, "channel": d.channel, "rule": d.alert.match.rule,
                        "title": d.alert.story.title, "feed": d.alert.story.feed,
                        "update": d.alert.update, "sources": d.alert.sources})
-        say(describe(d))
+        delivered.setdefault((d.alert.cluster, d.alert.match.rule, d.alert.update), []).append(d)
 
     await server.start()
     rounds: list[dict[str, Any]] = []
@@ -203,7 +205,10 @@ async def run_demo(*, keep: str | None = None, as_json: bool = False) -> int:
                 server.round = r
                 say(f"\n── round {r}: {titles[r]}")
                 outcomes = await rt.poll_all()
+                delivered.clear()
                 sent = await rt.drain()
+                for ds in delivered.values():
+                    say(describe(ds[0], sorted(d.channel for d in ds)))
                 for o in outcomes:
                     say(f"   {o.feed:<14} {o.result:<12} entries={o.stories:<3} new={o.new:<3}"
                         f" queued={o.alerts}")
