@@ -26,6 +26,7 @@ from monitor import __version__
 from monitor.config import Config, find_config, load_config, parse_duration
 from monitor.errors import ConfigError, MonitorError, ProblemsError, RulesError
 from monitor.log import setup_logging
+from monitor.rules import RuleSet
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -237,7 +238,8 @@ def _t(d: Any) -> str:
 
 
 # -- rules test / backtest --------------------------------------------------------------
-def _load_rules_for(args: argparse.Namespace) -> Any:
+def _load_rules_for(args: argparse.Namespace) -> RuleSet:
+    """``--rules PATH`` (channels unchecked when there is no config) or the config's rules."""
     from monitor.rules import load_rules
 
     config: Config | None = None
@@ -246,12 +248,10 @@ def _load_rules_for(args: argparse.Namespace) -> Any:
     except ConfigError:
         if not args.rules:
             raise
-    rules_path = Path(args.rules) if args.rules else (config.rules_path if config else None)
-    assert rules_path is not None
-    channels = list(config.channels) if config else []
-    return load_rules(rules_path, channels=channels, feeds=(),
-                      default_channels=() if channels else ("(none)",)) if not channels else \
-        load_rules(rules_path, channels=channels)
+    if args.rules:
+        return load_rules(Path(args.rules), channels=list(config.channels) if config else None)
+    assert config is not None
+    return load_rules(config.rules_path, channels=list(config.channels))
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
@@ -293,6 +293,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
                         "rules": [e.to_dict() for e in expls]})
         else:
             shown = expls if args.all or len(stories) == 1 else [e for e in expls if e.matched]
+            shown = sorted(shown, key=lambda e: not e.matched)  # matches first
             if not shown:
                 continue
             print(f"== {s.title[:120]}")
@@ -418,9 +419,9 @@ async def cmd_stories(config: Config, args: argparse.Namespace) -> int:
             if args.json:
                 _print_json([_cluster_dict(c) for c in clusters])
             else:
-                for c in clusters:
-                    print(f"{c.last_seen:%m-%d %H:%M}  {len(c.sources):>2} src  "
-                          f"{len(c.members):>3} stories  {c.title[:80]}  [{c.id}]")
+                for cl in clusters:
+                    print(f"{cl.last_seen:%m-%d %H:%M}  {len(cl.sources):>2} src  "
+                          f"{len(cl.members):>3} stories  {cl.title[:80]}  [{cl.id}]")
             return 0
         c = await store.get_cluster(args.cluster)
         if c is None:

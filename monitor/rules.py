@@ -235,8 +235,9 @@ class _File:
 
 
 class _Loader:
-    def __init__(self, channels: Collection[str], feeds: Collection[str], default_channels: tuple[str, ...]) -> None:
-        self.channels = set(channels)
+    def __init__(self, channels: Collection[str] | None, feeds: Collection[str], default_channels: tuple[str, ...]) -> None:
+        self.check_channels = channels is not None
+        self.channels = set(channels or ())
         self.feeds = set(feeds)
         self.default_channels = default_channels
         self.problems: list[Problem] = []
@@ -385,14 +386,14 @@ class _Loader:
                 self.problem(f, (*where, "feeds", i), f'{label}: unknown feed "{feed}"{_did_you_mean(feed, self.feeds)}; known feeds: {", ".join(sorted(self.feeds))}')
         if m.channels is None:
             channels = tuple(self.default_channels)
-            if not channels:
+            if not channels and self.check_channels:
                 self.problem(f, (*where, "name"), f"{label}: no channels: name them with channels: [..] or set default channels in the config")
         else:
             channels = tuple(m.channels)
             if not channels:
                 self.problem(f, (*where, "channels"), f"{label}: channels: is empty")
             for i, ch in enumerate(channels):
-                if ch not in self.channels:
+                if self.check_channels and ch not in self.channels:
                     known = ", ".join(sorted(self.channels)) or "(none configured)"
                     self.problem(f, (*where, "channels", i), f'{label}: unknown channel "{ch}"{_did_you_mean(ch, self.channels)}; known channels: {known}')
         for i, ch in enumerate(channels):
@@ -540,14 +541,15 @@ def rule_files(path: Path) -> list[Path]:
 def load_rules(
     path: Path,
     *,
-    channels: Collection[str],
+    channels: Collection[str] | None,
     feeds: Collection[str] = (),
     default_channels: tuple[str, ...] = (),
 ) -> RuleSet:
     """Load, validate and return every rule and actor under ``path``.
 
     Raises ``RulesError`` listing every problem (``file:line:column: message``); the set is
-    valid as a whole or rejected as a whole.
+    valid as a whole or rejected as a whole. ``channels=None`` skips the check of channel
+    names (offline tools without a config).
     """
     path = Path(path)
     if not path.exists():

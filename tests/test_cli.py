@@ -1,0 +1,135 @@
+"""The commands, run as a user runs them: `python -m monitor ...` in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.feeds import BACKLOG, UNRELATED, rss, seed_item
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT.parent / "shared" / "seeds" / "sanctions-deadline-article.txt"
+
+
+async def monitor(*args: str, cwd: Path, stdin: bytes | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor", *args, cwd=str(cwd),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, feed_server: Any) -> Path:
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    feed_server.serve("/a.rss", rss(BACKLOG))
+    (tmp_path / "config.yaml").write_text(f"""
+feeds:
+  - {{name: a, url: '{feed_server.url('/a.rss')}'}}
+  - {{name: dead, url: '{feed_server.url('/missing.rss')}'}}
+defaults: {{alert_on_first_poll: true}}
+channels:
+  slack-news: {{type: file, path: slack.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: audit.jsonl}}
+fetch: {{parse_in: thread}}
+""", encoding="utf-8")
+    return tmp_path
+
+
+async def test_check_ok_and_every_problem(workdir: Path) -> None:
+    rc, out, _ = await monitor("check", cwd=workdir)
+    assert rc == 0 and "OK" in out and "2 feeds" in out
+    (workdir / "rules" / "bad.yaml").write_text(
+        "rules:\n  - name: bad\n    any: [x]\n    actors: [nobody]\n    channels: [pager]\n")
+    rc, _, err = await monitor("check", cwd=workdir)
+    assert rc == 1
+    assert 'bad.yaml:4:14: rule "bad": unknown actor "nobody"' in err, err
+    assert 'bad.yaml:5:16: rule "bad": unknown channel "pager"' in err, err
+    rc, out, _ = await monitor("check", "--json", cwd=workdir)
+    data = json.loads(out)
+    assert rc == 1 and data["ok"] is False and len(data["problems"]) == 2
+
+
+async def test_missing_config_is_a_helpful_error(tmp_path: Path) -> None:
+    rc, _, err = await monitor("once", cwd=tmp_path)
+    assert rc == 1 and "config.yaml" in err and "not found" in err
+
+
+async def test_once_status_stories_and_backtest(workdir: Path, feed_server: Any) -> None:
+    feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
+    rc, out, _ = await monitor("once", "--json", cwd=workdir)
+    data = json.loads(out)
+    feeds = {f["feed"]: f for f in data["feeds"]}
+    assert feeds["a"]["new"] == 5 and feeds["a"]["alerts"] >= 1
+    assert feeds["dead"]["result"] == "failed" and "404" in feeds["dead"]["error"]
+    assert data["deliveries"]["failed"] == 0 and data["deliveries"]["sent"] >= 1
+    slack = [json.loads(x) for x in (workdir / "slack.jsonl").read_text().splitlines()]
+    assert [a["rule"] for a in slack] == ["sanctions-deadline"]
+
+    rc, out, _ = await monitor("status", "--json", cwd=workdir)
+    st = {f["name"]: f for f in json.loads(out)["feeds"]}
+    assert st["dead"]["failures"] == 1 and st["a"]["stories_seen"] == 5
+
+    rc, out, _ = await monitor("stories", "list", "--json", cwd=workdir)
+    clusters = json.loads(out)
+    assert rc == 0 and len(clusters) == 5
+    seed_cluster = next(c for c in clusters if "Witkoff" in c["title"])
+    rc, out, _ = await monitor("stories", "show", seed_cluster["id"], cwd=workdir)
+    assert rc == 0 and "Witkoff" in out and "sources: a" in out
+
+    # an edited copy of the rules, replayed over what is stored: nothing is sent
+    edited = workdir / "edited"
+    shutil.copytree(workdir / "rules", edited)
+    (edited / "robots.yaml").write_text(
+        "rules:\n  - name: robots\n    any: [robot]\n    channels: [audit-file]\n")
+    rc, out, _ = await monitor("backtest", "--since", "30d", "--rules", str(edited), "--json",
+                               cwd=workdir)
+    bt = json.loads(out)
+    assert rc == 0 and bt["stories"] == 5
+    assert bt["rules"]["robots"]["alerts"] == 1
+    assert bt["rules"]["sanctions-deadline"]["alerts"] == 1
+    assert "Humanoid" in bt["rules"]["robots"]["fired"][0]["title"]
+    assert len((workdir / "audit.jsonl").read_text().splitlines()) == 1  # unchanged
+
+
+async def test_rules_test_explains(workdir: Path) -> None:
+    if not SEED.exists():
+        pytest.skip(f"{SEED} is absent: needs ../shared")
+    rc, out, _ = await monitor("rules", "test", str(SEED), cwd=workdir)
+    assert rc == 0
+    assert "sanctions-deadline" in out and "«" in out
+    rc, out, _ = await monitor("rules", "test", "--json", "--title", "Robots dance at gala",
+                               cwd=workdir)
+    data = json.loads(out)
+    assert rc == 1 and not any(r["matched"] for r in data["rules"])
+    rc, out, _ = await monitor("rules", "test", "--json", str(SEED), cwd=workdir)
+    fired = [r["rule"] for r in json.loads(out)["rules"] if r["matched"]]
+    assert fired == ["sanctions-deadline"]
+
+
+async def test_stories_cluster_from_stdin(tmp_path: Path) -> None:
+    lines = [
+        {"id": "1", "title": "Jesse Jackson dies aged 84", "source": "bbc",
+         "published": "2026-02-17T18:00:00Z"},
+        {"id": "2", "title": "US civil rights leader Jesse Jackson dies at 84 - Reuters",
+         "source": "reuters", "published": "2026-02-17T18:20:00Z"},
+        {"id": "3", "title": "Rescuers search for missing skiers after avalanche",
+         "source": "bbc", "published": "2026-02-17T18:30:00Z"},
+    ]
+    stdin = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    rc, out, err = await monitor("stories", "cluster", cwd=tmp_path, stdin=stdin)
+    assert rc == 0, err
+    got = {r["id"]: r["cluster"] for r in map(json.loads, out.splitlines())}
+    assert got["1"] == got["2"] != got["3"]
+    rc, _, err = await monitor("stories", "cluster", cwd=tmp_path, stdin=b"not json\n")
+    assert rc == 1 and "line 1" in err
