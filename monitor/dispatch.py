@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from monitor.config import DeliveryConfig
@@ -89,8 +89,11 @@ class Dispatcher:
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
         blocked: datetime | None = None
+        refs: dict[str, str] = {}  # parents sent in this batch: key → ref, for threading
         for d in deliveries:
             assert d.id is not None
+            if d.parent_key and d.thread_ref is None and d.parent_key in refs:
+                d = replace(d, thread_ref=refs[d.parent_key])
             if notifier is None:
                 await self.store.mark_failed(
                     d.id, self.clock(), f"channel {channel!r} is not configured any more", None
@@ -111,6 +114,8 @@ class Dispatcher:
             now = self.clock()
             if isinstance(outcome, Sent):
                 await self.store.mark_sent(d.id, now, outcome.ref)
+                if outcome.ref:
+                    refs[d.key] = outcome.ref
                 self.metrics.deliveries.labels(channel, "sent").inc()
                 log.info("delivery.sent", channel=channel, rule=d.alert.match.rule,
                          story=d.alert.story.id, update=d.alert.update, attempts=d.attempts + 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ from monitor.model import (
     Story,
 )
 from monitor.parse import parse_feed
-from monitor.route import ClusterFacts, route, updates
+from monitor.route import UPDATE_MILESTONES, ClusterFacts, route, updates
 from monitor.rules import RuleSet
 from monitor.schedule import next_poll
 from monitor.store.base import Store, StoredStory
@@ -46,6 +47,7 @@ log = get_logger(__name__)
 # A story is "news" only while it is recent: an item published longer ago than this
 # (a feed re-surfacing its archive) is remembered but never alerted on.
 MAX_ALERT_AGE = timedelta(days=3)
+ALERT_CACHE = 200_000  # clusters whose first alerts are kept in memory
 
 
 @dataclass
@@ -126,6 +128,7 @@ class Pipeline:
     metrics: Metrics
     clock: Callable[[], datetime]
     on_queued: Callable[[], None] = lambda: None
+    _alerted: OrderedDict[str, list[Delivery]] = field(default_factory=OrderedDict)
 
     def spec(self, name: str) -> FeedSpec | None:
         for s in self.config.feed_specs():
@@ -240,6 +243,7 @@ class Pipeline:
         deliveries: list[Delivery] = []
         clusters: dict[str, ClusterInfo] = {}
         matcher = self.rules.matcher
+        enabled = {r.name for r in self.rules.ruleset.rules if r.enabled}
         for story in fresh:
             decision = self.index.add(story, now=now)
             cluster = decision.cluster
@@ -263,13 +267,15 @@ class Pipeline:
                 self.metrics.matches.labels(m.rule).inc()
             facts = ClusterFacts(cluster=cluster, sources=sources)
             if isinstance(decision, New):
+                self._remember(cluster, [])
                 deliveries += route(story, matches, facts, now=now)
                 continue
+            if not matches and len(sources) not in UPDATE_MILESTONES:
+                continue  # nothing to alert and no update due: no need to look
             # a member of a known cluster: first alerts only for rules that had not fired
             # on it (e.g. min_sources just reached), updates for those that had
-            current = {r.name: r for r in self.rules.ruleset.rules if r.enabled}
-            earlier = [d for d in await self.store.cluster_alerts(cluster)
-                       if d.alert.match.rule in current]
+            earlier = [d for d in await self._cluster_alerts(cluster)
+                       if d.alert.match.rule in enabled]
             last: dict[tuple[str, str], datetime] = {}
             for d in earlier:
                 k = (d.alert.match.rule, d.channel)
@@ -284,6 +290,9 @@ class Pipeline:
             stories_seen=state.stories_seen + len(fresh),
         )
         inserted = await self.store.save_poll(state, to_store, deliveries, list(clusters.values()))
+        for d in inserted:
+            if d.parent_key is None:
+                self._remember(d.alert.cluster, [d])
         result = "baseline" if baseline else "new" if fresh else "unchanged"
         self.metrics.polls.labels(spec.name, result).inc()
         self.metrics.clusters.set(len(self.index))
@@ -302,6 +311,25 @@ class Pipeline:
             feed=spec.name, result=result, status=status, stories=len(batch), new=len(fresh),
             alerts=len(inserted), problem=state.problem, ms=ms(), deliveries=tuple(inserted),
         )
+
+    async def _cluster_alerts(self, cluster: str) -> list[Delivery]:
+        """The first alerts of a cluster: from memory for clusters this process has seen,
+        from the store once for the others. A stale answer (another instance alerted
+        meanwhile) cannot cause a repeat: the store ignores a delivery whose key exists."""
+        known = self._alerted.get(cluster)
+        if known is None:
+            known = await self.store.cluster_alerts(cluster)
+            self._remember(cluster, known)
+            return known
+        self._alerted.move_to_end(cluster)
+        return known
+
+    def _remember(self, cluster: str, deliveries: list[Delivery]) -> None:
+        have = self._alerted.setdefault(cluster, [])
+        have.extend(deliveries)
+        self._alerted.move_to_end(cluster)
+        while len(self._alerted) > ALERT_CACHE:
+            self._alerted.popitem(last=False)
 
     def _cluster_info(
         self, cluster: str, story: Story, sources: tuple[str, ...], now: datetime
