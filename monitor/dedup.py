@@ -8,25 +8,30 @@ How a story is decided (``StoryIndex.decide``):
 1. **Exact repeat** → ``Seen``: the same id, the same canonical link, or the same
    normalised title (at least ``min_exact_tokens`` words long) as a story in the window.
 2. **Near duplicate** → ``SameStory``: candidates come from an inverted index over the
-   story's *rarest* tokens (token blocking: at most ``block_tokens`` tokens, postings longer
-   than ``max_posting`` are skipped), so the cost per story does not grow with the window.
+   story's *rarest* tokens (token blocking: at most ``block_tokens`` tokens, each giving at
+   most its ``max_posting`` newest clusters), so the cost per story does not grow with the
+   window.
    Each candidate cluster is scored *as a whole*:
 
    * ``pair``: the best of the cluster's representative members (its first and latest few)
      by a blend of IDF-weighted token Dice and ``rapidfuzz.fuzz.token_set_ratio``;
-   * ``cover``: how much of the story's informative weight the cluster's *frequent*
-     tokens carry (a token counts fully when it occurs in ``cover_share`` of the members),
-     which stops one odd member from chaining an unrelated story into a big cluster;
+   * ``cover``: how well the story and the cluster's *frequent* tokens (those in at least
+     ``cover_share`` of its members) cover each other, IDF-weighted: the story's weight the
+     cluster carries, blended (``sig_weight``) with the weight of the cluster's signature
+     the story carries. One odd member cannot chain an unrelated story into a big
+     cluster, and a story about another actor doing the same thing ("X files for
+     bankruptcy") does not join.
 
    ``score = (1 - cover_weight) * pair + cover_weight * cover`` and the story joins the
    best cluster when ``score`` reaches ``threshold`` plus a time penalty that grows with the
-   distance to the cluster's nearest activity (``time_grace`` free, then
-   ``time_penalty`` per day).
+   distance to the cluster's nearest member (``time_grace`` free, then ``time_penalty``
+   per day).
 3. Otherwise → ``New``: the story starts a cluster whose id is the story's id.
 
-Token weights are IDF-like and estimated online from the clusters in the window (a token
-seen in many clusters says little); stopwords weigh little and numbers/capitalised names
-a bit more. When a title has few informative tokens the lead sentence of the summary is
+Token weights are ``idf ** idf_power``, the IDF estimated online from the clusters in the
+window (a token seen in many clusters says little; a cluster counts once however many
+members it has); stopwords weigh ``stopword_weight``, numbers and capitalised names 25 %
+more. When a title has few informative tokens the lead sentence of the summary is
 added at a lower weight.
 """
 
@@ -38,7 +43,8 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from rapidfuzz import fuzz
@@ -76,7 +82,7 @@ class DedupSettings:
     time_grace: float = 12 * 3600.0  # no time penalty within this distance (seconds)
     time_penalty: float = 0.06  # extra threshold per day beyond the grace
     block_tokens: int = 5  # rarest tokens of a story used to find candidates
-    max_posting: int = 400  # postings longer than this are too common to block on
+    max_posting: int = 100  # clusters (the newest) looked up per blocking token
     max_candidates: int = 12  # clusters scored per story
     reps_first: int = 3  # representative members kept per cluster: the first ...
     reps_last: int = 3  # ... and the latest
@@ -350,11 +356,12 @@ class StoryIndex:
         self._clusters: dict[int, _Cluster] = {}
         self._by_id: dict[str, int] = {}  # cluster id -> num
         self._exact: dict[tuple[int, int], tuple[int, str]] = {}  # key -> (num, story id)
-        self._postings: dict[str, set[int]] = {}
+        self._postings: dict[str, dict[int, None]] = {}  # token -> clusters, oldest first
         self._df: dict[str, int] = {}
         self._heap: list[tuple[float, int]] = []
         self._next = 0
         self._stories = 0
+        self._wcache: dict[str, float] = {}  # weights of cluster tokens, within one decision
 
     # -- public API ---------------------------------------------------------------------
 
@@ -470,6 +477,12 @@ class StoryIndex:
             w *= 1.25
         return w
 
+    def _cached_weight(self, tok: str, boost: frozenset[str]) -> float:
+        w = self._wcache.get(tok)
+        if w is None:
+            w = self._wcache[tok] = self._weight(tok, boost)
+        return w
+
     def _decide(self, story: Story, f: _Features) -> tuple[Decision, int | None]:
         st = self.settings
         reasons = ("same id", "same link", "same title")
@@ -480,6 +493,7 @@ class StoryIndex:
                 return Seen(cluster=c.id, matched_with=hit[1], reason=reasons[key[0]]), c.num
         if not f.tokens:
             return New(cluster=story.id), None
+        self._wcache.clear()
         weights = {t: self._weight(t, f.boost) for t in f.tokens}
         for t in f.extra:
             weights[t] = self._weight(t, f.boost) * st.lead_weight
@@ -491,11 +505,11 @@ class StoryIndex:
             posting = self._postings.get(t)
             if posting is None:
                 continue  # unseen token: costs nothing, counts nothing
-            if len(posting) <= st.max_posting:
-                used += 1
-                w = weights[t]
-                for num in posting:
-                    votes[num] = votes.get(num, 0.0) + w
+            used += 1
+            w = weights[t]
+            # the newest clusters first; a common token contributes at most max_posting
+            for num in islice(reversed(posting), st.max_posting):
+                votes[num] = votes.get(num, 0.0) + w
             if used >= st.block_tokens:
                 break
         if not votes:
@@ -548,13 +562,13 @@ class StoryIndex:
             for t in m.tokens:
                 w = weights.get(t)
                 if w is None:
-                    mw += self._weight(t, f.boost)
+                    mw += self._cached_weight(t, f.boost)
                 else:
                     mw += w
                     inter += w
             for t in m.extra:
                 w = weights.get(t)
-                mw += (w if w is not None else self._weight(t, f.boost)) * st.lead_weight
+                mw += (w if w is not None else self._cached_weight(t, f.boost)) * st.lead_weight
                 if w is not None:
                     inter += w * st.lead_weight
             denom = (1.0 - st.containment) * (total + mw) / 2.0 + st.containment * min(total, mw)
@@ -579,7 +593,7 @@ class StoryIndex:
             for t in sig:
                 w = weights.get(t)
                 if w is None:
-                    sig_total += self._weight(t, f.boost)
+                    sig_total += self._cached_weight(t, f.boost)
                 else:
                     sig_total += w
                     sig_hit += w
@@ -621,7 +635,7 @@ class StoryIndex:
             if k is None:
                 c.tf[t] = 1
                 self._df[t] = self._df.get(t, 0) + 1
-                self._postings.setdefault(t, set()).add(num)
+                self._postings.setdefault(t, {})[num] = None
             else:
                 c.tf[t] = k + 1
         member = _Member(story.id, f)
@@ -650,7 +664,7 @@ class StoryIndex:
             else:
                 del self._df[t]
             p = self._postings[t]
-            p.discard(c.num)
+            p.pop(c.num, None)
             if not p:
                 del self._postings[t]
         self._stories -= c.n
@@ -714,6 +728,7 @@ def cluster_stream(
     """``monitor stories cluster``: ``{"id","title","summary"?,"source"?,"published"}``
     records (in time order; ``published`` ISO-8601 or epoch s/ms) → ``{"id","cluster"}``."""
     index = StoryIndex(settings)
+    latest: datetime | None = None
     for rec in lines:
         sid = str(rec["id"])
         when = _parse_time(rec["published"])
@@ -726,5 +741,6 @@ def cluster_stream(
             published=when,
             first_seen=when,
         )
-        decision = index.add(story, now=when + timedelta(0))
+        latest = when if latest is None or when > latest else latest
+        decision = index.add(story, now=latest)
         yield {"id": sid, "cluster": decision.cluster}

@@ -91,9 +91,9 @@ class Dispatcher:
         blocked: datetime | None = None
         refs: dict[str, str] = {}  # parents sent in this batch: key → ref, for threading
         for d in deliveries:
-            assert d.id is not None
             if d.parent_key and d.thread_ref is None and d.parent_key in refs:
                 d = replace(d, thread_ref=refs[d.parent_key])
+            assert d.id is not None
             if notifier is None:
                 await self.store.mark_failed(
                     d.id, self.clock(), f"channel {channel!r} is not configured any more", None
