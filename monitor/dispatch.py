@@ -88,6 +88,14 @@ class Dispatcher:
         After a transient failure the rest of the batch waits too: the peer is unwell."""
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
+        digests: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            if d.alert.match.digest:
+                digests[d.alert.match.rule].append(d)
+        if digests:
+            deliveries = [d for d in deliveries if not d.alert.match.digest]
+            for group in digests.values():
+                result = result + await self._send_digest(channel, notifier, group)
         blocked: datetime | None = None
         refs: dict[str, str] = {}  # parents sent in this batch: key → ref, for threading
         for d in deliveries:
@@ -151,6 +159,46 @@ class Dispatcher:
                 result = result + DispatchResult(retrying=1)
                 blocked = nxt
         return result
+
+    async def _send_digest(
+        self, channel: str, notifier: Notifier | None, group: list[Delivery]
+    ) -> DispatchResult:
+        """The alerts a digest rule collected, as one message; all sent or all retried."""
+        rule = group[0].alert.match.rule
+        ids = [d.id for d in group if d.id is not None]
+        if notifier is None:
+            for i in ids:
+                await self.store.mark_failed(
+                    i, self.clock(), f"channel {channel!r} is not configured any more", None)
+            return DispatchResult(failed=len(ids))
+        key = f"digest:{rule}:{channel}:{min(ids)}"
+        try:
+            outcome = await notifier.send_digest([d.alert for d in group], key=key)
+        except Exception as e:  # a notifier bug must not lose the deliveries
+            log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
+            outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+        now = self.clock()
+        if isinstance(outcome, Sent):
+            for i in ids:
+                await self.store.mark_sent(i, now, outcome.ref)
+            self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
+            log.info("digest.sent", channel=channel, rule=rule, stories=len(ids))
+            return DispatchResult(sent=len(ids))
+        first = group[0]
+        nxt = (
+            retry_at(now=now, created=first.created, attempts=first.attempts + 1,
+                     retry_after=outcome.retry_after, retry_min=self.settings.retry_min,
+                     retry_max=self.settings.retry_max,
+                     give_up_after=self.settings.give_up_after)
+            if outcome.retry else None
+        )
+        for i in ids:
+            await self.store.mark_failed(i, now, outcome.reason, nxt)
+        log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),
+                    error=outcome.reason, retry=nxt is not None)
+        if nxt is None:
+            return DispatchResult(failed=len(ids))
+        return DispatchResult(retrying=len(ids))
 
     async def close(self) -> None:
         for n in self.notifiers.values():

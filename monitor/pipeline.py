@@ -40,6 +40,7 @@ from monitor.parse import parse_feed
 from monitor.route import UPDATE_MILESTONES, ClusterFacts, route, updates
 from monitor.rules import RuleSet
 from monitor.schedule import next_poll
+from monitor.scheduler import next_cron
 from monitor.store.base import Store, StoredStory
 
 log = get_logger(__name__)
@@ -284,6 +285,8 @@ class Pipeline:
             firsts = {d.alert.match.rule: d.alert for d in earlier}
             deliveries += updates(story, firsts.values(), facts, now=now)
 
+        if any(d.alert.match.digest for d in deliveries):
+            deliveries = [self._digested(d, now) for d in deliveries]
         state = replace(
             state,
             baselined=True,
@@ -311,6 +314,14 @@ class Pipeline:
             feed=spec.name, result=result, status=status, stories=len(batch), new=len(fresh),
             alerts=len(inserted), problem=state.problem, ms=ms(), deliveries=tuple(inserted),
         )
+
+    @staticmethod
+    def _digested(d: Delivery, now: datetime) -> Delivery:
+        """A digest rule's alert waits in the outbox for the digest's next fire time."""
+        cron = d.alert.match.digest
+        if not cron:
+            return d
+        return replace(d, next_attempt=next_cron(cron, now) or now)
 
     async def _cluster_alerts(self, cluster: str) -> list[Delivery]:
         """The first alerts of a cluster: from memory for clusters this process has seen,

@@ -87,8 +87,8 @@ def updates(
         return []
     out: list[Delivery] = []
     for a in alerted:
-        if n <= a.sources:
-            continue
+        if n <= a.sources or a.match.digest:
+            continue  # nothing new to say (digests are not updated)
         for channel in a.match.channels:
             out.append(
                 Delivery(

@@ -236,3 +236,27 @@ async def test_reload_rules_keeps_old_set_on_error(rt: Runtime, tmp_path: Path) 
         "rules:\n  - name: x\n    any: [robots]\n    channels: [audit-file]\n")
     assert rt.reload_rules() is True
     assert len(rt.pipeline.rules.ruleset.rules) == before + 1
+
+
+async def test_digest_rule_collects_and_sends_on_its_schedule(rt: Runtime, feed_server: Any,
+                                                              clock: Clock,
+                                                              tmp_path: Path) -> None:
+    (tmp_path / "rules" / "robots.yaml").write_text(
+        "rules:\n  - name: robots\n    any: [robot, humanoid]\n    channels: [slack-news]\n"
+        "    digest: '0 * * * *'\n", encoding="utf-8")
+    assert rt.reload_rules()
+    await poll(rt)
+    clock.advance(minutes=5)  # 12:05
+    robots2 = Item(title="Robot dogs patrol the border in a humanoid future",
+                   link="https://x.example/robots2", guid="r2")
+    feed_server.set("/a.rss", rss([UNRELATED, robots2, *BACKLOG], now=clock.now))
+    out = await poll(rt)
+    assert out["a"].alerts == 2
+    assert alerts(tmp_path) == []  # collected, not sent
+    clock.advance(minutes=56)  # 13:01: the digest's hour has struck
+    sent = await rt.drain()
+    assert sent.sent == 2
+    got = alerts(tmp_path)
+    assert sorted(a["title"] for a in got) == sorted([UNRELATED.title, robots2.title])
+    assert {a["rule"] for a in got} == {"robots"}
+    assert await rt.drain() == type(sent)()  # nothing left

@@ -9,6 +9,7 @@ rejected recipient). Secrets (webhook URLs, tokens, passwords) never appear in r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from monitor.model import Alert, SendResult
@@ -21,6 +22,11 @@ class Notifier(Protocol):
     async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
         """Deliver one alert. ``thread_ref`` is the parent's ``Sent.ref`` for updates
         (Slack: reply in the thread; email: In-Reply-To / References)."""
+        ...
+
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
+        """Deliver the alerts a digest rule collected as ONE message (``key`` identifies
+        the digest, e.g. for a stable email Message-ID)."""
         ...
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ retried delivery keeps the same Message-ID and a receiving system can deduplicat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
@@ -17,7 +18,7 @@ import aiosmtplib
 from monitor.config import EmailChannel
 from monitor.log import get_logger, scrub
 from monitor.model import Alert, SendFailed, SendResult, Sent
-from monitor.notify.render import alert_key, email_message
+from monitor.notify.render import alert_key, email_digest, email_message
 from monitor.notify.slack import RateLimiter
 
 log = get_logger(__name__)
@@ -69,6 +70,25 @@ class EmailNotifier:
             )
             return result
         log.info("notify.sent", channel=self.name, kind="email", ref=mid)
+        return Sent(ref=mid)
+
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
+        msg = email_digest(
+            alerts,
+            sender=self.cfg.from_,
+            to=self.cfg.to,
+            message_id_domain=self.domain,
+            key=f"{self.name}\x1f{key}",
+            date=datetime.now(UTC),
+        )
+        mid = str(msg["Message-ID"])
+        await self.limiter.acquire()
+        result = await self._deliver(msg)
+        if isinstance(result, SendFailed):
+            log.warning("notify.failed", channel=self.name, kind="email", reason=result.reason,
+                        retry=result.retry, digest=len(alerts))
+            return result
+        log.info("notify.sent", channel=self.name, kind="email", ref=mid, digest=len(alerts))
         return Sent(ref=mid)
 
     async def _deliver(self, msg: EmailMessage) -> SendFailed | None:

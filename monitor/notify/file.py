@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from monitor.config import FileChannel
@@ -44,7 +45,13 @@ class FileNotifier:
         self._lock = asyncio.Lock()
 
     async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
-        line = json_line(alert)
+        return await self._write(json_line(alert))
+
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
+        """One line per collected alert, written together."""
+        return await self._write("\n".join(json_line(a) for a in alerts))
+
+    async def _write(self, line: str) -> SendResult:
         await self.limiter.acquire()
         try:
             async with self._lock:  # one writer at a time: lines never interleave

@@ -39,6 +39,7 @@ CONTEXT_MAX = 3000
 FALLBACK_MAX = 3000
 URL_MAX = 2000  # longer links are shown without a link
 EXCERPT_SLACK = 300
+DIGEST_MAX = 20  # stories listed in one Slack digest (2 blocks each, Slack allows 50)
 EXCERPT_EMAIL = 1000
 SUBJECT_MAX = 200
 
@@ -252,6 +253,34 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     return {"text": fallback, "blocks": blocks}
 
 
+def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX) -> dict[str, Any]:
+    """One Block Kit message listing the stories a digest rule collected."""
+    first = alerts[0].match
+    sev = first.severity.lower()
+    emoji = SEVERITY_EMOJI.get(sev, ":bell:")
+    n = len(alerts)
+    header = f"{emoji} Digest · {clean_line(first.rule)} · {n} " + ("story" if n == 1 else "stories")
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _slack_fit(header, HEADER_MAX), "emoji": True},
+        }
+    ]
+    for a in alerts[:limit]:
+        title = clean_line(a.story.title) or "(untitled)"
+        meta = f"{clean_line(a.story.feed)} · {published_text(a.story.published)}"
+        if a.sources > 1:
+            meta += f" · {a.sources} sources"
+        line = "• " + slack_link(a.story.link, title, SECTION_MAX - 400)
+        blocks.append({"type": "section", "text": _mrkdwn(line)})
+        blocks.append({"type": "context", "elements": [_mrkdwn(_slack_fit(meta, CONTEXT_MAX))]})
+    if n > limit:
+        blocks.append({"type": "context",
+                       "elements": [_mrkdwn(f"… and {n - limit} more (see the audit log)")]})
+    fallback = _slack_fit(f"Digest {clean_line(first.rule)}: {n} stories", FALLBACK_MAX)
+    return {"text": fallback, "blocks": blocks}
+
+
 # --------------------------------------------------------------------------- email
 
 
@@ -363,6 +392,48 @@ def email_message(
     msg["X-Monitor-Cluster"] = clean_line(alert.cluster)
     msg.set_content(email_text(alert))
     msg.add_alternative(email_html(alert), subtype="html")
+    return msg
+
+
+def email_digest(
+    alerts: Sequence[Alert],
+    *,
+    sender: str,
+    to: Sequence[str],
+    message_id_domain: str,
+    key: str,
+    date: datetime | None = None,
+) -> EmailMessage:
+    """One multipart message listing the stories a digest rule collected."""
+    first = alerts[0].match
+    n = len(alerts)
+    msg = EmailMessage(policy=SMTP)
+    msg["Subject"] = clean_line(
+        f"[{first.severity.upper()}] digest {first.rule}: {n} " + ("story" if n == 1 else "stories")
+    )
+    msg["From"] = clean_line(sender)
+    msg["To"] = ", ".join(clean_line(t) for t in to)
+    msg["Message-ID"] = message_id(key, message_id_domain)
+    if date is not None:
+        msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
+    msg["X-Monitor-Rule"] = clean_line(first.rule)
+    text_lines = [f"Digest of rule {clean_line(first.rule)}: {n} stories", ""]
+    items = []
+    for a in alerts:
+        title = clean_line(a.story.title) or "(untitled)"
+        when = published_text(a.story.published)
+        text_lines += [f"- {title}", f"  {a.story.feed}, {when}", f"  {a.story.link}", ""]
+        url = safe_url(a.story.link)
+        head = (f'<a href="{html.escape(url, quote=True)}">{html.escape(title)}</a>' if url
+                else html.escape(title))
+        items.append(f"<li>{head}<br><small>{html.escape(clean_line(a.story.feed))}, "
+                     f"{html.escape(when)}</small></li>")
+    msg.set_content("\n".join(text_lines))
+    msg.add_alternative(
+        f"<html><body><h3>Digest of rule {html.escape(clean_line(first.rule))}: {n} stories</h3>"
+        f"<ul>{''.join(items)}</ul></body></html>",
+        subtype="html",
+    )
     return msg
 
 

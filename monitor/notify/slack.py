@@ -14,6 +14,7 @@ second per channel; the email and file notifiers use it too.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -29,7 +30,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from monitor.config import SlackChannel
 from monitor.log import get_logger, scrub
 from monitor.model import Alert, SendFailed, SendResult, Sent
-from monitor.notify.render import slack_message
+from monitor.notify.render import slack_digest, slack_message
 
 log = get_logger(__name__)
 
@@ -176,7 +177,12 @@ class SlackNotifier:
         return self._webhook, self._web
 
     async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
-        payload = slack_message(alert)
+        return await self._post(slack_message(alert), thread_ref if alert.update else None)
+
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
+        return await self._post(slack_digest(alerts), None)
+
+    async def _post(self, payload: dict[str, Any], thread_ts: str | None) -> SendResult:
         await self.limiter.acquire()
         try:
             webhook, web = self._clients()
@@ -184,7 +190,7 @@ class SlackNotifier:
                 result = await self._send_webhook(webhook, payload)
             else:
                 assert web is not None
-                result = await self._send_api(web, payload, thread_ref if alert.update else None)
+                result = await self._send_api(web, payload, thread_ts)
         except SlackApiError as e:
             result = self._api_failure(e)
         except (TimeoutError, aiohttp.ServerTimeoutError):
