@@ -178,6 +178,14 @@ async def test_daemon_alerts_once_survives_restart_and_smtp_outage(setup: dict[s
 
     h = await health(setup["port"])
     assert h is not None and h["rules"]["error"] is None and h["outbox"]["pending"] == 0
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{setup['port']}/metrics") as r:
+            metrics = await r.text()
+        async with s.get(f"http://127.0.0.1:{setup['port']}/readyz") as r:
+            assert r.status == 200
+    assert 'monitor_deliveries_total{channel="slack-news",result="sent"}' in metrics
+    assert 'monitor_rule_matches_total{rule="sanctions-deadline"}' in metrics
+    assert 'monitor_polls_total{feed="world",result="baseline"} 1.0' in metrics
 
     # restart: the schedule resumes, nothing is sent again
     assert await d.stop() == 0
