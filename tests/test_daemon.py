@@ -242,6 +242,17 @@ async def test_rules_hot_reload_and_invalid_edit_keeps_old(setup: dict[str, Any]
     feeds.set("/world.rss", rss([UNRELATED, *BACKLOG]))
     await until(lambda: any("Humanoid" in (m["text"] or "") for m in slack.messages),
                 "the robots rule (loaded before the broken edit) to fire")
+
+    # SIGHUP asks for a reload too; once the broken file is gone the set is healthy again
+    (rules / "broken.yaml").unlink()
+    await until(lambda: d.logtext().count("rules.reloaded") >= 2, "the reload after the fix",
+                limit=10)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "by=SIGHUP" in d.logtext() and d.logtext().count("rules.reloaded") >= 3,
+                "the SIGHUP reload", limit=10)
+    h = await health(port)
+    assert h is not None and h["status"] == "ok" and h["rules"]["error"] is None
     assert await d.stop() == 0
 
 
