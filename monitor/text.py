@@ -1,10 +1,17 @@
 """Pure HTML → plain text, for story titles, summaries and content.
 
-``html_to_text`` uses the stdlib ``html.parser``: tags are dropped, the contents of
+``html_to_text`` reads HTML like the stdlib ``html.parser`` would: tags are dropped, the contents of
 ``script``/``style``/``template``/embedded objects are dropped entirely, block elements
 (``p``, ``div``, headings, lists, tables …) become paragraph breaks, ``br``/``li``/``tr``
 line breaks and table cells spaces, character
 references are decoded, whitespace is collapsed and the result is NFC-normalised.
+
+Speed: most feed HTML (already sanitised by feedparser) is a sequence of plain tags whose
+attribute values hold no ``<``/``>``. Such markup is reduced by a few compiled-regex
+passes (comments, paragraph tags, line tags, cells, every other tag) and one
+``html.unescape``; this gives exactly what the ``html.parser`` walk gives. Anything else —
+``script``/``style`` and the other skipped elements, CDATA, declarations, processing
+instructions, a stray ``<``, unusual tag syntax — takes the ``html.parser`` walk.
 
 Feeds often escape their HTML twice (``&amp;amp;``, ``&lt;b&gt;``); when the decoded text
 still looks like escaped markup or entities, it is decoded once more (only once: a
@@ -48,9 +55,7 @@ _VOID = frozenset(
 # Control characters except \t \n; zero-width and bidi-embedding noise is kept out too,
 # but RLM/LRM (used in RTL text) and ZWJ/ZWNJ (needed by Persian/Urdu, emoji) are kept.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff\ufffe\uffff]")
-_HSPACE = re.compile(r"[^\S\n]+")  # whitespace other than newline (includes NBSP)
-_NEWLINES = re.compile(r"\s*\n\s*(?:\n\s*)+")  # two or more line breaks → one blank line
-_NEWLINE = re.compile(r" *\n *")
+_BLANK_LINES = re.compile(r"\n{3,}")
 _ENTITY_BODY = r"(?:[a-zA-Z][a-zA-Z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6});"
 _ENTITY = re.compile("&" + _ENTITY_BODY)
 _BARE_AMP = re.compile("&(?!" + _ENTITY_BODY + ")")
@@ -110,7 +115,63 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data[6:])
 
 
+_WS = "[ \t\n\r\f]"
+# An attribute as html.parser reads it, restricted to values without "<" or ">" (so a
+# matched tag never contains another tag, and the passes below cannot overlap).
+_ATTR = (
+    f"{_WS}+[a-zA-Z_:@][-a-zA-Z0-9_:.@]*"
+    f"(?:{_WS}*={_WS}*(?:\"[^\"<>]*\"|'[^'<>]*'|[^ \t\n\r\f\"'=<>`]+))?"
+)
+_END = f"(?=[ \t\n\r\f/>])(?:{_ATTR})*{_WS}*/?>"  # after a start tag's name
+
+
+def _names(names: frozenset[str]) -> str:
+    return "|".join(sorted(names, key=lambda n: (-len(n), n)))
+
+
+# html.parser ends a comment at r"--\s*>" (Unicode whitespace); spelled out, so that the
+# same comment syntax holds inside the ASCII-flagged token pattern below.
+_UNICODE_WS = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+_COMMENT = f"<!--.*?--[{re.escape(_UNICODE_WS)}]*>"
+_FAST_COMMENT = re.compile(_COMMENT, re.S)
+# Paragraph elements: start, end and self-closing tags all give a paragraph break.
+_FAST_PARA = re.compile(
+    f"<(?:{_names(_PARA - _SKIP)}){_END}|</(?:{_names(_PARA - _SKIP)}){_WS}*>", re.I | re.A
+)
+# Line elements: the start (or self-closing) tag gives a line break; the end tag nothing.
+_FAST_LINE = re.compile(f"<(?:{_names(_LINE - _SKIP)}){_END}", re.I | re.A)
+_FAST_CELL = re.compile(
+    f"<(?:{_names(_CELL)}){_END}|</(?:{_names(_CELL)}){_WS}*>", re.I | re.A
+)
+# Every other tag, except the skipped elements (their content needs the real walk).
+_FAST_OTHER = re.compile(
+    f"<(?!(?:{_names(_SKIP)})[ \t\n\r\f/>])[a-zA-Z][-.a-zA-Z0-9:_]*{_END}"
+    f"|</(?!(?:{_names(_SKIP)})[ \t\n\r\f>])[a-zA-Z][-.a-zA-Z0-9:_]*{_WS}*>",
+    re.I | re.A,
+)
+
+# Validation: comments, then any plain start/end tag except the skipped elements.
+_FAST_TOKEN = re.compile(f"{_COMMENT}|{_FAST_OTHER.pattern}", re.I | re.A | re.S)
+
+
 def _extract(markup: str) -> str:
+    """The text of ``markup``, by regex passes when it is plain tags, else by html.parser."""
+    if "<" in _FAST_TOKEN.sub("", markup):  # a "<" that is not a plain tag or comment
+        return _extract_slow(markup)
+    # Every "<" starts a token that ends at the first ">" after it (or a comment); the
+    # passes below replace whole tokens by text without "<"/">", so each pass sees exactly
+    # the tokens of the original, none made up by joining pieces.
+    text = _FAST_COMMENT.sub("", markup) if "<!--" in markup else markup
+    text = _FAST_PARA.sub("\n\n", text)
+    text = _FAST_LINE.sub("\n", text)
+    text = _FAST_CELL.sub(" ", text)
+    text = _FAST_OTHER.sub("", text)
+    # Every "&" starts a complete ";"-terminated reference inside one text run (see
+    # _protect_amps), so decoding after the tags are gone equals decoding run by run.
+    return html.unescape(text) if "&" in text else text
+
+
+def _extract_slow(markup: str) -> str:
     parser = _TextExtractor()
     try:
         parser.feed(markup)
@@ -126,14 +187,17 @@ def clean_text(text: str, *, single_line: bool = False) -> str:
     ``single_line`` folds every line break into a space (titles); otherwise paragraphs
     are kept, separated by one blank line at most.
     """
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _CONTROL.sub("", text.replace("\t", " "))
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    text = _CONTROL.sub("", text)  # (tabs are whitespace below, as they were spaces)
     if single_line:
         return " ".join(text.split())
-    text = _HSPACE.sub(" ", text)
-    text = _NEWLINES.sub("\n\n", text)
-    text = _NEWLINE.sub("\n", text)
-    return text.strip()
+    # Each line's whitespace collapsed (str.split() and re's \s agree on what whitespace
+    # is); lines joined by one line break, by a blank line where blank lines came between.
+    text = "\n".join([" ".join(line.split()) for line in text.split("\n")])
+    return _BLANK_LINES.sub("\n\n", text).strip("\n") if "\n\n\n" in text else text.strip("\n")
 
 
 def _protect_amps(markup: str) -> str:
@@ -163,7 +227,7 @@ def html_to_text(markup: str, *, single_line: bool = False, plain: bool = False)
         text = _ENTITY.sub(_unescape_match, markup)
     else:
         text = _extract(_protect_amps(markup))
-    if _ESCAPED.search(text):  # double-escaped: &amp;amp; or &lt;p&gt;
+    if ("&" in text or "<" in text) and _ESCAPED.search(text):  # double-escaped: &amp;amp; or &lt;p&gt;
         text = _extract(_protect_amps(text))
     return clean_text(text, single_line=single_line)
 
