@@ -151,21 +151,30 @@ _FAST_OTHER = re.compile(
 )
 
 # Validation: comments, then any plain start/end tag except the skipped elements.
+_UNCLOSED = re.compile(r"<[^>]*(?:<|\Z)")  # a "<" whose span holds another "<", or never ends
 _FAST_TOKEN = re.compile(f"{_COMMENT}|{_FAST_OTHER.pattern}", re.I | re.A | re.S)
 
 
 def _extract(markup: str) -> str:
     """The text of ``markup``, by regex passes when it is plain tags, else by html.parser."""
-    if "<" in _FAST_TOKEN.sub("", markup):  # a "<" that is not a plain tag or comment
+    # Each "<" must start a span "<…>" without another "<" (or be a comment): then every
+    # tag a pass below matches is one of those spans, intact — the passes replace whole
+    # spans by text without "<"/">", so none can make up a tag by joining pieces. A span
+    # no pass recognises leaves its "<" behind, and the html.parser walk takes over.
+    if "<!--" in markup:
+        if "<" in _FAST_TOKEN.sub("", markup):
+            return _extract_slow(markup)
+        text = _FAST_COMMENT.sub("", markup)
+    elif _UNCLOSED.search(markup):
         return _extract_slow(markup)
-    # Every "<" starts a token that ends at the first ">" after it (or a comment); the
-    # passes below replace whole tokens by text without "<"/">", so each pass sees exactly
-    # the tokens of the original, none made up by joining pieces.
-    text = _FAST_COMMENT.sub("", markup) if "<!--" in markup else markup
+    else:
+        text = markup
     text = _FAST_PARA.sub("\n\n", text)
     text = _FAST_LINE.sub("\n", text)
     text = _FAST_CELL.sub(" ", text)
     text = _FAST_OTHER.sub("", text)
+    if "<" in text:
+        return _extract_slow(markup)
     # Every "&" starts a complete ";"-terminated reference inside one text run (see
     # _protect_amps), so decoding after the tags are gone equals decoding run by run.
     return html.unescape(text) if "&" in text else text
