@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -245,6 +245,8 @@ class Pipeline:
         clusters: dict[str, ClusterInfo] = {}
         matcher = self.rules.matcher
         enabled = {r.name for r in self.rules.ruleset.rules if r.enabled}
+        outcomes: Counter[str] = Counter()
+        fired: Counter[str] = Counter()
         for story in fresh:
             decision = self.index.add(story, now=now)
             cluster = decision.cluster
@@ -252,20 +254,20 @@ class Pipeline:
             sources = self.index.cluster_sources(cluster)
             clusters[cluster] = self._cluster_info(cluster, story, sources, now)
             if isinstance(decision, New):
-                self.metrics.stories.labels(spec.name, "new").inc()
+                outcomes["new"] += 1
             elif isinstance(decision, SameStory):
-                self.metrics.stories.labels(spec.name, "same-story").inc()
+                outcomes["same-story"] += 1
                 log.debug("story.clustered", feed=spec.name, story=story.id, cluster=cluster,
                           score=decision.score, matched_with=decision.matched_with)
             elif isinstance(decision, Seen):
-                self.metrics.stories.labels(spec.name, "repeat").inc()
+                outcomes["repeat"] += 1
             if baseline or churn or story.published < now - MAX_ALERT_AGE:
                 continue
             if isinstance(decision, New) and story.link and story.link in known:
                 continue  # an old story (its link is stored) that left the dedup window
             matches = matcher.match(story, sources=len(sources), source_names=sources)
             for m in matches:
-                self.metrics.matches.labels(m.rule).inc()
+                fired[m.rule] += 1
             facts = ClusterFacts(cluster=cluster, sources=sources)
             if isinstance(decision, New):
                 self._remember(cluster, [])
@@ -298,6 +300,10 @@ class Pipeline:
                 self._remember(d.alert.cluster, [d])
         result = "baseline" if baseline else "new" if fresh else "unchanged"
         self.metrics.polls.labels(spec.name, result).inc()
+        for outcome, n in outcomes.items():
+            self.metrics.stories.labels(spec.name, outcome).inc(n)
+        for rule, n in fired.items():
+            self.metrics.matches.labels(rule).inc(n)
         self.metrics.clusters.set(len(self.index))
         self.metrics.feed_failures.labels(spec.name).set(0)
         log.info(
