@@ -15,8 +15,8 @@ Speed (one core, pure Python + rapidfuzz)
   * memory per indexed story (tracemalloc, 10k stories).
 
 Headlines are generated from the real ones (UCI + the 2026-02-17 snapshot): each synthetic
-story splices the front of one real headline to the back of another and swaps two content
-words for invented names, so the vocabulary grows
+story splices thirds of three real headlines and swaps two content words for invented
+names, so the vocabulary grows
 with the window as it does in the news; a third of the window are re-wordings of earlier
 stories (publisher suffixes, "UPDATE 1-" prefixes, dropped words, truncation, case).
 """
@@ -108,12 +108,15 @@ class Generator:
         return "".join(r.choice(_SYLL) for _ in range(r.randint(2, 3))).capitalize()
 
     def fresh(self) -> str:
-        """A new story: the front of one real headline spliced to the back of another, with
-        two content words swapped for invented names."""
+        """A new story: thirds of three real headlines spliced together, with two content
+        words swapped for invented names."""
         r = self.rng
-        a = r.choice(self.bases).split()
-        b = r.choice(self.bases).split()
-        words = a[: max(2, len(a) // 2)] + b[len(b) // 2 :]
+        parts = [r.choice(self.bases).split() for _ in range(3)]
+        words = [
+            *parts[0][: max(2, len(parts[0]) // 3)],
+            *parts[1][len(parts[1]) // 3 : 2 * len(parts[1]) // 3],
+            *parts[2][2 * len(parts[2]) // 3 :],
+        ]
         slots = [i for i, w in enumerate(words) if len(w) >= 4 and w[0].isalpha()]
         for i in r.sample(slots, min(2, len(slots))):
             words[i] = self.name()

@@ -75,6 +75,7 @@ class DedupSettings:
     cover_weight: float = 0.85  # share of the cluster-coverage term in the score
     cover_share: float = 0.9  # a token is "the cluster's" when this share of members has it
     fuzz_weight: float = 0.3  # share of rapidfuzz token_set_ratio in the pair score
+    pair_accept: float = 0.9  # a pair score this high joins whatever the cluster cover
     containment: float = 0.0  # 0: weighted Dice of the two titles; 1: overlap coefficient
     sig_weight: float = 0.8  # share of "cluster signature carried by the story" in cover
     idf_power: float = 1.5  # weights are idf ** idf_power (sharper above 1)
@@ -84,6 +85,7 @@ class DedupSettings:
     block_tokens: int = 5  # rarest tokens of a story used to find candidates
     max_posting: int = 100  # clusters (the newest) looked up per blocking token
     max_candidates: int = 12  # clusters scored per story
+    min_vote: float = 0.2  # a candidate shares at least this share of the story weight
     reps_first: int = 3  # representative members kept per cluster: the first ...
     reps_last: int = 3  # ... and the latest
     min_exact_tokens: int = 3  # a normalised title this short never counts as an exact repeat
@@ -507,9 +509,18 @@ class StoryIndex:
                 continue  # unseen token: costs nothing, counts nothing
             used += 1
             w = weights[t]
-            # the newest clusters first; a common token contributes at most max_posting
-            for num in islice(reversed(posting), st.max_posting):
-                votes[num] = votes.get(num, 0.0) + w
+            if len(posting) <= st.max_posting:
+                for num in posting:
+                    votes[num] = votes.get(num, 0.0) + w
+            else:
+                # a common token: it adds weight to the candidates the rarer tokens found
+                # and brings in only its newest max_posting clusters
+                for num in votes:
+                    if num in posting:
+                        votes[num] += w
+                for num in islice(reversed(posting), st.max_posting):
+                    if num not in votes:
+                        votes[num] = w
             if used >= st.block_tokens:
                 break
         if not votes:
@@ -518,7 +529,7 @@ class StoryIndex:
         best: tuple[float, _Cluster, _Member] | None = None
         t_story = _epoch(story.published)
         for num in heapq.nlargest(st.max_candidates, votes, key=votes.__getitem__):
-            if votes[num] < 0.2 * total:
+            if votes[num] < st.min_vote * total:
                 break
             c = self._clusters[num]
             score, member = self._score(f, weights, total, c)
@@ -600,7 +611,12 @@ class StoryIndex:
             if sig_total > 0.0:
                 back = sig_hit / sig_total
                 cover = (1.0 - st.sig_weight) * cover + st.sig_weight * back
-        return (1.0 - st.cover_weight) * best_pair + st.cover_weight * cover, best_m
+        score = (1.0 - st.cover_weight) * best_pair + st.cover_weight * cover
+        if best_pair >= st.pair_accept:
+            # a near-verbatim copy of one member is that member's story, however broad
+            # the cluster has grown
+            score = max(score, best_pair)
+        return score, best_m
 
     def _signature(self, c: _Cluster) -> tuple[str, ...]:
         """The cluster's frequent informative tokens (cached until the cluster grows)."""
