@@ -231,6 +231,26 @@ def test_short_title_uses_the_summary_lead() -> None:
     assert isinstance(StoryIndex().add(story("Obituary", "b"), now=T0), New)
 
 
+def test_old_cluster_found_although_its_tokens_are_common() -> None:
+    # tiny posting cap: "talks" and "geneva" are "common", only their newest clusters are
+    # fetched, yet the old cluster is found through its rare token and re-weighed by them
+    idx = StoryIndex(DedupSettings(max_posting=2, max_candidates=2))
+    idx.add(story("Araghchi says Geneva talks made progress", "a", sid="old"), now=T0)
+    for i, t in enumerate(
+        [
+            "Geneva talks on Ukraine end without deal",
+            "Trade talks in Geneva stall over tariffs",
+            "Climate talks open in Geneva with low hopes",
+            "Geneva talks on Gaza aid resume",
+        ]
+    ):
+        at = T0 + timedelta(minutes=i + 1)
+        assert isinstance(idx.add(story(t, f"f{i}", sid=f"n{i}", at=at), now=at), New)
+    at = T0 + timedelta(minutes=10)
+    d = idx.decide(story("Geneva talks made progress, Araghchi says", "b", at=at), now=at)
+    assert isinstance(d, SameStory) and d.cluster == "old"
+
+
 def test_decide_does_not_insert() -> None:
     idx = StoryIndex()
     s = story("Robert Duvall, star of The Godfather, dies at 95", sid="a")
