@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = stories.add_parser("cluster", help="cluster JSON lines from stdin (offline)")
     _add_common(p)
     p.add_argument("--window", help="dedup window, e.g. 48h")
-    p.add_argument("--threshold", type=float, help="similarity threshold override")
+    p.add_argument("--threshold", type=float,
+                   help="similarity threshold override, 0-1 (default 0.54)")
     p = stories.add_parser("list", help="recent clusters")
     _add_common(p)
     p.add_argument("--since", default="2d")
@@ -384,7 +385,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         config = None  # offline evaluation works without a config
     if config is not None:
         kw["window"] = config.dedup.window
-        if config.dedup.threshold:
+        if config.dedup.threshold is not None:
             kw["threshold"] = config.dedup.threshold
     if args.window:
         kw["window"] = parse_duration(args.window)

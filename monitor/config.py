@@ -170,7 +170,7 @@ Channel = Annotated[SlackChannel | EmailChannel | FileChannel, Field(discriminat
 
 class DedupConfig(_Model):
     window: Duration = 48 * 3600.0
-    threshold: float = Field(0.0, ge=0, le=100)  # 0 = the engine's calibrated default
+    threshold: float | None = Field(None, gt=0, le=1)  # None: the calibrated default (0.54)
     enabled: bool = True
 
 

@@ -65,7 +65,7 @@ def load_active_rules(config: Config, now: datetime) -> ActiveRules:
 
 def dedup_settings(config: Config) -> DedupSettings:
     kw: dict[str, Any] = {"window": config.dedup.window}
-    if config.dedup.threshold:
+    if config.dedup.threshold is not None:
         kw["threshold"] = config.dedup.threshold
     return DedupSettings(**kw)
 
