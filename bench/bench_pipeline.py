@@ -133,8 +133,9 @@ def write_rules(dir_: Path) -> None:
     rnd = random.Random(7)
     lines = ["rules:"]
     for i in range(N_RULES - have):
-        a, b, c = rnd.sample(vocab, 3)
-        lines += [f"  - name: gen-{i}", f"    all: [{a}]", f"    any: [{b}, {c}, \"{a} {b}\"]",
+        # like people's alert rules: two words that must both occur, and one of a few more
+        a, b, c, d, e = rnd.sample(vocab, 5)
+        lines += [f"  - name: gen-{i}", f"    all: [{a}, {b}]", f"    any: [{c}, {d}, {e}]",
                   "    channels: [audit-file]"]
     (dir_ / "generated.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

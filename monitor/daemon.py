@@ -35,7 +35,7 @@ from monitor.metrics import Metrics
 from monitor.model import Delivery, FeedSpec, FeedState
 from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
-from monitor.pipeline import ActiveRules, Pipeline, PollOutcome, executor_parser
+from monitor.pipeline import ActiveRules, Pipeline, PollOutcome, executor_preparer
 from monitor.rules import compile_rules, load_rules
 from monitor.schedule import initial_poll
 from monitor.scheduler import Scheduler
@@ -167,7 +167,7 @@ class Runtime:
                 fetcher=fetcher,
                 index=index,
                 rules=rules,
-                parse=executor_parser(executor),
+                prepare=executor_preparer(executor),
                 metrics=self.metrics,
                 clock=self.clock,
             )

@@ -54,6 +54,7 @@ from monitor.model import Story
 __all__ = [
     "Decision",
     "DedupSettings",
+    "Features",
     "New",
     "SameStory",
     "Seen",
@@ -62,6 +63,7 @@ __all__ = [
     "detect_guid_churn",
     "normalize_title",
     "pair_score",
+    "story_features",
     "tokenize",
 ]
 
@@ -275,7 +277,7 @@ def _lead(summary: str) -> str:
 # the index
 
 
-class _Features:
+class Features:
     """What the matcher needs to know about one story."""
 
     __slots__ = ("boost", "extra", "norm", "text", "tokens")
@@ -296,10 +298,16 @@ class _Features:
         self.text = text
 
 
+def story_features(story: Story, settings: DedupSettings) -> Features:
+    """The per-story part of a dedup decision (normalised title, tokens, lead text):
+    pure, picklable, and independent of the index, so it can be computed off the loop."""
+    return Features(story.title, story.summary, settings.short_title_tokens)
+
+
 class _Member:
     __slots__ = ("extra", "id", "text", "tokens")
 
-    def __init__(self, sid: str, f: _Features) -> None:
+    def __init__(self, sid: str, f: Features) -> None:
         self.id = sid
         self.tokens = tuple(f.tokens)
         self.extra = f.extra
@@ -380,14 +388,15 @@ class StoryIndex:
         """What ``add`` would answer, without inserting (eviction still applies)."""
         self.evict(now)
         return self._decide(
-            story, _Features(story.title, story.summary, self.settings.short_title_tokens)
+            story, Features(story.title, story.summary, self.settings.short_title_tokens)
         )[0]
 
-    def add(self, story: Story, *, now: datetime) -> Decision:
+    def add(self, story: Story, *, now: datetime, features: Features | None = None) -> Decision:
         """Decide and insert. ``Seen`` stories join their cluster (a new source counts)
-        unless their id is already a member."""
+        unless their id is already a member. ``features`` (from ``story_features`` with the
+        same settings, e.g. computed in a worker process) saves recomputing them."""
         self.evict(now)
-        f = _Features(story.title, story.summary, self.settings.short_title_tokens)
+        f = features or Features(story.title, story.summary, self.settings.short_title_tokens)
         decision, num = self._decide(story, f)
         if isinstance(decision, Seen) and decision.reason == "same id":
             return decision
@@ -433,7 +442,7 @@ class StoryIndex:
         for story, cid in stories_with_clusters:
             if (_ID, hash(story.id)) in self._exact:
                 continue
-            f = _Features(story.title, story.summary, st.short_title_tokens)
+            f = Features(story.title, story.summary, st.short_title_tokens)
             num = self._by_id.get(cid)
             self._insert(story, f, num, cluster_id=cid)
 
@@ -485,7 +494,7 @@ class StoryIndex:
             w = self._wcache[tok] = self._weight(tok, boost)
         return w
 
-    def _decide(self, story: Story, f: _Features) -> tuple[Decision, int | None]:
+    def _decide(self, story: Story, f: Features) -> tuple[Decision, int | None]:
         st = self.settings
         reasons = ("same id", "same link", "same title")
         for key in self._keys(story, f.norm):
@@ -561,7 +570,7 @@ class StoryIndex:
         return max(0.0, dist - st.time_grace) / 86400.0 * st.time_penalty
 
     def _score(
-        self, f: _Features, weights: dict[str, float], total: float, c: _Cluster
+        self, f: Features, weights: dict[str, float], total: float, c: _Cluster
     ) -> tuple[float, _Member]:
         st = self.settings
         # pair: the best representative member
@@ -627,7 +636,7 @@ class StoryIndex:
         return c.sig
 
     def _insert(
-        self, story: Story, f: _Features, num: int | None, *, cluster_id: str | None = None
+        self, story: Story, f: Features, num: int | None, *, cluster_id: str | None = None
     ) -> None:
         st = self.settings
         if num is None or num not in self._clusters:
@@ -692,7 +701,7 @@ def pair_score(a: str, b: str, *, settings: DedupSettings | None = None) -> floa
     t0 = datetime(2000, 1, 1, tzinfo=UTC)
     sa = Story(id="a", feed="a", title=a, link="", published=t0, first_seen=t0)
     index.add(sa, now=t0)
-    f = _Features(b, "", index.settings.short_title_tokens)
+    f = Features(b, "", index.settings.short_title_tokens)
     if not f.tokens or (_TITLE, hash(f.norm)) in index._exact:
         return 1.0 if f.tokens else 0.0
     weights = {t: index._weight(t, f.boost) for t in f.tokens}

@@ -177,6 +177,10 @@ class RuleExplanation:
 # --- the matcher -------------------------------------------------------------------------
 
 
+Prematch = tuple[tuple[int, Match], ...]
+"""(rule index, Match) pairs from ``Matcher.prematch``: text conditions only."""
+
+
 class Matcher:
     """Compiled rules. ``match()`` and ``explain()`` are pure and thread-safe."""
 
@@ -388,8 +392,41 @@ class Matcher:
         occ = scan.occ.get("title")
         return occ is not None and not cr.positive.isdisjoint(occ.keys())
 
-    def match(self, story: Story, *, sources: int = 1, source_names: tuple[str, ...] = ()) -> tuple[Match, ...]:
-        """The enabled rules that fire on ``story`` (in rule order)."""
+    def match(
+        self,
+        story: Story,
+        *,
+        sources: int = 1,
+        source_names: tuple[str, ...] = (),
+        prematched: Prematch | None = None,
+    ) -> tuple[Match, ...]:
+        """The enabled rules that fire on ``story`` (in rule order).
+
+        ``prematched`` is ``self.prematch(story)`` computed earlier (e.g. in a worker
+        process by a matcher compiled from the same rules): only the scope and
+        corroboration checks, which depend on the story's cluster, are left to do."""
+        if prematched is not None:
+            out = []
+            for i, m in prematched:
+                rule = self._rules[i].rule
+                if (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1) and not all(
+                    ok for _, ok, _ in self._scope(rule, story, sources, source_names)
+                ):
+                    continue
+                out.append(m)
+            return tuple(out)
+        return tuple(m for _, m in self._content_matches(story, story, sources, source_names))
+
+    def prematch(self, story: Story) -> Prematch:
+        """The rules whose conditions on the story's text hold, scope not yet applied:
+        the costly, cluster-independent half of ``match`` (picklable)."""
+        return tuple(self._content_matches(story, None, 1, ()))
+
+    def _content_matches(
+        self, story: Story, scoped: Story | None, sources: int, source_names: tuple[str, ...]
+    ) -> list[tuple[int, Match]]:
+        """(rule index, Match) for rules whose text conditions hold; with ``scoped``, rules
+        out of scope are skipped before their conditions are evaluated."""
         scan = self._scan(story, self._fields)
         sat = list(self._short)
         masks = self._slot_masks
@@ -400,16 +437,16 @@ class Matcher:
                     for j, m in ms:
                         sat[j] |= m
         cands = self._always | _and_all(sat)
-        out: list[Match] = []
+        out: list[tuple[int, Match]] = []
         while cands:
             low = cands & -cands
             cands ^= low
             i = low.bit_length() - 1
             cr = self._rules[i]
             rule = cr.rule
-            if (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1) and not all(
-                ok for _, ok, _ in self._scope(rule, story, sources, source_names)
-            ):
+            if scoped is not None and (
+                rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1
+            ) and not all(ok for _, ok, _ in self._scope(rule, scoped, sources, source_names)):
                 continue
             present = scan.present(rule.fields)
             if present.isdisjoint(cr.positive):
@@ -418,8 +455,8 @@ class Matcher:
                 continue
             if rule.require_title and not self._title_hit(cr, scan):
                 continue
-            out.append(self._make_match(cr, scan, present))
-        return tuple(out)
+            out.append((i, self._make_match(cr, scan, present)))
+        return out
 
     def _make_match(self, cr: _CRule, scan: _Scan, present: frozenset[int]) -> Match:
         rule = cr.rule

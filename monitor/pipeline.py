@@ -13,17 +13,16 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import partial
 
 from monitor.config import Config
-from monitor.dedup import New, SameStory, Seen, StoryIndex, detect_guid_churn
+from monitor.dedup import Features, New, SameStory, Seen, StoryIndex, detect_guid_churn
 from monitor.fetch import Fetcher
 from monitor.log import get_logger
-from monitor.match import Matcher
+from monitor.match import Matcher, Prematch
 from monitor.metrics import Metrics
 from monitor.model import (
     ClusterInfo,
@@ -33,10 +32,9 @@ from monitor.model import (
     Fetched,
     FetchFailed,
     NotModified,
-    ParsedFeed,
     Story,
 )
-from monitor.parse import parse_feed
+from monitor.prepare import Job, Prepared, prepare
 from monitor.route import UPDATE_MILESTONES, ClusterFacts, route, updates
 from monitor.rules import RuleSet
 from monitor.schedule import next_poll
@@ -92,25 +90,15 @@ class PollOutcome:
         }
 
 
-ParseFn = Callable[[bytes, Mapping[str, str], str, tuple[str, ...], str, datetime], Awaitable[ParsedFeed]]
+PrepareFn = Callable[[Job], Awaitable[Prepared]]
 
 
-def executor_parser(executor: Executor | None) -> ParseFn:
-    """Run ``parse_feed`` off the event loop, in ``executor`` (threads or processes)."""
+def executor_preparer(executor: Executor | None) -> PrepareFn:
+    """Run ``prepare`` (parse, normalise, per-story dedup and rule work) off the event
+    loop, in ``executor`` (threads or processes)."""
 
-    async def run(
-        body: bytes,
-        headers: Mapping[str, str],
-        feed: str,
-        tags: tuple[str, ...],
-        url: str,
-        now: datetime,
-    ) -> ParsedFeed:
-        loop = asyncio.get_running_loop()
-        fn = partial(
-            parse_feed, body, dict(headers), feed=feed, feed_tags=tags, url=url, now=now
-        )
-        return await loop.run_in_executor(executor, fn)
+    async def run(job: Job) -> Prepared:
+        return await asyncio.get_running_loop().run_in_executor(executor, prepare, job)
 
     return run
 
@@ -125,7 +113,7 @@ class Pipeline:
     fetcher: Fetcher
     index: StoryIndex
     rules: ActiveRules
-    parse: ParseFn
+    prepare: PrepareFn
     metrics: Metrics
     clock: Callable[[], datetime]
     on_queued: Callable[[], None] = lambda: None
@@ -199,14 +187,24 @@ class Pipeline:
                       unchanged=True, ms=ms())
             return PollOutcome(feed=spec.name, result="unchanged", status=result.status, ms=ms())
 
-        parsed = await self.parse(
-            result.body, result.headers, spec.name, spec.tags, result.final_url, now
-        )
+        prepared = await self.prepare(Job(
+            body=result.body,
+            headers=result.headers,
+            feed=spec.name,
+            feed_tags=spec.tags,
+            url=result.final_url,
+            now=now,
+            rules_path=str(self.config.rules_path),
+            rules_fingerprint=self.rules.ruleset.fingerprint,
+            dedup=self.index.settings,
+        ))
+        parsed = prepared.parsed
         if parsed.failed:
             return await self._failed(state, spec, now, url, parsed.problem or "unparseable feed",
                                       result.status, retry_after=None, gone=False, ms=ms())
         ok_state = replace(ok_state, problem=parsed.problem)
-        return await self._ingest(ok_state, spec, parsed.stories, now, result.status, ms, parsed)
+        return await self._ingest(ok_state, spec, parsed.stories, now, result.status, ms,
+                                  prepared)
 
     async def _ingest(
         self,
@@ -216,7 +214,7 @@ class Pipeline:
         now: datetime,
         status: int | None,
         ms: Callable[[], float],
-        parsed: ParsedFeed | None = None,
+        prepared: Prepared | None = None,
     ) -> PollOutcome:
         # unique ids within the batch, oldest first so clusters form in time order
         uniq: dict[str, Story] = {}
@@ -240,6 +238,16 @@ class Pipeline:
                 )
                 log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=len(batch))
 
+        # the per-story work the parse pool already did, by story id
+        feats: dict[str, Features] = {}
+        pre: dict[str, Prematch] = {}
+        if prepared is not None:
+            ids = [s.id for s in prepared.parsed.stories]
+            if prepared.features is not None:
+                feats = dict(zip(ids, prepared.features, strict=True))
+            if (prepared.prematch is not None
+                    and prepared.rules_fingerprint == self.rules.ruleset.fingerprint):
+                pre = dict(zip(ids, prepared.prematch, strict=True))
         to_store: list[StoredStory] = []
         deliveries: list[Delivery] = []
         clusters: dict[str, ClusterInfo] = {}
@@ -248,7 +256,7 @@ class Pipeline:
         outcomes: Counter[str] = Counter()
         fired: Counter[str] = Counter()
         for story in fresh:
-            decision = self.index.add(story, now=now)
+            decision = self.index.add(story, now=now, features=feats.get(story.id))
             cluster = decision.cluster
             to_store.append(StoredStory(story=story, cluster=cluster))
             sources = self.index.cluster_sources(cluster)
@@ -265,7 +273,8 @@ class Pipeline:
                 continue
             if isinstance(decision, New) and story.link and story.link in known:
                 continue  # an old story (its link is stored) that left the dedup window
-            matches = matcher.match(story, sources=len(sources), source_names=sources)
+            matches = matcher.match(story, sources=len(sources), source_names=sources,
+                                    prematched=pre.get(story.id))
             for m in matches:
                 fired[m.rule] += 1
             facts = ClusterFacts(cluster=cluster, sources=sources)

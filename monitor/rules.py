@@ -54,6 +54,7 @@ e.g. ``"0 8 * * *"``: collect and send on that schedule instead of at once), ``e
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 import types
 from collections.abc import Collection, Mapping
@@ -141,6 +142,7 @@ class RuleSet:
     actors: Mapping[str, ActorDef]
     files: tuple[Path, ...]
     digest: Mapping[str, str]  # rule name → crontab line, for rules that collect into a digest
+    fingerprint: str = ""  # sha256 of the files' names and contents: same text, same rules
 
     @property
     def enabled(self) -> tuple[Rule, ...]:
@@ -237,6 +239,7 @@ class _File:
 class _Loader:
     def __init__(self, channels: Collection[str] | None, feeds: Collection[str], default_channels: tuple[str, ...]) -> None:
         self.check_channels = channels is not None
+        self.hasher = hashlib.sha256()
         self.channels = set(channels or ())
         self.feeds = set(feeds)
         self.default_channels = default_channels
@@ -263,6 +266,7 @@ class _Loader:
             p = e.args[0]
             self.problems.append(p if isinstance(p, Problem) else Problem(sp, None, None, str(e)))
             return None
+        self.hasher.update(f"{path.name}\0{len(text)}\0{text}\0".encode())
         f = _File(sp, positions, [], text.splitlines())
         if data is None:
             return f
@@ -577,4 +581,5 @@ def load_rules(
         actors=types.MappingProxyType(dict(loader.actors)),
         files=tuple(files),
         digest=types.MappingProxyType({r.name: r.digest for r in rules if r.digest}),
+        fingerprint=loader.hasher.hexdigest(),
     )
