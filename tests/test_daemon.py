@@ -227,7 +227,8 @@ async def test_rules_hot_reload_and_invalid_edit_keeps_old(setup: dict[str, Any]
     (rules / "robots.yaml").write_text(
         "rules:\n  - name: robots\n    any: [robot, humanoid]\n    channels: [slack-news]\n",
         encoding="utf-8")
-    await until(lambda: "rules.reloaded" in d.logtext(), "the reload", limit=10)
+    # the bound: a valid edit applies within 2 s (inotify + a 200 ms debounce)
+    await until(lambda: "rules.reloaded" in d.logtext(), "the reload", limit=2.0)
     h = await health(port)
     assert h is not None and h["rules"]["error"] is None
 
