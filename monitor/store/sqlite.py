@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -257,7 +258,7 @@ class SQLiteStore:
             con.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             con.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = self._wal(con)
                 if str(mode).lower() != "wal":
                     raise StoreError(f"cannot open {self._path}: journal_mode is {mode}, not WAL")
             con.execute(f"PRAGMA synchronous = {self._sync}")
@@ -269,6 +270,22 @@ class SQLiteStore:
             con.close()
             raise
         return con
+
+    def _wal(self, con: sqlite3.Connection) -> str:
+        """Switch to WAL. Changing the journal mode does not wait on the busy handler, so
+        when several processes open a new file at once, retry until ``busy_timeout``."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        delay = 0.005
+        while True:
+            try:
+                return str(con.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def _migrate(self, con: sqlite3.Connection) -> None:
         wanted = migrations.load("sqlite")
