@@ -317,7 +317,16 @@ class Daemon:
                         log.warning("daemon.abandoned", polls=len(pending),
                                     note="nothing of them was committed; repolled on restart")
                         await asyncio.gather(*pending, return_exceptions=True)
-                dispatcher.cancel()
+                # the delivery in hand is finished (so it is marked sent and never repeated);
+                # the rest of the claimed batch is given back for the next start
+                rt.dispatcher.stopping = True
+                self._wake_dispatch.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(dispatcher), STOP_DEADLINE)
+                except TimeoutError:
+                    dispatcher.cancel()
+                    log.warning("daemon.abandoned", deliveries="in flight",
+                                note="retried after their lease on restart")
                 with contextlib.suppress(asyncio.CancelledError):
                     await dispatcher
                 with contextlib.suppress(asyncio.CancelledError):
@@ -355,7 +364,7 @@ class Daemon:
 
     async def _dispatch_loop(self) -> None:
         assert self.rt is not None
-        while True:
+        while not self.rt.dispatcher.stopping:
             try:
                 await self.rt.drain()
             except Exception as e:  # the store hiccuped: try again shortly

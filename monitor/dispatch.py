@@ -57,13 +57,14 @@ class Dispatcher:
         self.metrics = metrics
         self.clock = clock
         self.on_sent = on_sent
+        self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
         self._lock = asyncio.Lock()
 
     async def run_once(self) -> DispatchResult:
         """Send everything due now (in batches) and return what happened."""
         total = DispatchResult()
         async with self._lock:  # one dispatch round at a time per process
-            while True:
+            while not self.stopping:
                 now = self.clock()
                 batch = await self.store.claim_deliveries(
                     now, limit=self.settings.batch, lease_until=now + LEASE
@@ -99,6 +100,10 @@ class Dispatcher:
         blocked: datetime | None = None
         refs: dict[str, str] = {}  # parents sent in this batch: key → ref, for threading
         for d in deliveries:
+            if self.stopping:
+                assert d.id is not None
+                await self.store.release(d.id, self.clock())  # due again at the next start
+                continue
             if d.parent_key and d.thread_ref is None and d.parent_key in refs:
                 d = replace(d, thread_ref=refs[d.parent_key])
             assert d.id is not None
