@@ -1,0 +1,119 @@
+"""The outbox worker against real peers: 429 + Retry-After, permanent failures, threading
+of updates, a channel removed from the config. Real SQLite store, fixed clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.config import DeliveryConfig, SlackChannel
+from monitor.dispatch import Dispatcher
+from monitor.metrics import Metrics
+from monitor.model import Alert, ClusterInfo, Delivery, FeedState, Match, Story
+from monitor.notify.slack import SlackNotifier
+from monitor.store.base import StoredStory
+from monitor.store.sqlite import SQLiteStore
+
+T0 = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+STORY = Story(id="s1", feed="bbc", title="Putin misses Trump's sanctions deadline",
+              link="https://example.org/s1", published=T0, first_seen=T0)
+
+
+def delivery(key: str, channel: str, *, update: bool = False, parent: str | None = None
+             ) -> Delivery:
+    m = Match(rule="sanctions", severity="high", channels=(channel,), terms=("sanctions",))
+    return Delivery(key=key, channel=channel, created=T0, parent_key=parent,
+                    alert=Alert(story=STORY, match=m, cluster="s1", update=update,
+                                sources=2 if update else 1, source_names=("bbc", "ap")))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    async with SQLiteStore(tmp_path / "s.db") as s:
+        yield s
+
+
+async def queue(store: SQLiteStore, *ds: Delivery) -> None:
+    await store.save_poll(
+        FeedState(name="bbc", url="http://x", configured_url="http://x"),
+        [StoredStory(story=STORY, cluster="s1")], list(ds),
+        [ClusterInfo(id="s1", first_story="s1", title=STORY.title, first_seen=T0,
+                     last_seen=T0, sources=("bbc",))],
+    )
+
+
+def dispatcher(store: SQLiteStore, notifiers: dict[str, Any], clock: Clock) -> Dispatcher:
+    return Dispatcher(store, notifiers, DeliveryConfig(retry_min=10, retry_max=60),
+                      Metrics(), clock)
+
+
+async def test_429_retry_after_is_honoured(store: SQLiteStore, slack_server: Any) -> None:
+    clock = Clock()
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=100))
+    dsp = dispatcher(store, {"slack": n}, clock)
+    await queue(store, delivery("a:s1:sanctions:slack", "slack"))
+    slack_server.fail_next(1, status=429, retry_after=120)
+    r = await dsp.run_once()
+    assert (r.sent, r.retrying, r.failed) == (0, 1, 0)
+    clock.now = T0 + timedelta(seconds=60)  # backoff alone would allow it; Retry-After not
+    assert (await dsp.run_once()).sent == 0
+    clock.now = T0 + timedelta(seconds=121)
+    assert (await dsp.run_once()).sent == 1
+    assert len(slack_server.messages) == 1
+    (row,) = await store.deliveries()
+    assert row.state == "sent" and row.attempts == 2
+    await dsp.close()
+
+
+async def test_permanent_failure_is_not_retried(store: SQLiteStore, slack_server: Any) -> None:
+    clock = Clock()
+    n = SlackNotifier("slack", SlackChannel(type="slack", token="xoxb-wrong", channel="#news",
+                                            base_url=slack_server.api_base_url, rate=100))
+    dsp = dispatcher(store, {"slack": n}, clock)
+    await queue(store, delivery("a:s1:sanctions:slack", "slack"))
+    r = await dsp.run_once()
+    assert (r.sent, r.retrying, r.failed) == (0, 0, 1)
+    (row,) = await store.deliveries()
+    assert row.state == "failed" and "invalid_auth" in (row.last_error or "")
+    clock.now = T0 + timedelta(days=1)
+    assert await dsp.run_once() == type(r)()
+    await dsp.close()
+
+
+async def test_update_is_threaded_under_its_alert(store: SQLiteStore, slack_server: Any) -> None:
+    n = SlackNotifier("slack", SlackChannel(type="slack", token=slack_server.token,
+                                            channel=next(iter(slack_server.channels)),
+                                            base_url=slack_server.api_base_url, rate=100))
+    dsp = dispatcher(store, {"slack": n}, Clock())
+    first = delivery("a:s1:sanctions:slack", "slack")
+    await queue(store, first, delivery("u:s1:sanctions:slack:2", "slack", update=True,
+                                       parent=first.key))
+    assert (await dsp.run_once()).sent == 2
+    alert_msg, update_msg = slack_server.messages
+    assert alert_msg["thread_ts"] is None and update_msg["thread_ts"] == alert_msg["ts"]
+    assert "2 sources" in update_msg["text"]
+    await dsp.close()
+
+
+async def test_a_channel_removed_from_the_config_fails_visibly(store: SQLiteStore) -> None:
+    dsp = dispatcher(store, {}, Clock())
+    await queue(store, delivery("a:s1:sanctions:gone", "gone"))
+    assert (await dsp.run_once()).failed == 1
+    (row,) = await store.deliveries(state="failed")
+    assert "not configured" in (row.last_error or "")
