@@ -155,7 +155,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is not None:
         try:
             rules = load_rules(config.rules_path, channels=list(config.channels),
-                               feeds=[f.name for f in config.feeds])
+                               feeds=[f.name for f in config.feeds],
+                               default_channels=config.defaults.channels)
         except RulesError as e:
             problems += [str(p) for p in e.problems]
     if args.json:
@@ -250,9 +251,13 @@ def _load_rules_for(args: argparse.Namespace) -> RuleSet:
         if not args.rules:
             raise
     if args.rules:
-        return load_rules(Path(args.rules), channels=list(config.channels) if config else None)
+        if config is None:
+            return load_rules(Path(args.rules), channels=None)
+        return load_rules(Path(args.rules), channels=list(config.channels),
+                          default_channels=config.defaults.channels)
     assert config is not None
-    return load_rules(config.rules_path, channels=list(config.channels))
+    return load_rules(config.rules_path, channels=list(config.channels),
+                      default_channels=config.defaults.channels)
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:

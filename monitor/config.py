@@ -80,6 +80,7 @@ class Defaults(_Model):
     interval: Duration = 300.0
     alert_on_first_poll: bool = False
     jitter: float = Field(0.1, ge=0, le=1)  # fraction of the interval
+    channels: tuple[str, ...] = ()  # for rules that name no channels
 
 
 class FeedConfig(_Model):
@@ -202,6 +203,10 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
+        for ch in self.defaults.channels:
+            if ch not in self.channels:
+                known = ", ".join(sorted(self.channels)) or "none"
+                raise ValueError(f"defaults.channels: unknown channel {ch!r}; known: {known}")
         seen: set[str] = set()
         for f in self.feeds:
             if f.name in seen:

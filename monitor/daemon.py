@@ -59,6 +59,7 @@ def load_active_rules(config: Config, now: datetime) -> ActiveRules:
         config.rules_path,
         channels=list(config.channels),
         feeds=[f.name for f in config.feeds],
+        default_channels=config.defaults.channels,
     )
     return ActiveRules(ruleset=ruleset, matcher=compile_rules(ruleset), loaded_at=now)
 

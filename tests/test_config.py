@@ -134,3 +134,11 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(Exception, match="frozen"):
         cfg.rules = "x"  # type: ignore[misc]
+
+
+def test_default_channels_must_exist() -> None:
+    got = problems("defaults:\n  channels: [nope]\nchannels:\n  f: {type: file, path: a}\n")
+    assert any("unknown channel 'nope'" in p for p in got), got
+    cfg = parse_config("defaults:\n  channels: [f]\nchannels:\n  f: {type: file, path: a}\n",
+                       "c.yaml", {})
+    assert cfg.defaults.channels == ("f",)
