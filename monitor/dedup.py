@@ -356,6 +356,8 @@ def _epoch(dt: datetime) -> float:
 
 
 _ID, _LINK, _TITLE = 0, 1, 2
+_REASONS = ("same id", "same link", "same title")
+_EPS = 1e-9  # far above the float error of a score, far below a meaningful difference
 
 
 class StoryIndex:
@@ -372,6 +374,10 @@ class StoryIndex:
         self._next = 0
         self._stories = 0
         self._wcache: dict[str, float] = {}  # weights of cluster tokens, within one decision
+        self._idfw: dict[int, float] = {}  # df -> idf ** idf_power, for _idf_n open clusters
+        self._idf_n = -1
+        self._now: datetime | None = None  # the last ``now`` evict saw, and its cutoff
+        self._cutoff = 0.0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -387,9 +393,8 @@ class StoryIndex:
     def decide(self, story: Story, *, now: datetime) -> Decision:
         """What ``add`` would answer, without inserting (eviction still applies)."""
         self.evict(now)
-        return self._decide(
-            story, Features(story.title, story.summary, self.settings.short_title_tokens)
-        )[0]
+        f = Features(story.title, story.summary, self.settings.short_title_tokens)
+        return self._decide(story, f, self._keys(story, f.norm), _epoch(story.published))[0]
 
     def add(self, story: Story, *, now: datetime, features: Features | None = None) -> Decision:
         """Decide and insert. ``Seen`` stories join their cluster (a new source counts)
@@ -397,15 +402,20 @@ class StoryIndex:
         same settings, e.g. computed in a worker process) saves recomputing them."""
         self.evict(now)
         f = features or Features(story.title, story.summary, self.settings.short_title_tokens)
-        decision, num = self._decide(story, f)
+        keys = self._keys(story, f.norm)
+        pub = _epoch(story.published)
+        decision, num = self._decide(story, f, keys, pub)
         if isinstance(decision, Seen) and decision.reason == "same id":
             return decision
-        self._insert(story, f, num)
+        self._insert(story, f, num, keys=keys, pub=pub)
         return decision
 
     def evict(self, now: datetime) -> int:
         """Drop clusters whose latest member was first seen more than ``window`` ago."""
-        cutoff = _epoch(now) - self.settings.window
+        if now is not self._now:  # the pipeline passes one ``now`` for a whole batch
+            self._now = now
+            self._cutoff = _epoch(now) - self.settings.window
+        cutoff = self._cutoff
         dropped = 0
         heap = self._heap
         while heap and heap[0][0] < cutoff:
@@ -474,51 +484,75 @@ class StoryIndex:
         keys = [(_ID, hash(story.id))]
         if story.link:
             keys.append((_LINK, hash(story.link)))
-        if len(norm.split()) >= self.settings.min_exact_tokens:
+        # a normalised title is single-spaced: its words are its spaces plus one
+        if (norm.count(" ") + 1 if norm else 0) >= self.settings.min_exact_tokens:
             keys.append((_TITLE, hash(norm)))
         return keys
 
-    def _weight(self, tok: str, boost: frozenset[str]) -> float:
-        if tok in STOPWORDS or len(tok) == 1:
-            return self.settings.stopword_weight
-        df = self._df.get(tok, 0)
-        idf = math.log((len(self._clusters) + self.settings.idf_prior) / (df + 1.0)) + 1.0
-        w = math.pow(idf, self.settings.idf_power)
-        if tok.isdigit() or tok in boost:
-            w *= 1.25
-        return w
-
-    def _cached_weight(self, tok: str, boost: frozenset[str]) -> float:
-        w = self._wcache.get(tok)
-        if w is None:
-            w = self._wcache[tok] = self._weight(tok, boost)
-        return w
-
-    def _decide(self, story: Story, f: Features) -> tuple[Decision, int | None]:
+    def _weigher(self, boost: frozenset[str]) -> Callable[[str], float]:
+        """The token weight function for one decision (the open clusters do not change
+        while a story is decided). ``idf ** idf_power`` only depends on a token's document
+        frequency, so it is cached by that until the number of open clusters changes."""
         st = self.settings
-        reasons = ("same id", "same link", "same title")
-        for key in self._keys(story, f.norm):
-            hit = self._exact.get(key)
+        n = len(self._clusters)
+        idfw = self._idfw
+        if n != self._idf_n:
+            idfw.clear()
+            self._idf_n = n
+        df_get = self._df.get
+        stop = st.stopword_weight
+        scale = n + st.idf_prior
+        power = st.idf_power
+        log = math.log
+        pow_ = math.pow
+
+        def weight(tok: str) -> float:
+            if tok in STOPWORDS or len(tok) == 1:
+                return stop
+            df = df_get(tok, 0)
+            w = idfw.get(df)
+            if w is None:
+                w = idfw[df] = pow_(log(scale / (df + 1.0)) + 1.0, power)
+            if tok.isdigit() or tok in boost:
+                w *= 1.25
+            return w
+
+        return weight
+
+    def _weight(self, tok: str, boost: frozenset[str]) -> float:
+        return self._weigher(boost)(tok)
+
+    def _decide(
+        self, story: Story, f: Features, keys: list[tuple[int, int]], t_story: float
+    ) -> tuple[Decision, int | None]:
+        st = self.settings
+        exact = self._exact
+        for key in keys:
+            hit = exact.get(key)
             if hit is not None:
                 c = self._clusters[hit[0]]
-                return Seen(cluster=c.id, matched_with=hit[1], reason=reasons[key[0]]), c.num
+                return Seen(cluster=c.id, matched_with=hit[1], reason=_REASONS[key[0]]), c.num
         if not f.tokens:
             return New(cluster=story.id), None
-        self._wcache.clear()
-        weights = {t: self._weight(t, f.boost) for t in f.tokens}
-        for t in f.extra:
-            weights[t] = self._weight(t, f.boost) * st.lead_weight
+        weight = self._weigher(f.boost)
+        weights = {t: weight(t) for t in f.tokens}
+        if f.extra:
+            lead = st.lead_weight
+            for t in f.extra:
+                weights[t] = weight(t) * lead
         # candidates: postings of the rarest informative tokens
         ranked = sorted((t for t in weights if t not in STOPWORDS), key=lambda t: -weights[t])
         votes: dict[int, float] = {}
         used = 0
+        postings = self._postings
+        max_posting = st.max_posting
         for t in ranked:
-            posting = self._postings.get(t)
+            posting = postings.get(t)
             if posting is None:
                 continue  # unseen token: costs nothing, counts nothing
             used += 1
             w = weights[t]
-            if len(posting) <= st.max_posting:
+            if len(posting) <= max_posting:
                 for num in posting:
                     votes[num] = votes.get(num, 0.0) + w
             else:
@@ -527,7 +561,7 @@ class StoryIndex:
                 for num in votes:
                     if num in posting:
                         votes[num] += w
-                for num in islice(reversed(posting), st.max_posting):
+                for num in islice(reversed(posting), max_posting):
                     if num not in votes:
                         votes[num] = w
             if used >= st.block_tokens:
@@ -535,14 +569,26 @@ class StoryIndex:
         if not votes:
             return New(cluster=story.id), None
         total = sum(weights.values())
+        # the max_candidates best voted clusters that carry min_vote of the story weight,
+        # best first (ties in order of first vote, as a stable sort leaves them)
+        floor = st.min_vote * total
+        cands = [num for num, v in votes.items() if v >= floor]
+        if len(cands) > st.max_candidates:
+            cands = heapq.nlargest(st.max_candidates, cands, key=votes.__getitem__)
+        else:
+            cands.sort(key=votes.__getitem__, reverse=True)
+        self._wcache.clear()
         best: tuple[float, _Cluster, _Member] | None = None
-        t_story = _epoch(story.published)
-        for num in heapq.nlargest(st.max_candidates, votes, key=votes.__getitem__):
-            if votes[num] < st.min_vote * total:
-                break
-            c = self._clusters[num]
-            score, member = self._score(f, weights, total, c)
+        clusters = self._clusters
+        for num in cands:
+            c = clusters[num]
             need = st.threshold + self._time_penalty(t_story, c)
+            scored = self._score_within(
+                f, weights, total, c, weight, need, None if best is None else best[0]
+            )
+            if scored is None:
+                continue  # provably below ``need`` or below the best margin so far
+            score, member = scored
             if score >= need and (best is None or score - need > best[0]):
                 best = (score - need, c, member)
         if best is None:
@@ -572,38 +618,48 @@ class StoryIndex:
     def _score(
         self, f: Features, weights: dict[str, float], total: float, c: _Cluster
     ) -> tuple[float, _Member]:
+        """The cluster's score for the story and its closest representative member."""
+        scored = self._score_within(f, weights, total, c)
+        assert scored is not None  # only a bounded call gives up
+        return scored
+
+    def _score_within(
+        self,
+        f: Features,
+        weights: dict[str, float],
+        total: float,
+        c: _Cluster,
+        weight: Callable[[str], float] | None = None,
+        need: float | None = None,
+        margin: float | None = None,
+    ) -> tuple[float, _Member] | None:
+        """``_score``; or, given ``need`` and ``margin`` (the best ``score - need`` so far),
+        ``None`` when the cluster provably cannot be the decision: an upper bound of its
+        score is below ``need`` or cannot beat ``margin``.
+
+        Two bounds, cheapest first: before any member is looked at, the best Dice any member
+        can reach (its intersection is at most the story weight the cluster's tokens carry)
+        with rapidfuzz's ratio at 100, kept ``_EPS`` clear of the threshold; then, per
+        member, the exact Dice with the ratio at 100, in the same float expressions as the
+        score (rounding is monotone, so the bound is exact). Members are rapidfuzz-scored
+        most promising first, and only while one of them can still be the closest.
+        """
         st = self.settings
-        # pair: the best representative member
-        best_pair = -1.0
-        best_m = c.reps[0]
-        for m in c.reps:
-            inter = 0.0
-            mw = 0.0
-            for t in m.tokens:
-                w = weights.get(t)
-                if w is None:
-                    mw += self._cached_weight(t, f.boost)
-                else:
-                    mw += w
-                    inter += w
-            for t in m.extra:
-                w = weights.get(t)
-                mw += (w if w is not None else self._cached_weight(t, f.boost)) * st.lead_weight
-                if w is not None:
-                    inter += w * st.lead_weight
-            denom = (1.0 - st.containment) * (total + mw) / 2.0 + st.containment * min(total, mw)
-            dice = min(1.0, inter / denom) if denom > 0 else 0.0
-            ratio = fuzz.token_set_ratio(f.text, m.text) / 100.0
-            pair = (1.0 - st.fuzz_weight) * dice + st.fuzz_weight * ratio
-            if pair > best_pair:
-                best_pair, best_m = pair, m
+        if weight is None:
+            weight = self._weigher(f.boost)
+            self._wcache.clear()
+        wc = self._wcache
+        w_get = weights.get
         # cover: the story's weight carried by the cluster's frequent tokens
-        need = max(1.0, c.n * st.cover_share)
+        need_k = max(1.0, c.n * st.cover_share)
+        tf_get = c.tf.get
         carried = 0.0
+        shared = 0.0  # the story's weight in tokens some member has
         for t, w in weights.items():
-            k = c.tf.get(t)
+            k = tf_get(t)
             if k:
-                carried += w * min(1.0, k / need)
+                shared += w
+                carried += w * min(1.0, k / need_k)
         cover = carried / total if total else 0.0
         if st.sig_weight > 0.0:
             # and the cluster's signature (its frequent tokens) carried by the story
@@ -611,21 +667,98 @@ class StoryIndex:
             sig_total = 0.0
             sig_hit = 0.0
             for t in sig:
-                w = weights.get(t)
-                if w is None:
-                    sig_total += self._cached_weight(t, f.boost)
+                x = w_get(t)
+                if x is None:
+                    x = wc.get(t)
+                    if x is None:
+                        x = wc[t] = weight(t)
+                    sig_total += x
                 else:
-                    sig_total += w
-                    sig_hit += w
+                    sig_total += x
+                    sig_hit += x
             if sig_total > 0.0:
                 back = sig_hit / sig_total
                 cover = (1.0 - st.sig_weight) * cover + st.sig_weight * back
-        score = (1.0 - st.cover_weight) * best_pair + st.cover_weight * cover
-        if best_pair >= st.pair_accept:
+        lead = st.lead_weight
+        cont = st.containment
+        fw = st.fuzz_weight
+        cw = st.cover_weight
+        accept = st.pair_accept
+        if need is not None and lead <= 1.0:
+            # a member's Dice intersection is at most ``shared``, and its weight at least
+            # its intersection: the best Dice any member can reach, then the best score
+            half = (1.0 - cont) / 2.0
+            denom = half * total + (half + cont) * shared
+            dice_up = min(1.0, shared / denom) if denom > 0 else 0.0
+            pair_up = (1.0 - fw) * dice_up + fw
+            up = (1.0 - cw) * pair_up + cw * cover
+            if pair_up + _EPS >= accept:
+                up = max(up, pair_up)
+            if up + _EPS < need or (margin is not None and up - need + _EPS <= margin):
+                return None
+        # pair: the best representative member; first the weighted Dice of each
+        reps = c.reps
+        dices: list[float] = []
+        for m in reps:
+            inter = 0.0
+            mw = 0.0
+            for t in m.tokens:
+                x = w_get(t)
+                if x is None:
+                    x = wc.get(t)
+                    if x is None:
+                        x = wc[t] = weight(t)
+                    mw += x
+                else:
+                    mw += x
+                    inter += x
+            for t in m.extra:
+                x = w_get(t)
+                if x is None:
+                    x = wc.get(t)
+                    if x is None:
+                        x = wc[t] = weight(t)
+                    mw += x * lead
+                else:
+                    mw += x * lead
+                    inter += x * lead
+            denom = (1.0 - cont) * (total + mw) / 2.0 + cont * min(total, mw)
+            dices.append(min(1.0, inter / denom) if denom > 0 else 0.0)
+        uppers = [(1.0 - fw) * d + fw * 1.0 for d in dices]  # the pair with ratio 1
+
+        def hopeless(pair_up: float) -> bool:
+            assert need is not None
+            up = (1.0 - cw) * pair_up + cw * cover
+            if pair_up >= accept:
+                up = max(up, pair_up)
+            return up < need or (margin is not None and up - need <= margin)
+
+        if need is not None and hopeless(max(uppers)):
+            return None
+        # then rapidfuzz, most promising first; the first member (in order) with the best
+        # pair wins, as in a plain scan
+        order = sorted(range(len(reps)), key=uppers.__getitem__, reverse=True)
+        best_pair = -1.0
+        best_i = 0
+        text = f.text
+        for pos, i in enumerate(order):
+            up = uppers[i]
+            if up < best_pair or (up == best_pair and i > best_i):
+                continue
+            ratio = fuzz.token_set_ratio(text, reps[i].text) / 100.0
+            pair = (1.0 - fw) * dices[i] + fw * ratio
+            if pair > best_pair or (pair == best_pair and i < best_i):
+                best_pair, best_i = pair, i
+            if need is not None:
+                rest = uppers[order[pos + 1]] if pos + 1 < len(order) else best_pair
+                if hopeless(max(best_pair, rest)):
+                    return None
+        score = (1.0 - cw) * best_pair + cw * cover
+        if best_pair >= accept:
             # a near-verbatim copy of one member is that member's story, however broad
             # the cluster has grown
             score = max(score, best_pair)
-        return score, best_m
+        return score, reps[best_i]
 
     def _signature(self, c: _Cluster) -> tuple[str, ...]:
         """The cluster's frequent informative tokens (cached until the cluster grows)."""
@@ -636,41 +769,61 @@ class StoryIndex:
         return c.sig
 
     def _insert(
-        self, story: Story, f: Features, num: int | None, *, cluster_id: str | None = None
+        self,
+        story: Story,
+        f: Features,
+        num: int | None,
+        *,
+        cluster_id: str | None = None,
+        keys: list[tuple[int, int]] | None = None,
+        pub: float | None = None,
     ) -> None:
         st = self.settings
-        if num is None or num not in self._clusters:
+        c = None if num is None else self._clusters.get(num)
+        if c is None:
             num = self._next
             self._next += 1
             c = _Cluster(num, cluster_id or story.id)
             self._clusters[num] = c
             self._by_id[c.id] = num
-        c = self._clusters[num]
-        seen_at = _epoch(story.first_seen)
-        pub = _epoch(story.published)
+        num = c.num
+        if pub is None:
+            pub = _epoch(story.published)
+        seen_at = pub if story.first_seen is story.published else _epoch(story.first_seen)
         if c.n == 0:
             c.first = seen_at
         c.n += 1
         c.members.append(story.id)
         c.sources.setdefault(story.feed, None)
-        c.first_pub = min(c.first_pub, pub)
-        c.last_pub = max(c.last_pub, pub)
-        for t in (*f.tokens, *f.extra):
-            k = c.tf.get(t)
-            if k is None:
-                c.tf[t] = 1
-                self._df[t] = self._df.get(t, 0) + 1
-                self._postings.setdefault(t, {})[num] = None
-            else:
-                c.tf[t] = k + 1
+        if pub < c.first_pub:
+            c.first_pub = pub
+        if pub > c.last_pub:
+            c.last_pub = pub
+        tf = c.tf
+        df = self._df
+        postings = self._postings
+        for part in (f.tokens, f.extra):
+            for t in part:
+                k = tf.get(t)
+                if k is None:
+                    tf[t] = 1
+                    df[t] = df.get(t, 0) + 1
+                    p = postings.get(t)
+                    if p is None:
+                        postings[t] = {num: None}
+                    else:
+                        p[num] = None
+                else:
+                    tf[t] = k + 1
         member = _Member(story.id, f)
         if len(c.reps) < st.reps_first + st.reps_last:
             c.reps.append(member)
         else:
             c.reps[st.reps_first + (c.n - 1 - st.reps_first) % st.reps_last] = member
-        for key in self._keys(story, f.norm):
-            if key not in self._exact:
-                self._exact[key] = (num, story.id)
+        exact = self._exact
+        for key in keys if keys is not None else self._keys(story, f.norm):
+            if key not in exact:
+                exact[key] = (num, story.id)
                 c.keys.append(key)
         if seen_at > c.last or c.n == 1:
             c.last = seen_at

@@ -7,10 +7,12 @@ keep a small margin below those numbers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from bench.dedup_eval import bcubed, cluster_uci, load_pairs, load_uci, pair_report
-from monitor.dedup import DedupSettings, pair_score
+from bench.dedup_eval import bcubed, cluster_uci, load_pairs, load_uci, pair_report, to_story
+from monitor.dedup import DedupSettings, Features, SameStory, StoryIndex, pair_score
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.shared
@@ -33,3 +35,27 @@ def test_stsb_pairs_separate_duplicates_from_unrelated() -> None:
     # pairs scored >= 4 are mostly judged duplicates, pairs <= 1 almost never
     assert report["recall_ge4"] >= 0.75, report
     assert report["false_positive_rate_le1"] <= 0.10, report
+
+
+class _Exhaustive(StoryIndex):
+    """The index without the score bounds: every candidate and member scored in full."""
+
+    def _score_within(
+        self, f: Features, weights: dict[str, float], total: float, c: Any, *args: Any
+    ) -> tuple[float, Any] | None:
+        return super()._score_within(f, weights, total, c)
+
+
+def test_score_bounds_never_change_a_decision() -> None:
+    """``add`` skips candidates and rapidfuzz calls that provably cannot win: on the UCI
+    stream (in time order) every decision and score equals the exhaustive scan's."""
+    rows = load_uci(shared_path("corpora", "uci-news-aggregator", "headlines.csv"))
+    fast, full = StoryIndex(), _Exhaustive()
+    same = 0
+    for h in rows:
+        s = to_story(h)
+        a = fast.add(s, now=s.first_seen)
+        b = full.add(s, now=s.first_seen)
+        assert a == b, (h.title, a, b)
+        same += isinstance(a, SameStory)
+    assert same > 1000  # the stream exercises the near-duplicate path
