@@ -328,6 +328,7 @@ class _Cluster:
         "reps",
         "sig",
         "sig_n",
+        "sig_short",
         "sources",
         "tf",
     )
@@ -343,6 +344,7 @@ class _Cluster:
         self.n = 0
         self.sig: tuple[str, ...] = ()
         self.sig_n = -1
+        self.sig_short = 0  # signature tokens one character long (they weigh little)
         self.first = 0.0  # first_seen epoch of the first member
         self.last = 0.0  # latest first_seen epoch (eviction)
         self.first_pub = math.inf
@@ -358,6 +360,19 @@ def _epoch(dt: datetime) -> float:
 _ID, _LINK, _TITLE = 0, 1, 2
 _REASONS = ("same id", "same link", "same title")
 _EPS = 1e-9  # far above the float error of a score, far below a meaningful difference
+
+
+def _beyond(
+    pair_up: float, cover_up: float, st: DedupSettings, need: float | None, margin: float | None
+) -> bool:
+    """True when a score whose pair and cover terms are at most ``pair_up`` and
+    ``cover_up`` (up to float noise, ``_EPS``) can neither reach ``need`` nor beat
+    ``margin`` (the best ``score - need`` so far)."""
+    assert need is not None
+    up = (1.0 - st.cover_weight) * pair_up + st.cover_weight * cover_up
+    if pair_up + _EPS >= st.pair_accept:
+        up = max(up, pair_up)
+    return up + _EPS < need or (margin is not None and up - need + _EPS <= margin)
 
 
 class StoryIndex:
@@ -378,6 +393,8 @@ class StoryIndex:
         self._idf_n = -1
         self._now: datetime | None = None  # the last ``now`` evict saw, and its cutoff
         self._cutoff = 0.0
+        self._seen_dt: datetime | None = None  # the last first_seen _insert saw, as epoch
+        self._seen_t = 0.0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -541,7 +558,8 @@ class StoryIndex:
             for t in f.extra:
                 weights[t] = weight(t) * lead
         # candidates: postings of the rarest informative tokens
-        ranked = sorted((t for t in weights if t not in STOPWORDS), key=lambda t: -weights[t])
+        ranked = [t for t in weights if t not in STOPWORDS]
+        ranked.sort(key=weights.__getitem__, reverse=True)  # stable: ties keep their order
         votes: dict[int, float] = {}
         used = 0
         postings = self._postings
@@ -580,9 +598,19 @@ class StoryIndex:
         self._wcache.clear()
         best: tuple[float, _Cluster, _Member] | None = None
         clusters = self._clusters
+        threshold = st.threshold
+        grace = st.time_grace
+        per_day = st.time_penalty
         for num in cands:
             c = clusters[num]
-            need = st.threshold + self._time_penalty(t_story, c)
+            # inline _time_penalty
+            if t_story < c.first_pub:
+                dist = c.first_pub - t_story
+            elif t_story > c.last_pub:
+                dist = t_story - c.last_pub
+            else:
+                dist = 0.0
+            need = threshold + max(0.0, dist - grace) / 86400.0 * per_day
             scored = self._score_within(
                 f, weights, total, c, weight, need, None if best is None else best[0]
             )
@@ -655,15 +683,53 @@ class StoryIndex:
         tf_get = c.tf.get
         carried = 0.0
         shared = 0.0  # the story's weight in tokens some member has
+        sig_up = 0.0  # the story's weight in the cluster's signature tokens
+        sig_hits = 0
         for t, w in weights.items():
             k = tf_get(t)
             if k:
                 shared += w
                 carried += w * min(1.0, k / need_k)
+                if k >= need_k and t not in STOPWORDS:
+                    sig_up += w
+                    sig_hits += 1
         cover = carried / total if total else 0.0
-        if st.sig_weight > 0.0:
-            # and the cluster's signature (its frequent tokens) carried by the story
-            sig = self._signature(c)
+        lead = st.lead_weight
+        cont = st.containment
+        fw = st.fuzz_weight
+        cw = st.cover_weight
+        sw = st.sig_weight
+        accept = st.pair_accept
+        pair_up = 1.0
+        bounded = need is not None and lead <= 1.0
+        if bounded:
+            # a member's Dice intersection is at most ``shared``, and its weight at least
+            # its intersection: the best Dice any member can reach
+            half = (1.0 - cont) / 2.0
+            denom = half * total + (half + cont) * shared
+            dice_up = min(1.0, shared / denom) if denom > 0 else 0.0
+            pair_up = (1.0 - fw) * dice_up + fw
+        if sw > 0.0:
+            # and the cluster's signature (its frequent tokens) carried by the story: when
+            # the story has none of them, that share is 0 (or no share at all when there
+            # is no signature), so the cover is at most its first term
+            if bounded and sig_hits == 0 and _beyond(pair_up, cover, st, need, margin):
+                return None
+            sig = c.sig if c.sig_n == c.n else self._signature(c)
+            if bounded and sig and st.idf_prior >= 1.0 and st.idf_power >= 0.0:
+                # before weighing the signature tokens the story lacks: each weighs at
+                # least 1 (idf >= 1), unless it is one character long
+                if c.sig_short < 0:
+                    c.sig_short = sum(1 for t in sig if len(t) == 1)
+                missing = len(sig) - sig_hits - c.sig_short
+                if sig_hits == 0:
+                    back_up = 0.0
+                elif missing > 0:
+                    back_up = sig_up / (sig_up + missing)
+                else:
+                    back_up = 1.0
+                if _beyond(pair_up, (1.0 - sw) * cover + sw * back_up, st, need, margin):
+                    return None
             sig_total = 0.0
             sig_hit = 0.0
             for t in sig:
@@ -678,28 +744,23 @@ class StoryIndex:
                     sig_hit += x
             if sig_total > 0.0:
                 back = sig_hit / sig_total
-                cover = (1.0 - st.sig_weight) * cover + st.sig_weight * back
-        lead = st.lead_weight
-        cont = st.containment
-        fw = st.fuzz_weight
-        cw = st.cover_weight
-        accept = st.pair_accept
-        if need is not None and lead <= 1.0:
-            # a member's Dice intersection is at most ``shared``, and its weight at least
-            # its intersection: the best Dice any member can reach, then the best score
-            half = (1.0 - cont) / 2.0
-            denom = half * total + (half + cont) * shared
-            dice_up = min(1.0, shared / denom) if denom > 0 else 0.0
-            pair_up = (1.0 - fw) * dice_up + fw
-            up = (1.0 - cw) * pair_up + cw * cover
-            if pair_up + _EPS >= accept:
-                up = max(up, pair_up)
-            if up + _EPS < need or (margin is not None and up - need + _EPS <= margin):
-                return None
+                cover = (1.0 - sw) * cover + sw * back
+        if bounded and _beyond(pair_up, cover, st, need, margin):
+            return None
         # pair: the best representative member; first the weighted Dice of each
         reps = c.reps
         dices: list[float] = []
+        # a member with the same text and tokens as an earlier one (the same headline from
+        # another feed) scores the same and, coming later, is never the closest: skipped
+        texts: dict[str, _Member] = {}
+        dups = 0
         for m in reps:
+            twin = texts.get(m.text)
+            if twin is not None and twin.tokens == m.tokens and twin.extra == m.extra:
+                dices.append(-1.0)
+                dups += 1
+                continue
+            texts[m.text] = m
             inter = 0.0
             mw = 0.0
             for t in m.tokens:
@@ -724,7 +785,8 @@ class StoryIndex:
                     inter += x * lead
             denom = (1.0 - cont) * (total + mw) / 2.0 + cont * min(total, mw)
             dices.append(min(1.0, inter / denom) if denom > 0 else 0.0)
-        uppers = [(1.0 - fw) * d + fw * 1.0 for d in dices]  # the pair with ratio 1
+        # the pair with ratio 1 (and below any real pair for a skipped twin)
+        uppers = [(1.0 - fw) * d + fw * 1.0 if d >= 0.0 else -2.0 for d in dices]
 
         def hopeless(pair_up: float) -> bool:
             assert need is not None
@@ -738,6 +800,8 @@ class StoryIndex:
         # then rapidfuzz, most promising first; the first member (in order) with the best
         # pair wins, as in a plain scan
         order = sorted(range(len(reps)), key=uppers.__getitem__, reverse=True)
+        if dups:
+            del order[-dups:]
         best_pair = -1.0
         best_i = 0
         text = f.text
@@ -764,8 +828,9 @@ class StoryIndex:
         """The cluster's frequent informative tokens (cached until the cluster grows)."""
         if c.sig_n != c.n:
             need = max(1.0, c.n * self.settings.cover_share)
-            c.sig = tuple(t for t, k in c.tf.items() if k >= need and t not in STOPWORDS)
+            c.sig = tuple([t for t, k in c.tf.items() if k >= need and t not in STOPWORDS])
             c.sig_n = c.n
+            c.sig_short = -1  # counted when first needed
         return c.sig
 
     def _insert(
@@ -789,7 +854,14 @@ class StoryIndex:
         num = c.num
         if pub is None:
             pub = _epoch(story.published)
-        seen_at = pub if story.first_seen is story.published else _epoch(story.first_seen)
+        first_seen = story.first_seen
+        if first_seen is story.published:
+            seen_at = pub
+        elif first_seen is self._seen_dt:  # the stories of one poll share their stamp
+            seen_at = self._seen_t
+        else:
+            seen_at = self._seen_t = _epoch(first_seen)
+            self._seen_dt = first_seen
         if c.n == 0:
             c.first = seen_at
         c.n += 1
