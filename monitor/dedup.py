@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, ClassVar
 
 from rapidfuzz import fuzz
 
@@ -378,6 +378,9 @@ def _beyond(
 class StoryIndex:
     """Clusters of recent stories over a sliding window. See the module docstring."""
 
+    # skip candidates whose score provably cannot decide (tests compare with False)
+    _prune: ClassVar[bool] = True
+
     def __init__(self, settings: DedupSettings | None = None) -> None:
         self.settings = settings or DedupSettings()
         self._clusters: dict[int, _Cluster] = {}
@@ -385,6 +388,8 @@ class StoryIndex:
         self._exact: dict[tuple[int, int], tuple[int, str]] = {}  # key -> (num, story id)
         self._postings: dict[str, dict[int, None]] = {}  # token -> clusters, oldest first
         self._df: dict[str, int] = {}
+        self._df_hist: dict[int, int] = {}  # df -> number of tokens with it
+        self._df_max = 0  # the largest df: the lightest informative token weighs no less
         self._heap: list[tuple[float, int]] = []
         self._next = 0
         self._stories = 0
@@ -536,6 +541,13 @@ class StoryIndex:
 
         return weight
 
+    def _lightest(self) -> float:
+        """A lower bound of any informative token's weight (the ``_weigher`` formula at
+        the largest document frequency), valid while no cluster is added or dropped."""
+        st = self.settings
+        n = len(self._clusters)
+        return math.pow(math.log((n + st.idf_prior) / (self._df_max + 1.0)) + 1.0, st.idf_power)
+
     def _weight(self, tok: str, boost: frozenset[str]) -> float:
         return self._weigher(boost)(tok)
 
@@ -601,6 +613,15 @@ class StoryIndex:
         threshold = st.threshold
         grace = st.time_grace
         per_day = st.time_penalty
+        # upper bounds of the score skip most candidates before rapidfuzz (see _finish)
+        prune = self._prune and st.lead_weight <= 1.0
+        sw = st.sig_weight
+        sig_bound = sw > 0.0 and st.idf_prior >= 1.0 and st.idf_power >= 0.0
+        fw = st.fuzz_weight
+        half = (1.0 - st.containment) / 2.0
+        full = half + st.containment
+        cover_of = self._cover
+        lightest = -1.0
         for num in cands:
             c = clusters[num]
             # inline _time_penalty
@@ -611,9 +632,39 @@ class StoryIndex:
             else:
                 dist = 0.0
             need = threshold + max(0.0, dist - grace) / 86400.0 * per_day
-            scored = self._score_within(
-                f, weights, total, c, weight, need, None if best is None else best[0]
-            )
+            margin = None if best is None else best[0]
+            cover, shared, sig_up, sig_hits = cover_of(weights, total, c)
+            if prune:
+                # bounds, cheapest first, each kept _EPS clear of the decision: a member's
+                # Dice intersection is at most ``shared`` and its weight at least that, and
+                # rapidfuzz's ratio at most 100; the story's share of the cluster's
+                # signature is 0 when it has none of its tokens, and otherwise at most
+                # what it has over that plus the lightest possible weight of the rest
+                denom = half * total + full * shared
+                pair_up = (1.0 - fw) * (min(1.0, shared / denom) if denom > 0 else 0.0) + fw
+                if (sig_hits == 0 or sw <= 0.0) and _beyond(pair_up, cover, st, need, margin):
+                    continue
+                if sig_bound:
+                    sig = c.sig if c.sig_n == c.n else self._signature(c)
+                    if sig:
+                        if c.sig_short < 0:
+                            c.sig_short = sum(1 for t in sig if len(t) == 1)
+                        missing = len(sig) - sig_hits - c.sig_short
+                        if sig_hits == 0:
+                            back_up = 0.0
+                        elif missing > 0:
+                            if lightest < 0.0:
+                                lightest = self._lightest()
+                            back_up = sig_up / (sig_up + missing * lightest)
+                        else:
+                            back_up = 1.0
+                        cover_up = (1.0 - sw) * cover + sw * back_up
+                        if _beyond(pair_up, cover_up, st, need, margin):
+                            continue
+            if not prune:
+                scored = self._finish(f, weights, total, c, weight, cover)
+            else:
+                scored = self._finish(f, weights, total, c, weight, cover, need, margin, pair_up)
             if scored is None:
                 continue  # provably below ``need`` or below the best margin so far
             score, member = scored
@@ -647,43 +698,23 @@ class StoryIndex:
         self, f: Features, weights: dict[str, float], total: float, c: _Cluster
     ) -> tuple[float, _Member]:
         """The cluster's score for the story and its closest representative member."""
-        scored = self._score_within(f, weights, total, c)
+        self._wcache.clear()
+        cover = self._cover(weights, total, c)[0]
+        scored = self._finish(f, weights, total, c, self._weigher(f.boost), cover)
         assert scored is not None  # only a bounded call gives up
         return scored
 
-    def _score_within(
-        self,
-        f: Features,
-        weights: dict[str, float],
-        total: float,
-        c: _Cluster,
-        weight: Callable[[str], float] | None = None,
-        need: float | None = None,
-        margin: float | None = None,
-    ) -> tuple[float, _Member] | None:
-        """``_score``; or, given ``need`` and ``margin`` (the best ``score - need`` so far),
-        ``None`` when the cluster provably cannot be the decision: an upper bound of its
-        score is below ``need`` or cannot beat ``margin``.
-
-        Two bounds, cheapest first: before any member is looked at, the best Dice any member
-        can reach (its intersection is at most the story weight the cluster's tokens carry)
-        with rapidfuzz's ratio at 100, kept ``_EPS`` clear of the threshold; then, per
-        member, the exact Dice with the ratio at 100, in the same float expressions as the
-        score (rounding is monotone, so the bound is exact). Members are rapidfuzz-scored
-        most promising first, and only while one of them can still be the closest.
-        """
-        st = self.settings
-        if weight is None:
-            weight = self._weigher(f.boost)
-            self._wcache.clear()
-        wc = self._wcache
-        w_get = weights.get
-        # cover: the story's weight carried by the cluster's frequent tokens
-        need_k = max(1.0, c.n * st.cover_share)
+    def _cover(
+        self, weights: dict[str, float], total: float, c: _Cluster
+    ) -> tuple[float, float, float, int]:
+        """The first cover term (the story's weight carried by the cluster's frequent
+        tokens); and, for the bounds, the story's weight in tokens the cluster has, in its
+        signature, and how many signature tokens the story has."""
+        need_k = max(1.0, c.n * self.settings.cover_share)
         tf_get = c.tf.get
         carried = 0.0
-        shared = 0.0  # the story's weight in tokens some member has
-        sig_up = 0.0  # the story's weight in the cluster's signature tokens
+        shared = 0.0
+        sig_up = 0.0
         sig_hits = 0
         for t, w in weights.items():
             k = tf_get(t)
@@ -693,43 +724,41 @@ class StoryIndex:
                 if k >= need_k and t not in STOPWORDS:
                     sig_up += w
                     sig_hits += 1
-        cover = carried / total if total else 0.0
+        return (carried / total if total else 0.0), shared, sig_up, sig_hits
+
+    def _finish(
+        self,
+        f: Features,
+        weights: dict[str, float],
+        total: float,
+        c: _Cluster,
+        weight: Callable[[str], float],
+        cover: float,
+        need: float | None = None,
+        margin: float | None = None,
+        pair_up: float = 1.0,
+    ) -> tuple[float, _Member] | None:
+        """The cluster's score and closest member, from the first cover term; or, given
+        ``need`` and ``margin`` (the best ``score - need`` so far), ``None`` when the
+        cluster provably cannot be the decision.
+
+        First with the exact cover and ``pair_up``, an upper bound of any member's pair
+        (kept ``_EPS`` clear). Then exact bounds: the pair of each member with rapidfuzz's ratio at 100,
+        in the same float expressions as the score (rounding is monotone). Members are
+        rapidfuzz-scored most promising first, and only while one can still be the closest.
+        """
+        st = self.settings
+        wc = self._wcache
+        w_get = weights.get
         lead = st.lead_weight
         cont = st.containment
         fw = st.fuzz_weight
         cw = st.cover_weight
         sw = st.sig_weight
         accept = st.pair_accept
-        pair_up = 1.0
-        bounded = need is not None and lead <= 1.0
-        if bounded:
-            # a member's Dice intersection is at most ``shared``, and its weight at least
-            # its intersection: the best Dice any member can reach
-            half = (1.0 - cont) / 2.0
-            denom = half * total + (half + cont) * shared
-            dice_up = min(1.0, shared / denom) if denom > 0 else 0.0
-            pair_up = (1.0 - fw) * dice_up + fw
         if sw > 0.0:
-            # and the cluster's signature (its frequent tokens) carried by the story: when
-            # the story has none of them, that share is 0 (or no share at all when there
-            # is no signature), so the cover is at most its first term
-            if bounded and sig_hits == 0 and _beyond(pair_up, cover, st, need, margin):
-                return None
+            # and the cluster's signature (its frequent tokens) carried by the story
             sig = c.sig if c.sig_n == c.n else self._signature(c)
-            if bounded and sig and st.idf_prior >= 1.0 and st.idf_power >= 0.0:
-                # before weighing the signature tokens the story lacks: each weighs at
-                # least 1 (idf >= 1), unless it is one character long
-                if c.sig_short < 0:
-                    c.sig_short = sum(1 for t in sig if len(t) == 1)
-                missing = len(sig) - sig_hits - c.sig_short
-                if sig_hits == 0:
-                    back_up = 0.0
-                elif missing > 0:
-                    back_up = sig_up / (sig_up + missing)
-                else:
-                    back_up = 1.0
-                if _beyond(pair_up, (1.0 - sw) * cover + sw * back_up, st, need, margin):
-                    return None
             sig_total = 0.0
             sig_hit = 0.0
             for t in sig:
@@ -745,7 +774,7 @@ class StoryIndex:
             if sig_total > 0.0:
                 back = sig_hit / sig_total
                 cover = (1.0 - sw) * cover + sw * back
-        if bounded and _beyond(pair_up, cover, st, need, margin):
+        if need is not None and _beyond(pair_up, cover, st, need, margin):
             return None
         # pair: the best representative member; first the weighted Dice of each
         reps = c.reps
@@ -873,13 +902,19 @@ class StoryIndex:
             c.last_pub = pub
         tf = c.tf
         df = self._df
+        hist = self._df_hist
         postings = self._postings
         for part in (f.tokens, f.extra):
             for t in part:
                 k = tf.get(t)
                 if k is None:
                     tf[t] = 1
-                    df[t] = df.get(t, 0) + 1
+                    d = df[t] = df.get(t, 0) + 1
+                    hist[d] = hist.get(d, 0) + 1
+                    if d > 1:
+                        hist[d - 1] -= 1
+                    if d > self._df_max:
+                        self._df_max = d
                     p = postings.get(t)
                     if p is None:
                         postings[t] = {num: None}
@@ -907,16 +942,21 @@ class StoryIndex:
         self._by_id.pop(c.id, None)
         for key in c.keys:
             self._exact.pop(key, None)
+        hist = self._df_hist
         for t in c.tf:
             k = self._df[t] - 1
+            hist[k + 1] -= 1
             if k:
                 self._df[t] = k
+                hist[k] = hist.get(k, 0) + 1
             else:
                 del self._df[t]
             p = self._postings[t]
             p.pop(c.num, None)
             if not p:
                 del self._postings[t]
+        while self._df_max and not hist.get(self._df_max):
+            self._df_max -= 1
         self._stories -= c.n
 
 

@@ -7,12 +7,10 @@ keep a small margin below those numbers.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from bench.dedup_eval import bcubed, cluster_uci, load_pairs, load_uci, pair_report, to_story
-from monitor.dedup import DedupSettings, Features, SameStory, StoryIndex, pair_score
+from monitor.dedup import DedupSettings, SameStory, StoryIndex, pair_score
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.shared
@@ -40,10 +38,7 @@ def test_stsb_pairs_separate_duplicates_from_unrelated() -> None:
 class _Exhaustive(StoryIndex):
     """The index without the score bounds: every candidate and member scored in full."""
 
-    def _score_within(
-        self, f: Features, weights: dict[str, float], total: float, c: Any, *args: Any
-    ) -> tuple[float, Any] | None:
-        return super()._score_within(f, weights, total, c)
+    _prune = False
 
 
 def test_score_bounds_never_change_a_decision() -> None:
