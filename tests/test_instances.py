@@ -1,0 +1,81 @@
+"""Two daemons sharing one PostgreSQL store: each feed polled by one of them at a time,
+each alert delivered once. Skips when no PostgreSQL server answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from monitor.config import load_config
+from monitor.daemon import Runtime
+from tests.feeds import BACKLOG, rss, seed_item
+from tests.test_store import PG_URL, _pg_unavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    reason = await _pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    con = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await con.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await con.close()
+
+
+async def test_two_instances_share_the_work(tmp_path: Path, feed_server: Any, schema: str
+                                            ) -> None:
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    names = [f"f{i}" for i in range(6)]
+    for n in names:
+        feed_server.serve(f"/{n}.rss", rss(BACKLOG))
+    feeds = "\n".join(f"  - {{name: {n}, url: '{feed_server.url(f'/{n}.rss')}'}}" for n in names)
+    (tmp_path / "config.yaml").write_text(f"""
+feeds:
+{feeds}
+rules: rules
+store: {PG_URL}?schema={schema}
+channels:
+  slack-news: {{type: file, path: alerts.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: audit.jsonl}}
+fetch: {{parse_in: thread}}
+server: {{enabled: false}}
+""", encoding="utf-8")
+    config = load_config(tmp_path / "config.yaml")
+    now = datetime.now(UTC) + timedelta(minutes=1)  # every feed is due
+
+    async def tick(rt: Runtime) -> list[str]:
+        specs = {s.name: s for s in rt.config.feed_specs()}
+        due = await rt.store.claim_due_feeds(now, limit=10, lease_until=now + timedelta(minutes=5))
+        await asyncio.gather(*(rt.poll_one(st, specs[st.name]) for st in due))
+        return [st.name for st in due]
+
+    async with Runtime(config) as a, Runtime(config) as b:
+        got_a, got_b = await asyncio.gather(tick(a), tick(b))
+        assert sorted(got_a + got_b) == names  # disjoint, complete
+        assert all(feed_server.hits(f"/{n}.rss") == 1 for n in names)
+        # the same story breaks on every feed; both instances poll and deliver at once
+        for n in names:
+            feed_server.set(f"/{n}.rss", rss([seed_item(), *BACKLOG]))
+        now += timedelta(minutes=10)
+        await asyncio.gather(tick(a), tick(b))
+        await asyncio.gather(a.drain(), b.drain())
+    lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    firsts = [x for x in lines if not x["update"]]
+    assert len(firsts) == 1 and firsts[0]["rule"] == "sanctions-deadline"
