@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from monitor.model import Alert, FeedState, Hit, Match, Story
+from monitor.model import Alert, Delivery, FeedState, Hit, Match, Story
 
 T = TypeVar("T")
 
@@ -350,3 +350,21 @@ def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime]) -> Feed
             value = bool(value)
         values[col] = value
     return FeedState(**values)
+
+
+def delivery_from_row(
+    row: Any, *, created: datetime, next_attempt: datetime | None, thread_ref: str | None = None
+) -> Delivery:
+    """An outbox row (``sqlite3.Row`` or ``asyncpg.Record``: key, channel, payload,
+    parent_key, id, attempts) as a Delivery; times come converted by the caller."""
+    return Delivery(
+        key=row["key"],
+        channel=row["channel"],
+        alert=alert_from_json(row["payload"]),
+        created=created,
+        parent_key=row["parent_key"],
+        id=row["id"],
+        attempts=row["attempts"],
+        next_attempt=next_attempt,
+        thread_ref=thread_ref,
+    )

@@ -30,9 +30,9 @@ from monitor.store.base import DeliveryStatus, StoredStory
 from monitor.store.codec import (
     FEED_COLUMNS,
     CodecError,
-    alert_from_json,
     alert_to_json,
     column_text,
+    delivery_from_row,
     feed_from_row,
     feed_to_row,
     story_from_json,
@@ -455,17 +455,8 @@ class PostgresStore:
             )
             rows = sorted(rows, key=lambda r: (r["created"], r["id"]))
             return [
-                Delivery(
-                    key=r["key"],
-                    channel=r["channel"],
-                    alert=alert_from_json(r["payload"]),
-                    created=r["created"],
-                    parent_key=r["parent_key"],
-                    id=r["id"],
-                    attempts=r["attempts"],
-                    next_attempt=lease,
-                    thread_ref=r["parent_ref"],
-                )
+                delivery_from_row(r, created=r["created"], next_attempt=lease,
+                                  thread_ref=r["parent_ref"])
                 for r in rows
             ]
 
@@ -520,16 +511,7 @@ class PostgresStore:
                 _text(cluster),
             )
             return [
-                Delivery(
-                    key=r["key"],
-                    channel=r["channel"],
-                    alert=alert_from_json(r["payload"]),
-                    created=r["created"],
-                    parent_key=r["parent_key"],
-                    id=r["id"],
-                    attempts=r["attempts"],
-                    next_attempt=r["next_attempt"],
-                )
+                delivery_from_row(r, created=r["created"], next_attempt=r["next_attempt"])
                 for r in rows
             ]
 

@@ -37,9 +37,9 @@ from monitor.store.base import DeliveryStatus, StoredStory
 from monitor.store.codec import (
     FEED_COLUMNS,
     CodecError,
-    alert_from_json,
     alert_to_json,
     column_text,
+    delivery_from_row,
     dt_from_text,
     dt_to_text,
     feed_from_row,
@@ -575,17 +575,8 @@ class SQLiteStore:
                     (dt_to_text(lease_until), *(r["id"] for r in rows)),
                 )
             return [
-                Delivery(
-                    key=r["key"],
-                    channel=r["channel"],
-                    alert=alert_from_json(r["payload"]),
-                    created=dt_from_text(r["created"]),
-                    parent_key=r["parent_key"],
-                    id=r["id"],
-                    attempts=r["attempts"],
-                    next_attempt=lease_until,
-                    thread_ref=r["parent_ref"],
-                )
+                delivery_from_row(r, created=dt_from_text(r["created"]), next_attempt=lease_until,
+                                  thread_ref=r["parent_ref"])
                 for r in rows
             ]
 
@@ -642,16 +633,8 @@ class SQLiteStore:
                 (_k(cluster),),
             ).fetchall()
             return [
-                Delivery(
-                    key=r["key"],
-                    channel=r["channel"],
-                    alert=alert_from_json(r["payload"]),
-                    created=dt_from_text(r["created"]),
-                    parent_key=r["parent_key"],
-                    id=r["id"],
-                    attempts=r["attempts"],
-                    next_attempt=opt_dt_from_text(r["next_attempt"]),
-                )
+                delivery_from_row(r, created=dt_from_text(r["created"]),
+                                  next_attempt=opt_dt_from_text(r["next_attempt"]))
                 for r in rows
             ]
 
