@@ -216,10 +216,16 @@ async def run_demo(*, keep: str | None = None, as_json: bool = False) -> int:
                 rounds.append({"round": r, "feeds": [o.to_dict() for o in outcomes],
                                "sent": sent.sent})
         alerts = [e for e in events if not e["update"]]
-        say(f"\n{len(alerts)} alert(s) and {len(events) - len(alerts)} update(s) delivered; "
+        distinct = len({(e["title"], e["rule"]) for e in alerts})
+        say(f"\n{distinct} alert(s) delivered ({len(alerts)} messages over "
+            f"{len({e['channel'] for e in alerts})} channels), "
+            f"{len(events) - len(alerts)} update(s); "
             f"{len(server.slack_messages)} Slack message(s) received by the local webhook; "
             f"{server.not_modified} conditional poll(s) answered 304.")
-        say(f"audit log: {tmp / 'alerts.jsonl'}")
+        if keep:
+            say(f"state and audit log kept in {tmp} (config.yaml, monitor.db, alerts.jsonl)")
+        else:
+            say("run `monitor demo --keep DIR` to keep the state, config and audit log")
         if as_json:
             print(json.dumps({"rounds": rounds, "delivered": events,
                               "slack_messages": len(server.slack_messages),
