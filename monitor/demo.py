@@ -7,7 +7,8 @@ receiver stands in for Slack. The daemon's own runtime polls them three times:
 1. first poll: a silent baseline (no alert storm from the backlog),
 2. the feeds publish new items, among them the sanctions-deadline story from two sources:
    one alert per matching story cluster, delivered through the outbox,
-3. a re-poll: 304s and known stories, so nothing is sent twice.
+3. a re-poll: 304s and known stories, so nothing is sent twice, and a third outlet
+   carrying the story: an update ("now carried by 3 sources"), not a new alert.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ async def run_demo(*, keep: str | None = None, as_json: bool = False) -> int:
             titles = {
                 1: "first poll: a silent baseline of what the feeds already carry",
                 2: "the feeds publish new stories",
-                3: "poll again: nothing new, nothing sent twice",
+                3: "poll again: one more outlet picks up the story, nothing is sent twice",
             }
             for r in (1, 2, 3):
                 server.round = r

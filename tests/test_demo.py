@@ -19,11 +19,18 @@ async def test_demo_alerts_on_the_seed_story_once(tmp_path: Path,
     rounds = {r["round"]: r for r in out["rounds"]}
     assert all(f["result"] == "baseline" for f in rounds[1]["feeds"])
     assert rounds[1]["sent"] == 0
-    assert all(f["result"] == "not-modified" for f in rounds[3]["feeds"])
-    assert rounds[3]["sent"] == 0
+    r3 = {f["feed"]: f for f in rounds[3]["feeds"]}
+    assert r3["world-wire"]["result"] == r3["americas-desk"]["result"] == "not-modified"
+    assert r3["global-desk"]["new"] == 1
     seed = [e for e in out["delivered"] if e["rule"] == "sanctions-deadline"]
-    assert sorted(e["channel"] for e in seed) == ["audit-file", "email-oncall", "slack-news"]
-    assert all("Witkoff" in e["title"] and e["round"] == 2 for e in seed)
+    first = [e for e in seed if not e["update"]]
+    assert sorted(e["channel"] for e in first) == ["audit-file", "email-oncall", "slack-news"]
+    assert all("Witkoff" in e["title"] and e["round"] == 2 for e in first)
+    # the third outlet is an update of the same alert, not a new one
+    updates = [e for e in out["delivered"] if e["update"]]
+    assert sorted(e["channel"] for e in updates) == ["audit-file", "email-oncall", "slack-news"]
+    assert all(e["round"] == 3 and e["sources"] == 3 for e in updates)
+    assert rounds[3]["sent"] == len(updates)
     assert out["slack_messages"] == len([e for e in out["delivered"]
                                          if e["channel"] == "slack-news"])
     audit = (tmp_path / "demo" / "alerts.jsonl").read_text(encoding="utf-8").splitlines()

@@ -70,6 +70,15 @@ def main(snapshot: Path, seed: Path, out: Path) -> None:
         "description": "<p>" + " ".join(body[:3]) + "</p>",
         "minutes_ago": 1,
     })
+    feeds["global-desk"]["items"].insert(0, {  # type: ignore[index]
+        "round": 3,
+        "title": "Trump envoy Witkoff urged to take tougher approach with Putin in "
+        "make-or-break meeting before sanctions | Al Jazeera",
+        "link": "https://syndication.example.com/2026/witkoff-putin-meeting",
+        "guid": "synd-witkoff-putin",
+        "description": "<p>" + body[0] + "</p>",
+        "minutes_ago": 0,
+    })
     data["feeds"] = feeds
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
