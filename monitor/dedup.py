@@ -564,7 +564,9 @@ class StoryIndex:
         if not f.tokens:
             return New(cluster=story.id), None
         weight = self._weigher(f.boost)
-        weights = {t: weight(t) for t in f.tokens}
+        weights: dict[str, float] = {}
+        for t in f.tokens:
+            weights[t] = weight(t)
         if f.extra:
             lead = st.lead_weight
             for t in f.extra:
@@ -620,7 +622,8 @@ class StoryIndex:
         fw = st.fuzz_weight
         half = (1.0 - st.containment) / 2.0
         full = half + st.containment
-        cover_of = self._cover
+        cover_share = st.cover_share
+        witems = list(weights.items())
         lightest = -1.0
         for num in cands:
             c = clusters[num]
@@ -633,7 +636,22 @@ class StoryIndex:
                 dist = 0.0
             need = threshold + max(0.0, dist - grace) / 86400.0 * per_day
             margin = None if best is None else best[0]
-            cover, shared, sig_up, sig_hits = cover_of(weights, total, c)
+            # _cover, inline
+            need_k = max(1.0, c.n * cover_share)
+            tf_get = c.tf.get
+            carried = 0.0
+            shared = 0.0
+            sig_up = 0.0
+            sig_hits = 0
+            for t, w in witems:
+                k = tf_get(t)
+                if k:
+                    shared += w
+                    carried += w * min(1.0, k / need_k)
+                    if k >= need_k and t not in STOPWORDS:
+                        sig_up += w
+                        sig_hits += 1
+            cover = carried / total if total else 0.0
             if prune:
                 # bounds, cheapest first, each kept _EPS clear of the decision: a member's
                 # Dice intersection is at most ``shared`` and its weight at least that, and
@@ -904,7 +922,8 @@ class StoryIndex:
         df = self._df
         hist = self._df_hist
         postings = self._postings
-        for part in (f.tokens, f.extra):
+        df_max = self._df_max
+        for part in (f.tokens, f.extra) if f.extra else (f.tokens,):
             for t in part:
                 k = tf.get(t)
                 if k is None:
@@ -913,8 +932,8 @@ class StoryIndex:
                     hist[d] = hist.get(d, 0) + 1
                     if d > 1:
                         hist[d - 1] -= 1
-                    if d > self._df_max:
-                        self._df_max = d
+                    if d > df_max:
+                        df_max = d
                     p = postings.get(t)
                     if p is None:
                         postings[t] = {num: None}
@@ -922,6 +941,7 @@ class StoryIndex:
                         p[num] = None
                 else:
                     tf[t] = k + 1
+        self._df_max = df_max
         member = _Member(story.id, f)
         if len(c.reps) < st.reps_first + st.reps_last:
             c.reps.append(member)
