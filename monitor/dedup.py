@@ -322,6 +322,7 @@ class _Cluster:
         "keys",
         "last",
         "last_pub",
+        "latest",
         "members",
         "n",
         "num",
@@ -345,6 +346,7 @@ class _Cluster:
         self.sig: tuple[str, ...] = ()
         self.sig_n = -1
         self.sig_short = 0  # signature tokens one character long (they weigh little)
+        self.latest: _Member | None = None
         self.first = 0.0  # first_seen epoch of the first member
         self.last = 0.0  # latest first_seen epoch (eviction)
         self.first_pub = math.inf
@@ -875,7 +877,24 @@ class StoryIndex:
         """The cluster's frequent informative tokens (cached until the cluster grows)."""
         if c.sig_n != c.n:
             need = max(1.0, c.n * self.settings.cover_share)
-            c.sig = tuple([t for t, k in c.tf.items() if k >= need and t not in STOPWORDS])
+            tf = c.tf
+            m = c.latest
+            if c.sig_n == c.n - 1 and m is not None:
+                # one member more: a token that was not frequent and is not the new
+                # member's cannot have become frequent (its count is the same, the bar
+                # is not lower); the rest keep their order, which is the order in ``tf``
+                old = c.sig
+                kept = [t for t in old if tf[t] >= need]
+                if not any(
+                    tf[t] >= need and t not in old and t not in STOPWORDS
+                    for part in (m.tokens, m.extra)
+                    for t in part
+                ):
+                    c.sig = tuple(kept)
+                    c.sig_n = c.n
+                    c.sig_short = -1
+                    return c.sig
+            c.sig = tuple([t for t, k in tf.items() if k >= need and t not in STOPWORDS])
             c.sig_n = c.n
             c.sig_short = -1  # counted when first needed
         return c.sig
@@ -942,7 +961,7 @@ class StoryIndex:
                 else:
                     tf[t] = k + 1
         self._df_max = df_max
-        member = _Member(story.id, f)
+        member = c.latest = _Member(story.id, f)
         if len(c.reps) < st.reps_first + st.reps_last:
             c.reps.append(member)
         else:

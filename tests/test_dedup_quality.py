@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from bench.dedup_eval import bcubed, cluster_uci, load_pairs, load_uci, pair_report, to_story
-from monitor.dedup import DedupSettings, SameStory, StoryIndex, pair_score
+from monitor.dedup import STOPWORDS, DedupSettings, SameStory, StoryIndex, pair_score
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.shared
@@ -43,9 +43,11 @@ class _Exhaustive(StoryIndex):
 
 def test_score_bounds_never_change_a_decision() -> None:
     """``add`` skips candidates and rapidfuzz calls that provably cannot win: on the UCI
-    stream (in time order) every decision and score equals the exhaustive scan's."""
+    stream (in time order) every decision and score equals the exhaustive scan's. The
+    cluster signatures, updated member by member, equal those computed afresh."""
     rows = load_uci(shared_path("corpora", "uci-news-aggregator", "headlines.csv"))
     fast, full = StoryIndex(), _Exhaustive()
+    share = fast.settings.cover_share
     same = 0
     for h in rows:
         s = to_story(h)
@@ -53,4 +55,9 @@ def test_score_bounds_never_change_a_decision() -> None:
         b = full.add(s, now=s.first_seen)
         assert a == b, (h.title, a, b)
         same += isinstance(a, SameStory)
+        c = fast._get(a.cluster)
+        assert c is not None
+        need = max(1.0, c.n * share)
+        fresh = tuple(t for t, k in c.tf.items() if k >= need and t not in STOPWORDS)
+        assert fast._signature(c) == fresh, c.id
     assert same > 1000  # the stream exercises the near-duplicate path
