@@ -339,7 +339,7 @@ class _Cluster:
         self.id = cid
         self.members: list[str] = []
         self.sources: dict[str, None] = {}
-        self.keys: list[tuple[int, int]] = []  # (kind, hash) exact keys to drop on eviction
+        self.keys: list[int] = []  # exact keys (see _key) to drop on eviction
         self.tf: dict[str, int] = {}
         self.reps: list[_Member] = []
         self.n = 0
@@ -360,6 +360,13 @@ def _epoch(dt: datetime) -> float:
 
 
 _ID, _LINK, _TITLE = 0, 1, 2
+
+
+def _key(kind: int, text: str) -> int:
+    """An exact-repeat key: the text's hash with its kind in the two low bits (one int
+    per (kind, hash) pair, cheaper to hash than the pair)."""
+    return hash(text) << 2 | kind
+
 _REASONS = ("same id", "same link", "same title")
 _EPS = 1e-9  # far above the float error of a score, far below a meaningful difference
 
@@ -387,7 +394,7 @@ class StoryIndex:
         self.settings = settings or DedupSettings()
         self._clusters: dict[int, _Cluster] = {}
         self._by_id: dict[str, int] = {}  # cluster id -> num
-        self._exact: dict[tuple[int, int], tuple[int, str]] = {}  # key -> (num, story id)
+        self._exact: dict[int, tuple[int, str]] = {}  # _key -> (num, story id)
         self._postings: dict[str, dict[int, None]] = {}  # token -> clusters, oldest first
         self._df: dict[str, int] = {}
         self._df_hist: dict[int, int] = {}  # df -> number of tokens with it
@@ -463,7 +470,7 @@ class StoryIndex:
 
     def cluster_of(self, story_id: str) -> str | None:
         """The open cluster holding the story id, if any."""
-        hit = self._exact.get((_ID, hash(story_id)))
+        hit = self._exact.get(_key(_ID, story_id))
         return self._clusters[hit[0]].id if hit else None
 
     def restore(self, stories_with_clusters: Iterable[tuple[Story, str]]) -> None:
@@ -474,7 +481,7 @@ class StoryIndex:
         """
         st = self.settings
         for story, cid in stories_with_clusters:
-            if (_ID, hash(story.id)) in self._exact:
+            if _key(_ID, story.id) in self._exact:
                 continue
             f = Features(story.title, story.summary, st.short_title_tokens)
             num = self._by_id.get(cid)
@@ -482,7 +489,7 @@ class StoryIndex:
 
     def known_under_other_id(self, story: Story) -> bool:
         """True when the id is new but the same feed already brought this link or title."""
-        if (_ID, hash(story.id)) in self._exact:
+        if _key(_ID, story.id) in self._exact:
             return False
         for key in self._keys(story, normalize_title(story.title))[1:]:
             hit = self._exact.get(key)
@@ -493,7 +500,7 @@ class StoryIndex:
     def churn_ratio(self, stories: Sequence[Story]) -> float:
         """Share of ``stories`` presented under an unknown id whose title or link the same
         feed already brought (0.0 when none is new by id). See ``detect_guid_churn``."""
-        new = [s for s in stories if (_ID, hash(s.id)) not in self._exact]
+        new = [s for s in stories if _key(_ID, s.id) not in self._exact]
         if not new:
             return 0.0
         return sum(1 for s in new if self.known_under_other_id(s)) / len(new)
@@ -504,13 +511,13 @@ class StoryIndex:
         num = self._by_id.get(cluster_id)
         return None if num is None else self._clusters.get(num)
 
-    def _keys(self, story: Story, norm: str) -> list[tuple[int, int]]:
-        keys = [(_ID, hash(story.id))]
+    def _keys(self, story: Story, norm: str) -> list[int]:
+        keys = [hash(story.id) << 2]  # _key(_ID, story.id)
         if story.link:
-            keys.append((_LINK, hash(story.link)))
+            keys.append(hash(story.link) << 2 | _LINK)
         # a normalised title is single-spaced: its words are its spaces plus one
         if (norm.count(" ") + 1 if norm else 0) >= self.settings.min_exact_tokens:
-            keys.append((_TITLE, hash(norm)))
+            keys.append(hash(norm) << 2 | _TITLE)
         return keys
 
     def _weigher(self, boost: frozenset[str]) -> Callable[[str], float]:
@@ -554,7 +561,7 @@ class StoryIndex:
         return self._weigher(boost)(tok)
 
     def _decide(
-        self, story: Story, f: Features, keys: list[tuple[int, int]], t_story: float
+        self, story: Story, f: Features, keys: list[int], t_story: float
     ) -> tuple[Decision, int | None]:
         st = self.settings
         exact = self._exact
@@ -562,7 +569,7 @@ class StoryIndex:
             hit = exact.get(key)
             if hit is not None:
                 c = self._clusters[hit[0]]
-                return Seen(cluster=c.id, matched_with=hit[1], reason=_REASONS[key[0]]), c.num
+                return Seen(cluster=c.id, matched_with=hit[1], reason=_REASONS[key & 3]), c.num
         if not f.tokens:
             return New(cluster=story.id), None
         weight = self._weigher(f.boost)
@@ -906,7 +913,7 @@ class StoryIndex:
         num: int | None,
         *,
         cluster_id: str | None = None,
-        keys: list[tuple[int, int]] | None = None,
+        keys: list[int] | None = None,
         pub: float | None = None,
     ) -> None:
         st = self.settings
@@ -1006,7 +1013,7 @@ def pair_score(a: str, b: str, *, settings: DedupSettings | None = None) -> floa
     sa = Story(id="a", feed="a", title=a, link="", published=t0, first_seen=t0)
     index.add(sa, now=t0)
     f = Features(b, "", index.settings.short_title_tokens)
-    if not f.tokens or (_TITLE, hash(f.norm)) in index._exact:
+    if not f.tokens or _key(_TITLE, f.norm) in index._exact:
         return 1.0 if f.tokens else 0.0
     weights = {t: index._weight(t, f.boost) for t in f.tokens}
     c = next(iter(index._clusters.values()))
