@@ -12,7 +12,11 @@ Speed (one core, pure Python + rapidfuzz)
     mixes near-duplicate variants of indexed stories and fresh stories (half / half);
   * at 100k: ``rapidfuzz.process.extractOne`` over every title of the window, per story,
     and the agreement of its answers with the engine's on a generated near-duplicate set;
-  * memory per indexed story (tracemalloc, 10k stories).
+  * memory per indexed story (tracemalloc, 10k stories);
+  * the event-loop cost of ``StoryIndex.add`` given precomputed ``story_features`` (as the
+    daemon calls it, the features coming from the parse pool), in µs per story, on two
+    fixed streams: the UCI sample in time order, and the 10k stories of 200 of
+    bench_pipeline's generated feeds (parsed with ``monitor.parse.parse_feed``).
 
 Headlines are generated from the real ones (UCI + the 2026-02-17 snapshot): each synthetic
 story splices thirds of three real headlines and swaps two content words for invented
@@ -43,8 +47,19 @@ from bench.dedup_eval import (
     load_pairs,
     load_uci,
     pair_report,
+    to_story,
 )
-from monitor.dedup import DedupSettings, New, StoryIndex, normalize_title, pair_score
+from monitor.dedup import (
+    DedupSettings,
+    Features,
+    New,
+    SameStory,
+    Seen,
+    StoryIndex,
+    normalize_title,
+    pair_score,
+    story_features,
+)
 from monitor.model import Story
 
 SNAPSHOT = CORPORA / "real-feeds" / "news-snapshot-2026-02-17"
@@ -321,8 +336,65 @@ def quality() -> dict[str, Any]:
     return out
 
 
+def _pipeline_stream(n_feeds: int = 200) -> list[tuple[Story, datetime]]:
+    """The stories of ``n_feeds`` of bench_pipeline's feeds, parsed, all seen at one time."""
+    import bench.bench_pipeline as bp
+    from monitor.parse import parse_feed
+
+    now = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
+    saved = bp.N_FEEDS
+    bp.N_FEEDS = n_feeds
+    try:
+        bodies = bp.make_feeds(now)
+    finally:
+        bp.N_FEEDS = saved
+    out: list[tuple[Story, datetime]] = []
+    for i, body in enumerate(bodies):
+        parsed = parse_feed(body, {}, feed=f"feed{i}", now=now)
+        out += [(s, now) for s in parsed.stories]
+    return out
+
+
+def add_in_loop(rounds: int = 3) -> dict[str, Any]:
+    """µs per ``StoryIndex.add(story, now=, features=)`` with the features precomputed."""
+    settings = DedupSettings()
+    streams = {
+        "uci_time_order": [(s, s.first_seen) for s in map(to_story, load_uci())],
+        "pipeline_200_feeds": _pipeline_stream(),
+    }
+    out: dict[str, Any] = {}
+    for name, stream in streams.items():
+        items: list[tuple[Story, datetime, Features]] = [
+            (s, now, story_features(s, settings)) for s, now in stream
+        ]
+        best = float("inf")
+        kinds: dict[str, int] = {}
+        for _ in range(rounds):
+            index = StoryIndex(settings)
+            add = index.add
+            t0 = time.perf_counter()
+            decisions = [add(s, now=now, features=f) for s, now, f in items]
+            best = min(best, time.perf_counter() - t0)
+            kinds = {
+                "new": sum(isinstance(d, New) for d in decisions),
+                "same_story": sum(isinstance(d, SameStory) for d in decisions),
+                "seen": sum(isinstance(d, Seen) for d in decisions),
+            }
+        out[name] = {
+            "stories": len(items),
+            "add_us_per_story": round(best / len(items) * 1e6, 2),
+            "decisions": kinds,
+        }
+    return out
+
+
 def run() -> dict[str, Any]:
-    return {"quality": quality(), "speed": speed(), "memory": memory()}
+    return {
+        "quality": quality(),
+        "speed": speed(),
+        "memory": memory(),
+        "add_in_loop": add_in_loop(),
+    }
 
 
 if __name__ == "__main__":
@@ -336,6 +408,8 @@ if __name__ == "__main__":
         res = speed()
     elif what == "memory":
         res = memory()
+    elif what == "loop":
+        res = add_in_loop()
     else:
         res = run()
     print(json.dumps(res, indent=2))
