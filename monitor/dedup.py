@@ -403,6 +403,11 @@ class StoryIndex:
         self._next = 0
         self._stories = 0
         self._wcache: dict[str, float] = {}  # weights of cluster tokens, within one decision
+        st = self.settings
+        # the score bounds assume the shares are shares and the lead weighs less
+        self._bounds_hold = st.lead_weight <= 1.0 and all(
+            0.0 <= x <= 1.0 for x in (st.containment, st.fuzz_weight, st.cover_weight, st.sig_weight)
+        )
         self._idfw: dict[int, float] = {}  # df -> idf ** idf_power, for _idf_n open clusters
         self._idf_n = -1
         self._now: datetime | None = None  # the last ``now`` evict saw, and its cutoff
@@ -625,7 +630,7 @@ class StoryIndex:
         grace = st.time_grace
         per_day = st.time_penalty
         # upper bounds of the score skip most candidates before rapidfuzz (see _finish)
-        prune = self._prune and st.lead_weight <= 1.0
+        prune = self._prune and self._bounds_hold
         sw = st.sig_weight
         sig_bound = sw > 0.0 and st.idf_prior >= 1.0 and st.idf_power >= 0.0
         fw = st.fuzz_weight

@@ -41,12 +41,23 @@ class _Exhaustive(StoryIndex):
     _prune = False
 
 
-def test_score_bounds_never_change_a_decision() -> None:
+@pytest.mark.parametrize(
+    ("settings", "rows_used", "min_same"),
+    [
+        (DedupSettings(), None, 1000),
+        (DedupSettings(containment=0.5, fuzz_weight=0.6, threshold=0.5), 2000, 300),
+        (DedupSettings(sig_weight=0.0, cover_weight=0.5, pair_accept=0.8), 2000, 300),
+    ],
+)
+def test_score_bounds_never_change_a_decision(
+    settings: DedupSettings, rows_used: int | None, min_same: int
+) -> None:
     """``add`` skips candidates and rapidfuzz calls that provably cannot win: on the UCI
     stream (in time order) every decision and score equals the exhaustive scan's. The
     cluster signatures, updated member by member, equal those computed afresh."""
     rows = load_uci(shared_path("corpora", "uci-news-aggregator", "headlines.csv"))
-    fast, full = StoryIndex(), _Exhaustive()
+    rows = rows[:rows_used] if rows_used else rows
+    fast, full = StoryIndex(settings), _Exhaustive(settings)
     share = fast.settings.cover_share
     same = 0
     for h in rows:
@@ -60,4 +71,4 @@ def test_score_bounds_never_change_a_decision() -> None:
         need = max(1.0, c.n * share)
         fresh = tuple(t for t, k in c.tf.items() if k >= need and t not in STOPWORDS)
         assert fast._signature(c) == fresh, c.id
-    assert same > 1000  # the stream exercises the near-duplicate path
+    assert same > min_same  # the stream exercises the near-duplicate path
