@@ -322,10 +322,10 @@ class _Cluster:
         "keys",
         "last",
         "last_pub",
-        "latest",
         "members",
         "n",
         "num",
+        "pending",
         "reps",
         "sig",
         "sig_n",
@@ -346,7 +346,7 @@ class _Cluster:
         self.sig: tuple[str, ...] = ()
         self.sig_n = -1
         self.sig_short = 0  # signature tokens one character long (they weigh little)
-        self.latest: _Member | None = None
+        self.pending: list[_Member] = []  # members since the signature was computed
         self.first = 0.0  # first_seen epoch of the first member
         self.last = 0.0  # latest first_seen epoch (eviction)
         self.first_pub = math.inf
@@ -395,6 +395,7 @@ class StoryIndex:
         self._clusters: dict[int, _Cluster] = {}
         self._by_id: dict[str, int] = {}  # cluster id -> num
         self._exact: dict[int, tuple[int, str]] = {}  # _key -> (num, story id)
+        self._seen: dict[int, Seen] = {}  # _key -> the Seen answer it last gave
         self._postings: dict[str, dict[int, None]] = {}  # token -> clusters, oldest first
         self._df: dict[str, int] = {}
         self._df_hist: dict[int, int] = {}  # df -> number of tokens with it
@@ -574,7 +575,13 @@ class StoryIndex:
             hit = exact.get(key)
             if hit is not None:
                 c = self._clusters[hit[0]]
-                return Seen(cluster=c.id, matched_with=hit[1], reason=_REASONS[key & 3]), c.num
+                # a syndicated headline is seen again and again: one (immutable) answer
+                seen = self._seen.get(key)
+                if seen is None or seen.matched_with is not hit[1] or seen.cluster is not c.id:
+                    seen = self._seen[key] = Seen(
+                        cluster=c.id, matched_with=hit[1], reason=_REASONS[key & 3]
+                    )
+                return seen, c.num
         if not f.tokens:
             return New(cluster=story.id), None
         weight = self._weigher(f.boost)
@@ -890,25 +897,27 @@ class StoryIndex:
         if c.sig_n != c.n:
             need = max(1.0, c.n * self.settings.cover_share)
             tf = c.tf
-            m = c.latest
-            if c.sig_n == c.n - 1 and m is not None:
-                # one member more: a token that was not frequent and is not the new
-                # member's cannot have become frequent (its count is the same, the bar
-                # is not lower); the rest keep their order, which is the order in ``tf``
+            pending = c.pending
+            if c.sig_n >= 0 and len(pending) == c.n - c.sig_n:
+                # a token that was not frequent and none of the new members have cannot
+                # have become frequent (its count is the same, the bar is not lower); the
+                # rest keep their order, which is the order in ``tf``
                 old = c.sig
-                kept = [t for t in old if tf[t] >= need]
                 if not any(
                     tf[t] >= need and t not in old and t not in STOPWORDS
+                    for m in pending
                     for part in (m.tokens, m.extra)
                     for t in part
                 ):
-                    c.sig = tuple(kept)
+                    c.sig = tuple([t for t in old if tf[t] >= need])
                     c.sig_n = c.n
                     c.sig_short = -1
+                    pending.clear()
                     return c.sig
             c.sig = tuple([t for t, k in tf.items() if k >= need and t not in STOPWORDS])
             c.sig_n = c.n
             c.sig_short = -1  # counted when first needed
+            pending.clear()
         return c.sig
 
     def _insert(
@@ -973,7 +982,13 @@ class StoryIndex:
                 else:
                     tf[t] = k + 1
         self._df_max = df_max
-        member = c.latest = _Member(story.id, f)
+        member = _Member(story.id, f)
+        if c.sig_n >= 0:  # the signature will be updated from the new members
+            if len(c.pending) < 16:
+                c.pending.append(member)
+            else:
+                c.sig_n = -1
+                c.pending.clear()
         if len(c.reps) < st.reps_first + st.reps_last:
             c.reps.append(member)
         else:
@@ -993,6 +1008,7 @@ class StoryIndex:
         self._by_id.pop(c.id, None)
         for key in c.keys:
             self._exact.pop(key, None)
+            self._seen.pop(key, None)
         hist = self._df_hist
         for t in c.tf:
             k = self._df[t] - 1
