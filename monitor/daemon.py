@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -179,6 +180,9 @@ class Runtime:
             )
             self._stack.push_async_callback(self.dispatcher.close)
             await sync_feeds(self.store, cfg.feed_specs(), now)
+            # what start-up built (the restored index, compiled rules, imports) lives as long
+            # as the daemon: keep it out of the collector's way
+            gc.freeze()
         except BaseException:
             await self._stack.aclose()
             raise
