@@ -133,3 +133,17 @@ async def test_stories_cluster_from_stdin(tmp_path: Path) -> None:
     assert got["1"] == got["2"] != got["3"]
     rc, _, err = await monitor("stories", "cluster", cwd=tmp_path, stdin=b"not json\n")
     assert rc == 1 and "line 1" in err
+
+
+async def test_rules_test_on_a_feed_url(workdir: Path, feed_server: Any) -> None:
+    feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
+    rc, out, err = await monitor("rules", "test", "--feed", feed_server.url("/a.rss"), "--json",
+                                 cwd=workdir)
+    assert rc == 0, err
+    data = json.loads(out)
+    assert len(data) == 5
+    fired = {d["story"]["title"]: [r["rule"] for r in d["rules"] if r["matched"]] for d in data}
+    assert [t for t, rules in fired.items() if rules] == [seed_item().title]
+    rc, _, err = await monitor("rules", "test", "--feed", feed_server.url("/missing.rss"),
+                               cwd=workdir)
+    assert rc == 1 and "404" in err
