@@ -338,7 +338,7 @@ class _Cluster:
         self.num = num
         self.id = cid
         self.members: list[str] = []
-        self.sources: dict[str, None] = {}
+        self.sources: dict[str, float] = {}  # feed → when it first carried the story
         self.keys: list[int] = []  # exact keys (see _key) to drop on eviction
         self.tf: dict[str, int] = {}
         self.reps: list[_Member] = []
@@ -468,6 +468,14 @@ class StoryIndex:
         """Distinct feeds of the cluster's members, in order of arrival."""
         c = self._get(cluster_id)
         return tuple(c.sources) if c else ()
+
+    def cluster_source_times(self, cluster_id: str) -> dict[str, datetime]:
+        """Distinct feeds of the cluster → when each first carried it (first_seen, UTC):
+        corroboration within a time window counts these."""
+        c = self._get(cluster_id)
+        if c is None:
+            return {}
+        return {f: datetime.fromtimestamp(t, UTC) for f, t in c.sources.items()}
 
     def cluster_members(self, cluster_id: str) -> tuple[str, ...]:
         """Story ids of the cluster's members, in order of arrival."""
@@ -953,7 +961,7 @@ class StoryIndex:
             c.first = seen_at
         c.n += 1
         c.members.append(story.id)
-        c.sources.setdefault(story.feed, None)
+        c.sources.setdefault(story.feed, seen_at)
         if pub < c.first_pub:
             c.first_pub = pub
         if pub > c.last_pub:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from monitor.expr import Actor, Near, Node, Not, Or, Term, render
@@ -175,6 +176,13 @@ class RuleExplanation:
 
 
 # --- the matcher -------------------------------------------------------------------------
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 Prematch = tuple[tuple[int, Match], ...]
@@ -370,7 +378,14 @@ class Matcher:
             return not self._eval(c[1], present, scan, fields)
         return _near(c[1], c[2], c[3], scan, fields)[0]
 
-    def _scope(self, rule: Rule, story: Story, sources: int, source_names: tuple[str, ...]) -> list[tuple[str, bool, str]]:
+    def _scope(
+        self,
+        rule: Rule,
+        story: Story,
+        sources: int,
+        source_names: tuple[str, ...],
+        source_seen: Mapping[str, datetime] | None = None,
+    ) -> list[tuple[str, bool, str]]:
         """Scope and corroboration checks: (name, ok, note)."""
         out: list[tuple[str, bool, str]] = []
         if rule.feeds:
@@ -384,8 +399,17 @@ class Matcher:
             ok = bool(lang) and any(lang == x or lang.startswith(x + "-") or lang.startswith(x + "_") for x in rule.languages)
             out.append(("languages", ok, f"language {story.lang or 'unknown'} vs {list(rule.languages)}"))
         if rule.min_sources > 1:
-            ok = sources >= rule.min_sources
-            out.append(("min_sources", ok, f"needs {rule.min_sources} sources, the story has {sources}"))
+            if source_seen is not None and rule.window:
+                # the sources that carried the story within the rule's window, counted back
+                # from this story's arrival
+                since = story.first_seen - timedelta(seconds=rule.window)
+                n = sum(1 for t in source_seen.values() if t >= since)
+                ok = n >= rule.min_sources
+                out.append(("min_sources", ok, f"needs {rule.min_sources} sources within "
+                            f"{_human(rule.window)}, the story has {n}"))
+            else:
+                ok = sources >= rule.min_sources
+                out.append(("min_sources", ok, f"needs {rule.min_sources} sources, the story has {sources}"))
         return out
 
     def _title_hit(self, cr: _CRule, scan: _Scan) -> bool:
@@ -399,6 +423,7 @@ class Matcher:
         sources: int = 1,
         source_names: tuple[str, ...] = (),
         prematched: Prematch | None = None,
+        source_seen: Mapping[str, datetime] | None = None,
     ) -> tuple[Match, ...]:
         """The enabled rules that fire on ``story`` (in rule order).
 
@@ -410,12 +435,14 @@ class Matcher:
             for i, m in prematched:
                 rule = self._rules[i].rule
                 if (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1) and not all(
-                    ok for _, ok, _ in self._scope(rule, story, sources, source_names)
+                    ok for _, ok, _ in self._scope(rule, story, sources, source_names, source_seen)
                 ):
                     continue
                 out.append(m)
             return tuple(out)
-        return tuple(m for _, m in self._content_matches(story, story, sources, source_names))
+        return tuple(
+            m for _, m in self._content_matches(story, story, sources, source_names, source_seen)
+        )
 
     def prematch(self, story: Story) -> Prematch:
         """The rules whose conditions on the story's text hold, scope not yet applied:
@@ -423,7 +450,12 @@ class Matcher:
         return tuple(self._content_matches(story, None, 1, ()))
 
     def _content_matches(
-        self, story: Story, scoped: Story | None, sources: int, source_names: tuple[str, ...]
+        self,
+        story: Story,
+        scoped: Story | None,
+        sources: int,
+        source_names: tuple[str, ...],
+        source_seen: Mapping[str, datetime] | None = None,
     ) -> list[tuple[int, Match]]:
         """(rule index, Match) for rules whose text conditions hold; with ``scoped``, rules
         out of scope are skipped before their conditions are evaluated."""
@@ -446,7 +478,9 @@ class Matcher:
             rule = cr.rule
             if scoped is not None and (
                 rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1
-            ) and not all(ok for _, ok, _ in self._scope(rule, scoped, sources, source_names)):
+            ) and not all(
+                ok for _, ok, _ in self._scope(rule, scoped, sources, source_names, source_seen)
+            ):
                 continue
             present = scan.present(rule.fields)
             if present.isdisjoint(cr.positive):

@@ -254,6 +254,7 @@ class Pipeline:
         matcher = self.rules.matcher
         enabled = {r.name for r in self.rules.ruleset.rules if r.enabled}
         outcomes: Counter[str] = Counter()
+        needs_times = bool(matcher.rules_needing_sources())
         fired: Counter[str] = Counter()
         for story in fresh:
             decision = self.index.add(story, now=now, features=feats.get(story.id))
@@ -274,7 +275,9 @@ class Pipeline:
             if isinstance(decision, New) and story.link and story.link in known:
                 continue  # an old story (its link is stored) that left the dedup window
             matches = matcher.match(story, sources=len(sources), source_names=sources,
-                                    prematched=pre.get(story.id))
+                                    prematched=pre.get(story.id),
+                                    source_seen=self.index.cluster_source_times(cluster)
+                                    if needs_times else None)
             for m in matches:
                 fired[m.rule] += 1
             facts = ClusterFacts(cluster=cluster, sources=sources)

@@ -260,3 +260,31 @@ async def test_digest_rule_collects_and_sends_on_its_schedule(rt: Runtime, feed_
     assert sorted(a["title"] for a in got) == sorted([UNRELATED.title, robots2.title])
     assert {a["rule"] for a in got} == {"robots"}
     assert await rt.drain() == type(sent)()  # nothing left
+
+
+async def test_corroboration_counts_sources_within_the_rule_window(
+        make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+    (tmp_path / "rules" / "corroborated.yaml").write_text(
+        "rules:\n  - name: corroborated\n    any: [avalanche]\n    min_sources: 2\n"
+        "    window: 1h\n    channels: [audit-file]\n", encoding="utf-8")
+    for p in ("/a.rss", "/b.rss", "/c.rss"):
+        feed_server.serve(p, rss([], now=T0))
+    config = make_config({"a": "/a.rss", "b": "/b.rss", "c": "/c.rss"})
+    story = Item(title="Rescuers search for 10 missing skiers after California avalanche",
+                 link="https://news.example/avalanche", guid="av-a")
+    async with Runtime(config, clock=clock) as rt:
+        await poll(rt)  # baselines
+        clock.advance(minutes=5)
+        feed_server.set("/a.rss", rss([story], now=clock.now))
+        await poll(rt)
+        clock.advance(hours=2)  # a second source, but two hours later: not corroboration
+        feed_server.set("/b.rss", rss([Item(title=story.title, link=story.link, guid="av-b")],
+                                      now=clock.now))
+        await poll(rt)
+        assert alerts(tmp_path, "audit.jsonl") == []
+        clock.advance(minutes=10)  # a third source within the hour of the second: fires
+        feed_server.set("/c.rss", rss([Item(title=story.title, link=story.link, guid="av-c")],
+                                      now=clock.now))
+        await poll(rt)
+    got = [a for a in alerts(tmp_path, "audit.jsonl") if a["rule"] == "corroborated"]
+    assert len(got) == 1 and got[0]["sources"] == 3 and not got[0]["update"]
