@@ -5,11 +5,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean
 
+# installing reports on stderr, so that `make bench` prints nothing but its JSON on stdout
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) >&2
+	@echo "installing monitor and its dependencies into $(VENV) ..." >&2
+	@$(BIN)/python -m pip install --quiet --upgrade pip >&2
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' >&2
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -24,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict monitor
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	@$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

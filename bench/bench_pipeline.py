@@ -1,5 +1,8 @@
 """End-to-end ingest: 500 local feeds × 50 realistic items through the whole pipeline.
 
+Alerts per run vary a little between runs and pools: the "carried by N sources" updates
+depend on the order in which feeds arrive (first alerts do not).
+
 fetch (aiohttp, from a feed server in another process) → parse (feedparser) → normalise →
 store (SQLite) → dedup → match 50 rules → outbox → file channel. Reported beside the bare
 ``feedparser.parse`` throughput over the same bytes in the same run (the ceiling), with
@@ -169,8 +172,9 @@ async def _pipeline(tmp: Path, port: int, parse_in: str) -> dict[str, Any]:
     config = load_config(write_config(tmp, port, "etag", parse_in))
     async with Runtime(config) as rt:
         t0 = time.perf_counter()
-        outcomes = await rt.poll_all()
-        sent = await rt.drain()
+        outcomes = await rt.poll_all()  # fetch → parse → … → outbox rows committed
+        ingest = time.perf_counter() - t0
+        sent = await rt.drain()  # the outbox delivered to the file channels
         elapsed = time.perf_counter() - t0
         stories = sum(o.new for o in outcomes)
         failed = [o.error for o in outcomes if o.error]
@@ -193,6 +197,8 @@ async def _pipeline(tmp: Path, port: int, parse_in: str) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "stories": stories,
         "stories_per_s": round(stories / elapsed, 1),
+        "ingest_seconds": round(ingest, 2),
+        "ingest_stories_per_s": round(stories / ingest, 1),
         "alerts_delivered": sent.sent,
         "failed_feeds": len(failed),
         "unchanged_304_cpu_s": round(cpu_304, 3),
@@ -245,7 +251,10 @@ def run() -> dict[str, Any]:
         "pipeline_process_pool": results["process"],
         "pipeline_thread_pool": results["thread"],
         "faster_pool": best,
+        # end to end, alerts delivered included
         "ratio_to_bare_parse": round(results[best]["stories_per_s"] / ceiling, 3),
+        # fetch to committed outbox, delivery excluded
+        "ingest_ratio_to_bare_parse": round(results[best]["ingest_stories_per_s"] / ceiling, 3),
         "peak_rss_mib": round(rss_self / 1024, 1),
         "peak_rss_children_mib": round(rss_children / 1024, 1),
         "python": sys.version.split()[0],

@@ -163,7 +163,7 @@ class EmailChannel(_Model):
 class FileChannel(_Model):
     type: Literal["file"]
     path: str
-    rate: float = Field(1000.0, gt=0)
+    rate: float = Field(10000.0, gt=0)  # a local file needs no pacing; the knob stays
 
 
 Channel = Annotated[SlackChannel | EmailChannel | FileChannel, Field(discriminator="type")]
