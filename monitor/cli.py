@@ -204,7 +204,11 @@ async def cmd_once(config: Config, as_json: bool) -> int:
 
 
 async def cmd_status(config: Config, as_json: bool) -> int:
+    from monitor.config import secrets_of
+    from monitor.log import redact, scrub
     from monitor.store.open import open_store
+
+    redact(*secrets_of(config))
 
     async with open_store(config.store_url) as store:
         feeds = await store.get_feeds()
@@ -215,23 +219,24 @@ async def cmd_status(config: Config, as_json: bool) -> int:
             "feeds": [
                 {"name": f.name, "url": f.url, "last_polled": f.last_polled,
                  "next_poll": f.next_poll, "failures": f.failures, "last_status": f.last_status,
-                 "last_error": f.last_error, "gone": f.gone, "problem": f.problem,
+                 "last_error": scrub(f.last_error or "") or None, "gone": f.gone,
+                 "problem": f.problem,
                  "stories_seen": f.stories_seen}
                 for f in feeds
             ],
             "outbox": {"pending": pending,
-                       "failed": [{"key": d.key, "channel": d.channel, "error": d.last_error}
-                                  for d in failed]},
+                       "failed": [{"key": d.key, "channel": d.channel,
+                                   "error": scrub(d.last_error or "")} for d in failed]},
         })
         return 0
     for f in feeds:
         state = "GONE" if f.gone else (f"failing×{f.failures}" if f.failures else "ok")
         print(f"{f.name:<24} {state:<12} last={_t(f.last_polled)} next={_t(f.next_poll)} "
-              f"seen={f.stories_seen}" + (f"  {f.last_error}" if f.last_error else "")
+              f"seen={f.stories_seen}" + (f"  {scrub(f.last_error)}" if f.last_error else "")
               + (f"  [{f.problem}]" if f.problem else ""))
     print(f"outbox: {pending} pending, {len(failed)} failed (recent)")
     for d in failed:
-        print(f"  failed {d.channel}: {d.key}: {d.last_error}")
+        print(f"  failed {d.channel}: {d.key}: {scrub(d.last_error or '')}")
     return 0
 
 

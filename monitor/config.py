@@ -23,7 +23,7 @@ from pydantic import (
 
 from monitor.errors import ConfigError, Problem
 from monitor.model import FeedSpec
-from monitor.yamlpos import Positions, load_yaml, problems_from_validation
+from monitor.yamlpos import load_yaml, problems_from_validation
 
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "MONITOR_CONFIG"
@@ -172,7 +172,6 @@ Channel = Annotated[SlackChannel | EmailChannel | FileChannel, Field(discriminat
 class DedupConfig(_Model):
     window: Duration = 48 * 3600.0
     threshold: float | None = Field(None, gt=0, le=1)  # None: the calibrated default (0.54)
-    enabled: bool = True
 
 
 class DeliveryConfig(_Model):
@@ -281,6 +280,9 @@ def secrets_of(config: Config) -> list[str]:
             out += [s for s in (ch.webhook_url, ch.token) if s]
         elif isinstance(ch, EmailChannel) and ch.password:
             out.append(ch.password)
+    m = re.match(r"^[a-z]+://[^:/@]+:([^@]+)@", config.store)
+    if m:
+        out.append(m.group(1))  # a database password in the store URL
     return out
 
 
@@ -326,16 +328,11 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Con
     try:
         config = Config.model_validate({**data, "base_dir": base})
     except ValidationError as e:
-        problems += problems_from_validation(e, path, _positions(positions))
+        problems += problems_from_validation(e, path, positions)
         config = None
     if problems or config is None:
         raise ConfigError(problems, "invalid configuration")
     return config
-
-
-def _positions(p: Positions) -> Positions:
-    # email channels use the alias "from": pydantic reports loc "from" already.
-    return p
 
 
 def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:

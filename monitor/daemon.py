@@ -31,12 +31,12 @@ from monitor.dedup import DedupSettings, StoryIndex
 from monitor.dispatch import Dispatcher, DispatchResult
 from monitor.errors import RulesError
 from monitor.fetch import Fetcher
-from monitor.log import get_logger, redact
+from monitor.log import get_logger, redact, scrub
 from monitor.metrics import Metrics
 from monitor.model import Delivery, FeedSpec, FeedState
 from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
-from monitor.pipeline import ActiveRules, Pipeline, PollOutcome, executor_preparer
+from monitor.pipeline import ActiveRules, ParsePool, Pipeline, PollOutcome
 from monitor.rules import compile_rules, load_rules
 from monitor.schedule import initial_poll
 from monitor.scheduler import Scheduler
@@ -96,9 +96,10 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list
                                        last_polled=None, next_poll=None),
             )
         elif st.configured_url != spec.url:
+            # a new URL is a new feed: its backlog is a silent baseline again
             st = replace(st, url=spec.url, configured_url=spec.url, etag=None,
                          last_modified=None, body_hash=None, gone=False, failures=0,
-                         last_error=None, next_poll=now)
+                         last_error=None, next_poll=now, baselined=False)
         else:
             st = replace(st, next_poll=initial_poll(
                 now=now, interval=spec.interval, key=spec.name,
@@ -156,9 +157,11 @@ class Runtime:
                 per_host=fc.per_host,
             )
             await self._stack.enter_async_context(fetcher)
-            executor = self._executor or make_executor(cfg)
-            if self._executor is None:
-                self._stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+            given = self._executor
+            pool = ParsePool(lambda: given) if given is not None else ParsePool(
+                lambda: make_executor(cfg))
+            if given is None:
+                self._stack.callback(pool.shutdown)
             index = StoryIndex(dedup_settings(cfg))
             restored = await self.store.recent_stories(now - timedelta(seconds=cfg.dedup.window))
             index.restore((s.story, s.cluster) for s in restored)
@@ -169,7 +172,7 @@ class Runtime:
                 fetcher=fetcher,
                 index=index,
                 rules=rules,
-                prepare=executor_preparer(executor),
+                prepare=pool,
                 metrics=self.metrics,
                 clock=self.clock,
             )
@@ -180,9 +183,6 @@ class Runtime:
             )
             self._stack.push_async_callback(self.dispatcher.close)
             await sync_feeds(self.store, cfg.feed_specs(), now)
-            # what start-up built (the restored index, compiled rules, imports) lives as long
-            # as the daemon: keep it out of the collector's way
-            gc.freeze()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -245,7 +245,7 @@ class Runtime:
         now = self.clock()
         feeds = await self.store.get_feeds()
         failing = [
-            {"feed": f.name, "failures": f.failures, "error": f.last_error,
+            {"feed": f.name, "failures": f.failures, "error": scrub(f.last_error or ""),
              "next_poll": f.next_poll.isoformat() if f.next_poll else None}
             for f in feeds if f.failures and not f.gone
         ]
@@ -281,6 +281,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake_dispatch = asyncio.Event()
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
+        self._claimed: dict[asyncio.Task[PollOutcome], FeedState] = {}
+        self._ticking: asyncio.Task[Any] | None = None
         self.rt: Runtime | None = None
 
     def stop(self) -> None:
@@ -295,6 +297,9 @@ class Daemon:
             async with Runtime(self.config, clock=self.clock) as rt:
                 self.rt = rt
                 rt.pipeline.on_queued = self._wake_dispatch.set
+                # what start-up built (the restored index, compiled rules, imports) lives as
+                # long as the daemon: keep it out of the collector's way
+                gc.freeze()
                 server: Server | None = None
                 if self.config.server.enabled:
                     server = Server(self.config.server.listen, rt.metrics, rt.health)
@@ -314,14 +319,23 @@ class Daemon:
                 log.info("daemon.stopping", inflight=len(self._inflight))
                 sched.stop()
                 watcher.cancel()
+                if self._ticking is not None:  # a tick in the middle of its claim
+                    await asyncio.gather(self._ticking, return_exceptions=True)
                 if self._inflight:
                     _, pending = await asyncio.wait(self._inflight, timeout=STOP_DEADLINE)
                     for t in pending:
                         t.cancel()
                     if pending:
                         log.warning("daemon.abandoned", polls=len(pending),
-                                    note="nothing of them was committed; repolled on restart")
+                                    note="nothing of them was committed; due again at once")
                         await asyncio.gather(*pending, return_exceptions=True)
+                        # their claim would hold them back for the lease: make them due now
+                        now = self.clock()
+                        for t in pending:
+                            st = self._claimed.get(t)
+                            if st is not None:
+                                with contextlib.suppress(Exception):
+                                    await rt.store.save_feed(replace(st, next_poll=now))
                 # the delivery in hand is finished (so it is marked sent and never repeated);
                 # the rest of the claimed batch is given back for the next start
                 rt.dispatcher.stopping = True
@@ -356,16 +370,28 @@ class Daemon:
         free = self.config.fetch.concurrency - len(self._inflight)
         if free <= 0:
             return
-        now = self.clock()
-        specs = {s.name: s for s in self.config.feed_specs()}
-        due = await rt.store.claim_due_feeds(now, limit=free, lease_until=now + FEED_LEASE)
-        for st in due:
-            spec = specs.get(st.name)
-            if spec is None:
-                continue
-            task = asyncio.create_task(rt.poll_one(st, spec), name=f"poll:{st.name}")
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        self._ticking = asyncio.current_task()
+        try:
+            now = self.clock()
+            specs = {s.name: s for s in self.config.feed_specs()}
+            due = await rt.store.claim_due_feeds(now, limit=free, lease_until=now + FEED_LEASE)
+            for st in due:
+                spec = specs.get(st.name)
+                if spec is None:
+                    continue
+                if self._stop.is_set():  # stopping while we claimed: give it back
+                    await rt.store.save_feed(replace(st, next_poll=now))
+                    continue
+                task = asyncio.create_task(rt.poll_one(st, spec), name=f"poll:{st.name}")
+                self._inflight.add(task)
+                self._claimed[task] = st
+                task.add_done_callback(self._forget)
+        finally:
+            self._ticking = None
+
+    def _forget(self, task: asyncio.Task[PollOutcome]) -> None:
+        self._inflight.discard(task)
+        self._claimed.pop(task, None)
 
     async def _dispatch_loop(self) -> None:
         assert self.rt is not None
@@ -392,17 +418,16 @@ class Daemon:
         if not path.exists():
             return
         async for changes in watchfiles.awatch(path, debounce=200, step=50,
-                                               stop_event=_event_of(self._stop)):
+                                               stop_event=self._stop):
             names = sorted({Path(p).name for _, p in changes})
             if not any(n.endswith((".yaml", ".yml")) for n in names):
                 continue
             log.info("rules.changed", files=",".join(names))
             if self.rt is not None:
-                self.rt.reload_rules()
-
-
-def _event_of(ev: asyncio.Event) -> asyncio.Event:
-    return ev
+                try:
+                    self.rt.reload_rules()
+                except Exception as e:  # keep watching: the old rules stay in force
+                    log.error("rules.reload_crashed", error=repr(e), exc_info=True)
 
 
 def _safe_url(url: str) -> str:

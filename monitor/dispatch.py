@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from monitor.config import DeliveryConfig
-from monitor.log import get_logger
+from monitor.log import get_logger, scrub
 from monitor.metrics import Metrics
 from monitor.model import Delivery, SendFailed, Sent
 from monitor.notify.base import Notifier
 from monitor.route import retry_at
+from monitor.scheduler import next_cron
 from monitor.store.base import Store
 
 log = get_logger(__name__)
@@ -75,10 +76,19 @@ class Dispatcher:
                 for d in batch:
                     by_channel[d.channel].append(d)
                 results = await asyncio.gather(
-                    *(self._send_channel(ch, ds) for ch, ds in by_channel.items())
+                    *(self._send_channel(ch, ds) for ch, ds in by_channel.items()),
+                    return_exceptions=True,
                 )
+                failed = [r for r in results if isinstance(r, BaseException)]
                 for r in results:
-                    total = total + r
+                    if isinstance(r, DispatchResult):
+                        total = total + r
+                if failed:
+                    # the store failed mid-batch: what was claimed and not marked is retried
+                    # after its lease; say so, and let the next round try again
+                    for e in failed:
+                        log.error("dispatch.store_error", error=scrub(repr(e)))
+                    break
                 if len(batch) < self.settings.batch:
                     break
             self.metrics.outbox_pending.set(await self.store.count_pending())
@@ -91,7 +101,7 @@ class Dispatcher:
         notifier = self.notifiers.get(channel)
         digests: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
-            if d.alert.match.digest:
+            if d.alert.match.digest and not self.stopping:
                 digests[d.alert.match.rule].append(d)
         if digests:
             deliveries = [d for d in deliveries if not d.alert.match.digest]
@@ -149,7 +159,7 @@ class Dispatcher:
                 if outcome.retry
                 else None
             )
-            await self.store.mark_failed(d.id, now, outcome.reason, nxt)
+            await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
             if nxt is None:
                 self.metrics.deliveries.labels(channel, "failed").inc()
                 log.error("delivery.failed", channel=channel, rule=d.alert.match.rule,
@@ -190,15 +200,17 @@ class Dispatcher:
             log.info("digest.sent", channel=channel, rule=rule, stories=len(ids))
             return DispatchResult(sent=len(ids))
         first = group[0]
+        # a digest's delivery starts when it fires, not when its first story matched
+        fired = next_cron(first.alert.match.digest or "", first.created) or first.created
         nxt = (
-            retry_at(now=now, created=first.created, attempts=first.attempts + 1,
+            retry_at(now=now, created=fired, attempts=first.attempts + 1,
                      retry_after=outcome.retry_after, retry_min=self.settings.retry_min,
                      retry_max=self.settings.retry_max,
                      give_up_after=self.settings.give_up_after)
             if outcome.retry else None
         )
         for i in ids:
-            await self.store.mark_failed(i, now, outcome.reason, nxt)
+            await self.store.mark_failed(i, now, scrub(outcome.reason), nxt)
         log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),
                     error=outcome.reason, retry=nxt is not None)
         if nxt is None:

@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -93,14 +93,30 @@ class PollOutcome:
 PrepareFn = Callable[[Job], Awaitable[Prepared]]
 
 
-def executor_preparer(executor: Executor | None) -> PrepareFn:
-    """Run ``prepare`` (parse, normalise, per-story dedup and rule work) off the event
-    loop, in ``executor`` (threads or processes)."""
+class ParsePool:
+    """Runs ``prepare`` (parse, normalise, per-story dedup and rule work) off the event
+    loop in an executor (threads or processes). A process pool whose worker died (OOM
+    killer, a crash in a C extension) is broken for good: it is replaced, once per
+    breakage, and the job retried, so one bad feed cannot stop every feed."""
 
-    async def run(job: Job) -> Prepared:
-        return await asyncio.get_running_loop().run_in_executor(executor, prepare, job)
+    def __init__(self, make: Callable[[], Executor]) -> None:
+        self._make = make
+        self._executor = make()
 
-    return run
+    async def __call__(self, job: Job) -> Prepared:
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        try:
+            return await loop.run_in_executor(executor, prepare, job)
+        except BrokenExecutor:
+            if self._executor is executor:  # the first to notice replaces it
+                log.error("parse_pool.broken", feed=job.feed, note="a worker died; restarting")
+                self._executor = self._make()
+                executor.shutdown(wait=False, cancel_futures=True)
+            return await loop.run_in_executor(self._executor, prepare, job)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -118,12 +134,6 @@ class Pipeline:
     clock: Callable[[], datetime]
     on_queued: Callable[[], None] = lambda: None
     _alerted: OrderedDict[str, list[Delivery]] = field(default_factory=OrderedDict)
-
-    def spec(self, name: str) -> FeedSpec | None:
-        for s in self.config.feed_specs():
-            if s.name == name:
-                return s
-        return None
 
     async def poll_feed(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
         t0 = time.perf_counter()
@@ -221,10 +231,13 @@ class Pipeline:
         for s in stories:
             uniq.setdefault(s.id, s)
         batch = sorted(uniq.values(), key=lambda s: (s.published, s.id))
-        known = await self.store.known([s.id for s in batch], [s.link for s in batch if s.link])
+        # two questions, not one: an id that happens to equal a stored link is still new
+        known_ids = await self.store.known([s.id for s in batch], [])
+        links = [s.link for s in batch if s.link and s.id not in known_ids]
+        known_links = await self.store.known([], links) if links else set()
         # a known id is a story we already have; a known link under a new id is the same
         # story from another source (or re-published): it joins its cluster as a source
-        fresh = [s for s in batch if s.id not in known]
+        fresh = [s for s in batch if s.id not in known_ids]
 
         baseline = not state.baselined and not spec.alert_on_first_poll
         churn = False
@@ -272,7 +285,7 @@ class Pipeline:
                 outcomes["repeat"] += 1
             if baseline or churn or story.published < now - MAX_ALERT_AGE:
                 continue
-            if isinstance(decision, New) and story.link and story.link in known:
+            if isinstance(decision, New) and story.link and story.link in known_links:
                 continue  # an old story (its link is stored) that left the dedup window
             matches = matcher.match(story, sources=len(sources), source_names=sources,
                                     prematched=pre.get(story.id),
@@ -366,7 +379,7 @@ class Pipeline:
         return ClusterInfo(
             id=cluster,
             first_story=cluster,
-            title=story.title if cluster == story.id else "",
+            title=story.title,  # kept from the insert: the first story that got stored
             first_seen=now,
             last_seen=now,
             sources=sources,

@@ -64,7 +64,9 @@ def route(
             if last is None:
                 out.append(Delivery(key=first, channel=channel, alert=alert, created=now))
             elif m.cooldown > 0 and (now - last).total_seconds() >= m.cooldown:
-                key = f"{first}:{int(now.timestamp())}"
+                # derived from the previous alert, so that concurrent polls (or instances)
+                # that saw the same one make the same key and the store keeps one
+                key = f"{first}:{int(last.timestamp())}"
                 out.append(Delivery(key=key, channel=channel, alert=alert, created=now))
     return out
 
@@ -124,7 +126,7 @@ def retry_at(
     ``retry_max``; a peer's Retry-After is a lower bound."""
     if (now - created).total_seconds() >= give_up_after:
         return None
-    delay = min(retry_max, retry_min * (2 ** max(0, attempts - 1)))
+    delay = min(retry_max, retry_min * (2 ** min(max(0, attempts - 1), 30)))
     if retry_after is not None:
         delay = max(delay, min(retry_after, 24 * 3600.0))
     return now + timedelta(seconds=delay)

@@ -404,12 +404,11 @@ class _Loader:
             if ch in channels[:i]:
                 self.problem(f, (*where, "channels", i), f'{label}: channel "{ch}" is listed twice')
         if m.digest is not None:
-            try:
-                from apscheduler.triggers.cron import CronTrigger
+            from monitor.scheduler import validate_cron  # the one module that knows APScheduler
 
-                CronTrigger.from_crontab(m.digest, timezone="UTC")
-            except (ValueError, TypeError) as e:
-                self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {e}; expected 5 fields "minute hour day month weekday", e.g. "0 8 * * *"')
+            why = validate_cron(m.digest)
+            if why is not None:
+                self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday", e.g. "0 8 * * *"')
         if m.window is not None and m.min_sources <= 1:
             self.problem(f, (*where, "window"), f"{label}: window: only makes sense with min_sources: 2 or more")
         if m.name in seen:

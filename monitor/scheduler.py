@@ -1,7 +1,8 @@
 """The only module that imports APScheduler: periodic ticks and cron jobs on the loop.
 
 Feed due times live in the store (so a restart resumes the schedule); APScheduler drives
-the ticks that claim due feeds, drain the outbox, prune old stories and send digests.
+the ticks that claim due feeds and prune old stories. Digest fire times are computed here
+too (``next_cron``): a digest's alerts wait in the outbox until then.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def validate_cron(expr: str) -> str | None:
     """None if ``expr`` is a valid 5-field crontab expression, else the reason."""
     try:
         CronTrigger.from_crontab(expr, timezone=UTC)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         return str(e)
     return None
 
@@ -28,7 +29,7 @@ def validate_cron(expr: str) -> str | None:
 def next_cron(expr: str, after: datetime) -> datetime | None:
     """The first fire time of a crontab expression strictly after ``after`` (pure)."""
     trig = CronTrigger.from_crontab(expr, timezone=UTC)
-    t: datetime | None = trig.get_next_fire_time(None, after + timedelta(seconds=1))
+    t: datetime | None = trig.get_next_fire_time(None, after + timedelta(microseconds=1))
     return t
 
 
@@ -48,31 +49,6 @@ class Scheduler:
             replace_existing=True,
             next_run_time=datetime.now(UTC) if start_now else None,
         )
-
-    def cron(self, name: str, expr: str, job: Job) -> None:
-        self._s.add_job(
-            job,
-            CronTrigger.from_crontab(expr, timezone=UTC),
-            id=name,
-            name=name,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=300,
-            replace_existing=True,
-        )
-
-    def remove(self, name: str) -> None:
-        if self._s.get_job(name) is not None:
-            self._s.remove_job(name)
-
-    def job_names(self) -> list[str]:
-        return [j.id for j in self._s.get_jobs()]
-
-    def wake(self, name: str) -> None:
-        """Run a periodic job as soon as possible (e.g. drain the outbox right away)."""
-        job = self._s.get_job(name)
-        if job is not None:
-            job.modify(next_run_time=datetime.now(UTC))
 
     def start(self) -> None:
         self._s.start()

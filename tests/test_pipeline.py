@@ -288,3 +288,21 @@ async def test_corroboration_counts_sources_within_the_rule_window(
         await poll(rt)
     got = [a for a in alerts(tmp_path, "audit.jsonl") if a["rule"] == "corroborated"]
     assert len(got) == 1 and got[0]["sources"] == 3 and not got[0]["update"]
+
+
+async def test_a_story_whose_id_is_a_known_link_still_counts_as_a_source(
+        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+    await poll(rt)
+    clock.advance(minutes=5)
+    s = seed_item("https://news.example.org/witkoff")
+    feed_server.set("/a.rss", rss([Item(title=s.title, link=s.link, guid="tag:agg,2026:1",
+                                        description=s.description), *BACKLOG], now=clock.now))
+    await poll(rt)
+    clock.advance(minutes=5)
+    # the original publisher: no guid, so its id is the canonical link stored above
+    feed_server.set("/b.rss", rss([Item(title=s.title, link=s.link, guid=None,
+                                        description=s.description)], now=clock.now))
+    out = await poll(rt)
+    assert out["b"].new == 1
+    updates = [a for a in alerts(tmp_path) if a["update"]]
+    assert len(updates) == 1 and updates[0]["sources"] == 2

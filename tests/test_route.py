@@ -38,7 +38,10 @@ def test_cooldown_realerts_after_the_period_only() -> None:
     assert route(STORY, [m], facts("bbc"), now=NOW, last_alerts=recent) == []
     old = {("r", "slack"): NOW - timedelta(hours=2)}
     (d,) = route(STORY, [m], facts("bbc"), now=NOW, last_alerts=old)
-    assert d.key == f"a:c1:r:slack:{int(NOW.timestamp())}"
+    # the key follows the previous alert: two polls that saw it make the same key
+    assert d.key == f"a:c1:r:slack:{int((NOW - timedelta(hours=2)).timestamp())}"
+    (again,) = route(STORY, [m], facts("bbc"), now=NOW + timedelta(seconds=7), last_alerts=old)
+    assert again.key == d.key
 
 
 def test_updates_only_at_milestones_above_what_the_alert_said() -> None:
@@ -67,3 +70,6 @@ def test_retry_backoff_honours_retry_after_and_gives_up() -> None:
         seconds=120)
     assert retry_at(now=NOW, created=NOW - timedelta(days=2), attempts=3, retry_after=None,
                     **kw) is None
+    # thousands of attempts (a long give_up_after) do not overflow
+    assert retry_at(now=NOW, created=NOW, attempts=5000, retry_after=None, **kw) == (
+        NOW + timedelta(hours=1))

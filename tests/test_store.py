@@ -486,6 +486,17 @@ async def test_thread_ref_comes_from_the_sent_parent(store: Store) -> None:
     assert got == {"u1": "ts-parent", "u2": "ts-parent", "orphan": None}
 
 
+async def test_an_update_waits_for_its_alert_being_retried(store: Store) -> None:
+    [parent] = await queue(store, delivery("p"))
+    assert parent.id is not None
+    await store.claim_deliveries(t(0), limit=5, lease_until=t(1))
+    await store.mark_failed(parent.id, t(1), "503", t(10))  # retried at t(10)
+    await queue(store, delivery("u", created=t(2), parent="p"))
+    assert await store.claim_deliveries(t(3), limit=5, lease_until=t(4)) == []
+    got = await store.claim_deliveries(t(10), limit=5, lease_until=t(11))
+    assert [d.key for d in got] == ["p", "u"]  # the alert first, then its update
+
+
 async def test_deliveries_newest_first_filtered(store: Store) -> None:
     out = await queue(store, delivery("a", created=t(1)), delivery("b", created=t(3)), delivery("c", created=t(2)))
     ids = {d.key: d.id for d in out}

@@ -443,8 +443,12 @@ class PostgresStore:
         async with self._con("claim_deliveries") as con:
             rows = await con.fetch(
                 "WITH due AS ("
-                " SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt <= $1"
-                " ORDER BY created, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                " SELECT id FROM deliveries c WHERE state = 'pending' AND next_attempt <= $1"
+                # an update waits for an alert that is waiting to be retried, so that it
+                # can be threaded under it (a due alert comes first in the same batch)
+                " AND NOT EXISTS (SELECT 1 FROM deliveries p"
+                "  WHERE p.key = c.parent_key AND p.state = 'pending' AND p.next_attempt > $1)"
+                " ORDER BY created, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED) "
                 "UPDATE deliveries d SET next_attempt = $3 FROM due WHERE d.id = due.id "
                 "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
                 "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "

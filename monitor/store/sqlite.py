@@ -565,8 +565,11 @@ class SQLiteStore:
                     "CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref "
                     "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
                     "WHERE d.state = 'pending' AND d.next_attempt <= ? "
+                    # an update waits for an alert that is waiting to be retried, so that it
+                    # can be threaded under it (a due alert comes first in the same batch)
+                    "AND (p.state IS NULL OR p.state <> 'pending' OR p.next_attempt <= ?) "
                     "ORDER BY d.created, d.id LIMIT ?",
-                    (dt_to_text(now), limit),
+                    (dt_to_text(now), dt_to_text(now), limit),
                 ).fetchall()
                 if not rows:
                     return []
