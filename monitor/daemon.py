@@ -180,6 +180,7 @@ class Runtime:
             self.dispatcher = Dispatcher(
                 self.store, notifiers, cfg.delivery, self.metrics, self.clock,
                 on_sent=self._sent,
+                min_rate=min((ch.rate for ch in cfg.channels.values()), default=1.0),
             )
             self._stack.push_async_callback(self.dispatcher.close)
             await sync_feeds(self.store, cfg.feed_specs(), now)

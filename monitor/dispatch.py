@@ -51,6 +51,7 @@ class Dispatcher:
         metrics: Metrics,
         clock: Callable[[], datetime],
         on_sent: Callable[[Delivery], None] | None = None,
+        min_rate: float = 1.0,
     ) -> None:
         self.store = store
         self.notifiers = dict(notifiers)
@@ -59,16 +60,20 @@ class Dispatcher:
         self.clock = clock
         self.on_sent = on_sent
         self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
+        # a claim must outlive sending a whole batch at the slowest channel's pace
+        self.lease = max(LEASE, timedelta(seconds=2 * settings.batch / min_rate))
+        self._blocked: dict[str, datetime] = {}  # channel → retry time, for this round
         self._lock = asyncio.Lock()
 
     async def run_once(self) -> DispatchResult:
         """Send everything due now (in batches) and return what happened."""
         total = DispatchResult()
         async with self._lock:  # one dispatch round at a time per process
+            self._blocked.clear()
             while not self.stopping:
                 now = self.clock()
                 batch = await self.store.claim_deliveries(
-                    now, limit=self.settings.batch, lease_until=now + LEASE
+                    now, limit=self.settings.batch, lease_until=now + self.lease
                 )
                 if not batch:
                     break
@@ -96,7 +101,8 @@ class Dispatcher:
 
     async def _send_channel(self, channel: str, deliveries: list[Delivery]) -> DispatchResult:
         """Deliveries of one channel, in order (the notifier paces them to its rate).
-        After a transient failure the rest of the batch waits too: the peer is unwell."""
+        After a transient failure the channel's other deliveries of this round wait too
+        (the peer is unwell): they are given back, not tried."""
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
         digests: dict[str, list[Delivery]] = defaultdict(list)
@@ -107,7 +113,6 @@ class Dispatcher:
             deliveries = [d for d in deliveries if not d.alert.match.digest]
             for group in digests.values():
                 result = result + await self._send_digest(channel, notifier, group)
-        blocked: datetime | None = None
         refs: dict[str, str] = {}  # parents sent in this batch: key → ref, for threading
         for d in deliveries:
             if self.stopping:
@@ -125,6 +130,7 @@ class Dispatcher:
                           error="channel not configured")
                 result = result + DispatchResult(failed=1)
                 continue
+            blocked = self._blocked.get(channel)
             if blocked is not None:
                 await self.store.release(d.id, blocked)
                 result = result + DispatchResult(retrying=1)
@@ -172,7 +178,7 @@ class Dispatcher:
                             error=outcome.reason, attempts=d.attempts + 1,
                             next_attempt=nxt.isoformat())
                 result = result + DispatchResult(retrying=1)
-                blocked = nxt
+                self._blocked[channel] = nxt
         return result
 
     async def _send_digest(

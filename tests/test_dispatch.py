@@ -117,3 +117,23 @@ async def test_a_channel_removed_from_the_config_fails_visibly(store: SQLiteStor
     assert (await dsp.run_once()).failed == 1
     (row,) = await store.deliveries(state="failed")
     assert "not configured" in (row.last_error or "")
+
+
+async def test_a_failing_channel_is_tried_once_per_round(store: SQLiteStore,
+                                                         slack_server: Any) -> None:
+    """Five deliveries in batches of two to a channel answering 500: one attempt, the rest
+    given back untried (no attempt counted) until the retry time."""
+    clock = Clock()
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=100))
+    dsp = Dispatcher(store, {"slack": n}, DeliveryConfig(retry_min=10, retry_max=60, batch=2),
+                     Metrics(), clock)
+    await queue(store, *(delivery(f"a:s1:r{i}:slack", "slack") for i in range(5)))
+    slack_server.fail_next(1, status=500)  # a second request would succeed: none is made
+    r = await dsp.run_once()
+    assert slack_server.requests == 1
+    assert (r.sent, r.retrying, r.failed) == (0, 5, 0)
+    assert sorted(d.attempts for d in await store.deliveries()) == [0, 0, 0, 0, 1]
+    clock.now = T0 + timedelta(seconds=11)
+    assert (await dsp.run_once()).sent == 5
+    await dsp.close()
