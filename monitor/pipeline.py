@@ -319,7 +319,11 @@ class Pipeline:
             baselined=True,
             stories_seen=state.stories_seen + len(fresh),
         )
-        inserted = await self.store.save_poll(state, to_store, deliveries, list(clusters.values()))
+        # the index's sources as of now: polls of other feeds may have added some while
+        # this one awaited the store
+        fresh_clusters = [replace(c, sources=self.index.cluster_sources(c.id) or c.sources)
+                          for c in clusters.values()]
+        inserted = await self.store.save_poll(state, to_store, deliveries, fresh_clusters)
         for d in inserted:
             if d.parent_key is None:
                 self._remember(d.alert.cluster, [d])
