@@ -33,10 +33,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from urllib.parse import unquote_plus, urljoin, urlsplit, urlunsplit
+from functools import lru_cache
+from typing import Any, cast
+from urllib.parse import unquote_plus, urljoin, urlparse, urlsplit, urlunsplit
+
+from feedparser.util import FeedParserDict
 
 from monitor.model import Story
 from monitor.text import clean_text, html_to_text, truncate
@@ -108,6 +111,26 @@ _UUID = re.compile(
 _GLOBAL_GUID = re.compile(r"^(?:https?://[^\s/]+|urn:[a-z0-9][a-z0-9-]*:|tag:[^\s,]+,)", re.I)
 
 
+# Mappings whose ``get`` is plain ``dict.get`` for every key read here except the aliased
+# ones: FeedParserDict maps "description", "updated_parsed" (and others in its keymap, plus
+# "category", "enclosures", "license", "updated") to other keys; those keep ``.get``.
+_DICT_TYPES: frozenset[type] = frozenset({dict, FeedParserDict})
+_Getter = Callable[[str], Any]
+
+
+def _getter(m: Mapping[str, Any]) -> _Getter:
+    """``m.get``, as the C-level ``dict.get`` when ``m`` is a dict or a FeedParserDict
+    (whose Python-level ``get`` resolves aliases first: several times slower)."""
+    if type(m) in _DICT_TYPES:
+        return cast(_Getter, dict.get.__get__(m))
+    return m.get
+
+
+def _get(m: Mapping[str, Any], key: str) -> Any:
+    """``m.get(key)`` for a key FeedParserDict does not alias (see :func:`_getter`)."""
+    return dict.get(m, key) if type(m) in _DICT_TYPES else m.get(key)  # type: ignore[call-overload]
+
+
 def _is_tracking(name: str) -> bool:
     key = unquote_plus(name).strip().lower()
     return key in TRACKING_PARAMS or key.startswith(TRACKING_PREFIXES)
@@ -129,9 +152,15 @@ def _canonical(url: str, base_url: str) -> str:
     url = "".join(url.split()) if any(c in url for c in "\t\r\n") else url.strip()
     if not url:
         return ""
-    if base_url:
-        url = urljoin(base_url.strip(), url)
     parts = urlsplit(url)
+    if base_url and not (
+        parts.netloc and parts.scheme in ("http", "https") and ";" not in url
+        and _base_ok(base_url.strip())
+    ):
+        # (an absolute http(s) URL with a host and no ";params": urljoin would only rebuild
+        # it from its own parts, dropping an empty "?" or "#", which changes nothing below)
+        url = urljoin(base_url.strip(), url)
+        parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in _UNSAFE_SCHEMES:
         return ""
@@ -157,6 +186,16 @@ def _canonical(url: str, base_url: str) -> str:
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
+@lru_cache(maxsize=256)
+def _base_ok(base: str) -> bool:
+    """Does ``urljoin`` accept ``base`` (an unparsable one makes every join raise)?"""
+    try:
+        urlparse(base)
+    except ValueError:
+        return False
+    return True
+
+
 def story_id(*, feed: str, guid: str | None, link: str, title: str) -> str:
     """The stable global id of a story (see the module docstring)."""
     if guid:
@@ -175,12 +214,13 @@ def _text(value: Any) -> str:
 
 def _is_plain(detail: Any) -> bool:
     """Did feedparser find this value to be plain text (not HTML)?"""
-    return isinstance(detail, Mapping) and detail.get("type") == "text/plain"
+    return isinstance(detail, Mapping) and _get(detail, "type") == "text/plain"
 
 
 def _when(entry: Mapping[str, Any], now: datetime) -> datetime:
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
-        t = entry.get(key)
+        # ("updated_parsed" is aliased by FeedParserDict: it falls back to "published_parsed")
+        t = entry.get(key) if key == "updated_parsed" else _get(entry, key)
         if not isinstance(t, (time.struct_time, tuple)) or len(t) < 6:
             continue
         try:
@@ -206,29 +246,29 @@ def _unique(values: Iterable[str]) -> tuple[str, ...]:
 
 def _authors(entry: Mapping[str, Any]) -> tuple[str, ...]:
     names: list[str] = []
-    for a in entry.get("authors") or ():
+    for a in _get(entry, "authors") or ():
         if isinstance(a, Mapping):
-            names.append(html_to_text(_text(a.get("name")), single_line=True, plain=True))
+            names.append(html_to_text(_text(_get(a, "name")), single_line=True, plain=True))
     if not any(names):
-        names.append(html_to_text(_text(entry.get("author")), single_line=True, plain=True))
+        names.append(html_to_text(_text(_get(entry, "author")), single_line=True, plain=True))
     return _unique(n[:200] for n in names)
 
 
 def _tags(entry: Mapping[str, Any]) -> tuple[str, ...]:
     terms: list[str] = []
-    for t in entry.get("tags") or ():
+    for t in _get(entry, "tags") or ():
         if isinstance(t, Mapping):
-            term = _text(t.get("term")) or _text(t.get("label"))
+            term = _text(_get(t, "term")) or _text(_get(t, "label"))
             terms.append(html_to_text(term, single_line=True, plain=True)[:200])
     return _unique(terms)
 
 
 def _lang(entry: Mapping[str, Any], fallback: str | None) -> str | None:
-    candidates: list[Any] = [entry.get("language")]
+    candidates: list[Any] = [_get(entry, "language")]
     for key in ("title_detail", "summary_detail"):
-        detail = entry.get(key)
+        detail = _get(entry, key)
         if isinstance(detail, Mapping):
-            candidates.append(detail.get("language"))
+            candidates.append(_get(detail, "language"))
     candidates.append(fallback)
     for c in candidates:
         if isinstance(c, str) and c.strip():
@@ -238,9 +278,9 @@ def _lang(entry: Mapping[str, Any], fallback: str | None) -> str | None:
 
 def _content(entry: Mapping[str, Any]) -> str:
     best, plain = "", False
-    for c in entry.get("content") or ():
+    for c in _get(entry, "content") or ():
         if isinstance(c, Mapping):
-            value = _text(c.get("value"))
+            value = _text(_get(c, "value"))
             if len(value) > len(best):
                 best, plain = value, _is_plain(c)
     if not best:
@@ -268,26 +308,28 @@ def normalize_entry(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC)
-    raw_title = _text(entry.get("title"))
-    raw_link = _text(entry.get("link"))
-    raw_summary = _text(entry.get("summary")) or _text(entry.get("description"))
+    get = _getter(entry)
+    raw_title = _text(get("title"))
+    raw_link = _text(get("link"))
+    # ("description" is aliased by FeedParserDict — to "summary", then "subtitle")
+    raw_summary = _text(get("summary")) or _text(entry.get("description"))
     if not (raw_title.strip() or raw_link.strip() or raw_summary.strip()):
         return None
 
     content = _content(entry)
     summary = truncate(
-        html_to_text(raw_summary[: MAX_SUMMARY * 20], plain=_is_plain(entry.get("summary_detail"))),
+        html_to_text(raw_summary[: MAX_SUMMARY * 20], plain=_is_plain(get("summary_detail"))),
         MAX_SUMMARY,
     )
     if not summary and content:
         summary = truncate(content, SUMMARY_FROM_CONTENT)
-    title = html_to_text(raw_title, single_line=True, plain=_is_plain(entry.get("title_detail")))
+    title = html_to_text(raw_title, single_line=True, plain=_is_plain(get("title_detail")))
     if not title and summary:
         title = truncate(clean_text(summary, single_line=True), 200)
     title = truncate(title, MAX_TITLE)
 
     link = canonical_link(raw_link, base_url)
-    raw_guid = _text(entry.get("id")).strip() or None
+    raw_guid = _text(get("id")).strip() or None
     return Story(
         id=story_id(feed=feed, guid=raw_guid, link=link, title=title),
         feed=feed,

@@ -317,3 +317,57 @@ def test_every_field_is_str() -> None:
               "tags": [{"term": "a"}], "authors": [{"name": "n"}]})
     for value in (s.id, s.feed, s.title, s.link, s.summary, s.content, s.guid, *s.tags, *s.authors):
         assert type(value) is str
+
+
+# --- fast paths give what the general paths give -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/a;p=1?x=1",  # ";params" kept by urljoin
+        "https://example.com/a;?x=1",  # empty ";" dropped by urljoin
+        "https://example.com/a?#frag",
+        "HTTPS://Example.COM:443/a?utm_source=x&id=3#top",
+        "http:///no-host",  # no host: joined onto the base's host
+        "http:relative",
+        "//example.com/protocol-relative",
+        "ftp://example.com/f",
+        "/path?q=1",
+        "https://[::1]:8443/v6",
+        "https://[bad/host",
+        "https://example.com:abc/p",
+    ],
+)
+@pytest.mark.parametrize(
+    "base", ["https://www.bbc.co.uk/news/rss.xml", "http://example.org/", "http://[bad/", ""]
+)
+def test_canonical_link_skips_urljoin_only_where_it_changes_nothing(url: str, base: str) -> None:
+    from urllib.parse import urljoin
+
+    try:
+        joined = urljoin(base, url) if base else url
+    except ValueError:
+        expected = url.strip()
+    else:
+        expected = canonical_link(joined)
+    assert canonical_link(url, base) == expected
+
+
+def test_feedparser_aliases_kept() -> None:
+    from feedparser.util import FeedParserDict
+
+    # "description" falls back to "subtitle"; "updated_parsed" to "published_parsed".
+    entry = FeedParserDict(
+        title="T", subtitle="<p>From the subtitle</p>",
+        published_parsed=time.struct_time((2026, 2, 31, 10, 0, 0, 0, 1, 0)),  # invalid day
+        created_parsed=time.struct_time((2026, 2, 17, 10, 0, 0, 0, 1, 0)),
+        tags=[FeedParserDict(label="Lbl")], authors=[FeedParserDict(name="A &amp; B")],
+        content=[FeedParserDict(value="<b>body</b>", type="text/html")],
+    )
+    s = norm(entry)
+    assert s.summary == "From the subtitle"
+    assert s.published == datetime(2026, 2, 17, 10, 0, tzinfo=UTC)
+    assert (s.tags, s.authors, s.content) == (("Lbl",), ("A & B",), "body")
+    # A plain dict has no aliases: no summary, so it borrows the content.
+    assert norm(dict(entry)).summary == "body"
