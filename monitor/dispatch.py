@@ -18,7 +18,7 @@ from monitor.config import DeliveryConfig
 from monitor.log import get_logger, scrub
 from monitor.metrics import Metrics
 from monitor.model import Delivery, SendFailed, Sent
-from monitor.notify.base import Notifier
+from monitor.notify.base import BatchNotifier, Notifier
 from monitor.route import retry_at
 from monitor.scheduler import next_cron
 from monitor.store.base import Store
@@ -113,6 +113,13 @@ class Dispatcher:
             deliveries = [d for d in deliveries if not d.alert.match.digest]
             for group in digests.values():
                 result = result + await self._send_digest(channel, notifier, group)
+        if (
+            isinstance(notifier, BatchNotifier)
+            and len(deliveries) > 1
+            and not self.stopping
+            and channel not in self._blocked
+        ):
+            return result + await self._send_batch(channel, notifier, deliveries)
         refs: dict[str, str] = {}  # parents sent in this batch: key → ref, for threading
         for d in deliveries:
             if self.stopping:
@@ -152,34 +159,67 @@ class Dispatcher:
                     self.on_sent(d)
                 result = result + DispatchResult(sent=1)
                 continue
-            nxt = (
-                retry_at(
-                    now=now,
-                    created=d.created,
-                    attempts=d.attempts + 1,
-                    retry_after=outcome.retry_after,
-                    retry_min=self.settings.retry_min,
-                    retry_max=self.settings.retry_max,
-                    give_up_after=self.settings.give_up_after,
-                )
-                if outcome.retry
-                else None
-            )
-            await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
-            if nxt is None:
-                self.metrics.deliveries.labels(channel, "failed").inc()
-                log.error("delivery.failed", channel=channel, rule=d.alert.match.rule,
-                          story=d.alert.story.id, error=outcome.reason,
-                          attempts=d.attempts + 1, retryable=outcome.retry)
-                result = result + DispatchResult(failed=1)
-            else:
-                self.metrics.deliveries.labels(channel, "retry").inc()
-                log.warning("delivery.retry", channel=channel, rule=d.alert.match.rule,
-                            error=outcome.reason, attempts=d.attempts + 1,
-                            next_attempt=nxt.isoformat())
-                result = result + DispatchResult(retrying=1)
-                self._blocked[channel] = nxt
+            result = result + await self._failed(channel, d, outcome, now)
         return result
+
+    async def _send_batch(
+        self, channel: str, notifier: BatchNotifier, batch: list[Delivery]
+    ) -> DispatchResult:
+        """A channel that writes many alerts at once (a file): one write, one store
+        transaction for the whole batch; on failure every delivery is retried."""
+        try:
+            outcome = await notifier.send_batch([d.alert for d in batch])
+        except Exception as e:  # a notifier bug must not lose the deliveries
+            log.error("delivery.crashed", channel=channel, deliveries=len(batch), error=repr(e))
+            outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+        now = self.clock()
+        if isinstance(outcome, Sent):
+            await self.store.mark_sent_many([d.id for d in batch if d.id is not None], now,
+                                            outcome.ref)
+            self.metrics.deliveries.labels(channel, "sent").inc(len(batch))
+            for d in batch:
+                log.info("delivery.sent", channel=channel, rule=d.alert.match.rule,
+                         story=d.alert.story.id, update=d.alert.update, attempts=d.attempts + 1)
+                if self.on_sent:
+                    self.on_sent(d)
+            return DispatchResult(sent=len(batch))
+        result = DispatchResult()
+        for d in batch:
+            result = result + await self._failed(channel, d, outcome, now)
+        return result
+
+    async def _failed(
+        self, channel: str, d: Delivery, outcome: SendFailed, now: datetime
+    ) -> DispatchResult:
+        """Record a failed attempt: retried later (the channel's other deliveries then
+        wait for this round) or given up."""
+        assert d.id is not None
+        nxt = (
+            retry_at(
+                now=now,
+                created=d.created,
+                attempts=d.attempts + 1,
+                retry_after=outcome.retry_after,
+                retry_min=self.settings.retry_min,
+                retry_max=self.settings.retry_max,
+                give_up_after=self.settings.give_up_after,
+            )
+            if outcome.retry
+            else None
+        )
+        await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
+        if nxt is None:
+            self.metrics.deliveries.labels(channel, "failed").inc()
+            log.error("delivery.failed", channel=channel, rule=d.alert.match.rule,
+                      story=d.alert.story.id, error=outcome.reason,
+                      attempts=d.attempts + 1, retryable=outcome.retry)
+            return DispatchResult(failed=1)
+        self.metrics.deliveries.labels(channel, "retry").inc()
+        log.warning("delivery.retry", channel=channel, rule=d.alert.match.rule,
+                    error=outcome.reason, attempts=d.attempts + 1,
+                    next_attempt=nxt.isoformat())
+        self._blocked[channel] = min(nxt, self._blocked.get(channel, nxt))
+        return DispatchResult(retrying=1)
 
     async def _send_digest(
         self, channel: str, notifier: Notifier | None, group: list[Delivery]
@@ -200,8 +240,7 @@ class Dispatcher:
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
         now = self.clock()
         if isinstance(outcome, Sent):
-            for i in ids:
-                await self.store.mark_sent(i, now, outcome.ref)
+            await self.store.mark_sent_many(ids, now, outcome.ref)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
             log.info("digest.sent", channel=channel, rule=rule, stories=len(ids))
             return DispatchResult(sent=len(ids))

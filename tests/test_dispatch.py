@@ -3,6 +3,7 @@ of updates, a channel removed from the config. Real SQLite store, fixed clock.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from monitor.config import DeliveryConfig, SlackChannel
+from monitor.config import DeliveryConfig, FileChannel, SlackChannel
 from monitor.dispatch import Dispatcher
 from monitor.metrics import Metrics
 from monitor.model import Alert, ClusterInfo, Delivery, FeedState, Match, Story
+from monitor.notify.file import FileNotifier
 from monitor.notify.slack import SlackNotifier
 from monitor.store.base import StoredStory
 from monitor.store.sqlite import SQLiteStore
@@ -136,4 +138,58 @@ async def test_a_failing_channel_is_tried_once_per_round(store: SQLiteStore,
     assert sorted(d.attempts for d in await store.deliveries()) == [0, 0, 0, 0, 1]
     clock.now = T0 + timedelta(seconds=11)
     assert (await dsp.run_once()).sent == 5
+    await dsp.close()
+
+
+async def test_a_file_channel_takes_a_batch_in_one_write(store: SQLiteStore,
+                                                         tmp_path: Path) -> None:
+    """Seven deliveries in batches of three: three writes (3 + 3 + 1 lines), every alert
+    once, in order, all marked sent."""
+    out = tmp_path / "alerts.jsonl"
+    n = FileNotifier("audit", FileChannel(type="file", path=str(out)), tmp_path)
+    writes: list[int] = []
+    real = n.send_batch
+
+    async def counting(alerts: Any) -> Any:
+        writes.append(len(alerts))
+        return await real(alerts)
+
+    n.send_batch = counting  # type: ignore[method-assign]
+    sent: list[str] = []
+    dsp = Dispatcher(store, {"audit": n}, DeliveryConfig(batch=3), Metrics(), Clock(),
+                     on_sent=lambda d: sent.append(d.key))
+    keys = [f"a:s1:r{i}:audit" for i in range(7)]
+    await queue(store, *(delivery(k, "audit") for k in keys))
+    r = await dsp.run_once()
+    assert (r.sent, r.retrying, r.failed) == (7, 0, 0)
+    assert writes == [3, 3]  # the last, single delivery goes the one-by-one way
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(x["rule"], x["story"]) for x in lines] == [("sanctions", "s1")] * 7
+    assert sent == keys
+    assert {(d.state, d.attempts) for d in await store.deliveries()} == {("sent", 1)}
+    assert await store.count_pending() == 0
+    await dsp.close()
+
+
+async def test_a_failed_batch_write_is_retried_whole(store: SQLiteStore,
+                                                     tmp_path: Path) -> None:
+    """The file cannot be written (its directory is a file): every delivery of the batch
+    is retried later, none is lost, and once the path heals each is written once."""
+    blocker = tmp_path / "dir"
+    blocker.write_text("not a directory", encoding="utf-8")
+    n = FileNotifier("audit", FileChannel(type="file", path="dir/alerts.jsonl"), tmp_path)
+    clock = Clock()
+    dsp = Dispatcher(store, {"audit": n}, DeliveryConfig(batch=10, retry_min=10, retry_max=60),
+                     Metrics(), clock)
+    await queue(store, *(delivery(f"a:s1:r{i}:audit", "audit") for i in range(4)))
+    r = await dsp.run_once()
+    assert (r.sent, r.retrying, r.failed) == (0, 4, 0)
+    rows = await store.deliveries()
+    assert {(d.state, d.attempts) for d in rows} == {("pending", 1)}
+    assert all("alerts.jsonl" in (d.last_error or "") for d in rows)
+    assert (await dsp.run_once()).sent == 0  # not due yet
+    blocker.unlink()
+    clock.now = T0 + timedelta(seconds=61)
+    assert (await dsp.run_once()).sent == 4
+    assert len((tmp_path / "dir" / "alerts.jsonl").read_text().splitlines()) == 4
     await dsp.close()

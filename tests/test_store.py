@@ -453,6 +453,29 @@ async def test_delivery_state_machine(store: Store) -> None:
         await store.mark_failed(999999, t(0), "x", None)
 
 
+async def test_mark_sent_many_marks_a_batch_in_one_go(store: Store) -> None:
+    ds = await queue(store, delivery("a"), delivery("b"), delivery("c"))
+    a, b, c = (d.id for d in ds)
+    assert a is not None and b is not None and c is not None
+    await store.claim_deliveries(t(0), limit=5, lease_until=t(1))
+    await store.mark_sent(a, t(1), "first")  # already sent: left as it is
+    await store.mark_sent_many([a, b, b, c], t(2), None)
+    rows = {st.key: st for st in await store.deliveries()}
+    assert {k: (st.state, st.attempts, st.sent_at, st.ref) for k, st in rows.items()} == {
+        "a": ("sent", 1, t(1), "first"),
+        "b": ("sent", 1, t(2), None),
+        "c": ("sent", 1, t(2), None),
+    }
+    assert await store.count_pending() == 0
+    await store.mark_sent_many([], t(3), None)  # nothing to do
+    # an unknown id marks none of the batch
+    [d] = await queue(store, delivery("d"))
+    assert d.id is not None
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.mark_sent_many([d.id, 999999], t(4), None)
+    assert await store.count_pending() == 1
+
+
 async def test_mark_failed_without_retry_gives_up(store: Store) -> None:
     [d] = await queue(store, delivery("k"))
     assert d.id is not None

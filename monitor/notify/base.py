@@ -32,3 +32,15 @@ class Notifier(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+@runtime_checkable
+class BatchNotifier(Notifier, Protocol):
+    """A notifier that can take many alerts in one write, all or nothing (the file
+    channel: one append and one fsync for a batch). The dispatcher then records the
+    whole batch sent in one store transaction instead of one per alert."""
+
+    async def send_batch(self, alerts: Sequence[Alert]) -> SendResult:
+        """Deliver every alert as its own message in one operation: ``Sent`` means all
+        of them were accepted, ``SendFailed`` that none was."""
+        ...

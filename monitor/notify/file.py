@@ -51,8 +51,12 @@ class FileNotifier:
         """One line per collected alert, written together."""
         return await self._write("\n".join(json_line(a) for a in alerts))
 
-    async def _write(self, line: str) -> SendResult:
-        await self.limiter.acquire()
+    async def send_batch(self, alerts: Sequence[Alert]) -> SendResult:
+        """One line per alert, appended with one write and one fsync."""
+        return await self._write("\n".join(json_line(a) for a in alerts), n=len(alerts))
+
+    async def _write(self, line: str, n: int = 1) -> SendResult:
+        await self.limiter.acquire(n)
         try:
             async with self._lock:  # one writer at a time: lines never interleave
                 await asyncio.to_thread(_append, self.path, line)
@@ -60,7 +64,7 @@ class FileNotifier:
             reason = f"file {self.path}: {e.strerror or type(e).__name__}"
             log.warning("notify.failed", channel=self.name, kind="file", reason=reason, retry=True)
             return SendFailed(reason=reason, retry=True)
-        log.info("notify.sent", channel=self.name, kind="file", path=str(self.path))
+        log.info("notify.sent", channel=self.name, kind="file", path=str(self.path), alerts=n)
         return Sent(ref=None)
 
     async def close(self) -> None:

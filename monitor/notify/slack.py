@@ -80,17 +80,18 @@ class RateLimiter:
         self._last: float | None = None
         self._lock = asyncio.Lock()
 
-    def reserve(self, now: float) -> float:
-        """Take one token at time ``now`` (seconds, monotonic); return the wait needed."""
+    def reserve(self, now: float, n: int = 1) -> float:
+        """Take ``n`` tokens at time ``now`` (seconds, monotonic); return the wait needed."""
         if self._last is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        self._tokens -= 1.0
+        self._tokens -= n
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
-    async def acquire(self) -> None:
+    async def acquire(self, n: int = 1) -> None:
+        """Wait until ``n`` sends fit the rate (a batch of n counts as n messages)."""
         async with self._lock:
-            wait = self.reserve(asyncio.get_running_loop().time())
+            wait = self.reserve(asyncio.get_running_loop().time(), n)
             if wait > 0:
                 await asyncio.sleep(wait)
 

@@ -134,6 +134,12 @@ class Store(Protocol):
     async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:
         """The peer accepted it: state ``sent``, ``ref`` kept for threading updates."""
 
+    async def mark_sent_many(
+        self, delivery_ids: Sequence[int], now: datetime, ref: str | None
+    ) -> None:
+        """``mark_sent`` for several deliveries in one transaction (a batch written in
+        one go, a digest); an unknown id raises ``StoreError`` and marks none."""
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:

@@ -476,6 +476,27 @@ class PostgresStore:
             if _count(status) == 0:
                 await self._exists(con, delivery_id)
 
+    async def mark_sent_many(
+        self, delivery_ids: Sequence[int], now: datetime, ref: str | None
+    ) -> None:
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return
+        async with self._con(f"mark_sent {len(ids)} deliveries", tx=True) as con:
+            await con.execute(
+                "UPDATE deliveries SET state = 'sent', sent_at = $1, last_attempt = $1, ref = $2, "
+                "attempts = attempts + 1, next_attempt = NULL "
+                "WHERE id = ANY($3::bigint[]) AND state <> 'sent'",
+                utc(now),
+                _opt_text(ref),
+                ids,
+            )
+            found = {r[0] for r in await con.fetch(
+                "SELECT id FROM deliveries WHERE id = ANY($1::bigint[])", ids)}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise StoreError(f"no delivery with id {missing[0]}")
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:

@@ -600,6 +600,34 @@ class SQLiteStore:
 
         await self._run(f"mark_sent {delivery_id}", work)
 
+    async def mark_sent_many(
+        self, delivery_ids: Sequence[int], now: datetime, ref: str | None
+    ) -> None:
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return
+
+        def work(con: sqlite3.Connection) -> None:
+            t = dt_to_text(now)
+            r = None if ref is None else _k(ref)
+            with _write(con):
+                for chunk in _chunks(ids, 500):
+                    con.execute(
+                        "UPDATE deliveries SET state = 'sent', sent_at = ?, last_attempt = ?, "
+                        "ref = ?, attempts = attempts + 1, next_attempt = NULL "
+                        f"WHERE state <> 'sent' AND id IN ({_marks(len(chunk))})",
+                        (t, t, r, *chunk),
+                    )
+                    found = {row[0] for row in con.execute(
+                        f"SELECT id FROM deliveries WHERE id IN ({_marks(len(chunk))})",
+                        chunk,
+                    )}
+                    missing = [i for i in chunk if i not in found]
+                    if missing:
+                        raise StoreError(f"no delivery with id {missing[0]}")
+
+        await self._run(f"mark_sent {len(ids)} deliveries", work)
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:
