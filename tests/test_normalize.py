@@ -371,3 +371,21 @@ def test_feedparser_aliases_kept() -> None:
     assert (s.tags, s.authors, s.content) == (("Lbl",), ("A & B",), "body")
     # A plain dict has no aliases: no summary, so it borrows the content.
     assert norm(dict(entry)).summary == "body"
+
+
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [
+        # unclosed <object>: the sanitiser drops the element, not the text after it
+        ('safe<object classid="clsid:C932BA85-4374-101B-A56C-00AA003668DC"> description',
+         "safe description"),
+        ("<applet code='x'>hidden</applet>shown", "shown"),
+        ("sa<!-- -- nonwhitespace >fe<script>alert(1);</script>", "safe"),
+        ("safe<!--", "safe"),
+        ("<p onclick='evil()'>a <b>bold</b> move</p><style>p{}</style>", "a bold move"),
+        ("<p>x <![CDATA[AT&T <3]]> y</p>", "x AT&T <3 y"),  # CDATA is literal text
+    ],
+)
+def test_hostile_markup_is_sanitised_before_it_becomes_text(markup: str, expected: str) -> None:
+    """feedparser's sanitiser is off at parse time; the slow path applies it."""
+    assert html_to_text(markup, single_line=True) == expected
