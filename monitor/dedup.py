@@ -41,7 +41,7 @@ import heapq
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
@@ -314,6 +314,24 @@ class _Member:
         self.text = f.text
 
 
+class _SourceTimes(Mapping[str, datetime]):
+    """A cluster's feed → first-seen epoch seconds, seen as UTC datetimes."""
+
+    __slots__ = ("_times",)
+
+    def __init__(self, times: dict[str, float]) -> None:
+        self._times = times
+
+    def __getitem__(self, feed: str) -> datetime:
+        return datetime.fromtimestamp(self._times[feed], UTC)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._times)
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+
 class _Cluster:
     __slots__ = (
         "first",
@@ -469,13 +487,12 @@ class StoryIndex:
         c = self._get(cluster_id)
         return tuple(c.sources) if c else ()
 
-    def cluster_source_times(self, cluster_id: str) -> dict[str, datetime]:
+    def cluster_source_times(self, cluster_id: str) -> Mapping[str, datetime]:
         """Distinct feeds of the cluster → when each first carried it (first_seen, UTC):
-        corroboration within a time window counts these."""
+        corroboration within a time window counts these. A live read-only view, converted
+        on access: asking costs nothing unless a rule reads it."""
         c = self._get(cluster_id)
-        if c is None:
-            return {}
-        return {f: datetime.fromtimestamp(t, UTC) for f, t in c.sources.items()}
+        return _SourceTimes({} if c is None else c.sources)
 
     def cluster_members(self, cluster_id: str) -> tuple[str, ...]:
         """Story ids of the cluster's members, in order of arrival."""

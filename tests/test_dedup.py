@@ -110,6 +110,20 @@ def test_same_link_from_another_feed_is_seen_and_adds_a_source() -> None:
     assert idx.cluster_members("a") == ("a", "b")
 
 
+def test_cluster_source_times_are_when_each_feed_first_carried_the_story() -> None:
+    idx = StoryIndex()
+    link = "https://x.example/jj"
+    idx.add(story("Jesse Jackson dies", "ap", sid="a", link=link), now=T0)
+    times = idx.cluster_source_times("a")
+    assert times == {"ap": T0}
+    later = T0 + timedelta(minutes=7)
+    idx.add(story("Jesse Jackson has died", "yahoo", sid="b", link=link, at=later), now=later)
+    idx.add(story("Jackson dead", "ap", sid="c", link=link, at=later), now=later)  # ap again
+    assert dict(idx.cluster_source_times("a")) == {"ap": T0, "yahoo": later}
+    assert times["yahoo"] == later and times["yahoo"].tzinfo is UTC  # a live view
+    assert idx.cluster_source_times("nope") == {}
+
+
 def test_same_normalised_title_with_publisher_suffix_is_seen() -> None:
     idx = StoryIndex()
     idx.add(story("US civil rights leader Jesse Jackson dies aged 84", "bbc", sid="a"), now=T0)
