@@ -186,8 +186,7 @@ async def cmd_once(config: Config, as_json: bool) -> int:
     from monitor.daemon import Runtime
 
     async with Runtime(config) as rt:
-        outcomes = await rt.poll_all()
-        sent = await rt.drain()
+        outcomes, sent = await rt.poll_and_deliver()
     if as_json:
         _print_json({
             "feeds": [o.to_dict() for o in outcomes],

@@ -29,7 +29,7 @@ from typing import Any
 from monitor.config import Config, secrets_of
 from monitor.dedup import DedupSettings, StoryIndex
 from monitor.dispatch import Dispatcher, DispatchResult
-from monitor.errors import RulesError
+from monitor.errors import MonitorError, RulesError
 from monitor.fetch import Fetcher
 from monitor.log import get_logger, redact, scrub
 from monitor.metrics import Metrics
@@ -224,6 +224,38 @@ class Runtime:
         return list(await asyncio.gather(
             *(self.poll_one(st, specs[st.name]) for st in states)
         ))
+
+    async def poll_and_deliver(self) -> tuple[list[PollOutcome], DispatchResult]:
+        """``poll_all`` with delivery alongside, as the daemon runs them: a delivery round
+        starts as soon as a poll has queued alerts (one round at a time), so sending
+        overlaps the polls still in flight; what is left is delivered at the end."""
+        wake = asyncio.Event()
+        previous = self.pipeline.on_queued
+
+        def queued() -> None:
+            wake.set()
+            previous()
+
+        self.pipeline.on_queued = queued
+        total = DispatchResult()
+        polling = asyncio.ensure_future(self.poll_all())
+        try:
+            while not polling.done():
+                woken = asyncio.ensure_future(wake.wait())
+                await asyncio.wait({polling, woken}, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                if wake.is_set():
+                    wake.clear()
+                    try:
+                        total = total + await self.drain()
+                    except MonitorError as e:  # the store hiccuped: the final round retries
+                        log.error("dispatch.error", error=scrub(str(e)))
+            outcomes = polling.result()
+        finally:
+            self.pipeline.on_queued = previous
+            if not polling.done():  # cancelled from outside: the polls stop too
+                polling.cancel()
+        return outcomes, total + await self.drain()
 
     async def poll_one(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
         try:

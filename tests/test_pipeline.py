@@ -306,3 +306,28 @@ async def test_a_story_whose_id_is_a_known_link_still_counts_as_a_source(
     assert out["b"].new == 1
     updates = [a for a in alerts(tmp_path) if a["update"]]
     assert len(updates) == 1 and updates[0]["sources"] == 2
+
+
+async def test_poll_and_deliver_sends_while_other_polls_are_in_flight(
+        make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+    """`monitor once` delivers like the daemon: an alert goes out as soon as its poll
+    queued it, not after the slowest feed; what is queued last is delivered at the end."""
+    import asyncio
+
+    feed_server.serve("/a.rss", rss([seed_item()], now=T0))
+    held = feed_server.gate("/held.rss", rss([], now=T0))
+    config = make_config({"a": "/a.rss", "held": "/held.rss"},
+                         "defaults: {alert_on_first_poll: true}")
+    async with Runtime(config, clock=clock) as rt:
+        task = asyncio.ensure_future(rt.poll_and_deliver())
+        for _ in range(500):  # the alert is written while "held" is still being fetched
+            if alerts(tmp_path):
+                break
+            await asyncio.sleep(0.01)
+        assert [a["rule"] for a in alerts(tmp_path)] == ["sanctions-deadline"]
+        assert not task.done()
+        held.set()
+        outcomes, sent = await task
+    assert {o.feed: o.result for o in outcomes} == {"a": "new", "held": "unchanged"}
+    assert sent.sent >= 2 and sent.failed == 0  # slack-news and email-oncall at least
+    assert len(alerts(tmp_path)) == 1
