@@ -176,6 +176,7 @@ class Runtime:
                 metrics=self.metrics,
                 clock=self.clock,
             )
+            self._stack.push_async_callback(self.pipeline.states.close)  # before the store
             notifiers = self._notifiers if self._notifiers is not None else build_notifiers(cfg)
             self.dispatcher = Dispatcher(
                 self.store, notifiers, cfg.delivery, self.metrics, self.clock,

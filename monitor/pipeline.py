@@ -40,6 +40,7 @@ from monitor.rules import RuleSet
 from monitor.schedule import next_poll
 from monitor.scheduler import next_cron
 from monitor.store.base import Store, StoredStory
+from monitor.store.groupcommit import FeedStateWriter
 
 log = get_logger(__name__)
 
@@ -134,6 +135,11 @@ class Pipeline:
     clock: Callable[[], datetime]
     on_queued: Callable[[], None] = lambda: None
     _alerted: OrderedDict[str, list[Delivery]] = field(default_factory=OrderedDict)
+    # feed states of polls that found nothing new (or failed), written in groups
+    states: FeedStateWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.states = FeedStateWriter(self.store)
 
     async def poll_feed(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
         t0 = time.perf_counter()
@@ -176,7 +182,7 @@ class Pipeline:
                 etag=result.etag or state.etag,
                 last_modified=result.last_modified or state.last_modified,
             )
-            await self.store.save_feed(ok_state)
+            await self.states.save(ok_state)
             self.metrics.polls.labels(spec.name, "not-modified").inc()
             log.debug("feed.polled", feed=spec.name, status=304, new=0, ms=ms())
             return PollOutcome(feed=spec.name, result="not-modified", status=304, ms=ms())
@@ -191,7 +197,7 @@ class Pipeline:
             body_hash=body_hash,
         )
         if body_hash == state.body_hash and state.baselined:
-            await self.store.save_feed(ok_state)
+            await self.states.save(ok_state)
             self.metrics.polls.labels(spec.name, "unchanged").inc()
             log.debug("feed.polled", feed=spec.name, status=result.status, new=0,
                       unchanged=True, ms=ms())
@@ -418,7 +424,7 @@ class Pipeline:
                 key=spec.name,
             ),
         )
-        await self.store.save_feed(new)
+        await self.states.save(new)
         result = "gone" if gone else "failed"
         self.metrics.polls.labels(spec.name, result).inc()
         self.metrics.feed_failures.labels(spec.name).set(failures)

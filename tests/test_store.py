@@ -214,6 +214,15 @@ async def test_feed_crud(store: Store) -> None:
     assert [f.name for f in await store.get_feeds()] == ["a"]
 
 
+async def test_save_feeds_writes_several_in_one_go(store: Store) -> None:
+    await store.save_feed(feed("a", polls=1))
+    batch = [feed("a", polls=2, etag='"e2"', next_poll=t(5)), feed("b", failures=3),
+             feed("c", body_hash="ab" * 32)]
+    await store.save_feeds(batch)
+    await store.save_feeds([])
+    assert await store.get_feeds() == batch
+
+
 async def test_claim_due_feeds_order_lease_and_gone(store: Store) -> None:
     await store.save_feed(feed("late", next_poll=t(-10)))
     await store.save_feed(feed("new"))  # never polled: first

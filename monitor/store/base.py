@@ -72,6 +72,10 @@ class Store(Protocol):
     async def save_feed(self, state: FeedState) -> None:
         """Insert or replace a feed's state (by name)."""
 
+    async def save_feeds(self, states: Sequence[FeedState]) -> None:
+        """``save_feed`` for several feeds in one transaction (polls that found nothing
+        new, written together)."""
+
     async def delete_feed(self, name: str) -> None:
         """Forget a feed removed from the config (its stories stay until pruned)."""
 

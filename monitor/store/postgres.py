@@ -266,6 +266,12 @@ class PostgresStore:
         async with self._con(f"save_feed {state.name!r}") as con:
             await con.execute(_FEED_UPSERT, *self._feed_row(state))
 
+    async def save_feeds(self, states: Sequence[FeedState]) -> None:
+        if not states:
+            return
+        async with self._con(f"save_feeds ({len(states)})", tx=True) as con:
+            await con.executemany(_FEED_UPSERT, [self._feed_row(s) for s in states])
+
     @staticmethod
     def _feed_row(state: FeedState) -> tuple[Any, ...]:
         return tuple(_text(v) if isinstance(v, str) else v for v in feed_to_row(state, utc))

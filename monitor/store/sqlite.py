@@ -347,6 +347,17 @@ class SQLiteStore:
 
         await self._run(f"save_feed {state.name!r}", work)
 
+    async def save_feeds(self, states: Sequence[FeedState]) -> None:
+        if not states:
+            return
+
+        def work(con: sqlite3.Connection) -> None:
+            rows = [_feed_row(s) for s in states]
+            with _write(con):
+                con.executemany(_FEED_UPSERT, rows)
+
+        await self._run(f"save_feeds ({len(states)})", work)
+
     async def delete_feed(self, name: str) -> None:
         def work(con: sqlite3.Connection) -> None:
             with _write(con):

@@ -1,0 +1,74 @@
+"""Group commit for feed-state writes.
+
+Most polls find nothing new (a 304, or the same body again) and only write the feed's
+state back: its next poll time, ETag, counters. One transaction each would cost more
+than the poll itself; ``FeedStateWriter`` gathers the writes that arrive within a few
+milliseconds of each other and stores them in one ``Store.save_feeds`` transaction.
+Every caller still waits until its own state is stored (or gets the store's error), so
+nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from monitor.model import FeedState
+from monitor.store.base import Store
+
+WINDOW = 0.005  # seconds a first write waits for others to join it
+
+
+class FeedStateWriter:
+    def __init__(self, store: Store, window: float = WINDOW) -> None:
+        self.store = store
+        self.window = window
+        self._pending: dict[str, FeedState] = {}
+        self._done: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def save(self, state: FeedState) -> None:
+        """Store ``state`` together with the other writes of the next few milliseconds."""
+        if self._done is None:
+            loop = asyncio.get_running_loop()
+            self._done = loop.create_future()
+            # nobody may be left to look at a failure (every caller was cancelled)
+            self._done.add_done_callback(_retrieve)
+            self._timer = loop.call_later(self.window, self._start_flush)
+        self._pending[state.name] = state  # a later state of the same feed wins
+        await asyncio.shield(self._done)
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = asyncio.ensure_future(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self) -> None:
+        states, done = list(self._pending.values()), self._done
+        if done is None:
+            return  # an earlier flush took this batch
+        self._pending, self._done = {}, None
+        try:
+            await self.store.save_feeds(states)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as e:  # every caller of this batch gets the store's error
+            done.set_exception(e)
+        else:
+            done.set_result(None)
+
+    async def close(self) -> None:
+        """Wait for writes in flight (before the store closes)."""
+        if self._done is not None:
+            self._start_flush()  # now rather than after the window
+        while self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
