@@ -172,3 +172,26 @@ def test_error_line_is_the_documents_own_line() -> None:
     assert p.problem is not None and p.problem.startswith("not well-formed XML at line 3")
     p2 = parse(b'<?xml version="1.0"?>\n' + body)
     assert p2.problem is not None and p2.problem.startswith("not well-formed XML at line 4")
+
+
+def test_xml_base_resolves_links_per_element() -> None:
+    """feedparser's base resolution runs memoised (monitor.parse): nested and sibling
+    xml:base values still resolve each entry's links against their own base."""
+    from feedparser import mixin
+
+    assert hasattr(mixin.make_safe_absolute_uri, "cache_info")
+    body = b"""<?xml version="1.0"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xml:base="https://a.example/news/">
+  <title>t</title>
+  <entry><id>1</id><title>one</title><link href="one.html"/></entry>
+  <entry xml:base="https://b.example/x/"><id>2</id><title>two</title>
+    <link href="two.html"/></entry>
+  <entry xml:base="../old/"><id>3</id><title>three</title><link href="three.html"/></entry>
+  <entry xml:base="javascript:alert(1)//"><id>4</id><title>four</title>
+    <link href="four.html"/></entry>
+</feed>"""
+    for _ in range(2):  # the second parse answers from the cache: the same links
+        links = [s.link for s in parse(body).stories]
+        assert links == ["https://a.example/news/one.html", "https://b.example/x/two.html",
+                         "https://a.example/old/three.html",
+                         "https://a.example/news/four.html"]
