@@ -137,6 +137,8 @@ class Pipeline:
     _alerted: OrderedDict[str, list[Delivery]] = field(default_factory=OrderedDict)
     # feed states of polls that found nothing new (or failed), written in groups
     states: FeedStateWriter = field(init=False)
+    # the story ids each feed carried at its last parsed poll (see Job.skip_ids)
+    _last_ids: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.states = FeedStateWriter(self.store)
@@ -213,12 +215,14 @@ class Pipeline:
             rules_path=str(self.config.rules_path),
             rules_fingerprint=self.rules.ruleset.fingerprint,
             dedup=self.index.settings,
+            skip_ids=self._last_ids.get(spec.name, frozenset()),
         ))
         parsed = prepared.parsed
         if parsed.failed:
             return await self._failed(state, spec, now, url, parsed.problem or "unparseable feed",
                                       result.status, retry_after=None, gone=False, ms=ms())
         ok_state = replace(ok_state, problem=parsed.problem)
+        self._last_ids[spec.name] = frozenset(s.id for s in parsed.stories)
         return await self._ingest(ok_state, spec, parsed.stories, now, result.status, ms,
                                   prepared)
 
@@ -258,8 +262,8 @@ class Pipeline:
                 log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=len(batch))
 
         # the per-story work the parse pool already did, by story id
-        feats: dict[str, Features] = {}
-        pre: dict[str, Prematch] = {}
+        feats: dict[str, Features | None] = {}
+        pre: dict[str, Prematch | None] = {}
         if prepared is not None:
             ids = [s.id for s in prepared.parsed.stories]
             if prepared.features is not None:

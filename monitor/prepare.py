@@ -41,13 +41,17 @@ class Job:
     rules_path: str | None = None  # None: do not prematch
     rules_fingerprint: str = ""
     dedup: DedupSettings | None = None  # None: no dedup features
+    # ids the feed carried at its last poll: almost always known, so their per-story work
+    # is skipped (the pipeline does it itself for the rare one that turns out new)
+    skip_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Prepared:
     parsed: ParsedFeed
-    features: tuple[Features, ...] | None = None  # aligned with parsed.stories
-    prematch: tuple[Prematch, ...] | None = None  # aligned with parsed.stories
+    # aligned with parsed.stories; None for a story whose work was skipped
+    features: tuple[Features | None, ...] | None = None
+    prematch: tuple[Prematch | None, ...] | None = None
     rules_fingerprint: str = ""  # the rules the prematch was made with
 
 
@@ -76,14 +80,17 @@ def prepare(job: Job) -> Prepared:
     )
     if parsed.failed or not parsed.stories:
         return Prepared(parsed=parsed)
+    skip = job.skip_ids
+    dedup = job.dedup
     features = (
-        tuple(story_features(s, job.dedup) for s in parsed.stories) if job.dedup else None
+        tuple(None if s.id in skip else story_features(s, dedup) for s in parsed.stories)
+        if dedup else None
     )
     prematch = None
     if job.rules_path and job.rules_fingerprint:
         m = _matcher(job.rules_path, job.rules_fingerprint)
         if m is not None:
-            prematch = tuple(m.prematch(s) for s in parsed.stories)
+            prematch = tuple(None if s.id in skip else m.prematch(s) for s in parsed.stories)
     return Prepared(
         parsed=parsed,
         features=features,

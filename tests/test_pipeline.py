@@ -331,3 +331,19 @@ async def test_poll_and_deliver_sends_while_other_polls_are_in_flight(
     assert {o.feed: o.result for o in outcomes} == {"a": "new", "held": "unchanged"}
     assert sent.sent >= 2 and sent.failed == 0  # slack-news and email-oncall at least
     assert len(alerts(tmp_path)) == 1
+
+
+async def test_a_story_whose_work_was_skipped_is_still_matched_when_new(
+        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+    """The pool skips dedup features and rule text matching for ids the feed carried at
+    its last poll; one of them that is not stored after all is done by the pipeline."""
+    first = await poll(rt)
+    assert first["a"].result == "baseline"
+    seed = seed_item()
+    # as if the last poll had carried the seed story (e.g. a write lost with a crash)
+    rt.pipeline._last_ids["a"] = rt.pipeline._last_ids["a"] | {seed.guid or ""}
+    clock.advance(minutes=5)
+    feed_server.set("/a.rss", rss([seed, *BACKLOG], now=clock.now))
+    second = await poll(rt)
+    assert second["a"].new == 1
+    assert [a["rule"] for a in alerts(tmp_path)] == ["sanctions-deadline"]
