@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,7 @@ from pydantic import (
 
 from monitor.errors import ConfigError, Problem
 from monitor.model import FeedSpec
-from monitor.yamlpos import load_yaml, problems_from_validation
+from monitor.yamlpos import Positions, load_yaml, problems_from_validation
 
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "MONITOR_CONFIG"
@@ -145,6 +146,9 @@ class EmailChannel(_Model):
     to: tuple[str, ...] = Field(min_length=1)
     timeout: Duration = 30.0
     rate: float = Field(1.0, gt=0)
+    # PEM bundle of the CAs to trust instead of the system store (a relay with a private
+    # CA); relative to the config file. Checked when the config is loaded (parse_config).
+    ca_file: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -152,6 +156,21 @@ class EmailChannel(_Model):
     @classmethod
     def _to(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _ca_file(cls, v: Any) -> Any:
+        # ``ca_file: ${SMTP_CA_FILE:-}`` with the variable unset means no ca_file
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _tls(self) -> EmailChannel:
+        if self.ca_file and self.security == "none":
+            raise ValueError(
+                "ca_file needs security: starttls or tls (with security: none no "
+                "certificate is checked)"
+            )
+        return self
 
     @property
     def effective_port(self) -> int:
@@ -247,6 +266,41 @@ class Config(_Model):
         return self.store
 
 
+def ca_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot serve as a bundle of trusted CAs (PEM), or None if it can."""
+    if path.exists() and not path.is_file():
+        return f"{path} is not a file"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except ssl.SSLError as e:  # before OSError: an SSLError is one
+        return f"{path} is not a PEM bundle of CA certificates ({e.reason or e})"
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror or e}"
+    return None
+
+
+def _file_problems(config: Config, path: str, positions: Positions) -> list[Problem]:
+    """Files the configuration reads, checked at load (as the rules path is at startup)
+    so that ``monitor check`` and the daemon's start report them, not the first alert."""
+    out: list[Problem] = []
+    for name, ch in config.channels.items():
+        if isinstance(ch, EmailChannel) and ch.ca_file:
+            problem = ca_file_problem(config.resolve(ch.ca_file))
+            if problem:
+                pos = positions.get(("channels", name, "ca_file"))
+                out.append(
+                    Problem(
+                        path,
+                        pos[0] if pos else None,
+                        pos[1] if pos else None,
+                        f"channels.{name}.ca_file: {problem}",
+                    )
+                )
+    return out
+
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -330,6 +384,8 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Con
     except ValidationError as e:
         problems += problems_from_validation(e, path, positions)
         config = None
+    if config is not None:
+        problems += _file_problems(config, path, positions)
     if problems or config is None:
         raise ConfigError(problems, "invalid configuration")
     return config

@@ -2,6 +2,9 @@
 
 Errors: connection refused, timeouts, dropped connections and 4xx replies → retry;
 5xx replies (550 recipient refused, 535 authentication failed, 554...) → do not retry.
+A server certificate that fails verification → retry (see ``_cert_failed``).
+TLS (STARTTLS or implicit) verifies the server's certificate and host name against the
+system CA store, or only against the CAs in ``ca_file`` when the channel sets one.
 ``Sent.ref`` is the Message-ID, which an update puts in In-Reply-To / References.
 The Message-ID is derived from the channel and the alert (or the ``key`` given), so a
 retried delivery keeps the same Message-ID and a receiving system can deduplicate.
@@ -9,9 +12,12 @@ retried delivery keeps the same Message-ID and a receiving system can deduplicat
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
 
 import aiosmtplib
 
@@ -29,14 +35,61 @@ def _domain(address: str) -> str:
     return addr.rpartition("@")[2].strip(" >") or "monitor.invalid"
 
 
-class EmailNotifier:
-    """Sends each alert as one email to ``cfg.to`` (one SMTP connection per message)."""
+def _cert_error(e: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``e``, if any (aiosmtplib wraps the
+    one of an implicit-TLS connect in SMTPConnectError; STARTTLS lets it through)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
-    def __init__(self, name: str, cfg: EmailChannel) -> None:
+
+class EmailNotifier:
+    """Sends each alert as one email to ``cfg.to`` (one SMTP connection per message).
+    A relative ``cfg.ca_file`` resolves against ``base_dir`` (the config file's directory)."""
+
+    def __init__(self, name: str, cfg: EmailChannel, base_dir: Path | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.limiter = RateLimiter(cfg.rate)
         self.domain = _domain(cfg.from_)
+        self.ca_path: Path | None = None
+        if cfg.ca_file:
+            p = Path(cfg.ca_file).expanduser()
+            self.ca_path = p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+        self._tls: ssl.SSLContext | None = None  # built on first use, then reused
+
+    async def _tls_context(self) -> ssl.SSLContext | None:
+        """The client context for STARTTLS / implicit TLS (None for ``security: none``):
+        certificate and host name checked, against ``ca_file`` alone when it is set."""
+        if self.cfg.security == "none":
+            return None
+        if self._tls is None:
+            cafile = str(self.ca_path) if self.ca_path else None
+            self._tls = await asyncio.to_thread(ssl.create_default_context, cafile=cafile)
+        return self._tls
+
+    def _cert_failed(self, where: str, err: ssl.SSLCertVerificationError) -> SendFailed:
+        # retry=True: an expired or wrongly issued server certificate, or a CA bundle that
+        # lacks the relay's (new) CA, is mended on the server or in ca_file without a
+        # config change, and the alert should then go out instead of being dropped; the
+        # dispatcher's backoff and give_up_after bound the attempts, and every one logs
+        # this reason. The context is dropped so the next attempt reloads ca_file.
+        self._tls = None
+        trusted = (
+            f"trusting the CAs in {self.ca_path}"
+            if self.ca_path
+            else "trusting the system CA store; set ca_file for a private CA"
+        )
+        detail = err.verify_message or err.reason or str(err)
+        return SendFailed(
+            reason=self._scrub(f"{where}: TLS certificate verify failed: {detail} ({trusted})"),
+            retry=True,
+        )
 
     def _scrub(self, text: str) -> str:
         if self.cfg.password:
@@ -95,6 +148,17 @@ class EmailNotifier:
         cfg = self.cfg
         where = f"smtp {cfg.host}:{cfg.effective_port}"
         try:
+            tls_context = await self._tls_context()
+        except OSError as e:  # ssl.SSLError included
+            # the loader checked ca_file; it has since gone or changed: restoring it
+            # heals, and the next attempt loads it again
+            return SendFailed(
+                reason=self._scrub(
+                    f"{where}: ca_file {self.ca_path}: cannot load: {e.strerror or e}"
+                ),
+                retry=True,
+            )
+        try:
             errors, _ = await aiosmtplib.send(
                 msg,
                 sender=cfg.from_,
@@ -103,6 +167,7 @@ class EmailNotifier:
                 port=cfg.effective_port,
                 use_tls=cfg.security == "tls",
                 start_tls=cfg.security == "starttls",
+                tls_context=tls_context,
                 username=cfg.username,
                 password=cfg.password,
                 timeout=cfg.timeout,
@@ -122,7 +187,12 @@ class EmailNotifier:
             )
         except aiosmtplib.SMTPTimeoutError:
             return SendFailed(reason=f"{where}: timed out", retry=True)
+        except ssl.SSLCertVerificationError as e:  # STARTTLS handshake
+            return self._cert_failed(where, e)
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected) as e:
+            cert = _cert_error(e)  # implicit TLS: the handshake is part of the connect
+            if cert is not None:
+                return self._cert_failed(where, cert)
             return SendFailed(reason=self._scrub(f"{where}: connection failed: {e}"), retry=True)
         except aiosmtplib.SMTPNotSupported as e:
             # e.g. STARTTLS or AUTH not offered: a configuration problem

@@ -12,7 +12,8 @@ from monitor.notify.slack import SlackNotifier
 
 def build_notifiers(config: Config) -> dict[str, Notifier]:
     """``{channel name: notifier}``. Registers the channels' secrets with the log
-    redactor. Relative file paths resolve against the config file's directory."""
+    redactor. Relative file paths (a file channel's ``path``, an email channel's
+    ``ca_file``) resolve against the config file's directory."""
     out: dict[str, Notifier] = {}
     for name, ch in config.channels.items():
         if isinstance(ch, SlackChannel):
@@ -20,7 +21,7 @@ def build_notifiers(config: Config) -> dict[str, Notifier]:
             out[name] = SlackNotifier(name, ch)
         elif isinstance(ch, EmailChannel):
             redact(ch.password)
-            out[name] = EmailNotifier(name, ch)
+            out[name] = EmailNotifier(name, ch, base_dir=config.resolve("."))
         elif isinstance(ch, FileChannel):
             out[name] = FileNotifier(name, ch, base_dir=config.resolve("."))
     return out

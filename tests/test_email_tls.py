@@ -1,0 +1,270 @@
+"""The email channel over TLS: STARTTLS and implicit TLS against a real aiosmtpd server
+whose certificate comes from a private CA (trustme), trusted through ``ca_file``; and
+``ca_file`` in the configuration (resolved against the config file, checked at load)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+
+from monitor.config import EmailChannel, parse_config
+from monitor.errors import ConfigError
+from monitor.model import SendFailed, Sent
+from monitor.notify.email import EmailNotifier
+from monitor.notify.registry import build_notifiers
+from tests.peers.smtpserver import SMTPServer, _Handler
+from tests.test_notify import SMTP_PASS, SMTP_USER, make_alert
+
+Mode = Literal["starttls", "tls"]
+
+
+class TLSSMTPServer(SMTPServer):
+    """``SMTPServer`` (same recording and controls) speaking TLS with ``context``:
+    STARTTLS required before MAIL (``starttls``), or TLS from the first byte (``tls``).
+    With ``credentials`` set, AUTH is required and only offered over TLS."""
+
+    def __init__(self, mode: Mode, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self.mode = mode
+        self.context = context
+
+    def start(self) -> None:
+        if self._controller is not None:
+            return
+        kwargs: dict[str, Any] = {}
+        if self.credentials is not None:
+            kwargs = {
+                "authenticator": self._authenticate,
+                "auth_required": True,
+                "auth_require_tls": True,
+            }
+        if self.mode == "starttls":
+            kwargs |= {"tls_context": self.context, "require_starttls": True}
+        else:
+            kwargs["ssl_context"] = self.context
+        controller = Controller(_Handler(self), hostname=self.host, port=self.port, **kwargs)
+        controller.start()
+        self._controller = controller
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def ca_pem(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "relay-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@contextmanager
+def tls_server(mode: Mode, context: ssl.SSLContext) -> Iterator[TLSSMTPServer]:
+    server = TLSSMTPServer(mode, context)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def starttls_server(server_context: ssl.SSLContext) -> Iterator[TLSSMTPServer]:
+    with tls_server("starttls", server_context) as server:
+        yield server
+
+
+@pytest.fixture
+def implicit_tls_server(server_context: ssl.SSLContext) -> Iterator[TLSSMTPServer]:
+    with tls_server("tls", server_context) as server:
+        yield server
+
+
+@pytest.fixture(params=["starttls", "tls"])
+def any_tls_server(
+    request: pytest.FixtureRequest, server_context: ssl.SSLContext
+) -> Iterator[TLSSMTPServer]:
+    with tls_server(request.param, server_context) as server:
+        yield server
+
+
+def notifier(server: TLSSMTPServer, **kw: Any) -> EmailNotifier:
+    data: dict[str, Any] = {
+        "type": "email",
+        "host": server.host,
+        "port": server.port,
+        "security": server.mode,
+        "from": "monitor@alerts.example.org",
+        "to": ["ops@example.org"],
+        "timeout": 5,
+        "rate": 1000,
+    }
+    return EmailNotifier("mail", EmailChannel.model_validate({**data, **kw}))
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+async def test_starttls_delivers_with_private_ca(
+    starttls_server: TLSSMTPServer, ca_pem: Path
+) -> None:
+    # the server answers MAIL with 530 until STARTTLS: a delivery means TLS was used
+    r = await notifier(starttls_server, ca_file=str(ca_pem)).send(make_alert())
+    assert isinstance(r, Sent), r
+    assert [m.message["Message-ID"] for m in starttls_server.messages] == [r.ref]
+
+
+async def test_implicit_tls_delivers_with_private_ca(
+    implicit_tls_server: TLSSMTPServer, ca_pem: Path
+) -> None:
+    r = await notifier(implicit_tls_server, ca_file=str(ca_pem)).send(make_alert())
+    assert isinstance(r, Sent), r
+    assert [m.message["Message-ID"] for m in implicit_tls_server.messages] == [r.ref]
+
+
+async def test_system_store_rejects_private_ca_and_is_retried(
+    any_tls_server: TLSSMTPServer,
+) -> None:
+    n = notifier(any_tls_server, username=SMTP_USER, password=SMTP_PASS)
+    r = await n.send(make_alert())
+    assert isinstance(r, SendFailed), r
+    assert r.retry is True  # a certificate can be fixed without a config change
+    assert "certificate verify failed" in r.reason
+    assert "system CA store" in r.reason and "ca_file" in r.reason
+    assert f"smtp 127.0.0.1:{any_tls_server.port}" in r.reason
+    assert SMTP_PASS not in r.reason
+    assert any_tls_server.messages == []
+
+
+async def test_ca_file_replaces_the_system_store_and_is_reread_after_a_failure(
+    any_tls_server: TLSSMTPServer, ca: trustme.CA, tmp_path: Path
+) -> None:
+    # ca_file holds another CA: the server's certificate is refused
+    path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    n = notifier(any_tls_server, ca_file=str(path))
+    r = await n.send(make_alert())
+    assert isinstance(r, SendFailed) and r.retry is True, r
+    assert "certificate verify failed" in r.reason and str(path) in r.reason
+    assert any_tls_server.messages == []
+    # the bundle is fixed in place: the retry reloads it and goes through
+    ca.cert_pem.write_to_path(str(path))
+    assert isinstance(await n.send(make_alert()), Sent)
+    assert len(any_tls_server.messages) == 1
+
+
+async def test_host_name_is_checked(ca: trustme.CA, ca_pem: Path) -> None:
+    # a certificate from the trusted CA, but for another name than the one dialled
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("relay.example.org").configure_cert(ctx)
+    with tls_server("tls", ctx) as server:
+        r = await notifier(server, ca_file=str(ca_pem)).send(make_alert())
+        assert isinstance(r, SendFailed) and r.retry is True, r
+        assert "certificate verify failed" in r.reason and "mismatch" in r.reason
+        assert server.messages == []
+
+
+async def test_auth_over_starttls(server_context: ssl.SSLContext, ca_pem: Path) -> None:
+    server = TLSSMTPServer("starttls", server_context)
+    server.credentials = (SMTP_USER, SMTP_PASS)  # AUTH required, offered only after TLS
+    server.start()
+    try:
+        ok = notifier(server, ca_file=str(ca_pem), username=SMTP_USER, password=SMTP_PASS)
+        assert isinstance(await ok.send(make_alert()), Sent)
+        bad = notifier(server, ca_file=str(ca_pem), username=SMTP_USER, password="wrong-pw")
+        r = await bad.send(make_alert())
+        assert isinstance(r, SendFailed) and r.retry is False and "535" in r.reason
+        assert "wrong-pw" not in r.reason
+        assert len(server.messages) == 1
+    finally:
+        server.stop()
+
+
+async def test_ca_file_gone_after_load_is_a_retryable_failure(
+    starttls_server: TLSSMTPServer, ca_pem: Path
+) -> None:
+    n = notifier(starttls_server, ca_file=str(ca_pem))
+    aside = str(ca_pem) + ".bak"
+    os.replace(ca_pem, aside)  # gone after the config was loaded
+    r = await n.send(make_alert())
+    assert isinstance(r, SendFailed) and r.retry is True, r
+    assert "ca_file" in r.reason and "No such file" in r.reason
+    assert starttls_server.messages == []
+    os.replace(aside, ca_pem)
+    assert isinstance(await n.send(make_alert()), Sent)
+
+
+# --------------------------------------------------------------------------- config
+
+
+CONFIG = """\
+channels:
+  mail:
+    type: email
+    host: smtp.example.org
+    from: a@example.org
+    to: b@example.org
+    security: {security}
+    ca_file: {ca_file}
+"""
+
+
+def test_relative_ca_file_resolves_against_the_config(tmp_path: Path, ca: trustme.CA) -> None:
+    (tmp_path / "certs").mkdir()
+    ca.cert_pem.write_to_path(str(tmp_path / "certs" / "ca.pem"))
+    path = tmp_path / "config.yaml"
+    config = parse_config(CONFIG.format(security="tls", ca_file="certs/ca.pem"), str(path), {})
+    n = build_notifiers(config)["mail"]
+    assert isinstance(n, EmailNotifier)
+    assert n.ca_path == tmp_path.resolve() / "certs" / "ca.pem"
+
+
+def test_ca_file_from_an_unset_variable_is_no_ca_file(tmp_path: Path) -> None:
+    config = parse_config(
+        CONFIG.format(security="starttls", ca_file="${SMTP_CA_FILE:-}"),
+        str(tmp_path / "c.yaml"),
+        {},
+    )
+    mail = config.channels["mail"]
+    assert isinstance(mail, EmailChannel) and mail.ca_file is None
+
+
+def config_problems(tmp_path: Path, security: str, ca_file: str) -> list[str]:
+    path = tmp_path / "c.yaml"
+    with pytest.raises(ConfigError) as e:
+        parse_config(CONFIG.format(security=security, ca_file=ca_file), str(path), {})
+    return [str(p).removeprefix(str(path)) for p in e.value.problems]
+
+
+def test_bad_ca_file_is_a_located_config_error(tmp_path: Path) -> None:
+    got = config_problems(tmp_path, "starttls", "missing.pem")
+    assert got == [
+        f":8:14: channels.mail.ca_file: {tmp_path.resolve() / 'missing.pem'} does not exist"
+    ]
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    got = config_problems(tmp_path, "starttls", "notes.txt")
+    assert len(got) == 1 and got[0].startswith(":8:14: channels.mail.ca_file: "), got
+    assert "is not a PEM bundle of CA certificates" in got[0]
+    got = config_problems(tmp_path, "tls", ".")
+    assert len(got) == 1 and got[0].endswith("is not a file"), got
+
+
+def test_ca_file_needs_tls(tmp_path: Path, ca_pem: Path) -> None:
+    got = config_problems(tmp_path, "none", str(ca_pem))
+    assert len(got) == 1 and got[0].startswith(":3:5: channels.mail: ca_file needs security"), got
