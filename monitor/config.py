@@ -157,10 +157,11 @@ class EmailChannel(_Model):
     def _to(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @field_validator("ca_file", mode="before")
+    @field_validator("ca_file", "username", "password", mode="before")
     @classmethod
-    def _ca_file(cls, v: Any) -> Any:
-        # ``ca_file: ${SMTP_CA_FILE:-}`` with the variable unset means no ca_file
+    def _blank_is_unset(cls, v: Any) -> Any:
+        # ``username: ${SMTP_USER:-}`` with the variable unset means no login (an empty
+        # user name would make the client try one, and the server refuse it for good)
         return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")

@@ -115,6 +115,23 @@ def test_env_interpolation_and_secrets() -> None:
     assert set(secrets_of(cfg)) == {"https://hooks.example/T/B/secret", "hunter22"}
 
 
+def test_unset_optional_login_means_no_login() -> None:
+    """``username: ${SMTP_USER:-}`` with the variable unset: no AUTH attempt at all (an
+    empty user name would be sent and refused for good)."""
+    cfg = parse_config(
+        "channels:\n  e:\n    type: email\n    host: localhost\n    from: a@b\n    to: c@d\n"
+        "    username: ${SMTP_USER:-}\n    password: ${SMTP_PASSWORD:-}\n",
+        "c.yaml", {},
+    )
+    e = cfg.channels["e"]
+    assert isinstance(e, EmailChannel) and e.username is None and e.password is None
+    set_ = parse_config(
+        "channels:\n  e:\n    type: email\n    host: localhost\n    from: a@b\n    to: c@d\n"
+        "    username: ${SMTP_USER:-}\n", "c.yaml", {"SMTP_USER": "alerts"},
+    ).channels["e"]
+    assert isinstance(set_, EmailChannel) and set_.username == "alerts"
+
+
 def test_missing_file_is_a_helpful_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(tmp_path / "nope.yaml")
