@@ -240,11 +240,14 @@ class Runtime:
         self.pipeline.on_queued = queued
         total = DispatchResult()
         polling = asyncio.ensure_future(self.poll_all())
+        waiting: set[asyncio.Future[Any]] = set()  # the wake-up wait in progress
         try:
             while not polling.done():
                 woken = asyncio.ensure_future(wake.wait())
+                waiting.add(woken)
                 await asyncio.wait({polling, woken}, return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
+                waiting.clear()
                 if wake.is_set():
                     wake.clear()
                     try:
@@ -254,8 +257,11 @@ class Runtime:
             outcomes = polling.result()
         finally:
             self.pipeline.on_queued = previous
-            if not polling.done():  # cancelled from outside: the polls stop too
-                polling.cancel()
+            for w in waiting:
+                w.cancel()
+            if not polling.done():  # cancelled from outside, or a bug: the polls stop too,
+                polling.cancel()  # and are over before the caller closes what they use
+                await asyncio.gather(polling, return_exceptions=True)
         return outcomes, total + await self.drain()
 
     async def poll_one(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
@@ -361,7 +367,7 @@ class Daemon:
                         t.cancel()
                     if pending:
                         log.warning("daemon.abandoned", polls=len(pending),
-                                    note="nothing of them was committed; due again at once")
+                                    note="their stories were not committed; due again at once")
                         await asyncio.gather(*pending, return_exceptions=True)
                         # their claim would hold them back for the lease: make them due now
                         now = self.clock()

@@ -49,13 +49,22 @@ def _memoise_base_resolution() -> None:
     with itself when the element has none (``make_safe_absolute_uri(base, base)``): a
     fifth of its parse time on an ordinary feed. The function is pure (strings in, a
     string out, against a constant scheme list), so the parser's module gets a memoised
-    copy; the results are the same, and feedparser versions without it are left alone."""
+    copy for ordinary URL lengths (a hostile feed's huge bases are not kept alive); the
+    results are the same, and feedparser versions without it are left alone."""
     from feedparser import mixin
 
     original = getattr(mixin, "make_safe_absolute_uri", None)
-    if original is None or hasattr(original, "cache_info"):
+    if original is None or getattr(original, "memoised", False):
         return
-    mixin.make_safe_absolute_uri = functools.lru_cache(maxsize=1024)(original)
+    cached = functools.lru_cache(maxsize=1024)(original)
+
+    def make_safe_absolute_uri(base: Any, rel: Any = None) -> Any:
+        if len(base or "") + len(rel or "") <= 2048:
+            return cached(base, rel)
+        return original(base, rel)
+
+    make_safe_absolute_uri.memoised = True  # type: ignore[attr-defined]
+    mixin.make_safe_absolute_uri = make_safe_absolute_uri
 
 
 _memoise_base_resolution()

@@ -120,7 +120,26 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data[6:])
 
 
-_CDATA = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.S)
+def _unwrap_cdata(markup: str) -> str:
+    """Each ``<![CDATA[…]]>`` section replaced by its content as escaped text: one linear
+    scan (a pattern would rescan the rest of the text from every opener that has no
+    closer, and a hostile feed can repeat openers at will)."""
+    out: list[str] = []
+    pos = 0
+    while True:
+        start = markup.find("<![CDATA[", pos)
+        if start < 0:
+            break
+        end = markup.find("]]>", start + 9)
+        if end < 0:
+            break  # no closer after this opener: none after a later one either
+        out.append(markup[pos:start])
+        out.append(html.escape(markup[start + 9 : end], quote=False))
+        pos = end + 3
+    if not out:
+        return markup
+    out.append(markup[pos:])
+    return "".join(out)
 
 
 def _sanitize(markup: str) -> str:
@@ -128,7 +147,7 @@ def _sanitize(markup: str) -> str:
     element outside its allow-list, keeping the text; comments and declarations go.
     A CDATA section is literal text: it is kept as such (escaped), not as markup."""
     if "<![CDATA[" in markup:
-        markup = _CDATA.sub(lambda m: html.escape(m.group(1), quote=False), markup)
+        markup = _unwrap_cdata(markup)
     try:
         return str(_sanitize_html(markup, "utf-8", "text/html"))
     except Exception:  # never let odd input escape; the walk below is lenient

@@ -68,9 +68,11 @@ async def test_a_cancelled_caller_does_not_cancel_the_write(tmp_path: Path) -> N
     async with CountingStore(tmp_path / "s.db") as store:
         writer = FeedStateWriter(store, window=0.01)
         saving = asyncio.ensure_future(writer.save(feed("a")))
+        other = asyncio.ensure_future(writer.save(feed("b")))  # in the same batch
         await asyncio.sleep(0)
         saving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await saving
+        assert await asyncio.wait_for(other, 5) is None  # the other caller is not cancelled
         await writer.close()
-        assert [f.name for f in await store.get_feeds()] == ["a"]
+        assert [f.name for f in await store.get_feeds()] == ["a", "b"]

@@ -389,3 +389,25 @@ def test_feedparser_aliases_kept() -> None:
 def test_hostile_markup_is_sanitised_before_it_becomes_text(markup: str, expected: str) -> None:
     """feedparser's sanitiser is off at parse time; the slow path applies it."""
     assert html_to_text(markup, single_line=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [
+        ("a<![CDATA[<b>]]>c", "a&lt;b&gt;c"),
+        ("<![CDATA[x]]><![CDATA[y]]>", "xy"),
+        ("<![CDATA[<![CDATA[inner]]>]]>", "&lt;![CDATA[inner]]>"),  # the first closer ends it
+        ("keep <![CDATA[open" * 3, "keep <![CDATA[open" * 3),  # openers without a closer
+        ("<![CDATA[a]]> then <![CDATA[unclosed", "a then <![CDATA[unclosed"),
+    ],
+)
+def test_cdata_sections_become_escaped_text(markup: str, expected: str) -> None:
+    from monitor.text import _unwrap_cdata
+
+    assert _unwrap_cdata(markup) == expected
+
+
+def test_many_cdata_openers_without_a_closer_are_plain_text() -> None:
+    """A hostile feed repeating ``<![CDATA[`` (it is linear: bench/ times such things)."""
+    markup = "<p>" + "<![CDATA[x" * 5000 + "</p>"
+    assert html_to_text(markup, single_line=True) == "<![CDATA[x" * 5000

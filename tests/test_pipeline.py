@@ -347,3 +347,24 @@ async def test_a_story_whose_work_was_skipped_is_still_matched_when_new(
     second = await poll(rt)
     assert second["a"].new == 1
     assert [a["rule"] for a in alerts(tmp_path)] == ["sanctions-deadline"]
+
+
+async def test_poll_and_deliver_leaves_no_poll_running_when_it_fails(
+        make_config: Any, feed_server: Any, clock: Clock) -> None:
+    """A delivery round that fails with a bug while a poll is in flight: the error
+    reaches the caller only once the polls are over, so closing the runtime is safe."""
+    import asyncio
+
+    feed_server.serve("/a.rss", rss([seed_item()], now=T0))
+    feed_server.gate("/held.rss", rss([], now=T0))  # never answers
+    config = make_config({"a": "/a.rss", "held": "/held.rss"},
+                         "defaults: {alert_on_first_poll: true}")
+    async with Runtime(config, clock=clock) as rt:
+        async def broken() -> Any:
+            raise RuntimeError("bug in a delivery round")
+
+        rt.drain = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="bug in a delivery round"):
+            await asyncio.wait_for(rt.poll_and_deliver(), 10)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not [t for t in others if "poll" in repr(t.get_coro())], others

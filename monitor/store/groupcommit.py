@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
+from monitor.log import get_logger, scrub
 from monitor.model import FeedState
 from monitor.store.base import Store
+
+log = get_logger(__name__)
 
 WINDOW = 0.005  # seconds a first write waits for others to join it
 
@@ -70,5 +73,7 @@ class FeedStateWriter:
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled():
-        fut.exception()
+    if not fut.cancelled() and fut.exception() is not None:
+        # its callers may all have been cancelled (a shutdown): say it somewhere; the
+        # feeds are polled again, the write lost costs nothing else
+        log.warning("store.feed_states_failed", error=scrub(str(fut.exception())))

@@ -622,7 +622,7 @@ class SQLiteStore:
             t = dt_to_text(now)
             r = None if ref is None else _k(ref)
             with _write(con):
-                for chunk in _chunks(ids, 500):
+                for chunk in _chunks(ids):
                     con.execute(
                         "UPDATE deliveries SET state = 'sent', sent_at = ?, last_attempt = ?, "
                         "ref = ?, attempts = attempts + 1, next_attempt = NULL "
