@@ -121,6 +121,7 @@ class SlackChannel(_Model):
     rate: float = Field(1.0, gt=0)  # messages per second
     username: str | None = None
     icon_emoji: str | None = None
+    timeout: Duration = Field(30.0, ge=1)  # one request to Slack, connecting included
 
     @model_validator(mode="after")
     def _auth(self) -> SlackChannel:

@@ -354,6 +354,29 @@ async def test_slack_bot_unknown_channel_is_permanent(slack_server: SlackServer)
     assert "channel_not_found" in r.reason
 
 
+@pytest.mark.parametrize("webhook", [True, False])
+async def test_slack_timeout_is_configurable_and_retried(
+    slack_server: SlackServer, webhook: bool
+) -> None:
+    """A Slack that answers in 1.5 s, later than the channel's ``timeout`` of 1 s: a
+    retryable failure (with the 30 s default the message would have gone through)."""
+    auth: dict[str, str] = (
+        {"webhook_url": slack_server.webhook_url} if webhook
+        else {"token": slack_server.token, "channel": "#news",
+              "base_url": slack_server.api_base_url}
+    )
+    cfg = SlackChannel.model_validate({"type": "slack", "rate": 1000, "timeout": "1s", **auth})
+    assert cfg.timeout == 1.0
+    n = SlackNotifier("s", cfg)
+    slack_server.delay = 1.5
+    try:
+        r = await n.send(make_alert())
+    finally:
+        await n.close()
+    assert isinstance(r, SendFailed) and r.retry is True, r
+    assert r.reason == "slack: timed out"
+
+
 @pytest.mark.parametrize("status", [429, 500, 503])
 @pytest.mark.parametrize("webhook", [True, False])
 async def test_slack_errors_are_not_retried_by_the_sdk(

@@ -34,7 +34,6 @@ from monitor.notify.render import slack_digest, slack_message
 
 log = get_logger(__name__)
 
-TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 
 # Web API errors that will not heal by themselves (anything not listed: see _api_failure)
 PERMANENT_ERRORS = frozenset(
@@ -155,12 +154,13 @@ class SlackNotifier:
     def _clients(self) -> tuple[AsyncWebhookClient | None, AsyncWebClient | None]:
         # created lazily: an aiohttp session belongs to the running loop
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+                total=self.cfg.timeout, connect=min(10.0, self.cfg.timeout)))
             self._webhook = self._web = None
         if self.cfg.webhook_url and self._webhook is None:
             self._webhook = AsyncWebhookClient(
                 self.cfg.webhook_url,
-                timeout=int(TIMEOUT.total or 30),
+                timeout=max(1, round(self.cfg.timeout)),
                 session=self._session,
                 retry_handlers=quick_retry(),
             )
@@ -170,7 +170,7 @@ class SlackNotifier:
                 kwargs["base_url"] = self.cfg.base_url
             self._web = AsyncWebClient(
                 token=self.cfg.token,
-                timeout=int(TIMEOUT.total or 30),
+                timeout=max(1, round(self.cfg.timeout)),
                 session=self._session,
                 retry_handlers=quick_retry(),
                 **kwargs,

@@ -28,10 +28,12 @@ Control:
 * ``slack_server.webhook_url`` (``http://127.0.0.1:PORT/webhook/T000/B000/secret``),
   ``slack_server.api_base_url`` (``http://127.0.0.1:PORT/api/``), ``slack_server.token``.
 * ``slack_server.requests`` counts every request received (including failed ones).
+* ``slack_server.delay = 2.0`` makes every answer wait that many seconds (a slow Slack).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -121,6 +123,7 @@ class SlackServer:
         self.messages: list[dict[str, Any]] = []
         self.rejected: list[tuple[str, Any]] = []
         self.requests = 0
+        self.delay = 0.0
         self._fail: list[tuple[int, float | None]] = []
         self._ts = 1_700_000_000
         self._runner: web.AppRunner | None = None
@@ -189,6 +192,8 @@ class SlackServer:
 
     async def _webhook(self, request: web.Request) -> web.Response:
         self.requests += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         failed = self._failure(api=False)
         if failed is not None:
             return failed
@@ -214,6 +219,8 @@ class SlackServer:
 
     async def _post_message(self, request: web.Request) -> web.Response:
         self.requests += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         failed = self._failure(api=True)
         if failed is not None:
             return failed
