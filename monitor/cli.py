@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections import Counter, defaultdict
@@ -22,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor import __version__
+from monitor import __version__, loop
 from monitor.config import Config, find_config, load_config, parse_duration
 from monitor.errors import ConfigError, MonitorError, ProblemsError, RulesError
 from monitor.log import setup_logging
@@ -113,7 +112,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from monitor.demo import run_demo
 
-        return asyncio.run(run_demo(keep=args.keep, as_json=args.json))
+        return loop.run(run_demo(keep=args.keep, as_json=args.json))
     if cmd == "check":
         return cmd_check(args)
     if cmd == "stories" and args.stories_cmd == "cluster":
@@ -124,15 +123,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "run":
         from monitor.daemon import Daemon
 
-        return asyncio.run(Daemon(config).run())
+        return loop.run(Daemon(config).run())
     if cmd == "once":
-        return asyncio.run(cmd_once(config, args.json))
+        return loop.run(cmd_once(config, args.json))
     if cmd == "status":
-        return asyncio.run(cmd_status(config, args.json))
+        return loop.run(cmd_status(config, args.json))
     if cmd == "backtest":
-        return asyncio.run(cmd_backtest(config, args))
+        return loop.run(cmd_backtest(config, args))
     if cmd == "stories":
-        return asyncio.run(cmd_stories(config, args))
+        return loop.run(cmd_stories(config, args))
     raise AssertionError(cmd)
 
 
@@ -329,7 +328,7 @@ def _stories_from_feed(source: str, now: Any) -> list[Any]:
                 raise MonitorError(f"cannot fetch {source}: {getattr(r, 'reason', r)}")
             return r
 
-        r = asyncio.run(get())
+        r = loop.run(get())
         parsed = parse_feed(r.body, r.headers, feed="cli", url=source, now=now)
     else:
         parsed = parse_feed(Path(source).read_bytes(), {}, feed=Path(source).stem, now=now)

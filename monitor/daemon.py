@@ -354,7 +354,8 @@ class Daemon:
                     server.ready = True
                 log.info("daemon.started", feeds=len(self.config.feeds),
                          rules=len(rt.pipeline.rules.ruleset.rules), store=_safe_url(
-                             self.config.store_url))
+                             self.config.store_url),
+                         loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
                 await self._stop.wait()
                 log.info("daemon.stopping", inflight=len(self._inflight))
                 sched.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,9 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "seeds" / "sanctions-deadline-article.txt"
 
 
-async def monitor(*args: str, cwd: Path, stdin: bytes | None = None) -> tuple[int, str, str]:
+async def monitor(*args: str, cwd: Path, stdin: bytes | None = None,
+                  env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "monitor", *args, cwd=str(cwd),
+        env={**os.environ, **env} if env else None,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
@@ -100,6 +103,21 @@ async def test_once_status_stories_and_backtest(workdir: Path, feed_server: Any)
     assert bt["rules"]["sanctions-deadline"]["alerts"] == 1
     assert "Humanoid" in bt["rules"]["robots"]["fired"][0]["title"]
     assert len((workdir / "audit.jsonl").read_text().splitlines()) == 1  # unchanged
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_once_on_either_event_loop(workdir: Path, feed_server: Any, event_loop: str) -> None:
+    if event_loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is not installed on this platform")
+    feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
+    rc, out, err = await monitor("once", "--json", cwd=workdir,
+                                 env={"MONITOR_EVENT_LOOP": event_loop})
+    assert rc == 0, err  # one feed of two failed: not all
+    data = json.loads(out)
+    assert {f["feed"]: f["new"] for f in data["feeds"]} == {"a": 5, "dead": 0}
+    assert data["deliveries"]["sent"] >= 1
+    rc, _, err = await monitor("status", cwd=workdir, env={"MONITOR_EVENT_LOOP": "nope"})
+    assert rc == 1 and "MONITOR_EVENT_LOOP='nope'" in err
 
 
 async def test_rules_test_explains(workdir: Path) -> None:
