@@ -6,10 +6,12 @@ How it stays fast with many rules:
    an id; a single dict maps the key of a term's first token (stem, exact or prefix key, see
    ``monitor.terms``) to the terms starting with it.
 2. ``match(story)`` tokenises each searched field once and does one dict lookup per token
-   (plus one per distinct prefix length when prefix terms exist), verifying phrases in place.
+   (a per-matcher cache of the index entries a token starts: its stem, exact and prefix keys
+   are looked up on the token's first sighting only), verifying phrases in place.
 3. Only rules that reference a term that occurred (or that contain a regex) are evaluated;
    evaluation is a small boolean walk over sets of term ids. Positions are consulted only for
-   NEAR, and character offsets only for the rules that matched.
+   NEAR, and character offsets only for the rules that matched (once per story and term,
+   shared by the rules that matched it).
 
 No clock, no I/O: ``sources`` (distinct sources carrying the story's cluster) is an argument.
 """
@@ -21,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import compress
 from typing import Any
 
 from monitor.expr import Actor, Near, Node, Not, Or, Term, render
@@ -40,6 +43,7 @@ from monitor.terms import (
 _EXACT_NS = "\x00="
 _PREFIX_NS = "\x00*"
 MAX_HITS = 50
+_TOK_CACHE_MAX = 200_000
 
 # compiled condition opcodes
 _TERM, _ANYOF, _ALLOF, _AND, _OR, _NOT, _NEAR = range(7)
@@ -71,7 +75,20 @@ class _Field:
 
     def span_list(self) -> list[tuple[int, int]]:
         if self.spans is None:
-            self.spans = [m.span() for m in TOKEN_RE.finditer(self.text)]
+            # The tokens are TOKEN_RE's consecutive matches and the pattern has no lookaround:
+            # a token's text cannot occur earlier in the gap before it (the pattern would have
+            # matched there), so finding it from the previous token's end gives its offset;
+            # twice as fast as a second regex pass with Match.span().
+            spans: list[tuple[int, int]] = []
+            append = spans.append
+            find = self.text.find
+            pos = 0
+            for tok in self.toks:
+                pos = find(tok, pos)
+                end = pos + len(tok)
+                append((pos, end))
+                pos = end
+            self.spans = spans
         return self.spans
 
     def sentence(self, ti: int) -> int:
@@ -89,6 +106,9 @@ class _Scan:
     fields: dict[str, _Field] = field(default_factory=dict)
     occ: dict[str, dict[int, list[_Occ]]] = field(default_factory=dict)
     present_cache: dict[tuple[str, ...], frozenset[int]] = field(default_factory=dict)
+    # (field, term id, label) → that term's hits in the field, in occurrence order, each as
+    # (sort key, end, Hit): built once per story, shared by every rule that matched it
+    hit_cache: dict[tuple[str, int, str], list[tuple[int, int, Hit]]] = field(default_factory=dict)
 
     def present(self, fields: tuple[str, ...]) -> frozenset[int]:
         p = self.present_cache.get(fields)
@@ -109,6 +129,7 @@ class _CRule:
     positive: frozenset[int]  # term ids whose occurrence can make the rule true
     labels: dict[int, str]  # term id → label in this rule ("@actor" for aliases)
     actor_tids: tuple[tuple[str, frozenset[int]], ...]
+    alias_tids: frozenset[int]  # the union of actor_tids
     has_regex: bool
 
 
@@ -217,6 +238,8 @@ class Matcher:
                     prefix_lens.add(len(key))
                 self._has_exact |= any(m == EXACT for m, _ in spec.tokens)
         self._prefix_lens = tuple(sorted(prefix_lens))
+        # token → the index entries it starts (``_token_entries``), filled as stories come
+        self._tok_entries: dict[str, tuple[tuple[int, tuple[tuple[Mode, str], ...]], ...]] = {}
         self._fields = tuple(f for f in ("title", "summary", "content", "author", "tags", "link") if f in fields)
         # Prefilter: every rule gets up to _SLOTS necessary clauses (sets of term ids, one of
         # which must occur for the rule to hold). Per term id and slot, a bitmask of the rules
@@ -304,6 +327,7 @@ class Matcher:
             positive=frozenset(positive),
             labels=labels,
             actor_tids=tuple(actors.items()),
+            alias_tids=frozenset(t for ts in actors.values() for t in ts),
             has_regex=has_regex[0],
         )
 
@@ -314,12 +338,34 @@ class Matcher:
         return set(c[1])
 
     # scan -----------------------------------------------------------------------------
+    def _token_entries(self, tok: str) -> tuple[tuple[int, tuple[tuple[Mode, str], ...]], ...]:
+        """The index entries a token starts (stem, then exact, then prefixes by length), cached."""
+        k = _CACHE.get(tok) or token_keys(tok)
+        index_get = self._index.get
+        out: list[tuple[int, tuple[tuple[Mode, str], ...]]] = []
+        entries = index_get(k[0])
+        if entries is not None:
+            out += entries
+        if self._has_exact:
+            entries = index_get(_EXACT_NS + k[2])
+            if entries is not None:
+                out += entries
+        nk = k[1]
+        for ln in self._prefix_lens:
+            if len(nk) < ln:
+                break
+            entries = index_get(_PREFIX_NS + nk[:ln])
+            if entries is not None:
+                out += entries
+        cache = self._tok_entries
+        if len(cache) >= _TOK_CACHE_MAX:
+            cache.clear()
+        res = cache[tok] = tuple(out)
+        return res
+
     def _scan(self, story: Story, fields: Iterable[str]) -> _Scan:
         scan = _Scan()
-        index_get = self._index.get
-        cache_get = _CACHE.get
-        has_exact = self._has_exact
-        plens = self._prefix_lens
+        tok_get = self._tok_entries.get
         for fname in fields:
             text = field_text(story, fname)
             if not text:
@@ -328,24 +374,26 @@ class Matcher:
             fd = _Field(text, toks)
             scan.fields[fname] = fd
             occ: dict[int, list[_Occ]] = {}
-            keys = [cache_get(t) or token_keys(t) for t in toks]
-            n = len(keys)
-            for i, k in enumerate(keys):
-                entries = index_get(k[0])
-                if entries is not None:
-                    _collect(entries, keys, i, n, occ)
-                if has_exact:
-                    entries = index_get(_EXACT_NS + k[2])
-                    if entries is not None:
-                        _collect(entries, keys, i, n, occ)
-                if plens:
-                    nk = k[1]
-                    for ln in plens:
-                        if len(nk) < ln:
-                            break
-                        entries = index_get(_PREFIX_NS + nk[:ln])
-                        if entries is not None:
-                            _collect(entries, keys, i, n, occ)
+            # one dict lookup per token; () when it starts no term (falsy for compress)
+            ents = list(map(tok_get, toks))
+            if None in ents:
+                for i, e in enumerate(ents):
+                    if e is None:
+                        ents[i] = self._token_entries(toks[i])
+            n = len(toks)
+            for i in compress(range(n), ents):
+                for tid, rest in ents[i]:  # type: ignore[union-attr]
+                    if not rest:
+                        item = (i, i + 1, -1, -1)
+                    elif _phrase_at(rest, toks, i, n):
+                        item = (i, i + 1 + len(rest), -1, -1)
+                    else:
+                        continue
+                    o = occ.get(tid)
+                    if o is None:
+                        occ[tid] = [item]
+                    else:
+                        o.append(item)
             if self._regex:
                 starts: list[int] | None = None
                 for tid, rx in self._regex:
@@ -494,9 +542,10 @@ class Matcher:
 
     def _make_match(self, cr: _CRule, scan: _Scan, present: frozenset[int]) -> Match:
         rule = cr.rule
-        hits = self._hits(cr, scan, cr.positive & present, rule.fields)
-        alias_tids = {t for _, ts in cr.actor_tids for t in ts}
-        terms = tuple(dict.fromkeys(cr.labels[t] for t in sorted(cr.positive & present) if t not in alias_tids))
+        found = cr.positive & present
+        hits = self._hits(cr, scan, found, rule.fields)
+        alias_tids = cr.alias_tids
+        terms = tuple(dict.fromkeys(cr.labels[t] for t in sorted(found) if t not in alias_tids))
         actors = tuple(a for a, ts in cr.actor_tids if not ts.isdisjoint(present) and not ts.isdisjoint(cr.positive))
         return Match(
             rule=rule.name,
@@ -510,26 +559,43 @@ class Matcher:
         )
 
     def _hits(self, cr: _CRule, scan: _Scan, tids: Iterable[int], fields: tuple[str, ...], limit: int = MAX_HITS) -> tuple[Hit, ...]:
-        out: list[Hit] = []
-        tids = set(tids)
+        """The hits of ``tids`` in ``fields``: ordered by field (in ``fields`` order), start,
+        longest first, ties in occurrence order; a hit inside the previous kept one dropped."""
+        wanted = tids if isinstance(tids, (set, frozenset)) else set(tids)
+        labels_get = cr.labels.get
+        cache = scan.hit_cache
+        # hits grouped by field, groups in order of the field's first index in ``fields``
+        # (what a stable sort on (fields.index(field), start, -end) gives)
+        groups: dict[str, list[tuple[int, int, Hit]]] = {}
         for fname in fields:
             occ = scan.occ.get(fname)
             if not occ:
                 continue
+            group = groups.get(fname)
+            if group is None:
+                group = groups[fname] = []
             fd = scan.fields[fname]
-            for tid, occs in occ.items():
-                if tid not in tids:
+            for tid in occ:
+                if tid not in wanted:
                     continue
-                label = cr.labels.get(tid, self._terms[tid].label)
-                for o in occs:
-                    s, e = _chars(fd, o)
-                    out.append(Hit(term=label, field=fname, start=s, end=e, text=fd.text[s:e]))
-        out.sort(key=lambda h: (fields.index(h.field), h.start, -h.end))
+                label = labels_get(tid, self._terms[tid].label)
+                key = (fname, tid, label)
+                hs = cache.get(key)
+                if hs is None:
+                    hs = cache[key] = _field_hits(fd, fname, occ[tid], label)
+                group += hs
         kept: list[Hit] = []
-        for h in out:  # drop a hit inside a longer one ("Putin" inside "Vladimir Putin")
-            if kept and kept[-1].field == h.field and h.end <= kept[-1].end:
-                continue
-            kept.append(h)
+        for group in groups.values():
+            if len(group) > 1:
+                group.sort(key=_sort_key)  # stable: ties keep occurrence order
+            last_end = -1  # the first hit of a field is always kept
+            for _, e, h in group:  # drop a hit inside a longer one ("Putin" inside "Vladimir Putin")
+                if e <= last_end:
+                    continue
+                kept.append(h)
+                last_end = e
+            if len(kept) >= limit:
+                break
         return tuple(kept[:limit])
 
     def rules_needing_sources(self) -> tuple[Rule, ...]:
@@ -681,46 +747,41 @@ def _flat(kids: tuple[tuple[Any, ...], ...]) -> set[int]:
     return out
 
 
-def _collect(
-    entries: list[tuple[int, tuple[tuple[Mode, str], ...]]],
-    keys: list[tuple[str, str, str]],
-    i: int,
-    n: int,
-    occ: dict[int, list[_Occ]],
-) -> None:
-    for tid, rest in entries:
-        if rest:
-            if i + len(rest) >= n:
-                continue
-            ok = True
-            for j, (mode, key) in enumerate(rest, 1):
-                k = keys[i + j]
-                if mode == "stem":
-                    if k[0] != key:
-                        ok = False
-                        break
-                elif mode == EXACT:
-                    if k[2] != key:
-                        ok = False
-                        break
-                elif not k[1].startswith(key):
-                    ok = False
-                    break
-            if not ok:
-                continue
-        o = occ.get(tid)
-        item = (i, i + 1 + len(rest), -1, -1)
-        if o is None:
-            occ[tid] = [item]
-        else:
-            o.append(item)
+def _phrase_at(rest: tuple[tuple[Mode, str], ...], toks: list[str], i: int, n: int) -> bool:
+    """Whether the tokens after ``toks[i]`` are the rest of a phrase term."""
+    if i + len(rest) >= n:
+        return False
+    for j, (mode, key) in enumerate(rest, 1):
+        t = toks[i + j]
+        k = _CACHE.get(t) or token_keys(t)
+        if mode == "stem":
+            if k[0] != key:
+                return False
+        elif mode == EXACT:
+            if k[2] != key:
+                return False
+        elif not k[1].startswith(key):
+            return False
+    return True
 
 
-def _chars(fd: _Field, o: _Occ) -> tuple[int, int]:
-    if o[2] >= 0:
-        return o[2], o[3]
+def _sort_key(item: tuple[int, int, Hit]) -> int:
+    return item[0]
+
+
+def _field_hits(fd: _Field, fname: str, occs: list[_Occ], label: str) -> list[tuple[int, int, Hit]]:
+    """One term's hits in one field: (sort key, end, Hit), the key ordering by start and then
+    longest first (``start * 2**40 - end``; fields are far shorter than 2**40 characters)."""
+    out: list[tuple[int, int, Hit]] = []
+    text = fd.text
     spans = fd.span_list()
-    return spans[o[0]][0], spans[o[1] - 1][1]
+    for o in occs:
+        if o[2] >= 0:
+            s, e = o[2], o[3]
+        else:
+            s, e = spans[o[0]][0], spans[o[1] - 1][1]
+        out.append(((s << 40) - e, e, Hit(term=label, field=fname, start=s, end=e, text=text[s:e])))
+    return out
 
 
 def _near(
