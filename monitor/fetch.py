@@ -23,8 +23,11 @@ Limits: one shared ``aiohttp.ClientSession``; at most ``concurrency`` requests a
 host name (a semaphore per host). Both are taken per redirect hop, the host's first, so a
 fetch queued behind a busy host holds no global slot. ``timeout`` bounds a whole fetch
 (every hop and the body) from the moment its first request starts, not while it is
-queued; ``connect_timeout`` bounds each TCP/TLS connect. ``max_bytes`` caps the *decompressed* body while it streams; a Content-Length
-over the cap is refused before reading. No cookies are kept between fetches.
+queued (aiohttp's own total timeout, set per hop to what is left of it, covers the body
+too); ``connect_timeout`` bounds each TCP/TLS connect. ``max_bytes`` caps the
+*decompressed* body while it streams; a Content-Length over the cap is refused before
+reading, and a body of a declared length under the cap, not compressed, is read in one
+go. No cookies are kept between fetches.
 """
 
 from __future__ import annotations
@@ -287,7 +290,6 @@ class Fetcher:
                     if remaining <= 0:
                         raise TimeoutError
                     async with (
-                        asyncio.timeout(remaining),
                         self._session.get(
                             current,
                             headers=headers,
@@ -363,6 +365,25 @@ class Fetcher:
         too_big = f"response larger than {human_size(cap)} cap"
         if resp.content_length is not None and resp.content_length > cap:
             return FetchFailed(url=url, reason=too_big, status=status, permanent_redirect=moved), 0
+        if resp.content_length is not None and headers.get("content-encoding", "identity") in (
+            "identity", ""
+        ):
+            # a declared length, under the cap, of the bytes themselves (no decompression
+            # that could inflate them): aiohttp reads exactly that many, in one go
+            body = await resp.read()
+            return (
+                Fetched(
+                    url=url,
+                    final_url=str(final),
+                    status=status,
+                    body=body,
+                    headers=headers,
+                    etag=headers.get("etag"),
+                    last_modified=headers.get("last-modified"),
+                    permanent_redirect=moved,
+                ),
+                len(body),
+            )
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(CHUNK):

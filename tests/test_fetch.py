@@ -186,9 +186,11 @@ async def test_slow_server_times_out(feed_server: FeedServer) -> None:
     assert r.reason == "timed out after 0.3s" and r.status is None
 
 
-async def test_stalled_body_times_out(feed_server: FeedServer) -> None:
-    # headers arrive at once, the body stalls: the timeout covers reading the body too
-    feed_server.slow("/stall", 30, body=RSS, mid_body=True)
+@pytest.mark.parametrize("content_length", [True, False])
+async def test_stalled_body_times_out(feed_server: FeedServer, content_length: bool) -> None:
+    # headers arrive at once, the body stalls: the timeout covers reading the body too,
+    # read in one go (a declared length) or streamed (chunked)
+    feed_server.slow("/stall", 30, body=RSS, mid_body=True, content_length=content_length)
     async with make_fetcher(timeout=0.3) as f:
         r = await get(f, feed_server.url("/stall"))
     assert isinstance(r, FetchFailed) and r.reason == "timed out after 0.3s"
@@ -239,8 +241,10 @@ async def test_huge_body_over_cap(feed_server: FeedServer, fetcher: Fetcher,
     assert r.reason == "response larger than 256.0 KiB cap" and r.status == 200
 
 
-async def test_body_exactly_at_cap_is_accepted(feed_server: FeedServer, fetcher: Fetcher) -> None:
-    feed_server.huge("/edge", CAP, content_length=False)
+@pytest.mark.parametrize("content_length", [True, False])
+async def test_body_exactly_at_cap_is_accepted(feed_server: FeedServer, fetcher: Fetcher,
+                                               content_length: bool) -> None:
+    feed_server.huge("/edge", CAP, content_length=content_length)
     r = await get(fetcher, feed_server.url("/edge"))
     assert isinstance(r, Fetched) and len(r.body) == CAP
 

@@ -24,9 +24,10 @@ Programming a path (each call replaces what the path did before):
     moves one minute forward unless given, so validators from the old body stop matching.
 ``serve_file(path, file, *, content_type=None, **serve_kw)``
     serve a file (e.g. from ../shared/corpora/real-feeds); type guessed from the suffix.
-``slow(path, seconds, body=b"<rss/>", *, mid_body=False)``
+``slow(path, seconds, body=b"<rss/>", *, mid_body=False, content_length=True)``
     wait ``seconds`` before answering, or (``mid_body=True``) after sending the headers
-    and half the body; the wait ends early when the server shuts down.
+    and half the body (chunked with ``content_length=False``); the wait ends early when
+    the server shuts down.
 ``gate(path, body=b"<rss/>") -> asyncio.Event``
     hold every request until the test sets the returned event.
 ``drop(path)``
@@ -204,7 +205,7 @@ class FeedServer:
         self.serve(path, file.read_bytes(), content_type=ctype, **serve_kw)  # type: ignore[arg-type]
 
     def slow(self, path: str, seconds: float, body: bytes = b"<rss/>", *,
-             mid_body: bool = False) -> None:
+             mid_body: bool = False, content_length: bool = True) -> None:
         async def pause() -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), seconds)
@@ -214,7 +215,10 @@ class FeedServer:
                 await pause()
                 return web.Response(body=body, content_type="application/rss+xml")
             resp = web.StreamResponse(headers={"Content-Type": "application/rss+xml"})
-            resp.content_length = len(body)
+            if content_length:
+                resp.content_length = len(body)
+            else:
+                resp.enable_chunked_encoding()
             await resp.prepare(request)
             half = len(body) // 2
             try:
