@@ -116,12 +116,12 @@ def any_tls_server(
         yield server
 
 
-def notifier(server: TLSSMTPServer, **kw: Any) -> EmailNotifier:
+def notifier(server: SMTPServer, **kw: Any) -> EmailNotifier:
     data: dict[str, Any] = {
         "type": "email",
         "host": server.host,
         "port": server.port,
-        "security": server.mode,
+        "security": server.mode if isinstance(server, TLSSMTPServer) else "none",
         "from": "monitor@alerts.example.org",
         "to": ["ops@example.org"],
         "timeout": 5,
@@ -190,6 +190,29 @@ async def test_host_name_is_checked(ca: trustme.CA, ca_pem: Path) -> None:
         assert isinstance(r, SendFailed) and r.retry is True, r
         assert "certificate verify failed" in r.reason and "mismatch" in r.reason
         assert server.messages == []
+
+
+async def test_implicit_tls_against_a_plain_port_says_to_use_starttls(
+    smtp_server: SMTPServer,
+) -> None:
+    # security: tls against a server that speaks plain SMTP first (port 587/25)
+    r = await notifier(smtp_server, security="tls").send(make_alert())
+    assert isinstance(r, SendFailed) and r.retry is True, r  # kept until the config is fixed
+    assert f"smtp 127.0.0.1:{smtp_server.port}: TLS handshake failed" in r.reason
+    assert "security: starttls" in r.reason
+    assert smtp_server.messages == []
+
+
+@pytest.mark.parametrize("security", ["starttls", "none"])
+async def test_plain_client_against_an_implicit_tls_port_says_to_use_tls(
+    implicit_tls_server: TLSSMTPServer, security: str
+) -> None:
+    # the server waits for a TLS ClientHello, the client for a "220" greeting
+    r = await notifier(implicit_tls_server, security=security, timeout=1).send(make_alert())
+    assert isinstance(r, SendFailed) and r.retry is True, r
+    assert "timed out waiting for the server's greeting" in r.reason
+    assert "set security: tls" in r.reason
+    assert implicit_tls_server.messages == []
 
 
 async def test_auth_over_starttls(server_context: ssl.SSLContext, ca_pem: Path) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TypeVar
 
 import aiosmtplib
 
@@ -29,23 +30,30 @@ from monitor.notify.slack import RateLimiter
 
 log = get_logger(__name__)
 
+E = TypeVar("E", bound=BaseException)
+
 
 def _domain(address: str) -> str:
     addr = address.strip().strip("<>")
     return addr.rpartition("@")[2].strip(" >") or "monitor.invalid"
 
 
-def _cert_error(e: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind ``e``, if any (aiosmtplib wraps the
-    one of an implicit-TLS connect in SMTPConnectError; STARTTLS lets it through)."""
+def _in_chain(e: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in ``e``'s chain of causes, if any."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
-        if isinstance(cur, ssl.SSLCertVerificationError):
+        if isinstance(cur, kind):
             return cur
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def _cert_error(e: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``e``, if any (aiosmtplib wraps the
+    one of an implicit-TLS connect in SMTPConnectError; STARTTLS lets it through)."""
+    return _in_chain(e, ssl.SSLCertVerificationError)
 
 
 class EmailNotifier:
@@ -89,6 +97,21 @@ class EmailNotifier:
         return SendFailed(
             reason=self._scrub(f"{where}: TLS certificate verify failed: {detail} ({trusted})"),
             retry=True,
+        )
+
+    def _tls_failed(self, where: str, err: ssl.SSLError) -> SendFailed:
+        """A TLS handshake that failed for another reason than the certificate."""
+        detail = err.reason or str(err)
+        hint = ""
+        if err.reason == "WRONG_VERSION_NUMBER" and self.cfg.security == "tls":
+            # the classic: implicit TLS against a port that speaks plain SMTP first
+            hint = (
+                ": the server did not answer in TLS; if it speaks plain SMTP first "
+                "(usually port 587 or 25), set security: starttls"
+            )
+        # retry=True: once the configuration (or the server) is fixed, the alert goes out
+        return SendFailed(
+            reason=self._scrub(f"{where}: TLS handshake failed ({detail}){hint}"), retry=True
         )
 
     def _scrub(self, text: str) -> str:
@@ -185,7 +208,20 @@ class EmailNotifier:
                 reason=self._scrub(f"{where}: {what}: {e.code} {e.message}"),
                 retry=not 500 <= e.code < 600,
             )
-        except aiosmtplib.SMTPTimeoutError:
+        except aiosmtplib.SMTPTimeoutError as e:
+            if isinstance(e, aiosmtplib.SMTPConnectTimeoutError) and isinstance(
+                e.__cause__, aiosmtplib.SMTPReadTimeoutError
+            ):
+                # connected, but no "220" greeting came: a port that expects TLS from the
+                # first byte stays silent towards a plain-text client
+                hint = "" if cfg.security == "tls" else (
+                    "; a port that expects TLS from the first byte (usually 465) stays "
+                    "silent like this: if this is one, set security: tls"
+                )
+                return SendFailed(
+                    reason=f"{where}: timed out waiting for the server's greeting{hint}",
+                    retry=True,
+                )
             return SendFailed(reason=f"{where}: timed out", retry=True)
         except ssl.SSLCertVerificationError as e:  # STARTTLS handshake
             return self._cert_failed(where, e)
@@ -193,6 +229,9 @@ class EmailNotifier:
             cert = _cert_error(e)  # implicit TLS: the handshake is part of the connect
             if cert is not None:
                 return self._cert_failed(where, cert)
+            tls = _in_chain(e, ssl.SSLError)
+            if tls is not None:
+                return self._tls_failed(where, tls)
             return SendFailed(reason=self._scrub(f"{where}: connection failed: {e}"), retry=True)
         except aiosmtplib.SMTPNotSupported as e:
             # e.g. STARTTLS or AUTH not offered: a configuration problem
