@@ -38,7 +38,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="monitor", description=__doc__.splitlines()[0] if __doc__ else "")
+    ap = argparse.ArgumentParser(
+        prog="monitor",
+        description="Watch news feeds; alert in Slack, by email or to a file, once per "
+        "story, when a story matches your rules.",
+        epilog="Start with `monitor demo` (offline, bundled feeds), then `monitor check "
+        "--config config.yaml` and `monitor run`. `monitor COMMAND --help` for a "
+        "command's options.",
+    )
     ap.add_argument("--version", action="version", version=f"monitor {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 

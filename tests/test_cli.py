@@ -63,6 +63,13 @@ async def test_check_ok_and_every_problem(workdir: Path) -> None:
     assert rc == 1 and data["ok"] is False and len(data["problems"]) == 2
 
 
+async def test_help_says_what_it_does_and_lists_the_commands(tmp_path: Path) -> None:
+    rc, out, _ = await monitor("--help", cwd=tmp_path)
+    assert rc == 0 and out.splitlines()[2].startswith("Watch news feeds"), out
+    for cmd in ("run", "once", "check", "demo", "status", "rules", "backtest", "stories"):
+        assert f"\n    {cmd} " in out, cmd
+
+
 async def test_missing_config_is_a_helpful_error(tmp_path: Path) -> None:
     rc, _, err = await monitor("once", cwd=tmp_path)
     assert rc == 1 and "config.yaml" in err and "not found" in err
