@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http
+import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -127,6 +128,14 @@ def _status_reason(status: int, reason: str | None) -> str:
     return f"HTTP {status} {phrase}".rstrip()
 
 
+def client_timeout(total: float, connect: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for one request: ``total`` bounds it all (connect, headers and
+    body), ``connect`` each TCP/TLS connect. Exact: aiohttp by default rounds a timeout
+    of 5 s or more up to the next whole second (``ceil_threshold``), which would let a
+    fetch with ``timeout: 30`` run for 31 s."""
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect, ceil_threshold=math.inf)
+
+
 def _host_key(url: URL) -> str:
     return (url.host or "").lower()
 
@@ -213,7 +222,7 @@ class Fetcher:
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": self.user_agent, "Accept": ACCEPT},
-            timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout),
+            timeout=client_timeout(self.timeout, self.connect_timeout),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             max_field_size=16 * 1024,
@@ -294,9 +303,7 @@ class Fetcher:
                             current,
                             headers=headers,
                             allow_redirects=False,
-                            timeout=aiohttp.ClientTimeout(
-                                total=remaining, sock_connect=self.connect_timeout
-                            ),
+                            timeout=client_timeout(remaining, self.connect_timeout),
                         ) as resp,
                     ):
                         status = resp.status

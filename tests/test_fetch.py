@@ -13,7 +13,13 @@ from email.utils import format_datetime
 import pytest
 import pytest_asyncio
 
-from monitor.fetch import DEFAULT_USER_AGENT, Fetcher, human_size, parse_retry_after
+from monitor.fetch import (
+    DEFAULT_USER_AGENT,
+    Fetcher,
+    client_timeout,
+    human_size,
+    parse_retry_after,
+)
 from monitor.model import Fetched, FetchFailed, NotModified
 from tests.conftest import shared_path
 from tests.peers.feedserver import FeedServer
@@ -194,6 +200,26 @@ async def test_stalled_body_times_out(feed_server: FeedServer, content_length: b
     async with make_fetcher(timeout=0.3) as f:
         r = await get(f, feed_server.url("/stall"))
     assert isinstance(r, FetchFailed) and r.reason == "timed out after 0.3s"
+
+
+@pytest.mark.parametrize("total", [5.3, 30.0, 299.7])
+async def test_timeouts_are_exact_not_rounded_up(total: float) -> None:
+    # aiohttp rounds a timeout of 5 s or more up to the next whole second unless told
+    # not to: `timeout: 30` could then run for 31 s. Checked on aiohttp's own timer
+    from aiohttp.helpers import TimeoutHandle
+
+    loop = asyncio.get_running_loop()
+    t = client_timeout(total, 10.0)
+    assert t.total == total and t.sock_connect == 10.0
+    handle = TimeoutHandle(loop, t.total, ceil_threshold=t.ceil_threshold).start()
+    default = TimeoutHandle(loop, t.total).start()  # what aiohttp does by default
+    assert handle is not None and default is not None
+    try:
+        assert handle.when() - loop.time() <= total  # started before now: at most total
+        assert default.when() == int(default.when())  # rounded: what this guards against
+    finally:
+        handle.cancel()
+        default.cancel()
 
 
 async def test_dropped_connection_fails(feed_server: FeedServer, fetcher: Fetcher) -> None:
