@@ -215,6 +215,35 @@ async def test_plain_client_against_an_implicit_tls_port_says_to_use_tls(
     assert implicit_tls_server.messages == []
 
 
+async def test_starttls_answered_in_plain_text_is_a_tls_failure() -> None:
+    # a broken relay (or something in between) that accepts STARTTLS and then does not
+    # speak TLS: the handshake fails for another reason than the certificate
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 relay.example.org ESMTP\r\n")
+        while line := await reader.readline():
+            if line.upper().startswith((b"EHLO", b"HELO")):
+                writer.write(b"250-relay.example.org\r\n250 STARTTLS\r\n")
+            elif line.upper().startswith(b"STARTTLS"):
+                writer.write(b"220 go ahead\r\n")
+                await writer.drain()
+                await reader.read(1)  # the ClientHello
+                writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        plain = SMTPServer()
+        plain.port = port  # only its address is used
+        r = await notifier(plain, security="starttls", timeout=5).send(make_alert())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(r, SendFailed) and r.retry is True, r
+    assert r.reason.startswith(f"smtp 127.0.0.1:{port}: TLS handshake failed ("), r.reason
+
+
 async def test_auth_over_starttls(server_context: ssl.SSLContext, ca_pem: Path) -> None:
     server = TLSSMTPServer("starttls", server_context)
     server.credentials = (SMTP_USER, SMTP_PASS)  # AUTH required, offered only after TLS

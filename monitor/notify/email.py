@@ -225,6 +225,8 @@ class EmailNotifier:
             return SendFailed(reason=f"{where}: timed out", retry=True)
         except ssl.SSLCertVerificationError as e:  # STARTTLS handshake
             return self._cert_failed(where, e)
+        except ssl.SSLError as e:  # STARTTLS handshake, another reason
+            return self._tls_failed(where, e)
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected) as e:
             cert = _cert_error(e)  # implicit TLS: the handshake is part of the connect
             if cert is not None:
