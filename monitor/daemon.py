@@ -41,7 +41,7 @@ from monitor.rules import compile_rules, load_rules
 from monitor.schedule import initial_poll
 from monitor.scheduler import Scheduler
 from monitor.server import Server
-from monitor.store.base import Store
+from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
 
 log = get_logger(__name__)
@@ -163,7 +163,22 @@ class Runtime:
             if given is None:
                 self._stack.callback(pool.shutdown)
             index = StoryIndex(dedup_settings(cfg))
-            restored = await self.store.recent_stories(now - timedelta(seconds=cfg.dedup.window))
+            window = timedelta(seconds=cfg.dedup.window)
+
+            def from_peers(stored: list[StoredStory]) -> None:
+                # the stories other instances sharing the store saved: near-duplicates
+                # of them found here join their clusters instead of alerting again
+                added = index.restore((s.story, s.cluster) for s in stored)
+                log.debug("dedup.from_peers", stories=added)
+
+            async def after_gap() -> None:
+                stored = await self.store.recent_stories(self.clock() - window)
+                log.info("dedup.resynced", stories=index.restore(
+                    (s.story, s.cluster) for s in stored))
+
+            # listening first, then loading: nothing saved in between is missed
+            await self.store.watch_stories(from_peers, after_gap)
+            restored = await self.store.recent_stories(now - window)
             index.restore((s.story, s.cluster) for s in restored)
             log.info("dedup.restored", stories=len(restored))
             self.pipeline = Pipeline(

@@ -504,19 +504,23 @@ class StoryIndex:
         hit = self._exact.get(_key(_ID, story_id))
         return self._clusters[hit[0]].id if hit else None
 
-    def restore(self, stories_with_clusters: Iterable[tuple[Story, str]]) -> None:
-        """Rebuild from stored (story, cluster id) pairs, oldest first.
+    def restore(self, stories_with_clusters: Iterable[tuple[Story, str]]) -> int:
+        """Rebuild from stored (story, cluster id) pairs, oldest first; or add the stories
+        another instance stored. Ids already held are skipped; returns how many were added.
 
         Later decisions are the same as if the stories had been added live (given the same
         ``now``): the clusters, their tokens and the IDF estimate are rebuilt exactly.
         """
         st = self.settings
+        added = 0
         for story, cid in stories_with_clusters:
             if _key(_ID, story.id) in self._exact:
                 continue
             f = Features(story.title, story.summary, st.short_title_tokens)
             num = self._by_id.get(cid)
             self._insert(story, f, num, cluster_id=cid)
+            added += 1
+        return added
 
     def known_under_other_id(self, story: Story) -> bool:
         """True when the id is new but the same feed already brought this link or title."""

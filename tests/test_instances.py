@@ -17,7 +17,7 @@ import pytest
 
 from monitor.config import load_config
 from monitor.daemon import Runtime
-from tests.feeds import BACKLOG, rss, seed_item
+from tests.feeds import BACKLOG, Item, rss, seed_item
 from tests.test_store import PG_URL, _pg_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,3 +79,62 @@ server: {{enabled: false}}
     lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     firsts = [x for x in lines if not x["update"]]
     assert len(firsts) == 1 and firsts[0]["rule"] == "sanctions-deadline"
+
+
+async def test_a_near_duplicate_polled_by_the_other_instance_does_not_alert_again(
+    tmp_path: Path, feed_server: Any, schema: str
+) -> None:
+    # the same story on two feeds, in other words and under other links; each feed is
+    # polled by another instance: the second instance knows the first one's story
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    feed_server.serve("/wire.rss", rss(BACKLOG))
+    feed_server.serve("/desk.rss", rss(BACKLOG))
+    (tmp_path / "config.yaml").write_text(f"""
+feeds:
+  - {{name: wire, url: '{feed_server.url("/wire.rss")}'}}
+  - {{name: desk, url: '{feed_server.url("/desk.rss")}'}}
+rules: rules
+store: {PG_URL}?schema={schema}
+channels:
+  slack-news: {{type: file, path: alerts.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: audit.jsonl}}
+fetch: {{parse_in: thread}}
+server: {{enabled: false}}
+""", encoding="utf-8")
+    config = load_config(tmp_path / "config.yaml")
+    specs = {s.name: s for s in config.feed_specs()}
+    seed = seed_item("https://wire.example/witkoff-putin")
+    reworded = Item(
+        title="Trump envoy Witkoff urged to take tougher approach with Putin in "
+              "make-or-break meeting before sanctions | Al Jazeera",
+        link="https://desk.example/2026/witkoff-putin-meeting",
+        guid="https://desk.example/2026/witkoff-putin-meeting",
+        description=seed.description,
+    )
+
+    async def poll(rt: Runtime, name: str) -> Any:
+        state = next(f for f in await rt.store.get_feeds() if f.name == name)
+        return await rt.poll_one(state, specs[name])
+
+    async with Runtime(config) as a, Runtime(config) as b:
+        assert (await poll(a, "wire")).result == "baseline"
+        assert (await poll(b, "desk")).result == "baseline"
+        feed_server.set("/wire.rss", rss([seed, *BACKLOG]))
+        first = await poll(a, "wire")
+        assert [d.alert.match.rule for d in first.deliveries if not d.alert.update] == [
+            "sanctions-deadline"] * 3  # slack-news, email-oncall, audit-file
+        cluster = first.deliveries[0].alert.cluster
+        for _ in range(500):  # a's commit reaches b within milliseconds
+            if b.pipeline.index.cluster_of(seed.link) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert b.pipeline.index.cluster_of(seed.link) == cluster
+        feed_server.set("/desk.rss", rss([reworded, *BACKLOG]))
+        second = await poll(b, "desk")
+        assert second.new == 1
+        # the same story: no first alert again (an update "carried by 2 sources" at most)
+        assert [d for d in second.deliveries if not d.alert.update] == []
+        assert all(d.alert.cluster == cluster for d in second.deliveries)
+        stored = await b.store.get_story(reworded.link)
+        assert stored is not None and stored.cluster == cluster

@@ -8,6 +8,7 @@ each test gets its own random schema, dropped afterwards. When no server answers
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,13 @@ from monitor.errors import StoreError
 from monitor.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
-from monitor.store.postgres import PostgresStore, redact_dsn
+from monitor.store.postgres import (
+    NOTIFY_BYTES,
+    PostgresStore,
+    _heard_ids,
+    notify_payloads,
+    redact_dsn,
+)
 from monitor.store.sqlite import SQLiteStore
 
 PG_URL = os.environ.get("MONITOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -619,6 +626,103 @@ async def test_pg_claims_skip_rows_locked_by_another_instance(pg_pair: tuple[Sto
     finally:
         await con.close()
     assert [f.name for f in await b.claim_due_feeds(t(0), limit=5, lease_until=t(3))] == ["x"]
+
+
+# -- instances hear of each other's stories (dedup across instances) ----------------------
+
+
+class Heard:
+    """What a ``watch_stories`` caller was told."""
+
+    def __init__(self) -> None:
+        self.stories: list[tuple[str, str]] = []  # (story id, cluster)
+        self.gaps = 0
+        self.changed = asyncio.Event()
+
+    def on_stories(self, stored: list[StoredStory]) -> None:
+        self.stories += [(s.story.id, s.cluster) for s in stored]
+        self.changed.set()
+
+    async def on_gap(self) -> None:
+        self.gaps += 1
+        self.changed.set()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        while not done():  # bounded: the notification comes within milliseconds
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), 10)
+
+
+async def test_stories_saved_by_another_instance_are_heard(make_store: StoreFactory) -> None:
+    async with make_store() as a, make_store() as b:
+        ha, hb = Heard(), Heard()
+        shared = await b.watch_stories(hb.on_stories, hb.on_gap)
+        assert shared is isinstance(b, PostgresStore)  # SQLite: one instance, nothing to hear
+        await a.watch_stories(ha.on_stories, ha.on_gap)
+        await a.save_poll(feed("x"), [stored("s1", "c1"), stored("s2", "c1", seen=t(1))], [])
+        if not shared:
+            return
+        await hb.until(lambda: len(hb.stories) >= 2)
+        assert hb.stories == [("s1", "c1"), ("s2", "c1")]
+        # a's own stories are not handed back to a; b's are, and only those
+        await b.save_poll(feed("y"), [stored("s3", "c3")], [])
+        await ha.until(lambda: bool(ha.stories))
+        assert ha.stories == [("s3", "c3")] and hb.stories == [("s1", "c1"), ("s2", "c1")]
+        # a poll whose transaction fails tells nobody anything
+        with pytest.raises(StoreError):  # the delivery after the stories is refused
+            await a.save_poll(feed("x"), [stored("s4", "c4")],
+                              [replace(delivery("k"), attempts=2**40)])
+        await a.save_poll(feed("x"), [stored("s5", "c5")], [])
+        await hb.until(lambda: len(hb.stories) >= 3)
+        assert hb.stories == [("s1", "c1"), ("s2", "c1"), ("s5", "c5")]  # not s4
+        assert ha.stories == [("s3", "c3")] and ha.gaps == hb.gaps == 0
+
+
+async def test_a_dropped_listener_reconnects_and_reports_the_gap(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    a, b = pg_pair
+    assert isinstance(b, PostgresStore)
+    b.watch_backoff = 0.05
+    hb = Heard()
+    await b.watch_stories(hb.on_stories, hb.on_gap)
+    con = await asyncpg.connect(PG_URL, timeout=5)
+    try:  # the server drops the listening connection (a restart, a network cut)
+        killed = await con.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1", f"monitor-watch-{b._token}")
+    finally:
+        await con.close()
+    assert killed == 1
+    await hb.until(lambda: hb.gaps == 1)  # listening again: the caller reloads
+    await a.save_poll(feed("x"), [stored("s1", "c1")], [])
+    await hb.until(lambda: bool(hb.stories))
+    assert hb.stories == [("s1", "c1")] and hb.gaps == 1
+
+
+async def test_listening_on_an_unreachable_server_is_a_store_error(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    a, _ = pg_pair
+    assert isinstance(a, PostgresStore)
+    a._dsn = "postgresql://u:topsecret@127.0.0.1:1/db"  # the pool is up, LISTEN cannot be
+    with pytest.raises(StoreError, match=r"cannot listen on postgresql://u:\*\*\*@127.0.0.1:1/db"):
+        await a.watch_stories(Heard().on_stories, Heard().on_gap)
+
+
+def test_notify_payloads_fit_and_keep_every_id_in_order() -> None:
+    ids = [f"https://example.org/{i}/" + "x" * (i % 300) for i in range(400)]
+    payloads = notify_payloads("me", ids)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) <= NOTIFY_BYTES for p in payloads)
+    assert [i for p in payloads for i in _heard_ids("other", p) or []] == ids
+    assert all(_heard_ids("me", p) is None for p in payloads)  # our own: not handed back
+    huge = "https://example.org/" + "é" * 5000  # over the limit alone: left out
+    assert [i for p in notify_payloads("me", ["a", huge, "b"]) for i in json.loads(p)["ids"]
+            ] == ["a", "b"]
+    assert notify_payloads("me", []) == []
+    for junk in ("not json", "[1]", '{"from": "x", "ids": "s1"}', '{"from": "x"}'):
+        assert _heard_ids("me", junk) is None
 
 
 # -- open_store ---------------------------------------------------------------------------

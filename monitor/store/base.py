@@ -16,7 +16,7 @@ crash sends nothing twice. A delivery is marked sent only after the peer accepte
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -109,6 +109,20 @@ class Store(Protocol):
 
     async def recent_stories(self, since: datetime, *, limit: int | None = None) -> list[StoredStory]:
         """Stories first seen at or after ``since``, oldest first (dedup rebuild, backtest)."""
+
+    async def watch_stories(
+        self,
+        on_stories: Callable[[list[StoredStory]], None],
+        on_gap: Callable[[], Awaitable[None]],
+    ) -> bool:
+        """Tell this process about the stories other processes sharing the store save.
+
+        From now until ``close``, ``on_stories`` is called with the stories another
+        instance saved (``save_poll``), soon after its transaction commits, oldest first;
+        a process's own stories are not passed back. When the store may have missed some
+        (its connection dropped), ``on_gap`` is awaited once it is watching again: the
+        caller reloads what it needs. Returns False when the store is not shared between
+        processes (SQLite: one instance), and then never calls either."""
 
     async def get_story(self, story_id: str) -> StoredStory | None:
         """One story by id."""

@@ -7,14 +7,24 @@ never wait for each other.
 
 ``schema`` (a store option, ``?schema=`` in the URL) puts every table in that schema
 (created when missing) by setting ``search_path`` on each pooled connection.
+
+Instances tell each other about the stories they save, so that each one's dedup index
+also holds the others' stories: ``save_poll`` sends the new story ids with
+``pg_notify`` in its transaction (delivered when it commits), and ``watch_stories``
+LISTENs on a connection of its own, loads the stories it hears about and hands them to
+the caller. When that connection drops, it reconnects with backoff and asks the caller
+to reload (``on_gap``), since notifications sent meanwhile are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -90,6 +100,55 @@ def redact_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
 
 
+NOTIFY_BYTES = 7900  # PostgreSQL refuses a notification payload of 8000 bytes or more
+WATCH_BACKOFF_MAX = 60.0  # seconds between attempts to listen again
+
+
+def notify_payloads(sender: str, ids: Sequence[str]) -> list[str]:
+    """``{"from": sender, "ids": [...]}`` JSON payloads of at most ``NOTIFY_BYTES`` bytes
+    each, covering ``ids`` in order. An id too long to fit in a payload on its own (a
+    multi-kilobyte link used as id) is left out: peers do not hear of that one story."""
+    head = len(json.dumps({"from": sender, "ids": []}).encode())
+    out: list[str] = []
+    chunk: list[str] = []
+    size = head
+    for sid in ids:
+        n = len(json.dumps(sid).encode()) + 2  # the id and ", "
+        if head + n > NOTIFY_BYTES:
+            continue
+        if size + n > NOTIFY_BYTES:
+            out.append(json.dumps({"from": sender, "ids": chunk}))
+            chunk, size = [], head
+        chunk.append(sid)
+        size += n
+    if chunk:
+        out.append(json.dumps({"from": sender, "ids": chunk}))
+    return out
+
+
+def _heard_ids(sender: str, payload: str) -> list[str] | None:
+    """The story ids of a notification from another instance; None for our own, or for
+    a payload that is not ours to read."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("from") == sender:
+        return None
+    ids = data.get("ids")
+    if not isinstance(ids, list):
+        return None
+    return [i for i in ids if isinstance(i, str)]
+
+
+def dsn_database(dsn: str) -> str:
+    """The database a DSN names (its path), for telling stores apart; "" when none."""
+    try:
+        return urlsplit(dsn).path.lstrip("/")
+    except ValueError:
+        return ""
+
+
 def _text(s: str) -> str:
     """The stored form of a text value: no NUL (PostgreSQL text refuses it), no lone
     surrogates (see ``codec.column_text``); the JSON payloads keep the exact text."""
@@ -162,6 +221,12 @@ class PostgresStore:
         self._command_timeout = command_timeout
         self._pool: Any = None
         self._opening = asyncio.Lock()
+        # this process's name in the notifications (its own are not handed back to it)
+        self._token = uuid.uuid4().hex
+        scope = f"{dsn_database(dsn)}.{schema or 'public'}"
+        self._channel = "monitor_stories_" + hashlib.sha1(scope.encode()).hexdigest()[:16]
+        self._watcher: asyncio.Task[None] | None = None
+        self.watch_backoff = 1.0  # seconds before listening again; doubles up to a minute
 
     @property
     def schema(self) -> str | None:
@@ -221,6 +286,10 @@ class PostgresStore:
             log.info("store.migrated", schema=schema, version=m.version, file=m.name)
 
     async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -355,6 +424,9 @@ class PostgresStore:
                     auto.append((cluster, sid, title, seen, strs_to_json((s.feed,))))
                 await con.executemany(_CLUSTER_FOR_STORY, auto)
                 await con.executemany(_STORY_INSERT, rows)
+                # the other instances hear of them when (if) this transaction commits
+                for payload in notify_payloads(self._token, [r[0] for r in rows]):
+                    await con.execute("SELECT pg_notify($1, $2)", self._channel, payload)
             for d in deliveries:
                 new_id = await con.fetchval(
                     _DELIVERY_INSERT,
@@ -379,6 +451,107 @@ class PostgresStore:
                 "ORDER BY first_seen, id LIMIT $2",
                 utc(since),
                 limit,
+            )
+            return [StoredStory(story=story_from_json(r[0]), cluster=r[1]) for r in rows]
+
+    async def watch_stories(
+        self,
+        on_stories: Callable[[list[StoredStory]], None],
+        on_gap: Callable[[], Awaitable[None]],
+    ) -> bool:
+        if self._pool is None:
+            raise StoreError("watch_stories: the store is not open")
+        if self._watcher is None:
+            # returns once it listens: a story saved after this call is heard
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._watcher = asyncio.ensure_future(self._watch(on_stories, on_gap, ready))
+            try:
+                await ready
+            except BaseException:
+                watcher, self._watcher = self._watcher, None
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                raise
+        return True
+
+    async def _watch(
+        self,
+        on_stories: Callable[[list[StoredStory]], None],
+        on_gap: Callable[[], Awaitable[None]],
+        ready: asyncio.Future[None],
+    ) -> None:
+        """LISTEN on a connection of its own until cancelled, reconnecting when it drops.
+        ``ready`` gets the outcome of the first attempt (an error ends the watch)."""
+        backoff, gap = self.watch_backoff, False
+        while True:
+            connected = False
+            try:
+                async for _ in self._listen(on_stories, on_gap if gap else None):
+                    connected = True
+                    if not ready.done():
+                        ready.set_result(None)
+                log.warning("store.watch_lost", store=redact_dsn(self._dsn))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the server, the network, or a callback that failed
+                error = str(e) or type(e).__name__
+                if not ready.done():
+                    ready.set_exception(StoreError(
+                        f"cannot listen on {redact_dsn(self._dsn)}: {error}"))
+                    return
+                log.warning("store.watch_failed", store=redact_dsn(self._dsn), error=error)
+            if connected:
+                backoff = self.watch_backoff
+            gap = True  # whatever ended it, the next connection starts after a gap
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+
+    async def _listen(
+        self,
+        on_stories: Callable[[list[StoredStory]], None],
+        on_gap: Callable[[], Awaitable[None]] | None,
+    ) -> AsyncIterator[None]:
+        """One listening connection: yields once it listens (and ``on_gap`` ran), returns
+        when the server closes it, raises on errors."""
+        settings = {"application_name": f"monitor-watch-{self._token}"}
+        if self._schema:
+            settings["search_path"] = self._schema
+        heard: asyncio.Queue[list[str] | None] = asyncio.Queue()
+
+        def listener(_con: Any, _pid: int, _channel: str, payload: str) -> None:
+            ids = _heard_ids(self._token, payload)
+            if ids:
+                heard.put_nowait(ids)
+
+        con = await asyncpg.connect(self._dsn, timeout=self._connect_timeout,
+                                    server_settings=settings)
+        try:
+            con.add_termination_listener(lambda _con: heard.put_nowait(None))
+            await con.add_listener(self._channel, listener)
+            if on_gap is not None:
+                log.info("store.watch_resumed", store=redact_dsn(self._dsn))
+                await on_gap()  # what was said while nobody listened is lost
+            yield
+            while (ids := await heard.get()) is not None:
+                while not heard.empty():  # what else arrived meanwhile, in one query
+                    more = heard.get_nowait()
+                    if more is None:
+                        return
+                    ids += more
+                stories = await self._stories_by_id(ids)
+                if stories:
+                    on_stories(stories)
+        finally:
+            if not con.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(con.close(), 5)
+
+    async def _stories_by_id(self, ids: list[str]) -> list[StoredStory]:
+        async with self._con("watch_stories") as con:
+            rows = await con.fetch(
+                "SELECT payload, cluster FROM stories WHERE id = ANY($1::text[]) "
+                "ORDER BY first_seen, id",
+                ids,
             )
             return [StoredStory(story=story_from_json(r[0]), cluster=r[1]) for r in rows]
 

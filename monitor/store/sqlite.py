@@ -22,7 +22,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -496,6 +496,13 @@ class SQLiteStore:
             return [StoredStory(story=story_from_json(r[0]), cluster=r[1]) for r in rows]
 
         return await self._run("recent_stories", work)
+
+    async def watch_stories(
+        self,
+        on_stories: Callable[[list[StoredStory]], None],
+        on_gap: Callable[[], Awaitable[None]],
+    ) -> bool:
+        return False  # one instance per SQLite file: nobody else saves stories
 
     async def get_story(self, story_id: str) -> StoredStory | None:
         def work(con: sqlite3.Connection) -> StoredStory | None:
