@@ -170,6 +170,8 @@ class Runtime:
                 # of them found here join their clusters instead of alerting again
                 added = index.restore((s.story, s.cluster) for s in stored)
                 log.debug("dedup.from_peers", stories=added)
+                if hasattr(self, "pipeline"):  # heard while starting: nothing cached yet
+                    self.pipeline.forget_alerts({s.cluster for s in stored})
 
             async def after_gap() -> None:
                 stored = await self.store.recent_stories(self.clock() - window)

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -365,6 +365,12 @@ class Pipeline:
             return known
         self._alerted.move_to_end(cluster)
         return known
+
+    def forget_alerts(self, clusters: Iterable[str]) -> None:
+        """Another instance stored stories (and maybe alerts) in these clusters: the next
+        look at their first alerts reads the store again."""
+        for cluster in clusters:
+            self._alerted.pop(cluster, None)
 
     def _remember(self, cluster: str, deliveries: list[Delivery]) -> None:
         have = self._alerted.setdefault(cluster, [])

@@ -17,6 +17,7 @@ import pytest
 
 from monitor.config import load_config
 from monitor.daemon import Runtime
+from monitor.store.postgres import PostgresStore
 from tests.feeds import BACKLOG, Item, rss, seed_item
 from tests.test_store import PG_URL, _pg_unavailable
 
@@ -89,10 +90,12 @@ async def test_a_near_duplicate_polled_by_the_other_instance_does_not_alert_agai
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
     feed_server.serve("/wire.rss", rss(BACKLOG))
     feed_server.serve("/desk.rss", rss(BACKLOG))
+    feed_server.serve("/agency.rss", rss(BACKLOG[:1]))
     (tmp_path / "config.yaml").write_text(f"""
 feeds:
   - {{name: wire, url: '{feed_server.url("/wire.rss")}'}}
   - {{name: desk, url: '{feed_server.url("/desk.rss")}'}}
+  - {{name: agency, url: '{feed_server.url("/agency.rss")}'}}
 rules: rules
 store: {PG_URL}?schema={schema}
 channels:
@@ -112,6 +115,12 @@ server: {{enabled: false}}
         guid="https://desk.example/2026/witkoff-putin-meeting",
         description=seed.description,
     )
+    agency = Item(
+        title="Trump envoy Witkoff urged to take tough approach with Putin in make-or-break "
+              "meeting to end Ukraine war before sanctions - Reuters",
+        link="https://agency.example/witkoff-putin", guid="https://agency.example/witkoff-putin",
+        description=seed.description,
+    )
 
     async def poll(rt: Runtime, name: str) -> Any:
         state = next(f for f in await rt.store.get_feeds() if f.name == name)
@@ -120,15 +129,13 @@ server: {{enabled: false}}
     async with Runtime(config) as a, Runtime(config) as b:
         assert (await poll(a, "wire")).result == "baseline"
         assert (await poll(b, "desk")).result == "baseline"
+        assert (await poll(a, "agency")).result == "baseline"
         feed_server.set("/wire.rss", rss([seed, *BACKLOG]))
         first = await poll(a, "wire")
         assert [d.alert.match.rule for d in first.deliveries if not d.alert.update] == [
             "sanctions-deadline"] * 3  # slack-news, email-oncall, audit-file
         cluster = first.deliveries[0].alert.cluster
-        for _ in range(500):  # a's commit reaches b within milliseconds
-            if b.pipeline.index.cluster_of(seed.link) is not None:
-                break
-            await asyncio.sleep(0.02)
+        await until_known(b, seed.link)
         assert b.pipeline.index.cluster_of(seed.link) == cluster
         feed_server.set("/desk.rss", rss([reworded, *BACKLOG]))
         second = await poll(b, "desk")
@@ -138,3 +145,36 @@ server: {{enabled: false}}
         assert all(d.alert.cluster == cluster for d in second.deliveries)
         stored = await b.store.get_story(reworded.link)
         assert stored is not None and stored.cluster == cluster
+        assert cluster in b.pipeline._alerted  # b looked up the cluster's first alerts
+        # a stores one more copy in that cluster: b's cached view of its alerts is dropped
+        feed_server.set("/agency.rss", rss([agency, *BACKLOG[:1]]))
+        await poll(a, "agency")
+        await until_known(b, agency.link)
+        assert b.pipeline.index.cluster_of(agency.link) == cluster
+        assert cluster not in b.pipeline._alerted
+
+        # b stops hearing (its connection is cut, and it cannot listen again yet); a
+        # stores a story meanwhile; once b listens again, it reloads what it missed
+        assert isinstance(b.store, PostgresStore)
+        b.store.watch_backoff = 0.05
+        direct, b.store._dsn = b.store._dsn, "postgresql://postgres@127.0.0.1:1/nowhere"
+        con = await asyncpg.connect(PG_URL, timeout=5)
+        try:
+            await con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = $1", f"monitor-watch-{b.store._token}")
+        finally:
+            await con.close()
+        late = seed_item("https://wire.example/late")
+        feed_server.set("/wire.rss", rss([late, seed, *BACKLOG]))
+        await poll(a, "wire")
+        assert b.pipeline.index.cluster_of(late.link) is None
+        b.store._dsn = direct  # reachable again
+        await until_known(b, late.link)
+
+
+async def until_known(rt: Runtime, story_id: str) -> None:
+    for _ in range(500):  # another instance's commit reaches rt within milliseconds
+        if rt.pipeline.index.cluster_of(story_id) is not None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{story_id} never reached the other instance's index")

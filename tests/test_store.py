@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -31,6 +32,7 @@ from monitor.store.postgres import (
     redact_dsn,
 )
 from monitor.store.sqlite import SQLiteStore
+from tests.peers.tcpproxy import TCPProxy
 
 PG_URL = os.environ.get("MONITOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 _PG_STATUS: dict[str, str | None] = {}
@@ -669,13 +671,25 @@ async def test_stories_saved_by_another_instance_are_heard(make_store: StoreFact
         await ha.until(lambda: bool(ha.stories))
         assert ha.stories == [("s3", "c3")] and hb.stories == [("s1", "c1"), ("s2", "c1")]
         # a poll whose transaction fails tells nobody anything
+        assert ha.gaps == hb.gaps == 0
+
+
+async def test_a_poll_that_rolls_back_announces_nothing(pg_pair: tuple[Store, Store]) -> None:
+    a, _ = pg_pair
+    assert isinstance(a, PostgresStore)
+    said: list[str] = []
+    got = asyncio.Event()
+    con = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await con.add_listener(a._channel, lambda *args: (said.append(args[3]), got.set()))
         with pytest.raises(StoreError):  # the delivery after the stories is refused
             await a.save_poll(feed("x"), [stored("s4", "c4")],
                               [replace(delivery("k"), attempts=2**40)])
         await a.save_poll(feed("x"), [stored("s5", "c5")], [])
-        await hb.until(lambda: len(hb.stories) >= 3)
-        assert hb.stories == [("s1", "c1"), ("s2", "c1"), ("s5", "c5")]  # not s4
-        assert ha.stories == [("s3", "c3")] and ha.gaps == hb.gaps == 0
+        await asyncio.wait_for(got.wait(), 10)  # notifications come in commit order
+        assert [json.loads(p)["ids"] for p in said] == [["s5"]]
+    finally:
+        await con.close()
 
 
 async def test_a_dropped_listener_reconnects_and_reports_the_gap(
@@ -698,6 +712,51 @@ async def test_a_dropped_listener_reconnects_and_reports_the_gap(
     await a.save_poll(feed("x"), [stored("s1", "c1")], [])
     await hb.until(lambda: bool(hb.stories))
     assert hb.stories == [("s1", "c1")] and hb.gaps == 1
+
+
+async def test_a_listener_cut_off_without_notice_finds_out_and_reconnects(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    a, b = pg_pair
+    assert isinstance(b, PostgresStore)
+    proxy = TCPProxy("127.0.0.1", urlsplit(PG_URL).port or 5432)
+    port = await proxy.start()
+    direct, b._dsn = b._dsn, PG_URL.replace(f":{urlsplit(PG_URL).port}/", f":{port}/")
+    b.watch_backoff, b.watch_heartbeat, b.watch_probe_timeout = 0.05, 0.2, 0.5
+    hb = Heard()
+    try:
+        await b.watch_stories(hb.on_stories, hb.on_gap)
+        proxy.freeze()  # the network goes silent; both sockets stay open
+        b._dsn = direct  # (where the reconnection goes)
+        await a.save_poll(feed("x"), [stored("s1", "c1")], [])
+        await hb.until(lambda: hb.gaps == 1)  # probed, found dead, listening again
+        assert hb.stories == []  # s1 was said while nobody heard: the gap reload's job
+        await a.save_poll(feed("x"), [stored("s2", "c2")], [])
+        await hb.until(lambda: bool(hb.stories))
+        assert hb.stories == [("s2", "c2")]
+    finally:
+        await b.close()
+        await proxy.stop()
+
+
+async def test_closing_while_it_starts_to_listen_ends_the_wait(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    a, _ = pg_pair
+    assert isinstance(a, PostgresStore)
+    proxy = TCPProxy("127.0.0.1", urlsplit(PG_URL).port or 5432)
+    port = await proxy.start()
+    proxy.freeze()  # the listening connection never gets through
+    a._dsn = PG_URL.replace(f":{urlsplit(PG_URL).port}/", f":{port}/")
+    try:
+        starting = asyncio.ensure_future(a.watch_stories(Heard().on_stories, Heard().on_gap))
+        await asyncio.sleep(0.05)
+        assert not starting.done()
+        await a.close()  # a shutdown while starting
+        with pytest.raises(StoreError, match="the store was closed"):
+            await asyncio.wait_for(starting, 10)
+    finally:
+        await proxy.stop()
 
 
 async def test_listening_on_an_unreachable_server_is_a_store_error(

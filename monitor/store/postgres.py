@@ -141,14 +141,6 @@ def _heard_ids(sender: str, payload: str) -> list[str] | None:
     return [i for i in ids if isinstance(i, str)]
 
 
-def dsn_database(dsn: str) -> str:
-    """The database a DSN names (its path), for telling stores apart; "" when none."""
-    try:
-        return urlsplit(dsn).path.lstrip("/")
-    except ValueError:
-        return ""
-
-
 def _text(s: str) -> str:
     """The stored form of a text value: no NUL (PostgreSQL text refuses it), no lone
     surrogates (see ``codec.column_text``); the JSON payloads keep the exact text."""
@@ -223,10 +215,13 @@ class PostgresStore:
         self._opening = asyncio.Lock()
         # this process's name in the notifications (its own are not handed back to it)
         self._token = uuid.uuid4().hex
-        scope = f"{dsn_database(dsn)}.{schema or 'public'}"
+        # notifications are per database already; the schema tells tenants apart
+        scope = schema or "public"
         self._channel = "monitor_stories_" + hashlib.sha1(scope.encode()).hexdigest()[:16]
         self._watcher: asyncio.Task[None] | None = None
         self.watch_backoff = 1.0  # seconds before listening again; doubles up to a minute
+        self.watch_heartbeat = 30.0  # a listening connection quiet this long is probed
+        self.watch_probe_timeout = 10.0
 
     @property
     def schema(self) -> str | None:
@@ -464,13 +459,18 @@ class PostgresStore:
         if self._watcher is None:
             # returns once it listens: a story saved after this call is heard
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._watcher = asyncio.ensure_future(self._watch(on_stories, on_gap, ready))
+            task = asyncio.ensure_future(self._watch(on_stories, on_gap, ready))
+            self._watcher = task
             try:
-                await ready
+                await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not ready.done():  # closed meanwhile
+                    raise StoreError("watch_stories: the store was closed")
+                ready.result()  # the first attempt's error, if it failed
             except BaseException:
-                watcher, self._watcher = self._watcher, None
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if self._watcher is task:
+                    self._watcher = None
                 raise
         return True
 
@@ -494,7 +494,7 @@ class PostgresStore:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the server, the network, or a callback that failed
-                error = str(e) or type(e).__name__
+                error = "timed out" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
                 if not ready.done():
                     ready.set_exception(StoreError(
                         f"cannot listen on {redact_dsn(self._dsn)}: {error}"))
@@ -524,6 +524,7 @@ class PostgresStore:
                 heard.put_nowait(ids)
 
         con = await asyncpg.connect(self._dsn, timeout=self._connect_timeout,
+                                    command_timeout=self._command_timeout,
                                     server_settings=settings)
         try:
             con.add_termination_listener(lambda _con: heard.put_nowait(None))
@@ -532,7 +533,7 @@ class PostgresStore:
                 log.info("store.watch_resumed", store=redact_dsn(self._dsn))
                 await on_gap()  # what was said while nobody listened is lost
             yield
-            while (ids := await heard.get()) is not None:
+            while (ids := await self._next_heard(con, heard)) is not None:
                 while not heard.empty():  # what else arrived meanwhile, in one query
                     more = heard.get_nowait()
                     if more is None:
@@ -542,9 +543,21 @@ class PostgresStore:
                 if stories:
                     on_stories(stories)
         finally:
-            if not con.is_closed():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(con.close(), 5)
+            # at once: a graceful close would wait on a connection that may be dead, and
+            # the server ends the session (and its LISTEN) when the socket closes
+            con.terminate()
+
+    async def _next_heard(
+        self, con: Any, heard: asyncio.Queue[list[str] | None]
+    ) -> list[str] | None:
+        """The next ids heard; None when the connection is gone. A connection quiet for
+        ``watch_heartbeat`` seconds is probed: one that went half-open (a network cut
+        nobody told either side about) raises, and the watcher reconnects."""
+        while True:
+            try:
+                return await asyncio.wait_for(heard.get(), self.watch_heartbeat)
+            except TimeoutError:
+                await con.fetchval("SELECT 1", timeout=self.watch_probe_timeout)
 
     async def _stories_by_id(self, ids: list[str]) -> list[StoredStory]:
         async with self._con("watch_stories") as con:

@@ -1,0 +1,58 @@
+"""A TCP proxy that can go silent: a network cut that neither end is told about.
+
+    proxy = TCPProxy("127.0.0.1", 5432)
+    port = await proxy.start()      # connect to 127.0.0.1:port instead
+    proxy.freeze()                  # bytes stop flowing both ways; sockets stay open
+    await proxy.stop()
+
+Used to show that a client notices a half-open connection by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class TCPProxy:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._frozen = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def freeze(self) -> None:
+        self._frozen.set()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers += [client_w, server_w]
+        for r, w in ((client_r, server_w), (server_r, client_w)):
+            task = asyncio.ensure_future(self._pipe(r, w))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await r.read(65536):
+                if self._frozen.is_set():
+                    await asyncio.Event().wait()  # swallow everything from now on
+                w.write(data)
+                await w.drain()
