@@ -169,6 +169,7 @@ class Runtime:
                 # the stories other instances sharing the store saved: near-duplicates
                 # of them found here join their clusters instead of alerting again
                 added = index.restore((s.story, s.cluster) for s in stored)
+                self.metrics.peer_stories.inc(added)
                 log.debug("dedup.from_peers", stories=added)
                 if hasattr(self, "pipeline"):  # heard while starting: nothing cached yet
                     self.pipeline.forget_alerts({s.cluster for s in stored})
@@ -309,9 +310,11 @@ class Runtime:
         gone = [f.name for f in feeds if f.gone]
         rules = self.pipeline.rules
         pending = await self.store.count_pending()
+        listening = self.store.listening
         status = "ok"
-        if failing or gone or rules.error:
+        if failing or gone or rules.error or listening is False:
             status = "degraded"
+        peers = {} if listening is None else {"peers": {"listening": listening}}
         return {
             "status": status,
             "time": now.isoformat(),
@@ -324,6 +327,7 @@ class Runtime:
             },
             "outbox": {"pending": pending},
             "dedup": {"stories": len(self.pipeline.index)},
+            **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
         }
 
 

@@ -39,5 +39,11 @@ class Metrics:
             "monitor_dedup_index_stories", "Stories in the dedup window index", registry=r
         )
 
+        self.peer_stories = Counter(
+            "monitor_peer_stories_total",
+            "Stories other instances sharing the store saved, added to this one's dedup index",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

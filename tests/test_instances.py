@@ -127,6 +127,7 @@ server: {{enabled: false}}
         return await rt.poll_one(state, specs[name])
 
     async with Runtime(config) as a, Runtime(config) as b:
+        assert (await b.health())["peers"] == {"listening": True}
         assert (await poll(a, "wire")).result == "baseline"
         assert (await poll(b, "desk")).result == "baseline"
         assert (await poll(a, "agency")).result == "baseline"
@@ -164,12 +165,22 @@ server: {{enabled: false}}
                               "WHERE application_name = $1", f"monitor-watch-{b.store._token}")
         finally:
             await con.close()
+        for _ in range(500):
+            if b.store.listening is False:
+                break
+            await asyncio.sleep(0.02)
+        h = await b.health()
+        assert h["peers"] == {"listening": False} and h["status"] == "degraded"
         late = seed_item("https://wire.example/late")
         feed_server.set("/wire.rss", rss([late, seed, *BACKLOG]))
         await poll(a, "wire")
         assert b.pipeline.index.cluster_of(late.link) is None
         b.store._dsn = direct  # reachable again
         await until_known(b, late.link)
+        assert (await b.health())["peers"] == {"listening": True}
+        # heard: the wire's 3 backlog stories, the seed, the agency copy (late came by
+        # the reload after the gap)
+        assert b.metrics.peer_stories._value.get() == 5
 
 
 async def until_known(rt: Runtime, story_id: str) -> None:

@@ -124,6 +124,11 @@ class Store(Protocol):
         caller reloads what it needs. Returns False when the store is not shared between
         processes (SQLite: one instance), and then never calls either."""
 
+    @property
+    def listening(self) -> bool | None:
+        """Whether ``watch_stories`` hears the other instances right now; None when
+        there is nobody to hear (SQLite) or nobody asked."""
+
     async def get_story(self, story_id: str) -> StoredStory | None:
         """One story by id."""
 

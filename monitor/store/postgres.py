@@ -219,6 +219,7 @@ class PostgresStore:
         scope = schema or "public"
         self._channel = "monitor_stories_" + hashlib.sha1(scope.encode()).hexdigest()[:16]
         self._watcher: asyncio.Task[None] | None = None
+        self._listening: bool | None = None  # None: not watching
         self.watch_backoff = 1.0  # seconds before listening again; doubles up to a minute
         self.watch_heartbeat = 30.0  # a listening connection quiet this long is probed
         self.watch_probe_timeout = 10.0
@@ -282,6 +283,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         watcher, self._watcher = self._watcher, None
+        self._listening = None
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -474,6 +476,10 @@ class PostgresStore:
                 raise
         return True
 
+    @property
+    def listening(self) -> bool | None:
+        return self._listening
+
     async def _watch(
         self,
         on_stories: Callable[[list[StoredStory]], None],
@@ -487,13 +493,15 @@ class PostgresStore:
             connected = False
             try:
                 async for _ in self._listen(on_stories, on_gap if gap else None):
-                    connected = True
+                    connected = self._listening = True
                     if not ready.done():
                         ready.set_result(None)
+                self._listening = False
                 log.warning("store.watch_lost", store=redact_dsn(self._dsn))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the server, the network, or a callback that failed
+                self._listening = False
                 error = "timed out" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
                 if not ready.done():
                     ready.set_exception(StoreError(

@@ -504,6 +504,10 @@ class SQLiteStore:
     ) -> bool:
         return False  # one instance per SQLite file: nobody else saves stories
 
+    @property
+    def listening(self) -> bool | None:
+        return None
+
     async def get_story(self, story_id: str) -> StoredStory | None:
         def work(con: sqlite3.Connection) -> StoredStory | None:
             r = con.execute("SELECT payload, cluster FROM stories WHERE id = ?", (_k(story_id),)).fetchone()
