@@ -961,6 +961,10 @@ class StoryIndex:
     ) -> None:
         st = self.settings
         c = None if num is None else self._clusters.get(num)
+        if c is None and (held := self._by_id.get(cluster_id or story.id)) is not None:
+            # a cluster of that id is open: this story is its first one, which the index
+            # did not hold (another instance stored the cluster; we had only its members)
+            c = self._clusters.get(held)
         if c is None:
             num = self._next
             self._next += 1

@@ -337,6 +337,19 @@ def test_restore_gives_the_same_answers() -> None:
     assert rebuilt.decide(probe, now=probe.first_seen) == live.decide(probe, now=probe.first_seen)
 
 
+def test_a_clusters_first_story_arriving_after_its_members_joins_that_cluster() -> None:
+    # another instance stored cluster "first" and told us only of a later member; the
+    # first story itself then reaches this index: one cluster, not two of the same id
+    idx = StoryIndex()
+    member = story("Jesse Jackson dies aged 84", "npr", sid="member")
+    assert idx.restore([(member, "first")]) == 1
+    first = story("Pentagon budget talks stall again", "bbc", sid="first")  # unlike it
+    assert idx.add(first, now=first.first_seen).cluster == "first"
+    assert idx.cluster_of("first") == idx.cluster_of("member") == "first"
+    assert idx.cluster_members("first") == ("member", "first") and idx.clusters == 1
+    assert idx.restore([(first, "first")]) == 0  # held: skipped
+
+
 # --- GUID churn -------------------------------------------------------------------------
 
 
