@@ -5,6 +5,7 @@
     monitor check      validate config and rules; print every problem; exit 1 if any
     monitor demo       the real pipeline on bundled feeds, offline
     monitor status     feeds and outbox state
+    monitor outbox retry  send failed deliveries again
     monitor rules test "would this story fire?" with the reasons
     monitor backtest   replay stored stories through (edited) rules, send nothing
     monitor stories cluster|list|show
@@ -17,7 +18,7 @@ import json
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="feeds and outbox state")
     _add_common(p)
 
+    outbox = sub.add_parser("outbox", help="the deliveries").add_subparsers(
+        dest="outbox_cmd", required=True)
+    p = outbox.add_parser(
+        "retry", help="send failed deliveries again (after fixing their cause)",
+        description="Failed deliveries (a permanent refusal such as a bad token or a "
+        "rejected recipient, or retries given up) go back to the outbox, due now; a "
+        "running daemon sends them on its next round, `monitor once` at once. Without "
+        "--channel or --id: every failed delivery.")
+    _add_common(p)
+    p.add_argument("--channel", help="only this channel's")
+    p.add_argument("--id", type=int, action="append", default=[], dest="ids",
+                   metavar="ID", help="only this delivery (see `monitor status`); repeatable")
+
     rules = sub.add_parser("rules", help="rule tools").add_subparsers(dest="rules_cmd",
                                                                       required=True)
     p = rules.add_parser("test", help="would a story fire? and why")
@@ -96,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status")
+    quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
     try:
         return _dispatch(args)
@@ -137,6 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return loop.run(cmd_status(config, args.json))
     if cmd == "backtest":
         return loop.run(cmd_backtest(config, args))
+    if cmd == "outbox":
+        return loop.run(cmd_outbox_retry(config, args))
     if cmd == "stories":
         return loop.run(cmd_stories(config, args))
     raise AssertionError(cmd)
@@ -230,7 +246,7 @@ async def cmd_status(config: Config, as_json: bool) -> int:
                 for f in feeds
             ],
             "outbox": {"pending": pending,
-                       "failed": [{"key": d.key, "channel": d.channel,
+                       "failed": [{"id": d.id, "key": d.key, "channel": d.channel,
                                    "error": scrub(d.last_error or "")} for d in failed]},
         })
         return 0
@@ -241,7 +257,29 @@ async def cmd_status(config: Config, as_json: bool) -> int:
               + (f"  [{f.problem}]" if f.problem else ""))
     print(f"outbox: {pending} pending, {len(failed)} failed (recent)")
     for d in failed:
-        print(f"  failed {d.channel}: {d.key}: {scrub(d.last_error or '')}")
+        print(f"  failed #{d.id} {d.channel}: {d.key}: {scrub(d.last_error or '')}")
+    if failed:
+        print("  (fix the cause, then `monitor outbox retry` sends them again)")
+    return 0
+
+
+async def cmd_outbox_retry(config: Config, args: argparse.Namespace) -> int:
+    from monitor.store.open import open_store
+
+    if args.channel is not None and args.channel not in config.channels:
+        raise MonitorError(f"unknown channel {args.channel!r}; the config has: "
+                           f"{', '.join(sorted(config.channels)) or 'none'}")
+    async with open_store(config.store_url) as store:
+        ids = await store.requeue_failed(datetime.now(UTC), channel=args.channel,
+                                         ids=args.ids)
+    missing = sorted(set(args.ids) - set(ids))
+    if args.json:
+        _print_json({"requeued": ids, "not_failed": missing})
+    else:
+        print(f"{len(ids)} failed deliver{'y' if len(ids) == 1 else 'ies'} back in the outbox"
+              + (" (a running daemon sends them on its next round)" if ids else ""))
+        if missing:
+            print(f"not failed (sent, pending or unknown): {', '.join(map(str, missing))}")
     return 0
 
 

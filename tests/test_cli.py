@@ -70,6 +70,41 @@ async def test_help_says_what_it_does_and_lists_the_commands(tmp_path: Path) -> 
         assert f"\n    {cmd} " in out, cmd
 
 
+async def test_failed_deliveries_go_out_after_the_cause_is_fixed(
+    workdir: Path, feed_server: Any, slack_server: Any
+) -> None:
+    # Slack with a wrong token: a permanent refusal, marked failed
+    config = (workdir / "config.yaml").read_text()
+    slack = (f"  slack-news: {{type: slack, token: xoxb-wrong, channel: '#news', "
+             f"base_url: '{slack_server.api_base_url}'}}")
+    (workdir / "config.yaml").write_text(config.replace(
+        "  slack-news: {type: file, path: slack.jsonl}", slack))
+    feed_server.set("/a.rss", rss([seed_item(), *BACKLOG]))
+    rc, out, _ = await monitor("once", "--json", cwd=workdir)
+    assert rc == 0 and json.loads(out)["deliveries"]["failed"] == 1
+    rc, out, _ = await monitor("status", "--json", cwd=workdir)
+    [failed] = json.loads(out)["outbox"]["failed"]
+    assert failed["channel"] == "slack-news" and "invalid_auth" in failed["error"]
+    rc, out, _ = await monitor("status", cwd=workdir)
+    assert f"failed #{failed['id']} slack-news" in out and "monitor outbox retry" in out
+
+    rc, _, err = await monitor("outbox", "retry", "--channel", "pager", cwd=workdir)
+    assert rc == 1 and "unknown channel 'pager'" in err and "slack-news" in err
+    # the token is fixed; the failed delivery goes back to the outbox and out
+    (workdir / "config.yaml").write_text(config.replace(
+        "  slack-news: {type: file, path: slack.jsonl}",
+        slack.replace("xoxb-wrong", slack_server.token)))
+    rc, out, _ = await monitor("outbox", "retry", "--id", str(failed["id"]), "--id", "999",
+                               "--json", cwd=workdir)
+    assert rc == 0 and json.loads(out) == {"requeued": [failed["id"]], "not_failed": [999]}
+    assert slack_server.messages == []
+    rc, out, _ = await monitor("once", "--json", cwd=workdir)
+    assert rc == 0 and json.loads(out)["deliveries"]["sent"] == 1
+    assert [m["channel"] for m in slack_server.messages] == ["#news"]
+    rc, out, _ = await monitor("outbox", "retry", cwd=workdir)
+    assert rc == 0 and out.startswith("0 failed deliveries back in the outbox")
+
+
 async def test_missing_config_is_a_helpful_error(tmp_path: Path) -> None:
     rc, _, err = await monitor("once", cwd=tmp_path)
     assert rc == 1 and "config.yaml" in err and "not found" in err

@@ -471,6 +471,32 @@ async def test_delivery_state_machine(store: Store) -> None:
         await store.mark_failed(999999, t(0), "x", None)
 
 
+async def test_requeue_failed_gives_failed_deliveries_another_go(store: Store) -> None:
+    ds = await queue(store, delivery("s1", created=t(1)), delivery("s2", created=t(2)),
+                     delivery("e1", channel="email", created=t(3)), delivery("ok", created=t(4)),
+                     delivery("later", created=t(5)))
+    ids = {d.key: d.id for d in ds}
+    await store.claim_deliveries(t(5), limit=10, lease_until=t(6))
+    for key in ("s1", "s2", "e1"):
+        await store.mark_failed(ids[key], t(5), "invalid_auth", None)  # type: ignore[arg-type]
+    await store.mark_sent(ids["ok"], t(5), "ref")  # type: ignore[arg-type]
+    await store.mark_failed(ids["later"], t(5), "HTTP 503", t(50))  # type: ignore[arg-type]
+    # by id, then by channel; sent and pending rows are left alone
+    assert await store.requeue_failed(t(9), ids=[ids["s2"], ids["ok"], ids["later"]]) == [
+        ids["s2"]]
+    assert await store.requeue_failed(t(10), channel="slack") == [ids["s1"]]
+    states = {d.key: (d.state, d.attempts, d.next_attempt, d.last_error)
+              for d in await store.deliveries()}
+    assert states["s1"] == ("pending", 1, t(10), "invalid_auth")  # history kept
+    assert states["s2"][:3] == ("pending", 1, t(9))
+    assert states["e1"][0] == "failed" and states["ok"][0] == "sent"
+    assert states["later"][:3] == ("pending", 1, t(50))
+    due = await store.claim_deliveries(t(10), limit=10, lease_until=t(11))
+    assert sorted(d.key for d in due) == ["s1", "s2"]
+    assert await store.requeue_failed(t(12)) == [ids["e1"]]  # everything left
+    assert await store.requeue_failed(t(12)) == []
+
+
 async def test_mark_sent_many_marks_a_batch_in_one_go(store: Store) -> None:
     ds = await queue(store, delivery("a"), delivery("b"), delivery("c"))
     a, b, c = (d.id for d in ds)

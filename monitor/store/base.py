@@ -178,6 +178,14 @@ class Store(Protocol):
     async def count_pending(self) -> int:
         """Deliveries not yet sent and not given up."""
 
+    async def requeue_failed(
+        self, now: datetime, *, channel: str | None = None, ids: Sequence[int] = ()
+    ) -> list[int]:
+        """Give failed deliveries another go (the cause was fixed: a token, a recipient,
+        the SMTP settings): ``failed`` → ``pending``, due at ``now``, with their attempts
+        and last error kept. Only those of ``channel`` and/or with the given ``ids`` when
+        set. Returns their ids, oldest first."""
+
     async def release(self, delivery_id: int, next_attempt: datetime) -> None:
         """Give a claimed delivery back without counting an attempt (its channel is
         failing; it was not tried)."""

@@ -718,6 +718,21 @@ class PostgresStore:
         if await con.fetchval("SELECT 1 FROM deliveries WHERE id = $1", delivery_id) is None:
             raise StoreError(f"no delivery with id {delivery_id}")
 
+    async def requeue_failed(
+        self, now: datetime, *, channel: str | None = None, ids: Sequence[int] = ()
+    ) -> list[int]:
+        async with self._con("requeue_failed", tx=True) as con:
+            rows = await con.fetch(
+                "UPDATE deliveries SET state = 'pending', next_attempt = $1 "
+                "WHERE state = 'failed' AND ($2::text IS NULL OR channel = $2) "
+                "AND (cardinality($3::bigint[]) = 0 OR id = ANY($3::bigint[])) "
+                "RETURNING id, created",
+                utc(now),
+                None if channel is None else _text(channel),
+                list(ids),
+            )
+        return [r["id"] for r in sorted(rows, key=lambda r: (r["created"], r["id"]))]
+
     async def release(self, delivery_id: int, next_attempt: datetime) -> None:
         async with self._con(f"release {delivery_id}", tx=True) as con:
             status = await con.execute(

@@ -666,6 +666,30 @@ class SQLiteStore:
 
         await self._run(f"mark_failed {delivery_id}", work)
 
+    async def requeue_failed(
+        self, now: datetime, *, channel: str | None = None, ids: Sequence[int] = ()
+    ) -> list[int]:
+        def work(con: sqlite3.Connection) -> list[int]:
+            where, args = "state = 'failed'", list[object]()
+            if channel is not None:
+                where += " AND channel = ?"
+                args.append(channel)
+            if ids:
+                where += f" AND id IN ({_marks(len(ids))})"
+                args += list(ids)
+            with _write(con):
+                found = [r[0] for r in con.execute(
+                    f"SELECT id FROM deliveries WHERE {where} ORDER BY created, id", args)]
+                for chunk in _chunks(found):
+                    con.execute(
+                        "UPDATE deliveries SET state = 'pending', next_attempt = ? "
+                        f"WHERE id IN ({_marks(len(chunk))})",
+                        (dt_to_text(now), *chunk),
+                    )
+            return found
+
+        return await self._run("requeue_failed", work)
+
     async def release(self, delivery_id: int, next_attempt: datetime) -> None:
         def work(con: sqlite3.Connection) -> None:
             with _write(con):
