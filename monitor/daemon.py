@@ -284,7 +284,9 @@ class Runtime:
 
     async def poll_one(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
         try:
-            return await self.pipeline.poll_feed(state, spec)
+            outcome = await self.pipeline.poll_feed(state, spec)
+            self.metrics.fetch_seconds.observe(outcome.ms / 1000)
+            return outcome
         except Exception as e:  # a bug must not kill the daemon or stop the feed for good
             now = self.clock()
             log.error("feed.poll_crashed", feed=spec.name, error=repr(e), exc_info=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import compress
 from typing import Any
@@ -486,6 +486,12 @@ class Matcher:
                     ok for _, ok, _ in self._scope(rule, story, sources, source_names, source_seen)
                 ):
                     continue
+                if (m.channels, m.severity, m.cooldown, m.digest) != (
+                        rule.channels, rule.severity, rule.cooldown, rule.digest):
+                    # the worker compiled the same files without the config (its default
+                    # channels): what to do with a match is this matcher's rule's say
+                    m = replace(m, channels=rule.channels, severity=rule.severity,
+                                cooldown=rule.cooldown, digest=rule.digest)
                 out.append(m)
             return tuple(out)
         return tuple(

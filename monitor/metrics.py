@@ -14,7 +14,7 @@ class Metrics:
         )
         self.fetch_seconds = Histogram(
             "monitor_fetch_seconds",
-            "Time to fetch (and parse) one feed",
+            "Time to poll one feed: fetch, and parse and store when it changed",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )

@@ -91,6 +91,7 @@ async def test_baseline_then_one_alert_per_story(rt: Runtime, feed_server: Any, 
     first = await poll(rt)
     assert first["a"].result == "baseline" and first["a"].new == 3 and first["a"].alerts == 0
     assert alerts(tmp_path) == []
+    assert rt.metrics.registry.get_sample_value("monitor_fetch_seconds_count") == 2  # a, b
 
     clock.advance(minutes=5)
     feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG], now=clock.now))
@@ -105,6 +106,26 @@ async def test_baseline_then_one_alert_per_story(rt: Runtime, feed_server: Any, 
     third = await poll(rt)
     assert third["a"].result == "not-modified"
     assert len(alerts(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("parse_in", ["thread", "process"])
+async def test_a_rule_without_channels_alerts_on_the_default_ones(
+    make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path, parse_in: str
+) -> None:
+    # the parse pool compiles the rule files without the config; the rule's channels
+    # come from the config's defaults all the same
+    (tmp_path / "rules" / "robots.yaml").write_text(
+        "rules:\n  - name: robots\n    any: [robot]\n", encoding="utf-8")
+    feed_server.serve("/a.rss", rss(BACKLOG, now=T0))
+    cfg = make_config({"a": "/a.rss"}, extra="defaults: {channels: [audit-file]}")
+    config = cfg.model_copy(update={"fetch": cfg.fetch.model_copy(update={"parse_in": parse_in})})
+    async with Runtime(config, clock=clock) as runtime:
+        await poll(runtime)
+        clock.advance(minutes=5)
+        feed_server.set("/a.rss", rss([UNRELATED, *BACKLOG], now=clock.now))
+        second = await poll(runtime)
+    assert second["a"].alerts == 1
+    assert [a["rule"] for a in alerts(tmp_path, "audit.jsonl")] == ["robots"]
 
 
 async def test_same_story_on_another_feed_updates_instead_of_alerting(
