@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -122,6 +123,21 @@ class SlackChannel(_Model):
     username: str | None = None
     icon_emoji: str | None = None
     timeout: Duration = Field(30.0, ge=1)  # one request to Slack, connecting included
+
+    @field_validator("webhook_url", "base_url")
+    @classmethod
+    def _http_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError(f"{info.field_name} is empty (if it comes from an environment "
+                             "variable, that variable is set but empty)")
+        if not re.match(r"^https?://[^\s/]+", v):
+            # the value is not shown: a webhook URL is a secret
+            example = ("https://hooks.slack.com/services/T…/B…/…"
+                       if info.field_name == "webhook_url" else "https://slack.com/api/")
+            raise ValueError(f"{info.field_name} must be an http(s) URL like {example}")
+        return v
 
     @model_validator(mode="after")
     def _auth(self) -> SlackChannel:

@@ -100,6 +100,20 @@ def test_channel_validation() -> None:
     assert any("missing required key 'channels.e.to'" in p for p in got), got
 
 
+def test_slack_urls_are_checked_without_showing_them() -> None:
+    text = "channels:\n  s:\n    type: slack\n    webhook_url: ${HOOK}\n"
+    [bad] = problems(text, {"HOOK": "notaurl-T0/B0/secret123"})
+    assert bad.startswith("c.yaml:4:18:") and "webhook_url must be an http(s) URL" in bad, bad
+    assert "secret123" not in bad
+    [empty] = problems(text, {"HOOK": ""})
+    assert "webhook_url is empty" in empty and "set but empty" in empty, empty
+    [api] = problems("channels:\n  s:\n    type: slack\n    token: xoxb-1\n"
+                     "    channel: '#n'\n    base_url: slack.com/api\n")
+    assert "base_url must be an http(s) URL" in api, api
+    ok = parse_config(text, "c.yaml", {"HOOK": "https://hooks.slack.com/services/T0/B0/x"})
+    assert isinstance(ok.channels["s"], SlackChannel)
+
+
 def test_env_interpolation_and_secrets() -> None:
     cfg = parse_config(
         "channels:\n  s:\n    type: slack\n    webhook_url: ${HOOK}\n"
