@@ -18,6 +18,7 @@ import contextlib
 import gc
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -48,6 +49,7 @@ log = get_logger(__name__)
 
 FEED_LEASE = timedelta(minutes=10)
 STOP_DEADLINE = 10.0  # seconds in-flight polls get to finish on SIGTERM
+SUMMARY_EVERY = 300.0  # seconds between "daemon.summary" lines (polls are logged at debug)
 
 
 def utc_now() -> datetime:
@@ -347,6 +349,7 @@ class Daemon:
         self._claimed: dict[asyncio.Task[PollOutcome], FeedState] = {}
         self._ticking: asyncio.Task[Any] | None = None
         self.rt: Runtime | None = None
+        self._polled: Counter[str] = Counter()  # since the last summary line
 
     def stop(self) -> None:
         self._stop.set()
@@ -370,6 +373,7 @@ class Daemon:
                 sched = Scheduler()
                 sched.every("poll", self.tick, self._poll_tick)
                 sched.every("prune", 3600.0, self._prune)
+                sched.every("summary", SUMMARY_EVERY, self._summarize, start_now=False)
                 sched.start()
                 dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatch")
                 watcher = asyncio.create_task(self._watch_rules(), name="watch-rules")
@@ -456,6 +460,22 @@ class Daemon:
     def _forget(self, task: asyncio.Task[PollOutcome]) -> None:
         self._inflight.discard(task)
         self._claimed.pop(task, None)
+        if not task.cancelled() and task.exception() is None:
+            outcome = task.result()
+            self._polled[outcome.result] += 1
+            self._polled[" new"] += outcome.new
+            self._polled[" alerts"] += outcome.alerts
+
+    async def _summarize(self) -> None:
+        """One info line every few minutes: the daemon is alive, and what its polls found
+        (each poll is logged at debug; a feed that fails, a story that alerts at info)."""
+        counts, self._polled = self._polled, Counter()
+        results = {k.replace("-", "_"): v for k, v in sorted(counts.items())
+                   if not k.startswith(" ")}
+        pending = await self.rt.store.count_pending() if self.rt is not None else 0
+        log.info("daemon.summary", minutes=round(SUMMARY_EVERY / 60),
+                 polls=sum(results.values()), new_stories=counts[" new"], alerts=counts[" alerts"],
+                 outbox_pending=pending, **results)
 
     async def _dispatch_loop(self) -> None:
         assert self.rt is not None

@@ -47,7 +47,8 @@ class Scheduler:
             coalesce=True,
             misfire_grace_time=None,
             replace_existing=True,
-            next_run_time=datetime.now(UTC) if start_now else None,
+            # (APScheduler adds a job *paused* when given next_run_time=None)
+            **({"next_run_time": datetime.now(UTC)} if start_now else {}),
         )
 
     def start(self) -> None:

@@ -277,3 +277,61 @@ async def test_sigkill_loses_nothing(setup: dict[str, Any]) -> None:
     assert len([a for a in file_alerts(tmp) if not a.get("update")]) == 1
     with contextlib.suppress(ProcessLookupError):
         assert await d.stop() == 0
+
+
+async def test_the_daemon_says_what_its_polls_found_every_few_minutes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # polls are logged at debug; one info line sums them up (and says the daemon is alive)
+    import logging
+
+    from monitor.config import parse_config
+    from monitor.daemon import Daemon
+    from monitor.pipeline import PollOutcome
+
+    daemon = Daemon(parse_config("feeds: []\n", "c.yaml", {}))
+
+    async def outcome(result: str, new: int = 0, alerts: int = 0) -> PollOutcome:
+        return PollOutcome(feed="f", result=result, new=new, alerts=alerts)
+
+    async def crash() -> PollOutcome:
+        raise RuntimeError("a bug")
+
+    tasks = [asyncio.create_task(c) for c in (
+        outcome("not-modified"), outcome("not-modified"), outcome("new", 3, 1),
+        outcome("failed"), crash())]
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for t in tasks:
+        daemon._forget(t)
+    with caplog.at_level(logging.INFO, logger="monitor.daemon"):
+        await daemon._summarize()
+        await daemon._summarize()  # counts start again after each line
+    first, second = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+                     if r.getMessage() == "daemon.summary"]
+    assert (first["polls"], first["new_stories"], first["alerts"]) == (4, 3, 1)  # crash: no poll
+    assert first["new"] == 1  # polls that found something new
+    assert (first["not_modified"], first["failed"], first["outbox_pending"]) == (2, 1, 0)
+    assert second["polls"] == 0 and "not_modified" not in second
+
+
+async def test_a_job_that_does_not_start_now_still_runs() -> None:
+    # APScheduler adds a job *paused* when given next_run_time=None
+    from datetime import UTC, datetime, timedelta
+
+    from monitor.scheduler import Scheduler
+
+    s = Scheduler()
+
+    async def job() -> None: ...
+
+    s.every("later", 300.0, job, start_now=False)
+    s.every("now", 300.0, job)
+    s.start()
+    try:
+        later, now = s._s.get_job("later"), s._s.get_job("now")
+        assert later is not None and now is not None
+        soon = datetime.now(UTC) + timedelta(seconds=1)
+        assert now.next_run_time is not None and now.next_run_time <= soon
+        assert later.next_run_time is not None and later.next_run_time > soon
+    finally:
+        s.stop()
