@@ -159,7 +159,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_value))
+
+
+def _json_value(v: Any) -> Any:
+    """Times as ISO 8601 (``2026-11-26T01:32:17+00:00``, as /healthz has them)."""
+    return v.isoformat() if isinstance(v, datetime) else str(v)
 
 
 # -- check ------------------------------------------------------------------------------
@@ -493,7 +498,8 @@ async def cmd_stories(config: Config, args: argparse.Namespace) -> int:
         else:
             print(f"cluster {c.id}: {c.title}")
             print(f"  first seen {c.first_seen:%Y-%m-%d %H:%M}, last {c.last_seen:%Y-%m-%d %H:%M}"
-                  f", {len(c.sources)} sources: {', '.join(c.sources)}")
+                  f", {len(c.sources)} source{'' if len(c.sources) == 1 else 's'}: "
+                  f"{', '.join(c.sources)}")
             for s in stories:
                 if s is not None:
                     print(f"  [{s.story.feed}] {s.story.title}\n      {s.story.link}")

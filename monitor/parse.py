@@ -86,6 +86,15 @@ def _prepends_declaration(body: bytes) -> bool:
     return not body.startswith(_DECLS)
 
 
+def _looks_like_html(body: bytes, headers: Mapping[str, str]) -> bool:
+    """An HTML page (a site's home page, a login or error page) where a feed was expected."""
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("text/html", "application/xhtml+xml"):
+        return True
+    head = bytes(body[:1024]).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
+
+
 def describe_bozo(exc: BaseException | None, *, line_offset: int = 0) -> str:
     """A person-readable reason for feedparser's ``bozo_exception``.
 
@@ -165,14 +174,12 @@ def parse_feed(
     link = canonical_link(_str(meta.get("link")), url)
 
     if not entries:
-        if problem:
+        if problem or not result.get("version"):
+            problem = problem or "not an RSS, Atom or RDF feed (no feed root element found)"
+            if _looks_like_html(body, hdrs):
+                problem += ("; the server sent an HTML page, not a feed: is the URL the "
+                            "feed's own (often …/feed, …/rss or …/atom.xml)?")
             return ParsedFeed(title=title, link=link, stories=(), problem=problem, failed=True)
-        if not result.get("version"):
-            return ParsedFeed(
-                title=title, link=link, stories=(),
-                problem="not an RSS, Atom or RDF feed (no feed root element found)",
-                failed=True,
-            )
         return ParsedFeed(title=title, link=link, stories=())
 
     lang = _str(meta.get("language")) or hdrs.get("content-language") or None

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,15 @@ async def test_once_status_stories_and_backtest(workdir: Path, feed_server: Any)
     rc, out, _ = await monitor("status", "--json", cwd=workdir)
     st = {f["name"]: f for f in json.loads(out)["feeds"]}
     assert st["dead"]["failures"] == 1 and st["a"]["stories_seen"] == 5
+    assert datetime.fromisoformat(st["a"]["last_polled"]).tzinfo is not None
+    assert "T" in st["a"]["last_polled"]  # ISO 8601, as /healthz has it
 
     rc, out, _ = await monitor("stories", "list", "--json", cwd=workdir)
     clusters = json.loads(out)
     assert rc == 0 and len(clusters) == 5
     seed_cluster = next(c for c in clusters if "Witkoff" in c["title"])
     rc, out, _ = await monitor("stories", "show", seed_cluster["id"], cwd=workdir)
-    assert rc == 0 and "Witkoff" in out and "sources: a" in out
+    assert rc == 0 and "Witkoff" in out and "1 source: a" in out
 
     # an edited copy of the rules, replayed over what is stored: nothing is sent
     edited = workdir / "edited"

@@ -9,6 +9,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from monitor.model import ParsedFeed
 from monitor.parse import describe_bozo, parse_feed
 from tests.conftest import shared_path
@@ -79,6 +81,16 @@ def test_empty_body_and_non_feed_xml_fail() -> None:
     assert parse(b"  \n").failed
     p = parse(b"<?xml version='1.0'?><config><x/></config>")
     assert p.failed and p.problem and "not an RSS" in p.problem
+    assert "HTML page" not in p.problem
+
+
+@pytest.mark.parametrize("ctype", ["text/html; charset=utf-8", "application/octet-stream"])
+def test_an_html_page_instead_of_a_feed_says_so(ctype: str) -> None:
+    # a site's home page (by its type, or by its first bytes): the usual wrong URL
+    page = (b"<!DOCTYPE html>\n<html><head><title>News</title><link rel=alternate "
+            b"type=application/rss+xml href=/feed></head><body><p>Hi<br></body></html>")
+    p = parse(page, {"Content-Type": ctype})
+    assert p.failed and p.problem and "the server sent an HTML page, not a feed" in p.problem
 
 
 def test_never_fetches_or_opens_files(tmp_path: Path) -> None:
