@@ -24,6 +24,13 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+_UNCLOSED = (
+    ("flow sequence", ": is its ']' missing?"),
+    ("flow mapping", ": is its '}' missing?"),
+    ("quoted scalar", ": is its closing quote missing?"),
+)
+
+
 def load_yaml(text: str, path: str) -> tuple[Any, Positions]:
     """Parse YAML text; raise ``ValueError`` with a ``Problem`` as its argument on bad YAML."""
     loader = _Loader(text)
@@ -38,6 +45,13 @@ def load_yaml(text: str, path: str) -> tuple[Any, Positions]:
         line = mark.line + 1 if mark else None
         col = mark.column + 1 if mark else None
         msg = f"invalid YAML: {e.problem or e.context}"
+        ctx = e.context_mark
+        if e.problem and e.context and ctx is not None and mark is not None and (
+                ctx.line != mark.line):
+            # the error shows where parsing gave up; say where the open construct began
+            opened = next((hint for what, hint in _UNCLOSED if what in e.context), "")
+            msg += (f" ({e.context.removeprefix('while ')} that starts at line {ctx.line + 1}"
+                    f", column {ctx.column + 1}{opened})")
         raise ValueError(Problem(path, line, col, msg)) from e
     except yaml.YAMLError as e:
         raise ValueError(Problem(path, None, None, f"invalid YAML: {e}")) from e

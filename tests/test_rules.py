@@ -384,7 +384,8 @@ def test_missing_directory(tmp_path: Path) -> None:
               - name: x
                 any: [Iran
             """,
-            "r.yaml:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'",
+            "r.yaml:4:1: invalid YAML: expected ',' or ']', but got '<stream end>' (parsing "
+            "a flow sequence that starts at line 3, column 10: is its ']' missing?)",
         ),
     ],
 )
