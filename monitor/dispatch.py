@@ -197,7 +197,7 @@ class Dispatcher:
         nxt = (
             retry_at(
                 now=now,
-                created=d.created,
+                created=max(d.created, d.requeued or d.created),
                 attempts=d.attempts + 1,
                 retry_after=outcome.retry_after,
                 retry_min=self.settings.retry_min,
@@ -209,6 +209,11 @@ class Dispatcher:
         )
         await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
         if nxt is None:
+            if outcome.retry:  # given up for its age, but the peer is struggling right now:
+                # the channel's other deliveries wait for this round all the same
+                wait = max(self.settings.retry_min, outcome.retry_after or 0.0)
+                until = now + timedelta(seconds=wait)
+                self._blocked[channel] = min(until, self._blocked.get(channel, until))
             self.metrics.deliveries.labels(channel, "failed").inc()
             log.error("delivery.failed", channel=channel, rule=d.alert.match.rule,
                       story=d.alert.story.id, error=outcome.reason,
@@ -247,6 +252,7 @@ class Dispatcher:
         first = group[0]
         # a digest's delivery starts when it fires, not when its first story matched
         fired = next_cron(first.alert.match.digest or "", first.created) or first.created
+        fired = max(fired, first.requeued or fired)  # `monitor outbox retry` restarts it
         nxt = (
             retry_at(now=now, created=fired, attempts=first.attempts + 1,
                      retry_after=outcome.retry_after, retry_min=self.settings.retry_min,

@@ -182,6 +182,9 @@ class Delivery:
     attempts: int = 0
     next_attempt: datetime | None = None
     thread_ref: str | None = None  # the parent's reference (Slack ts, email Message-ID)
+    # when `monitor outbox retry` put it back after it failed: retries are given up
+    # ``give_up_after`` from here, not from ``created``
+    requeued: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

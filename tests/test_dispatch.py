@@ -98,6 +98,41 @@ async def test_permanent_failure_is_not_retried(store: SQLiteStore, slack_server
     await dsp.close()
 
 
+async def test_requeued_deliveries_are_retried_from_the_requeue_not_given_up(
+    store: SQLiteStore, slack_server: Any
+) -> None:
+    # given up days ago (the relay was down for a week); `monitor outbox retry` on day 8;
+    # Slack answers 429 at first: they are retried, not given up on their age again, and
+    # the rest of the channel waits instead of hammering a peer that asked for a pause
+    clock = Clock()
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=100))
+    dsp = dispatcher(store, {"slack": n}, clock)
+    keys = [f"a:s{i}:sanctions:slack" for i in range(3)]
+    await queue(store, *(delivery(k, "slack") for k in keys))
+    clock.now = T0 + timedelta(days=8)
+    slack_server.fail_next(3, status=503)
+    r = await dsp.run_once()  # too old: given up at its first failed attempt
+    assert (r.failed, r.retrying) == (1, 2)
+    assert slack_server.requests == 1  # the other two waited: the channel was blocked
+    clock.now += timedelta(minutes=5)
+    assert (await dsp.run_once()).failed == 1
+    clock.now += timedelta(minutes=5)
+    assert (await dsp.run_once()).failed == 1
+    assert {d.state for d in await store.deliveries()} == {"failed"}
+
+    slack_server.fail_next(1, status=429, retry_after=30)
+    requeued = await store.requeue_failed(clock.now)
+    assert len(requeued) == 3
+    r = await dsp.run_once()
+    assert (r.sent, r.retrying, r.failed) == (0, 3, 0)  # retried: counted from the requeue
+    assert slack_server.requests == 4
+    clock.now += timedelta(seconds=31)
+    assert (await dsp.run_once()).sent == 3
+    assert len(slack_server.messages) == 3
+    await dsp.close()
+
+
 async def test_update_is_threaded_under_its_alert(store: SQLiteStore, slack_server: Any) -> None:
     n = SlackNotifier("slack", SlackChannel(type="slack", token=slack_server.token,
                                             channel=next(iter(slack_server.channels)),

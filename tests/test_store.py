@@ -492,7 +492,7 @@ async def test_requeue_failed_gives_failed_deliveries_another_go(store: Store) -
     assert states["e1"][0] == "failed" and states["ok"][0] == "sent"
     assert states["later"][:3] == ("pending", 1, t(50))
     due = await store.claim_deliveries(t(10), limit=10, lease_until=t(11))
-    assert sorted(d.key for d in due) == ["s1", "s2"]
+    assert sorted((d.key, d.requeued) for d in due) == [("s1", t(10)), ("s2", t(9))]
     assert await store.requeue_failed(t(12)) == [ids["e1"]]  # everything left
     assert await store.requeue_failed(t(12)) == []
 

@@ -296,6 +296,31 @@ async def test_forward_migrations_apply_once_in_order(tmp_path: Path, monkeypatc
             assert await store._run("v", lambda con: con.execute("PRAGMA user_version").fetchone()[0]) == v2.version
 
 
+async def test_a_version_1_database_is_upgraded_with_its_failed_deliveries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a database made by the first release (schema 1): a delivery that failed for good
+    db = tmp_path / "m.db"
+    real = migrations.load("sqlite")
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "load", lambda dialect: real[:1])
+        async with SQLiteStore(db) as old:
+            s = _story("s1")
+            match = Match(rule="r", severity="high", channels=("slack",))
+            [d] = await old.save_poll(_feed(), [s], [Delivery(
+                key="k", channel="slack", created=T0,
+                alert=Alert(story=s.story, match=match, cluster=s.cluster))])
+            assert d.id is not None
+            await old.mark_failed(d.id, T0, "invalid_auth", None)
+    async with SQLiteStore(db) as store:  # this release: migrated on open
+        version = await store._run("v", lambda con: con.execute("PRAGMA user_version").fetchone()[0])
+        assert version == len(real) >= 2
+        assert await store.requeue_failed(T0 + timedelta(days=9)) == [d.id]
+        [again] = await store.claim_deliveries(T0 + timedelta(days=9), limit=5,
+                                               lease_until=T0 + timedelta(days=10))
+        assert (again.key, again.attempts, again.requeued) == ("k", 1, T0 + timedelta(days=9))
+
+
 async def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "m.db"
     async with SQLiteStore(db):

@@ -353,7 +353,12 @@ def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime]) -> Feed
 
 
 def delivery_from_row(
-    row: Any, *, created: datetime, next_attempt: datetime | None, thread_ref: str | None = None
+    row: Any,
+    *,
+    created: datetime,
+    next_attempt: datetime | None,
+    thread_ref: str | None = None,
+    requeued: datetime | None = None,
 ) -> Delivery:
     """An outbox row (``sqlite3.Row`` or ``asyncpg.Record``: key, channel, payload,
     parent_key, id, attempts) as a Delivery; times come converted by the caller."""
@@ -367,4 +372,5 @@ def delivery_from_row(
         attempts=row["attempts"],
         next_attempt=next_attempt,
         thread_ref=thread_ref,
+        requeued=requeued,
     )

@@ -651,6 +651,7 @@ class PostgresStore:
                 " ORDER BY created, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED) "
                 "UPDATE deliveries d SET next_attempt = $3 FROM due WHERE d.id = due.id "
                 "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
+                "d.requeued, "
                 "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
                 "AS parent_ref",
                 utc(now),
@@ -660,7 +661,7 @@ class PostgresStore:
             rows = sorted(rows, key=lambda r: (r["created"], r["id"]))
             return [
                 delivery_from_row(r, created=r["created"], next_attempt=lease,
-                                  thread_ref=r["parent_ref"])
+                                  thread_ref=r["parent_ref"], requeued=r["requeued"])
                 for r in rows
             ]
 
@@ -723,7 +724,7 @@ class PostgresStore:
     ) -> list[int]:
         async with self._con("requeue_failed", tx=True) as con:
             rows = await con.fetch(
-                "UPDATE deliveries SET state = 'pending', next_attempt = $1 "
+                "UPDATE deliveries SET state = 'pending', next_attempt = $1, requeued = $1 "
                 "WHERE state = 'failed' AND ($2::text IS NULL OR channel = $2) "
                 "AND (cardinality($3::bigint[]) = 0 OR id = ANY($3::bigint[])) "
                 "RETURNING id, created",

@@ -584,7 +584,7 @@ class SQLiteStore:
             with _write(con):
                 rows = con.execute(
                     "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                    "CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref "
+                    "d.requeued, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref "
                     "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
                     "WHERE d.state = 'pending' AND d.next_attempt <= ? "
                     # an update waits for an alert that is waiting to be retried, so that it
@@ -601,7 +601,8 @@ class SQLiteStore:
                 )
             return [
                 delivery_from_row(r, created=dt_from_text(r["created"]), next_attempt=lease_until,
-                                  thread_ref=r["parent_ref"])
+                                  thread_ref=r["parent_ref"],
+                                  requeued=dt_from_text(r["requeued"]) if r["requeued"] else None)
                 for r in rows
             ]
 
@@ -673,7 +674,7 @@ class SQLiteStore:
             where, args = "state = 'failed'", list[object]()
             if channel is not None:
                 where += " AND channel = ?"
-                args.append(channel)
+                args.append(_k(channel))
             if ids:
                 where += f" AND id IN ({_marks(len(ids))})"
                 args += list(ids)
@@ -682,9 +683,9 @@ class SQLiteStore:
                     f"SELECT id FROM deliveries WHERE {where} ORDER BY created, id", args)]
                 for chunk in _chunks(found):
                     con.execute(
-                        "UPDATE deliveries SET state = 'pending', next_attempt = ? "
+                        "UPDATE deliveries SET state = 'pending', next_attempt = ?, requeued = ? "
                         f"WHERE id IN ({_marks(len(chunk))})",
-                        (dt_to_text(now), *chunk),
+                        (dt_to_text(now), dt_to_text(now), *chunk),
                     )
             return found
 
