@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel or --id: every failed delivery.")
     _add_common(p)
     p.add_argument("--channel", help="only this channel's")
-    p.add_argument("--id", type=int, action="append", default=[], dest="ids",
+    p.add_argument("--id", type=_delivery_id, action="append", default=[], dest="ids",
                    metavar="ID", help="only this delivery (see `monitor status`); repeatable")
 
     rules = sub.add_parser("rules", help="rule tools").add_subparsers(dest="rules_cmd",
@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("cluster")
     return ap
+
+
+def _delivery_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 2**63:
+        raise argparse.ArgumentTypeError(f"not a delivery id: {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,17 +284,27 @@ async def cmd_outbox_retry(config: Config, args: argparse.Namespace) -> int:
     if args.channel is not None and args.channel not in config.channels:
         raise MonitorError(f"unknown channel {args.channel!r}; the config has: "
                            f"{', '.join(sorted(config.channels)) or 'none'}")
+    now = datetime.now(UTC)
+    channels = [args.channel] if args.channel is not None else sorted(config.channels)
+    ids: list[int] = []
     async with open_store(config.store_url) as store:
-        ids = await store.requeue_failed(datetime.now(UTC), channel=args.channel,
-                                         ids=args.ids)
+        for channel in channels:  # not those of channels no longer in the config
+            ids += await store.requeue_failed(now, channel=channel, ids=args.ids)
+        orphans = Counter(d.channel for d in await store.deliveries(state="failed", limit=10**6)
+                          if d.channel not in config.channels)
     missing = sorted(set(args.ids) - set(ids))
     if args.json:
-        _print_json({"requeued": ids, "not_failed": missing})
+        _print_json({"requeued": sorted(ids), "not_failed": missing,
+                     "left_for_removed_channels": dict(orphans)})
     else:
         print(f"{len(ids)} failed deliver{'y' if len(ids) == 1 else 'ies'} back in the outbox"
               + (" (a running daemon sends them on its next round)" if ids else ""))
         if missing:
-            print(f"not failed (sent, pending or unknown): {', '.join(map(str, missing))}")
+            print(f"not requeued (sent, pending, unknown, or of another channel): "
+                  f"{', '.join(map(str, missing))}")
+        if orphans:
+            print("left failed, their channel is no longer in the config: "
+                  + ", ".join(f"{n} for {ch!r}" for ch, n in sorted(orphans.items())))
     return 0
 
 

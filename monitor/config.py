@@ -129,10 +129,11 @@ class SlackChannel(_Model):
     def _http_url(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return v
-        if not v.strip():
+        v = v.strip()  # e.g. the line break of a secret read from a file
+        if not v:
             raise ValueError(f"{info.field_name} is empty (if it comes from an environment "
                              "variable, that variable is set but empty)")
-        if not re.match(r"^https?://[^\s/]+", v):
+        if not re.match(r"^https?://[^\s/]+", v, re.IGNORECASE):
             # the value is not shown: a webhook URL is a secret
             example = ("https://hooks.slack.com/services/T…/B…/…"
                        if info.field_name == "webhook_url" else "https://slack.com/api/")

@@ -391,6 +391,8 @@ class Daemon:
                     await asyncio.gather(self._ticking, return_exceptions=True)
                 if self._inflight:
                     _, pending = await asyncio.wait(self._inflight, timeout=STOP_DEADLINE)
+                    # (read before cancelling: a finished task forgets its claim)
+                    abandoned = [self._claimed[t] for t in pending if t in self._claimed]
                     for t in pending:
                         t.cancel()
                     if pending:
@@ -399,11 +401,9 @@ class Daemon:
                         await asyncio.gather(*pending, return_exceptions=True)
                         # their claim would hold them back for the lease: make them due now
                         now = self.clock()
-                        for t in pending:
-                            st = self._claimed.get(t)
-                            if st is not None:
-                                with contextlib.suppress(Exception):
-                                    await rt.store.save_feed(replace(st, next_poll=now))
+                        for st in abandoned:
+                            with contextlib.suppress(Exception):
+                                await rt.store.save_feed(replace(st, next_poll=now))
                 # the delivery in hand is finished (so it is marked sent and never repeated);
                 # the rest of the claimed batch is given back for the next start
                 rt.dispatcher.stopping = True

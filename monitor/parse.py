@@ -88,11 +88,13 @@ def _prepends_declaration(body: bytes) -> bool:
 
 def _looks_like_html(body: bytes, headers: Mapping[str, str]) -> bool:
     """An HTML page (a site's home page, a login or error page) where a feed was expected."""
-    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype in ("text/html", "application/xhtml+xml"):
+    head = bytes(body[:1024]).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<?xml", b"<rss", b"<feed", b"<rdf")):
+        return False  # a feed (or some XML) whatever its Content-Type says
+    if head.startswith((b"<!doctype html", b"<html")):
         return True
-    head = bytes(body[:1024]).lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html"))
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    return ctype in ("text/html", "application/xhtml+xml")
 
 
 def describe_bozo(exc: BaseException | None, *, line_offset: int = 0) -> str:

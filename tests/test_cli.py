@@ -91,13 +91,22 @@ async def test_failed_deliveries_go_out_after_the_cause_is_fixed(
 
     rc, _, err = await monitor("outbox", "retry", "--channel", "pager", cwd=workdir)
     assert rc == 1 and "unknown channel 'pager'" in err and "slack-news" in err
+    rc, _, err = await monitor("outbox", "retry", "--id", "99999999999999999999", cwd=workdir)
+    assert rc == 2 and "not a delivery id" in err
+    # while the channel is out of the config, its failed deliveries stay failed (said so)
+    (workdir / "config.yaml").write_text(config.replace(
+        "  slack-news: {type: file, path: slack.jsonl}\n", ""))
+    rc, out, _ = await monitor("outbox", "retry", "--json", cwd=workdir)
+    assert rc == 0 and json.loads(out) == {
+        "requeued": [], "not_failed": [], "left_for_removed_channels": {"slack-news": 1}}
     # the token is fixed; the failed delivery goes back to the outbox and out
     (workdir / "config.yaml").write_text(config.replace(
         "  slack-news: {type: file, path: slack.jsonl}",
         slack.replace("xoxb-wrong", slack_server.token)))
     rc, out, _ = await monitor("outbox", "retry", "--id", str(failed["id"]), "--id", "999",
                                "--json", cwd=workdir)
-    assert rc == 0 and json.loads(out) == {"requeued": [failed["id"]], "not_failed": [999]}
+    assert rc == 0 and json.loads(out) == {"requeued": [failed["id"]], "not_failed": [999],
+                                           "left_for_removed_channels": {}}
     assert slack_server.messages == []
     rc, out, _ = await monitor("once", "--json", cwd=workdir)
     assert rc == 0 and json.loads(out)["deliveries"]["sent"] == 1

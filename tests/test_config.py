@@ -110,8 +110,10 @@ def test_slack_urls_are_checked_without_showing_them() -> None:
     [api] = problems("channels:\n  s:\n    type: slack\n    token: xoxb-1\n"
                      "    channel: '#n'\n    base_url: slack.com/api\n")
     assert "base_url must be an http(s) URL" in api, api
-    ok = parse_config(text, "c.yaml", {"HOOK": "https://hooks.slack.com/services/T0/B0/x"})
-    assert isinstance(ok.channels["s"], SlackChannel)
+    ok = parse_config(text, "c.yaml", {"HOOK": "HTTPS://hooks.slack.com/services/T0/B0/x\n"})
+    s = ok.channels["s"]  # any case of scheme; the line break of a secrets file dropped
+    assert isinstance(s, SlackChannel)
+    assert s.webhook_url == "HTTPS://hooks.slack.com/services/T0/B0/x"
 
 
 def test_env_interpolation_and_secrets() -> None:

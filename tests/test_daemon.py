@@ -335,3 +335,45 @@ async def test_a_job_that_does_not_start_now_still_runs() -> None:
         assert later.next_run_time is not None and later.next_run_time > soon
     finally:
         s.stop()
+
+
+async def test_a_poll_abandoned_at_shutdown_is_due_again_at_once(
+    tmp_path: Path, feed_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a feed that does not answer while the daemon stops: its claim (a lease of minutes)
+    # is given back, so the next start polls it at once
+    from datetime import UTC, datetime, timedelta
+
+    import monitor.daemon
+    from monitor.config import load_config
+    from monitor.daemon import Daemon
+    from monitor.store.sqlite import SQLiteStore
+
+    monkeypatch.setattr(monitor.daemon, "STOP_DEADLINE", 0.2)
+    release = feed_server.gate("/stuck.rss")
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    (tmp_path / "config.yaml").write_text(f"""
+feeds:
+  - {{name: stuck, url: '{feed_server.url("/stuck.rss")}', interval: 1s}}
+defaults: {{jitter: 0}}
+rules: rules
+store: sqlite:///state.db
+channels:
+  slack-news: {{type: file, path: a.jsonl}}
+  email-oncall: {{type: file, path: e.jsonl}}
+  audit-file: {{type: file, path: f.jsonl}}
+fetch: {{parse_in: thread}}
+server: {{enabled: false}}
+""", encoding="utf-8")
+    daemon = Daemon(load_config(tmp_path / "config.yaml"), tick=0.05)
+    running = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(feed_server.wait_active(1, "/stuck.rss"), 10)
+        daemon.stop()
+        assert await asyncio.wait_for(running, 10) == 0
+    finally:
+        release.set()
+    async with SQLiteStore(tmp_path / "state.db") as store:
+        [st] = await store.get_feeds()
+    assert st.next_poll is not None
+    assert st.next_poll < datetime.now(UTC) + timedelta(minutes=1)  # not the 10 min lease

@@ -93,6 +93,12 @@ def test_an_html_page_instead_of_a_feed_says_so(ctype: str) -> None:
     assert p.failed and p.problem and "the server sent an HTML page, not a feed" in p.problem
 
 
+def test_a_feed_served_as_html_is_not_called_an_html_page() -> None:
+    empty = b'<?xml version="1.0"?><rss version="2.0"><channel><title>Q</title></channel></rss>'
+    p = parse(empty, {"Content-Type": "text/html"})
+    assert "HTML page" not in (p.problem or "")
+
+
 def test_never_fetches_or_opens_files(tmp_path: Path) -> None:
     secret = tmp_path / "feed.xml"
     secret.write_bytes(RSS)
