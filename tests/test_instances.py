@@ -39,16 +39,14 @@ async def schema() -> AsyncIterator[str]:
         await con.close()
 
 
-async def test_two_instances_share_the_work(tmp_path: Path, feed_server: Any, schema: str
-                                            ) -> None:
+def shared_config(tmp_path: Path, schema: str, feeds: dict[str, str]) -> Any:
+    """A config of these feeds (name → URL), the shipped rules, file channels and the
+    PostgreSQL store in ``schema``: what every instance of a test runs."""
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
-    names = [f"f{i}" for i in range(6)]
-    for n in names:
-        feed_server.serve(f"/{n}.rss", rss(BACKLOG))
-    feeds = "\n".join(f"  - {{name: {n}, url: '{feed_server.url(f'/{n}.rss')}'}}" for n in names)
+    lines = "\n".join(f"  - {{name: {n}, url: '{u}'}}" for n, u in feeds.items())
     (tmp_path / "config.yaml").write_text(f"""
 feeds:
-{feeds}
+{lines}
 rules: rules
 store: {PG_URL}?schema={schema}
 channels:
@@ -58,7 +56,15 @@ channels:
 fetch: {{parse_in: thread}}
 server: {{enabled: false}}
 """, encoding="utf-8")
-    config = load_config(tmp_path / "config.yaml")
+    return load_config(tmp_path / "config.yaml")
+
+
+async def test_two_instances_share_the_work(tmp_path: Path, feed_server: Any, schema: str
+                                            ) -> None:
+    names = [f"f{i}" for i in range(6)]
+    for n in names:
+        feed_server.serve(f"/{n}.rss", rss(BACKLOG))
+    config = shared_config(tmp_path, schema, {n: feed_server.url(f"/{n}.rss") for n in names})
     now = datetime.now(UTC) + timedelta(minutes=1)  # every feed is due
 
     async def tick(rt: Runtime) -> list[str]:
@@ -87,25 +93,11 @@ async def test_a_near_duplicate_polled_by_the_other_instance_does_not_alert_agai
 ) -> None:
     # the same story on two feeds, in other words and under other links; each feed is
     # polled by another instance: the second instance knows the first one's story
-    shutil.copytree(ROOT / "rules", tmp_path / "rules")
     feed_server.serve("/wire.rss", rss(BACKLOG))
     feed_server.serve("/desk.rss", rss(BACKLOG))
     feed_server.serve("/agency.rss", rss(BACKLOG[:1]))
-    (tmp_path / "config.yaml").write_text(f"""
-feeds:
-  - {{name: wire, url: '{feed_server.url("/wire.rss")}'}}
-  - {{name: desk, url: '{feed_server.url("/desk.rss")}'}}
-  - {{name: agency, url: '{feed_server.url("/agency.rss")}'}}
-rules: rules
-store: {PG_URL}?schema={schema}
-channels:
-  slack-news: {{type: file, path: alerts.jsonl}}
-  email-oncall: {{type: file, path: email.jsonl}}
-  audit-file: {{type: file, path: audit.jsonl}}
-fetch: {{parse_in: thread}}
-server: {{enabled: false}}
-""", encoding="utf-8")
-    config = load_config(tmp_path / "config.yaml")
+    config = shared_config(tmp_path, schema, {
+        n: feed_server.url(f"/{n}.rss") for n in ("wire", "desk", "agency")})
     specs = {s.name: s for s in config.feed_specs()}
     seed = seed_item("https://wire.example/witkoff-putin")
     reworded = Item(
