@@ -52,8 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon")
     _add_common(p)
-    p = sub.add_parser("once", help="poll every feed once, deliver, exit")
+    p = sub.add_parser(
+        "once", help="poll every feed once, deliver, exit",
+        description="Exit status: 0 when it ran (some feeds may have failed: they are "
+        "listed), 2 when every feed failed; with --strict, 3 when any feed failed or any "
+        "delivery failed for good.")
     _add_common(p)
+    p.add_argument("--strict", action="store_true",
+                   help="exit 3 when any feed or delivery failed (for cron and monitoring)")
     p = sub.add_parser("check", help="validate config and rules")
     _add_common(p)
     p = sub.add_parser("demo", help="run the real pipeline offline on bundled feeds")
@@ -156,7 +162,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return loop.run(Daemon(config).run())
     if cmd == "once":
-        return loop.run(cmd_once(config, args.json))
+        return loop.run(cmd_once(config, args.json, strict=args.strict))
     if cmd == "status":
         return loop.run(cmd_status(config, args.json))
     if cmd == "backtest":
@@ -219,7 +225,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # -- once / status ----------------------------------------------------------------------
-async def cmd_once(config: Config, as_json: bool) -> int:
+async def cmd_once(config: Config, as_json: bool, *, strict: bool = False) -> int:
     from monitor.daemon import Runtime
 
     async with Runtime(config) as rt:
@@ -236,7 +242,11 @@ async def cmd_once(config: Config, as_json: bool) -> int:
                   f"alerts={o.alerts}{extra}")
         print(f"deliveries: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed")
     failed = sum(1 for o in outcomes if o.result in ("failed", "gone"))
-    return 0 if failed < len(outcomes) or not outcomes else 2
+    if outcomes and failed == len(outcomes):
+        return 2
+    if strict and (failed or sent.failed):
+        return 3
+    return 0
 
 
 async def cmd_status(config: Config, as_json: bool) -> int:

@@ -130,10 +130,13 @@ async def test_once_status_stories_and_backtest(workdir: Path, feed_server: Any)
     assert data["deliveries"]["failed"] == 0 and data["deliveries"]["sent"] >= 1
     slack = [json.loads(x) for x in (workdir / "slack.jsonl").read_text().splitlines()]
     assert [a["rule"] for a in slack] == ["sanctions-deadline"]
+    assert rc == 0  # one feed of two failed: listed, not an error
+    rc, out, _ = await monitor("once", "--strict", cwd=workdir)
+    assert rc == 3 and "dead" in out  # for cron: any failed feed is an error
 
     rc, out, _ = await monitor("status", "--json", cwd=workdir)
     st = {f["name"]: f for f in json.loads(out)["feeds"]}
-    assert st["dead"]["failures"] == 1 and st["a"]["stories_seen"] == 5
+    assert st["dead"]["failures"] == 2 and st["a"]["stories_seen"] == 5  # polled twice
     assert datetime.fromisoformat(st["a"]["last_polled"]).tzinfo is not None
     assert "T" in st["a"]["last_polled"]  # ISO 8601, as /healthz has it
 
