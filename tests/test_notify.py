@@ -477,6 +477,19 @@ async def test_email_is_multipart_with_stable_message_id(smtp_server: SMTPServer
     assert got.message["Subject"] == f"[HIGH] {TITLE}"
 
 
+async def test_encoded_words_in_feed_text_cannot_add_headers(smtp_server: SMTPServer) -> None:
+    # an RFC 2047 encoded word hiding CR LF + headers, as a feed title: received as text
+    evil = ("Sanctions deadline =?utf-8?q?x=0D=0AReply-To=3A_attacker=40evil.example=0D=0A"
+            "X-Injected=3A_yes?= set")
+    r = await EmailNotifier("mail", email_cfg(smtp_server)).send(make_alert(evil))
+    assert isinstance(r, Sent), r
+    got = smtp_server.messages[0].message
+    assert got["Reply-To"] is None and got["X-Injected"] is None
+    assert [k for k in got if k.lower() in ("reply-to", "x-injected")] == []
+    subject = str(got["Subject"]).replace("\u200b", "")
+    assert subject == f"[HIGH] {evil}"  # the feed's text, as it was (not decoded)
+
+
 async def test_email_451_retry_550_and_535_permanent(smtp_server: SMTPServer) -> None:
     n = EmailNotifier("mail", email_cfg(smtp_server))
     smtp_server.fail_next_data(1, "451 4.3.0 Try again later")

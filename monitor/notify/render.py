@@ -88,6 +88,13 @@ def clean_line(text: str) -> str:
     return _WS.sub(" ", _space_controls(text.translate(_BIDI), "")).strip()
 
 
+def header_text(text: str) -> str:
+    """``clean_line`` for an email header: also breaks up any RFC 2047 encoded-word
+    opener (``=?``), so that text from a feed is shown as it is, never decoded into
+    something else (an encoded CR LF would otherwise become a header of its own)."""
+    return clean_line(text).replace("=?", "=\u200b?")
+
+
 def excerpt(text: str, limit: int) -> str:
     """At most ``limit`` characters, cut at a word boundary with an ellipsis."""
     text = _WS.sub(" ", text).strip()
@@ -292,8 +299,8 @@ def message_id(key: str, domain: str) -> str:
 
 
 def email_subject(alert: Alert) -> str:
-    sev = clean_line(alert.match.severity).upper()
-    title = truncate(clean_line(alert.story.title) or "(untitled)", SUBJECT_MAX)
+    sev = header_text(alert.match.severity).upper()
+    title = truncate(header_text(alert.story.title) or "(untitled)", SUBJECT_MAX)
     subject = f"[{sev}] {title}"
     return f"Re: {subject}" if alert.update else subject
 
@@ -378,18 +385,18 @@ def email_message(
     """
     msg = EmailMessage(policy=SMTP)
     msg["Subject"] = email_subject(alert)
-    msg["From"] = clean_line(sender)
-    msg["To"] = ", ".join(clean_line(t) for t in to)
+    msg["From"] = header_text(sender)
+    msg["To"] = ", ".join(header_text(t) for t in to)
     msg["Message-ID"] = message_id(key if key is not None else alert_key(alert), message_id_domain)
     if date is not None:
         msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
-    ref = clean_line(thread_ref or "").replace(" ", "")
+    ref = header_text(thread_ref or "").replace(" ", "")
     if ref:
         msg["In-Reply-To"] = ref
         msg["References"] = ref
-    msg["X-Monitor-Rule"] = clean_line(alert.match.rule)
-    msg["X-Monitor-Severity"] = clean_line(alert.match.severity)
-    msg["X-Monitor-Cluster"] = clean_line(alert.cluster)
+    msg["X-Monitor-Rule"] = header_text(alert.match.rule)
+    msg["X-Monitor-Severity"] = header_text(alert.match.severity)
+    msg["X-Monitor-Cluster"] = header_text(alert.cluster)
     msg.set_content(email_text(alert))
     msg.add_alternative(email_html(alert), subtype="html")
     return msg
@@ -408,15 +415,15 @@ def email_digest(
     first = alerts[0].match
     n = len(alerts)
     msg = EmailMessage(policy=SMTP)
-    msg["Subject"] = clean_line(
+    msg["Subject"] = header_text(
         f"[{first.severity.upper()}] digest {first.rule}: {n} " + ("story" if n == 1 else "stories")
     )
-    msg["From"] = clean_line(sender)
-    msg["To"] = ", ".join(clean_line(t) for t in to)
+    msg["From"] = header_text(sender)
+    msg["To"] = ", ".join(header_text(t) for t in to)
     msg["Message-ID"] = message_id(key, message_id_domain)
     if date is not None:
         msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
-    msg["X-Monitor-Rule"] = clean_line(first.rule)
+    msg["X-Monitor-Rule"] = header_text(first.rule)
     text_lines = [f"Digest of rule {clean_line(first.rule)}: {n} stories", ""]
     items = []
     for a in alerts:
