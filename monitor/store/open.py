@@ -1,6 +1,7 @@
 """``open_store(url)``: a store from a database URL (the config's ``store:`` setting).
 
-    sqlite:///monitor.db                 a file relative to the working directory
+    sqlite:///monitor.db                 relative: to the working directory here; in
+                                         config.yaml, to the config file's directory
     sqlite:////var/lib/monitor/m.db      an absolute path (four slashes)
     sqlite:///:memory:                   a private in-memory database (tests)
     sqlite:///m.db?synchronous=full      SQLite options: synchronous, busy_timeout (seconds)
