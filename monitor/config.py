@@ -223,6 +223,15 @@ class ServerConfig(_Model):
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _, colon, port = v.strip().rpartition(":")
+        if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen must be host:port with a port from 0 to 65535, like "
+                             f"127.0.0.1:9464 or 0.0.0.0:9464, got {v!r}")
+        return v.strip()
+
 
 class Config(_Model):
     defaults: Defaults = Defaults()

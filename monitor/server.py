@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from monitor.errors import MonitorError
 from monitor.log import get_logger
 from monitor.metrics import Metrics
 
@@ -35,7 +36,15 @@ class Server:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:  # the port is taken (another instance?), or no such address
+            await self._runner.cleanup()
+            self._runner = None
+            raise MonitorError(
+                f"cannot listen on {self.host}:{self.port} (server.listen): "
+                f"{e.strerror or e}; another instance may use it: give each its own port, "
+                "or server: {enabled: false}") from e
         # the real port when 0 was asked for
         for addr in self._runner.addresses:
             if isinstance(addr, tuple) and len(addr) >= 2:

@@ -116,6 +116,12 @@ def test_slack_urls_are_checked_without_showing_them() -> None:
     assert s.webhook_url == "HTTPS://hooks.slack.com/services/T0/B0/x"
 
 
+@pytest.mark.parametrize("listen", ["nonsense", "0.0.0.0:99999", "127.0.0.1:", ":x"])
+def test_a_bad_listen_address_is_located(listen: str) -> None:
+    [got] = problems(f"server:\n  listen: '{listen}'\n")
+    assert got.startswith("c.yaml:2:11:") and "listen must be host:port" in got, got
+
+
 def test_env_interpolation_and_secrets() -> None:
     cfg = parse_config(
         "channels:\n  s:\n    type: slack\n    webhook_url: ${HOOK}\n"

@@ -377,3 +377,23 @@ server: {{enabled: false}}
         [st] = await store.get_feeds()
     assert st.next_poll is not None
     assert st.next_poll < datetime.now(UTC) + timedelta(minutes=1)  # not the 10 min lease
+
+
+async def test_a_taken_port_is_a_clear_error_not_a_traceback() -> None:
+    from monitor.errors import MonitorError
+    from monitor.metrics import Metrics
+    from monitor.server import Server
+
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    first = Server("127.0.0.1:0", Metrics(), health)
+    await first.start()
+    try:
+        second = Server(f"127.0.0.1:{first.port}", Metrics(), health)
+        with pytest.raises(MonitorError, match=rf"cannot listen on 127.0.0.1:{first.port} "
+                           r"\(server.listen\): .*another instance may use it"):
+            await second.start()
+        await second.stop()  # nothing left to stop
+    finally:
+        await first.stop()
