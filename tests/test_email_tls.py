@@ -203,6 +203,15 @@ async def test_implicit_tls_against_a_plain_port_says_to_use_starttls(
     assert smtp_server.messages == []
 
 
+async def test_plain_text_to_a_server_that_wants_starttls_says_what_to_set(
+    starttls_server: TLSSMTPServer,
+) -> None:
+    r = await notifier(starttls_server, security="none").send(make_alert())
+    assert isinstance(r, SendFailed) and r.retry is True, r
+    assert "530" in r.reason and "set security: starttls" in r.reason
+    assert starttls_server.messages == []
+
+
 @pytest.mark.parametrize("security", ["starttls", "none"])
 async def test_plain_client_against_an_implicit_tls_port_says_to_use_tls(
     implicit_tls_server: TLSSMTPServer, security: str

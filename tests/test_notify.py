@@ -530,10 +530,15 @@ async def test_email_server_down_then_back_on_same_port(smtp_server: SMTPServer)
     assert len(smtp_server.messages) == 1
 
 
-async def test_email_starttls_not_offered_is_permanent(smtp_server: SMTPServer) -> None:
+async def test_email_starttls_not_offered_is_kept_and_says_what_to_set(
+    smtp_server: SMTPServer,
+) -> None:
+    # never sent in the clear; kept for a retry (a setting to fix, or a relay whose
+    # STARTTLS was stripped on the way), and the reason says what to set
     n = EmailNotifier("mail", email_cfg(smtp_server, security="starttls"))
     r = await n.send(make_alert())
-    assert isinstance(r, SendFailed) and r.retry is False
+    assert isinstance(r, SendFailed) and r.retry is True
+    assert "STARTTLS extension not supported" in r.reason and "set security: tls" in r.reason
     assert smtp_server.messages == []
 
 

@@ -204,10 +204,14 @@ class EmailNotifier:
             )
         except aiosmtplib.SMTPResponseException as e:
             what = type(e).__name__.removeprefix("SMTP")
-            return SendFailed(
-                reason=self._scrub(f"{where}: {what}: {e.code} {e.message}"),
-                retry=not 500 <= e.code < 600,
-            )
+            reason = f"{where}: {what}: {e.code} {e.message}"
+            if e.code == 530 and "STARTTLS" in e.message.upper() and cfg.security == "none":
+                # the server requires TLS first: the setting, not the message, is wrong;
+                # kept for a retry once it is fixed
+                return SendFailed(reason=self._scrub(
+                    f"{reason}: the server wants STARTTLS first: set security: starttls"),
+                    retry=True)
+            return SendFailed(reason=self._scrub(reason), retry=not 500 <= e.code < 600)
         except aiosmtplib.SMTPTimeoutError as e:
             if isinstance(e, aiosmtplib.SMTPConnectTimeoutError) and isinstance(
                 e.__cause__, aiosmtplib.SMTPReadTimeoutError
@@ -239,9 +243,17 @@ class EmailNotifier:
             # e.g. STARTTLS or AUTH not offered: a configuration problem
             return SendFailed(reason=self._scrub(f"{where}: not supported: {e}"), retry=False)
         except aiosmtplib.SMTPException as e:
-            # "STARTTLS/AUTH extension not supported by server": the server and the
-            # configuration disagree, which no retry will mend
-            permanent = "not supported" in str(e)
+            text = str(e)
+            if "STARTTLS" in text and "not supported" in text:
+                # security: starttls, and this port does not offer it: a setting to fix;
+                # kept for a retry once it is fixed, like the other security mismatches
+                return SendFailed(reason=self._scrub(
+                    f"{where}: {text.rstrip('.')}: if the port expects TLS from the first "
+                    "byte (usually 465), set security: tls; security: none sends in the "
+                    "clear (a trusted local relay only)"), retry=True)
+            # "AUTH extension not supported by server": the server and the configuration
+            # disagree, which no retry will mend
+            permanent = "not supported" in text
             return SendFailed(reason=self._scrub(f"{where}: {e}"), retry=not permanent)
         except TimeoutError:
             return SendFailed(reason=f"{where}: timed out", retry=True)
