@@ -167,6 +167,8 @@ class Alert:
     sources: int = 1  # distinct sources carrying the cluster
     source_names: tuple[str, ...] = ()
     update: bool = False  # a later update of an earlier alert (new source, "carried by N")
+    # an update's first alert's headline: mail threads the update under that subject
+    first_title: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -103,6 +103,7 @@ def updates(
                         sources=n,
                         source_names=facts.sources,
                         update=True,
+                        first_title=a.first_title or a.story.title,
                     ),
                     created=now,
                     parent_key=alert_key(facts.cluster, a.match.rule, channel),

@@ -84,6 +84,7 @@ def _alert(rng: random.Random, i: int) -> Alert:
         sources=rng.randint(1, 9),
         source_names=tuple(_text(rng, 6) for _ in range(rng.randint(0, 3))),
         update=rng.choice([True, False]),
+        first_title=rng.choice([None, _text(rng, 30)]),
     )
 
 

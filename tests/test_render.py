@@ -7,6 +7,7 @@ import email.policy
 import json
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,11 @@ def test_email_message_id_is_deterministic_and_threads() -> None:
     assert upd["In-Reply-To"] == first["Message-ID"]
     assert upd["References"] == first["Message-ID"]
     assert upd["Subject"] == "Re: [CRITICAL] Acme breach"
+    # another outlet's headline: the subject stays the first alert's (threads in Gmail too)
+    other_upd = mail(replace(alert(update=True, sources=3, title="Acme: data of millions leaked"),
+                             first_title="Acme breach"), thread_ref=str(first["Message-ID"]))
+    assert other_upd["Subject"] == "Re: [CRITICAL] Acme breach"
+    assert "Acme: data of millions leaked" in other_upd.get_body(("plain",)).get_content()
     assert "Now carried by 2 sources" in upd.get_body(("plain",)).get_content()
     derived = mail(alert(), key=None)
     assert derived["Message-ID"] == mail(alert(), key=None)["Message-ID"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from monitor.model import Alert, Match, Story
@@ -50,6 +51,10 @@ def test_updates_only_at_milestones_above_what_the_alert_said() -> None:
     assert u1.alert.update and u1.alert.sources == 2 and u1.alert.source_names == ("bbc", "ap")
     assert u1.parent_key == alert_key("c1", "r", "slack") and u1.key == "u:c1:r:slack:2"
     assert u2.channel == "mail" and u2.parent_key == alert_key("c1", "r", "mail")
+    assert u1.alert.first_title == STORY.title  # the first alert's headline, for threading
+    later = replace(STORY, id="s9", title="Another outlet's headline")
+    [u3, _] = updates(later, [first], facts("bbc", "ap", "afp"), now=NOW)
+    assert u3.alert.story.title == later.title and u3.alert.first_title == STORY.title
     # 4 sources is not a milestone; 3 is
     assert updates(STORY, [first], facts("bbc", "ap", "afp", "dw"), now=NOW) == []
     assert len(updates(STORY, [first], facts("bbc", "ap", "afp"), now=NOW)) == 2

@@ -300,7 +300,10 @@ def message_id(key: str, domain: str) -> str:
 
 def email_subject(alert: Alert) -> str:
     sev = header_text(alert.match.severity).upper()
-    title = truncate(header_text(alert.story.title) or "(untitled)", SUBJECT_MAX)
+    # an update keeps its first alert's subject, so that mail clients that thread by
+    # subject as well as by In-Reply-To (Gmail) put it under the alert
+    headline = (alert.first_title or alert.story.title) if alert.update else alert.story.title
+    title = truncate(header_text(headline) or "(untitled)", SUBJECT_MAX)
     subject = f"[{sev}] {title}"
     return f"Re: {subject}" if alert.update else subject
 

@@ -259,6 +259,7 @@ def alert_to_dict(a: Alert) -> dict[str, Any]:
         "sources": a.sources,
         "source_names": _check_strs(a.source_names, "source_names"),
         "update": a.update,
+        **({"first_title": a.first_title} if a.first_title is not None else {}),
     }
 
 
@@ -274,6 +275,7 @@ def alert_from_dict(d: Mapping[str, Any]) -> Alert:
         sources=_get(d, "sources", int, what) if "sources" in d else 1,
         source_names=_strs(d, "source_names", what),
         update=update,
+        first_title=_get(d, "first_title", str, what) if "first_title" in d else None,
     )
 
 
