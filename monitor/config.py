@@ -226,10 +226,10 @@ class ServerConfig(_Model):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        _, colon, port = v.strip().rpartition(":")
-        if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]*):([0-9]{1,5})", v.strip())
+        if m is None or int(m.group(2)) > 65535:
             raise ValueError(f"listen must be host:port with a port from 0 to 65535, like "
-                             f"127.0.0.1:9464 or 0.0.0.0:9464, got {v!r}")
+                             f"127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464, got {v!r}")
         return v.strip()
 
 

@@ -306,7 +306,14 @@ class Pipeline:
                 last[k] = max(last.get(k, d.created), d.created)
             deliveries += route(story, matches, facts, now=now, last_alerts=last)
             firsts = {d.alert.match.rule: d.alert for d in earlier}
-            deliveries += updates(story, firsts.values(), facts, now=now)
+            # updates thread under the rule's very first alert (oldest first): its headline
+            # is their subject, whichever later alert (a cooldown's) they count from
+            titles: dict[str, str] = {}
+            for d in earlier:
+                titles.setdefault(d.alert.match.rule, d.alert.first_title or d.alert.story.title)
+            deliveries += updates(
+                story, [replace(a, first_title=titles[r]) for r, a in firsts.items()], facts,
+                now=now)
 
         if any(d.alert.match.digest for d in deliveries):
             deliveries = [self._digested(d, now) for d in deliveries]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,10 +42,10 @@ class Server:
         except OSError as e:  # the port is taken (another instance?), or no such address
             await self._runner.cleanup()
             self._runner = None
-            raise MonitorError(
-                f"cannot listen on {self.host}:{self.port} (server.listen): "
-                f"{e.strerror or e}; another instance may use it: give each its own port, "
-                "or server: {enabled: false}") from e
+            hint = ("; another instance may use it: give each its own port, or "
+                    "server: {enabled: false}") if e.errno == errno.EADDRINUSE else ""
+            raise MonitorError(f"cannot listen on {self.host}:{self.port} (server.listen): "
+                               f"{e.strerror or e}{hint}") from e
         # the real port when 0 was asked for
         for addr in self._runner.addresses:
             if isinstance(addr, tuple) and len(addr) >= 2:

@@ -116,10 +116,17 @@ def test_slack_urls_are_checked_without_showing_them() -> None:
     assert s.webhook_url == "HTTPS://hooks.slack.com/services/T0/B0/x"
 
 
-@pytest.mark.parametrize("listen", ["nonsense", "0.0.0.0:99999", "127.0.0.1:", ":x"])
+@pytest.mark.parametrize("listen", ["nonsense", "0.0.0.0:99999", "127.0.0.1:", ":x", "::1",
+                                    "http://0.0.0.0:9464", "host name:1", "0.0.0.0:\u00b2"])
 def test_a_bad_listen_address_is_located(listen: str) -> None:
     [got] = problems(f"server:\n  listen: '{listen}'\n")
     assert got.startswith("c.yaml:2:11:") and "listen must be host:port" in got, got
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "0.0.0.0:0", "[::1]:9464", "localhost:80",
+                                    ":9464"])
+def test_good_listen_addresses(listen: str) -> None:
+    assert parse_config(f"server:\n  listen: '{listen}'\n", "c.yaml", {}).server.listen == listen
 
 
 def test_env_interpolation_and_secrets() -> None:

@@ -203,6 +203,23 @@ async def test_implicit_tls_against_a_plain_port_says_to_use_starttls(
     assert smtp_server.messages == []
 
 
+async def test_a_login_in_plain_text_to_a_server_that_wants_tls_first_says_what_to_set(
+    server_context: ssl.SSLContext,
+) -> None:
+    # AUTH is offered only after STARTTLS: security: none with a login cannot work
+    server = TLSSMTPServer("starttls", server_context)
+    server.credentials = (SMTP_USER, SMTP_PASS)
+    server.start()
+    try:
+        r = await notifier(server, security="none", username=SMTP_USER,
+                           password=SMTP_PASS).send(make_alert())
+    finally:
+        server.stop()
+    assert isinstance(r, SendFailed) and r.retry is True, r
+    assert "set security: starttls" in r.reason and "security: tls;" not in r.reason
+    assert SMTP_PASS not in r.reason and server.messages == []
+
+
 async def test_plain_text_to_a_server_that_wants_starttls_says_what_to_set(
     starttls_server: TLSSMTPServer,
 ) -> None:

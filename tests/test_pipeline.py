@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,38 @@ async def test_a_rule_without_channels_alerts_on_the_default_ones(
         second = await poll(runtime)
     assert second["a"].alerts == 1
     assert [a["rule"] for a in alerts(tmp_path, "audit.jsonl")] == ["robots"]
+
+
+async def test_updates_keep_the_subject_of_the_very_first_alert(
+    make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path
+) -> None:
+    # a rule with a cooldown alerts again on a later copy; the next update still threads
+    # under the first alert: its headline, not the re-alert's
+    (tmp_path / "rules" / "robots.yaml").write_text(
+        "rules:\n  - name: robots\n    any: [robot]\n    cooldown: 8m\n"
+        "    channels: [audit-file]\n", encoding="utf-8")
+    for f in ("a", "b", "c"):
+        feed_server.serve(f"/{f}.rss", rss(BACKLOG, now=T0))
+    config = make_config({f: f"/{f}.rss" for f in ("a", "b", "c")})
+    copies = {
+        "a": "Humanoid robots perform advanced martial arts at Chinese New Year gala",
+        "b": "Humanoid robots perform martial arts at China's New Year gala",
+        "c": "Robots perform advanced martial arts at Chinese New Year gala show",
+    }
+    async with Runtime(config, clock=clock) as runtime:
+        await poll(runtime)
+        # one outlet after the other: b after the cooldown (a re-alert), c within it
+        for f, minutes in (("a", 5), ("b", 10), ("c", 5)):
+            clock.advance(minutes=minutes)
+            item = replace(UNRELATED, title=copies[f], link=f"https://{f}.example/robots",
+                           guid=f"https://{f}.example/robots")
+            feed_server.set(f"/{f}.rss", rss([item, *BACKLOG], now=clock.now))
+            await poll(runtime)
+    got = alerts(tmp_path, "audit.jsonl")
+    firsts = [a for a in got if not a["update"]]
+    ups = [a for a in got if a["update"]]
+    assert [a["title"] for a in firsts] == [copies["a"], copies["b"]]  # the re-alert
+    assert ups and all(a["first_title"] == copies["a"] for a in ups), ups
 
 
 async def test_same_story_on_another_feed_updates_instead_of_alerting(

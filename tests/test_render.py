@@ -231,6 +231,13 @@ def test_email_headers_cannot_be_injected() -> None:
     assert [k for k in m if k.lower() == "bcc"] == []
 
 
+def test_email_addresses_are_kept_as_written() -> None:
+    # "=?" may be part of an address's local part: only feed text gets it broken up
+    m = email_message(alert(), sender="we=?ird@example.org", to=["a=?b@example.org"],
+                      thread_ref=None, message_id_domain="example.org", key="k")
+    assert str(m["From"]) == "we=?ird@example.org" and str(m["To"]) == "a=?b@example.org"
+
+
 def test_email_bidi_and_controls_are_removed_from_subject() -> None:
     m = mail(alert(title="pay\u202eefil\x00\x1b[31m"))
     assert m["Subject"] == "[CRITICAL] payefil [31m"

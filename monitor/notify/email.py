@@ -244,7 +244,12 @@ class EmailNotifier:
             return SendFailed(reason=self._scrub(f"{where}: not supported: {e}"), retry=False)
         except aiosmtplib.SMTPException as e:
             text = str(e)
-            if "STARTTLS" in text and "not supported" in text:
+            if cfg.security == "none" and "Try connecting via TLS" in text:
+                # a login asked for, and the server offers AUTH only over TLS
+                return SendFailed(reason=self._scrub(
+                    f"{where}: {text.rstrip('.')}: set security: starttls (or tls on an "
+                    "implicit-TLS port such as 465)"), retry=True)
+            if cfg.security == "starttls" and "STARTTLS" in text and "not supported" in text:
                 # security: starttls, and this port does not offer it: a setting to fix;
                 # kept for a retry once it is fixed, like the other security mismatches
                 return SendFailed(reason=self._scrub(

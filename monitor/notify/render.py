@@ -388,8 +388,8 @@ def email_message(
     """
     msg = EmailMessage(policy=SMTP)
     msg["Subject"] = email_subject(alert)
-    msg["From"] = header_text(sender)
-    msg["To"] = ", ".join(header_text(t) for t in to)
+    msg["From"] = clean_line(sender)  # an address: =? may be part of it
+    msg["To"] = ", ".join(clean_line(t) for t in to)
     msg["Message-ID"] = message_id(key if key is not None else alert_key(alert), message_id_domain)
     if date is not None:
         msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
@@ -421,8 +421,8 @@ def email_digest(
     msg["Subject"] = header_text(
         f"[{first.severity.upper()}] digest {first.rule}: {n} " + ("story" if n == 1 else "stories")
     )
-    msg["From"] = header_text(sender)
-    msg["To"] = ", ".join(header_text(t) for t in to)
+    msg["From"] = clean_line(sender)  # an address: =? may be part of it
+    msg["To"] = ", ".join(clean_line(t) for t in to)
     msg["Message-ID"] = message_id(key, message_id_domain)
     if date is not None:
         msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
@@ -467,6 +467,8 @@ def alert_record(alert: Alert) -> dict[str, Any]:
         "sources": alert.sources,
         "source_names": list(alert.source_names),
         "update": alert.update,
+        # an update: the headline of the first alert it follows up
+        **({"first_title": alert.first_title or story.title} if alert.update else {}),
     }
 
 
