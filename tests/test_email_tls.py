@@ -14,14 +14,13 @@ from typing import Any, Literal
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
 
 from monitor.config import EmailChannel, parse_config
 from monitor.errors import ConfigError
 from monitor.model import SendFailed, Sent
 from monitor.notify.email import EmailNotifier
 from monitor.notify.registry import build_notifiers
-from tests.peers.smtpserver import SMTPServer, _Handler
+from tests.peers.smtpserver import SMTPServer
 from tests.test_notify import SMTP_PASS, SMTP_USER, make_alert
 
 Mode = Literal["starttls", "tls"]
@@ -37,23 +36,13 @@ class TLSSMTPServer(SMTPServer):
         self.mode = mode
         self.context = context
 
-    def start(self) -> None:
-        if self._controller is not None:
-            return
-        kwargs: dict[str, Any] = {}
-        if self.credentials is not None:
-            kwargs = {
-                "authenticator": self._authenticate,
-                "auth_required": True,
-                "auth_require_tls": True,
-            }
+    def controller_options(self) -> dict[str, Any]:
+        options = super().controller_options()
+        if options:  # a login: required, and only over TLS
+            options |= {"auth_required": True, "auth_require_tls": True}
         if self.mode == "starttls":
-            kwargs |= {"tls_context": self.context, "require_starttls": True}
-        else:
-            kwargs["ssl_context"] = self.context
-        controller = Controller(_Handler(self), hostname=self.host, port=self.port, **kwargs)
-        controller.start()
-        self._controller = controller
+            return options | {"tls_context": self.context, "require_starttls": True}
+        return options | {"ssl_context": self.context}
 
 
 @pytest.fixture(autouse=True)

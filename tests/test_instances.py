@@ -19,7 +19,7 @@ from monitor.config import load_config
 from monitor.daemon import Runtime
 from monitor.store.postgres import PostgresStore
 from tests.feeds import BACKLOG, Item, rss, seed_item
-from tests.test_store import PG_URL, _pg_unavailable
+from tests.test_store import PG_URL, _pg_unavailable, kill_listener
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.postgres
@@ -151,12 +151,7 @@ async def test_a_near_duplicate_polled_by_the_other_instance_does_not_alert_agai
         assert isinstance(b.store, PostgresStore)
         b.store.watch_backoff = 0.05
         direct, b.store._dsn = b.store._dsn, "postgresql://postgres@127.0.0.1:1/nowhere"
-        con = await asyncpg.connect(PG_URL, timeout=5)
-        try:
-            await con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE application_name = $1", f"monitor-watch-{b.store._token}")
-        finally:
-            await con.close()
+        assert await kill_listener(b.store) == 1
         for _ in range(500):
             if b.store.listening is False:
                 break

@@ -718,6 +718,24 @@ async def test_a_poll_that_rolls_back_announces_nothing(pg_pair: tuple[Store, St
         await con.close()
 
 
+async def silent_proxy_dsn() -> tuple[TCPProxy, str]:
+    """A started TCP proxy to the test server, and a DSN that goes through it."""
+    port = urlsplit(PG_URL).port or 5432
+    proxy = TCPProxy("127.0.0.1", port)
+    return proxy, PG_URL.replace(f":{port}/", f":{await proxy.start()}/")
+
+
+async def kill_listener(store: PostgresStore) -> int:
+    """The server drops the store's listening connection (a restart, a network cut)."""
+    con = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        return int(await con.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1", f"monitor-watch-{store._token}"))
+    finally:
+        await con.close()
+
+
 async def test_a_dropped_listener_reconnects_and_reports_the_gap(
     pg_pair: tuple[Store, Store],
 ) -> None:
@@ -726,14 +744,7 @@ async def test_a_dropped_listener_reconnects_and_reports_the_gap(
     b.watch_backoff = 0.05
     hb = Heard()
     await b.watch_stories(hb.on_stories, hb.on_gap)
-    con = await asyncpg.connect(PG_URL, timeout=5)
-    try:  # the server drops the listening connection (a restart, a network cut)
-        killed = await con.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = $1", f"monitor-watch-{b._token}")
-    finally:
-        await con.close()
-    assert killed == 1
+    assert await kill_listener(b) == 1
     await hb.until(lambda: hb.gaps == 1)  # listening again: the caller reloads
     await a.save_poll(feed("x"), [stored("s1", "c1")], [])
     await hb.until(lambda: bool(hb.stories))
@@ -745,9 +756,8 @@ async def test_a_listener_cut_off_without_notice_finds_out_and_reconnects(
 ) -> None:
     a, b = pg_pair
     assert isinstance(b, PostgresStore)
-    proxy = TCPProxy("127.0.0.1", urlsplit(PG_URL).port or 5432)
-    port = await proxy.start()
-    direct, b._dsn = b._dsn, PG_URL.replace(f":{urlsplit(PG_URL).port}/", f":{port}/")
+    proxy, through = await silent_proxy_dsn()
+    direct, b._dsn = b._dsn, through
     b.watch_backoff, b.watch_heartbeat, b.watch_probe_timeout = 0.05, 0.2, 0.5
     hb = Heard()
     try:
@@ -770,10 +780,8 @@ async def test_closing_while_it_starts_to_listen_ends_the_wait(
 ) -> None:
     a, _ = pg_pair
     assert isinstance(a, PostgresStore)
-    proxy = TCPProxy("127.0.0.1", urlsplit(PG_URL).port or 5432)
-    port = await proxy.start()
+    proxy, a._dsn = await silent_proxy_dsn()
     proxy.freeze()  # the listening connection never gets through
-    a._dsn = PG_URL.replace(f":{urlsplit(PG_URL).port}/", f":{port}/")
     try:
         starting = asyncio.ensure_future(a.watch_stories(Heard().on_stories, Heard().on_gap))
         await asyncio.sleep(0.05)

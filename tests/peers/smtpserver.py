@@ -105,17 +105,21 @@ class SMTPServer:
             return AuthResult(success=True)
         return AuthResult(success=False, handled=False)
 
+    def controller_options(self) -> dict[str, Any]:
+        """aiosmtpd ``Controller`` options (a TLS variant adds its own)."""
+        if self.credentials is None:
+            return {}
+        return {
+            "authenticator": self._authenticate,
+            "auth_required": False,  # True warns (AUTH without TLS); offering is enough
+            "auth_require_tls": False,
+        }
+
     def start(self) -> None:
         if self._controller is not None:
             return
-        kwargs: dict[str, Any] = {}
-        if self.credentials is not None:
-            kwargs = {
-                "authenticator": self._authenticate,
-                "auth_required": False,  # True warns (AUTH without TLS); offering is enough
-                "auth_require_tls": False,
-            }
-        controller = Controller(_Handler(self), hostname=self.host, port=self.port, **kwargs)
+        controller = Controller(_Handler(self), hostname=self.host, port=self.port,
+                                **self.controller_options())
         controller.start()
         self._controller = controller
 
