@@ -1,4 +1,4 @@
-"""Story clustering (monitor.dedup): quality and speed, as one JSON document.
+"""Story clustering (monitor.core.dedup.index): quality and speed, as one JSON document.
 
 Quality
   * UCI News Aggregator sample: B-cubed precision / recall / F1 of the engine (titles fed in
@@ -16,7 +16,7 @@ Speed (one core, pure Python + rapidfuzz)
   * the event-loop cost of ``StoryIndex.add`` given precomputed ``story_features`` (as the
     daemon calls it, the features coming from the parse pool), in µs per story, on two
     fixed streams: the UCI sample in time order, and the 10k stories of 200 of
-    bench_pipeline's generated feeds (parsed with ``monitor.parse.parse_feed``).
+    bench_pipeline's generated feeds (parsed with ``monitor.core.parse.parse_feed``).
 
 Headlines are generated from the real ones (UCI + the 2026-02-17 snapshot): each synthetic
 story splices thirds of three real headlines and swaps two content words for invented
@@ -49,7 +49,7 @@ from bench.dedup_eval import (
     pair_report,
     to_story,
 )
-from monitor.dedup import (
+from monitor.core.dedup.index import (
     DedupSettings,
     Features,
     New,
@@ -60,7 +60,7 @@ from monitor.dedup import (
     pair_score,
     story_features,
 )
-from monitor.model import Story
+from monitor.core.model import Story
 
 SNAPSHOT = CORPORA / "real-feeds" / "news-snapshot-2026-02-17"
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
@@ -339,7 +339,7 @@ def quality() -> dict[str, Any]:
 def _pipeline_stream(n_feeds: int = 200) -> list[tuple[Story, datetime]]:
     """The stories of ``n_feeds`` of bench_pipeline's feeds, parsed, all seen at one time."""
     import bench.bench_pipeline as bp
-    from monitor.parse import parse_feed
+    from monitor.core.parse import parse_feed
 
     now = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
     saved = bp.N_FEEDS

@@ -77,9 +77,9 @@ def build_feeds(n: int) -> list[bytes]:
 
 
 def _bare(body: bytes) -> int:
-    # feedparser as parse_feed runs it (its options, and monitor.parse's memoised base
+    # feedparser as parse_feed runs it (its options, and monitor.core.parse's memoised base
     # resolution): the difference to _full is our normalising
-    import monitor.parse  # noqa: F401  (installs the memo)
+    import monitor.core.parse  # noqa: F401  (installs the memo)
 
     result = feedparser.parse(
         io.BytesIO(body), response_headers=HEADERS, sanitize_html=False,
@@ -91,7 +91,7 @@ def _bare(body: bytes) -> int:
 def _bare_default(body: bytes) -> int:
     # feedparser as shipped, with its defaults (sanitising and relative-URI rewriting on):
     # bench_pipeline's ceiling. Run by _stock_default_ms in an interpreter that never
-    # imported monitor.parse
+    # imported monitor.core.parse
     return len(feedparser.parse(body).entries)
 
 
@@ -100,7 +100,7 @@ def _stock_default_ms(feeds: list[bytes]) -> list[float]:
 
 
 def _full(body: bytes) -> int:
-    from monitor.parse import parse_feed
+    from monitor.core.parse import parse_feed
 
     return len(parse_feed(body, HEADERS, feed="bench", url="https://bench.example/rss", now=NOW).stories)
 

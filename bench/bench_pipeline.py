@@ -146,7 +146,7 @@ def write_rules(dir_: Path) -> None:
     dir_.mkdir(parents=True, exist_ok=True)
     for p in (ROOT / "rules").glob("*.y*ml"):
         shutil.copy(p, dir_ / p.name)
-    from monitor.rules import load_rules
+    from monitor.core.rules.model import load_rules
 
     have = len(load_rules(dir_, channels=["slack-news", "email-oncall", "audit-file"]).rules)
     vocab = ["election", "ceasefire", "tariff", "earthquake", "inflation", "strike",
@@ -190,7 +190,7 @@ async def _pipeline(
     tmp: Path, port: int, parse_in: str, serve: Callable[[int], None]
 ) -> dict[str, Any]:
     from monitor.config import load_config
-    from monitor.daemon import Runtime
+    from monitor.shell.daemon import Runtime
 
     write_rules(tmp / "rules")
     config = load_config(write_config(tmp, port, "etag", parse_in))
@@ -259,7 +259,7 @@ async def _pipeline(
 
 
 def run() -> dict[str, Any]:
-    from monitor import loop
+    from monitor.shell import loop
 
     if not CORPORA.exists():
         return {"skipped": f"{CORPORA} is absent"}
@@ -270,7 +270,7 @@ def run() -> dict[str, Any]:
 
     # the ceiling: bare feedparser over the same bytes, one core; measured before and after
     # the pipelines, and averaged, so that a shared machine's drift weighs on both sides.
-    # Each time in a fresh interpreter: stock feedparser (monitor.parse memoises a part of
+    # Each time in a fresh interpreter: stock feedparser (monitor.core.parse memoises a part of
     # it in the processes that import it)
     ctx = mp.get_context("spawn")
 
@@ -295,7 +295,7 @@ def run() -> dict[str, Any]:
     try:
         for mode in ("process", "thread"):
             with tempfile.TemporaryDirectory(prefix="monitor-bench-") as tmp:
-                # on the event loop the commands use (monitor.loop: uvloop where installed)
+                # on the event loop the commands use (monitor.shell.loop: uvloop where installed)
                 results[mode] = loop.run(_pipeline(Path(tmp), port, mode, serve))
     finally:
         parent.send("stop")

@@ -1,4 +1,4 @@
-"""Shared evaluation code for the story-clustering engine (``monitor.dedup``).
+"""Shared evaluation code for the story-clustering engine (``monitor.core.dedup.index``).
 
 * loaders for ``../shared/corpora/uci-news-aggregator/headlines.csv`` (labelled STORY
   clusters) and ``../shared/corpora/stsb-headlines/headline_pairs.tsv`` (graded pairs);
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from rapidfuzz import fuzz, process, utils
 
-from monitor.dedup import DedupSettings, StoryIndex
-from monitor.model import Story
+from monitor.core.dedup.index import DedupSettings, StoryIndex
+from monitor.core.model import Story
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ROOT.parent / "shared" / "corpora"

@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.core.model import FeedSpec
+from monitor.core.yamlpos import Positions, load_yaml, problems_from_validation
 from monitor.errors import ConfigError, Problem
-from monitor.model import FeedSpec
-from monitor.yamlpos import Positions, load_yaml, problems_from_validation
 
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "MONITOR_CONFIG"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from monitor.model import Alert, FeedState, Hit, Match, Story
+from monitor.core.model import Alert, FeedState, Hit, Match, Story
 from monitor.store.codec import (
     CodecError,
     alert_from_json,

@@ -16,8 +16,8 @@ from typing import Any
 import feedparser
 import pytest
 
-from monitor.model import ParsedFeed, Story
-from monitor.parse import parse_feed
+from monitor.core.model import ParsedFeed, Story
+from monitor.core.parse import parse_feed
 from tests.conftest import CORPORA, shared_path
 
 NOW = datetime(2026, 2, 18, 12, 0, 0, tzinfo=UTC)

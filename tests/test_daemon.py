@@ -286,8 +286,8 @@ async def test_the_daemon_says_what_its_polls_found_every_few_minutes(
     import logging
 
     from monitor.config import parse_config
-    from monitor.daemon import Daemon
-    from monitor.pipeline import PollOutcome
+    from monitor.shell.daemon import Daemon
+    from monitor.shell.pipeline import PollOutcome
 
     daemon = Daemon(parse_config("feeds: []\n", "c.yaml", {}))
 
@@ -303,7 +303,7 @@ async def test_the_daemon_says_what_its_polls_found_every_few_minutes(
     await asyncio.gather(*tasks, return_exceptions=True)
     for t in tasks:
         daemon._forget(t)
-    with caplog.at_level(logging.INFO, logger="monitor.daemon"):
+    with caplog.at_level(logging.INFO, logger="monitor.shell.daemon"):
         await daemon._summarize()
         await daemon._summarize()  # counts start again after each line
     first, second = [r.fields for r in caplog.records  # type: ignore[attr-defined]
@@ -318,7 +318,7 @@ async def test_a_job_that_does_not_start_now_still_runs() -> None:
     # APScheduler adds a job *paused* when given next_run_time=None
     from datetime import UTC, datetime, timedelta
 
-    from monitor.scheduler import Scheduler
+    from monitor.shell.scheduler import Scheduler
 
     s = Scheduler()
 
@@ -344,12 +344,12 @@ async def test_a_poll_abandoned_at_shutdown_is_due_again_at_once(
     # is given back, so the next start polls it at once
     from datetime import UTC, datetime, timedelta
 
-    import monitor.daemon
+    import monitor.shell.daemon
     from monitor.config import load_config
-    from monitor.daemon import Daemon
+    from monitor.shell.daemon import Daemon
     from monitor.store.sqlite import SQLiteStore
 
-    monkeypatch.setattr(monitor.daemon, "STOP_DEADLINE", 0.2)
+    monkeypatch.setattr(monitor.shell.daemon, "STOP_DEADLINE", 0.2)
     release = feed_server.gate("/stuck.rss")
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
     (tmp_path / "config.yaml").write_text(f"""
@@ -382,7 +382,7 @@ server: {{enabled: false}}
 async def test_a_taken_port_is_a_clear_error_not_a_traceback() -> None:
     from monitor.errors import MonitorError
     from monitor.metrics import Metrics
-    from monitor.server import Server
+    from monitor.shell.server import Server
 
     async def health() -> dict[str, Any]:
         return {"status": "ok"}

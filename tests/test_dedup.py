@@ -1,4 +1,4 @@
-"""Decisions of the story index (monitor.dedup) and the 2026-02-17 real-feed snapshot."""
+"""Decisions of the story index (monitor.core.dedup.index) and the 2026-02-17 real-feed snapshot."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import feedparser
 import pytest
 
-from monitor.dedup import (
+from monitor.core.dedup.index import (
     DedupSettings,
     New,
     SameStory,
@@ -21,7 +21,7 @@ from monitor.dedup import (
     normalize_title,
     pair_score,
 )
-from monitor.model import Story
+from monitor.core.model import Story
 from tests.conftest import shared_path
 
 T0 = datetime(2026, 2, 17, 8, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from monitor.demo import run_demo
+from monitor.cli.demo import run_demo
 
 
 async def test_demo_alerts_on_the_seed_story_once(tmp_path: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import EmailChannel, FileChannel, SlackChannel
-from monitor.model import Alert, Match, Sent, Story
+from monitor.core.model import Alert, Match, Sent, Story
 from monitor.notify.email import EmailNotifier
 from monitor.notify.file import FileNotifier
 from monitor.notify.slack import SlackNotifier

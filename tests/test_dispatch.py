@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from monitor.config import DeliveryConfig, FileChannel, SlackChannel
-from monitor.dispatch import Dispatcher
+from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Match, Story
 from monitor.metrics import Metrics
-from monitor.model import Alert, ClusterInfo, Delivery, FeedState, Match, Story
 from monitor.notify.file import FileNotifier
 from monitor.notify.slack import SlackNotifier
+from monitor.shell.dispatch import Dispatcher
 from monitor.store.base import StoredStory
 from monitor.store.sqlite import SQLiteStore
 

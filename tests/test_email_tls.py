@@ -16,8 +16,8 @@ import pytest
 import trustme
 
 from monitor.config import EmailChannel, parse_config
+from monitor.core.model import SendFailed, Sent
 from monitor.errors import ConfigError
-from monitor.model import SendFailed, Sent
 from monitor.notify.email import EmailNotifier
 from monitor.notify.registry import build_notifiers
 from tests.peers.smtpserver import SMTPServer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.expr import Actor, And, ExprError, Near, Not, Or, Term, parse_expr, render
-from monitor.terms import EXACT, PREFIX, STEM
+from monitor.core.rules.expr import Actor, And, ExprError, Near, Not, Or, Term, parse_expr, render
+from monitor.core.rules.terms import EXACT, PREFIX, STEM
 
 ACTORS = {"putin", "trump", "witkoff"}
 

@@ -1,4 +1,4 @@
-"""monitor.fetch against a real local feed server (tests/peers/feedserver.py)."""
+"""monitor.shell.fetch against a real local feed server (tests/peers/feedserver.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from email.utils import format_datetime
 import pytest
 import pytest_asyncio
 
-from monitor.fetch import (
+from monitor.core.model import Fetched, FetchFailed, NotModified
+from monitor.shell.fetch import (
     DEFAULT_USER_AGENT,
     Fetcher,
     client_timeout,
     human_size,
     parse_retry_after,
 )
-from monitor.model import Fetched, FetchFailed, NotModified
 from tests.conftest import shared_path
 from tests.peers.feedserver import FeedServer
 
@@ -147,7 +147,7 @@ async def test_real_feed_file_is_served_with_its_type(feed_server: FeedServer,
 
 async def test_real_feed_gzipped_fetches_and_parses(feed_server: FeedServer) -> None:
     # end to end with the next stage: body + headers go to parse as they came
-    from monitor.parse import parse_feed
+    from monitor.core.parse import parse_feed
 
     file = shared_path("corpora", "real-feeds", "news-snapshot-2026-02-17", "bbc-news-top.xml")
     feed_server.serve_file("/bbc", file, gzip=True)
@@ -173,7 +173,7 @@ async def test_user_agent_and_accept_are_sent(feed_server: FeedServer) -> None:
 async def test_fetch_done_is_logged_at_debug(feed_server: FeedServer, fetcher: Fetcher,
                                              caplog: pytest.LogCaptureFixture) -> None:
     feed_server.serve("/rss", RSS)
-    with caplog.at_level(logging.DEBUG, logger="monitor.fetch"):
+    with caplog.at_level(logging.DEBUG, logger="monitor.shell.fetch"):
         await get(fetcher, feed_server.url("/rss"))
     [rec] = [r for r in caplog.records if r.getMessage() == "fetch.done"]
     fields = rec.fields  # type: ignore[attr-defined]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from monitor.core.model import FeedState
 from monitor.errors import StoreError
-from monitor.model import FeedState
 from monitor.store.groupcommit import FeedStateWriter
 from monitor.store.sqlite import SQLiteStore
 

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from monitor.config import load_config
-from monitor.daemon import Runtime
+from monitor.shell.daemon import Runtime
 from monitor.store.postgres import PostgresStore
 from tests.feeds import BACKLOG, Item, rss, seed_item
 from tests.test_store import PG_URL, _pg_unavailable, kill_listener

@@ -1,4 +1,4 @@
-"""The event loop the commands run on (monitor.loop)."""
+"""The event loop the commands run on (monitor.shell.loop)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from monitor import loop
 from monitor.errors import MonitorError
+from monitor.shell import loop
 
 
 async def _loop_module() -> str:

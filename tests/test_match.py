@@ -13,9 +13,9 @@ from pathlib import Path
 import feedparser
 import pytest
 
-from monitor.match import Matcher, format_explanation
-from monitor.model import Story
-from monitor.rules import compile_rules, load_rules
+from monitor.core.model import Story
+from monitor.core.rules.match import Matcher, format_explanation
+from monitor.core.rules.model import compile_rules, load_rules
 from tests.conftest import ROOT, shared_path
 
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)

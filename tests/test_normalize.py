@@ -1,4 +1,4 @@
-"""Golden cases for monitor.normalize (links, ids, text, dates) and monitor.text."""
+"""Golden cases for monitor.core.normalize (links, ids, text, dates) and monitor.core.text."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from monitor.normalize import (
+from monitor.core.normalize import (
     MAX_CONTENT,
     TRACKING_PARAMS,
     canonical_link,
     normalize_entry,
     story_id,
 )
-from monitor.text import html_to_text, truncate
+from monitor.core.text import html_to_text, truncate
 
 NOW = datetime(2026, 2, 18, 12, 0, 0, tzinfo=UTC)
 
@@ -402,7 +402,7 @@ def test_hostile_markup_is_sanitised_before_it_becomes_text(markup: str, expecte
     ],
 )
 def test_cdata_sections_become_escaped_text(markup: str, expected: str) -> None:
-    from monitor.text import _unwrap_cdata
+    from monitor.core.text import _unwrap_cdata
 
     assert _unwrap_cdata(markup) == expected
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from monitor.config import EmailChannel, FileChannel, SlackChannel, parse_config
-from monitor.model import Alert, Match, SendFailed, Sent, Story
+from monitor.core.model import Alert, Match, SendFailed, Sent, Story
 from monitor.notify.base import Notifier
 from monitor.notify.email import EmailNotifier
 from monitor.notify.file import FileNotifier

@@ -1,4 +1,4 @@
-"""monitor.parse: bytes + headers → ParsedFeed (bozo handling, encodings, the seed story)."""
+"""monitor.core.parse: bytes + headers → ParsedFeed (bozo handling, encodings, the seed story)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.model import ParsedFeed
-from monitor.parse import describe_bozo, parse_feed
+from monitor.core.model import ParsedFeed
+from monitor.core.parse import describe_bozo, parse_feed
 from tests.conftest import shared_path
 
 NOW = datetime(2026, 2, 18, 12, 0, 0, tzinfo=UTC)
@@ -193,7 +193,7 @@ def test_error_line_is_the_documents_own_line() -> None:
 
 
 def test_xml_base_resolves_links_per_element() -> None:
-    """feedparser's base resolution runs memoised (monitor.parse): nested and sibling
+    """feedparser's base resolution runs memoised (monitor.core.parse): nested and sibling
     xml:base values still resolve each entry's links against their own base."""
     from feedparser import mixin
 

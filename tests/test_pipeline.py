@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from monitor.config import load_config
-from monitor.daemon import Runtime
+from monitor.shell.daemon import Runtime
 from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
 
 ROOT = Path(__file__).resolve().parent.parent

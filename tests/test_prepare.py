@@ -1,4 +1,4 @@
-"""The parse pool's work for one body (monitor.prepare), run in-process."""
+"""The parse pool's work for one body (monitor.core.prepare), run in-process."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor.dedup import DedupSettings, story_features
-from monitor.match import Matcher
-from monitor.prepare import Job, prepare
-from monitor.rules import compile_rules, load_rules
+from monitor.core.dedup.index import DedupSettings, story_features
+from monitor.core.prepare import Job, prepare
+from monitor.core.rules.match import Matcher
+from monitor.core.rules.model import compile_rules, load_rules
 from tests.feeds import BACKLOG, rss, seed_item
 
 ROOT = Path(__file__).resolve().parent.parent

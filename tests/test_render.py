@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from monitor.model import Alert, Match, Story
+from monitor.core.model import Alert, Match, Story
 from monitor.notify.render import (
     HEADER_MAX,
     SECTION_MAX,

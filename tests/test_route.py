@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from monitor.model import Alert, Match, Story
-from monitor.route import ClusterFacts, alert_key, retry_at, route, updates
+from monitor.core.model import Alert, Match, Story
+from monitor.core.route import ClusterFacts, alert_key, route, updates
+from monitor.core.schedule import retry_at
 
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
 STORY = Story(id="s1", feed="bbc", title="Sanctions deadline", link="https://x/1",

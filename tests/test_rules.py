@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from monitor.core.rules.expr import And, Not, Or
+from monitor.core.rules.model import RuleSet, load_rules
 from monitor.errors import RulesError
-from monitor.expr import And, Not, Or
-from monitor.rules import RuleSet, load_rules
 from tests.conftest import ROOT
 
 CHANNELS = {"slack-news", "email-oncall", "audit-file"}

@@ -1,4 +1,4 @@
-"""monitor.schedule: pure decisions, fixed ``now``, no clock, no sleeping."""
+"""monitor.core.schedule: pure decisions, fixed ``now``, no clock, no sleeping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from monitor.schedule import (
+from monitor.core.schedule import (
     NEW_FEED_SPREAD,
     OVERDUE_SPREAD,
     RETRY_AFTER_CAP,

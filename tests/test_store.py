@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.errors import StoreError
-from monitor.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
 from monitor.store.postgres import (

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from monitor.core.model import Alert, Delivery, FeedState, Match, Story
 from monitor.errors import StoreError
-from monitor.model import Alert, Delivery, FeedState, Match, Story
 from monitor.store import migrations
 from monitor.store.base import StoredStory
 from monitor.store.sqlite import SQLiteStore
@@ -31,7 +31,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, os, signal, sys
     from datetime import UTC, datetime, timedelta
-    from monitor.model import Alert, Delivery, FeedState, Match, Story
+    from monitor.core.model import Alert, Delivery, FeedState, Match, Story
     from monitor.store.base import StoredStory
     from monitor.store.sqlite import SQLiteStore
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from monitor.model import Alert, SendResult
+from monitor.core.model import Alert, SendResult
 
 
 @runtime_checkable

@@ -23,8 +23,8 @@ from typing import TypeVar
 import aiosmtplib
 
 from monitor.config import EmailChannel
+from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger, scrub
-from monitor.model import Alert, SendFailed, SendResult, Sent
 from monitor.notify.render import alert_key, email_digest, email_message
 from monitor.notify.slack import RateLimiter
 

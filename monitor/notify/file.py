@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monitor.config import FileChannel
+from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger
-from monitor.model import Alert, SendFailed, SendResult, Sent
 from monitor.notify.render import json_line
 from monitor.notify.slack import RateLimiter
 

@@ -30,7 +30,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from monitor.model import Alert
+from monitor.core.model import Alert
 
 # Slack limits (https://api.slack.com/reference/block-kit/blocks)
 SECTION_MAX = 3000

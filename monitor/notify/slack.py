@@ -28,8 +28,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from monitor.config import SlackChannel
+from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger, scrub
-from monitor.model import Alert, SendFailed, SendResult, Sent
 from monitor.notify.render import slack_digest, slack_message
 
 log = get_logger(__name__)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from monitor.model import ClusterInfo, Delivery, FeedState, Story
+from monitor.core.model import ClusterInfo, Delivery, FeedState, Story
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from monitor.model import Alert, Delivery, FeedState, Hit, Match, Story
+from monitor.core.model import Alert, Delivery, FeedState, Hit, Match, Story
 
 T = TypeVar("T")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
+from monitor.core.model import FeedState
 from monitor.log import get_logger, scrub
-from monitor.model import FeedState
 from monitor.store.base import Store
 
 log = get_logger(__name__)

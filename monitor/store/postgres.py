@@ -32,9 +32,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from monitor.core.model import ClusterInfo, Delivery, FeedState
 from monitor.errors import StoreError
 from monitor.log import get_logger
-from monitor.model import ClusterInfo, Delivery, FeedState
 from monitor.store import migrations
 from monitor.store.base import DeliveryStatus, StoredStory
 from monitor.store.codec import (

@@ -29,9 +29,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from monitor.core.model import ClusterInfo, Delivery, FeedState
 from monitor.errors import StoreError
 from monitor.log import get_logger
-from monitor.model import ClusterInfo, Delivery, FeedState
 from monitor.store import migrations
 from monitor.store.base import DeliveryStatus, StoredStory
 from monitor.store.codec import (

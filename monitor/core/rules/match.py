@@ -4,7 +4,7 @@ How it stays fast with many rules:
 
 1. ``Matcher(ruleset)`` compiles once: every distinct term of every rule and actor alias gets
    an id; a single dict maps the key of a term's first token (stem, exact or prefix key, see
-   ``monitor.terms``) to the terms starting with it.
+   ``monitor.core.rules.terms``) to the terms starting with it.
 2. ``match(story)`` tokenises each searched field once and does one dict lookup per token
    (a per-matcher cache of the index entries a token starts: its stem, exact and prefix keys
    are looked up on the token's first sighting only), verifying phrases in place.
@@ -26,10 +26,10 @@ from datetime import datetime, timedelta
 from itertools import compress
 from typing import Any
 
-from monitor.expr import Actor, Near, Node, Not, Or, Term, render
-from monitor.model import Hit, Match, Story
-from monitor.rules import DEFAULT_FIELDS, Rule, RuleSet
-from monitor.terms import (
+from monitor.core.model import Hit, Match, Story
+from monitor.core.rules.expr import Actor, Near, Node, Not, Or, Term, render
+from monitor.core.rules.model import DEFAULT_FIELDS, Rule, RuleSet
+from monitor.core.rules.terms import (
     _CACHE,
     EXACT,
     PREFIX,

@@ -19,12 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from monitor.config import Config
-from monitor.dedup import Features, New, SameStory, Seen, StoryIndex, detect_guid_churn
-from monitor.fetch import Fetcher
-from monitor.log import get_logger
-from monitor.match import Matcher, Prematch
-from monitor.metrics import Metrics
-from monitor.model import (
+from monitor.core.dedup.index import Features, New, SameStory, Seen, StoryIndex, detect_guid_churn
+from monitor.core.model import (
     ClusterInfo,
     Delivery,
     FeedSpec,
@@ -34,11 +30,14 @@ from monitor.model import (
     NotModified,
     Story,
 )
-from monitor.prepare import Job, Prepared, prepare
-from monitor.route import UPDATE_MILESTONES, ClusterFacts, route, updates
-from monitor.rules import RuleSet
-from monitor.schedule import next_poll
-from monitor.scheduler import next_cron
+from monitor.core.prepare import Job, Prepared, prepare
+from monitor.core.route import UPDATE_MILESTONES, ClusterFacts, route, updates
+from monitor.core.rules.match import Matcher, Prematch
+from monitor.core.rules.model import RuleSet
+from monitor.core.schedule import next_cron, next_poll
+from monitor.log import get_logger
+from monitor.metrics import Metrics
+from monitor.shell.fetch import Fetcher
 from monitor.store.base import Store, StoredStory
 from monitor.store.groupcommit import FeedStateWriter
 

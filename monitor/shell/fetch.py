@@ -4,7 +4,7 @@
                        max_redirects=5, concurrency=16, per_host=2) as fetcher:
         result = await fetcher.fetch(url, etag=state.etag, last_modified=state.last_modified)
 
-``fetch`` returns a :data:`~monitor.model.FetchResult` and never raises for network or
+``fetch`` returns a :data:`~monitor.core.model.FetchResult` and never raises for network or
 HTTP problems:
 
 * ``Fetched``      a 2xx with its (decompressed) body and lower-cased headers;
@@ -46,8 +46,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from monitor.core.model import Fetched, FetchFailed, FetchResult, NotModified
 from monitor.log import get_logger
-from monitor.model import Fetched, FetchFailed, FetchResult, NotModified
 
 log = get_logger(__name__)
 

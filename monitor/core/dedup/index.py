@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 from rapidfuzz import fuzz
 
-from monitor.model import Story
+from monitor.core.model import Story
 
 __all__ = [
     "Decision",

@@ -1,4 +1,4 @@
-"""Pure: feed bytes + response headers → :class:`~monitor.model.ParsedFeed`.
+"""Pure: feed bytes + response headers → :class:`~monitor.core.model.ParsedFeed`.
 
 feedparser never sees a URL or a file name: the body goes in as a ``BytesIO`` (a bare
 ``bytes`` or ``str`` argument would be tried as a path and, for ``str``, as a URL), the
@@ -7,7 +7,7 @@ charset drives the decoding), and the feed URL as ``Content-Location`` so relati
 resolve against it. A missing ``Content-Type`` counts as ``application/xml`` (encoding
 from the BOM / XML declaration, else UTF-8). feedparser's HTML sanitiser and its
 rewriting of relative URIs *inside* HTML are off at parse time: only the text survives,
-and :func:`monitor.text.html_to_text` sanitises the markup that needs it (a fifth of
+and :func:`monitor.core.text.html_to_text` sanitises the markup that needs it (a fifth of
 feedparser's time went to sanitising markup that was plain tags) (entry/feed links are still resolved, by feedparser
 against ``xml:base``/``Content-Location`` and again by :func:`canonical_link`).
 
@@ -37,9 +37,9 @@ from typing import Any
 
 import feedparser
 
-from monitor.model import ParsedFeed, Story
-from monitor.normalize import canonical_link, normalize_entry
-from monitor.text import html_to_text
+from monitor.core.model import ParsedFeed, Story
+from monitor.core.normalize import canonical_link, normalize_entry
+from monitor.core.text import html_to_text
 
 __all__ = ["describe_bozo", "parse_feed"]
 

@@ -28,14 +28,14 @@ from typing import Any
 from aiohttp import web
 
 from monitor.config import load_config
-from monitor.model import Delivery
+from monitor.core.model import Delivery
 
-DATA = Path(__file__).parent / "demo_data" / "feeds.json"
+DATA = Path(__file__).parents[1] / "demo_data" / "feeds.json"
 
 
 def find_rules() -> Path:
     """The example rules: ``rules/`` of the checkout (editable install) or beside the cwd."""
-    for cand in (Path(__file__).resolve().parents[1] / "rules", Path.cwd() / "rules"):
+    for cand in (Path(__file__).resolve().parents[2] / "rules", Path.cwd() / "rules"):
         if (cand / "sanctions-deadline.yaml").exists():
             return cand
     raise FileNotFoundError("cannot find the example rules/ directory; run from the checkout")
@@ -167,7 +167,7 @@ def describe(d: Delivery, channels: list[str]) -> str:
 
 
 async def run_demo(*, keep: str | None = None, as_json: bool = False) -> int:
-    from monitor.daemon import Runtime
+    from monitor.shell.daemon import Runtime
 
     feeds = json.loads(DATA.read_text(encoding="utf-8"))["feeds"]
     now = datetime.now(UTC).replace(microsecond=0)

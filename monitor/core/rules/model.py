@@ -31,7 +31,7 @@ or a nested group ``{all: [..]}`` / ``{any: [..]}`` / ``{none: [..]}`` or an act
 ``near: [{terms: [sanctions, deadline], within: 10, same_sentence: false}]`` proximity:
 all terms within ``within`` words of each other (adjacent words are 1 apart), optionally in one
 sentence. ``expr: '(sanctions OR tariffs) AND deadline AND @putin AND NOT sport'`` the
-one-line form (see ``monitor.expr``: precedence NOT > NEAR > AND > OR, ``NEAR/5``,
+one-line form (see ``monitor.core.rules.expr``: precedence NOT > NEAR > AND > OR, ``NEAR/5``,
 ``NEAR/5/s``, ``NEAR/s``; two terms side by side are an error, never an implicit AND).
 
 Terms: ``sanction`` matches ``Sanctions``, ``sanctioned``, ``sanctioning`` (case-, accent- and
@@ -65,8 +65,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from monitor.config import parse_duration
-from monitor.errors import Problem, RulesError
-from monitor.expr import (
+from monitor.core.rules.expr import (
     Actor,
     And,
     ExprError,
@@ -79,11 +78,13 @@ from monitor.expr import (
     parse_expr,
     unknown_actor,
 )
-from monitor.terms import TermError, TermSpec, parse_term, term_mapping
-from monitor.yamlpos import Positions, load_yaml, locate
+from monitor.core.rules.terms import TermError, TermSpec, parse_term, term_mapping
+from monitor.core.schedule import validate_cron
+from monitor.core.yamlpos import Positions, load_yaml, locate
+from monitor.errors import Problem, RulesError
 
 if TYPE_CHECKING:
-    from monitor.match import Matcher
+    from monitor.core.rules.match import Matcher
 
 FIELDS: tuple[str, ...] = ("title", "summary", "content", "author", "tags", "link")
 DEFAULT_FIELDS: tuple[str, ...] = ("title", "summary", "content")
@@ -108,7 +109,7 @@ class ActorDef:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Rule:
-    """A validated rule. ``condition`` is the whole condition tree (see ``monitor.expr``)."""
+    """A validated rule. ``condition`` is the whole condition tree (see ``monitor.core.rules.expr``)."""
 
     name: str
     condition: Node
@@ -157,7 +158,7 @@ class RuleSet:
 
 def compile_rules(ruleset: RuleSet) -> Matcher:
     """Compile a rule set into a ``Matcher`` (done once per load)."""
-    from monitor.match import Matcher
+    from monitor.core.rules.match import Matcher
 
     return Matcher(ruleset)
 
@@ -404,8 +405,6 @@ class _Loader:
             if ch in channels[:i]:
                 self.problem(f, (*where, "channels", i), f'{label}: channel "{ch}" is listed twice')
         if m.digest is not None:
-            from monitor.scheduler import validate_cron  # the one module that knows APScheduler
-
             why = validate_cron(m.digest)
             if why is not None:
                 self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday", e.g. "0 8 * * *"')

@@ -28,20 +28,20 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import Config, secrets_of
-from monitor.dedup import DedupSettings, StoryIndex
-from monitor.dispatch import Dispatcher, DispatchResult
+from monitor.core.dedup.index import DedupSettings, StoryIndex
+from monitor.core.model import Delivery, FeedSpec, FeedState
+from monitor.core.rules.model import compile_rules, load_rules
+from monitor.core.schedule import initial_poll
 from monitor.errors import MonitorError, RulesError
-from monitor.fetch import Fetcher
 from monitor.log import get_logger, redact, scrub
 from monitor.metrics import Metrics
-from monitor.model import Delivery, FeedSpec, FeedState
 from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
-from monitor.pipeline import ActiveRules, ParsePool, Pipeline, PollOutcome
-from monitor.rules import compile_rules, load_rules
-from monitor.schedule import initial_poll
-from monitor.scheduler import Scheduler
-from monitor.server import Server
+from monitor.shell.dispatch import Dispatcher, DispatchResult
+from monitor.shell.fetch import Fetcher
+from monitor.shell.pipeline import ActiveRules, ParsePool, Pipeline, PollOutcome
+from monitor.shell.scheduler import Scheduler
+from monitor.shell.server import Server
 from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
 

@@ -2,7 +2,7 @@
 
 Every rule condition, whether written as YAML lists (``all`` / ``any`` / ``none`` /
 ``actors`` / ``near``) or as an ``expr:`` line, becomes the same small tree of frozen nodes:
-``Term``, ``Actor``, ``And``, ``Or``, ``Not``, ``Near``. ``monitor.match`` compiles it.
+``Term``, ``Actor``, ``And``, ``Or``, ``Not``, ``Near``. ``monitor.core.rules.match`` compiles it.
 
 Expression grammar (operators are written in capitals; precedence NOT > NEAR > AND > OR)::
 
@@ -34,7 +34,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from monitor.terms import TermError, TermSpec, parse_regex, parse_term
+from monitor.core.rules.terms import TermError, TermSpec, parse_regex, parse_term
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -9,12 +9,18 @@ inputs always give the same answer while different feeds still spread out.
 * :func:`initial_poll` at start-up: resume the stored schedule, spreading overdue
   feeds over the first minute and brand-new feeds over the first 30 seconds, so a
   restart does not fire every feed at once.
+* :func:`retry_at`     after a failed delivery: exponential backoff, ``Retry-After`` as
+  a lower bound, giving up after a while.
+* :func:`next_cron`    the next fire time of a digest's crontab expression;
+  :func:`validate_cron` says why one is invalid.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.triggers.cron import CronTrigger  # cron arithmetic only: no scheduler, no clock
 
 #: A ``Retry-After`` longer than this is treated as this (a server asking for a week
 #: of silence is more likely broken than sincere; we still back off a whole day).
@@ -115,3 +121,40 @@ def initial_poll(
     else:
         window = min(interval, OVERDUE_SPREAD)
     return now + timedelta(seconds=unit_hash(key) * window)
+
+
+def retry_at(
+    *,
+    now: datetime,
+    created: datetime,
+    attempts: int,
+    retry_after: float | None,
+    retry_min: float,
+    retry_max: float,
+    give_up_after: float,
+) -> datetime | None:
+    """When to try a failed delivery again (None: give up). ``attempts`` counts the
+    attempt that just failed. Exponential backoff from ``retry_min`` capped at
+    ``retry_max``; a peer's Retry-After is a lower bound."""
+    if (now - created).total_seconds() >= give_up_after:
+        return None
+    delay = min(retry_max, retry_min * (2 ** min(max(0, attempts - 1), 30)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, 24 * 3600.0))
+    return now + timedelta(seconds=delay)
+
+
+def validate_cron(expr: str) -> str | None:
+    """None if ``expr`` is a valid 5-field crontab expression, else the reason."""
+    try:
+        CronTrigger.from_crontab(expr, timezone=UTC)
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
+
+
+def next_cron(expr: str, after: datetime) -> datetime | None:
+    """The first fire time of a crontab expression strictly after ``after`` (pure)."""
+    trig = CronTrigger.from_crontab(expr, timezone=UTC)
+    t: datetime | None = trig.get_next_fire_time(None, after + timedelta(microseconds=1))
+    return t

@@ -22,11 +22,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor import __version__, loop
+from monitor import __version__
 from monitor.config import Config, find_config, load_config, parse_duration
+from monitor.core.rules.model import RuleSet
 from monitor.errors import ConfigError, MonitorError, ProblemsError, RulesError
 from monitor.log import setup_logging
-from monitor.rules import RuleSet
+from monitor.shell import loop
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -147,7 +148,7 @@ def _config(args: argparse.Namespace) -> Config:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.cmd
     if cmd == "demo":
-        from monitor.demo import run_demo
+        from monitor.cli.demo import run_demo
 
         return loop.run(run_demo(keep=args.keep, as_json=args.json))
     if cmd == "check":
@@ -158,7 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_rules_test(args)
     config = _config(args)
     if cmd == "run":
-        from monitor.daemon import Daemon
+        from monitor.shell.daemon import Daemon
 
         return loop.run(Daemon(config).run())
     if cmd == "once":
@@ -185,7 +186,7 @@ def _json_value(v: Any) -> Any:
 
 # -- check ------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
-    from monitor.rules import load_rules
+    from monitor.core.rules.model import load_rules
 
     path = find_config(args.config)
     problems: list[str] = []
@@ -226,7 +227,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # -- once / status ----------------------------------------------------------------------
 async def cmd_once(config: Config, as_json: bool, *, strict: bool = False) -> int:
-    from monitor.daemon import Runtime
+    from monitor.shell.daemon import Runtime
 
     async with Runtime(config) as rt:
         outcomes, sent = await rt.poll_and_deliver()
@@ -325,7 +326,7 @@ def _t(d: Any) -> str:
 # -- rules test / backtest --------------------------------------------------------------
 def _load_rules_for(args: argparse.Namespace) -> RuleSet:
     """``--rules PATH`` (channels unchecked when there is no config) or the config's rules."""
-    from monitor.rules import load_rules
+    from monitor.core.rules.model import load_rules
 
     config: Config | None = None
     try:
@@ -346,9 +347,9 @@ def _load_rules_for(args: argparse.Namespace) -> RuleSet:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from monitor.match import format_explanation
-    from monitor.model import Story
-    from monitor.rules import compile_rules
+    from monitor.core.model import Story
+    from monitor.core.rules.match import format_explanation
+    from monitor.core.rules.model import compile_rules
 
     ruleset = _load_rules_for(args)
     matcher = compile_rules(ruleset)
@@ -393,11 +394,11 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def _stories_from_feed(source: str, now: Any) -> list[Any]:
-    from monitor.parse import parse_feed
+    from monitor.core.parse import parse_feed
 
     if source.startswith(("http://", "https://")):
-        from monitor.fetch import Fetcher
-        from monitor.model import Fetched
+        from monitor.core.model import Fetched
+        from monitor.shell.fetch import Fetcher
 
         async def get() -> Fetched:
             async with Fetcher(user_agent="", connect_timeout=10, timeout=30,
@@ -420,7 +421,7 @@ def _stories_from_feed(source: str, now: Any) -> list[Any]:
 async def cmd_backtest(config: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from monitor.rules import compile_rules
+    from monitor.core.rules.model import compile_rules
     from monitor.store.open import open_store
 
     ruleset = _load_rules_for(args)
@@ -463,7 +464,7 @@ async def cmd_backtest(config: Config, args: argparse.Namespace) -> int:
 
 # -- stories ----------------------------------------------------------------------------
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from monitor.dedup import DedupSettings, cluster_stream
+    from monitor.core.dedup.index import DedupSettings, cluster_stream
 
     kw: dict[str, Any] = {}
     config: Config | None = None

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from monitor.model import Alert, Delivery, Match, Story
+from monitor.core.model import Alert, Delivery, Match, Story
 
 UPDATE_MILESTONES: tuple[int, ...] = (2, 3, 5, 10, 20, 50, 100)
 
@@ -110,24 +110,3 @@ def updates(
                 )
             )
     return out
-
-
-def retry_at(
-    *,
-    now: datetime,
-    created: datetime,
-    attempts: int,
-    retry_after: float | None,
-    retry_min: float,
-    retry_max: float,
-    give_up_after: float,
-) -> datetime | None:
-    """When to try a failed delivery again (None: give up). ``attempts`` counts the
-    attempt that just failed. Exponential backoff from ``retry_min`` capped at
-    ``retry_max``; a peer's Retry-After is a lower bound."""
-    if (now - created).total_seconds() >= give_up_after:
-        return None
-    delay = min(retry_max, retry_min * (2 ** min(max(0, attempts - 1), 30)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, 24 * 3600.0))
-    return now + timedelta(seconds=delay)

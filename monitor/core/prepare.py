@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from monitor.dedup import DedupSettings, Features, story_features
+from monitor.core.dedup.index import DedupSettings, Features, story_features
+from monitor.core.model import ParsedFeed
+from monitor.core.parse import parse_feed
+from monitor.core.rules.match import Matcher, Prematch
+from monitor.core.rules.model import compile_rules, load_rules
 from monitor.errors import MonitorError
-from monitor.match import Matcher, Prematch
-from monitor.model import ParsedFeed
-from monitor.parse import parse_feed
-from monitor.rules import compile_rules, load_rules
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -1,4 +1,4 @@
-"""Pure: one feedparser entry → one :class:`~monitor.model.Story`.
+"""Pure: one feedparser entry → one :class:`~monitor.core.model.Story`.
 
 Rules (the contract the rest of the pipeline relies on):
 
@@ -10,7 +10,7 @@ Rules (the contract the rest of the pipeline relies on):
   lower-cased, default port, fragment and tracking parameters (:data:`TRACKING_PARAMS`,
   :data:`TRACKING_PREFIXES`) removed, other parameters kept in their original order and
   spelling. ``javascript:``/``data:``/``vbscript:`` links become ``""``.
-* **title / summary / content** — plain text (:func:`monitor.text.html_to_text`): tags
+* **title / summary / content** — plain text (:func:`monitor.core.text.html_to_text`): tags
   dropped, script/style contents dropped, entities decoded (also one level of double
   escaping), whitespace collapsed, NFC. The title is one line (max :data:`MAX_TITLE`
   characters); an entry without a title borrows the start of its summary/content. The
@@ -41,8 +41,8 @@ from urllib.parse import unquote_plus, urljoin, urlparse, urlsplit, urlunsplit
 
 from feedparser.util import FeedParserDict
 
-from monitor.model import Story
-from monitor.text import clean_text, html_to_text, truncate
+from monitor.core.model import Story
+from monitor.core.text import clean_text, html_to_text, truncate
 
 __all__ = [
     "FUTURE_SLACK",

@@ -1,36 +1,19 @@
-"""The only module that imports APScheduler: periodic ticks and cron jobs on the loop.
+"""The only module that runs APScheduler: periodic ticks and cron jobs on the loop.
 
 Feed due times live in the store (so a restart resumes the schedule); APScheduler drives
-the ticks that claim due feeds and prune old stories. Digest fire times are computed here
-too (``next_cron``): a digest's alerts wait in the outbox until then.
+the ticks that claim due feeds and prune old stories. Digest fire times are pure
+arithmetic and live in ``monitor.core.schedule`` (``next_cron``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 Job = Callable[[], Awaitable[None]]
-
-
-def validate_cron(expr: str) -> str | None:
-    """None if ``expr`` is a valid 5-field crontab expression, else the reason."""
-    try:
-        CronTrigger.from_crontab(expr, timezone=UTC)
-    except (ValueError, TypeError) as e:
-        return str(e)
-    return None
-
-
-def next_cron(expr: str, after: datetime) -> datetime | None:
-    """The first fire time of a crontab expression strictly after ``after`` (pure)."""
-    trig = CronTrigger.from_crontab(expr, timezone=UTC)
-    t: datetime | None = trig.get_next_fire_time(None, after + timedelta(microseconds=1))
-    return t
 
 
 class Scheduler:

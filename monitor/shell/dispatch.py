@@ -15,12 +15,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from monitor.config import DeliveryConfig
+from monitor.core.model import Delivery, SendFailed, Sent
+from monitor.core.schedule import next_cron, retry_at
 from monitor.log import get_logger, scrub
 from monitor.metrics import Metrics
-from monitor.model import Delivery, SendFailed, Sent
 from monitor.notify.base import BatchNotifier, Notifier
-from monitor.route import retry_at
-from monitor.scheduler import next_cron
 from monitor.store.base import Store
 
 log = get_logger(__name__)

@@ -1,0 +1,1 @@
+"""The ``monitor`` command: argument parsing, text and ``--json`` output, offline tools."""

@@ -1,0 +1,1 @@
+"""Story deduplication: title features and the recent-story index of clusters."""

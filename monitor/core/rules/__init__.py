@@ -1,0 +1,1 @@
+"""Rules: the model, loading and validation, expressions, terms, matching, explanations."""
