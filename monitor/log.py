@@ -15,6 +15,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 _SECRETS: set[str] = set()
 
@@ -31,6 +32,24 @@ def scrub(text: str) -> str:
         if s in text:
             text = text.replace(s, "***")
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info shown as ``***`` (store URLs in
+    messages and logs); unchanged when it has none."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL urllib can read (a bad port, a broken IPv6 host)
+        password = None
+        scheme, sep, rest = url.partition("://")
+        creds, at, host = rest.rpartition("@")
+        if sep and at and ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class Logger:

@@ -28,3 +28,15 @@ def test_fields_and_redaction(caplog: pytest.LogCaptureFixture) -> None:
     data = json.loads(record(caplog, JsonFormatter()))
     assert data["event"] == "feed.polled" and data["status"] == 304 and data["feed"] == "bbc news"
     assert "verysecret" not in json.dumps(data) and "hunter2pw" not in json.dumps(data)
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    from monitor.log import redact_url
+
+    assert redact_url("postgresql://u:s3cret@db:5432/x?schema=a") == "postgresql://u:***@db:5432/x?schema=a"
+    assert redact_url("postgresql://u@db/x") == "postgresql://u@db/x"
+    assert redact_url("sqlite:///var/lib/monitor/monitor.db") == "sqlite:///var/lib/monitor/monitor.db"
+    assert redact_url("postgresql://:pw@db/x") == "postgresql://:***@db/x"
+    # urllib cannot read this one (a port that is not a number): still no password shown
+    assert redact_url("postgresql://u:pw@db:notaport/x") == "postgresql://u:***@db:notaport/x"
+    assert "p@ss" not in redact_url("postgresql://u:p@ss@db/x")

@@ -22,15 +22,11 @@ import pytest
 
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.errors import StoreError
+from monitor.log import redact_url
 from monitor.store.base import Store, StoredStory
+from monitor.store.listen import NOTIFY_BYTES, _heard_ids, notify_payloads
 from monitor.store.open import open_store
-from monitor.store.postgres import (
-    NOTIFY_BYTES,
-    PostgresStore,
-    _heard_ids,
-    notify_payloads,
-    redact_dsn,
-)
+from monitor.store.postgres import PostgresStore
 from monitor.store.sqlite import SQLiteStore
 from tests.peers.tcpproxy import TCPProxy
 
@@ -52,7 +48,7 @@ async def _pg_unavailable() -> str | None:
             await con.close()
             _PG_STATUS["reason"] = None
         except Exception as e:
-            _PG_STATUS["reason"] = f"no PostgreSQL at {redact_dsn(PG_URL)}: {e!r}"
+            _PG_STATUS["reason"] = f"no PostgreSQL at {redact_url(PG_URL)}: {e!r}"
     return _PG_STATUS["reason"]
 
 

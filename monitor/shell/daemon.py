@@ -33,7 +33,7 @@ from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.model import compile_rules, load_rules
 from monitor.core.schedule import initial_poll
 from monitor.errors import MonitorError, RulesError
-from monitor.log import get_logger, redact, scrub
+from monitor.log import get_logger, redact, redact_url, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
@@ -380,7 +380,7 @@ class Daemon:
                 if server:
                     server.ready = True
                 log.info("daemon.started", feeds=len(self.config.feeds),
-                         rules=len(rt.pipeline.rules.ruleset.rules), store=_safe_url(
+                         rules=len(rt.pipeline.rules.ruleset.rules), store=redact_url(
                              self.config.store_url),
                          loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
                 await self._stop.wait()
@@ -512,13 +512,3 @@ class Daemon:
                     self.rt.reload_rules()
                 except Exception as e:  # keep watching: the old rules stay in force
                     log.error("rules.reload_crashed", error=repr(e), exc_info=True)
-
-
-def _safe_url(url: str) -> str:
-    """A store URL without its password."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
-    return url

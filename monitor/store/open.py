@@ -16,6 +16,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from monitor.errors import StoreError
+from monitor.log import redact_url
 from monitor.store.base import Store
 
 SUPPORTED = ("sqlite:///", "postgresql://", "postgres://")
@@ -30,14 +31,8 @@ def open_store(url: str) -> Store:
     if scheme in ("postgresql", "postgres") and sep:
         return _postgres(url)
     raise StoreError(
-        f"unsupported store URL {_shown(url)!r}: use one of {', '.join(s + '…' for s in SUPPORTED)}"
+        f"unsupported store URL {redact_url(url)!r}: use one of {', '.join(s + '…' for s in SUPPORTED)}"
     )
-
-
-def _shown(url: str) -> str:
-    from monitor.store.postgres import redact_dsn
-
-    return redact_dsn(url) if "@" in url else url
 
 
 def _sqlite(url: str) -> Store:

@@ -10,10 +10,8 @@ never wait for each other.
 
 Instances tell each other about the stories they save, so that each one's dedup index
 also holds the others' stories: ``save_poll`` sends the new story ids with
-``pg_notify`` in its transaction (delivered when it commits), and ``watch_stories``
-LISTENs on a connection of its own, loads the stories it hears about and hands them to
-the caller. When that connection drops, it reconnects with backoff and asks the caller
-to reload (``on_gap``), since notifications sent meanwhile are lost.
+``pg_notify`` in its transaction, and ``watch_stories`` listens for the others'
+(``monitor.store.listen``).
 """
 
 from __future__ import annotations
@@ -21,20 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from monitor.core.model import ClusterInfo, Delivery, FeedState
 from monitor.errors import StoreError
-from monitor.log import get_logger
+from monitor.log import get_logger, redact_url
 from monitor.store import migrations
 from monitor.store.base import DeliveryStatus, StoredStory
 from monitor.store.codec import (
@@ -51,6 +47,7 @@ from monitor.store.codec import (
     strs_to_json,
     utc,
 )
+from monitor.store.listen import StoryListener, notify_payloads
 
 log = get_logger(__name__)
 
@@ -85,60 +82,6 @@ _DELIVERY_INSERT = (
 _DELIVERY_COLUMNS = (
     "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref"
 )
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password (for messages and logs)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<invalid postgres url>"
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
-
-
-NOTIFY_BYTES = 7900  # PostgreSQL refuses a notification payload of 8000 bytes or more
-WATCH_BACKOFF_MAX = 60.0  # seconds between attempts to listen again
-
-
-def notify_payloads(sender: str, ids: Sequence[str]) -> list[str]:
-    """``{"from": sender, "ids": [...]}`` JSON payloads of at most ``NOTIFY_BYTES`` bytes
-    each, covering ``ids`` in order. An id too long to fit in a payload on its own (a
-    multi-kilobyte link used as id) is left out: peers do not hear of that one story."""
-    head = len(json.dumps({"from": sender, "ids": []}).encode())
-    out: list[str] = []
-    chunk: list[str] = []
-    size = head
-    for sid in ids:
-        n = len(json.dumps(sid).encode()) + 2  # the id and ", "
-        if head + n > NOTIFY_BYTES:
-            continue
-        if size + n > NOTIFY_BYTES:
-            out.append(json.dumps({"from": sender, "ids": chunk}))
-            chunk, size = [], head
-        chunk.append(sid)
-        size += n
-    if chunk:
-        out.append(json.dumps({"from": sender, "ids": chunk}))
-    return out
-
-
-def _heard_ids(sender: str, payload: str) -> list[str] | None:
-    """The story ids of a notification from another instance; None for our own, or for
-    a payload that is not ours to read."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("from") == sender:
-        return None
-    ids = data.get("ids")
-    if not isinstance(ids, list):
-        return None
-    return [i for i in ids if isinstance(i, str)]
 
 
 def _text(s: str) -> str:
@@ -218,18 +161,17 @@ class PostgresStore:
         # notifications are per database already; the schema tells tenants apart
         scope = schema or "public"
         self._channel = "monitor_stories_" + hashlib.sha1(scope.encode()).hexdigest()[:16]
-        self._watcher: asyncio.Task[None] | None = None
-        self._listening: bool | None = None  # None: not watching
-        self.watch_backoff = 1.0  # seconds before listening again; doubles up to a minute
-        self.watch_heartbeat = 30.0  # a listening connection quiet this long is probed
-        self.watch_probe_timeout = 10.0
+        self._listener = StoryListener(
+            token=self._token, channel=self._channel, connect=self._listen_connection,
+            load=self._stories_by_id, where=lambda: redact_url(self._dsn),
+        )
 
     @property
     def schema(self) -> str | None:
         return self._schema
 
     def __repr__(self) -> str:
-        return f"PostgresStore({redact_dsn(self._dsn)!r}, schema={self._schema!r})"
+        return f"PostgresStore({redact_url(self._dsn)!r}, schema={self._schema!r})"
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -240,7 +182,7 @@ class PostgresStore:
 
     async def _open_pool(self) -> Any:
         settings = {"search_path": self._schema} if self._schema else {}
-        where = redact_dsn(self._dsn)
+        where = redact_url(self._dsn)
         try:
             pool = await asyncpg.create_pool(
                 self._dsn,
@@ -282,11 +224,7 @@ class PostgresStore:
             log.info("store.migrated", schema=schema, version=m.version, file=m.name)
 
     async def close(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        self._listening = None
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+        await self._listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -458,114 +396,47 @@ class PostgresStore:
     ) -> bool:
         if self._pool is None:
             raise StoreError("watch_stories: the store is not open")
-        if self._watcher is None:
-            # returns once it listens: a story saved after this call is heard
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            task = asyncio.ensure_future(self._watch(on_stories, on_gap, ready))
-            self._watcher = task
-            try:
-                await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not ready.done():  # closed meanwhile
-                    raise StoreError("watch_stories: the store was closed")
-                ready.result()  # the first attempt's error, if it failed
-            except BaseException:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                if self._watcher is task:
-                    self._watcher = None
-                raise
+        await self._listener.start(on_stories, on_gap)
         return True
 
     @property
     def listening(self) -> bool | None:
-        return self._listening
+        return self._listener.listening
 
-    async def _watch(
-        self,
-        on_stories: Callable[[list[StoredStory]], None],
-        on_gap: Callable[[], Awaitable[None]],
-        ready: asyncio.Future[None],
-    ) -> None:
-        """LISTEN on a connection of its own until cancelled, reconnecting when it drops.
-        ``ready`` gets the outcome of the first attempt (an error ends the watch)."""
-        backoff, gap = self.watch_backoff, False
-        while True:
-            connected = False
-            try:
-                async for _ in self._listen(on_stories, on_gap if gap else None):
-                    connected = self._listening = True
-                    if not ready.done():
-                        ready.set_result(None)
-                self._listening = False
-                log.warning("store.watch_lost", store=redact_dsn(self._dsn))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the server, the network, or a callback that failed
-                self._listening = False
-                error = "timed out" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
-                if not ready.done():
-                    ready.set_exception(StoreError(
-                        f"cannot listen on {redact_dsn(self._dsn)}: {error}"))
-                    return
-                log.warning("store.watch_failed", store=redact_dsn(self._dsn), error=error)
-            if connected:
-                backoff = self.watch_backoff
-            gap = True  # whatever ended it, the next connection starts after a gap
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+    # how the listener paces itself (seconds): backoff before listening again (doubling
+    # up to a minute), quiet time before a probe, and the probe's timeout
+    @property
+    def watch_backoff(self) -> float:
+        return self._listener.backoff
 
-    async def _listen(
-        self,
-        on_stories: Callable[[list[StoredStory]], None],
-        on_gap: Callable[[], Awaitable[None]] | None,
-    ) -> AsyncIterator[None]:
-        """One listening connection: yields once it listens (and ``on_gap`` ran), returns
-        when the server closes it, raises on errors."""
+    @watch_backoff.setter
+    def watch_backoff(self, value: float) -> None:
+        self._listener.backoff = value
+
+    @property
+    def watch_heartbeat(self) -> float:
+        return self._listener.heartbeat
+
+    @watch_heartbeat.setter
+    def watch_heartbeat(self, value: float) -> None:
+        self._listener.heartbeat = value
+
+    @property
+    def watch_probe_timeout(self) -> float:
+        return self._listener.probe_timeout
+
+    @watch_probe_timeout.setter
+    def watch_probe_timeout(self, value: float) -> None:
+        self._listener.probe_timeout = value
+
+    async def _listen_connection(self) -> Any:
+        """A connection of its own for LISTEN, outside the pool."""
         settings = {"application_name": f"monitor-watch-{self._token}"}
         if self._schema:
             settings["search_path"] = self._schema
-        heard: asyncio.Queue[list[str] | None] = asyncio.Queue()
-
-        def listener(_con: Any, _pid: int, _channel: str, payload: str) -> None:
-            ids = _heard_ids(self._token, payload)
-            if ids:
-                heard.put_nowait(ids)
-
-        con = await asyncpg.connect(self._dsn, timeout=self._connect_timeout,
-                                    command_timeout=self._command_timeout,
-                                    server_settings=settings)
-        try:
-            con.add_termination_listener(lambda _con: heard.put_nowait(None))
-            await con.add_listener(self._channel, listener)
-            if on_gap is not None:
-                log.info("store.watch_resumed", store=redact_dsn(self._dsn))
-                await on_gap()  # what was said while nobody listened is lost
-            yield
-            while (ids := await self._next_heard(con, heard)) is not None:
-                while not heard.empty():  # what else arrived meanwhile, in one query
-                    more = heard.get_nowait()
-                    if more is None:
-                        return
-                    ids += more
-                stories = await self._stories_by_id(ids)
-                if stories:
-                    on_stories(stories)
-        finally:
-            # at once: a graceful close would wait on a connection that may be dead, and
-            # the server ends the session (and its LISTEN) when the socket closes
-            con.terminate()
-
-    async def _next_heard(
-        self, con: Any, heard: asyncio.Queue[list[str] | None]
-    ) -> list[str] | None:
-        """The next ids heard; None when the connection is gone. A connection quiet for
-        ``watch_heartbeat`` seconds is probed: one that went half-open (a network cut
-        nobody told either side about) raises, and the watcher reconnects."""
-        while True:
-            try:
-                return await asyncio.wait_for(heard.get(), self.watch_heartbeat)
-            except TimeoutError:
-                await con.fetchval("SELECT 1", timeout=self.watch_probe_timeout)
+        return await asyncpg.connect(self._dsn, timeout=self._connect_timeout,
+                                     command_timeout=self._command_timeout,
+                                     server_settings=settings)
 
     async def _stories_by_id(self, ids: list[str]) -> list[StoredStory]:
         async with self._con("watch_stories") as con:
