@@ -19,7 +19,6 @@ from monitor.shell.fetch import (
     Fetcher,
     client_timeout,
     human_size,
-    parse_retry_after,
 )
 from tests.conftest import shared_path
 from tests.peers.feedserver import FeedServer
@@ -416,18 +415,6 @@ async def test_unparsable_retry_after_is_ignored(feed_server: FeedServer,
     r = await get(fetcher, feed_server.url("/busy"))
     assert isinstance(r, FetchFailed) and r.retry_after is None
     assert r.reason == "HTTP 429 Too Many Requests"
-
-
-def test_parse_retry_after() -> None:
-    now = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
-    assert parse_retry_after("0", now=now) == 0.0
-    assert parse_retry_after(" 3600 ", now=now) == 3600.0
-    assert parse_retry_after("Tue, 17 Feb 2026 12:01:30 GMT", now=now) == 90.0
-    assert parse_retry_after("Tue, 17 Feb 2026 11:00:00 GMT", now=now) == 0.0  # past
-    assert parse_retry_after("-5", now=now) is None
-    assert parse_retry_after("", now=now) is None
-    assert parse_retry_after(None, now=now) is None
-    assert parse_retry_after("tomorrow", now=now) is None
 
 
 # -- concurrency -------------------------------------------------------------------------

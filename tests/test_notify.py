@@ -17,8 +17,9 @@ from monitor.core.model import Alert, Match, SendFailed, Sent, Story
 from monitor.notify.base import Notifier
 from monitor.notify.email import EmailNotifier
 from monitor.notify.file import FileNotifier
+from monitor.notify.ratelimit import RateLimiter
 from monitor.notify.registry import build_notifiers
-from monitor.notify.slack import RateLimiter, SlackNotifier, parse_retry_after
+from monitor.notify.slack import SlackNotifier
 from tests.peers.slackserver import SlackServer
 from tests.peers.smtpserver import SMTPServer
 
@@ -432,14 +433,6 @@ async def test_rate_limiter_does_not_block_the_loop() -> None:
     await asyncio.gather(*(rl.acquire() for _ in range(20)))
     t.cancel()
     assert ticks > 0
-
-
-def test_parse_retry_after() -> None:
-    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    assert parse_retry_after("30") == 30.0
-    assert parse_retry_after("Wed, 01 May 2024 12:01:00 GMT", now) == 60.0
-    assert parse_retry_after("garbage") is None
-    assert parse_retry_after(None) is None
 
 
 # --------------------------------------------------------------------------- email

@@ -13,6 +13,7 @@ from monitor.core.schedule import (
     backoff_delay,
     initial_poll,
     next_poll,
+    parse_retry_after,
     unit_hash,
 )
 
@@ -231,3 +232,20 @@ def test_new_feeds_are_spread_over_the_first_30_seconds() -> None:
 def test_new_feed_with_short_interval_is_due_within_interval() -> None:
     assert all(0.0 <= delay(init(key=k, interval=5)) < 5 for k in KEYS)
     assert init(interval=0) == NOW
+
+
+def test_parse_retry_after() -> None:
+    """One parser for feeds and Slack: delay-seconds (a fraction allowed) or an HTTP-date
+    measured from ``now``."""
+    assert parse_retry_after("0", now=NOW) == 0.0
+    assert parse_retry_after(" 3600 ", now=NOW) == 3600.0
+    assert parse_retry_after("1.5", now=NOW) == 1.5
+    assert parse_retry_after("Tue, 17 Feb 2026 12:01:30 GMT", now=NOW) == 90.0
+    assert parse_retry_after("Tue, 17 Feb 2026 11:00:00 GMT", now=NOW) == 0.0  # past
+    assert parse_retry_after("-5", now=NOW) is None
+    assert parse_retry_after("inf", now=NOW) is None
+    assert parse_retry_after("nan", now=NOW) is None
+    assert parse_retry_after("", now=NOW) is None
+    assert parse_retry_after(None, now=NOW) is None
+    assert parse_retry_after("tomorrow", now=NOW) is None
+    assert parse_retry_after("garbage", now=NOW) is None

@@ -9,6 +9,7 @@ inputs always give the same answer while different feeds still spread out.
 * :func:`initial_poll` at start-up: resume the stored schedule, spreading overdue
   feeds over the first minute and brand-new feeds over the first 30 seconds, so a
   restart does not fire every feed at once.
+* :func:`parse_retry_after` a ``Retry-After`` header (feeds, Slack) as seconds.
 * :func:`retry_at`     after a failed delivery: exponential backoff, ``Retry-After`` as
   a lower bound, giving up after a while.
 * :func:`next_cron`    the next fire time of a digest's crontab expression;
@@ -18,7 +19,9 @@ inputs always give the same answer while different feeds still spread out.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 from apscheduler.triggers.cron import CronTrigger  # cron arithmetic only: no scheduler, no clock
 
@@ -121,6 +124,34 @@ def initial_poll(
     else:
         window = min(interval, OVERDUE_SPREAD)
     return now + timedelta(seconds=unit_hash(key) * window)
+
+
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date.
+
+    delay-seconds may carry a fraction (Slack's own clients send whole seconds). An
+    HTTP-date is measured from ``now`` (the fetcher passes the response's ``Date`` header
+    when there is one, so the server's own clock is used and clock skew between us and
+    the server does not matter). A date in the past gives ``0``; an unparsable or
+    negative value gives ``None``.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" dates are naive: they are UTC by definition
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 def retry_at(

@@ -25,8 +25,8 @@ import aiosmtplib
 from monitor.config import EmailChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger, scrub
+from monitor.notify.ratelimit import RateLimiter
 from monitor.notify.render import alert_key, email_digest, email_message
-from monitor.notify.slack import RateLimiter
 
 log = get_logger(__name__)
 

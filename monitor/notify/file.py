@@ -13,8 +13,8 @@ from pathlib import Path
 from monitor.config import FileChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger
+from monitor.notify.ratelimit import RateLimiter
 from monitor.notify.render import json_line
-from monitor.notify.slack import RateLimiter
 
 log = get_logger(__name__)
 

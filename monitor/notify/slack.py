@@ -13,10 +13,8 @@ second per channel; the email and file notifiers use it too.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -29,7 +27,9 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from monitor.config import SlackChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
+from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger, scrub
+from monitor.notify.ratelimit import RateLimiter
 from monitor.notify.render import slack_digest, slack_message
 
 log = get_logger(__name__)
@@ -61,56 +61,6 @@ PERMANENT_ERRORS = frozenset(
 TRANSIENT_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
-
-
-class RateLimiter:
-    """Async token bucket: at most ``rate`` acquisitions per second, bursts of ``burst``.
-
-    ``acquire()`` sleeps (without blocking the loop) until a token is available; waiters
-    are served in order.
-    """
-
-    def __init__(self, rate: float, burst: float = 1.0) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self._tokens = self.burst
-        self._last: float | None = None
-        self._lock = asyncio.Lock()
-
-    def reserve(self, now: float, n: int = 1) -> float:
-        """Take ``n`` tokens at time ``now`` (seconds, monotonic); return the wait needed."""
-        if self._last is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._tokens -= n
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-    async def acquire(self, n: int = 1) -> None:
-        """Wait until ``n`` sends fit the rate (a batch of n counts as n messages)."""
-        async with self._lock:
-            wait = self.reserve(asyncio.get_running_loop().time(), n)
-            if wait > 0:
-                await asyncio.sleep(wait)
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds: a number, or an HTTP date relative to ``now``."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def quick_retry() -> list[AsyncRetryHandler]:
@@ -226,7 +176,7 @@ class SlackNotifier:
         reason = self._scrub(f"slack webhook: HTTP {status}: {body[:200]}")
         if status == 429:
             return SendFailed(
-                reason=reason, retry=True, retry_after=parse_retry_after(_header(resp.headers))
+                reason=reason, retry=True, retry_after=parse_retry_after(_header(resp.headers), now=datetime.now(UTC))
             )
         return SendFailed(reason=reason, retry=status >= 500 or status == 408)
 
@@ -259,7 +209,7 @@ class SlackNotifier:
         if status == 429 or error == "ratelimited":
             headers = getattr(resp, "headers", None) or {}
             return SendFailed(
-                reason=reason, retry=True, retry_after=parse_retry_after(_header(headers))
+                reason=reason, retry=True, retry_after=parse_retry_after(_header(headers), now=datetime.now(UTC))
             )
         if status >= 500 or error in TRANSIENT_ERRORS:
             return SendFailed(reason=reason, retry=True)

@@ -47,6 +47,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from monitor.core.model import Fetched, FetchFailed, FetchResult, NotModified
+from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger
 
 log = get_logger(__name__)
@@ -72,30 +73,6 @@ def human_size(n: int) -> str:
 
 def _seconds(x: float) -> str:
     return f"{x:g}s"
-
-
-def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date.
-
-    An HTTP-date is measured from ``now`` (the caller passes the response's ``Date``
-    header when there is one, so the server's own clock is used and clock skew between
-    us and the server does not matter; else the local clock). A date in the past gives
-    ``0``; an unparsable value gives ``None``.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" dates are naive: they are UTC by definition
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 def _response_now(headers: Mapping[str, str]) -> datetime:
