@@ -26,7 +26,7 @@ from monitor.config import EmailChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger, scrub
 from monitor.notify.ratelimit import RateLimiter
-from monitor.notify.render import alert_key, email_digest, email_message
+from monitor.notify.render import email_digest, email_message, message_key
 
 log = get_logger(__name__)
 
@@ -130,7 +130,7 @@ class EmailNotifier:
             to=self.cfg.to,
             thread_ref=thread_ref if alert.update else None,
             message_id_domain=self.domain,
-            key=key if key is not None else f"{self.name}\x1f{alert_key(alert)}",
+            key=key if key is not None else f"{self.name}\x1f{message_key(alert)}",
             date=datetime.now(UTC),
         )
         mid = str(msg["Message-ID"])

@@ -107,7 +107,9 @@ def excerpt(text: str, limit: int) -> str:
     return cut.rstrip() + "…"
 
 
-def truncate(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters: a hard cut with an ellipsis (``excerpt`` cuts at a
+    word boundary, ``monitor.core.text.truncate`` too, for stored text)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -144,8 +146,9 @@ def new_source(alert: Alert) -> str:
     return alert.source_names[-1] if alert.source_names else ""
 
 
-def alert_key(alert: Alert) -> str:
-    """A stable key for an alert when the caller has none (cluster × rule × update)."""
+def message_key(alert: Alert) -> str:
+    """A stable key for a message when the caller has no delivery key (cluster × rule ×
+    update); not to be confused with the outbox's ``monitor.core.route.alert_key``."""
     part = f"update:{alert.sources}" if alert.update else "first"
     return f"{alert.cluster}\x1f{alert.match.rule}\x1f{part}"
 
@@ -250,7 +253,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
         facts.append(
             "*Actors:* " + _slack_fit(", ".join(clean_line(a) for a in match.actors), 1000)
         )
-    blocks.append({"type": "section", "text": _mrkdwn(truncate("\n".join(facts), SECTION_MAX))})
+    blocks.append({"type": "section", "text": _mrkdwn(clip("\n".join(facts), SECTION_MAX))})
 
     summary = excerpt(clean_line(story.summary or story.content), EXCERPT_SLACK)
     if summary:
@@ -303,7 +306,7 @@ def email_subject(alert: Alert) -> str:
     # an update keeps its first alert's subject, so that mail clients that thread by
     # subject as well as by In-Reply-To (Gmail) put it under the alert
     headline = (alert.first_title or alert.story.title) if alert.update else alert.story.title
-    title = truncate(header_text(headline) or "(untitled)", SUBJECT_MAX)
+    title = clip(header_text(headline) or "(untitled)", SUBJECT_MAX)
     subject = f"[{sev}] {title}"
     return f"Re: {subject}" if alert.update else subject
 
@@ -390,7 +393,7 @@ def email_message(
     msg["Subject"] = email_subject(alert)
     msg["From"] = clean_line(sender)  # an address: =? may be part of it
     msg["To"] = ", ".join(clean_line(t) for t in to)
-    msg["Message-ID"] = message_id(key if key is not None else alert_key(alert), message_id_domain)
+    msg["Message-ID"] = message_id(key if key is not None else message_key(alert), message_id_domain)
     if date is not None:
         msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
     ref = header_text(thread_ref or "").replace(" ", "")
