@@ -1,15 +1,17 @@
 """The exception tree. Everything the package raises on purpose derives from MonitorError.
 
-    MonitorError
-    ├── ConfigError          config.yaml is missing or invalid (carries every problem found)
-    ├── RulesError           rule files are invalid (carries every problem found)
-    ├── StoreError           the database failed (wraps the driver's exception with ``from``)
-    ├── FeedError            a feed could not be fetched or parsed (normally a *result*, not raised)
-    └── DeliveryError        a notifier could not deliver (carries ``retry``)
+    MonitorError                 raised as is: a command's or the daemon's start-up failure
+    │                            (a port taken, a feed that cannot be fetched for `rules test`)
+    ├── ProblemsError            carries every located problem found (``Problem``: file:line:col)
+    │   ├── ConfigError          config.yaml is missing or invalid
+    │   └── RulesError           rule files are invalid; the whole set is rejected
+    └── StoreError               the database failed (the driver's exception chained ``from``)
+        └── CodecError           a value cannot be encoded, or a stored payload decoded
 
-Expected per-feed failures (timeouts, 404, broken XML) are returned as results
-(``FetchFailed``, ``ParsedFeed.problem``) and recorded on the feed; they are never
-raised through the scheduler.
+Expected failures are results, not exceptions: a feed's (timeout, 404, broken XML) is
+``FetchFailed`` or ``ParsedFeed.problem``, recorded on the feed; a channel's is
+``SendFailed(retry, retry_after)``, recorded on the delivery. Neither is raised through
+the scheduler or the dispatcher.
 """
 
 from __future__ import annotations
@@ -60,21 +62,5 @@ class StoreError(MonitorError):
     """The store (SQLite or PostgreSQL) failed."""
 
 
-class FeedError(MonitorError):
-    """A feed could not be fetched or parsed."""
-
-    def __init__(self, feed: str, reason: str) -> None:
-        self.feed = feed
-        self.reason = reason
-        super().__init__(f"feed {feed!r}: {reason}")
-
-
-class DeliveryError(MonitorError):
-    """A notifier could not deliver an alert."""
-
-    def __init__(self, channel: str, reason: str, *, retry: bool, retry_after: float | None = None) -> None:
-        self.channel = channel
-        self.reason = reason
-        self.retry = retry
-        self.retry_after = retry_after
-        super().__init__(f"channel {channel!r}: {reason}")
+class CodecError(StoreError):
+    """A value cannot be encoded for the store, or a stored payload cannot be decoded."""

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from monitor.core.model import Alert, FeedState, Hit, Match, Story
+from monitor.errors import CodecError
 from monitor.store.codec import (
-    CodecError,
     alert_from_json,
     alert_to_json,
     dt_from_text,

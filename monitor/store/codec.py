@@ -18,15 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from monitor.core.model import Alert, Delivery, FeedState, Hit, Match, Story
+from monitor.errors import CodecError
 
 T = TypeVar("T")
 
 #: Bumped when the JSON shape changes incompatibly; decoders accept every older version.
 PAYLOAD_VERSION = 1
-
-
-class CodecError(ValueError):
-    """A value cannot be encoded, or a stored payload cannot be decoded."""
 
 
 # -- datetimes ----------------------------------------------------------------------------

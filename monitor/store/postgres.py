@@ -29,13 +29,12 @@ from typing import Any
 import asyncpg
 
 from monitor.core.model import ClusterInfo, Delivery, FeedState
-from monitor.errors import StoreError
+from monitor.errors import CodecError, StoreError
 from monitor.log import get_logger, redact_url
 from monitor.store import migrations
 from monitor.store.base import DeliveryStatus, StoredStory
 from monitor.store.codec import (
     FEED_COLUMNS,
-    CodecError,
     alert_to_json,
     column_text,
     delivery_from_row,
