@@ -24,6 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check monitor tests bench
 	$(BIN)/mypy --strict monitor
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	@$(BIN)/python -m bench
