@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,7 @@ from monitor.notify.slack import SlackNotifier
 from monitor.shell.dispatch import Dispatcher
 from monitor.store.base import StoredStory
 from monitor.store.sqlite import SQLiteStore
-
-T0 = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
-
-
-@dataclass
-class Clock:
-    now: datetime = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
+from tests.clock import T0, Clock
 
 STORY = Story(id="s1", feed="bbc", title="Putin misses Trump's sanctions deadline",
               link="https://example.org/s1", published=T0, first_seen=T0)
