@@ -9,11 +9,12 @@ import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.feeds import BACKLOG, UNRELATED, rss, seed_item
+from tests.peers.feedserver import FeedServer
+from tests.peers.slackserver import SlackServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "seeds" / "sanctions-deadline-article.txt"
@@ -33,7 +34,7 @@ async def monitor(*args: str, cwd: Path, stdin: bytes | None = None,
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, feed_server: Any) -> Path:
+def workdir(tmp_path: Path, feed_server: FeedServer) -> Path:
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
     feed_server.serve("/a.rss", rss(BACKLOG))
     (tmp_path / "config.yaml").write_text(f"""
@@ -72,7 +73,7 @@ async def test_help_says_what_it_does_and_lists_the_commands(tmp_path: Path) -> 
 
 
 async def test_failed_deliveries_go_out_after_the_cause_is_fixed(
-    workdir: Path, feed_server: Any, slack_server: Any
+    workdir: Path, feed_server: FeedServer, slack_server: SlackServer
 ) -> None:
     # Slack with a wrong token: a permanent refusal, marked failed
     config = (workdir / "config.yaml").read_text()
@@ -120,7 +121,7 @@ async def test_missing_config_is_a_helpful_error(tmp_path: Path) -> None:
     assert rc == 1 and "config.yaml" in err and "not found" in err
 
 
-async def test_once_status_stories_and_backtest(workdir: Path, feed_server: Any) -> None:
+async def test_once_status_stories_and_backtest(workdir: Path, feed_server: FeedServer) -> None:
     feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
     rc, out, _ = await monitor("once", "--json", cwd=workdir)
     data = json.loads(out)
@@ -163,7 +164,7 @@ async def test_once_status_stories_and_backtest(workdir: Path, feed_server: Any)
 
 
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
-async def test_once_on_either_event_loop(workdir: Path, feed_server: Any, event_loop: str) -> None:
+async def test_once_on_either_event_loop(workdir: Path, feed_server: FeedServer, event_loop: str) -> None:
     if event_loop == "uvloop":
         pytest.importorskip("uvloop", reason="uvloop is not installed on this platform")
     feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
@@ -210,7 +211,7 @@ async def test_stories_cluster_from_stdin(tmp_path: Path) -> None:
     assert rc == 1 and "line 1" in err
 
 
-async def test_rules_test_on_a_feed_url(workdir: Path, feed_server: Any) -> None:
+async def test_rules_test_on_a_feed_url(workdir: Path, feed_server: FeedServer) -> None:
     feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
     rc, out, err = await monitor("rules", "test", "--feed", feed_server.url("/a.rss"), "--json",
                                  cwd=workdir)

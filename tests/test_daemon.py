@@ -23,6 +23,9 @@ import aiohttp
 import pytest
 
 from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
+from tests.peers.feedserver import FeedServer
+from tests.peers.slackserver import SlackServer
+from tests.peers.smtpserver import SMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
@@ -70,7 +73,7 @@ class DaemonProc:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path, feed_server: Any, slack_server: Any, smtp_server: Any
+async def setup(tmp_path: Path, feed_server: FeedServer, slack_server: SlackServer, smtp_server: SMTPServer
                 ) -> AsyncIterator[dict[str, Any]]:
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", rules)
@@ -338,7 +341,7 @@ async def test_a_job_that_does_not_start_now_still_runs() -> None:
 
 
 async def test_a_poll_abandoned_at_shutdown_is_due_again_at_once(
-    tmp_path: Path, feed_server: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, feed_server: FeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a feed that does not answer while the daemon stops: its claim (a lease of minutes)
     # is given back, so the next start polls it at once

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from monitor.config import EmailChannel, FileChannel, SlackChannel
 from monitor.core.model import Alert, Match, Sent, Story
 from monitor.notify.email import EmailNotifier
 from monitor.notify.file import FileNotifier
 from monitor.notify.slack import SlackNotifier
+from tests.peers.slackserver import SlackServer
+from tests.peers.smtpserver import SMTPServer
 
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
 M = Match(rule="robots", severity="low", channels=("x",), digest="0 * * * *")
@@ -25,7 +26,7 @@ def alerts(n: int) -> list[Alert]:
     ]
 
 
-async def test_slack_digest_is_one_valid_message(slack_server: Any) -> None:
+async def test_slack_digest_is_one_valid_message(slack_server: SlackServer) -> None:
     n = SlackNotifier("s", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
                                         rate=100))
     try:
@@ -39,7 +40,7 @@ async def test_slack_digest_is_one_valid_message(slack_server: Any) -> None:
     assert "<!channel>" not in text
 
 
-async def test_email_digest_lists_every_story(smtp_server: Any) -> None:
+async def test_email_digest_lists_every_story(smtp_server: SMTPServer) -> None:
     n = EmailNotifier("e", EmailChannel.model_validate({
         "type": "email", "host": "127.0.0.1", "port": smtp_server.port, "security": "none",
         "from": "m@example.org", "to": ["o@example.org"]}))

@@ -20,6 +20,7 @@ from monitor.shell.dispatch import Dispatcher
 from monitor.store.base import StoredStory
 from monitor.store.sqlite import SQLiteStore
 from tests.clock import T0, Clock
+from tests.peers.slackserver import SlackServer
 
 STORY = Story(id="s1", feed="bbc", title="Putin misses Trump's sanctions deadline",
               link="https://example.org/s1", published=T0, first_seen=T0)
@@ -53,7 +54,7 @@ def dispatcher(store: SQLiteStore, notifiers: dict[str, Any], clock: Clock) -> D
                       Metrics(), clock)
 
 
-async def test_429_retry_after_is_honoured(store: SQLiteStore, slack_server: Any) -> None:
+async def test_429_retry_after_is_honoured(store: SQLiteStore, slack_server: SlackServer) -> None:
     clock = Clock()
     n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
                                             rate=100))
@@ -72,7 +73,7 @@ async def test_429_retry_after_is_honoured(store: SQLiteStore, slack_server: Any
     await dsp.close()
 
 
-async def test_permanent_failure_is_not_retried(store: SQLiteStore, slack_server: Any) -> None:
+async def test_permanent_failure_is_not_retried(store: SQLiteStore, slack_server: SlackServer) -> None:
     clock = Clock()
     n = SlackNotifier("slack", SlackChannel(type="slack", token="xoxb-wrong", channel="#news",
                                             base_url=slack_server.api_base_url, rate=100))
@@ -88,7 +89,7 @@ async def test_permanent_failure_is_not_retried(store: SQLiteStore, slack_server
 
 
 async def test_requeued_deliveries_are_retried_from_the_requeue_not_given_up(
-    store: SQLiteStore, slack_server: Any
+    store: SQLiteStore, slack_server: SlackServer
 ) -> None:
     # given up days ago (the relay was down for a week); `monitor outbox retry` on day 8;
     # Slack answers 429 at first: they are retried, not given up on their age again, and
@@ -122,7 +123,7 @@ async def test_requeued_deliveries_are_retried_from_the_requeue_not_given_up(
     await dsp.close()
 
 
-async def test_update_is_threaded_under_its_alert(store: SQLiteStore, slack_server: Any) -> None:
+async def test_update_is_threaded_under_its_alert(store: SQLiteStore, slack_server: SlackServer) -> None:
     n = SlackNotifier("slack", SlackChannel(type="slack", token=slack_server.token,
                                             channel=next(iter(slack_server.channels)),
                                             base_url=slack_server.api_base_url, rate=100))
@@ -146,7 +147,7 @@ async def test_a_channel_removed_from_the_config_fails_visibly(store: SQLiteStor
 
 
 async def test_a_failing_channel_is_tried_once_per_round(store: SQLiteStore,
-                                                         slack_server: Any) -> None:
+                                                         slack_server: SlackServer) -> None:
     """Five deliveries in batches of two to a channel answering 500: one attempt, the rest
     given back untried (no attempt counted) until the retry time."""
     clock = Clock()

@@ -19,6 +19,7 @@ from monitor.config import load_config
 from monitor.shell.daemon import Runtime
 from monitor.store.postgres import PostgresStore
 from tests.feeds import BACKLOG, Item, rss, seed_item
+from tests.peers.feedserver import FeedServer
 from tests.test_store import PG_URL, _pg_unavailable, kill_listener
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ server: {{enabled: false}}
     return load_config(tmp_path / "config.yaml")
 
 
-async def test_two_instances_share_the_work(tmp_path: Path, feed_server: Any, schema: str
+async def test_two_instances_share_the_work(tmp_path: Path, feed_server: FeedServer, schema: str
                                             ) -> None:
     names = [f"f{i}" for i in range(6)]
     for n in names:
@@ -89,7 +90,7 @@ async def test_two_instances_share_the_work(tmp_path: Path, feed_server: Any, sc
 
 
 async def test_a_near_duplicate_polled_by_the_other_instance_does_not_alert_again(
-    tmp_path: Path, feed_server: Any, schema: str
+    tmp_path: Path, feed_server: FeedServer, schema: str
 ) -> None:
     # the same story on two feeds, in other words and under other links; each feed is
     # polled by another instance: the second instance knows the first one's story
