@@ -35,6 +35,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from monitor.core.rules.terms import TermError, TermSpec, parse_regex, parse_term
+from monitor.errors import RuleSyntaxError
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,12 +85,11 @@ class Near:
 Node = Term | Actor | And | Or | Not | Near
 
 
-class ExprError(ValueError):
+class ExprError(RuleSyntaxError):
     """A syntax or reference error; ``col`` is 1-based within the expression."""
 
     def __init__(self, message: str, col: int) -> None:
-        super().__init__(f"column {col}: {message}")
-        self.message = message
+        super().__init__(message, col, text=f"column {col}: {message}")
         self.col = col
 
 
