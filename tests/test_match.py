@@ -14,8 +14,8 @@ import feedparser
 import pytest
 
 from monitor.core.model import Story
-from monitor.core.rules.match import Matcher, format_explanation
-from monitor.core.rules.model import compile_rules, load_rules
+from monitor.core.rules.load import load_rules
+from monitor.core.rules.match import Matcher, compile_rules, format_explanation
 from tests.conftest import ROOT, shared_path
 
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)

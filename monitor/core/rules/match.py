@@ -709,6 +709,11 @@ class Matcher:
         return out
 
 
+def compile_rules(ruleset: RuleSet) -> Matcher:
+    """Compile a rule set into a ``Matcher`` (done once per load)."""
+    return Matcher(ruleset)
+
+
 _SLOTS = 4
 
 
