@@ -27,6 +27,7 @@ from itertools import compress
 from typing import Any
 
 from monitor.core.model import Hit, Match, Story
+from monitor.core.rules.explain import Condition, RuleExplanation, explain_condition, verdict
 from monitor.core.rules.expr import Actor, Near, Node, Not, Or, Term, render
 from monitor.core.rules.model import DEFAULT_FIELDS, Rule, RuleSet
 from monitor.core.rules.terms import (
@@ -131,69 +132,6 @@ class _CRule:
     actor_tids: tuple[tuple[str, frozenset[int]], ...]
     alias_tids: frozenset[int]  # the union of actor_tids
     has_regex: bool
-
-
-# --- explanations ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Condition:
-    """One node of a rule's condition, evaluated against a story."""
-
-    kind: str  # term | actor | all | any | none | and | or | not | near | check
-    label: str
-    ok: bool
-    found: bool = False  # for term/actor leaves: it occurs (under "none", found means failure)
-    hits: tuple[Hit, ...] = ()
-    children: tuple[Condition, ...] = ()
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": self.kind, "label": self.label, "ok": self.ok}
-        if self.kind in ("term", "actor"):
-            d["found"] = self.found
-        if self.note:
-            d["note"] = self.note
-        if self.hits:
-            d["hits"] = [_hit_dict(h) for h in self.hits]
-        if self.children:
-            d["children"] = [c.to_dict() for c in self.children]
-        return d
-
-
-def _hit_dict(h: Hit) -> dict[str, Any]:
-    return {"term": h.term, "field": h.field, "start": h.start, "end": h.end, "text": h.text}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RuleExplanation:
-    """Whether one rule matches a story, and why."""
-
-    rule: str
-    matched: bool
-    enabled: bool
-    reason: str  # one line: why it matched or the first reason it did not
-    severity: str
-    channels: tuple[str, ...]
-    where: str
-    condition: Condition | None  # None when scope excluded the story before any term check
-    checks: tuple[Condition, ...] = ()  # scope, corroboration, require_title
-    expr: str = ""
-    texts: dict[str, str] = field(default_factory=dict)  # field → text, for highlighting
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "matched": self.matched,
-            "enabled": self.enabled,
-            "reason": self.reason,
-            "severity": self.severity,
-            "channels": list(self.channels),
-            "where": self.where,
-            "condition_expr": self.expr,
-            "condition": self.condition.to_dict() if self.condition else None,
-            "checks": [c.to_dict() for c in self.checks],
-        }
 
 
 # --- the matcher -------------------------------------------------------------------------
@@ -623,47 +561,54 @@ class Matcher:
         all_fields = tuple(dict.fromkeys(f for cr in self._rules for f in cr.rule.fields)) or DEFAULT_FIELDS
         scan = self._scan(story, all_fields)
         texts = {f: fd.text for f, fd in scan.fields.items()}
-        out: list[RuleExplanation] = []
-        for cr in self._rules:
-            rule = cr.rule
-            present = scan.present(rule.fields)
-            cond = self._explain_node(rule.condition, cr, scan, present, rule.fields)
-            checks = [
-                Condition(kind="check", label=name, ok=ok, note=note)
-                for name, ok, note in self._scope(rule, story, sources, source_names)
-            ]
-            if rule.require_title:
-                ok = self._title_hit(cr, scan)
-                checks.append(Condition(kind="check", label="require_title", ok=ok,
-                                        note="a term or actor is in the title" if ok else "no term or actor of the rule is in the title"))
-            failed = [c for c in checks if not c.ok]
-            matched = rule.enabled and cond.ok and not failed
-            if not rule.enabled:
-                reason = "disabled (enabled: false)" + ("; its condition holds" if cond.ok and not failed else "")
-            elif matched:
-                reason = "matched: " + _summary(cond)
-            elif not cond.ok:
-                reason = "no match: " + _why_not(cond)
-            else:
-                reason = "no match: " + "; ".join(f"{c.label}: {c.note}" for c in failed)
-            out.append(
-                RuleExplanation(
-                    rule=rule.name,
-                    matched=matched,
-                    enabled=rule.enabled,
-                    reason=reason,
-                    severity=rule.severity,
-                    channels=rule.channels,
-                    where=rule.where,
-                    condition=cond,
-                    checks=tuple(checks),
-                    expr=render(rule.condition),
-                    texts=texts,
-                )
-            )
-        return out
+        return [self._explain_rule(cr, story, scan, texts, sources, source_names) for cr in self._rules]
 
-    def _explain_node(self, node: Node, cr: _CRule, scan: _Scan, present: frozenset[int], fields: tuple[str, ...]) -> Condition:
+    def _explain_rule(
+        self,
+        cr: _CRule,
+        story: Story,
+        scan: _Scan,
+        texts: dict[str, str],
+        sources: int,
+        source_names: tuple[str, ...],
+    ) -> RuleExplanation:
+        rule = cr.rule
+        fields = rule.fields
+        present = scan.present(fields)
+
+        def leaf(node: Term | Actor) -> Condition:
+            return self._explain_leaf(node, cr, scan, present, fields)
+
+        def near(node: Near) -> tuple[bool, str]:
+            sets = tuple(frozenset(self._node_tids(i)) for i in node.items)
+            return _near(sets, node.within, node.same_sentence, scan, fields)
+
+        cond = explain_condition(rule.condition, leaf, near)
+        checks = [
+            Condition(kind="check", label=name, ok=ok, note=note)
+            for name, ok, note in self._scope(rule, story, sources, source_names)
+        ]
+        if rule.require_title:
+            ok = self._title_hit(cr, scan)
+            checks.append(Condition(kind="check", label="require_title", ok=ok,
+                                    note="a term or actor is in the title" if ok else "no term or actor of the rule is in the title"))
+        matched, reason = verdict(rule.enabled, cond, checks)
+        return RuleExplanation(
+            rule=rule.name,
+            matched=matched,
+            enabled=rule.enabled,
+            reason=reason,
+            severity=rule.severity,
+            channels=rule.channels,
+            where=rule.where,
+            condition=cond,
+            checks=tuple(checks),
+            expr=render(rule.condition),
+            texts=texts,
+        )
+
+    def _explain_leaf(self, node: Term | Actor, cr: _CRule, scan: _Scan, present: frozenset[int], fields: tuple[str, ...]) -> Condition:
+        """Whether a term or an actor occurs in ``fields``, and where."""
         if isinstance(node, Term):
             tid = self._tid_by_key[node.spec.key]
             found = tid in present
@@ -671,31 +616,11 @@ class Matcher:
             hits = tuple(Hit(term=node.spec.label, field=h.field, start=h.start, end=h.end, text=h.text) for h in hits)
             return Condition(kind="term", label=node.spec.label, ok=found, found=found, hits=hits,
                              note="" if found else f"not found in {', '.join(fields)}")
-        if isinstance(node, Actor):
-            tids = self._actor_tids[node.name]
-            found = not tids.isdisjoint(present)
-            hits = self._hits(cr, scan, tids & present, fields, limit=10) if found else ()
-            return Condition(kind="actor", label=f"@{node.name}", ok=found, found=found, hits=hits,
-                             note="" if found else "no alias found: " + ", ".join(s.label for s in self.ruleset.actors[node.name].aliases))
-        if isinstance(node, Not):
-            if isinstance(node.item, Or) and node.item.label == "none":
-                kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.item.items)
-                ok = not any(k.ok for k in kids)
-                return Condition(kind="none", label="none of", ok=ok, children=kids)
-            kid = self._explain_node(node.item, cr, scan, present, fields)
-            return Condition(kind="not", label="NOT", ok=not kid.ok, children=(kid,))
-        if isinstance(node, Near):
-            kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.items)
-            sets = tuple(frozenset(self._node_tids(i)) for i in node.items)
-            ok, note = _near(sets, node.within, node.same_sentence, scan, fields)
-            op = ("NEAR" + (f"/{node.within}" if node.within is not None else "") + ("/s" if node.same_sentence else ""))
-            return Condition(kind="near", label=op, ok=ok, children=kids, note=note)
-        kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.items)
-        if isinstance(node, Or):
-            label = {"any": "any of", "actors": "any actor of", "OR": "OR"}.get(node.label, node.label)
-            return Condition(kind="any" if node.label != "OR" else "or", label=label, ok=any(k.ok for k in kids), children=kids)
-        label = {"all": "all of", "actors_all": "every actor of", "rule": "all conditions", "AND": "AND"}.get(node.label, node.label)
-        return Condition(kind="all" if node.label != "AND" else "and", label=label, ok=all(k.ok for k in kids), children=kids)
+        tids = self._actor_tids[node.name]
+        found = not tids.isdisjoint(present)
+        hits = self._hits(cr, scan, tids & present, fields, limit=10) if found else ()
+        return Condition(kind="actor", label=f"@{node.name}", ok=found, found=found, hits=hits,
+                         note="" if found else "no alias found: " + ", ".join(s.label for s in self.ruleset.actors[node.name].aliases))
 
     def _node_tids(self, node: Node) -> set[int]:
         if isinstance(node, Term):
@@ -841,43 +766,6 @@ def _near(
     if within is None:
         return False, "not in one sentence"
     return False, f"closest: {best[0]} words apart in {best[1]}, more than {within}"
-
-
-def _summary(c: Condition) -> str:
-    leaves: list[str] = []
-
-    def walk(n: Condition, neg: bool) -> None:
-        if n.kind in ("term", "actor"):
-            if n.found and not neg and n.hits:
-                h = n.hits[0]
-                leaves.append(f"{n.label} ({h.field}: {h.text!r})")
-            return
-        for ch in n.children:
-            walk(ch, neg or n.kind in ("none", "not"))
-
-    walk(c, False)
-    return ", ".join(dict.fromkeys(leaves)) or "condition holds"
-
-
-def _why_not(c: Condition) -> str:
-    """The first failing leaf-level reason."""
-    if c.ok:
-        return ""
-    if c.kind in ("term", "actor"):
-        return f"{c.label}: {c.note}" if c.note else c.label
-    if c.kind == "none":
-        bad = [k for k in c.children if k.found]
-        return "excluded by " + ", ".join(f"{k.label} ({k.hits[0].field}: {k.hits[0].text!r})" if k.hits else k.label for k in bad)
-    if c.kind == "not":
-        return f"excluded by NOT {c.children[0].label}"
-    if c.kind == "near":
-        return f"{c.label}: {c.note}"
-    if c.kind in ("any", "or"):
-        return f"{c.label}: none found (" + ", ".join(k.label for k in c.children) + ")"
-    for k in c.children:
-        if not k.ok:
-            return _why_not(k)
-    return ""
 
 
 # --- text rendering ----------------------------------------------------------------------
