@@ -347,8 +347,9 @@ def _load_rules_for(args: argparse.Namespace) -> RuleSet:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    from monitor.cli.explain import format_explanation
     from monitor.core.model import Story
-    from monitor.core.rules.match import compile_rules, format_explanation
+    from monitor.core.rules.match import compile_rules
 
     ruleset = _load_rules_for(args)
     matcher = compile_rules(ruleset)
