@@ -252,89 +252,22 @@ class _Loader:
 
     # rules ----------------------------------------------------------------------------
     def build_rule(self, f: _File, where: YPath, data: dict[str, Any], seen: dict[str, Rule]) -> Rule | None:
+        """One rule, or None after recording its problems (in the order a reader meets them:
+        keys pydantic rejects, conditions, scope, channels, schedule, the name's uniqueness)."""
         raw_name = data.get("name")
         label = f'rule "{raw_name}"' if isinstance(raw_name, str) and raw_name else f"rule #{where[-1] + 1 if where else 1}"  # type: ignore[operator]
         n0 = len(self.problems)
-        try:
-            m = _RuleModel.model_validate(data)
-        except ValidationError as err:
-            bad: set[str] = set()
-            for e in err.errors(include_url=False):
-                self._pyd(f, where, label, e)
-                if e["loc"]:
-                    bad.add(str(e["loc"][0]))
-            # keep checking the rest of the rule without the keys in error
-            try:
-                m = _RuleModel.model_validate({k: v for k, v in data.items() if k not in bad})
-            except ValidationError:
-                return None
-        parts: list[Node] = []
-        for key, items in (("all", m.all_), ("any", m.any_), ("none", m.none)):
-            if items is None:
-                continue
-            if not items:
-                self.problem(f, (*where, key), f"{label}: {key}: is empty; give at least one term or remove it")
-                continue
-            built = tuple(self.items(f, (*where, key), items, label))
-            if key == "none":
-                parts.append(Not(item=Or(items=built, label="none"), label="none"))
-            elif key == "any":
-                parts.append(Or(items=built, label="any"))
-            else:
-                parts.append(And(items=built, label="all"))
-        for key in ("actors", "actors_all"):
-            names: list[str] = getattr(m, key)
-            refs: list[Node] = []
-            for i, a in enumerate(names):
-                a = a.lstrip("@")
-                if a not in self.actors:
-                    self.problem(f, (*where, key, i), f"{label}: {unknown_actor(a, self.actors)}")
-                refs.append(Actor(name=a))
-            if refs:
-                parts.append(Or(items=tuple(refs), label="actors") if key == "actors" else And(items=tuple(refs), label="actors_all"))
-        for i, nm in enumerate(m.near):
-            nwhere = (*where, "near", i, "terms")
-            near_items = self.items(f, nwhere, nm.terms, label)
-            for j, node in enumerate(near_items):
-                if not is_positional(node):
-                    self.problem(f, (*nwhere, j), f"{label}: near terms must be terms, phrases, @actors or {{any: [..]}} groups")
-            parts.append(Near(items=tuple(near_items), within=nm.within, same_sentence=nm.same_sentence))
-            if nm.within is None and not nm.same_sentence:
-                self.problem(f, (*where, "near", i), f"{label}: near needs within: N (words) and/or same_sentence: true")
-        if m.expr is not None:
-            try:
-                parts.append(parse_expr(m.expr, actors=self.actors))
-            except ExprError as e:
-                self.problem(f, (*where, "expr"), f"{label}: expr: {e.message}", col_offset=e.col - 1 + _quote(f, (*where, "expr")))
+        m = self._validate(f, where, data, label)
+        if m is None:
+            return None
+        parts = self._conditions(f, where, m, label)
         if not parts and len(self.problems) == n0:
             self.problem(f, where or ("name",), f"{label}: has no conditions; give all, any, actors, near or expr")
         elif parts and _trivially_true(parts[0] if len(parts) == 1 else And(items=tuple(parts))):
             self.problem(f, where or ("name",), f"{label}: would match every story: none:/NOT conditions need a positive condition (all, any, actors, near or expr) beside them")
-        # scope, action
-        for i, feed in enumerate(m.feeds):
-            if self.feeds and feed not in self.feeds:
-                self.problem(f, (*where, "feeds", i), f'{label}: unknown feed "{feed}"{_did_you_mean(feed, self.feeds)}; known feeds: {", ".join(sorted(self.feeds))}')
-        if m.channels is None:
-            channels = tuple(self.default_channels)
-            if not channels and self.check_channels:
-                self.problem(f, (*where, "name"), f"{label}: no channels: name them with channels: [..] or set default channels in the config")
-        else:
-            channels = tuple(m.channels)
-            if not channels:
-                self.problem(f, (*where, "channels"), f"{label}: channels: is empty")
-            for i, ch in enumerate(channels):
-                if self.check_channels and ch not in self.channels:
-                    known = ", ".join(sorted(self.channels)) or "(none configured)"
-                    self.problem(f, (*where, "channels", i), f'{label}: unknown channel "{ch}"{_did_you_mean(ch, self.channels)}; known channels: {known}')
-        for i, ch in enumerate(channels):
-            if ch in channels[:i]:
-                self.problem(f, (*where, "channels", i), f'{label}: channel "{ch}" is listed twice')
-        if m.digest is not None:
-            why = validate_cron(m.digest)
-            if why is not None:
-                self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday", e.g. "0 8 * * *"')
-        if m.window is not None and m.min_sources <= 1:
-            self.problem(f, (*where, "window"), f"{label}: window: only makes sense with min_sources: 2 or more")
+        self._check_feeds(f, where, m, label)
+        channels = self._channels(f, where, m, label)
+        self._check_timing(f, where, m, label)
         if m.name in seen:
             first = seen[m.name]
             self.problem(f, (*where, "name"), f'{label}: duplicate rule name; already defined at {first.where}')
@@ -362,6 +295,104 @@ class _Loader:
             path=f.path,
             line=pos[0] if pos else None,
         )
+
+    def _validate(self, f: _File, where: YPath, data: dict[str, Any], label: str) -> _RuleModel | None:
+        """The rule's keys checked by pydantic; on errors, record them and validate the rest
+        without the keys in error, so that the checks below still run (None if even that fails)."""
+        try:
+            return _RuleModel.model_validate(data)
+        except ValidationError as err:
+            bad: set[str] = set()
+            for e in err.errors(include_url=False):
+                self._pyd(f, where, label, e)
+                if e["loc"]:
+                    bad.add(str(e["loc"][0]))
+        try:
+            return _RuleModel.model_validate({k: v for k, v in data.items() if k not in bad})
+        except ValidationError:
+            return None
+
+    def _conditions(self, f: _File, where: YPath, m: _RuleModel, label: str) -> list[Node]:
+        """The rule's conditions, one node per key given (all, any, none, actors, actors_all,
+        near, expr), to be ANDed."""
+        parts: list[Node] = []
+        for key, items in (("all", m.all_), ("any", m.any_), ("none", m.none)):
+            if items is None:
+                continue
+            if not items:
+                self.problem(f, (*where, key), f"{label}: {key}: is empty; give at least one term or remove it")
+                continue
+            built = tuple(self.items(f, (*where, key), items, label))
+            if key == "none":
+                parts.append(Not(item=Or(items=built, label="none"), label="none"))
+            elif key == "any":
+                parts.append(Or(items=built, label="any"))
+            else:
+                parts.append(And(items=built, label="all"))
+        for key in ("actors", "actors_all"):
+            refs = self._actor_refs(f, (*where, key), getattr(m, key), label)
+            if refs:
+                parts.append(Or(items=refs, label="actors") if key == "actors" else And(items=refs, label="actors_all"))
+        for i, nm in enumerate(m.near):
+            parts.append(self._near(f, (*where, "near", i), nm, label))
+        if m.expr is not None:
+            try:
+                parts.append(parse_expr(m.expr, actors=self.actors))
+            except ExprError as e:
+                self.problem(f, (*where, "expr"), f"{label}: expr: {e.message}", col_offset=e.col - 1 + _quote(f, (*where, "expr")))
+        return parts
+
+    def _actor_refs(self, f: _File, where: YPath, names: list[str], label: str) -> tuple[Node, ...]:
+        refs: list[Node] = []
+        for i, a in enumerate(names):
+            a = a.lstrip("@")
+            if a not in self.actors:
+                self.problem(f, (*where, i), f"{label}: {unknown_actor(a, self.actors)}")
+            refs.append(Actor(name=a))
+        return tuple(refs)
+
+    def _near(self, f: _File, where: YPath, nm: _NearModel, label: str) -> Near:
+        nwhere = (*where, "terms")
+        near_items = self.items(f, nwhere, nm.terms, label)
+        for j, node in enumerate(near_items):
+            if not is_positional(node):
+                self.problem(f, (*nwhere, j), f"{label}: near terms must be terms, phrases, @actors or {{any: [..]}} groups")
+        if nm.within is None and not nm.same_sentence:
+            self.problem(f, where, f"{label}: near needs within: N (words) and/or same_sentence: true")
+        return Near(items=tuple(near_items), within=nm.within, same_sentence=nm.same_sentence)
+
+    def _check_feeds(self, f: _File, where: YPath, m: _RuleModel, label: str) -> None:
+        for i, feed in enumerate(m.feeds):
+            if self.feeds and feed not in self.feeds:
+                self.problem(f, (*where, "feeds", i), f'{label}: unknown feed "{feed}"{_did_you_mean(feed, self.feeds)}; known feeds: {", ".join(sorted(self.feeds))}')
+
+    def _channels(self, f: _File, where: YPath, m: _RuleModel, label: str) -> tuple[str, ...]:
+        """The rule's channels (the config's default channels when it names none), checked."""
+        if m.channels is None:
+            channels = tuple(self.default_channels)
+            if not channels and self.check_channels:
+                self.problem(f, (*where, "name"), f"{label}: no channels: name them with channels: [..] or set default channels in the config")
+        else:
+            channels = tuple(m.channels)
+            if not channels:
+                self.problem(f, (*where, "channels"), f"{label}: channels: is empty")
+            for i, ch in enumerate(channels):
+                if self.check_channels and ch not in self.channels:
+                    known = ", ".join(sorted(self.channels)) or "(none configured)"
+                    self.problem(f, (*where, "channels", i), f'{label}: unknown channel "{ch}"{_did_you_mean(ch, self.channels)}; known channels: {known}')
+        for i, ch in enumerate(channels):
+            if ch in channels[:i]:
+                self.problem(f, (*where, "channels", i), f'{label}: channel "{ch}" is listed twice')
+        return channels
+
+    def _check_timing(self, f: _File, where: YPath, m: _RuleModel, label: str) -> None:
+        """The digest's cron line, and a window only where there is corroboration to count."""
+        if m.digest is not None:
+            why = validate_cron(m.digest)
+            if why is not None:
+                self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday", e.g. "0 8 * * *"')
+        if m.window is not None and m.min_sources <= 1:
+            self.problem(f, (*where, "window"), f"{label}: window: only makes sense with min_sources: 2 or more")
 
     def items(self, f: _File, where: YPath, items: list[Any], label: str) -> list[Node]:
         out: list[Node] = []
