@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import compress
 from typing import Any
@@ -144,8 +144,23 @@ def _human(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-Prematch = tuple[tuple[int, Match], ...]
-"""(rule index, Match) pairs from ``Matcher.prematch``: text conditions only."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TextMatch:
+    """A rule whose conditions on a story's text hold, scope not yet applied: what the text
+    says, never what to do about it (channels, severity, cooldown and digest are the rule's,
+    looked up by the matcher that makes the ``Match``).
+
+    ``rule`` is the rule's index in the rule set it was matched with: a matcher compiled from
+    the same files (the same ``RuleSet.fingerprint``) has the same rules in the same order."""
+
+    rule: int
+    terms: tuple[str, ...]  # the rule's terms that occur
+    actors: tuple[str, ...]  # the rule's actors one of whose aliases occurs
+    hits: tuple[Hit, ...]
+
+
+Prematch = tuple[TextMatch, ...]
+"""``Matcher.prematch``: the text half of matching, in rule order (small, picklable)."""
 
 
 class Matcher:
@@ -414,43 +429,47 @@ class Matcher:
         """The enabled rules that fire on ``story`` (in rule order).
 
         ``prematched`` is ``self.prematch(story)`` computed earlier (e.g. in a worker
-        process by a matcher compiled from the same rules): only the scope and
-        corroboration checks, which depend on the story's cluster, are left to do."""
-        if prematched is not None:
-            out = []
-            for i, m in prematched:
-                rule = self._rules[i].rule
-                if (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1) and not all(
-                    ok for _, ok, _ in self._scope(rule, story, sources, source_names, source_seen)
-                ):
-                    continue
-                if (m.channels, m.severity, m.cooldown, m.digest) != (
-                        rule.channels, rule.severity, rule.cooldown, rule.digest):
-                    # the worker compiled the same files without the config (its default
-                    # channels): what to do with a match is this matcher's rule's say
-                    m = replace(m, channels=rule.channels, severity=rule.severity,
-                                cooldown=rule.cooldown, digest=rule.digest)
-                out.append(m)
-            return tuple(out)
-        return tuple(
-            m for _, m in self._content_matches(story, story, sources, source_names, source_seen)
-        )
+        process by a matcher compiled from the same rule files, perhaps without the
+        config): only the scope and corroboration checks, which depend on the story's
+        cluster, are left to do. Either way each ``Match`` takes what to do (channels,
+        severity, cooldown, digest) from this matcher's rule."""
+        if prematched is None:
+            texts = self._text_matches(story, story, sources, source_names, source_seen)
+        elif not prematched:
+            return ()
+        else:
+            texts = [t for t in prematched
+                     if self._in_scope(self._rules[t.rule].rule, story, sources, source_names, source_seen)]
+        return tuple([_match(self._rules[t.rule].rule, t) for t in texts])
 
     def prematch(self, story: Story) -> Prematch:
         """The rules whose conditions on the story's text hold, scope not yet applied:
         the costly, cluster-independent half of ``match`` (picklable)."""
-        return tuple(self._content_matches(story, None, 1, ()))
+        return tuple(self._text_matches(story, None, 1, ()))
 
-    def _content_matches(
+    def _in_scope(
+        self,
+        rule: Rule,
+        story: Story,
+        sources: int,
+        source_names: tuple[str, ...],
+        source_seen: Mapping[str, datetime] | None,
+    ) -> bool:
+        """Whether the rule's scope and corroboration checks pass (most rules have none)."""
+        if not (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1):
+            return True
+        return all(ok for _, ok, _ in self._scope(rule, story, sources, source_names, source_seen))
+
+    def _text_matches(
         self,
         story: Story,
         scoped: Story | None,
         sources: int,
         source_names: tuple[str, ...],
         source_seen: Mapping[str, datetime] | None = None,
-    ) -> list[tuple[int, Match]]:
-        """(rule index, Match) for rules whose text conditions hold; with ``scoped``, rules
-        out of scope are skipped before their conditions are evaluated."""
+    ) -> list[TextMatch]:
+        """The rules whose text conditions hold; with ``scoped``, rules out of scope are
+        skipped before their conditions are evaluated."""
         scan = self._scan(story, self._fields)
         sat = list(self._short)
         masks = self._slot_masks
@@ -461,18 +480,14 @@ class Matcher:
                     for j, m in ms:
                         sat[j] |= m
         cands = self._always | _and_all(sat)
-        out: list[tuple[int, Match]] = []
+        out: list[TextMatch] = []
         while cands:
             low = cands & -cands
             cands ^= low
             i = low.bit_length() - 1
             cr = self._rules[i]
             rule = cr.rule
-            if scoped is not None and (
-                rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1
-            ) and not all(
-                ok for _, ok, _ in self._scope(rule, scoped, sources, source_names, source_seen)
-            ):
+            if scoped is not None and not self._in_scope(rule, scoped, sources, source_names, source_seen):
                 continue
             present = scan.present(rule.fields)
             if present.isdisjoint(cr.positive):
@@ -481,25 +496,17 @@ class Matcher:
                 continue
             if rule.require_title and not self._title_hit(cr, scan):
                 continue
-            out.append((i, self._make_match(cr, scan, present)))
+            out.append(self._text_match(i, cr, scan, present))
         return out
 
-    def _make_match(self, cr: _CRule, scan: _Scan, present: frozenset[int]) -> Match:
-        rule = cr.rule
+    def _text_match(self, i: int, cr: _CRule, scan: _Scan, present: frozenset[int]) -> TextMatch:
         found = cr.positive & present
-        hits = self._hits(cr, scan, found, rule.fields)
         alias_tids = cr.alias_tids
-        terms = tuple(dict.fromkeys(cr.labels[t] for t in sorted(found) if t not in alias_tids))
-        actors = tuple(a for a, ts in cr.actor_tids if not ts.isdisjoint(present) and not ts.isdisjoint(cr.positive))
-        return Match(
-            rule=rule.name,
-            severity=rule.severity,
-            channels=rule.channels,
-            terms=terms,
-            actors=actors,
-            hits=hits,
-            cooldown=rule.cooldown,
-            digest=rule.digest,
+        return TextMatch(
+            rule=i,
+            terms=tuple(dict.fromkeys(cr.labels[t] for t in sorted(found) if t not in alias_tids)),
+            actors=tuple(a for a, ts in cr.actor_tids if not ts.isdisjoint(present) and not ts.isdisjoint(cr.positive)),
+            hits=self._hits(cr, scan, found, cr.rule.fields),
         )
 
     def _hits(self, cr: _CRule, scan: _Scan, tids: Iterable[int], fields: tuple[str, ...], limit: int = MAX_HITS) -> tuple[Hit, ...]:
@@ -632,6 +639,20 @@ class Matcher:
             for i in node.items:
                 out |= self._node_tids(i)
         return out
+
+
+def _match(rule: Rule, text: TextMatch) -> Match:
+    """What the text says (``text``) and what to do about it (``rule``'s action), as one Match."""
+    return Match(
+        rule=rule.name,
+        severity=rule.severity,
+        channels=rule.channels,
+        terms=text.terms,
+        actors=text.actors,
+        hits=text.hits,
+        cooldown=rule.cooldown,
+        digest=rule.digest,
+    )
 
 
 def compile_rules(ruleset: RuleSet) -> Matcher:
