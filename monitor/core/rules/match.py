@@ -13,6 +13,14 @@ How it stays fast with many rules:
    NEAR, and character offsets only for the rules that matched (once per story and term,
    shared by the rules that matched it).
 
+Matching comes in two halves. ``prematch(story)`` is the costly one, about the text only
+(which rules' conditions hold, which terms and actors, where): a ``Prematch`` of
+``TextMatch``, cheap to pickle, so the parse pool can compute it. ``match(story,
+prematched=...)`` adds what depends on the story's cluster (scope, corroboration) and on the
+configuration (channels, severity, cooldown, digest: this matcher's rule's say) and builds
+each ``Match`` once. ``explain(story)`` evaluates every rule and says why (see
+``monitor.core.rules.explain``).
+
 No clock, no I/O: ``sources`` (distinct sources carrying the story's cluster) is an argument.
 """
 
