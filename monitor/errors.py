@@ -58,6 +58,20 @@ class RulesError(ProblemsError):
     """One or more rule files are invalid; the whole set is rejected."""
 
 
+class RuleSyntaxError(MonitorError):
+    """A term or an ``expr:`` line of a rule cannot be parsed (``TermError``, ``ExprError``).
+
+    ``message`` says what is wrong; ``column`` says where: 1-based, within the text parsed
+    (the term or the expression, not the file). The rule loader turns it into a located
+    ``Problem``, so it reaches the user as part of a ``RulesError``.
+    """
+
+    def __init__(self, message: str, column: int, *, text: str | None = None) -> None:
+        super().__init__(message if text is None else text)
+        self.message = message
+        self.column = column
+
+
 class StoreError(MonitorError):
     """The store (SQLite or PostgreSQL) failed."""
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from monitor.core.rules.expr import Actor, And, ExprError, Near, Not, Or, Term, parse_expr, render
-from monitor.core.rules.terms import EXACT, PREFIX, STEM
+from monitor.core.rules.terms import EXACT, PREFIX, STEM, TermError, parse_term
+from monitor.errors import MonitorError, RuleSyntaxError
 
 ACTORS = {"putin", "trump", "witkoff"}
 
@@ -136,3 +137,17 @@ def test_actor_check_can_be_skipped() -> None:
 
 def test_bare_near_word_is_a_term() -> None:
     assert p("nearby AND NEARBY") == "AND(nearby, NEARBY)"
+
+
+def test_syntax_errors_join_the_monitor_error_tree() -> None:
+    with pytest.raises(RuleSyntaxError) as info:
+        parse_expr("a AND x*")
+    assert isinstance(info.value, ExprError) and isinstance(info.value, MonitorError)
+    assert not isinstance(info.value, ValueError)
+    assert (info.value.column, info.value.col) == (7, 7)
+    assert str(info.value) == "column 7: prefix x* is too short: give at least 3 characters"
+    with pytest.raises(TermError) as term:
+        parse_term("  =x*")
+    assert isinstance(term.value, RuleSyntaxError)
+    assert (term.value.offset, term.value.column) == (3, 4)
+    assert str(term.value) == term.value.message

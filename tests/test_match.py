@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import html
 import json
+import pickle
 import re
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import feedparser
 import pytest
 
+from monitor.cli.explain import format_explanation
 from monitor.core.model import Story
-from monitor.core.rules.match import Matcher, format_explanation
-from monitor.core.rules.model import compile_rules, load_rules
+from monitor.core.rules.load import load_rules
+from monitor.core.rules.match import Matcher, compile_rules
 from tests.conftest import ROOT, shared_path
 
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
@@ -464,6 +467,37 @@ def test_explain_none_marks_forbidden_terms(tmp_path: Path) -> None:
     """)
     text = format_explanation(m.explain(story("Olympics nuclear")))
     assert "✘ Olympics: found (forbidden)" in text
+
+
+def test_prematch_carries_text_facts_and_the_daemon_decides(tmp_path: Path) -> None:
+    """A parse worker compiles the rule files without the config: its prematch says what the
+    text holds; channels, severity, cooldown and digest come from the daemon's own rules."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "r.yaml").write_text(textwrap.dedent("""
+        rules:
+          - name: t
+            any: [sanctions]
+            severity: high
+            cooldown: 1h
+            digest: "0 8 * * *"
+          - name: scoped
+            any: [sanctions]
+            feeds: [wire]
+    """), encoding="utf-8")
+    worker = compile_rules(load_rules(d, channels=None))
+    daemon = compile_rules(load_rules(d, channels={"c"}, default_channels=("c",)))
+    s = story("New sanctions announced")
+    pre = pickle.loads(pickle.dumps(worker.prematch(s)))
+    assert pre == daemon.prematch(s)
+    assert [t.rule for t in pre] == [0, 1]
+    assert not any(hasattr(t, a) for t in pre for a in ("channels", "severity", "cooldown", "digest"))
+    got = daemon.match(s, prematched=pre)
+    assert got == daemon.match(s)
+    assert [(m.rule, m.channels, m.severity, m.cooldown, m.digest) for m in got] == [
+        ("t", ("c",), "high", 3600.0, "0 8 * * *"), ("scoped", ("c",), "medium", 0.0, None)]
+    assert [m.rule for m in daemon.match(replace(s, feed="other"), prematched=pre)] == ["t"]
+    assert daemon.match(s, prematched=()) == ()
 
 
 def test_prefilter_agrees_with_full_evaluation(tmp_path: Path) -> None:

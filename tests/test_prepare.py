@@ -8,8 +8,8 @@ from pathlib import Path
 
 from monitor.core.dedup.index import DedupSettings, story_features
 from monitor.core.prepare import Job, prepare
-from monitor.core.rules.match import Matcher
-from monitor.core.rules.model import compile_rules, load_rules
+from monitor.core.rules.load import load_rules
+from monitor.core.rules.match import Matcher, compile_rules
 from tests.feeds import BACKLOG, rss, seed_item
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from monitor.core.rules.expr import And, Not, Or
-from monitor.core.rules.model import RuleSet, load_rules
+from monitor.core.rules.load import load_rules
+from monitor.core.rules.model import RuleSet
 from monitor.errors import RulesError
 from tests.conftest import ROOT
 

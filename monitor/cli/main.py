@@ -186,7 +186,7 @@ def _json_value(v: Any) -> Any:
 
 # -- check ------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
-    from monitor.core.rules.model import load_rules
+    from monitor.core.rules.load import load_rules
 
     path = find_config(args.config)
     problems: list[str] = []
@@ -326,7 +326,7 @@ def _t(d: Any) -> str:
 # -- rules test / backtest --------------------------------------------------------------
 def _load_rules_for(args: argparse.Namespace) -> RuleSet:
     """``--rules PATH`` (channels unchecked when there is no config) or the config's rules."""
-    from monitor.core.rules.model import load_rules
+    from monitor.core.rules.load import load_rules
 
     config: Config | None = None
     try:
@@ -347,9 +347,9 @@ def _load_rules_for(args: argparse.Namespace) -> RuleSet:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    from monitor.cli.explain import format_explanation
     from monitor.core.model import Story
-    from monitor.core.rules.match import format_explanation
-    from monitor.core.rules.model import compile_rules
+    from monitor.core.rules.match import compile_rules
 
     ruleset = _load_rules_for(args)
     matcher = compile_rules(ruleset)
@@ -421,7 +421,7 @@ def _stories_from_feed(source: str, now: Any) -> list[Any]:
 async def cmd_backtest(config: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from monitor.core.rules.model import compile_rules
+    from monitor.core.rules.match import compile_rules
     from monitor.store.open import open_store
 
     ruleset = _load_rules_for(args)

@@ -25,8 +25,8 @@ from pathlib import Path
 from monitor.core.dedup.index import DedupSettings, Features, story_features
 from monitor.core.model import ParsedFeed
 from monitor.core.parse import parse_feed
-from monitor.core.rules.match import Matcher, Prematch
-from monitor.core.rules.model import compile_rules, load_rules
+from monitor.core.rules.load import load_rules
+from monitor.core.rules.match import Matcher, Prematch, compile_rules
 from monitor.errors import MonitorError
 
 

@@ -30,7 +30,8 @@ from typing import Any
 from monitor.config import Config, secrets_of
 from monitor.core.dedup.index import DedupSettings, StoryIndex
 from monitor.core.model import Delivery, FeedSpec, FeedState
-from monitor.core.rules.model import compile_rules, load_rules
+from monitor.core.rules.load import load_rules
+from monitor.core.rules.match import compile_rules
 from monitor.core.schedule import initial_poll
 from monitor.errors import MonitorError, RulesError
 from monitor.log import get_logger, redact, redact_url, scrub

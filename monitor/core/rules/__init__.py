@@ -1,1 +1,22 @@
-"""Rules: the model, loading and validation, expressions, terms, matching, explanations."""
+"""Rules: the model, loading and validation, expressions, terms, matching, explanations.
+
+Each module imports only modules listed below it (no cycles)::
+
+    load.py     rule files → RuleSet: pydantic + yamlpos, every problem with file:line:column
+                  imports model, expr, terms
+    match.py    RuleSet → Matcher: prematch (the text), match (+ scope, corroboration and
+                the rule's action), explain; compile_rules
+                  imports model, explain, expr, terms
+    model.py    Rule, RuleSet, ActorDef: the validated, frozen data
+                  imports expr, terms
+    explain.py  explanation data (Condition, RuleExplanation), its JSON shape, the reason line
+                  imports expr
+    expr.py     the condition tree (Term, Actor, And, Or, Not, Near) and the ``expr:`` language
+                  imports terms
+    terms.py    tokens, their keys, and parsing one term
+
+``load`` also uses ``monitor.core.yamlpos`` and ``monitor.core.schedule`` (cron lines); the
+terminal rendering of explanations is ``monitor.cli.explain``. A term or an expression that
+cannot be parsed raises a ``RuleSyntaxError`` (``TermError``, ``ExprError``); the loader
+reports it, with every other problem, in one ``RulesError``.
+"""

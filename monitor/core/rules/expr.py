@@ -35,6 +35,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from monitor.core.rules.terms import TermError, TermSpec, parse_regex, parse_term
+from monitor.errors import RuleSyntaxError
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,12 +85,11 @@ class Near:
 Node = Term | Actor | And | Or | Not | Near
 
 
-class ExprError(ValueError):
+class ExprError(RuleSyntaxError):
     """A syntax or reference error; ``col`` is 1-based within the expression."""
 
     def __init__(self, message: str, col: int) -> None:
-        super().__init__(f"column {col}: {message}")
-        self.message = message
+        super().__init__(message, col, text=f"column {col}: {message}")
         self.col = col
 
 
@@ -119,6 +119,8 @@ def is_positional(node: Node) -> bool:
 
 _NEAR = re.compile(r"NEAR(?:/(\d+))?(/s|/S)?(?![\w/])|NEAR/s(?![\w/])|NEAR/\S*")
 _WORD = re.compile(r'[^\s()"]+')
+_FLAGS = re.compile(r"[a-z]*")
+_ACTOR = re.compile(r"@([\w-]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,86 +134,109 @@ class _Tok:
 
 
 def _lex(src: str, actors: Collection[str] | None) -> list[_Tok]:
+    """The tokens of an expression; raise ``ExprError`` at the first one that is wrong."""
     out: list[_Tok] = []
     i, n = 0, len(src)
     while i < n:
-        c = src[i]
-        col = i + 1
-        if c.isspace():
+        if src[i].isspace():
             i += 1
             continue
-        if c in "()":
-            out.append(_Tok(c, col, c))
-            i += 1
-            continue
-        if c == '"' or (c == "=" and src[i + 1 : i + 2] == '"'):
-            q = i + (1 if c == '"' else 2)
-            end = src.find('"', q)
-            if end < 0:
-                raise ExprError('unterminated phrase: a " has no closing "', col)
-            raw = src[i : end + 1]
-            if not src[q:end].strip():
-                raise ExprError("empty phrase", col)
-            out.append(_Tok("TERM", col, raw, Term(spec=_term(raw, col), col=col)))
-            i = end + 1
-            continue
-        if c == "/":
-            j = i + 1
-            while j < n and src[j] != "/":
-                j += 2 if src[j] == "\\" else 1
-            if j >= n:
-                raise ExprError("unterminated regex: write /pattern/ or /pattern/i", col)
-            m = re.compile(r"[a-z]*").match(src, j + 1)
-            flag_end = m.end() if m else j + 1
-            raw = src[i:flag_end]
-            try:
-                spec = parse_regex(raw, src[i + 1 : j], src[j + 1 : flag_end])
-            except TermError as e:
-                raise ExprError(e.message, col + e.offset) from e
-            out.append(_Tok("TERM", col, raw, Term(spec=spec, col=col)))
-            i = flag_end
-            continue
-        if c == "@":
-            m = re.compile(r"@([\w-]*)").match(src, i)
-            assert m is not None
-            name = m.group(1)
-            if not name:
-                raise ExprError("@ must be followed by an actor name, e.g. @putin", col)
-            if actors is not None and name not in actors:
-                raise ExprError(unknown_actor(name, actors), col)
-            out.append(_Tok("ACTOR", col, m.group(), Actor(name=name, col=col)))
-            i = m.end()
-            continue
-        nm = _NEAR.match(src, i)
-        if nm:
-            raw = nm.group()
-            if raw == "NEAR/s" or raw == "NEAR/S":
-                out.append(_Tok("NEAR", col, raw, within=None, same_sentence=True))
-            elif nm.group(1) is None and raw != "NEAR" and nm.group(2) is None:
-                raise ExprError(f"bad proximity operator {raw!r}: write NEAR/5, NEAR/5/s or NEAR/s", col)
-            elif nm.group(1) is None and nm.group(2) is None:
-                raise ExprError("NEAR needs a distance in words: NEAR/5 (or NEAR/s for the same sentence)", col)
-            else:
-                within = int(nm.group(1)) if nm.group(1) else None
-                if within is not None and within < 1:
-                    raise ExprError("NEAR distance must be at least 1", col)
-                out.append(_Tok("NEAR", col, raw, within=within, same_sentence=nm.group(2) is not None))
-            i = nm.end()
-            continue
-        m = _WORD.match(src, i)
-        assert m is not None
-        word = m.group()
-        if word in ("AND", "OR", "NOT"):
-            out.append(_Tok(word, col, word))
-        elif word.lower() in ("and", "or", "not", "near") or word.lower().startswith("near/"):
-            raise ExprError(
-                f"operators are written in capitals: {word.upper()} (to search for the word, quote it: \"{word}\")",
-                col,
-            )
-        else:
-            out.append(_Tok("TERM", col, word, Term(spec=_term(word, col), col=col)))
-        i = m.end()
+        tok, i = _lex_one(src, i, actors)
+        out.append(tok)
     return out
+
+
+def _lex_one(src: str, i: int, actors: Collection[str] | None) -> tuple[_Tok, int]:
+    """The token starting at ``src[i]`` (not a space), and where the next one may start."""
+    c = src[i]
+    if c in "()":
+        return _Tok(c, i + 1, c), i + 1
+    if c == '"' or (c == "=" and src[i + 1 : i + 2] == '"'):
+        return _lex_phrase(src, i)
+    if c == "/":
+        return _lex_regex(src, i)
+    if c == "@":
+        return _lex_actor(src, i, actors)
+    nm = _NEAR.match(src, i)
+    if nm:
+        return _lex_near(nm, i + 1), nm.end()
+    return _lex_word(src, i)
+
+
+def _lex_phrase(src: str, i: int) -> tuple[_Tok, int]:
+    """``"a phrase"`` or ``="an exact phrase"``."""
+    col = i + 1
+    q = i + (1 if src[i] == '"' else 2)
+    end = src.find('"', q)
+    if end < 0:
+        raise ExprError('unterminated phrase: a " has no closing "', col)
+    raw = src[i : end + 1]
+    if not src[q:end].strip():
+        raise ExprError("empty phrase", col)
+    return _Tok("TERM", col, raw, Term(spec=_term(raw, col), col=col)), end + 1
+
+
+def _lex_regex(src: str, i: int) -> tuple[_Tok, int]:
+    """``/pattern/flags`` (a ``\\/`` inside the pattern does not end it)."""
+    col = i + 1
+    n = len(src)
+    j = i + 1
+    while j < n and src[j] != "/":
+        j += 2 if src[j] == "\\" else 1
+    if j >= n:
+        raise ExprError("unterminated regex: write /pattern/ or /pattern/i", col)
+    m = _FLAGS.match(src, j + 1)
+    flag_end = m.end() if m else j + 1
+    raw = src[i:flag_end]
+    try:
+        spec = parse_regex(raw, src[i + 1 : j], src[j + 1 : flag_end])
+    except TermError as e:
+        raise ExprError(e.message, col + e.offset) from e
+    return _Tok("TERM", col, raw, Term(spec=spec, col=col)), flag_end
+
+
+def _lex_actor(src: str, i: int, actors: Collection[str] | None) -> tuple[_Tok, int]:
+    """``@name``, checked against the known actors when they are given."""
+    col = i + 1
+    m = _ACTOR.match(src, i)
+    assert m is not None
+    name = m.group(1)
+    if not name:
+        raise ExprError("@ must be followed by an actor name, e.g. @putin", col)
+    if actors is not None and name not in actors:
+        raise ExprError(unknown_actor(name, actors), col)
+    return _Tok("ACTOR", col, m.group(), Actor(name=name, col=col)), m.end()
+
+
+def _lex_near(nm: re.Match[str], col: int) -> _Tok:
+    """``NEAR/5``, ``NEAR/5/s`` or ``NEAR/s``; a bare or malformed NEAR is an error."""
+    raw = nm.group()
+    if raw == "NEAR/s" or raw == "NEAR/S":
+        return _Tok("NEAR", col, raw, within=None, same_sentence=True)
+    if nm.group(1) is None and raw != "NEAR" and nm.group(2) is None:
+        raise ExprError(f"bad proximity operator {raw!r}: write NEAR/5, NEAR/5/s or NEAR/s", col)
+    if nm.group(1) is None and nm.group(2) is None:
+        raise ExprError("NEAR needs a distance in words: NEAR/5 (or NEAR/s for the same sentence)", col)
+    within = int(nm.group(1)) if nm.group(1) else None
+    if within is not None and within < 1:
+        raise ExprError("NEAR distance must be at least 1", col)
+    return _Tok("NEAR", col, raw, within=within, same_sentence=nm.group(2) is not None)
+
+
+def _lex_word(src: str, i: int) -> tuple[_Tok, int]:
+    """An operator (AND, OR, NOT: capitals only) or a word term."""
+    col = i + 1
+    m = _WORD.match(src, i)
+    assert m is not None
+    word = m.group()
+    if word in ("AND", "OR", "NOT"):
+        return _Tok(word, col, word), m.end()
+    if word.lower() in ("and", "or", "not", "near") or word.lower().startswith("near/"):
+        raise ExprError(
+            f"operators are written in capitals: {word.upper()} (to search for the word, quote it: \"{word}\")",
+            col,
+        )
+    return _Tok("TERM", col, word, Term(spec=_term(word, col), col=col)), m.end()
 
 
 def _term(raw: str, col: int) -> TermSpec:

@@ -13,6 +13,14 @@ How it stays fast with many rules:
    NEAR, and character offsets only for the rules that matched (once per story and term,
    shared by the rules that matched it).
 
+Matching comes in two halves. ``prematch(story)`` is the costly one, about the text only
+(which rules' conditions hold, which terms and actors, where): a ``Prematch`` of
+``TextMatch``, cheap to pickle, so the parse pool can compute it. ``match(story,
+prematched=...)`` adds what depends on the story's cluster (scope, corroboration) and on the
+configuration (channels, severity, cooldown, digest: this matcher's rule's say) and builds
+each ``Match`` once. ``explain(story)`` evaluates every rule and says why (see
+``monitor.core.rules.explain``).
+
 No clock, no I/O: ``sources`` (distinct sources carrying the story's cluster) is an argument.
 """
 
@@ -21,12 +29,13 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import compress
 from typing import Any
 
 from monitor.core.model import Hit, Match, Story
+from monitor.core.rules.explain import Condition, RuleExplanation, explain_condition, verdict
 from monitor.core.rules.expr import Actor, Near, Node, Not, Or, Term, render
 from monitor.core.rules.model import DEFAULT_FIELDS, Rule, RuleSet
 from monitor.core.rules.terms import (
@@ -133,69 +142,6 @@ class _CRule:
     has_regex: bool
 
 
-# --- explanations ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Condition:
-    """One node of a rule's condition, evaluated against a story."""
-
-    kind: str  # term | actor | all | any | none | and | or | not | near | check
-    label: str
-    ok: bool
-    found: bool = False  # for term/actor leaves: it occurs (under "none", found means failure)
-    hits: tuple[Hit, ...] = ()
-    children: tuple[Condition, ...] = ()
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": self.kind, "label": self.label, "ok": self.ok}
-        if self.kind in ("term", "actor"):
-            d["found"] = self.found
-        if self.note:
-            d["note"] = self.note
-        if self.hits:
-            d["hits"] = [_hit_dict(h) for h in self.hits]
-        if self.children:
-            d["children"] = [c.to_dict() for c in self.children]
-        return d
-
-
-def _hit_dict(h: Hit) -> dict[str, Any]:
-    return {"term": h.term, "field": h.field, "start": h.start, "end": h.end, "text": h.text}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RuleExplanation:
-    """Whether one rule matches a story, and why."""
-
-    rule: str
-    matched: bool
-    enabled: bool
-    reason: str  # one line: why it matched or the first reason it did not
-    severity: str
-    channels: tuple[str, ...]
-    where: str
-    condition: Condition | None  # None when scope excluded the story before any term check
-    checks: tuple[Condition, ...] = ()  # scope, corroboration, require_title
-    expr: str = ""
-    texts: dict[str, str] = field(default_factory=dict)  # field → text, for highlighting
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "matched": self.matched,
-            "enabled": self.enabled,
-            "reason": self.reason,
-            "severity": self.severity,
-            "channels": list(self.channels),
-            "where": self.where,
-            "condition_expr": self.expr,
-            "condition": self.condition.to_dict() if self.condition else None,
-            "checks": [c.to_dict() for c in self.checks],
-        }
-
-
 # --- the matcher -------------------------------------------------------------------------
 
 
@@ -206,8 +152,23 @@ def _human(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-Prematch = tuple[tuple[int, Match], ...]
-"""(rule index, Match) pairs from ``Matcher.prematch``: text conditions only."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TextMatch:
+    """A rule whose conditions on a story's text hold, scope not yet applied: what the text
+    says, never what to do about it (channels, severity, cooldown and digest are the rule's,
+    looked up by the matcher that makes the ``Match``).
+
+    ``rule`` is the rule's index in the rule set it was matched with: a matcher compiled from
+    the same files (the same ``RuleSet.fingerprint``) has the same rules in the same order."""
+
+    rule: int
+    terms: tuple[str, ...]  # the rule's terms that occur
+    actors: tuple[str, ...]  # the rule's actors one of whose aliases occurs
+    hits: tuple[Hit, ...]
+
+
+Prematch = tuple[TextMatch, ...]
+"""``Matcher.prematch``: the text half of matching, in rule order (small, picklable)."""
 
 
 class Matcher:
@@ -476,43 +437,47 @@ class Matcher:
         """The enabled rules that fire on ``story`` (in rule order).
 
         ``prematched`` is ``self.prematch(story)`` computed earlier (e.g. in a worker
-        process by a matcher compiled from the same rules): only the scope and
-        corroboration checks, which depend on the story's cluster, are left to do."""
-        if prematched is not None:
-            out = []
-            for i, m in prematched:
-                rule = self._rules[i].rule
-                if (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1) and not all(
-                    ok for _, ok, _ in self._scope(rule, story, sources, source_names, source_seen)
-                ):
-                    continue
-                if (m.channels, m.severity, m.cooldown, m.digest) != (
-                        rule.channels, rule.severity, rule.cooldown, rule.digest):
-                    # the worker compiled the same files without the config (its default
-                    # channels): what to do with a match is this matcher's rule's say
-                    m = replace(m, channels=rule.channels, severity=rule.severity,
-                                cooldown=rule.cooldown, digest=rule.digest)
-                out.append(m)
-            return tuple(out)
-        return tuple(
-            m for _, m in self._content_matches(story, story, sources, source_names, source_seen)
-        )
+        process by a matcher compiled from the same rule files, perhaps without the
+        config): only the scope and corroboration checks, which depend on the story's
+        cluster, are left to do. Either way each ``Match`` takes what to do (channels,
+        severity, cooldown, digest) from this matcher's rule."""
+        if prematched is None:
+            texts = self._text_matches(story, story, sources, source_names, source_seen)
+        elif not prematched:
+            return ()
+        else:
+            texts = [t for t in prematched
+                     if self._in_scope(self._rules[t.rule].rule, story, sources, source_names, source_seen)]
+        return tuple([_match(self._rules[t.rule].rule, t) for t in texts])
 
     def prematch(self, story: Story) -> Prematch:
         """The rules whose conditions on the story's text hold, scope not yet applied:
         the costly, cluster-independent half of ``match`` (picklable)."""
-        return tuple(self._content_matches(story, None, 1, ()))
+        return tuple(self._text_matches(story, None, 1, ()))
 
-    def _content_matches(
+    def _in_scope(
+        self,
+        rule: Rule,
+        story: Story,
+        sources: int,
+        source_names: tuple[str, ...],
+        source_seen: Mapping[str, datetime] | None,
+    ) -> bool:
+        """Whether the rule's scope and corroboration checks pass (most rules have none)."""
+        if not (rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1):
+            return True
+        return all(ok for _, ok, _ in self._scope(rule, story, sources, source_names, source_seen))
+
+    def _text_matches(
         self,
         story: Story,
         scoped: Story | None,
         sources: int,
         source_names: tuple[str, ...],
         source_seen: Mapping[str, datetime] | None = None,
-    ) -> list[tuple[int, Match]]:
-        """(rule index, Match) for rules whose text conditions hold; with ``scoped``, rules
-        out of scope are skipped before their conditions are evaluated."""
+    ) -> list[TextMatch]:
+        """The rules whose text conditions hold; with ``scoped``, rules out of scope are
+        skipped before their conditions are evaluated."""
         scan = self._scan(story, self._fields)
         sat = list(self._short)
         masks = self._slot_masks
@@ -523,18 +488,14 @@ class Matcher:
                     for j, m in ms:
                         sat[j] |= m
         cands = self._always | _and_all(sat)
-        out: list[tuple[int, Match]] = []
+        out: list[TextMatch] = []
         while cands:
             low = cands & -cands
             cands ^= low
             i = low.bit_length() - 1
             cr = self._rules[i]
             rule = cr.rule
-            if scoped is not None and (
-                rule.feeds or rule.feed_tags or rule.languages or rule.min_sources > 1
-            ) and not all(
-                ok for _, ok, _ in self._scope(rule, scoped, sources, source_names, source_seen)
-            ):
+            if scoped is not None and not self._in_scope(rule, scoped, sources, source_names, source_seen):
                 continue
             present = scan.present(rule.fields)
             if present.isdisjoint(cr.positive):
@@ -543,25 +504,17 @@ class Matcher:
                 continue
             if rule.require_title and not self._title_hit(cr, scan):
                 continue
-            out.append((i, self._make_match(cr, scan, present)))
+            out.append(self._text_match(i, cr, scan, present))
         return out
 
-    def _make_match(self, cr: _CRule, scan: _Scan, present: frozenset[int]) -> Match:
-        rule = cr.rule
+    def _text_match(self, i: int, cr: _CRule, scan: _Scan, present: frozenset[int]) -> TextMatch:
         found = cr.positive & present
-        hits = self._hits(cr, scan, found, rule.fields)
         alias_tids = cr.alias_tids
-        terms = tuple(dict.fromkeys(cr.labels[t] for t in sorted(found) if t not in alias_tids))
-        actors = tuple(a for a, ts in cr.actor_tids if not ts.isdisjoint(present) and not ts.isdisjoint(cr.positive))
-        return Match(
-            rule=rule.name,
-            severity=rule.severity,
-            channels=rule.channels,
-            terms=terms,
-            actors=actors,
-            hits=hits,
-            cooldown=rule.cooldown,
-            digest=rule.digest,
+        return TextMatch(
+            rule=i,
+            terms=tuple(dict.fromkeys(cr.labels[t] for t in sorted(found) if t not in alias_tids)),
+            actors=tuple(a for a, ts in cr.actor_tids if not ts.isdisjoint(present) and not ts.isdisjoint(cr.positive)),
+            hits=self._hits(cr, scan, found, cr.rule.fields),
         )
 
     def _hits(self, cr: _CRule, scan: _Scan, tids: Iterable[int], fields: tuple[str, ...], limit: int = MAX_HITS) -> tuple[Hit, ...]:
@@ -623,47 +576,54 @@ class Matcher:
         all_fields = tuple(dict.fromkeys(f for cr in self._rules for f in cr.rule.fields)) or DEFAULT_FIELDS
         scan = self._scan(story, all_fields)
         texts = {f: fd.text for f, fd in scan.fields.items()}
-        out: list[RuleExplanation] = []
-        for cr in self._rules:
-            rule = cr.rule
-            present = scan.present(rule.fields)
-            cond = self._explain_node(rule.condition, cr, scan, present, rule.fields)
-            checks = [
-                Condition(kind="check", label=name, ok=ok, note=note)
-                for name, ok, note in self._scope(rule, story, sources, source_names)
-            ]
-            if rule.require_title:
-                ok = self._title_hit(cr, scan)
-                checks.append(Condition(kind="check", label="require_title", ok=ok,
-                                        note="a term or actor is in the title" if ok else "no term or actor of the rule is in the title"))
-            failed = [c for c in checks if not c.ok]
-            matched = rule.enabled and cond.ok and not failed
-            if not rule.enabled:
-                reason = "disabled (enabled: false)" + ("; its condition holds" if cond.ok and not failed else "")
-            elif matched:
-                reason = "matched: " + _summary(cond)
-            elif not cond.ok:
-                reason = "no match: " + _why_not(cond)
-            else:
-                reason = "no match: " + "; ".join(f"{c.label}: {c.note}" for c in failed)
-            out.append(
-                RuleExplanation(
-                    rule=rule.name,
-                    matched=matched,
-                    enabled=rule.enabled,
-                    reason=reason,
-                    severity=rule.severity,
-                    channels=rule.channels,
-                    where=rule.where,
-                    condition=cond,
-                    checks=tuple(checks),
-                    expr=render(rule.condition),
-                    texts=texts,
-                )
-            )
-        return out
+        return [self._explain_rule(cr, story, scan, texts, sources, source_names) for cr in self._rules]
 
-    def _explain_node(self, node: Node, cr: _CRule, scan: _Scan, present: frozenset[int], fields: tuple[str, ...]) -> Condition:
+    def _explain_rule(
+        self,
+        cr: _CRule,
+        story: Story,
+        scan: _Scan,
+        texts: dict[str, str],
+        sources: int,
+        source_names: tuple[str, ...],
+    ) -> RuleExplanation:
+        rule = cr.rule
+        fields = rule.fields
+        present = scan.present(fields)
+
+        def leaf(node: Term | Actor) -> Condition:
+            return self._explain_leaf(node, cr, scan, present, fields)
+
+        def near(node: Near) -> tuple[bool, str]:
+            sets = tuple(frozenset(self._node_tids(i)) for i in node.items)
+            return _near(sets, node.within, node.same_sentence, scan, fields)
+
+        cond = explain_condition(rule.condition, leaf, near)
+        checks = [
+            Condition(kind="check", label=name, ok=ok, note=note)
+            for name, ok, note in self._scope(rule, story, sources, source_names)
+        ]
+        if rule.require_title:
+            ok = self._title_hit(cr, scan)
+            checks.append(Condition(kind="check", label="require_title", ok=ok,
+                                    note="a term or actor is in the title" if ok else "no term or actor of the rule is in the title"))
+        matched, reason = verdict(rule.enabled, cond, checks)
+        return RuleExplanation(
+            rule=rule.name,
+            matched=matched,
+            enabled=rule.enabled,
+            reason=reason,
+            severity=rule.severity,
+            channels=rule.channels,
+            where=rule.where,
+            condition=cond,
+            checks=tuple(checks),
+            expr=render(rule.condition),
+            texts=texts,
+        )
+
+    def _explain_leaf(self, node: Term | Actor, cr: _CRule, scan: _Scan, present: frozenset[int], fields: tuple[str, ...]) -> Condition:
+        """Whether a term or an actor occurs in ``fields``, and where."""
         if isinstance(node, Term):
             tid = self._tid_by_key[node.spec.key]
             found = tid in present
@@ -671,31 +631,11 @@ class Matcher:
             hits = tuple(Hit(term=node.spec.label, field=h.field, start=h.start, end=h.end, text=h.text) for h in hits)
             return Condition(kind="term", label=node.spec.label, ok=found, found=found, hits=hits,
                              note="" if found else f"not found in {', '.join(fields)}")
-        if isinstance(node, Actor):
-            tids = self._actor_tids[node.name]
-            found = not tids.isdisjoint(present)
-            hits = self._hits(cr, scan, tids & present, fields, limit=10) if found else ()
-            return Condition(kind="actor", label=f"@{node.name}", ok=found, found=found, hits=hits,
-                             note="" if found else "no alias found: " + ", ".join(s.label for s in self.ruleset.actors[node.name].aliases))
-        if isinstance(node, Not):
-            if isinstance(node.item, Or) and node.item.label == "none":
-                kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.item.items)
-                ok = not any(k.ok for k in kids)
-                return Condition(kind="none", label="none of", ok=ok, children=kids)
-            kid = self._explain_node(node.item, cr, scan, present, fields)
-            return Condition(kind="not", label="NOT", ok=not kid.ok, children=(kid,))
-        if isinstance(node, Near):
-            kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.items)
-            sets = tuple(frozenset(self._node_tids(i)) for i in node.items)
-            ok, note = _near(sets, node.within, node.same_sentence, scan, fields)
-            op = ("NEAR" + (f"/{node.within}" if node.within is not None else "") + ("/s" if node.same_sentence else ""))
-            return Condition(kind="near", label=op, ok=ok, children=kids, note=note)
-        kids = tuple(self._explain_node(i, cr, scan, present, fields) for i in node.items)
-        if isinstance(node, Or):
-            label = {"any": "any of", "actors": "any actor of", "OR": "OR"}.get(node.label, node.label)
-            return Condition(kind="any" if node.label != "OR" else "or", label=label, ok=any(k.ok for k in kids), children=kids)
-        label = {"all": "all of", "actors_all": "every actor of", "rule": "all conditions", "AND": "AND"}.get(node.label, node.label)
-        return Condition(kind="all" if node.label != "AND" else "and", label=label, ok=all(k.ok for k in kids), children=kids)
+        tids = self._actor_tids[node.name]
+        found = not tids.isdisjoint(present)
+        hits = self._hits(cr, scan, tids & present, fields, limit=10) if found else ()
+        return Condition(kind="actor", label=f"@{node.name}", ok=found, found=found, hits=hits,
+                         note="" if found else "no alias found: " + ", ".join(s.label for s in self.ruleset.actors[node.name].aliases))
 
     def _node_tids(self, node: Node) -> set[int]:
         if isinstance(node, Term):
@@ -707,6 +647,25 @@ class Matcher:
             for i in node.items:
                 out |= self._node_tids(i)
         return out
+
+
+def _match(rule: Rule, text: TextMatch) -> Match:
+    """What the text says (``text``) and what to do about it (``rule``'s action), as one Match."""
+    return Match(
+        rule=rule.name,
+        severity=rule.severity,
+        channels=rule.channels,
+        terms=text.terms,
+        actors=text.actors,
+        hits=text.hits,
+        cooldown=rule.cooldown,
+        digest=rule.digest,
+    )
+
+
+def compile_rules(ruleset: RuleSet) -> Matcher:
+    """Compile a rule set into a ``Matcher`` (done once per load)."""
+    return Matcher(ruleset)
 
 
 _SLOTS = 4
@@ -836,104 +795,3 @@ def _near(
     if within is None:
         return False, "not in one sentence"
     return False, f"closest: {best[0]} words apart in {best[1]}, more than {within}"
-
-
-def _summary(c: Condition) -> str:
-    leaves: list[str] = []
-
-    def walk(n: Condition, neg: bool) -> None:
-        if n.kind in ("term", "actor"):
-            if n.found and not neg and n.hits:
-                h = n.hits[0]
-                leaves.append(f"{n.label} ({h.field}: {h.text!r})")
-            return
-        for ch in n.children:
-            walk(ch, neg or n.kind in ("none", "not"))
-
-    walk(c, False)
-    return ", ".join(dict.fromkeys(leaves)) or "condition holds"
-
-
-def _why_not(c: Condition) -> str:
-    """The first failing leaf-level reason."""
-    if c.ok:
-        return ""
-    if c.kind in ("term", "actor"):
-        return f"{c.label}: {c.note}" if c.note else c.label
-    if c.kind == "none":
-        bad = [k for k in c.children if k.found]
-        return "excluded by " + ", ".join(f"{k.label} ({k.hits[0].field}: {k.hits[0].text!r})" if k.hits else k.label for k in bad)
-    if c.kind == "not":
-        return f"excluded by NOT {c.children[0].label}"
-    if c.kind == "near":
-        return f"{c.label}: {c.note}"
-    if c.kind in ("any", "or"):
-        return f"{c.label}: none found (" + ", ".join(k.label for k in c.children) + ")"
-    for k in c.children:
-        if not k.ok:
-            return _why_not(k)
-    return ""
-
-
-# --- text rendering ----------------------------------------------------------------------
-
-_GREEN, _RED, _BOLD, _DIM, _RESET, _YELLOW = "\x1b[32m", "\x1b[31m", "\x1b[1m", "\x1b[2m", "\x1b[0m", "\x1b[33m"
-
-
-def _snippet(text: str, start: int, end: int, color: bool, width: int = 40) -> str:
-    a = max(0, start - width)
-    b = min(len(text), end + width)
-    before = re.sub(r"\s+", " ", text[a:start])
-    after = re.sub(r"\s+", " ", text[end:b])
-    if a == 0:
-        before = before.lstrip()
-    if b == len(text):
-        after = after.rstrip()
-    mid = text[start:end]
-    mid = f"{_BOLD}{_YELLOW}{mid}{_RESET}" if color else f"«{mid}»"
-    return ("…" if a > 0 else "") + before + mid + after + ("…" if b < len(text) else "")
-
-
-def format_explanation(expls: Iterable[RuleExplanation], color: bool = False) -> str:
-    """Human-readable explanation of every rule, matched text highlighted in context
-    (``«…»`` without color, ANSI bold with color)."""
-    lines: list[str] = []
-
-    def c(code: str, s: str) -> str:
-        return f"{code}{s}{_RESET}" if color else s
-
-    for ex in expls:
-        mark = c(_GREEN, "✔ MATCH   ") if ex.matched else (c(_DIM, "– DISABLED") if not ex.enabled else c(_RED, "✘ no match"))
-        lines.append(f"{mark} {c(_BOLD, ex.rule)}  [{ex.severity} → {', '.join(ex.channels) or '-'}]  {c(_DIM, ex.where)}")
-        lines.append(f"    {ex.reason}")
-        lines.append(f"    {c(_DIM, 'condition: ' + ex.expr)}")
-        if ex.condition is not None:
-            _render_cond(ex.condition, ex.texts, lines, 2, color, neg=False)
-        for ch in ex.checks:
-            sym = c(_GREEN, "✔") if ch.ok else c(_RED, "✘")
-            lines.append(f"    {sym} {ch.label}: {ch.note}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _render_cond(n: Condition, texts: dict[str, str], lines: list[str], depth: int, color: bool, *, neg: bool) -> None:
-    pad = "  " * depth
-    ok_s = ("\x1b[32m✔\x1b[0m" if color else "✔") if n.ok else ("\x1b[31m✘\x1b[0m" if color else "✘")
-    if n.kind in ("term", "actor"):
-        if n.found:
-            state = "found" + (" (forbidden)" if neg else "")
-            sym = ("\x1b[31m✘\x1b[0m" if color else "✘") if neg else ok_s
-        else:
-            state = "absent"
-            sym = ("\x1b[32m✔\x1b[0m" if color else "✔") if neg else ok_s
-        lines.append(f"{pad}{sym} {n.label}: {state}" + (f" — {n.note}" if n.note and not n.found and not neg else ""))
-        for h in n.hits[:5]:
-            text = texts.get(h.field, "")
-            lines.append(f"{pad}    {h.field}[{h.start}:{h.end}] {_snippet(text, h.start, h.end, color)}")
-        if len(n.hits) > 5:
-            lines.append(f"{pad}    … {len(n.hits) - 5} more")
-        return
-    note = f" — {n.note}" if n.note else ""
-    lines.append(f"{pad}{ok_s} {n.label}{note}")
-    for ch in n.children:
-        _render_cond(ch, texts, lines, depth + 1, color, neg=neg or n.kind in ("none", "not"))

@@ -24,6 +24,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
+from monitor.errors import RuleSyntaxError
+
 # --- tokeniser ----------------------------------------------------------------------------
 
 
@@ -195,12 +197,11 @@ class TermSpec:
         return (self.tokens, self.regex, self.flags)
 
 
-class TermError(ValueError):
+class TermError(RuleSyntaxError):
     """A term could not be parsed; ``offset`` is the 0-based column inside the term."""
 
     def __init__(self, message: str, offset: int = 0) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, offset + 1)
         self.offset = offset
 
 
