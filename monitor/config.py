@@ -24,51 +24,12 @@ from pydantic import (
 )
 
 from monitor.core.model import FeedSpec
+from monitor.core.units import parse_duration, parse_size
 from monitor.core.yamlpos import Positions, load_yaml, problems_from_validation
-from monitor.errors import ConfigError, Problem
+from monitor.errors import ConfigError, Problem, YamlError
 
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "MONITOR_CONFIG"
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-
-
-def parse_duration(value: Any) -> float:
-    """``90``, ``"90s"``, ``"5m"``, ``"2h"``, ``"7d"`` → seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m, 2h or 7d")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
-    raise ValueError(f"expected a duration such as 30s, 5m, 2h or 7d, got {value!r}")
-
-
-def parse_size(value: Any) -> int:
-    """``1048576``, ``"10MiB"``, ``"512kb"`` → bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 512KiB or 10MiB")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
-    raise ValueError(f"expected a size such as 512KiB or 10MiB, got {value!r}")
-
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
@@ -386,8 +347,8 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Con
     env = dict(os.environ) if env is None else env
     try:
         data, positions = load_yaml(text, path)
-    except ValueError as e:
-        raise ConfigError([e.args[0]], "invalid configuration") from e
+    except YamlError as e:
+        raise ConfigError([e.problem], "invalid configuration") from e
     if data is None:
         data = {}
     if not isinstance(data, dict):

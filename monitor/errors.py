@@ -4,7 +4,11 @@
     │                            (a port taken, a feed that cannot be fetched for `rules test`)
     ├── ProblemsError            carries every located problem found (``Problem``: file:line:col)
     │   ├── ConfigError          config.yaml is missing or invalid
-    │   └── RulesError           rule files are invalid; the whole set is rejected
+    │   ├── RulesError           rule files are invalid; the whole set is rejected
+    │   └── YamlError            a YAML file cannot be read at all (reported as one of the above)
+    ├── RuleSyntaxError          a term or an expr: cannot be parsed (message, column in its text)
+    │   ├── TermError            monitor.core.rules.terms (``.offset``)
+    │   └── ExprError            monitor.core.rules.expr (``.col``)
     └── StoreError               the database failed (the driver's exception chained ``from``)
         └── CodecError           a value cannot be encoded, or a stored payload decoded
 
@@ -56,6 +60,15 @@ class ConfigError(ProblemsError):
 
 class RulesError(ProblemsError):
     """One or more rule files are invalid; the whole set is rejected."""
+
+
+class YamlError(ProblemsError):
+    """A YAML file cannot be read at all (its one problem says where); the caller reports
+    it as a ConfigError or with the other rule files' problems."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__([problem])
+        self.problem = problem
 
 
 class RuleSyntaxError(MonitorError):

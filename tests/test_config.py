@@ -13,10 +13,9 @@ from monitor.config import (
     find_config,
     load_config,
     parse_config,
-    parse_duration,
-    parse_size,
     secrets_of,
 )
+from monitor.core.units import parse_duration, parse_size
 from monitor.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,3 +187,12 @@ def test_default_channels_must_exist() -> None:
     cfg = parse_config("defaults:\n  channels: [f]\nchannels:\n  f: {type: file, path: a}\n",
                        "c.yaml", {})
     assert cfg.defaults.channels == ("f",)
+
+
+def test_a_yaml_value_that_cannot_be_built_is_a_config_error(tmp_path: Path) -> None:
+    """PyYAML builds dates itself and raises ValueError for 2024-02-30: reported, located
+    in the file, never a traceback."""
+    p = tmp_path / "config.yaml"
+    p.write_text("feeds: []\nstarted: 2024-02-30\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"config.yaml: invalid YAML: day is out of range"):
+        load_config(p)

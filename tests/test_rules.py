@@ -469,3 +469,8 @@ def test_disabled_rules_are_still_validated(tmp_path: Path) -> None:
 def test_empty_file_is_fine(tmp_path: Path) -> None:
     write(tmp_path, "empty.yaml", "# nothing yet\n")
     assert load_rules(tmp_path, channels=CHANNELS).rules == ()
+
+
+def test_a_yaml_value_that_cannot_be_built_is_a_rules_problem(tmp_path: Path) -> None:
+    write(tmp_path, "r.yaml", "name: x\nany: [sanctions]\nsince: 2024-02-30\n")
+    assert problems(tmp_path) == ["r.yaml: invalid YAML: day is out of range for month"]

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from monitor import __version__
-from monitor.config import Config, find_config, load_config, parse_duration
+from monitor.config import Config, find_config, load_config
 from monitor.core.rules.model import RuleSet
+from monitor.core.units import parse_duration
 from monitor.errors import ConfigError, MonitorError, ProblemsError, RulesError
 from monitor.log import setup_logging
 from monitor.shell import loop

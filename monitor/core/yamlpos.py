@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from monitor.errors import Problem
+from monitor.errors import Problem, YamlError
 
 Path = tuple[str | int, ...]
 Positions = dict[Path, tuple[int, int]]
@@ -32,7 +32,7 @@ _UNCLOSED = (
 
 
 def load_yaml(text: str, path: str) -> tuple[Any, Positions]:
-    """Parse YAML text; raise ``ValueError`` with a ``Problem`` as its argument on bad YAML."""
+    """Parse YAML text; raise ``YamlError`` (its ``problem`` located) on bad YAML."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -52,9 +52,11 @@ def load_yaml(text: str, path: str) -> tuple[Any, Positions]:
             opened = next((hint for what, hint in _UNCLOSED if what in e.context), "")
             msg += (f" ({e.context.removeprefix('while ')} that starts at line {ctx.line + 1}"
                     f", column {ctx.column + 1}{opened})")
-        raise ValueError(Problem(path, line, col, msg)) from e
+        raise YamlError(Problem(path, line, col, msg)) from e
     except yaml.YAMLError as e:
-        raise ValueError(Problem(path, None, None, f"invalid YAML: {e}")) from e
+        raise YamlError(Problem(path, None, None, f"invalid YAML: {e}")) from e
+    except (ValueError, OverflowError) as e:  # a scalar PyYAML cannot build: 2024-02-30
+        raise YamlError(Problem(path, None, None, f"invalid YAML: {e}")) from e
     finally:
         loader.dispose()
     return data, positions

@@ -64,7 +64,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from monitor.config import parse_duration
 from monitor.core.rules.expr import (
     Actor,
     And,
@@ -81,8 +80,9 @@ from monitor.core.rules.expr import (
 from monitor.core.rules.model import DEFAULT_WINDOW, ActorDef, Rule, RuleSet
 from monitor.core.rules.terms import TermError, TermSpec, parse_term, term_mapping
 from monitor.core.schedule import validate_cron
+from monitor.core.units import parse_duration
 from monitor.core.yamlpos import Positions, load_yaml, locate
-from monitor.errors import Problem, RulesError
+from monitor.errors import Problem, RulesError, YamlError
 
 _ACTOR_NAME = re.compile(r"^[A-Za-z0-9_][\w-]*$")
 
@@ -188,9 +188,8 @@ class _Loader:
             return None
         try:
             data, positions = load_yaml(text, sp)
-        except ValueError as e:
-            p = e.args[0]
-            self.problems.append(p if isinstance(p, Problem) else Problem(sp, None, None, str(e)))
+        except YamlError as e:
+            self.problems.append(e.problem)
             return None
         self.hasher.update(f"{path.name}\0{len(text)}\0{text}\0".encode())
         f = _File(sp, positions, [], text.splitlines())
