@@ -13,13 +13,13 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from monitor.config import Config
-from monitor.core.dedup.index import Features, New, SameStory, Seen, StoryIndex, detect_guid_churn
+from monitor.core.dedup.index import New, SameStory, Seen, StoryIndex, detect_guid_churn
 from monitor.core.model import (
     ClusterInfo,
     Delivery,
@@ -30,9 +30,9 @@ from monitor.core.model import (
     NotModified,
     Story,
 )
-from monitor.core.prepare import Job, Prepared, prepare
+from monitor.core.prepare import Job, Prepared, PreparedStory, prepare
 from monitor.core.route import UPDATE_MILESTONES, ClusterFacts, route, updates
-from monitor.core.rules.match import Matcher, Prematch
+from monitor.core.rules.match import Matcher
 from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import next_cron, next_poll
 from monitor.log import get_logger
@@ -202,37 +202,37 @@ class Pipeline:
             dedup=self.index.settings,
             skip_ids=self._last_ids.get(spec.name, frozenset()),
         ))
-        parsed = prepared.parsed
-        if parsed.failed:
-            return await self._failed(state, spec, now, url, parsed.problem or "unparseable feed",
-                                      result.status, retry_after=None, gone=False, ms=ms())
-        ok_state = replace(ok_state, problem=parsed.problem)
-        self._last_ids[spec.name] = frozenset(s.id for s in parsed.stories)
-        return await self._ingest(ok_state, spec, parsed.stories, now, result.status, ms,
-                                  prepared)
+        if prepared.failed:
+            return await self._failed(state, spec, now, url,
+                                      prepared.problem or "unparseable feed", result.status,
+                                      retry_after=None, gone=False, ms=ms())
+        ok_state = replace(ok_state, problem=prepared.problem)
+        self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)
+        return await self._ingest(ok_state, spec, prepared, now, result.status, ms)
 
     async def _ingest(
         self,
         state: FeedState,
         spec: FeedSpec,
-        stories: Sequence[Story],
+        prepared: Prepared,
         now: datetime,
         status: int | None,
         ms: Callable[[], float],
-        prepared: Prepared | None = None,
     ) -> PollOutcome:
-        # unique ids within the batch, oldest first so clusters form in time order
-        uniq: dict[str, Story] = {}
-        for s in stories:
-            uniq.setdefault(s.id, s)
-        batch = sorted(uniq.values(), key=lambda s: (s.published, s.id))
+        # unique ids within the batch (the first entry of an id), oldest first so clusters
+        # form in time order
+        uniq: dict[str, PreparedStory] = {}
+        for p in prepared.stories:
+            uniq.setdefault(p.story.id, p)
+        batch = sorted(uniq.values(), key=lambda p: (p.story.published, p.story.id))
         # two questions, not one: an id that happens to equal a stored link is still new
-        known_ids = await self.store.known([s.id for s in batch], [])
-        links = [s.link for s in batch if s.link and s.id not in known_ids]
+        known_ids = await self.store.known([p.story.id for p in batch], [])
+        links = [p.story.link for p in batch if p.story.link and p.story.id not in known_ids]
         known_links = await self.store.known([], links) if links else set()
         # a known id is a story we already have; a known link under a new id is the same
         # story from another source (or re-published): it joins its cluster as a source
-        fresh = [s for s in batch if s.id not in known_ids]
+        fresh_entries = [p for p in batch if p.story.id not in known_ids]
+        fresh = [p.story for p in fresh_entries]
 
         baseline = not state.baselined and not spec.alert_on_first_poll
         churn = False
@@ -246,16 +246,8 @@ class Pipeline:
                 )
                 log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=len(batch))
 
-        # the per-story work the parse pool already did, by story id
-        feats: dict[str, Features | None] = {}
-        pre: dict[str, Prematch | None] = {}
-        if prepared is not None:
-            ids = [s.id for s in prepared.parsed.stories]
-            if prepared.features is not None:
-                feats = dict(zip(ids, prepared.features, strict=True))
-            if (prepared.prematch is not None
-                    and prepared.rules_fingerprint == self.rules.ruleset.fingerprint):
-                pre = dict(zip(ids, prepared.prematch, strict=True))
+        # the worker's text matching counts only if it used the rules in force
+        prematched = prepared.rules_fingerprint == self.rules.ruleset.fingerprint
         to_store: list[StoredStory] = []
         deliveries: list[Delivery] = []
         clusters: dict[str, ClusterInfo] = {}
@@ -264,8 +256,9 @@ class Pipeline:
         outcomes: Counter[str] = Counter()
         needs_times = bool(matcher.rules_needing_sources())
         fired: Counter[str] = Counter()
-        for story in fresh:
-            decision = self.index.add(story, now=now, features=feats.get(story.id))
+        for p in fresh_entries:
+            story = p.story
+            decision = self.index.add(story, now=now, features=p.features)
             cluster = decision.cluster
             to_store.append(StoredStory(story=story, cluster=cluster))
             sources = self.index.cluster_sources(cluster)
@@ -283,7 +276,7 @@ class Pipeline:
             if isinstance(decision, New) and story.link and story.link in known_links:
                 continue  # an old story (its link is stored) that left the dedup window
             matches = matcher.match(story, sources=len(sources), source_names=sources,
-                                    prematched=pre.get(story.id),
+                                    prematched=p.prematch if prematched else None,
                                     source_seen=self.index.cluster_source_times(cluster)
                                     if needs_times else None)
             for m in matches:
