@@ -421,3 +421,18 @@ async def test_poll_and_deliver_leaves_no_poll_running_when_it_fails(
             await asyncio.wait_for(rt.poll_and_deliver(), 10)
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert not [t for t in others if "poll" in repr(t.get_coro())], others
+
+
+async def test_an_id_given_twice_is_its_first_entry_matched_on_its_own_text(
+        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+    """The pool's per-story work stays with its entry: of two entries under one id, the
+    first is the story, and the rules see its text, not the other entry's."""
+    await poll(rt)
+    clock.advance(minutes=5)
+    same_id = UNRELATED.guid
+    seed = seed_item()
+    feed_server.set("/a.rss", rss([UNRELATED, replace(seed, guid=same_id), *BACKLOG],
+                                  now=clock.now))
+    out = await poll(rt)
+    assert out["a"].new == 1 and out["a"].alerts == 0
+    assert alerts(tmp_path) == []

@@ -24,22 +24,41 @@ def test_known_ids_skip_the_per_story_work(tmp_path: Path) -> None:
               now=NOW, rules_path=str(tmp_path / "rules"),
               rules_fingerprint=ruleset.fingerprint, dedup=DedupSettings())
     full = prepare(job)
-    ids = [s.id for s in full.parsed.stories]
-    assert len(ids) == 4 and full.features is not None and full.prematch is not None
-    assert all(f is not None for f in full.features)
+    ids = [p.story.id for p in full.stories]
+    assert len(ids) == 4 and full.rules_fingerprint == ruleset.fingerprint
+    assert all(p.features is not None and p.prematch is not None for p in full.stories)
     matcher: Matcher = compile_rules(ruleset)
-    assert full.prematch[0] == matcher.prematch(full.parsed.stories[0])
-    assert full.prematch[0]  # the seed story fires sanctions-deadline
+    assert full.stories[0].prematch == matcher.prematch(full.stories[0].story)
+    assert full.stories[0].prematch  # the seed story fires sanctions-deadline
 
     skipped = prepare(Job(**{**{f: getattr(job, f) for f in job.__slots__},
                              "skip_ids": frozenset(ids[1:])}))
-    assert skipped.parsed == full.parsed
-    assert skipped.features is not None and skipped.prematch is not None
-    want = story_features(full.parsed.stories[0], DedupSettings())
-    got = skipped.features[0]
+    assert [p.story for p in skipped.stories] == [p.story for p in full.stories]
+    assert skipped.rules_fingerprint == full.rules_fingerprint
+    assert (skipped.problem, skipped.failed) == (full.problem, full.failed)
+    want = story_features(full.stories[0].story, DedupSettings())
+    got = skipped.stories[0].features
     assert got is not None
     assert (got.norm, got.tokens, got.extra, got.text) == (want.norm, want.tokens, want.extra,
                                                            want.text)
-    assert skipped.prematch[0] == full.prematch[0]
-    assert skipped.features[1:] == (None, None, None)
-    assert skipped.prematch[1:] == (None, None, None)
+    assert skipped.stories[0].prematch == full.stories[0].prematch
+    assert [p.features for p in skipped.stories[1:]] == [None, None, None]
+    assert [p.prematch for p in skipped.stories[1:]] == [None, None, None]
+
+
+def test_rules_other_than_the_daemons_make_no_prematch(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    body = rss([seed_item(), *BACKLOG], now=NOW)
+    job = Job(body=body, headers={}, feed="a", feed_tags=(), url="https://a.example/rss",
+              now=NOW, rules_path=str(tmp_path / "rules"), rules_fingerprint="not-these",
+              dedup=DedupSettings())
+    out = prepare(job)
+    assert len(out.stories) == 4 and out.rules_fingerprint == ""
+    assert all(p.prematch is None and p.features is not None for p in out.stories)
+
+
+def test_an_unparseable_body_prepares_no_story() -> None:
+    job = Job(body=b"this is not a feed at all <<<", headers={}, feed="a", feed_tags=(),
+              url="https://a.example/rss", now=NOW, dedup=DedupSettings())
+    out = prepare(job)
+    assert out.failed and out.problem and out.stories == ()

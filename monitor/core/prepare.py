@@ -9,10 +9,15 @@ next stages, which depend on nothing but the story itself:
   hold); scope and corroboration, which need the story's cluster, stay with the
   pipeline.
 
-A worker compiles the rules itself, from the rules directory, and uses them only when
-their fingerprint equals the one the daemon is running (``RuleSet.fingerprint``); if the
-files changed in between, it leaves matching to the daemon. Results are plain frozen
-dataclasses, cheap to pickle.
+The result is one ``PreparedStory(story, features, prematch)`` per entry, in feed order:
+facts about the text only. Channels, severity, cooldown and digests are configuration,
+decided once on the daemon's side (``route.plan``).
+
+A worker compiles the rules itself, from the rules directory, and makes a prematch only
+when their fingerprint equals the one the daemon is running (``RuleSet.fingerprint``); if
+the files changed in between, it leaves matching to the daemon. ``Prepared`` says which
+rules the prematches were made with, and the daemon uses them only if those are still
+the rules in force. Results are plain frozen dataclasses, cheap to pickle.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from monitor.core.dedup.index import DedupSettings, Features, story_features
-from monitor.core.model import ParsedFeed
+from monitor.core.model import Story
 from monitor.core.parse import parse_feed
 from monitor.core.rules.load import load_rules
 from monitor.core.rules.match import Matcher, Prematch, compile_rules
@@ -47,12 +52,23 @@ class Job:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PreparedStory:
+    """One entry of the feed and the per-story work done on it off the loop."""
+
+    story: Story
+    features: Features | None = None  # None: no dedup settings, or its work was skipped
+    # which rules' text conditions hold; None: not made (skipped, or no usable rules)
+    prematch: Prematch | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Prepared:
-    parsed: ParsedFeed
-    # aligned with parsed.stories; None for a story whose work was skipped
-    features: tuple[Features | None, ...] | None = None
-    prematch: tuple[Prematch | None, ...] | None = None
-    rules_fingerprint: str = ""  # the rules the prematch was made with
+    """What the parse pool hands back for one body."""
+
+    stories: tuple[PreparedStory, ...] = ()  # one per entry, in feed order
+    problem: str | None = None  # bozo / parse warning, as ``ParsedFeed.problem``
+    failed: bool = False  # nothing usable came out (then ``problem`` says why)
+    rules_fingerprint: str = ""  # the rules the prematches were made with; "" for none
 
 
 _MATCHERS: dict[str, Matcher] = {}  # this worker's compiled rules, by fingerprint
@@ -79,21 +95,21 @@ def prepare(job: Job) -> Prepared:
         job.body, job.headers, feed=job.feed, feed_tags=job.feed_tags, url=job.url, now=job.now
     )
     if parsed.failed or not parsed.stories:
-        return Prepared(parsed=parsed)
+        return Prepared(problem=parsed.problem, failed=parsed.failed)
     skip = job.skip_ids
     dedup = job.dedup
-    features = (
-        tuple(None if s.id in skip else story_features(s, dedup) for s in parsed.stories)
-        if dedup else None
+    m = (_matcher(job.rules_path, job.rules_fingerprint)
+         if job.rules_path and job.rules_fingerprint else None)
+    stories = tuple(
+        PreparedStory(story=s) if s.id in skip else PreparedStory(
+            story=s,
+            features=story_features(s, dedup) if dedup else None,
+            prematch=m.prematch(s) if m is not None else None,
+        )
+        for s in parsed.stories
     )
-    prematch = None
-    if job.rules_path and job.rules_fingerprint:
-        m = _matcher(job.rules_path, job.rules_fingerprint)
-        if m is not None:
-            prematch = tuple(None if s.id in skip else m.prematch(s) for s in parsed.stories)
     return Prepared(
-        parsed=parsed,
-        features=features,
-        prematch=prematch,
-        rules_fingerprint=job.rules_fingerprint if prematch is not None else "",
+        stories=stories,
+        problem=parsed.problem,
+        rules_fingerprint=job.rules_fingerprint if m is not None else "",
     )

@@ -9,16 +9,33 @@ ignores a delivery whose key exists, so a crash and a re-poll send nothing twice
 * "carried by N sources" update of an earlier alert, at source-count milestones only
   (2, 3, 5, 10, 20, 50, 100): ``u:{cluster}:{rule}:{channel}:{N}``, with ``parent_key``
   the first alert's key so Slack threads it and email sets In-Reply-To.
+
+``plan`` is the entry point for one poll: the stories it found new, each with its
+matches and cluster facts, plus the cluster's earlier alerts and ``now`` → the deliveries
+to save. Every decision about alerting is taken here, once:
+
+* silence (``silenced``): a feed's baseline poll, GUID churn, a story published more than
+  ``MAX_ALERT_AGE`` ago, and a "new" story whose link is stored (an old story that left
+  the dedup window) record the story without alerting;
+* a story that starts its cluster gets first alerts; one joining a known cluster gets
+  first alerts only for rules that had not alerted on it (or whose cooldown is over),
+  and "carried by N" updates for those that had;
+* earlier alerts of rules that are disabled now are ignored;
+* a digest rule's delivery waits for the digest's next cron time (``next_attempt``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
-from monitor.core.model import Alert, Delivery, Match, Story
+from monitor.core.model import Alert, Delivery, FeedSpec, FeedState, Match, Story
+from monitor.core.schedule import next_cron
 
+# A story is "news" only while it is recent: an item published longer ago than this
+# (a feed re-surfacing its archive) is remembered but never alerted on.
+MAX_ALERT_AGE = timedelta(days=3)
 UPDATE_MILESTONES: tuple[int, ...] = (2, 3, 5, 10, 20, 50, 100)
 
 
@@ -32,6 +49,19 @@ class ClusterFacts:
 
     cluster: str
     sources: tuple[str, ...]  # distinct feeds carrying it, including this story's
+    # the story started the cluster (dedup found nothing like it): nothing can have
+    # alerted on it yet, so its earlier alerts are not looked up
+    new: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Candidate:
+    """A story first seen in this poll, with what dedup and matching found out."""
+
+    story: Story
+    facts: ClusterFacts
+    matches: tuple[Match, ...] = ()
+    link_known: bool = False  # its (canonical) link is stored already, under another id
 
 
 def route(
@@ -110,3 +140,89 @@ def updates(
                 )
             )
     return out
+
+
+def is_baseline(state: FeedState, spec: FeedSpec) -> bool:
+    """A feed's first poll is a silent baseline: its backlog is recorded, not alerted on
+    (unless the feed says ``alert_on_first_poll``)."""
+    return not state.baselined and not spec.alert_on_first_poll
+
+
+def silenced(c: Candidate, *, now: datetime, baseline: bool, churn: bool) -> str | None:
+    """Why ``c`` is recorded without alerting, or None when it may alert. Checked before
+    matching (a silent story need not be matched) and again by ``plan``."""
+    if baseline:
+        return "baseline"
+    if churn:
+        return "guid-churn"  # the feed re-issued known items under new ids
+    if c.story.published < now - MAX_ALERT_AGE:
+        return "too-old"
+    if c.facts.new and c.link_known and c.story.link:
+        return "left-dedup-window"  # an old story (its link is stored) the index forgot
+    return None
+
+
+def needs_earlier(c: Candidate) -> bool:
+    """Whether ``plan`` needs the earlier alerts of ``c``'s cluster: it joins a known
+    cluster, and a rule fired on it or its source count is an update milestone."""
+    return not c.facts.new and (bool(c.matches) or len(c.facts.sources) in UPDATE_MILESTONES)
+
+
+def plan(
+    *,
+    candidates: Iterable[Candidate],
+    earlier: Mapping[str, Sequence[Delivery]],
+    enabled: Collection[str],
+    now: datetime,
+    baseline: bool = False,
+    churn: bool = False,
+) -> list[Delivery]:
+    """The deliveries one poll queues, in story order (pure).
+
+    ``candidates``: the poll's new stories, oldest first, with their matches and cluster
+    facts. ``earlier``: cluster → its stored first alerts (as ``Store.cluster_alerts``),
+    for every candidate with ``needs_earlier``. ``enabled``: the names of the rules in
+    force. ``baseline`` / ``churn``: the whole poll is recorded without alerting.
+    A digest rule's deliveries have ``next_attempt`` set to the digest's next time."""
+    out: list[Delivery] = []
+    for c in candidates:
+        if silenced(c, now=now, baseline=baseline, churn=churn) is not None:
+            continue
+        if c.facts.new:
+            out += route(c.story, c.matches, c.facts, now=now)
+        elif needs_earlier(c):
+            alerted = [d for d in earlier.get(c.facts.cluster, ())
+                       if d.alert.match.rule in enabled]
+            out += _follow_up(c, alerted, now=now)
+    return [_digested(d, now) if d.alert.match.digest else d for d in out]
+
+
+def _follow_up(c: Candidate, alerted: Sequence[Delivery], *, now: datetime) -> list[Delivery]:
+    """A story joining a cluster that may have alerted: first alerts only for the rules
+    that had not fired on it (e.g. ``min_sources`` just reached) or whose cooldown is
+    over, and updates for those that had."""
+    last: dict[tuple[str, str], datetime] = {}
+    for d in alerted:
+        k = (d.alert.match.rule, d.channel)
+        last[k] = max(last.get(k, d.created), d.created)
+    out = route(c.story, c.matches, c.facts, now=now, last_alerts=last)
+    return out + updates(c.story, _update_bases(alerted), c.facts, now=now)
+
+
+def _update_bases(alerted: Sequence[Delivery]) -> list[Alert]:
+    """Per rule, its latest alert (the source count an update counts from), carrying the
+    headline of the rule's very first one: updates thread under that, whichever later
+    alert (a cooldown's) they count from."""
+    latest = {d.alert.match.rule: d.alert for d in alerted}
+    titles: dict[str, str] = {}
+    for d in alerted:  # oldest first
+        titles.setdefault(d.alert.match.rule, d.alert.first_title or d.alert.story.title)
+    return [replace(a, first_title=titles[r]) for r, a in latest.items()]
+
+
+def _digested(d: Delivery, now: datetime) -> Delivery:
+    """A digest rule's alert waits in the outbox for the digest's next fire time."""
+    cron = d.alert.match.digest
+    if not cron:
+        return d
+    return replace(d, next_attempt=next_cron(cron, now) or now)

@@ -1,7 +1,12 @@
 """``poll_feed()``: the one place that strings the stages together for one feed.
 
-fetch → (unchanged? stop) → parse+normalise (executor) → known? → dedup → match → route
-→ ``store.save_poll`` (feed state + stories + clusters + outbox in one transaction).
+fetch → (unchanged? stop) → prepare (executor: parse, normalise, per-story work) → known?
+→ dedup → match → ``route.plan`` → ``store.save_poll`` (feed state + stories + clusters +
+outbox in one transaction).
+
+The pipeline gathers what the pure stages need (store reads, the dedup index, the cache of
+clusters' alerts), calls them, and acts on their answers: saves, logs, metrics. What to
+alert, where and when is ``route.plan``'s to decide.
 
 Expected failures (timeouts, HTTP errors, broken XML) are recorded on the feed and
 returned in the ``PollOutcome``; they are never raised.
@@ -13,13 +18,13 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from monitor.config import Config
-from monitor.core.dedup.index import Features, New, SameStory, Seen, StoryIndex, detect_guid_churn
+from monitor.core.dedup.index import New, SameStory, Seen, StoryIndex, detect_guid_churn
 from monitor.core.model import (
     ClusterInfo,
     Delivery,
@@ -30,11 +35,18 @@ from monitor.core.model import (
     NotModified,
     Story,
 )
-from monitor.core.prepare import Job, Prepared, prepare
-from monitor.core.route import UPDATE_MILESTONES, ClusterFacts, route, updates
-from monitor.core.rules.match import Matcher, Prematch
+from monitor.core.prepare import Job, Prepared, PreparedStory, prepare
+from monitor.core.route import (
+    Candidate,
+    ClusterFacts,
+    is_baseline,
+    needs_earlier,
+    plan,
+    silenced,
+)
+from monitor.core.rules.match import Matcher
 from monitor.core.rules.model import RuleSet
-from monitor.core.schedule import next_cron, next_poll
+from monitor.core.schedule import next_poll
 from monitor.log import get_logger
 from monitor.metrics import Metrics
 from monitor.shell.fetch import Fetcher
@@ -43,9 +55,6 @@ from monitor.store.groupcommit import FeedStateWriter
 
 log = get_logger(__name__)
 
-# A story is "news" only while it is recent: an item published longer ago than this
-# (a feed re-surfacing its archive) is remembered but never alerted on.
-MAX_ALERT_AGE = timedelta(days=3)
 ALERT_CACHE = 200_000  # clusters whose first alerts are kept in memory
 
 
@@ -91,6 +100,18 @@ class PollOutcome:
 
 
 PrepareFn = Callable[[Job], Awaitable[Prepared]]
+
+
+@dataclass(kw_only=True, slots=True)
+class _Work:
+    """What dedup and matching made of one poll's new stories, for ``plan`` and the save."""
+
+    enabled: frozenset[str]  # the rules in force when the stories were matched
+    to_store: list[StoredStory] = field(default_factory=list)
+    clusters: dict[str, ClusterInfo] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)  # the stories that may alert
+    outcomes: Counter[str] = field(default_factory=Counter)  # dedup decisions, for metrics
+    fired: Counter[str] = field(default_factory=Counter)  # matches per rule, for metrics
 
 
 class ParsePool:
@@ -202,141 +223,57 @@ class Pipeline:
             dedup=self.index.settings,
             skip_ids=self._last_ids.get(spec.name, frozenset()),
         ))
-        parsed = prepared.parsed
-        if parsed.failed:
-            return await self._failed(state, spec, now, url, parsed.problem or "unparseable feed",
-                                      result.status, retry_after=None, gone=False, ms=ms())
-        ok_state = replace(ok_state, problem=parsed.problem)
-        self._last_ids[spec.name] = frozenset(s.id for s in parsed.stories)
-        return await self._ingest(ok_state, spec, parsed.stories, now, result.status, ms,
-                                  prepared)
+        if prepared.failed:
+            return await self._failed(state, spec, now, url,
+                                      prepared.problem or "unparseable feed", result.status,
+                                      retry_after=None, gone=False, ms=ms())
+        ok_state = replace(ok_state, problem=prepared.problem)
+        self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)
+        return await self._ingest(ok_state, spec, prepared, now, result.status, ms)
 
     async def _ingest(
         self,
         state: FeedState,
         spec: FeedSpec,
-        stories: Sequence[Story],
+        prepared: Prepared,
         now: datetime,
         status: int | None,
         ms: Callable[[], float],
-        prepared: Prepared | None = None,
     ) -> PollOutcome:
-        # unique ids within the batch, oldest first so clusters form in time order
-        uniq: dict[str, Story] = {}
-        for s in stories:
-            uniq.setdefault(s.id, s)
-        batch = sorted(uniq.values(), key=lambda s: (s.published, s.id))
-        # two questions, not one: an id that happens to equal a stored link is still new
-        known_ids = await self.store.known([s.id for s in batch], [])
-        links = [s.link for s in batch if s.link and s.id not in known_ids]
-        known_links = await self.store.known([], links) if links else set()
-        # a known id is a story we already have; a known link under a new id is the same
-        # story from another source (or re-published): it joins its cluster as a source
-        fresh = [s for s in batch if s.id not in known_ids]
-
-        baseline = not state.baselined and not spec.alert_on_first_poll
-        churn = False
-        if fresh and not baseline and state.baselined:
-            churn = detect_guid_churn(fresh, self.index.known_under_other_id)
-            if churn:
-                state = replace(
-                    state,
-                    problem=f"GUID churn: {len(fresh)} of {len(batch)} items came back with new "
-                    "ids but known titles and links; they were recorded without alerting",
-                )
-                log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=len(batch))
-
-        # the per-story work the parse pool already did, by story id
-        feats: dict[str, Features | None] = {}
-        pre: dict[str, Prematch | None] = {}
-        if prepared is not None:
-            ids = [s.id for s in prepared.parsed.stories]
-            if prepared.features is not None:
-                feats = dict(zip(ids, prepared.features, strict=True))
-            if (prepared.prematch is not None
-                    and prepared.rules_fingerprint == self.rules.ruleset.fingerprint):
-                pre = dict(zip(ids, prepared.prematch, strict=True))
-        to_store: list[StoredStory] = []
-        deliveries: list[Delivery] = []
-        clusters: dict[str, ClusterInfo] = {}
-        matcher = self.rules.matcher
-        enabled = {r.name for r in self.rules.ruleset.rules if r.enabled}
-        outcomes: Counter[str] = Counter()
-        needs_times = bool(matcher.rules_needing_sources())
-        fired: Counter[str] = Counter()
-        for story in fresh:
-            decision = self.index.add(story, now=now, features=feats.get(story.id))
-            cluster = decision.cluster
-            to_store.append(StoredStory(story=story, cluster=cluster))
-            sources = self.index.cluster_sources(cluster)
-            clusters[cluster] = self._cluster_info(cluster, story, sources, now)
-            if isinstance(decision, New):
-                outcomes["new"] += 1
-            elif isinstance(decision, SameStory):
-                outcomes["same-story"] += 1
-                log.debug("story.clustered", feed=spec.name, story=story.id, cluster=cluster,
-                          score=decision.score, matched_with=decision.matched_with)
-            elif isinstance(decision, Seen):
-                outcomes["repeat"] += 1
-            if baseline or churn or story.published < now - MAX_ALERT_AGE:
-                continue
-            if isinstance(decision, New) and story.link and story.link in known_links:
-                continue  # an old story (its link is stored) that left the dedup window
-            matches = matcher.match(story, sources=len(sources), source_names=sources,
-                                    prematched=pre.get(story.id),
-                                    source_seen=self.index.cluster_source_times(cluster)
-                                    if needs_times else None)
-            for m in matches:
-                fired[m.rule] += 1
-            facts = ClusterFacts(cluster=cluster, sources=sources)
-            if isinstance(decision, New):
-                self._remember(cluster, [])
-                deliveries += route(story, matches, facts, now=now)
-                continue
-            if not matches and len(sources) not in UPDATE_MILESTONES:
-                continue  # nothing to alert and no update due: no need to look
-            # a member of a known cluster: first alerts only for rules that had not fired
-            # on it (e.g. min_sources just reached), updates for those that had
-            earlier = [d for d in await self._cluster_alerts(cluster)
-                       if d.alert.match.rule in enabled]
-            last: dict[tuple[str, str], datetime] = {}
-            for d in earlier:
-                k = (d.alert.match.rule, d.channel)
-                last[k] = max(last.get(k, d.created), d.created)
-            deliveries += route(story, matches, facts, now=now, last_alerts=last)
-            firsts = {d.alert.match.rule: d.alert for d in earlier}
-            # updates thread under the rule's very first alert (oldest first): its headline
-            # is their subject, whichever later alert (a cooldown's) they count from
-            titles: dict[str, str] = {}
-            for d in earlier:
-                titles.setdefault(d.alert.match.rule, d.alert.first_title or d.alert.story.title)
-            deliveries += updates(
-                story, [replace(a, first_title=titles[r]) for r, a in firsts.items()], facts,
-                now=now)
-
-        if any(d.alert.match.digest for d in deliveries):
-            deliveries = [self._digested(d, now) for d in deliveries]
+        """Gather what ``route.plan`` needs for the feed's entries, call it, save."""
+        batch = _unique_oldest_first(prepared.stories)
+        fresh, known_links = await self._fresh(batch)
+        baseline = is_baseline(state, spec)
+        churn = self._churn(state, spec, fresh, len(batch), baseline=baseline)
+        if churn:
+            state = replace(
+                state,
+                problem=f"GUID churn: {len(fresh)} of {len(batch)} items came back with new "
+                "ids but known titles and links; they were recorded without alerting",
+            )
+        rules = self.rules  # one rule set for the whole poll, even if a reload comes
+        work = self._dedup_and_match(
+            spec, fresh, known_links, now, rules,
+            # the worker's text matching counts only if it used the rules in force
+            prematched=prepared.rules_fingerprint == rules.ruleset.fingerprint,
+            baseline=baseline, churn=churn,
+        )
+        deliveries = plan(
+            candidates=work.candidates,
+            earlier=await self._earlier_alerts(work.candidates),
+            enabled=work.enabled,
+            now=now,
+            baseline=baseline,
+            churn=churn,
+        )
         state = replace(
             state,
             baselined=True,
             stories_seen=state.stories_seen + len(fresh),
         )
-        # the index's sources as of now: polls of other feeds may have added some while
-        # this one awaited the store
-        fresh_clusters = [replace(c, sources=self.index.cluster_sources(c.id) or c.sources)
-                          for c in clusters.values()]
-        inserted = await self.store.save_poll(state, to_store, deliveries, fresh_clusters)
-        for d in inserted:
-            if d.parent_key is None:
-                self._remember(d.alert.cluster, [d])
+        inserted = await self._save(state, work, deliveries)
         result = "baseline" if baseline else "new" if fresh else "unchanged"
-        self.metrics.polls.labels(spec.name, result).inc()
-        for outcome, n in outcomes.items():
-            self.metrics.stories.labels(spec.name, outcome).inc(n)
-        for rule, n in fired.items():
-            self.metrics.matches.labels(rule).inc(n)
-        self.metrics.clusters.set(len(self.index))
-        self.metrics.feed_failures.labels(spec.name).set(0)
+        self._count(spec, result, work)
         log.info(
             "feed.polled", feed=spec.name, status=status, entries=len(batch), new=len(fresh),
             alerts=len(inserted), baseline=baseline, problem=state.problem, ms=ms(),
@@ -352,13 +289,112 @@ class Pipeline:
             alerts=len(inserted), problem=state.problem, ms=ms(), deliveries=tuple(inserted),
         )
 
-    @staticmethod
-    def _digested(d: Delivery, now: datetime) -> Delivery:
-        """A digest rule's alert waits in the outbox for the digest's next fire time."""
-        cron = d.alert.match.digest
-        if not cron:
-            return d
-        return replace(d, next_attempt=next_cron(cron, now) or now)
+    async def _fresh(
+        self, batch: Sequence[PreparedStory]
+    ) -> tuple[list[PreparedStory], set[str]]:
+        """The entries whose ids the store does not have, and which of their links it has."""
+        # two questions, not one: an id that happens to equal a stored link is still new
+        known_ids = await self.store.known([p.story.id for p in batch], [])
+        fresh = [p for p in batch if p.story.id not in known_ids]
+        links = [p.story.link for p in fresh if p.story.link]
+        # a known id is a story we already have; a known link under a new id is the same
+        # story from another source (or re-published): it joins its cluster as a source
+        known_links = await self.store.known([], links) if links else set()
+        return fresh, known_links
+
+    def _churn(self, state: FeedState, spec: FeedSpec, fresh: Sequence[PreparedStory],
+               total: int, *, baseline: bool) -> bool:
+        """Whether the feed re-issued known items under new ids (then nothing alerts)."""
+        if not fresh or baseline or not state.baselined:
+            return False
+        churn = detect_guid_churn([p.story for p in fresh], self.index.known_under_other_id)
+        if churn:
+            log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=total)
+        return churn
+
+    def _dedup_and_match(
+        self,
+        spec: FeedSpec,
+        fresh: Sequence[PreparedStory],
+        known_links: Collection[str],
+        now: datetime,
+        rules: ActiveRules,
+        *,
+        prematched: bool,
+        baseline: bool,
+        churn: bool,
+    ) -> _Work:
+        """Add the new stories to the dedup index, oldest first, and match those that may
+        alert against their clusters. No await: the index sees the batch in one go."""
+        work = _Work(enabled=frozenset(r.name for r in rules.ruleset.rules if r.enabled))
+        matcher = rules.matcher
+        needs_times = bool(matcher.rules_needing_sources())
+        for p in fresh:
+            story = p.story
+            decision = self.index.add(story, now=now, features=p.features)
+            cluster = decision.cluster
+            work.to_store.append(StoredStory(story=story, cluster=cluster))
+            sources = self.index.cluster_sources(cluster)
+            work.clusters[cluster] = self._cluster_info(cluster, story, sources, now)
+            if isinstance(decision, New):
+                work.outcomes["new"] += 1
+            elif isinstance(decision, SameStory):
+                work.outcomes["same-story"] += 1
+                log.debug("story.clustered", feed=spec.name, story=story.id, cluster=cluster,
+                          score=decision.score, matched_with=decision.matched_with)
+            elif isinstance(decision, Seen):
+                work.outcomes["repeat"] += 1
+            c = Candidate(story=story,
+                          facts=ClusterFacts(cluster=cluster, sources=sources,
+                                             new=isinstance(decision, New)),
+                          link_known=story.link in known_links)
+            if silenced(c, now=now, baseline=baseline, churn=churn) is not None:
+                continue
+            matches = matcher.match(story, sources=len(sources), source_names=sources,
+                                    prematched=p.prematch if prematched else None,
+                                    source_seen=self.index.cluster_source_times(cluster)
+                                    if needs_times else None)
+            for m in matches:
+                work.fired[m.rule] += 1
+            work.candidates.append(replace(c, matches=matches))
+        return work
+
+    async def _earlier_alerts(
+        self, candidates: Sequence[Candidate]
+    ) -> dict[str, tuple[Delivery, ...]]:
+        """The stored first alerts of the clusters ``plan`` will look at (see
+        ``route.needs_earlier``), through the cache; a cluster the poll starts has none."""
+        earlier: dict[str, tuple[Delivery, ...]] = {}
+        for c in candidates:
+            if c.facts.new:
+                self._remember(c.facts.cluster, [])
+            elif needs_earlier(c):
+                # a copy: the cached list grows as polls of other feeds save alerts
+                earlier[c.facts.cluster] = tuple(await self._cluster_alerts(c.facts.cluster))
+        return earlier
+
+    async def _save(self, state: FeedState, work: _Work,
+                    deliveries: list[Delivery]) -> list[Delivery]:
+        """One transaction: the feed state, its new stories, their clusters, the outbox.
+        Returns the deliveries the store did not have (by key)."""
+        # the index's sources as of now: polls of other feeds may have added some while
+        # this one awaited the store
+        fresh_clusters = [replace(c, sources=self.index.cluster_sources(c.id) or c.sources)
+                          for c in work.clusters.values()]
+        inserted = await self.store.save_poll(state, work.to_store, deliveries, fresh_clusters)
+        for d in inserted:
+            if d.parent_key is None:
+                self._remember(d.alert.cluster, [d])
+        return inserted
+
+    def _count(self, spec: FeedSpec, result: str, work: _Work) -> None:
+        self.metrics.polls.labels(spec.name, result).inc()
+        for outcome, n in work.outcomes.items():
+            self.metrics.stories.labels(spec.name, outcome).inc(n)
+        for rule, n in work.fired.items():
+            self.metrics.matches.labels(rule).inc(n)
+        self.metrics.clusters.set(len(self.index))
+        self.metrics.feed_failures.labels(spec.name).set(0)
 
     async def _cluster_alerts(self, cluster: str) -> list[Delivery]:
         """The first alerts of a cluster: from memory for clusters this process has seen,
@@ -459,3 +495,11 @@ def _succeeded(
         gone=False, polls=state.polls + 1, next_poll=next_at, last_status=status,
         etag=etag, last_modified=last_modified, body_hash=body_hash,
     )
+
+
+def _unique_oldest_first(entries: Iterable[PreparedStory]) -> list[PreparedStory]:
+    """One entry per story id (the first), oldest first so clusters form in time order."""
+    uniq: dict[str, PreparedStory] = {}
+    for p in entries:
+        uniq.setdefault(p.story.id, p)
+    return sorted(uniq.values(), key=lambda p: (p.story.published, p.story.id))
