@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,22 @@ class DaemonProc:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Setup:
+    """A daemon ready to start, with the peers it talks to."""
+
+    tmp: Path
+    daemon: DaemonProc
+    port: int
+    rules: Path
+    feeds: FeedServer
+    slack: SlackServer
+    smtp: SMTPServer
+
+
 @pytest.fixture
 async def setup(tmp_path: Path, feed_server: FeedServer, slack_server: SlackServer, smtp_server: SMTPServer
-                ) -> AsyncIterator[dict[str, Any]]:
+                ) -> AsyncIterator[Setup]:
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", rules)
     port = free_port()
@@ -119,8 +133,8 @@ server:
 """, encoding="utf-8")
     os.environ["TEST_SLACK_WEBHOOK"] = slack_server.webhook_url
     daemon = DaemonProc(config, tmp_path / "daemon.log")
-    yield {"tmp": tmp_path, "daemon": daemon, "port": port, "rules": rules,
-           "feeds": feed_server, "slack": slack_server, "smtp": smtp_server}
+    yield Setup(tmp=tmp_path, daemon=daemon, port=port, rules=rules,
+                feeds=feed_server, slack=slack_server, smtp=smtp_server)
     if daemon.proc is not None and daemon.proc.returncode is None:
         daemon.proc.kill()
         await daemon.proc.wait()
@@ -150,9 +164,9 @@ async def wait_polls(feeds: Any, path: str, n: int) -> None:
     await until(lambda: feeds.hits(path) >= start + n, f"{n} more polls of {path}")
 
 
-async def test_daemon_alerts_once_survives_restart_and_smtp_outage(setup: dict[str, Any]) -> None:
-    d: DaemonProc = setup["daemon"]
-    feeds, slack, smtp, tmp = setup["feeds"], setup["slack"], setup["smtp"], setup["tmp"]
+async def test_daemon_alerts_once_survives_restart_and_smtp_outage(setup: Setup) -> None:
+    d: DaemonProc = setup.daemon
+    feeds, slack, smtp, tmp = setup.feeds, setup.slack, setup.smtp, setup.tmp
     await d.start()
     # baseline: the backlog is remembered silently
     await wait_polls(feeds, "/world.rss", 2)
@@ -179,12 +193,12 @@ async def test_daemon_alerts_once_survives_restart_and_smtp_outage(setup: dict[s
     mail = smtp.messages[0].message
     assert "Witkoff" in mail["Subject"] and mail["To"] == "oncall@example.org"
 
-    h = await health(setup["port"])
+    h = await health(setup.port)
     assert h is not None and h["rules"]["error"] is None and h["outbox"]["pending"] == 0
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{setup['port']}/metrics") as r:
+        async with s.get(f"http://127.0.0.1:{setup.port}/metrics") as r:
             metrics = await r.text()
-        async with s.get(f"http://127.0.0.1:{setup['port']}/readyz") as r:
+        async with s.get(f"http://127.0.0.1:{setup.port}/readyz") as r:
             assert r.status == 200
     assert 'monitor_deliveries_total{channel="slack-news",result="sent"}' in metrics
     assert 'monitor_rule_matches_total{rule="sanctions-deadline"}' in metrics
@@ -220,9 +234,9 @@ async def test_daemon_alerts_once_survives_restart_and_smtp_outage(setup: dict[s
     assert await d.stop() == 0
 
 
-async def test_rules_hot_reload_and_invalid_edit_keeps_old(setup: dict[str, Any]) -> None:
-    d: DaemonProc = setup["daemon"]
-    feeds, slack, rules, port = setup["feeds"], setup["slack"], setup["rules"], setup["port"]
+async def test_rules_hot_reload_and_invalid_edit_keeps_old(setup: Setup) -> None:
+    d: DaemonProc = setup.daemon
+    feeds, slack, rules, port = setup.feeds, setup.slack, setup.rules, setup.port
     await d.start()
     await wait_polls(feeds, "/world.rss", 2)
 
@@ -260,11 +274,11 @@ async def test_rules_hot_reload_and_invalid_edit_keeps_old(setup: dict[str, Any]
     assert await d.stop() == 0
 
 
-async def test_sigkill_loses_nothing(setup: dict[str, Any]) -> None:
+async def test_sigkill_loses_nothing(setup: Setup) -> None:
     """kill -9 after the story is committed but before delivery: the outbox delivers it
     on restart, once."""
-    d: DaemonProc = setup["daemon"]
-    feeds, slack, tmp = setup["feeds"], setup["slack"], setup["tmp"]
+    d: DaemonProc = setup.daemon
+    feeds, slack, tmp = setup.feeds, setup.slack, setup.tmp
     await d.start()
     await wait_polls(feeds, "/world.rss", 2)
     await slack.stop()  # Slack unreachable: the alert stays in the outbox

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from monitor.config import load_config
+from monitor.config import Config, load_config
 from monitor.shell.daemon import Runtime
 from monitor.store.postgres import PostgresStore
 from tests.feeds import BACKLOG, Item, rss, seed_item
@@ -40,7 +40,7 @@ async def schema() -> AsyncIterator[str]:
         await con.close()
 
 
-def shared_config(tmp_path: Path, schema: str, feeds: dict[str, str]) -> Any:
+def shared_config(tmp_path: Path, schema: str, feeds: dict[str, str]) -> Config:
     """A config of these feeds (name → URL), the shipped rules, file channels and the
     PostgreSQL store in ``schema``: what every instance of a test runs."""
     shutil.copytree(ROOT / "rules", tmp_path / "rules")

@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from monitor.config import load_config
+from monitor.config import Config, load_config
 from monitor.shell.daemon import Runtime
+from tests.clock import T0, Clock
 from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
+from tests.peers.feedserver import FeedServer
+
+MakeConfig = Callable[..., Config]  # (feeds: {name: path}, extra: str = '') -> Config
 
 ROOT = Path(__file__).resolve().parent.parent
-T0 = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)
-
-
-@dataclass
-class Clock:
-    now: datetime = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
 
 def alerts(tmp: Path, name: str = "alerts.jsonl") -> list[dict[str, Any]]:
     p = tmp / name
@@ -44,10 +35,10 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, feed_server: Any) -> Any:
+def make_config(tmp_path: Path, feed_server: FeedServer) -> MakeConfig:
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
 
-    def make(feeds: dict[str, str], extra: str = "") -> Any:
+    def make(feeds: dict[str, str], extra: str = "") -> Config:
         lines = "\n".join(
             f"  - {{name: {n}, url: '{feed_server.url(p)}', interval: 60s}}"
             for n, p in feeds.items()
@@ -72,7 +63,7 @@ server: {{enabled: false}}
 
 
 @pytest.fixture
-async def rt(make_config: Any, feed_server: Any, clock: Clock) -> AsyncIterator[Runtime]:
+async def rt(make_config: MakeConfig, feed_server: FeedServer, clock: Clock) -> AsyncIterator[Runtime]:
     feed_server.serve("/a.rss", rss(BACKLOG, now=T0))
     feed_server.serve("/b.rss", rss([], now=T0))
     config = make_config({"a": "/a.rss", "b": "/b.rss"})
@@ -86,7 +77,7 @@ async def poll(rt: Runtime) -> dict[str, Any]:
     return out
 
 
-async def test_baseline_then_one_alert_per_story(rt: Runtime, feed_server: Any, clock: Clock,
+async def test_baseline_then_one_alert_per_story(rt: Runtime, feed_server: FeedServer, clock: Clock,
                                                  tmp_path: Path) -> None:
     first = await poll(rt)
     assert first["a"].result == "baseline" and first["a"].new == 3 and first["a"].alerts == 0
@@ -110,7 +101,7 @@ async def test_baseline_then_one_alert_per_story(rt: Runtime, feed_server: Any, 
 
 @pytest.mark.parametrize("parse_in", ["thread", "process"])
 async def test_a_rule_without_channels_alerts_on_the_default_ones(
-    make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path, parse_in: str
+    make_config: MakeConfig, feed_server: FeedServer, clock: Clock, tmp_path: Path, parse_in: str
 ) -> None:
     # the parse pool compiles the rule files without the config; the rule's channels
     # come from the config's defaults all the same
@@ -129,7 +120,7 @@ async def test_a_rule_without_channels_alerts_on_the_default_ones(
 
 
 async def test_updates_keep_the_subject_of_the_very_first_alert(
-    make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path
+    make_config: MakeConfig, feed_server: FeedServer, clock: Clock, tmp_path: Path
 ) -> None:
     # a rule with a cooldown alerts again on a later copy; the next update still threads
     # under the first alert: its headline, not the re-alert's
@@ -161,7 +152,7 @@ async def test_updates_keep_the_subject_of_the_very_first_alert(
 
 
 async def test_same_story_on_another_feed_updates_instead_of_alerting(
-        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+        rt: Runtime, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
     await poll(rt)
     clock.advance(minutes=5)
     feed_server.set("/a.rss", rss([seed_item(), *BACKLOG], now=clock.now))
@@ -180,7 +171,7 @@ async def test_same_story_on_another_feed_updates_instead_of_alerting(
     assert len(updates) == 1 and updates[0]["sources"] == 2
 
 
-async def test_restart_resumes_without_repeats(make_config: Any, feed_server: Any,
+async def test_restart_resumes_without_repeats(make_config: MakeConfig, feed_server: FeedServer,
                                                clock: Clock, tmp_path: Path) -> None:
     feed_server.serve("/a.rss", rss(BACKLOG, now=T0), etag=False)
     config = make_config({"a": "/a.rss"})
@@ -201,7 +192,7 @@ async def test_restart_resumes_without_repeats(make_config: Any, feed_server: An
     assert len(alerts(tmp_path)) == 1
 
 
-async def test_unchanged_body_skips_parsing(make_config: Any, feed_server: Any, clock: Clock
+async def test_unchanged_body_skips_parsing(make_config: MakeConfig, feed_server: FeedServer, clock: Clock
                                             ) -> None:
     feed_server.serve("/a.rss", rss(BACKLOG, now=T0), etag=False)
     async with Runtime(make_config({"a": "/a.rss"}), clock=clock) as rt:
@@ -210,7 +201,7 @@ async def test_unchanged_body_skips_parsing(make_config: Any, feed_server: Any, 
         assert out["a"].result == "unchanged" and out["a"].status == 200
 
 
-async def test_failures_are_recorded_with_backoff(make_config: Any, feed_server: Any,
+async def test_failures_are_recorded_with_backoff(make_config: MakeConfig, feed_server: FeedServer,
                                                   clock: Clock) -> None:
     feed_server.status("/err.rss", 500)
     feed_server.status("/gone.rss", 410)
@@ -237,7 +228,7 @@ async def test_failures_are_recorded_with_backoff(make_config: Any, feed_server:
         assert health["status"] == "degraded" and "gone" in health["feeds"]["gone"]
 
 
-async def test_permanent_redirect_updates_url(make_config: Any, feed_server: Any,
+async def test_permanent_redirect_updates_url(make_config: MakeConfig, feed_server: FeedServer,
                                               clock: Clock) -> None:
     feed_server.redirect("/old.rss", "/new.rss", status=301)
     feed_server.serve("/new.rss", rss(BACKLOG, now=T0))
@@ -248,7 +239,7 @@ async def test_permanent_redirect_updates_url(make_config: Any, feed_server: Any
         assert st.configured_url == feed_server.url("/old.rss")
 
 
-async def test_guid_churn_flags_the_feed_and_stays_silent(make_config: Any, feed_server: Any,
+async def test_guid_churn_flags_the_feed_and_stays_silent(make_config: MakeConfig, feed_server: FeedServer,
                                                           clock: Clock, tmp_path: Path) -> None:
     items = [seed_item(f"https://x.example/{i}") for i in range(1)] + [
         Item(title=f"Story number {i} about sanctions and Putin's deadline talks {i}",
@@ -267,7 +258,7 @@ async def test_guid_churn_flags_the_feed_and_stays_silent(make_config: Any, feed
     assert alerts(tmp_path) == []
 
 
-async def test_old_items_are_remembered_not_alerted(rt: Runtime, feed_server: Any,
+async def test_old_items_are_remembered_not_alerted(rt: Runtime, feed_server: FeedServer,
                                                     clock: Clock, tmp_path: Path) -> None:
     await poll(rt)
     old = seed_item()
@@ -291,7 +282,7 @@ async def test_reload_rules_keeps_old_set_on_error(rt: Runtime, tmp_path: Path) 
     assert len(rt.pipeline.rules.ruleset.rules) == before + 1
 
 
-async def test_digest_rule_collects_and_sends_on_its_schedule(rt: Runtime, feed_server: Any,
+async def test_digest_rule_collects_and_sends_on_its_schedule(rt: Runtime, feed_server: FeedServer,
                                                               clock: Clock,
                                                               tmp_path: Path) -> None:
     (tmp_path / "rules" / "robots.yaml").write_text(
@@ -316,7 +307,7 @@ async def test_digest_rule_collects_and_sends_on_its_schedule(rt: Runtime, feed_
 
 
 async def test_corroboration_counts_sources_within_the_rule_window(
-        make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
     (tmp_path / "rules" / "corroborated.yaml").write_text(
         "rules:\n  - name: corroborated\n    any: [avalanche]\n    min_sources: 2\n"
         "    window: 1h\n    channels: [audit-file]\n", encoding="utf-8")
@@ -344,7 +335,7 @@ async def test_corroboration_counts_sources_within_the_rule_window(
 
 
 async def test_a_story_whose_id_is_a_known_link_still_counts_as_a_source(
-        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+        rt: Runtime, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
     await poll(rt)
     clock.advance(minutes=5)
     s = seed_item("https://news.example.org/witkoff")
@@ -362,7 +353,7 @@ async def test_a_story_whose_id_is_a_known_link_still_counts_as_a_source(
 
 
 async def test_poll_and_deliver_sends_while_other_polls_are_in_flight(
-        make_config: Any, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
     """`monitor once` delivers like the daemon: an alert goes out as soon as its poll
     queued it, not after the slowest feed; what is queued last is delivered at the end."""
     import asyncio
@@ -387,7 +378,7 @@ async def test_poll_and_deliver_sends_while_other_polls_are_in_flight(
 
 
 async def test_a_story_whose_work_was_skipped_is_still_matched_when_new(
-        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+        rt: Runtime, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
     """The pool skips dedup features and rule text matching for ids the feed carried at
     its last poll; one of them that is not stored after all is done by the pipeline."""
     first = await poll(rt)
@@ -403,7 +394,7 @@ async def test_a_story_whose_work_was_skipped_is_still_matched_when_new(
 
 
 async def test_poll_and_deliver_leaves_no_poll_running_when_it_fails(
-        make_config: Any, feed_server: Any, clock: Clock) -> None:
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock) -> None:
     """A delivery round that fails with a bug while a poll is in flight: the error
     reaches the caller only once the polls are over, so closing the runtime is safe."""
     import asyncio
@@ -424,7 +415,7 @@ async def test_poll_and_deliver_leaves_no_poll_running_when_it_fails(
 
 
 async def test_an_id_given_twice_is_its_first_entry_matched_on_its_own_text(
-        rt: Runtime, feed_server: Any, clock: Clock, tmp_path: Path) -> None:
+        rt: Runtime, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
     """The pool's per-story work stays with its entry: of two entries under one id, the
     first is the story, and the rules see its text, not the other entry's."""
     await poll(rt)
