@@ -13,11 +13,11 @@ The result is one ``PreparedStory(story, features, prematch)`` per entry, in fee
 facts about the text only. Channels, severity, cooldown and digests are configuration,
 decided once on the daemon's side (``route.plan``).
 
-A worker compiles the rules itself, from the rules directory, and makes a prematch only
-when their fingerprint equals the one the daemon is running (``RuleSet.fingerprint``); if
-the files changed in between, it leaves matching to the daemon. ``Prepared`` says which
-rules the prematches were made with, and the daemon uses them only if those are still
-the rules in force. Results are plain frozen dataclasses, cheap to pickle.
+The caller hands over the matcher compiled from the rules ``job.rules_fingerprint``
+names (a parse worker compiles and caches them itself: ``monitor.shell.parsepool``), or
+none, and then no prematch is made. ``Prepared`` says which rules the prematches were
+made with, and the daemon uses them only if those are still the rules in force. Results
+are plain frozen dataclasses, cheap to pickle.
 """
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from monitor.core.dedup.index import DedupSettings, Features, story_features
 from monitor.core.model import Story
 from monitor.core.parse import parse_feed
-from monitor.core.rules.load import load_rules
-from monitor.core.rules.match import Matcher, Prematch, compile_rules
-from monitor.errors import MonitorError
+from monitor.core.rules.match import Matcher, Prematch
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,26 +68,9 @@ class Prepared:
     rules_fingerprint: str = ""  # the rules the prematches were made with; "" for none
 
 
-_MATCHERS: dict[str, Matcher] = {}  # this worker's compiled rules, by fingerprint
-
-
-def _matcher(path: str, fingerprint: str) -> Matcher | None:
-    m = _MATCHERS.get(fingerprint)
-    if m is None:
-        try:
-            ruleset = load_rules(Path(path), channels=None)
-        except MonitorError:
-            return None  # being edited: the daemon matches itself
-        if ruleset.fingerprint != fingerprint:
-            return None
-        m = compile_rules(ruleset)
-        _MATCHERS.clear()
-        _MATCHERS[fingerprint] = m
-    return m
-
-
-def prepare(job: Job) -> Prepared:
-    """Parse and normalise ``job.body``, then compute the per-story work."""
+def prepare(job: Job, matcher: Matcher | None = None) -> Prepared:
+    """Parse and normalise ``job.body``, then compute the per-story work. ``matcher`` must
+    be compiled from the rules ``job.rules_fingerprint`` names; None: no prematch."""
     parsed = parse_feed(
         job.body, job.headers, feed=job.feed, feed_tags=job.feed_tags, url=job.url, now=job.now
     )
@@ -98,8 +78,7 @@ def prepare(job: Job) -> Prepared:
         return Prepared(problem=parsed.problem, failed=parsed.failed)
     skip = job.skip_ids
     dedup = job.dedup
-    m = (_matcher(job.rules_path, job.rules_fingerprint)
-         if job.rules_path and job.rules_fingerprint else None)
+    m = matcher if job.rules_fingerprint else None
     stories = tuple(
         PreparedStory(story=s) if s.id in skip else PreparedStory(
             story=s,

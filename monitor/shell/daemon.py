@@ -40,7 +40,8 @@ from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
-from monitor.shell.pipeline import ActiveRules, ParsePool, Pipeline, PollOutcome
+from monitor.shell.parsepool import ParsePool
+from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.scheduler import Scheduler
 from monitor.shell.server import Server
 from monitor.store.base import Store, StoredStory

@@ -14,12 +14,10 @@ returned in the ``PollOutcome``; they are never raised.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -35,7 +33,7 @@ from monitor.core.model import (
     NotModified,
     Story,
 )
-from monitor.core.prepare import Job, Prepared, PreparedStory, prepare
+from monitor.core.prepare import Job, Prepared, PreparedStory
 from monitor.core.route import (
     Candidate,
     ClusterFacts,
@@ -112,32 +110,6 @@ class _Work:
     candidates: list[Candidate] = field(default_factory=list)  # the stories that may alert
     outcomes: Counter[str] = field(default_factory=Counter)  # dedup decisions, for metrics
     fired: Counter[str] = field(default_factory=Counter)  # matches per rule, for metrics
-
-
-class ParsePool:
-    """Runs ``prepare`` (parse, normalise, per-story dedup and rule work) off the event
-    loop in an executor (threads or processes). A process pool whose worker died (OOM
-    killer, a crash in a C extension) is broken for good: it is replaced, once per
-    breakage, and the job retried, so one bad feed cannot stop every feed."""
-
-    def __init__(self, make: Callable[[], Executor]) -> None:
-        self._make = make
-        self._executor = make()
-
-    async def __call__(self, job: Job) -> Prepared:
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        try:
-            return await loop.run_in_executor(executor, prepare, job)
-        except BrokenExecutor:
-            if self._executor is executor:  # the first to notice replaces it
-                log.error("parse_pool.broken", feed=job.feed, note="a worker died; restarting")
-                self._executor = self._make()
-                executor.shutdown(wait=False, cancel_futures=True)
-            return await loop.run_in_executor(self._executor, prepare, job)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
