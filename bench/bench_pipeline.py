@@ -146,7 +146,7 @@ def write_rules(dir_: Path) -> None:
     dir_.mkdir(parents=True, exist_ok=True)
     for p in (ROOT / "rules").glob("*.y*ml"):
         shutil.copy(p, dir_ / p.name)
-    from monitor.core.rules.load import load_rules
+    from monitor.shell.rulefiles import load_rules
 
     have = len(load_rules(dir_, channels=["slack-news", "email-oncall", "audit-file"]).rules)
     vocab = ["election", "ceasefire", "tariff", "earthquake", "inflation", "strike",

@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from monitor.core.model import Story
-from monitor.core.rules.load import load_rules
 from monitor.core.rules.match import compile_rules
+from monitor.shell.rulefiles import load_rules
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 NOW = datetime(2026, 2, 17, tzinfo=UTC)

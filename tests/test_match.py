@@ -17,8 +17,8 @@ import pytest
 
 from monitor.cli.explain import format_explanation
 from monitor.core.model import Story
-from monitor.core.rules.load import load_rules
 from monitor.core.rules.match import Matcher, compile_rules
+from monitor.shell.rulefiles import load_rules
 from tests.conftest import ROOT, shared_path
 
 NOW = datetime(2026, 2, 17, 12, 0, tzinfo=UTC)

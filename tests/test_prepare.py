@@ -9,9 +9,9 @@ from pathlib import Path
 
 from monitor.core.dedup.index import DedupSettings, story_features
 from monitor.core.prepare import Job, prepare
-from monitor.core.rules.load import load_rules
 from monitor.core.rules.match import Matcher, compile_rules
 from monitor.shell.parsepool import run_job
+from monitor.shell.rulefiles import load_rules
 from tests.feeds import BACKLOG, rss, seed_item
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from monitor.core.rules.expr import And, Not, Or
-from monitor.core.rules.load import load_rules
 from monitor.core.rules.model import RuleSet
 from monitor.errors import RulesError
+from monitor.shell.rulefiles import load_rules
 from tests.conftest import ROOT
 
 CHANNELS = {"slack-news", "email-oncall", "audit-file"}

@@ -187,7 +187,7 @@ def _json_value(v: Any) -> Any:
 
 # -- check ------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
-    from monitor.core.rules.load import load_rules
+    from monitor.shell.rulefiles import load_rules
 
     path = find_config(args.config)
     problems: list[str] = []
@@ -327,7 +327,7 @@ def _t(d: Any) -> str:
 # -- rules test / backtest --------------------------------------------------------------
 def _load_rules_for(args: argparse.Namespace) -> RuleSet:
     """``--rules PATH`` (channels unchecked when there is no config) or the config's rules."""
-    from monitor.core.rules.load import load_rules
+    from monitor.shell.rulefiles import load_rules
 
     config: Config | None = None
     try:

@@ -30,7 +30,6 @@ from typing import Any
 from monitor.config import Config, secrets_of
 from monitor.core.dedup.index import DedupSettings, StoryIndex
 from monitor.core.model import Delivery, FeedSpec, FeedState
-from monitor.core.rules.load import load_rules
 from monitor.core.rules.match import compile_rules
 from monitor.core.schedule import initial_poll
 from monitor.errors import MonitorError, RulesError
@@ -42,6 +41,7 @@ from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import ParsePool
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
+from monitor.shell.rulefiles import load_rules
 from monitor.shell.scheduler import Scheduler
 from monitor.shell.server import Server
 from monitor.store.base import Store, StoredStory

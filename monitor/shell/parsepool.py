@@ -16,10 +16,10 @@ from concurrent.futures import BrokenExecutor, Executor
 from pathlib import Path
 
 from monitor.core.prepare import Job, Prepared, prepare
-from monitor.core.rules.load import load_rules
 from monitor.core.rules.match import Matcher, compile_rules
 from monitor.errors import MonitorError
 from monitor.log import get_logger
+from monitor.shell.rulefiles import load_rules
 
 log = get_logger(__name__)
 

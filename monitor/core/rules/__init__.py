@@ -2,7 +2,8 @@
 
 Each module imports only modules listed below it (no cycles)::
 
-    load.py     rule files → RuleSet: pydantic + yamlpos, every problem with file:line:column
+    load.py     rule files' text → RuleSet (parse_rules): pydantic + yamlpos, every problem
+                with file:line:column
                   imports model, expr, terms
     match.py    RuleSet → Matcher: prematch (the text), match (+ scope, corroboration and
                 the rule's action), explain; compile_rules
@@ -15,7 +16,8 @@ Each module imports only modules listed below it (no cycles)::
                   imports terms
     terms.py    tokens, their keys, and parsing one term
 
-``load`` also uses ``monitor.core.yamlpos`` and ``monitor.core.schedule`` (cron lines); the
+``load`` also uses ``monitor.core.yamlpos`` and ``monitor.core.schedule`` (cron lines).
+Reading the files from disk is the shell's (``monitor.shell.rulefiles.load_rules``); the
 terminal rendering of explanations is ``monitor.cli.explain``. A term or an expression that
 cannot be parsed raises a ``RuleSyntaxError`` (``TermError``, ``ExprError``); the loader
 reports it, with every other problem, in one ``RulesError``.

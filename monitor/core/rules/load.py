@@ -1,4 +1,5 @@
-"""Rule files: loading and validation, as a whole, every problem at once with file:line:column.
+"""Rule files' text → a RuleSet, validated as a whole, every problem at once with
+file:line:column (``parse_rules``; ``monitor.shell.rulefiles`` reads the files).
 
 The rules language
 ==================
@@ -57,7 +58,7 @@ import difflib
 import hashlib
 import re
 import types
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -179,12 +180,10 @@ class _Loader:
         self.problems.append(Problem(path, line, col, msg))
 
     # files ----------------------------------------------------------------------------
-    def read(self, path: Path) -> _File | None:
-        sp = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            self.problems.append(Problem(sp, None, None, f"cannot read rule file: {e}"))
+    def read(self, rf: RuleFile) -> _File | None:
+        path, text, sp = rf.path, rf.text, str(rf.path)
+        if text is None:
+            self.problems.append(Problem(sp, None, None, f"cannot read rule file: {rf.error}"))
             return None
         try:
             data, positions = load_yaml(text, sp)
@@ -488,32 +487,33 @@ def _trivially_true(node: Node) -> bool:
     return any(_trivially_true(i) for i in node.items)
 
 
-def rule_files(path: Path) -> list[Path]:
-    """The rule files of a directory (sorted), or the one file given."""
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith("."))
-    return [path]
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RuleFile:
+    """One rule file as read from disk (``monitor.shell.rulefiles``): its text, or why it
+    could not be read."""
+
+    path: Path
+    text: str | None
+    error: str | None = None  # when text is None
 
 
-def load_rules(
+def parse_rules(
     path: Path,
+    files: Sequence[RuleFile],
     *,
     channels: Collection[str] | None,
     feeds: Collection[str] = (),
     default_channels: tuple[str, ...] = (),
 ) -> RuleSet:
-    """Load, validate and return every rule and actor under ``path``.
+    """Validate and return every rule and actor of ``files`` (the rule files under
+    ``path``, in order).
 
     Raises ``RulesError`` listing every problem (``file:line:column: message``); the set is
     valid as a whole or rejected as a whole. ``channels=None`` skips the check of channel
     names (offline tools without a config).
     """
-    path = Path(path)
-    if not path.exists():
-        raise RulesError([Problem(str(path), None, None, "rules path does not exist; create it or set rules: in the config")])
     loader = _Loader(channels, feeds, tuple(default_channels))
-    files = rule_files(path)
-    loaded = [f for f in (loader.read(p) for p in files) if f is not None]
+    loaded = [f for f in (loader.read(rf) for rf in files) if f is not None]
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for f in loaded:
@@ -532,7 +532,7 @@ def load_rules(
     return RuleSet(
         rules=tuple(rules),
         actors=types.MappingProxyType(dict(loader.actors)),
-        files=tuple(files),
+        files=tuple(rf.path for rf in files),
         digest=types.MappingProxyType({r.name: r.digest for r in rules if r.digest}),
         fingerprint=loader.hasher.hexdigest(),
     )
