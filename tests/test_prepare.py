@@ -6,7 +6,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor.core.dedup.index import DedupSettings, story_features
+from monitor.core.dedup.features import DedupSettings, story_features
 from monitor.core.prepare import Job, prepare
 from monitor.core.rules.match import Matcher
 from monitor.core.rules.model import compile_rules, load_rules

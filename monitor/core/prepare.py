@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from monitor.core.dedup.index import DedupSettings, Features, story_features
+from monitor.core.dedup.features import DedupSettings, Features, story_features
 from monitor.core.model import ParsedFeed
 from monitor.core.parse import parse_feed
 from monitor.core.rules.match import Matcher, Prematch

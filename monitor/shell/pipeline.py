@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from monitor.config import Config
-from monitor.core.dedup.index import Features, New, SameStory, Seen, StoryIndex, detect_guid_churn
+from monitor.core.dedup.features import Features
+from monitor.core.dedup.index import New, SameStory, Seen, StoryIndex, detect_guid_churn
 from monitor.core.model import (
     ClusterInfo,
     Delivery,
