@@ -29,7 +29,7 @@ __all__ = [
     "Features",
     "normalize_title",
     "story_features",
-    "tokenize",
+    "title_tokens",
 ]
 
 
@@ -174,8 +174,14 @@ def _stem(tok: str) -> str:
     return tok
 
 
-def tokenize(normalized: str) -> list[str]:
-    """Tokens of a normalised title (light plural stemming), in order, duplicates removed."""
+def title_tokens(normalized: str) -> list[str]:
+    """Tokens of a normalised title (or summary lead), as the story index compares them:
+    words with light plural stemming, in order, duplicates removed. (Not the rule
+    matcher's ``rules.terms.tokenize``: raw text to tokens with offsets.)
+
+    >>> title_tokens("fed cuts rates as rates rise")
+    ['fed', 'cut', 'rate', 'as', 'rise']
+    """
     out: list[str] = []
     seen: set[str] = set()
     for raw in normalized.split():
@@ -216,7 +222,7 @@ class Features:
 
     def __init__(self, title: str, summary: str, short_tokens: int) -> None:
         self.norm = normalize_title(title)
-        self.tokens = tokenize(self.norm)
+        self.tokens = title_tokens(self.norm)
         self.boost = frozenset(_boosts(title))
         informative = [t for t in self.tokens if t not in STOPWORDS]
         extra: list[str] = []
@@ -224,7 +230,7 @@ class Features:
         if len(informative) < short_tokens and summary:
             lead_norm = normalize_title(_lead(summary))
             have = set(self.tokens)
-            extra = [t for t in tokenize(lead_norm) if t not in have]
+            extra = [t for t in title_tokens(lead_norm) if t not in have]
             text = f"{self.norm} {lead_norm}".strip()
         self.extra = tuple(extra)
         self.text = text
