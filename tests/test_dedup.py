@@ -10,13 +10,13 @@ from typing import Any
 import feedparser
 import pytest
 
+from monitor.cli.cluster import cluster_stream
 from monitor.core.dedup.features import DedupSettings, normalize_title
 from monitor.core.dedup.index import (
     New,
     SameStory,
     Seen,
     StoryIndex,
-    cluster_stream,
     detect_guid_churn,
     pair_score,
 )

@@ -464,8 +464,8 @@ async def cmd_backtest(config: Config, args: argparse.Namespace) -> int:
 
 # -- stories ----------------------------------------------------------------------------
 def cmd_cluster(args: argparse.Namespace) -> int:
+    from monitor.cli.cluster import cluster_stream
     from monitor.core.dedup.features import DedupSettings
-    from monitor.core.dedup.index import cluster_stream
 
     kw: dict[str, Any] = {}
     config: Config | None = None

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rapidfuzz import fuzz
 
@@ -56,7 +56,6 @@ __all__ = [
     "SameStory",
     "Seen",
     "StoryIndex",
-    "cluster_stream",
     "detect_guid_churn",
     "pair_score",
 ]
@@ -883,44 +882,3 @@ def detect_guid_churn(
         return False
     known = sum(1 for s in new_stories if is_known(s))
     return known >= min_items and known / len(new_stories) >= min_ratio
-
-
-def _parse_time(value: Any) -> datetime:
-    if isinstance(value, int | float):
-        v = float(value)
-        if v > 1e11:  # milliseconds
-            v /= 1000.0
-        return datetime.fromtimestamp(v, tz=UTC)
-    if isinstance(value, str):
-        s = value.strip()
-        try:
-            return _parse_time(float(s))
-        except ValueError:
-            pass
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    raise ValueError(f"published must be ISO-8601 or epoch seconds, not {value!r}")
-
-
-def cluster_stream(
-    lines: Iterable[dict[str, Any]], settings: DedupSettings | None = None
-) -> Iterator[dict[str, str]]:
-    """``monitor stories cluster``: ``{"id","title","summary"?,"source"?,"published"}``
-    records (in time order; ``published`` ISO-8601 or epoch s/ms) → ``{"id","cluster"}``."""
-    index = StoryIndex(settings)
-    latest: datetime | None = None
-    for rec in lines:
-        sid = str(rec["id"])
-        when = _parse_time(rec["published"])
-        story = Story(
-            id=sid,
-            feed=str(rec.get("source") or ""),
-            title=str(rec.get("title") or ""),
-            link=str(rec.get("link") or ""),
-            summary=str(rec.get("summary") or ""),
-            published=when,
-            first_seen=when,
-        )
-        latest = when if latest is None or when > latest else latest
-        decision = index.add(story, now=latest)
-        yield {"id": sid, "cluster": decision.cluster}
