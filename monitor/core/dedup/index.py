@@ -329,6 +329,23 @@ class StoryIndex:
             return 0.0
         return sum(1 for s in new if self.known_under_other_id(s)) / len(new)
 
+    def cluster_score(self, cluster_id: str, story: Story) -> float:
+        """How close ``story`` is to the open cluster ``cluster_id`` by content alone: the
+        score of the module docstring (``pair`` and ``cover``) without the time penalty,
+        every member scored in full. 1.0 when the story's normalised title repeats one in
+        the cluster (``decide`` would say ``Seen``); 0.0 when the title has no tokens or no
+        such cluster is open. For calibration and explanations: nothing is inserted or
+        evicted, and ``decide`` stays the answer the pipeline acts on."""
+        c = self._get(cluster_id)
+        f = Features(story.title, story.summary, self.settings.short_title_tokens)
+        if c is None or not f.tokens:
+            return 0.0
+        hit = self._exact.get(_key(_TITLE, f.norm))
+        if hit is not None and hit[0] == c.num:
+            return 1.0
+        weights = self._story_weights(f, self._weigher(f.boost))
+        return self._score(f, weights, sum(weights.values()), c)[0]
+
     # -- internals ----------------------------------------------------------------------
 
     def _get(self, cluster_id: str) -> _Cluster | None:
@@ -374,15 +391,24 @@ class StoryIndex:
 
         return weight
 
+    def _story_weights(self, f: Features, weight: Callable[[str], float]) -> dict[str, float]:
+        """Token → weight of the story: its title tokens, then its summary-lead tokens at
+        ``lead_weight`` (in that order: sums over the dict are taken in it)."""
+        weights: dict[str, float] = {}
+        for t in f.tokens:
+            weights[t] = weight(t)
+        if f.extra:
+            lead = self.settings.lead_weight
+            for t in f.extra:
+                weights[t] = weight(t) * lead
+        return weights
+
     def _lightest(self) -> float:
         """A lower bound of any informative token's weight (the ``_weigher`` formula at
         the largest document frequency), valid while no cluster is added or dropped."""
         st = self.settings
         n = len(self._clusters)
         return math.pow(math.log((n + st.idf_prior) / (self._df_max + 1.0)) + 1.0, st.idf_power)
-
-    def _weight(self, tok: str, boost: frozenset[str]) -> float:
-        return self._weigher(boost)(tok)
 
     def _decide(
         self, story: Story, f: Features, keys: list[int], t_story: float
@@ -403,13 +429,7 @@ class StoryIndex:
         if not f.tokens:
             return New(cluster=story.id), None
         weight = self._weigher(f.boost)
-        weights: dict[str, float] = {}
-        for t in f.tokens:
-            weights[t] = weight(t)
-        if f.extra:
-            lead = st.lead_weight
-            for t in f.extra:
-                weights[t] = weight(t) * lead
+        weights = self._story_weights(f, weight)
         # candidates: postings of the rarest informative tokens
         ranked = [t for t in weights if t not in STOPWORDS]
         ranked.sort(key=weights.__getitem__, reverse=True)  # stable: ties keep their order
@@ -853,14 +873,9 @@ def pair_score(a: str, b: str, *, settings: DedupSettings | None = None) -> floa
     """Score of two headlines alone (a one-member cluster), for calibration on pairs."""
     index = StoryIndex(settings)
     t0 = datetime(2000, 1, 1, tzinfo=UTC)
-    sa = Story(id="a", feed="a", title=a, link="", published=t0, first_seen=t0)
-    index.add(sa, now=t0)
-    f = Features(b, "", index.settings.short_title_tokens)
-    if not f.tokens or _key(_TITLE, f.norm) in index._exact:
-        return 1.0 if f.tokens else 0.0
-    weights = {t: index._weight(t, f.boost) for t in f.tokens}
-    c = next(iter(index._clusters.values()))
-    return index._score(f, weights, sum(weights.values()), c)[0]
+    index.add(Story(id="a", feed="a", title=a, link="", published=t0, first_seen=t0), now=t0)
+    sb = Story(id="b", feed="b", title=b, link="", published=t0, first_seen=t0)
+    return index.cluster_score("a", sb)
 
 
 def detect_guid_churn(
