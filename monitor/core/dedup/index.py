@@ -179,16 +179,23 @@ _EPS = 1e-9  # far above the float error of a score, far below a meaningful diff
 
 
 def _beyond(
-    pair_up: float, cover_up: float, st: DedupSettings, need: float | None, margin: float | None
+    pair_up: float,
+    cover_up: float,
+    st: DedupSettings,
+    need: float | None,
+    margin: float | None,
+    eps: float = _EPS,
 ) -> bool:
     """True when a score whose pair and cover terms are at most ``pair_up`` and
-    ``cover_up`` (up to float noise, ``_EPS``) can neither reach ``need`` nor beat
-    ``margin`` (the best ``score - need`` so far)."""
+    ``cover_up`` can neither reach ``need`` nor beat ``margin`` (the best ``score - need``
+    so far). ``eps`` keeps the answer clear of float noise when the bounds come from other
+    expressions than the score's; 0.0 when they are the score's own (rounding is
+    monotone)."""
     assert need is not None
     up = (1.0 - st.cover_weight) * pair_up + st.cover_weight * cover_up
-    if pair_up + _EPS >= st.pair_accept:
+    if pair_up + eps >= st.pair_accept:
         up = max(up, pair_up)
-    return up + _EPS < need or (margin is not None and up - need + _EPS <= margin)
+    return up + eps < need or (margin is not None and up - need + eps <= margin)
 
 
 class StoryIndex:
@@ -216,6 +223,8 @@ class StoryIndex:
         self._bounds_hold = st.lead_weight <= 1.0 and all(
             0.0 <= x <= 1.0 for x in (st.containment, st.fuzz_weight, st.cover_weight, st.sig_weight)
         )
+        # and the signature-share bound, weights that never grow with df (see _lightest)
+        self._sig_bound = st.sig_weight > 0.0 and st.idf_prior >= 1.0 and st.idf_power >= 0.0
         self._idfw: dict[int, float] = {}  # df -> idf ** idf_power, for _idf_n open clusters
         self._idf_n = -1
         self._now: datetime | None = None  # the last ``now`` evict saw, and its cutoff
@@ -413,7 +422,40 @@ class StoryIndex:
     def _decide(
         self, story: Story, f: Features, keys: list[int], t_story: float
     ) -> tuple[Decision, int | None]:
-        st = self.settings
+        """The decision of the module docstring, and the number of the cluster the story
+        joins (None for a new one): an exact repeat; else the near-duplicate cluster, among
+        the candidates its rarest tokens find, whose score clears its bar by the most;
+        else a new cluster. ``t_story`` is the story's ``published`` as epoch seconds."""
+        repeat = self._repeat(keys)
+        if repeat is not None:
+            return repeat
+        if not f.tokens:
+            return New(cluster=story.id), None
+        weight = self._weigher(f.boost)
+        weights = self._story_weights(f, weight)
+        votes = self._votes(weights)
+        if not votes:
+            return New(cluster=story.id), None
+        total = sum(weights.values())
+        cands = self._candidates(votes, total)
+        best = self._best_cluster(f, weights, total, weight, cands, t_story)
+        if best is None:
+            return New(cluster=story.id), None
+        margin, c, m = best
+        score = margin + self.settings.threshold + self._time_penalty(t_story, c)
+        return (
+            SameStory(
+                cluster=c.id,
+                score=round(score, 4),
+                matched_with=m.id,
+                reason=f"score {score:.2f} vs {m.text!r}",
+            ),
+            c.num,
+        )
+
+    def _repeat(self, keys: list[int]) -> tuple[Seen, int] | None:
+        """``Seen`` and the cluster's number when one of the story's exact keys (id, link,
+        title, in that order of precedence) is in the window."""
         exact = self._exact
         for key in keys:
             hit = exact.get(key)
@@ -426,11 +468,13 @@ class StoryIndex:
                         cluster=c.id, matched_with=hit[1], reason=_REASONS[key & 3]
                     )
                 return seen, c.num
-        if not f.tokens:
-            return New(cluster=story.id), None
-        weight = self._weigher(f.boost)
-        weights = self._story_weights(f, weight)
-        # candidates: postings of the rarest informative tokens
+        return None
+
+    def _votes(self, weights: dict[str, float]) -> dict[int, float]:
+        """Token blocking: cluster number → the weight of the story's tokens it shares,
+        over the postings of the story's rarest informative tokens (at most
+        ``block_tokens`` of those the index holds). Clusters in order of first vote."""
+        st = self.settings
         ranked = [t for t in weights if t not in STOPWORDS]
         ranked.sort(key=weights.__getitem__, reverse=True)  # stable: ties keep their order
         votes: dict[int, float] = {}
@@ -457,111 +501,114 @@ class StoryIndex:
                         votes[num] = w
             if used >= st.block_tokens:
                 break
-        if not votes:
-            return New(cluster=story.id), None
-        total = sum(weights.values())
-        # the max_candidates best voted clusters that carry min_vote of the story weight,
-        # best first (ties in order of first vote, as a stable sort leaves them)
+        return votes
+
+    def _candidates(self, votes: dict[int, float], total: float) -> list[int]:
+        """The ``max_candidates`` best voted clusters that carry ``min_vote`` of the story
+        weight ``total``, best first (ties in order of first vote, as a stable sort
+        leaves them)."""
+        st = self.settings
         floor = st.min_vote * total
         cands = [num for num, v in votes.items() if v >= floor]
         if len(cands) > st.max_candidates:
             cands = heapq.nlargest(st.max_candidates, cands, key=votes.__getitem__)
         else:
             cands.sort(key=votes.__getitem__, reverse=True)
+        return cands
+
+    def _best_cluster(
+        self,
+        f: Features,
+        weights: dict[str, float],
+        total: float,
+        weight: Callable[[str], float],
+        cands: list[int],
+        t_story: float,
+    ) -> tuple[float, _Cluster, _Member] | None:
+        """The candidate the story joins, as (``score - need``, cluster, closest member):
+        the widest margin over its ``need`` (``threshold`` plus the time penalty), the
+        first in candidate order among equals; None when no score reaches its need.
+
+        Upper bounds of the score skip most candidates before any rapidfuzz call
+        (``_cannot_win``, then ``_finish``); ``_prune = False`` scores every one in full,
+        to the same answer."""
         self._wcache.clear()
-        best: tuple[float, _Cluster, _Member] | None = None
+        st = self.settings
         clusters = self._clusters
         threshold = st.threshold
-        grace = st.time_grace
-        per_day = st.time_penalty
-        # upper bounds of the score skip most candidates before rapidfuzz (see _finish)
         prune = self._prune and self._bounds_hold
-        sw = st.sig_weight
-        sig_bound = sw > 0.0 and st.idf_prior >= 1.0 and st.idf_power >= 0.0
         fw = st.fuzz_weight
         half = (1.0 - st.containment) / 2.0
         full = half + st.containment
-        cover_share = st.cover_share
-        witems = list(weights.items())
-        lightest = -1.0
+        # the open clusters do not change while a story is decided
+        lightest = self._lightest() if prune and self._sig_bound else 0.0
+        best: tuple[float, _Cluster, _Member] | None = None
         for num in cands:
             c = clusters[num]
-            # inline _time_penalty
-            if t_story < c.first_pub:
-                dist = c.first_pub - t_story
-            elif t_story > c.last_pub:
-                dist = t_story - c.last_pub
-            else:
-                dist = 0.0
-            need = threshold + max(0.0, dist - grace) / 86400.0 * per_day
+            need = threshold + self._time_penalty(t_story, c)
             margin = None if best is None else best[0]
-            # _cover, inline
-            need_k = max(1.0, c.n * cover_share)
-            tf_get = c.tf.get
-            carried = 0.0
-            shared = 0.0
-            sig_up = 0.0
-            sig_hits = 0
-            for t, w in witems:
-                k = tf_get(t)
-                if k:
-                    shared += w
-                    carried += w * min(1.0, k / need_k)
-                    if k >= need_k and t not in STOPWORDS:
-                        sig_up += w
-                        sig_hits += 1
-            cover = carried / total if total else 0.0
-            if prune:
-                # bounds, cheapest first, each kept _EPS clear of the decision: a member's
-                # Dice intersection is at most ``shared`` and its weight at least that, and
-                # rapidfuzz's ratio at most 100; the story's share of the cluster's
-                # signature is 0 when it has none of its tokens, and otherwise at most
-                # what it has over that plus the lightest possible weight of the rest
-                denom = half * total + full * shared
-                pair_up = (1.0 - fw) * (min(1.0, shared / denom) if denom > 0 else 0.0) + fw
-                if (sig_hits == 0 or sw <= 0.0) and _beyond(pair_up, cover, st, need, margin):
-                    continue
-                if sig_bound:
-                    sig = c.sig if c.sig_n == c.n else self._signature(c)
-                    if sig:
-                        if c.sig_short < 0:
-                            c.sig_short = sum(1 for t in sig if len(t) == 1)
-                        missing = len(sig) - sig_hits - c.sig_short
-                        if sig_hits == 0:
-                            back_up = 0.0
-                        elif missing > 0:
-                            if lightest < 0.0:
-                                lightest = self._lightest()
-                            back_up = sig_up / (sig_up + missing * lightest)
-                        else:
-                            back_up = 1.0
-                        cover_up = (1.0 - sw) * cover + sw * back_up
-                        if _beyond(pair_up, cover_up, st, need, margin):
-                            continue
+            cover, shared, sig_up, sig_hits = self._cover(weights, total, c)
             if not prune:
                 scored = self._finish(f, weights, total, c, weight, cover)
             else:
+                # a member's Dice intersection is at most ``shared`` and its weight at
+                # least that, and rapidfuzz's ratio at most 100
+                denom = half * total + full * shared
+                pair_up = (1.0 - fw) * (min(1.0, shared / denom) if denom > 0 else 0.0) + fw
+                if self._cannot_win(c, pair_up, cover, sig_up, sig_hits, lightest, need, margin):
+                    continue
                 scored = self._finish(f, weights, total, c, weight, cover, need, margin, pair_up)
             if scored is None:
                 continue  # provably below ``need`` or below the best margin so far
             score, member = scored
             if score >= need and (best is None or score - need > best[0]):
                 best = (score - need, c, member)
-        if best is None:
-            return New(cluster=story.id), None
-        margin, c, m = best
-        score = margin + st.threshold + self._time_penalty(t_story, c)
-        return (
-            SameStory(
-                cluster=c.id,
-                score=round(score, 4),
-                matched_with=m.id,
-                reason=f"score {score:.2f} vs {m.text!r}",
-            ),
-            c.num,
-        )
+        return best
+
+    def _cannot_win(
+        self,
+        c: _Cluster,
+        pair_up: float,
+        cover: float,
+        sig_up: float,
+        sig_hits: int,
+        lightest: float,
+        need: float,
+        margin: float | None,
+    ) -> bool:
+        """True when the cluster's score provably can neither reach ``need`` nor beat
+        ``margin`` (the best ``score - need`` so far), from ``_cover``'s figures alone.
+
+        Bounds, cheapest first, each kept ``_EPS`` clear of the decision: ``pair_up``
+        bounds any member's pair; the story's share of the cluster's signature is 0 when
+        it has none of its tokens, and otherwise at most what it has (``sig_up``) over
+        that plus the lightest possible weight of the rest (``lightest``, see
+        ``_lightest``; one-character tokens weigh less and are left out)."""
+        st = self.settings
+        sw = st.sig_weight
+        if (sig_hits == 0 or sw <= 0.0) and _beyond(pair_up, cover, st, need, margin):
+            return True
+        if not self._sig_bound:
+            return False
+        sig = c.sig if c.sig_n == c.n else self._signature(c)
+        if not sig:
+            return False
+        if c.sig_short < 0:
+            c.sig_short = sum(1 for t in sig if len(t) == 1)
+        missing = len(sig) - sig_hits - c.sig_short
+        if sig_hits == 0:
+            back_up = 0.0
+        elif missing > 0:
+            back_up = sig_up / (sig_up + missing * lightest)
+        else:
+            back_up = 1.0
+        cover_up = (1.0 - sw) * cover + sw * back_up
+        return _beyond(pair_up, cover_up, st, need, margin)
 
     def _time_penalty(self, t: float, c: _Cluster) -> float:
+        """What a story published at ``t`` (epoch seconds) adds to ``threshold`` to join
+        ``c``: ``time_penalty`` per day of distance to the cluster's nearest ``published``
+        beyond ``time_grace``."""
         st = self.settings
         if t < c.first_pub:
             dist = c.first_pub - t
@@ -620,44 +667,82 @@ class StoryIndex:
         cluster provably cannot be the decision.
 
         First with the exact cover and ``pair_up``, an upper bound of any member's pair
-        (kept ``_EPS`` clear). Then exact bounds: the pair of each member with rapidfuzz's ratio at 100,
-        in the same float expressions as the score (rounding is monotone). Members are
-        rapidfuzz-scored most promising first, and only while one can still be the closest.
+        (kept ``_EPS`` clear). Then exact bounds: the pair of each member with rapidfuzz's
+        ratio at 100, in the same float expressions as the score (rounding is monotone).
+        Members are rapidfuzz-scored most promising first, and only while one can still be
+        the closest.
         """
+        st = self.settings
+        if st.sig_weight > 0.0:
+            cover = self._with_signature(c, cover, weights, weight)
+        if need is not None and _beyond(pair_up, cover, st, need, margin):
+            return None
+        # pair: the best representative member; first the weighted Dice of each
+        reps = c.reps
+        dices, dups = self._dices(reps, weights, total, weight)
+        # the pair with ratio 1 (and below any real pair for a skipped twin)
+        fw = st.fuzz_weight
+        uppers = [(1.0 - fw) * d + fw * 1.0 if d >= 0.0 else -2.0 for d in dices]
+        if need is not None and _beyond(max(uppers), cover, st, need, margin, 0.0):
+            return None
+        closest = self._closest(f.text, reps, dices, uppers, dups, cover, need, margin)
+        if closest is None:
+            return None
+        best_pair, best_i = closest
+        cw = st.cover_weight
+        score = (1.0 - cw) * best_pair + cw * cover
+        if best_pair >= st.pair_accept:
+            # a near-verbatim copy of one member is that member's story, however broad
+            # the cluster has grown
+            score = max(score, best_pair)
+        return score, reps[best_i]
+
+    def _with_signature(
+        self, c: _Cluster, cover: float, weights: dict[str, float], weight: Callable[[str], float]
+    ) -> float:
+        """The cover term blended (``sig_weight``) with the share of the cluster's
+        signature (its frequent tokens) the story carries, by weight; unchanged when the
+        signature weighs nothing."""
+        sw = self.settings.sig_weight
+        wc = self._wcache
+        w_get = weights.get
+        sig = c.sig if c.sig_n == c.n else self._signature(c)
+        sig_total = 0.0
+        sig_hit = 0.0
+        for t in sig:
+            x = w_get(t)
+            if x is None:
+                x = wc.get(t)
+                if x is None:
+                    x = wc[t] = weight(t)
+                sig_total += x
+            else:
+                sig_total += x
+                sig_hit += x
+        if sig_total > 0.0:
+            back = sig_hit / sig_total
+            cover = (1.0 - sw) * cover + sw * back
+        return cover
+
+    def _dices(
+        self,
+        reps: list[_Member],
+        weights: dict[str, float],
+        total: float,
+        weight: Callable[[str], float],
+    ) -> tuple[list[float], int]:
+        """The weighted Dice of the story (token weights ``weights``, summing to
+        ``total``) with each representative member (``containment`` blends in the overlap
+        coefficient), and how many members were skipped.
+
+        A member with the same text and tokens as an earlier one (the same headline from
+        another feed) scores the same and, coming later, is never the closest: -1.0."""
         st = self.settings
         wc = self._wcache
         w_get = weights.get
         lead = st.lead_weight
         cont = st.containment
-        fw = st.fuzz_weight
-        cw = st.cover_weight
-        sw = st.sig_weight
-        accept = st.pair_accept
-        if sw > 0.0:
-            # and the cluster's signature (its frequent tokens) carried by the story
-            sig = c.sig if c.sig_n == c.n else self._signature(c)
-            sig_total = 0.0
-            sig_hit = 0.0
-            for t in sig:
-                x = w_get(t)
-                if x is None:
-                    x = wc.get(t)
-                    if x is None:
-                        x = wc[t] = weight(t)
-                    sig_total += x
-                else:
-                    sig_total += x
-                    sig_hit += x
-            if sig_total > 0.0:
-                back = sig_hit / sig_total
-                cover = (1.0 - sw) * cover + sw * back
-        if need is not None and _beyond(pair_up, cover, st, need, margin):
-            return None
-        # pair: the best representative member; first the weighted Dice of each
-        reps = c.reps
         dices: list[float] = []
-        # a member with the same text and tokens as an earlier one (the same headline from
-        # another feed) scores the same and, coming later, is never the closest: skipped
         texts: dict[str, _Member] = {}
         dups = 0
         for m in reps:
@@ -691,26 +776,31 @@ class StoryIndex:
                     inter += x * lead
             denom = (1.0 - cont) * (total + mw) / 2.0 + cont * min(total, mw)
             dices.append(min(1.0, inter / denom) if denom > 0 else 0.0)
-        # the pair with ratio 1 (and below any real pair for a skipped twin)
-        uppers = [(1.0 - fw) * d + fw * 1.0 if d >= 0.0 else -2.0 for d in dices]
+        return dices, dups
 
-        def hopeless(pair_up: float) -> bool:
-            assert need is not None
-            up = (1.0 - cw) * pair_up + cw * cover
-            if pair_up >= accept:
-                up = max(up, pair_up)
-            return up < need or (margin is not None and up - need <= margin)
-
-        if need is not None and hopeless(max(uppers)):
-            return None
-        # then rapidfuzz, most promising first; the first member (in order) with the best
-        # pair wins, as in a plain scan
+    def _closest(
+        self,
+        text: str,
+        reps: list[_Member],
+        dices: list[float],
+        uppers: list[float],
+        dups: int,
+        cover: float,
+        need: float | None,
+        margin: float | None,
+    ) -> tuple[float, int] | None:
+        """The best pair and the position of its member: rapidfuzz on the members most
+        promising first (by ``uppers``, their pairs at ratio 100), skipping any that can
+        no longer be the closest; the first member (in order) with the best pair wins, as
+        in a plain scan. Given ``need``, None as soon as the cluster provably cannot be
+        the decision."""
+        st = self.settings
+        fw = st.fuzz_weight
         order = sorted(range(len(reps)), key=uppers.__getitem__, reverse=True)
         if dups:
             del order[-dups:]
         best_pair = -1.0
         best_i = 0
-        text = f.text
         for pos, i in enumerate(order):
             up = uppers[i]
             if up < best_pair or (up == best_pair and i > best_i):
@@ -721,14 +811,9 @@ class StoryIndex:
                 best_pair, best_i = pair, i
             if need is not None:
                 rest = uppers[order[pos + 1]] if pos + 1 < len(order) else best_pair
-                if hopeless(max(best_pair, rest)):
+                if _beyond(max(best_pair, rest), cover, st, need, margin, 0.0):
                     return None
-        score = (1.0 - cw) * best_pair + cw * cover
-        if best_pair >= accept:
-            # a near-verbatim copy of one member is that member's story, however broad
-            # the cluster has grown
-            score = max(score, best_pair)
-        return score, reps[best_i]
+        return best_pair, best_i
 
     def _signature(self, c: _Cluster) -> tuple[str, ...]:
         """The cluster's frequent informative tokens (cached until the cluster grows)."""
