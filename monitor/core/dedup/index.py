@@ -853,7 +853,50 @@ class StoryIndex:
         keys: list[int] | None = None,
         pub: float | None = None,
     ) -> None:
+        """Add the story to cluster ``num``, else to the open cluster ``cluster_id`` (by
+        default the story's id), else to a new cluster of that id: its times, sources and
+        tokens (counts, document frequencies, postings), a representative member, its
+        exact keys (``keys``, computed unless given) and the cluster's place in the
+        eviction heap. ``pub`` is the story's ``published`` as epoch seconds, if known."""
         st = self.settings
+        c = self._cluster_for(story, num, cluster_id)
+        num = c.num
+        if pub is None:
+            pub = _epoch(story.published)
+        seen_at = self._seen_epoch(story, pub)
+        if c.n == 0:
+            c.first = seen_at
+        c.n += 1
+        c.members.append(story.id)
+        c.sources.setdefault(story.feed, seen_at)
+        if pub < c.first_pub:
+            c.first_pub = pub
+        if pub > c.last_pub:
+            c.last_pub = pub
+        self._count_tokens(c, f)
+        member = _Member(story.id, f)
+        if c.sig_n >= 0:  # the signature will be updated from the new members
+            if len(c.pending) < 16:
+                c.pending.append(member)
+            else:
+                c.sig_n = -1
+                c.pending.clear()
+        if len(c.reps) < st.reps_first + st.reps_last:
+            c.reps.append(member)
+        else:
+            c.reps[st.reps_first + (c.n - 1 - st.reps_first) % st.reps_last] = member
+        exact = self._exact
+        for key in keys if keys is not None else self._keys(story, f.norm):
+            if key not in exact:
+                exact[key] = (num, story.id)
+                c.keys.append(key)
+        if seen_at > c.last or c.n == 1:
+            c.last = seen_at
+            heapq.heappush(self._heap, (seen_at, num))
+        self._stories += 1
+
+    def _cluster_for(self, story: Story, num: int | None, cluster_id: str | None) -> _Cluster:
+        """The cluster ``_insert`` puts the story in (see there), created if need be."""
         c = None if num is None else self._clusters.get(num)
         if c is None and (held := self._by_id.get(cluster_id or story.id)) is not None:
             # a cluster of that id is open: this story is its first one, which the index
@@ -865,26 +908,24 @@ class StoryIndex:
             c = _Cluster(num, cluster_id or story.id)
             self._clusters[num] = c
             self._by_id[c.id] = num
-        num = c.num
-        if pub is None:
-            pub = _epoch(story.published)
+        return c
+
+    def _seen_epoch(self, story: Story, pub: float) -> float:
+        """The story's ``first_seen`` as epoch seconds (``pub`` is its ``published``)."""
         first_seen = story.first_seen
         if first_seen is story.published:
-            seen_at = pub
-        elif first_seen is self._seen_dt:  # the stories of one poll share their stamp
-            seen_at = self._seen_t
-        else:
-            seen_at = self._seen_t = _epoch(first_seen)
-            self._seen_dt = first_seen
-        if c.n == 0:
-            c.first = seen_at
-        c.n += 1
-        c.members.append(story.id)
-        c.sources.setdefault(story.feed, seen_at)
-        if pub < c.first_pub:
-            c.first_pub = pub
-        if pub > c.last_pub:
-            c.last_pub = pub
+            return pub
+        if first_seen is self._seen_dt:  # the stories of one poll share their stamp
+            return self._seen_t
+        seen_at = self._seen_t = _epoch(first_seen)
+        self._seen_dt = first_seen
+        return seen_at
+
+    def _count_tokens(self, c: _Cluster, f: Features) -> None:
+        """Count a new member's tokens in the cluster; a token new to the cluster raises
+        its document frequency (and the histogram of those, and their maximum) and
+        enters the token's posting."""
+        num = c.num
         tf = c.tf
         df = self._df
         hist = self._df_hist
@@ -909,26 +950,6 @@ class StoryIndex:
                 else:
                     tf[t] = k + 1
         self._df_max = df_max
-        member = _Member(story.id, f)
-        if c.sig_n >= 0:  # the signature will be updated from the new members
-            if len(c.pending) < 16:
-                c.pending.append(member)
-            else:
-                c.sig_n = -1
-                c.pending.clear()
-        if len(c.reps) < st.reps_first + st.reps_last:
-            c.reps.append(member)
-        else:
-            c.reps[st.reps_first + (c.n - 1 - st.reps_first) % st.reps_last] = member
-        exact = self._exact
-        for key in keys if keys is not None else self._keys(story, f.norm):
-            if key not in exact:
-                exact[key] = (num, story.id)
-                c.keys.append(key)
-        if seen_at > c.last or c.n == 1:
-            c.last = seen_at
-            heapq.heappush(self._heap, (seen_at, num))
-        self._stories += 1
 
     def _drop(self, c: _Cluster) -> None:
         del self._clusters[c.num]
