@@ -198,6 +198,45 @@ def _beyond(
     return up + eps < need or (margin is not None and up - need + eps <= margin)
 
 
+def _time_penalty(t: float, c: _Cluster, grace: float, per_day: float) -> float:
+    """What a story published at ``t`` (epoch seconds) adds to ``threshold`` to join
+    ``c``: ``per_day`` (``time_penalty``) per day of distance to the cluster's nearest
+    ``published`` beyond ``grace`` (``time_grace``). Settings come as arguments: this
+    runs for every candidate cluster of every story."""
+    if t < c.first_pub:
+        dist = c.first_pub - t
+    elif t > c.last_pub:
+        dist = t - c.last_pub
+    else:
+        dist = 0.0
+    return max(0.0, dist - grace) / 86400.0 * per_day
+
+
+def _cover(
+    weights: Iterable[tuple[str, float]], total: float, c: _Cluster, cover_share: float
+) -> tuple[float, float, float, int]:
+    """The first cover term: the share of the story's weight (its (token, weight) pairs,
+    summing to ``total``) carried by the cluster's frequent tokens (those in
+    ``cover_share`` of its members, a token in fewer counting pro rata); and, for the
+    bounds, the story's weight in tokens the cluster has, in its signature, and how many
+    signature tokens the story has. Runs for every candidate cluster of every story."""
+    need_k = max(1.0, c.n * cover_share)
+    tf_get = c.tf.get
+    carried = 0.0
+    shared = 0.0
+    sig_up = 0.0
+    sig_hits = 0
+    for t, w in weights:
+        k = tf_get(t)
+        if k:
+            shared += w
+            carried += w * min(1.0, k / need_k)
+            if k >= need_k and t not in STOPWORDS:
+                sig_up += w
+                sig_hits += 1
+    return (carried / total if total else 0.0), shared, sig_up, sig_hits
+
+
 class StoryIndex:
     """Clusters of recent stories over a sliding window. See the module docstring."""
 
@@ -442,7 +481,8 @@ class StoryIndex:
         if best is None:
             return New(cluster=story.id), None
         margin, c, m = best
-        score = margin + self.settings.threshold + self._time_penalty(t_story, c)
+        st = self.settings
+        score = margin + st.threshold + _time_penalty(t_story, c, st.time_grace, st.time_penalty)
         return (
             SameStory(
                 cluster=c.id,
@@ -536,6 +576,10 @@ class StoryIndex:
         st = self.settings
         clusters = self._clusters
         threshold = st.threshold
+        grace = st.time_grace
+        per_day = st.time_penalty
+        cover_share = st.cover_share
+        witems = list(weights.items())
         prune = self._prune and self._bounds_hold
         fw = st.fuzz_weight
         half = (1.0 - st.containment) / 2.0
@@ -545,9 +589,9 @@ class StoryIndex:
         best: tuple[float, _Cluster, _Member] | None = None
         for num in cands:
             c = clusters[num]
-            need = threshold + self._time_penalty(t_story, c)
+            need = threshold + _time_penalty(t_story, c, grace, per_day)
             margin = None if best is None else best[0]
-            cover, shared, sig_up, sig_hits = self._cover(weights, total, c)
+            cover, shared, sig_up, sig_hits = _cover(witems, total, c, cover_share)
             if not prune:
                 scored = self._finish(f, weights, total, c, weight, cover)
             else:
@@ -605,50 +649,15 @@ class StoryIndex:
         cover_up = (1.0 - sw) * cover + sw * back_up
         return _beyond(pair_up, cover_up, st, need, margin)
 
-    def _time_penalty(self, t: float, c: _Cluster) -> float:
-        """What a story published at ``t`` (epoch seconds) adds to ``threshold`` to join
-        ``c``: ``time_penalty`` per day of distance to the cluster's nearest ``published``
-        beyond ``time_grace``."""
-        st = self.settings
-        if t < c.first_pub:
-            dist = c.first_pub - t
-        elif t > c.last_pub:
-            dist = t - c.last_pub
-        else:
-            dist = 0.0
-        return max(0.0, dist - st.time_grace) / 86400.0 * st.time_penalty
-
     def _score(
         self, f: Features, weights: dict[str, float], total: float, c: _Cluster
     ) -> tuple[float, _Member]:
         """The cluster's score for the story and its closest representative member."""
         self._wcache.clear()
-        cover = self._cover(weights, total, c)[0]
+        cover = _cover(weights.items(), total, c, self.settings.cover_share)[0]
         scored = self._finish(f, weights, total, c, self._weigher(f.boost), cover)
         assert scored is not None  # only a bounded call gives up
         return scored
-
-    def _cover(
-        self, weights: dict[str, float], total: float, c: _Cluster
-    ) -> tuple[float, float, float, int]:
-        """The first cover term (the story's weight carried by the cluster's frequent
-        tokens); and, for the bounds, the story's weight in tokens the cluster has, in its
-        signature, and how many signature tokens the story has."""
-        need_k = max(1.0, c.n * self.settings.cover_share)
-        tf_get = c.tf.get
-        carried = 0.0
-        shared = 0.0
-        sig_up = 0.0
-        sig_hits = 0
-        for t, w in weights.items():
-            k = tf_get(t)
-            if k:
-                shared += w
-                carried += w * min(1.0, k / need_k)
-                if k >= need_k and t not in STOPWORDS:
-                    sig_up += w
-                    sig_hits += 1
-        return (carried / total if total else 0.0), shared, sig_up, sig_hits
 
     def _finish(
         self,
