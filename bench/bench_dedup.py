@@ -49,17 +49,8 @@ from bench.dedup_eval import (
     pair_report,
     to_story,
 )
-from monitor.core.dedup.index import (
-    DedupSettings,
-    Features,
-    New,
-    SameStory,
-    Seen,
-    StoryIndex,
-    normalize_title,
-    pair_score,
-    story_features,
-)
+from monitor.core.dedup.features import DedupSettings, Features, normalize_title, story_features
+from monitor.core.dedup.index import New, SameStory, Seen, StoryIndex, pair_score
 from monitor.core.model import Story
 
 SNAPSHOT = CORPORA / "real-feeds" / "news-snapshot-2026-02-17"

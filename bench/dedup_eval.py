@@ -21,7 +21,8 @@ from pathlib import Path
 
 from rapidfuzz import fuzz, process, utils
 
-from monitor.core.dedup.index import DedupSettings, StoryIndex
+from monitor.core.dedup.features import DedupSettings
+from monitor.core.dedup.index import StoryIndex
 from monitor.core.model import Story
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,15 +10,14 @@ from typing import Any
 import feedparser
 import pytest
 
+from monitor.cli.cluster import cluster_stream
+from monitor.core.dedup.features import DedupSettings, normalize_title
 from monitor.core.dedup.index import (
-    DedupSettings,
     New,
     SameStory,
     Seen,
     StoryIndex,
-    cluster_stream,
     detect_guid_churn,
-    normalize_title,
     pair_score,
 )
 from monitor.core.model import Story

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from bench.dedup_eval import bcubed, cluster_uci, load_pairs, load_uci, pair_report, to_story
-from monitor.core.dedup.index import STOPWORDS, DedupSettings, SameStory, StoryIndex, pair_score
+from monitor.core.dedup.features import STOPWORDS, DedupSettings
+from monitor.core.dedup.index import SameStory, StoryIndex, pair_score
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.shared

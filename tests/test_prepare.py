@@ -7,7 +7,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor.core.dedup.index import DedupSettings, story_features
+from monitor.core.dedup.features import DedupSettings, story_features
 from monitor.core.prepare import Job, prepare
 from monitor.core.rules.match import Matcher, compile_rules
 from monitor.shell.parsepool import run_job

@@ -465,7 +465,8 @@ async def cmd_backtest(config: Config, args: argparse.Namespace) -> int:
 
 # -- stories ----------------------------------------------------------------------------
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from monitor.core.dedup.index import DedupSettings, cluster_stream
+    from monitor.cli.cluster import cluster_stream
+    from monitor.core.dedup.features import DedupSettings
 
     kw: dict[str, Any] = {}
     config: Config | None = None

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from monitor.core.dedup.index import DedupSettings, Features, story_features
+from monitor.core.dedup.features import DedupSettings, Features, story_features
 from monitor.core.model import Story
 from monitor.core.parse import parse_feed
 from monitor.core.rules.match import Matcher, Prematch

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import Config, secrets_of
-from monitor.core.dedup.index import DedupSettings, StoryIndex
+from monitor.core.dedup.features import DedupSettings
+from monitor.core.dedup.index import StoryIndex
 from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
 from monitor.core.schedule import initial_poll

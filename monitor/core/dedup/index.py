@@ -39,61 +39,26 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rapidfuzz import fuzz
 
+from monitor.core.dedup.features import STOPWORDS, DedupSettings, Features, normalize_title
 from monitor.core.model import Story
 
 __all__ = [
     "Decision",
-    "DedupSettings",
-    "Features",
     "New",
     "SameStory",
     "Seen",
     "StoryIndex",
-    "cluster_stream",
     "detect_guid_churn",
-    "normalize_title",
     "pair_score",
-    "story_features",
-    "tokenize",
 ]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DedupSettings:
-    """Knobs of the engine; the defaults are calibrated on the shared UCI / STS-B corpora."""
-
-    window: float = 48 * 3600.0  # seconds a cluster stays open after its last member
-    threshold: float = 0.54  # score in [0, 1] needed to join a cluster
-    cover_weight: float = 0.85  # share of the cluster-coverage term in the score
-    cover_share: float = 0.9  # a token is "the cluster's" when this share of members has it
-    fuzz_weight: float = 0.3  # share of rapidfuzz token_set_ratio in the pair score
-    pair_accept: float = 0.9  # a pair score this high joins whatever the cluster cover
-    containment: float = 0.0  # 0: weighted Dice of the two titles; 1: overlap coefficient
-    sig_weight: float = 0.8  # share of "cluster signature carried by the story" in cover
-    idf_power: float = 1.5  # weights are idf ** idf_power (sharper above 1)
-    stopword_weight: float = 0.15  # weight of a stopword (informative tokens weigh >= 1)
-    time_grace: float = 12 * 3600.0  # no time penalty within this distance (seconds)
-    time_penalty: float = 0.06  # extra threshold per day beyond the grace
-    block_tokens: int = 5  # rarest tokens of a story used to find candidates
-    max_posting: int = 100  # clusters (the newest) looked up per blocking token
-    max_candidates: int = 12  # clusters scored per story
-    min_vote: float = 0.2  # a candidate shares at least this share of the story weight
-    reps_first: int = 3  # representative members kept per cluster: the first ...
-    reps_last: int = 3  # ... and the latest
-    min_exact_tokens: int = 3  # a normalised title this short never counts as an exact repeat
-    short_title_tokens: int = 4  # fewer informative title tokens: add the summary's lead
-    lead_weight: float = 0.5  # weight factor of the summary-lead tokens
-    idf_prior: float = 50.0  # pseudo-clusters in the IDF estimate (cold start)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,183 +90,7 @@ class Seen:
 Decision = New | SameStory | Seen
 
 # ---------------------------------------------------------------------------------------
-# normalisation and tokens
-
-_QUOTES = str.maketrans(
-    {
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201a": "'",
-        "\u201b": "'",
-        "\u2032": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u201e": '"',
-        "\u00ab": '"',
-        "\u00bb": '"',
-        "\u2013": "-",
-        "\u2014": "-",
-        "\u2012": "-",
-        "\u2015": "-",
-        "\u00a0": " ",
-        "\u2026": "...",
-    }
-)
-
-# " - Reuters", " | BBC News", " - The Washington Post": a short trailing segment after a
-# spaced dash/pipe/colon-less separator that looks like a publisher (<= 5 words, capitalised).
-_SUFFIX = re.compile(
-    r"\s+(?:[-|~\u2022:]|::)\s+(?:the\s+)?[A-Z0-9][\w.&'’]*(?:\s+[\w.&'’]+){0,4}\s*$",
-)
-_KNOWN_PUBLISHER = re.compile(
-    r"\b(?:reuters|ap|afp|bbc|bbc news|cnn|nyt|the new york times|new york times|"
-    r"washington post|the washington post|al jazeera|npr|cbs news|abc news|nbc news|"
-    r"the guardian|guardian|bloomberg|associated press|dw|time|the economist|wsj|"
-    r"the wall street journal|wall street journal|fox news|sky news|the independent|"
-    r"the telegraph|ndtv|dawn|usa today|politico|axios|the hill|cnbc|forbes|"
-    r"business insider|yahoo news|yahoo finance|marketwatch|the atlantic|vox|"
-    r"los angeles times|la times|chicago tribune|the verge|techcrunch|engadget|"
-    r"variety|hollywood reporter|deadline|e! online|people|us weekly|tmz)\b",
-    re.IGNORECASE,
-)
-_PREFIX = re.compile(
-    r"^\s*(?:(?:watch|live|video|breaking|update|updated|exclusive|analysis|opinion|"
-    r"photos|in pictures|listen|explainer|factbox|refile|corrected|correction|"
-    r"update\s*\d+|wrapup\s*\d*|rpt|podcast|live updates|breaking news)\s*[:\-|]\s*)+",
-    re.IGNORECASE,
-)
-_ELLIPSIS = re.compile(r"(?:\s*\.\.\.|\s*\u2026)+\s*$")
-_POSSESSIVE = re.compile(r"(\w)'s\b")
-_NONWORD = re.compile(r"[^\w]+")
-
-
-def _strip_accents(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def _strip_affixes(title: str) -> str:
-    t = title.translate(_QUOTES).strip()
-    t = _ELLIPSIS.sub("", t)
-    for _ in range(2):
-        m = _SUFFIX.search(t)
-        if m is None:
-            break
-        tail = m.group(0)
-        # the segment after the separator: strip it only when it looks like a publisher
-        seg = re.split(r"\s+(?:[-|~\u2022:]|::)\s+", tail, maxsplit=1)[-1].strip()
-        is_pub = (
-            _KNOWN_PUBLISHER.fullmatch(seg) is not None
-            or (len(seg.split()) <= 4 and tail.lstrip()[0] in "|~\u2022")
-            or _KNOWN_PUBLISHER.fullmatch(re.sub(r"^the\s+", "", seg, flags=re.I)) is not None
-        )
-        if not is_pub or len(t) - len(tail) < 12:
-            break
-        t = t[: m.start()].rstrip()
-    t = _PREFIX.sub("", t)
-    return t
-
-
-def normalize_title(title: str) -> str:
-    """Case-, accent- and punctuation-free title without publisher affixes.
-
-    >>> normalize_title("WATCH: Fed’s Plosser says taper — Reuters")
-    'fed plosser says taper'
-    >>> normalize_title("Café owners protest | BBC News")
-    'cafe owners protest'
-    """
-    t = _strip_affixes(title)
-    t = _strip_accents(t).lower()
-    t = _POSSESSIVE.sub(r"\1", t)
-    t = t.replace("'", "")
-    t = _NONWORD.sub(" ", t).replace("_", " ")
-    return " ".join(t.split())
-
-
-_STOPWORDS_TEXT = """a an the and or but nor of to in on at for from by with without about as into onto
-    over under after before since until up down out off than then that this these those
-    it its is are was were be been being has have had do does did will would shall should
-    can could may might must not no yes so if vs via per new news says said say saying
-    he she they we you i his her their our your them him us who whom whose what which when
-    where why how all any some more most other such only own same too very just also
-    now here there again once amid against between during through while report reports
-    update live watch video photos breaking latest today week day year first last
-    s t de la le el en et und der die das les des du al"""
-STOPWORDS: frozenset[str] = frozenset(_STOPWORDS_TEXT.split())
-
-
-def _stem(tok: str) -> str:
-    if len(tok) > 4 and tok.endswith("ies"):
-        return tok[:-3] + "y"
-    if len(tok) > 3 and tok.endswith("s") and not tok.endswith(("ss", "us", "is")):
-        return tok[:-1]
-    return tok
-
-
-def tokenize(normalized: str) -> list[str]:
-    """Tokens of a normalised title (light plural stemming), in order, duplicates removed."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for raw in normalized.split():
-        tok = _stem(raw)
-        if tok not in seen:
-            seen.add(tok)
-            out.append(tok)
-    return out
-
-
-_CAPS = re.compile(r"\b[A-Z][\w'’\-]+")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def _boosts(title: str) -> set[str]:
-    """Tokens that look like names (capitalised mid-sentence) in the original title."""
-    words = _CAPS.findall(_strip_affixes(title))
-    if not words:
-        return set()
-    upper_ratio = sum(1 for w in title.split() if w[:1].isupper()) / max(1, len(title.split()))
-    if upper_ratio > 0.6:  # Title Case Headline: capitals say nothing
-        return set()
-    return {_stem(normalize_title(w)) for w in words[1:]} if words else set()
-
-
-def _lead(summary: str) -> str:
-    s = summary.strip()
-    if not s:
-        return ""
-    first = _SENTENCE.split(s, maxsplit=1)[0]
-    return " ".join(first.split()[:30])
-
-
-# ---------------------------------------------------------------------------------------
 # the index
-
-
-class Features:
-    """What the matcher needs to know about one story."""
-
-    __slots__ = ("boost", "extra", "norm", "text", "tokens")
-
-    def __init__(self, title: str, summary: str, short_tokens: int) -> None:
-        self.norm = normalize_title(title)
-        self.tokens = tokenize(self.norm)
-        self.boost = frozenset(_boosts(title))
-        informative = [t for t in self.tokens if t not in STOPWORDS]
-        extra: list[str] = []
-        text = self.norm
-        if len(informative) < short_tokens and summary:
-            lead_norm = normalize_title(_lead(summary))
-            have = set(self.tokens)
-            extra = [t for t in tokenize(lead_norm) if t not in have]
-            text = f"{self.norm} {lead_norm}".strip()
-        self.extra = tuple(extra)
-        self.text = text
-
-
-def story_features(story: Story, settings: DedupSettings) -> Features:
-    """The per-story part of a dedup decision (normalised title, tokens, lead text):
-    pure, picklable, and independent of the index, so it can be computed off the loop."""
-    return Features(story.title, story.summary, settings.short_title_tokens)
 
 
 class _Member:
@@ -390,16 +179,62 @@ _EPS = 1e-9  # far above the float error of a score, far below a meaningful diff
 
 
 def _beyond(
-    pair_up: float, cover_up: float, st: DedupSettings, need: float | None, margin: float | None
+    pair_up: float,
+    cover_up: float,
+    st: DedupSettings,
+    need: float | None,
+    margin: float | None,
+    eps: float = _EPS,
 ) -> bool:
     """True when a score whose pair and cover terms are at most ``pair_up`` and
-    ``cover_up`` (up to float noise, ``_EPS``) can neither reach ``need`` nor beat
-    ``margin`` (the best ``score - need`` so far)."""
+    ``cover_up`` can neither reach ``need`` nor beat ``margin`` (the best ``score - need``
+    so far). ``eps`` keeps the answer clear of float noise when the bounds come from other
+    expressions than the score's; 0.0 when they are the score's own (rounding is
+    monotone)."""
     assert need is not None
     up = (1.0 - st.cover_weight) * pair_up + st.cover_weight * cover_up
-    if pair_up + _EPS >= st.pair_accept:
+    if pair_up + eps >= st.pair_accept:
         up = max(up, pair_up)
-    return up + _EPS < need or (margin is not None and up - need + _EPS <= margin)
+    return up + eps < need or (margin is not None and up - need + eps <= margin)
+
+
+def _time_penalty(t: float, c: _Cluster, grace: float, per_day: float) -> float:
+    """What a story published at ``t`` (epoch seconds) adds to ``threshold`` to join
+    ``c``: ``per_day`` (``time_penalty``) per day of distance to the cluster's nearest
+    ``published`` beyond ``grace`` (``time_grace``). Settings come as arguments: this
+    runs for every candidate cluster of every story."""
+    if t < c.first_pub:
+        dist = c.first_pub - t
+    elif t > c.last_pub:
+        dist = t - c.last_pub
+    else:
+        dist = 0.0
+    return max(0.0, dist - grace) / 86400.0 * per_day
+
+
+def _cover(
+    weights: Iterable[tuple[str, float]], total: float, c: _Cluster, cover_share: float
+) -> tuple[float, float, float, int]:
+    """The first cover term: the share of the story's weight (its (token, weight) pairs,
+    summing to ``total``) carried by the cluster's frequent tokens (those in
+    ``cover_share`` of its members, a token in fewer counting pro rata); and, for the
+    bounds, the story's weight in tokens the cluster has, in its signature, and how many
+    signature tokens the story has. Runs for every candidate cluster of every story."""
+    need_k = max(1.0, c.n * cover_share)
+    tf_get = c.tf.get
+    carried = 0.0
+    shared = 0.0
+    sig_up = 0.0
+    sig_hits = 0
+    for t, w in weights:
+        k = tf_get(t)
+        if k:
+            shared += w
+            carried += w * min(1.0, k / need_k)
+            if k >= need_k and t not in STOPWORDS:
+                sig_up += w
+                sig_hits += 1
+    return (carried / total if total else 0.0), shared, sig_up, sig_hits
 
 
 class StoryIndex:
@@ -427,6 +262,8 @@ class StoryIndex:
         self._bounds_hold = st.lead_weight <= 1.0 and all(
             0.0 <= x <= 1.0 for x in (st.containment, st.fuzz_weight, st.cover_weight, st.sig_weight)
         )
+        # and the signature-share bound, weights that never grow with df (see _lightest)
+        self._sig_bound = st.sig_weight > 0.0 and st.idf_prior >= 1.0 and st.idf_power >= 0.0
         self._idfw: dict[int, float] = {}  # df -> idf ** idf_power, for _idf_n open clusters
         self._idf_n = -1
         self._now: datetime | None = None  # the last ``now`` evict saw, and its cutoff
@@ -540,6 +377,23 @@ class StoryIndex:
             return 0.0
         return sum(1 for s in new if self.known_under_other_id(s)) / len(new)
 
+    def cluster_score(self, cluster_id: str, story: Story) -> float:
+        """How close ``story`` is to the open cluster ``cluster_id`` by content alone: the
+        score of the module docstring (``pair`` and ``cover``) without the time penalty,
+        every member scored in full. 1.0 when the story's normalised title repeats one in
+        the cluster (``decide`` would say ``Seen``); 0.0 when the title has no tokens or no
+        such cluster is open. For calibration and explanations: nothing is inserted or
+        evicted, and ``decide`` stays the answer the pipeline acts on."""
+        c = self._get(cluster_id)
+        f = Features(story.title, story.summary, self.settings.short_title_tokens)
+        if c is None or not f.tokens:
+            return 0.0
+        hit = self._exact.get(_key(_TITLE, f.norm))
+        if hit is not None and hit[0] == c.num:
+            return 1.0
+        weights = self._story_weights(f, self._weigher(f.boost))
+        return self._score(f, weights, sum(weights.values()), c)[0]
+
     # -- internals ----------------------------------------------------------------------
 
     def _get(self, cluster_id: str) -> _Cluster | None:
@@ -585,6 +439,18 @@ class StoryIndex:
 
         return weight
 
+    def _story_weights(self, f: Features, weight: Callable[[str], float]) -> dict[str, float]:
+        """Token → weight of the story: its title tokens, then its summary-lead tokens at
+        ``lead_weight`` (in that order: sums over the dict are taken in it)."""
+        weights: dict[str, float] = {}
+        for t in f.tokens:
+            weights[t] = weight(t)
+        if f.extra:
+            lead = self.settings.lead_weight
+            for t in f.extra:
+                weights[t] = weight(t) * lead
+        return weights
+
     def _lightest(self) -> float:
         """A lower bound of any informative token's weight (the ``_weigher`` formula at
         the largest document frequency), valid while no cluster is added or dropped."""
@@ -592,13 +458,44 @@ class StoryIndex:
         n = len(self._clusters)
         return math.pow(math.log((n + st.idf_prior) / (self._df_max + 1.0)) + 1.0, st.idf_power)
 
-    def _weight(self, tok: str, boost: frozenset[str]) -> float:
-        return self._weigher(boost)(tok)
-
     def _decide(
         self, story: Story, f: Features, keys: list[int], t_story: float
     ) -> tuple[Decision, int | None]:
+        """The decision of the module docstring, and the number of the cluster the story
+        joins (None for a new one): an exact repeat; else the near-duplicate cluster, among
+        the candidates its rarest tokens find, whose score clears its bar by the most;
+        else a new cluster. ``t_story`` is the story's ``published`` as epoch seconds."""
+        repeat = self._repeat(keys)
+        if repeat is not None:
+            return repeat
+        if not f.tokens:
+            return New(cluster=story.id), None
+        weight = self._weigher(f.boost)
+        weights = self._story_weights(f, weight)
+        votes = self._votes(weights)
+        if not votes:
+            return New(cluster=story.id), None
+        total = sum(weights.values())
+        cands = self._candidates(votes, total)
+        best = self._best_cluster(f, weights, total, weight, cands, t_story)
+        if best is None:
+            return New(cluster=story.id), None
+        margin, c, m = best
         st = self.settings
+        score = margin + st.threshold + _time_penalty(t_story, c, st.time_grace, st.time_penalty)
+        return (
+            SameStory(
+                cluster=c.id,
+                score=round(score, 4),
+                matched_with=m.id,
+                reason=f"score {score:.2f} vs {m.text!r}",
+            ),
+            c.num,
+        )
+
+    def _repeat(self, keys: list[int]) -> tuple[Seen, int] | None:
+        """``Seen`` and the cluster's number when one of the story's exact keys (id, link,
+        title, in that order of precedence) is in the window."""
         exact = self._exact
         for key in keys:
             hit = exact.get(key)
@@ -611,17 +508,13 @@ class StoryIndex:
                         cluster=c.id, matched_with=hit[1], reason=_REASONS[key & 3]
                     )
                 return seen, c.num
-        if not f.tokens:
-            return New(cluster=story.id), None
-        weight = self._weigher(f.boost)
-        weights: dict[str, float] = {}
-        for t in f.tokens:
-            weights[t] = weight(t)
-        if f.extra:
-            lead = st.lead_weight
-            for t in f.extra:
-                weights[t] = weight(t) * lead
-        # candidates: postings of the rarest informative tokens
+        return None
+
+    def _votes(self, weights: dict[str, float]) -> dict[int, float]:
+        """Token blocking: cluster number → the weight of the story's tokens it shares,
+        over the postings of the story's rarest informative tokens (at most
+        ``block_tokens`` of those the index holds). Clusters in order of first vote."""
+        st = self.settings
         ranked = [t for t in weights if t not in STOPWORDS]
         ranked.sort(key=weights.__getitem__, reverse=True)  # stable: ties keep their order
         votes: dict[int, float] = {}
@@ -648,151 +541,123 @@ class StoryIndex:
                         votes[num] = w
             if used >= st.block_tokens:
                 break
-        if not votes:
-            return New(cluster=story.id), None
-        total = sum(weights.values())
-        # the max_candidates best voted clusters that carry min_vote of the story weight,
-        # best first (ties in order of first vote, as a stable sort leaves them)
+        return votes
+
+    def _candidates(self, votes: dict[int, float], total: float) -> list[int]:
+        """The ``max_candidates`` best voted clusters that carry ``min_vote`` of the story
+        weight ``total``, best first (ties in order of first vote, as a stable sort
+        leaves them)."""
+        st = self.settings
         floor = st.min_vote * total
         cands = [num for num, v in votes.items() if v >= floor]
         if len(cands) > st.max_candidates:
             cands = heapq.nlargest(st.max_candidates, cands, key=votes.__getitem__)
         else:
             cands.sort(key=votes.__getitem__, reverse=True)
+        return cands
+
+    def _best_cluster(
+        self,
+        f: Features,
+        weights: dict[str, float],
+        total: float,
+        weight: Callable[[str], float],
+        cands: list[int],
+        t_story: float,
+    ) -> tuple[float, _Cluster, _Member] | None:
+        """The candidate the story joins, as (``score - need``, cluster, closest member):
+        the widest margin over its ``need`` (``threshold`` plus the time penalty), the
+        first in candidate order among equals; None when no score reaches its need.
+
+        Upper bounds of the score skip most candidates before any rapidfuzz call
+        (``_cannot_win``, then ``_finish``); ``_prune = False`` scores every one in full,
+        to the same answer."""
         self._wcache.clear()
-        best: tuple[float, _Cluster, _Member] | None = None
+        st = self.settings
         clusters = self._clusters
         threshold = st.threshold
         grace = st.time_grace
         per_day = st.time_penalty
-        # upper bounds of the score skip most candidates before rapidfuzz (see _finish)
+        cover_share = st.cover_share
+        witems = list(weights.items())
         prune = self._prune and self._bounds_hold
-        sw = st.sig_weight
-        sig_bound = sw > 0.0 and st.idf_prior >= 1.0 and st.idf_power >= 0.0
         fw = st.fuzz_weight
         half = (1.0 - st.containment) / 2.0
         full = half + st.containment
-        cover_share = st.cover_share
-        witems = list(weights.items())
-        lightest = -1.0
+        # the open clusters do not change while a story is decided
+        lightest = self._lightest() if prune and self._sig_bound else 0.0
+        best: tuple[float, _Cluster, _Member] | None = None
         for num in cands:
             c = clusters[num]
-            # inline _time_penalty
-            if t_story < c.first_pub:
-                dist = c.first_pub - t_story
-            elif t_story > c.last_pub:
-                dist = t_story - c.last_pub
-            else:
-                dist = 0.0
-            need = threshold + max(0.0, dist - grace) / 86400.0 * per_day
+            need = threshold + _time_penalty(t_story, c, grace, per_day)
             margin = None if best is None else best[0]
-            # _cover, inline
-            need_k = max(1.0, c.n * cover_share)
-            tf_get = c.tf.get
-            carried = 0.0
-            shared = 0.0
-            sig_up = 0.0
-            sig_hits = 0
-            for t, w in witems:
-                k = tf_get(t)
-                if k:
-                    shared += w
-                    carried += w * min(1.0, k / need_k)
-                    if k >= need_k and t not in STOPWORDS:
-                        sig_up += w
-                        sig_hits += 1
-            cover = carried / total if total else 0.0
-            if prune:
-                # bounds, cheapest first, each kept _EPS clear of the decision: a member's
-                # Dice intersection is at most ``shared`` and its weight at least that, and
-                # rapidfuzz's ratio at most 100; the story's share of the cluster's
-                # signature is 0 when it has none of its tokens, and otherwise at most
-                # what it has over that plus the lightest possible weight of the rest
-                denom = half * total + full * shared
-                pair_up = (1.0 - fw) * (min(1.0, shared / denom) if denom > 0 else 0.0) + fw
-                if (sig_hits == 0 or sw <= 0.0) and _beyond(pair_up, cover, st, need, margin):
-                    continue
-                if sig_bound:
-                    sig = c.sig if c.sig_n == c.n else self._signature(c)
-                    if sig:
-                        if c.sig_short < 0:
-                            c.sig_short = sum(1 for t in sig if len(t) == 1)
-                        missing = len(sig) - sig_hits - c.sig_short
-                        if sig_hits == 0:
-                            back_up = 0.0
-                        elif missing > 0:
-                            if lightest < 0.0:
-                                lightest = self._lightest()
-                            back_up = sig_up / (sig_up + missing * lightest)
-                        else:
-                            back_up = 1.0
-                        cover_up = (1.0 - sw) * cover + sw * back_up
-                        if _beyond(pair_up, cover_up, st, need, margin):
-                            continue
+            cover, shared, sig_up, sig_hits = _cover(witems, total, c, cover_share)
             if not prune:
                 scored = self._finish(f, weights, total, c, weight, cover)
             else:
+                # a member's Dice intersection is at most ``shared`` and its weight at
+                # least that, and rapidfuzz's ratio at most 100
+                denom = half * total + full * shared
+                pair_up = (1.0 - fw) * (min(1.0, shared / denom) if denom > 0 else 0.0) + fw
+                if self._cannot_win(c, pair_up, cover, sig_up, sig_hits, lightest, need, margin):
+                    continue
                 scored = self._finish(f, weights, total, c, weight, cover, need, margin, pair_up)
             if scored is None:
                 continue  # provably below ``need`` or below the best margin so far
             score, member = scored
             if score >= need and (best is None or score - need > best[0]):
                 best = (score - need, c, member)
-        if best is None:
-            return New(cluster=story.id), None
-        margin, c, m = best
-        score = margin + st.threshold + self._time_penalty(t_story, c)
-        return (
-            SameStory(
-                cluster=c.id,
-                score=round(score, 4),
-                matched_with=m.id,
-                reason=f"score {score:.2f} vs {m.text!r}",
-            ),
-            c.num,
-        )
+        return best
 
-    def _time_penalty(self, t: float, c: _Cluster) -> float:
+    def _cannot_win(
+        self,
+        c: _Cluster,
+        pair_up: float,
+        cover: float,
+        sig_up: float,
+        sig_hits: int,
+        lightest: float,
+        need: float,
+        margin: float | None,
+    ) -> bool:
+        """True when the cluster's score provably can neither reach ``need`` nor beat
+        ``margin`` (the best ``score - need`` so far), from ``_cover``'s figures alone.
+
+        Bounds, cheapest first, each kept ``_EPS`` clear of the decision: ``pair_up``
+        bounds any member's pair; the story's share of the cluster's signature is 0 when
+        it has none of its tokens, and otherwise at most what it has (``sig_up``) over
+        that plus the lightest possible weight of the rest (``lightest``, see
+        ``_lightest``; one-character tokens weigh less and are left out)."""
         st = self.settings
-        if t < c.first_pub:
-            dist = c.first_pub - t
-        elif t > c.last_pub:
-            dist = t - c.last_pub
+        sw = st.sig_weight
+        if (sig_hits == 0 or sw <= 0.0) and _beyond(pair_up, cover, st, need, margin):
+            return True
+        if not self._sig_bound:
+            return False
+        sig = c.sig if c.sig_n == c.n else self._signature(c)
+        if not sig:
+            return False
+        if c.sig_short < 0:
+            c.sig_short = sum(1 for t in sig if len(t) == 1)
+        missing = len(sig) - sig_hits - c.sig_short
+        if sig_hits == 0:
+            back_up = 0.0
+        elif missing > 0:
+            back_up = sig_up / (sig_up + missing * lightest)
         else:
-            dist = 0.0
-        return max(0.0, dist - st.time_grace) / 86400.0 * st.time_penalty
+            back_up = 1.0
+        cover_up = (1.0 - sw) * cover + sw * back_up
+        return _beyond(pair_up, cover_up, st, need, margin)
 
     def _score(
         self, f: Features, weights: dict[str, float], total: float, c: _Cluster
     ) -> tuple[float, _Member]:
         """The cluster's score for the story and its closest representative member."""
         self._wcache.clear()
-        cover = self._cover(weights, total, c)[0]
+        cover = _cover(weights.items(), total, c, self.settings.cover_share)[0]
         scored = self._finish(f, weights, total, c, self._weigher(f.boost), cover)
         assert scored is not None  # only a bounded call gives up
         return scored
-
-    def _cover(
-        self, weights: dict[str, float], total: float, c: _Cluster
-    ) -> tuple[float, float, float, int]:
-        """The first cover term (the story's weight carried by the cluster's frequent
-        tokens); and, for the bounds, the story's weight in tokens the cluster has, in its
-        signature, and how many signature tokens the story has."""
-        need_k = max(1.0, c.n * self.settings.cover_share)
-        tf_get = c.tf.get
-        carried = 0.0
-        shared = 0.0
-        sig_up = 0.0
-        sig_hits = 0
-        for t, w in weights.items():
-            k = tf_get(t)
-            if k:
-                shared += w
-                carried += w * min(1.0, k / need_k)
-                if k >= need_k and t not in STOPWORDS:
-                    sig_up += w
-                    sig_hits += 1
-        return (carried / total if total else 0.0), shared, sig_up, sig_hits
 
     def _finish(
         self,
@@ -811,44 +676,82 @@ class StoryIndex:
         cluster provably cannot be the decision.
 
         First with the exact cover and ``pair_up``, an upper bound of any member's pair
-        (kept ``_EPS`` clear). Then exact bounds: the pair of each member with rapidfuzz's ratio at 100,
-        in the same float expressions as the score (rounding is monotone). Members are
-        rapidfuzz-scored most promising first, and only while one can still be the closest.
+        (kept ``_EPS`` clear). Then exact bounds: the pair of each member with rapidfuzz's
+        ratio at 100, in the same float expressions as the score (rounding is monotone).
+        Members are rapidfuzz-scored most promising first, and only while one can still be
+        the closest.
         """
+        st = self.settings
+        if st.sig_weight > 0.0:
+            cover = self._with_signature(c, cover, weights, weight)
+        if need is not None and _beyond(pair_up, cover, st, need, margin):
+            return None
+        # pair: the best representative member; first the weighted Dice of each
+        reps = c.reps
+        dices, dups = self._dices(reps, weights, total, weight)
+        # the pair with ratio 1 (and below any real pair for a skipped twin)
+        fw = st.fuzz_weight
+        uppers = [(1.0 - fw) * d + fw * 1.0 if d >= 0.0 else -2.0 for d in dices]
+        if need is not None and _beyond(max(uppers), cover, st, need, margin, 0.0):
+            return None
+        closest = self._closest(f.text, reps, dices, uppers, dups, cover, need, margin)
+        if closest is None:
+            return None
+        best_pair, best_i = closest
+        cw = st.cover_weight
+        score = (1.0 - cw) * best_pair + cw * cover
+        if best_pair >= st.pair_accept:
+            # a near-verbatim copy of one member is that member's story, however broad
+            # the cluster has grown
+            score = max(score, best_pair)
+        return score, reps[best_i]
+
+    def _with_signature(
+        self, c: _Cluster, cover: float, weights: dict[str, float], weight: Callable[[str], float]
+    ) -> float:
+        """The cover term blended (``sig_weight``) with the share of the cluster's
+        signature (its frequent tokens) the story carries, by weight; unchanged when the
+        signature weighs nothing."""
+        sw = self.settings.sig_weight
+        wc = self._wcache
+        w_get = weights.get
+        sig = c.sig if c.sig_n == c.n else self._signature(c)
+        sig_total = 0.0
+        sig_hit = 0.0
+        for t in sig:
+            x = w_get(t)
+            if x is None:
+                x = wc.get(t)
+                if x is None:
+                    x = wc[t] = weight(t)
+                sig_total += x
+            else:
+                sig_total += x
+                sig_hit += x
+        if sig_total > 0.0:
+            back = sig_hit / sig_total
+            cover = (1.0 - sw) * cover + sw * back
+        return cover
+
+    def _dices(
+        self,
+        reps: list[_Member],
+        weights: dict[str, float],
+        total: float,
+        weight: Callable[[str], float],
+    ) -> tuple[list[float], int]:
+        """The weighted Dice of the story (token weights ``weights``, summing to
+        ``total``) with each representative member (``containment`` blends in the overlap
+        coefficient), and how many members were skipped.
+
+        A member with the same text and tokens as an earlier one (the same headline from
+        another feed) scores the same and, coming later, is never the closest: -1.0."""
         st = self.settings
         wc = self._wcache
         w_get = weights.get
         lead = st.lead_weight
         cont = st.containment
-        fw = st.fuzz_weight
-        cw = st.cover_weight
-        sw = st.sig_weight
-        accept = st.pair_accept
-        if sw > 0.0:
-            # and the cluster's signature (its frequent tokens) carried by the story
-            sig = c.sig if c.sig_n == c.n else self._signature(c)
-            sig_total = 0.0
-            sig_hit = 0.0
-            for t in sig:
-                x = w_get(t)
-                if x is None:
-                    x = wc.get(t)
-                    if x is None:
-                        x = wc[t] = weight(t)
-                    sig_total += x
-                else:
-                    sig_total += x
-                    sig_hit += x
-            if sig_total > 0.0:
-                back = sig_hit / sig_total
-                cover = (1.0 - sw) * cover + sw * back
-        if need is not None and _beyond(pair_up, cover, st, need, margin):
-            return None
-        # pair: the best representative member; first the weighted Dice of each
-        reps = c.reps
         dices: list[float] = []
-        # a member with the same text and tokens as an earlier one (the same headline from
-        # another feed) scores the same and, coming later, is never the closest: skipped
         texts: dict[str, _Member] = {}
         dups = 0
         for m in reps:
@@ -882,26 +785,31 @@ class StoryIndex:
                     inter += x * lead
             denom = (1.0 - cont) * (total + mw) / 2.0 + cont * min(total, mw)
             dices.append(min(1.0, inter / denom) if denom > 0 else 0.0)
-        # the pair with ratio 1 (and below any real pair for a skipped twin)
-        uppers = [(1.0 - fw) * d + fw * 1.0 if d >= 0.0 else -2.0 for d in dices]
+        return dices, dups
 
-        def hopeless(pair_up: float) -> bool:
-            assert need is not None
-            up = (1.0 - cw) * pair_up + cw * cover
-            if pair_up >= accept:
-                up = max(up, pair_up)
-            return up < need or (margin is not None and up - need <= margin)
-
-        if need is not None and hopeless(max(uppers)):
-            return None
-        # then rapidfuzz, most promising first; the first member (in order) with the best
-        # pair wins, as in a plain scan
+    def _closest(
+        self,
+        text: str,
+        reps: list[_Member],
+        dices: list[float],
+        uppers: list[float],
+        dups: int,
+        cover: float,
+        need: float | None,
+        margin: float | None,
+    ) -> tuple[float, int] | None:
+        """The best pair and the position of its member: rapidfuzz on the members most
+        promising first (by ``uppers``, their pairs at ratio 100), skipping any that can
+        no longer be the closest; the first member (in order) with the best pair wins, as
+        in a plain scan. Given ``need``, None as soon as the cluster provably cannot be
+        the decision."""
+        st = self.settings
+        fw = st.fuzz_weight
         order = sorted(range(len(reps)), key=uppers.__getitem__, reverse=True)
         if dups:
             del order[-dups:]
         best_pair = -1.0
         best_i = 0
-        text = f.text
         for pos, i in enumerate(order):
             up = uppers[i]
             if up < best_pair or (up == best_pair and i > best_i):
@@ -912,14 +820,9 @@ class StoryIndex:
                 best_pair, best_i = pair, i
             if need is not None:
                 rest = uppers[order[pos + 1]] if pos + 1 < len(order) else best_pair
-                if hopeless(max(best_pair, rest)):
+                if _beyond(max(best_pair, rest), cover, st, need, margin, 0.0):
                     return None
-        score = (1.0 - cw) * best_pair + cw * cover
-        if best_pair >= accept:
-            # a near-verbatim copy of one member is that member's story, however broad
-            # the cluster has grown
-            score = max(score, best_pair)
-        return score, reps[best_i]
+        return best_pair, best_i
 
     def _signature(self, c: _Cluster) -> tuple[str, ...]:
         """The cluster's frequent informative tokens (cached until the cluster grows)."""
@@ -959,7 +862,50 @@ class StoryIndex:
         keys: list[int] | None = None,
         pub: float | None = None,
     ) -> None:
+        """Add the story to cluster ``num``, else to the open cluster ``cluster_id`` (by
+        default the story's id), else to a new cluster of that id: its times, sources and
+        tokens (counts, document frequencies, postings), a representative member, its
+        exact keys (``keys``, computed unless given) and the cluster's place in the
+        eviction heap. ``pub`` is the story's ``published`` as epoch seconds, if known."""
         st = self.settings
+        c = self._cluster_for(story, num, cluster_id)
+        num = c.num
+        if pub is None:
+            pub = _epoch(story.published)
+        seen_at = self._seen_epoch(story, pub)
+        if c.n == 0:
+            c.first = seen_at
+        c.n += 1
+        c.members.append(story.id)
+        c.sources.setdefault(story.feed, seen_at)
+        if pub < c.first_pub:
+            c.first_pub = pub
+        if pub > c.last_pub:
+            c.last_pub = pub
+        self._count_tokens(c, f)
+        member = _Member(story.id, f)
+        if c.sig_n >= 0:  # the signature will be updated from the new members
+            if len(c.pending) < 16:
+                c.pending.append(member)
+            else:
+                c.sig_n = -1
+                c.pending.clear()
+        if len(c.reps) < st.reps_first + st.reps_last:
+            c.reps.append(member)
+        else:
+            c.reps[st.reps_first + (c.n - 1 - st.reps_first) % st.reps_last] = member
+        exact = self._exact
+        for key in keys if keys is not None else self._keys(story, f.norm):
+            if key not in exact:
+                exact[key] = (num, story.id)
+                c.keys.append(key)
+        if seen_at > c.last or c.n == 1:
+            c.last = seen_at
+            heapq.heappush(self._heap, (seen_at, num))
+        self._stories += 1
+
+    def _cluster_for(self, story: Story, num: int | None, cluster_id: str | None) -> _Cluster:
+        """The cluster ``_insert`` puts the story in (see there), created if need be."""
         c = None if num is None else self._clusters.get(num)
         if c is None and (held := self._by_id.get(cluster_id or story.id)) is not None:
             # a cluster of that id is open: this story is its first one, which the index
@@ -971,26 +917,24 @@ class StoryIndex:
             c = _Cluster(num, cluster_id or story.id)
             self._clusters[num] = c
             self._by_id[c.id] = num
-        num = c.num
-        if pub is None:
-            pub = _epoch(story.published)
+        return c
+
+    def _seen_epoch(self, story: Story, pub: float) -> float:
+        """The story's ``first_seen`` as epoch seconds (``pub`` is its ``published``)."""
         first_seen = story.first_seen
         if first_seen is story.published:
-            seen_at = pub
-        elif first_seen is self._seen_dt:  # the stories of one poll share their stamp
-            seen_at = self._seen_t
-        else:
-            seen_at = self._seen_t = _epoch(first_seen)
-            self._seen_dt = first_seen
-        if c.n == 0:
-            c.first = seen_at
-        c.n += 1
-        c.members.append(story.id)
-        c.sources.setdefault(story.feed, seen_at)
-        if pub < c.first_pub:
-            c.first_pub = pub
-        if pub > c.last_pub:
-            c.last_pub = pub
+            return pub
+        if first_seen is self._seen_dt:  # the stories of one poll share their stamp
+            return self._seen_t
+        seen_at = self._seen_t = _epoch(first_seen)
+        self._seen_dt = first_seen
+        return seen_at
+
+    def _count_tokens(self, c: _Cluster, f: Features) -> None:
+        """Count a new member's tokens in the cluster; a token new to the cluster raises
+        its document frequency (and the histogram of those, and their maximum) and
+        enters the token's posting."""
+        num = c.num
         tf = c.tf
         df = self._df
         hist = self._df_hist
@@ -1015,26 +959,6 @@ class StoryIndex:
                 else:
                     tf[t] = k + 1
         self._df_max = df_max
-        member = _Member(story.id, f)
-        if c.sig_n >= 0:  # the signature will be updated from the new members
-            if len(c.pending) < 16:
-                c.pending.append(member)
-            else:
-                c.sig_n = -1
-                c.pending.clear()
-        if len(c.reps) < st.reps_first + st.reps_last:
-            c.reps.append(member)
-        else:
-            c.reps[st.reps_first + (c.n - 1 - st.reps_first) % st.reps_last] = member
-        exact = self._exact
-        for key in keys if keys is not None else self._keys(story, f.norm):
-            if key not in exact:
-                exact[key] = (num, story.id)
-                c.keys.append(key)
-        if seen_at > c.last or c.n == 1:
-            c.last = seen_at
-            heapq.heappush(self._heap, (seen_at, num))
-        self._stories += 1
 
     def _drop(self, c: _Cluster) -> None:
         del self._clusters[c.num]
@@ -1064,14 +988,9 @@ def pair_score(a: str, b: str, *, settings: DedupSettings | None = None) -> floa
     """Score of two headlines alone (a one-member cluster), for calibration on pairs."""
     index = StoryIndex(settings)
     t0 = datetime(2000, 1, 1, tzinfo=UTC)
-    sa = Story(id="a", feed="a", title=a, link="", published=t0, first_seen=t0)
-    index.add(sa, now=t0)
-    f = Features(b, "", index.settings.short_title_tokens)
-    if not f.tokens or _key(_TITLE, f.norm) in index._exact:
-        return 1.0 if f.tokens else 0.0
-    weights = {t: index._weight(t, f.boost) for t in f.tokens}
-    c = next(iter(index._clusters.values()))
-    return index._score(f, weights, sum(weights.values()), c)[0]
+    index.add(Story(id="a", feed="a", title=a, link="", published=t0, first_seen=t0), now=t0)
+    sb = Story(id="b", feed="b", title=b, link="", published=t0, first_seen=t0)
+    return index.cluster_score("a", sb)
 
 
 def detect_guid_churn(
@@ -1093,44 +1012,3 @@ def detect_guid_churn(
         return False
     known = sum(1 for s in new_stories if is_known(s))
     return known >= min_items and known / len(new_stories) >= min_ratio
-
-
-def _parse_time(value: Any) -> datetime:
-    if isinstance(value, int | float):
-        v = float(value)
-        if v > 1e11:  # milliseconds
-            v /= 1000.0
-        return datetime.fromtimestamp(v, tz=UTC)
-    if isinstance(value, str):
-        s = value.strip()
-        try:
-            return _parse_time(float(s))
-        except ValueError:
-            pass
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    raise ValueError(f"published must be ISO-8601 or epoch seconds, not {value!r}")
-
-
-def cluster_stream(
-    lines: Iterable[dict[str, Any]], settings: DedupSettings | None = None
-) -> Iterator[dict[str, str]]:
-    """``monitor stories cluster``: ``{"id","title","summary"?,"source"?,"published"}``
-    records (in time order; ``published`` ISO-8601 or epoch s/ms) → ``{"id","cluster"}``."""
-    index = StoryIndex(settings)
-    latest: datetime | None = None
-    for rec in lines:
-        sid = str(rec["id"])
-        when = _parse_time(rec["published"])
-        story = Story(
-            id=sid,
-            feed=str(rec.get("source") or ""),
-            title=str(rec.get("title") or ""),
-            link=str(rec.get("link") or ""),
-            summary=str(rec.get("summary") or ""),
-            published=when,
-            first_seen=when,
-        )
-        latest = when if latest is None or when > latest else latest
-        decision = index.add(story, now=latest)
-        yield {"id": sid, "cluster": decision.cluster}
