@@ -209,6 +209,15 @@ async def test_stories_cluster_from_stdin(tmp_path: Path) -> None:
     assert got["1"] == got["2"] != got["3"]
     rc, _, err = await monitor("stories", "cluster", cwd=tmp_path, stdin=b"not json\n")
     assert rc == 1 and "line 1" in err
+    # a record without an id, or with a time that is not one: an error naming it, no traceback
+    rc, _, err = await monitor("stories", "cluster", cwd=tmp_path,
+                               stdin=b'{"title": "x", "published": 0}\n')
+    assert rc == 1 and 'record 1: expected a JSON object with "id"' in err
+    assert "Traceback" not in err
+    rc, _, err = await monitor("stories", "cluster", cwd=tmp_path,
+                               stdin=b'{"id": "a", "published": "yesterday"}\n')
+    assert rc == 1 and "record 1 (a): Invalid isoformat string" in err
+    assert "Traceback" not in err
 
 
 async def test_rules_test_on_a_feed_url(workdir: Path, feed_server: FeedServer) -> None:

@@ -7,6 +7,7 @@ the edge, so the core sees only ``Story`` objects and aware datetimes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from monitor.core.dedup.features import DedupSettings
 from monitor.core.dedup.index import StoryIndex
 from monitor.core.model import Story
+from monitor.errors import MonitorError
 
 __all__ = ["cluster_stream"]
 
@@ -44,9 +46,15 @@ def cluster_stream(
     records (in time order; ``published`` ISO-8601 or epoch s/ms) → ``{"id","cluster"}``."""
     index = StoryIndex(settings)
     latest: datetime | None = None
-    for rec in lines:
+    for n, rec in enumerate(lines, 1):
+        if not isinstance(rec, dict) or "id" not in rec or "published" not in rec:
+            raise MonitorError(f"record {n}: expected a JSON object with \"id\" and "
+                               f"\"published\", got {json.dumps(rec, ensure_ascii=False)[:200]}")
         sid = str(rec["id"])
-        when = _parse_time(rec["published"])
+        try:
+            when = _parse_time(rec["published"])
+        except (ValueError, OverflowError, OSError) as e:
+            raise MonitorError(f"record {n} ({sid}): {e}") from e
         story = Story(
             id=sid,
             feed=str(rec.get("source") or ""),
