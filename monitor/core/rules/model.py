@@ -13,7 +13,6 @@ from pathlib import Path
 from monitor.core.rules.expr import Node
 from monitor.core.rules.terms import TermSpec
 
-FIELDS: tuple[str, ...] = ("title", "summary", "content", "author", "tags", "link")
 DEFAULT_FIELDS: tuple[str, ...] = ("title", "summary", "content")
 DEFAULT_WINDOW = 86400.0  # seconds: a rule's corroboration window when it gives none
 
