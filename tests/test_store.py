@@ -560,6 +560,36 @@ async def test_an_update_waits_for_its_alert_being_retried(store: Store) -> None
     assert [d.key for d in got] == ["p", "u"]  # the alert first, then its update
 
 
+async def test_an_update_is_never_claimed_before_its_alert(store: Store) -> None:
+    """The race: an update's poll read the clock before its alert's poll did, so the
+    update is the older row. It still goes after its alert, in any batch size."""
+    await queue(store, delivery("a0", created=t(0)), delivery("u", created=t(1), parent="p"),
+                delivery("p", created=t(2)))
+    # a batch that cannot hold both: the update stays behind with its alert
+    assert [d.key for d in await store.claim_deliveries(t(3), limit=1, lease_until=t(4))] == ["a0"]
+    got = await store.claim_deliveries(t(3), limit=1, lease_until=t(4))
+    assert [d.key for d in got] == ["p"]
+    # its alert is claimed (being sent): the update waits until it is sent
+    assert await store.claim_deliveries(t(3), limit=5, lease_until=t(4)) == []
+    assert got[0].id is not None
+    await store.mark_sent(got[0].id, t(3), "ts-p")
+    [u] = await store.claim_deliveries(t(3), limit=5, lease_until=t(4))
+    assert (u.key, u.thread_ref) == ("u", "ts-p")
+
+
+async def test_an_update_goes_right_after_its_alert_in_one_claim(store: Store) -> None:
+    await queue(store, delivery("u", created=t(1), parent="p"), delivery("x", created=t(1)),
+                delivery("p", created=t(2)), delivery("y", created=t(3)))
+    got = await store.claim_deliveries(t(3), limit=10, lease_until=t(100))
+    assert [d.key for d in got] == ["x", "p", "u", "y"]
+    # an alert that failed for good does not hold its update back
+    await queue(store, delivery("q", created=t(5)), delivery("v", created=t(4), parent="q"))
+    [q] = await store.claim_deliveries(t(5), limit=1, lease_until=t(6))
+    assert q.key == "q" and q.id is not None
+    await store.mark_failed(q.id, t(5), "channel_not_found", None)
+    assert [d.key for d in await store.claim_deliveries(t(5), limit=5, lease_until=t(6))] == ["v"]
+
+
 async def test_deliveries_newest_first_filtered(store: Store) -> None:
     out = await queue(store, delivery("a", created=t(1)), delivery("b", created=t(3)), delivery("c", created=t(2)))
     ids = {d.key: d.id for d in out}
@@ -650,6 +680,26 @@ async def test_pg_claims_skip_rows_locked_by_another_instance(pg_pair: tuple[Sto
     finally:
         await con.close()
     assert [f.name for f in await b.claim_due_feeds(t(0), limit=5, lease_until=t(3))] == ["x"]
+
+
+async def test_pg_an_update_waits_while_another_instance_holds_its_alert(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    """Two instances: one is mid-claim on the alert (row locked, lease not yet committed);
+    the other must not take the update meanwhile, though its snapshot says the alert is
+    due."""
+    a, b = pg_pair
+    assert isinstance(a, PostgresStore)
+    await queue(a, delivery("p", created=t(0)), delivery("u", created=t(1), parent="p"))
+    con = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": a.schema or "public"})
+    try:
+        async with con.transaction():
+            await con.execute("SELECT 1 FROM deliveries WHERE key = 'p' FOR UPDATE")
+            got = await asyncio.wait_for(b.claim_deliveries(t(2), limit=5, lease_until=t(3)), 10)
+            assert got == []
+    finally:
+        await con.close()
+    assert [d.key for d in await b.claim_deliveries(t(2), limit=5, lease_until=t(3))] == ["p", "u"]
 
 
 # -- instances hear of each other's stories (dedup across instances) ----------------------

@@ -152,6 +152,11 @@ class Store(Protocol):
         Claimed rows get ``next_attempt = lease_until`` so a crash mid-send retries them
         after the lease (at-least-once towards the peer, exactly-once when it answered).
         ``Delivery.thread_ref`` is filled from the parent delivery's ``ref`` when sent.
+
+        An update is never claimed before its first alert: only when that alert is no
+        longer pending (sent, failed, or never stored), or in the same claim, and then
+        after it (``parents_first``). Across instances too: an alert claimed by another
+        instance keeps its updates back until it is sent.
         """
 
     async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:
@@ -193,3 +198,16 @@ class Store(Protocol):
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         """The first alerts (not updates) created for a cluster, any state, oldest first:
         routing uses them for cooldowns and "carried by N sources" updates."""
+
+
+def parents_first(batch: Sequence[Delivery]) -> list[Delivery]:
+    """A claim in sending order: oldest first, and an update after its first alert when
+    both are in the claim (an update's poll may have read the clock before its alert's
+    poll did, so ``created`` alone can put it first)."""
+    created = {d.key: d.created for d in batch}
+
+    def key(d: Delivery) -> tuple[datetime, bool, datetime, int]:
+        parent = created.get(d.parent_key) if d.parent_key else None
+        return (parent or d.created, parent is not None, d.created, d.id or 0)
+
+    return sorted(batch, key=key)

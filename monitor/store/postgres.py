@@ -32,7 +32,7 @@ from monitor.core.model import ClusterInfo, Delivery, FeedState
 from monitor.errors import CodecError, StoreError
 from monitor.log import get_logger, redact_url
 from monitor.store import migrations
-from monitor.store.base import DeliveryStatus, StoredStory
+from monitor.store.base import DeliveryStatus, StoredStory, parents_first
 from monitor.store.codec import (
     FEED_COLUMNS,
     alert_to_json,
@@ -513,13 +513,24 @@ class PostgresStore:
         async with self._con("claim_deliveries") as con:
             rows = await con.fetch(
                 "WITH due AS ("
-                " SELECT id FROM deliveries c WHERE state = 'pending' AND next_attempt <= $1"
+                " SELECT id, key, parent_key FROM deliveries c"
+                " WHERE state = 'pending' AND next_attempt <= $1"
                 # an update waits for an alert that is waiting to be retried, so that it
                 # can be threaded under it (a due alert comes first in the same batch)
                 " AND NOT EXISTS (SELECT 1 FROM deliveries p"
                 "  WHERE p.key = c.parent_key AND p.state = 'pending' AND p.next_attempt > $1)"
-                " ORDER BY created, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED) "
-                "UPDATE deliveries d SET next_attempt = $3 FROM due WHERE d.id = due.id "
+                # an update sorts right behind its pending alert
+                " ORDER BY COALESCE((SELECT p.created FROM deliveries p"
+                "  WHERE p.key = c.parent_key AND p.state = 'pending'), created),"
+                " parent_key IS NOT NULL, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED), "
+                # an update goes only with its alert, or once the alert is no longer pending:
+                # an alert that another instance has locked (and is about to send) keeps its
+                # updates back, whatever this snapshot says of its lease
+                "ok AS (SELECT id FROM due WHERE parent_key IS NULL"
+                " OR parent_key IN (SELECT key FROM due)"
+                " OR NOT EXISTS (SELECT 1 FROM deliveries p"
+                "  WHERE p.key = due.parent_key AND p.state = 'pending')) "
+                "UPDATE deliveries d SET next_attempt = $3 FROM ok WHERE d.id = ok.id "
                 "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
                 "d.requeued, "
                 "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
@@ -528,12 +539,11 @@ class PostgresStore:
                 limit,
                 lease,
             )
-            rows = sorted(rows, key=lambda r: (r["created"], r["id"]))
-            return [
+            return parents_first([
                 delivery_from_row(r, created=r["created"], next_attempt=lease,
                                   thread_ref=r["parent_ref"], requeued=r["requeued"])
                 for r in rows
-            ]
+            ])
 
     async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:
         async with self._con(f"mark_sent {delivery_id}", tx=True) as con:

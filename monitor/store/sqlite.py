@@ -33,7 +33,7 @@ from monitor.core.model import ClusterInfo, Delivery, FeedState
 from monitor.errors import CodecError, StoreError
 from monitor.log import get_logger
 from monitor.store import migrations
-from monitor.store.base import DeliveryStatus, StoredStory
+from monitor.store.base import DeliveryStatus, StoredStory, parents_first
 from monitor.store.codec import (
     FEED_COLUMNS,
     alert_to_json,
@@ -583,27 +583,33 @@ class SQLiteStore:
             with _write(con):
                 rows = con.execute(
                     "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                    "d.requeued, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref "
+                    "d.requeued, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
+                    "p.state = 'pending' AS parent_pending "
                     "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
                     "WHERE d.state = 'pending' AND d.next_attempt <= ? "
                     # an update waits for an alert that is waiting to be retried, so that it
                     # can be threaded under it (a due alert comes first in the same batch)
                     "AND (p.state IS NULL OR p.state <> 'pending' OR p.next_attempt <= ?) "
-                    "ORDER BY d.created, d.id LIMIT ?",
+                    # an update sorts right behind its pending alert, so that a batch that
+                    # holds the update holds the alert too
+                    "ORDER BY COALESCE(CASE WHEN p.state = 'pending' THEN p.created END, "
+                    "d.created), p.state = 'pending', d.id LIMIT ?",
                     (dt_to_text(now), dt_to_text(now), limit),
                 ).fetchall()
+                keys = {r["key"] for r in rows}
+                rows = [r for r in rows if not r["parent_pending"] or r["parent_key"] in keys]
                 if not rows:
                     return []
                 con.execute(
                     f"UPDATE deliveries SET next_attempt = ? WHERE id IN ({_marks(len(rows))})",
                     (dt_to_text(lease_until), *(r["id"] for r in rows)),
                 )
-            return [
+            return parents_first([
                 delivery_from_row(r, created=dt_from_text(r["created"]), next_attempt=lease_until,
                                   thread_ref=r["parent_ref"],
                                   requeued=dt_from_text(r["requeued"]) if r["requeued"] else None)
                 for r in rows
-            ]
+            ])
 
         return await self._run("claim_deliveries", work)
 
