@@ -150,7 +150,7 @@ async def test_a_near_duplicate_polled_by_the_other_instance_does_not_alert_agai
         # b stops hearing (its connection is cut, and it cannot listen again yet); a
         # stores a story meanwhile; once b listens again, it reloads what it missed
         assert isinstance(b.store, PostgresStore)
-        b.store.watch_backoff = 0.05
+        b.store.listener.backoff = 0.05
         direct, b.store._dsn = b.store._dsn, "postgresql://postgres@127.0.0.1:1/nowhere"
         assert await kill_listener(b.store) == 1
         for _ in range(500):

@@ -787,7 +787,7 @@ async def test_a_dropped_listener_reconnects_and_reports_the_gap(
 ) -> None:
     a, b = pg_pair
     assert isinstance(b, PostgresStore)
-    b.watch_backoff = 0.05
+    b.listener.backoff = 0.05
     hb = Heard()
     await b.watch_stories(hb.on_stories, hb.on_gap)
     assert await kill_listener(b) == 1
@@ -804,7 +804,7 @@ async def test_a_listener_cut_off_without_notice_finds_out_and_reconnects(
     assert isinstance(b, PostgresStore)
     proxy, through = await silent_proxy_dsn()
     direct, b._dsn = b._dsn, through
-    b.watch_backoff, b.watch_heartbeat, b.watch_probe_timeout = 0.05, 0.2, 0.5
+    b.listener.backoff, b.listener.heartbeat, b.listener.probe_timeout = 0.05, 0.2, 0.5
     hb = Heard()
     try:
         await b.watch_stories(hb.on_stories, hb.on_gap)

@@ -202,7 +202,7 @@ class StoryListener:
         self, con: Any, heard: asyncio.Queue[list[str] | None]
     ) -> list[str] | None:
         """The next ids heard; None when the connection is gone. A connection quiet for
-        ``watch_heartbeat`` seconds is probed: one that went half-open (a network cut
+        ``heartbeat`` seconds is probed: one that went half-open (a network cut
         nobody told either side about) raises, and the watcher reconnects."""
         while True:
             try:

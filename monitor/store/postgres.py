@@ -160,7 +160,9 @@ class PostgresStore:
         # notifications are per database already; the schema tells tenants apart
         scope = schema or "public"
         self._channel = "monitor_stories_" + hashlib.sha1(scope.encode()).hexdigest()[:16]
-        self._listener = StoryListener(
+        # LISTEN/NOTIFY between instances; its pacing (backoff, heartbeat, probe_timeout)
+        # may be tuned on it
+        self.listener = StoryListener(
             token=self._token, channel=self._channel, connect=self._listen_connection,
             load=self._stories_by_id, where=lambda: redact_url(self._dsn),
         )
@@ -223,7 +225,7 @@ class PostgresStore:
             log.info("store.migrated", schema=schema, version=m.version, file=m.name)
 
     async def close(self) -> None:
-        await self._listener.close()
+        await self.listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -395,38 +397,12 @@ class PostgresStore:
     ) -> bool:
         if self._pool is None:
             raise StoreError("watch_stories: the store is not open")
-        await self._listener.start(on_stories, on_gap)
+        await self.listener.start(on_stories, on_gap)
         return True
 
     @property
     def listening(self) -> bool | None:
-        return self._listener.listening
-
-    # how the listener paces itself (seconds): backoff before listening again (doubling
-    # up to a minute), quiet time before a probe, and the probe's timeout
-    @property
-    def watch_backoff(self) -> float:
-        return self._listener.backoff
-
-    @watch_backoff.setter
-    def watch_backoff(self, value: float) -> None:
-        self._listener.backoff = value
-
-    @property
-    def watch_heartbeat(self) -> float:
-        return self._listener.heartbeat
-
-    @watch_heartbeat.setter
-    def watch_heartbeat(self, value: float) -> None:
-        self._listener.heartbeat = value
-
-    @property
-    def watch_probe_timeout(self) -> float:
-        return self._listener.probe_timeout
-
-    @watch_probe_timeout.setter
-    def watch_probe_timeout(self, value: float) -> None:
-        self._listener.probe_timeout = value
+        return self.listener.listening
 
     async def _listen_connection(self) -> Any:
         """A connection of its own for LISTEN, outside the pool."""
