@@ -139,18 +139,6 @@ def token_keys(tok: str) -> tuple[str, str, str]:
     return k
 
 
-def stem_keys(text: str) -> list[str]:
-    """The stem key of every token of ``text`` (the fast path of matching)."""
-    get = _CACHE.get
-    out = []
-    for tok in TOKEN_RE.findall(text):
-        k = get(tok)
-        if k is None:
-            k = token_keys(tok)
-        out.append(k[0])
-    return out
-
-
 def tokenize(text: str) -> list[tuple[str, int, int]]:
     """Tokens of ``text`` with their character offsets: ``[(token, start, end), ...]``."""
     return [(m.group(), m.start(), m.end()) for m in TOKEN_RE.finditer(text)]
