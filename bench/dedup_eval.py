@@ -39,6 +39,7 @@ class Headline:
     story: str  # gold STORY label
     ts: float  # epoch seconds
     url: str = ""
+    summary: str = ""  # plain text (the real-feed groups carry it; UCI rows have none)
 
 
 def load_uci(path: Path = UCI) -> list[Headline]:
@@ -78,6 +79,7 @@ def to_story(h: Headline, *, with_link: bool = False) -> Story:
         id=h.id,
         feed=h.publisher,
         title=h.title,
+        summary=h.summary,
         link=h.url if with_link else "",
         published=when,
         first_seen=when,
