@@ -42,7 +42,13 @@ headline matching the rule), ideal (one per distinct gold story among the headli
 matching the rule), stories missed (the rule matched some of its own story's headlines
 but no first alert is about that story), off-topic alerts (the alert's headline belongs
 to another gold story than the rule's) and updates delivered before their first alert,
-and the wall time. ``target_first_alerts_max`` is a third of today's first alerts.
+and the wall time.
+
+Today's figure (the engine before the clustering rewrite, 2-core CI machine): ``once``
+261-272 first alerts over 6 runs, ``run`` 270-291 over 2 (naive 912, ideal 5, no story
+missed). First alerts vary from run to run: feeds finish their polls in a different
+order each time and clustering depends on the order. ``target_first_alerts_max`` is a
+third of the lowest of today's figures; ``meets_target`` also requires no story missed.
 """
 
 from __future__ import annotations
@@ -51,7 +57,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import signal
@@ -80,6 +85,8 @@ LAG = timedelta(minutes=5)  # the newest headline is this old when its mode star
 MAX_SPAN = timedelta(days=2, hours=12)  # longer timelines are compressed into this
 RUN_INTERVAL = "2s"  # `monitor run`: poll interval of every feed
 CHANNEL = "timeline"
+TODAY_FIRST_ALERTS = {"once": (261, 272), "run": (270, 291)}  # min, max of today's runs
+TARGET_FIRST_ALERTS_MAX = min(lo for lo, _ in TODAY_FIRST_ALERTS.values()) // 3
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
@@ -501,7 +508,8 @@ def score(tl: Timeline, alerts: list[dict[str, Any]], matched: dict[str, list[He
         "naive": sum(p["naive"] for p in per.values()),
         "ideal": ideal,
         "first_alerts_per_ideal": round(total / ideal, 2) if ideal else None,
-        "target_first_alerts_max": math.floor(total / 3),
+        "target_first_alerts_max": TARGET_FIRST_ALERTS_MAX,
+        "meets_target": total <= TARGET_FIRST_ALERTS_MAX and not missed,
         "stories_missed": missed,
         "off_topic": {"first_alerts": sum(p["off_topic_first_alerts"] for p in per.values()),
                       "updates": sum(p["off_topic_updates"] for p in per.values())},
