@@ -45,7 +45,7 @@ to another gold story than the rule's) and updates delivered before their first 
 and the wall time.
 
 Today's figure (the engine before the clustering rewrite, 2-core CI machine): ``once``
-261-272 first alerts over 6 runs, ``run`` 270-291 over 2 (naive 912, ideal 5, no story
+261-272 first alerts over 7 runs, ``run`` 270-295 over 3 (naive 912, ideal 5, no story
 missed). First alerts vary from run to run: feeds finish their polls in a different
 order each time and clustering depends on the order. ``target_first_alerts_max`` is a
 third of the lowest of today's figures; ``meets_target`` also requires no story missed.
@@ -85,7 +85,7 @@ LAG = timedelta(minutes=5)  # the newest headline is this old when its mode star
 MAX_SPAN = timedelta(days=2, hours=12)  # longer timelines are compressed into this
 RUN_INTERVAL = "2s"  # `monitor run`: poll interval of every feed
 CHANNEL = "timeline"
-TODAY_FIRST_ALERTS = {"once": (261, 272), "run": (270, 291)}  # min, max of today's runs
+TODAY_FIRST_ALERTS = {"once": (261, 272), "run": (270, 295)}  # min, max of today's runs
 TARGET_FIRST_ALERTS_MAX = min(lo for lo, _ in TODAY_FIRST_ALERTS.values()) // 3
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
