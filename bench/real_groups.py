@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.dedup_eval import CORPORA, ROOT, Headline, bcubed, to_story
+from bench.dedup_eval import CORPORA, ROOT, Headline, bcubed, final_cluster, to_story
 from monitor.core.dedup.features import DedupSettings
 from monitor.core.dedup.index import StoryIndex
 
@@ -98,10 +98,14 @@ def cluster_real(
     (title, summary, feed, link, published)."""
     index = StoryIndex(settings)
     out: list[str] = []
+    into: dict[str, str] = {}
     for h in rows:
         s = to_story(h, with_link=with_link)
-        out.append(index.add(s, now=s.first_seen).cluster)
-    return out
+        d = index.add(s, now=s.first_seen)
+        out.append(d.cluster)
+        for gone in d.merged:
+            into[gone] = d.cluster
+    return [final_cluster(c, into) for c in out]
 
 
 def evaluate_real_groups(

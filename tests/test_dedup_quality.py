@@ -1,75 +1,123 @@
-"""Quality floors of the story clustering on the shared labelled corpora.
+"""Quality floors of the story clustering on labelled data, and the index's bookkeeping.
 
-Measured with the default settings (bench/bench_dedup.py reports the full numbers beside the
-naive baseline): UCI B-cubed precision 0.956 / recall 0.277; STS-B ROC-AUC 0.969. The floors
-keep a small margin below those numbers.
+Measured with the default settings (``make bench`` reports the full numbers):
+
+* shared UCI split, titles only, in time order: B-cubed precision 0.951, recall 0.571
+  (issue #10's target: recall >= 0.55 at precision >= 0.95);
+* the same, time-blind (each headline a random time within 24 h, seed 1): precision
+  0.923, recall 0.512 (target: recall >= 0.45 at precision >= 0.93, precision is short);
+* the hand-labelled real-feeds groups (tests/data): precision 0.973, recall 0.964
+  (target: precision >= 0.97, recall >= 0.80);
+* STS-B headline pairs: ROC-AUC 0.968.
+
+The floors sit a little below those numbers.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
-from bench.dedup_eval import bcubed, cluster_uci, load_pairs, load_uci, pair_report, to_story
-from monitor.core.dedup.features import STOPWORDS, DedupSettings
-from monitor.core.dedup.index import SameStory, StoryIndex, pair_score
+from bench.dedup_eval import (
+    bcubed,
+    cluster_uci,
+    load_pairs,
+    load_uci,
+    pair_report,
+    time_blind,
+    to_story,
+)
+from bench.real_groups import evaluate_real_groups
+from monitor.core.dedup.features import DedupSettings, Features
+from monitor.core.dedup.index import StoryIndex, pair_score
 from tests.conftest import shared_path
 
-pytestmark = pytest.mark.shared
 
-
-def test_uci_bcubed_floor() -> None:
+@pytest.mark.shared
+def test_uci_in_time_order() -> None:
     rows = load_uci(shared_path("corpora", "uci-news-aggregator", "headlines.csv"))
     assert len(rows) > 4000
     scores = bcubed(cluster_uci(rows, DedupSettings()), [h.story for h in rows])
     # a false merge hides a story from someone: precision first
     assert scores["precision"] >= 0.95, scores
-    # the naive single-link token_set_ratio baseline reaches recall 0.157 at precision 0.95
-    assert scores["recall"] >= 0.25, scores
+    assert scores["recall"] >= 0.55, scores
 
 
+@pytest.mark.shared
+def test_uci_time_blind() -> None:
+    """The UCI labels leak time (a story's headlines lie within ~75 s of each other), so
+    the same headlines are clustered with random times inside one day."""
+    rows = time_blind(load_uci(shared_path("corpora", "uci-news-aggregator", "headlines.csv")))
+    scores = bcubed(cluster_uci(rows, DedupSettings()), [h.story for h in rows])
+    assert scores["precision"] >= 0.92, scores
+    assert scores["recall"] >= 0.45, scores
+
+
+def test_real_feeds_groups() -> None:
+    """The hand-labelled groups of tests/data (titles and summaries of one day's 25 world
+    feeds), near misses included."""
+    report = evaluate_real_groups(DedupSettings())
+    assert report["items"] > 1000
+    assert report["precision"] >= 0.97, report
+    assert report["recall"] >= 0.80, report
+    # same actors in another event, or the same kind of event with other actors
+    assert report["near_links_merged"] <= 0.2 * report["near_links"], report
+
+
+@pytest.mark.shared
 def test_stsb_pairs_separate_duplicates_from_unrelated() -> None:
     pairs = load_pairs(shared_path("corpora", "stsb-headlines", "headline_pairs.tsv"))
     report = pair_report(pairs, pair_score, DedupSettings().threshold)
     assert report["roc_auc_ge4_vs_le1"] >= 0.95, report
-    # pairs scored >= 4 are mostly judged duplicates, pairs <= 1 almost never
-    assert report["recall_ge4"] >= 0.75, report
-    assert report["false_positive_rate_le1"] <= 0.10, report
+    assert report["recall_ge4"] >= 0.9, report
 
 
-class _Exhaustive(StoryIndex):
-    """The index without the score bounds: every candidate and member scored in full."""
+def _check_bookkeeping(index: StoryIndex, features: dict[str, Features]) -> None:
+    """Every incremental count equals its value recomputed from the members."""
+    lw = index.settings.lead_weight
+    df: Counter[str] = Counter()
+    uses: Counter[str] = Counter()
+    for c in index._clusters.values():
+        tf: Counter[str] = Counter()
+        for sid in c.members:
+            f = features[sid]
+            for t in f.tokens:
+                tf[t] += 1.0
+            for t in f.lead:
+                tf[t] += lw
+        assert c.tf.keys() == tf.keys(), c.id
+        for t, k in tf.items():
+            assert c.tf[t] == pytest.approx(k), (c.id, t)
+            assert c.num in index._postings[t]
+        df.update(tf.keys())
+        uses.update(tf)
+        assert c.n == len(c.members)
+    assert index._df == dict(df)
+    assert index._uses.keys() == uses.keys()
+    for t, k in uses.items():
+        assert index._uses[t] == pytest.approx(k), t
+    assert all(index._clusters.keys() >= p.keys() for p in index._postings.values())
+    assert len(index) == sum(c.n for c in index._clusters.values())
 
-    _prune = False
 
+def test_counts_stay_exact_through_merges_and_eviction() -> None:
+    """Centroids, document frequencies, window uses and postings are kept incrementally
+    (and moved by second-chance merges, dropped by eviction): on the real-feeds stream,
+    fed over several days with a short window, they equal a recount at every step."""
+    from bench.real_groups import load_real_groups
 
-@pytest.mark.parametrize(
-    ("settings", "rows_used", "min_same"),
-    [
-        (DedupSettings(), None, 1000),
-        (DedupSettings(containment=0.5, fuzz_weight=0.6, threshold=0.5), 2000, 300),
-        (DedupSettings(sig_weight=0.0, cover_weight=0.5, pair_accept=0.8), 2000, 300),
-    ],
-)
-def test_score_bounds_never_change_a_decision(
-    settings: DedupSettings, rows_used: int | None, min_same: int
-) -> None:
-    """``add`` skips candidates and rapidfuzz calls that provably cannot win: on the UCI
-    stream (in time order) every decision and score equals the exhaustive scan's. The
-    cluster signatures, updated member by member, equal those computed afresh."""
-    rows = load_uci(shared_path("corpora", "uci-news-aggregator", "headlines.csv"))
-    rows = rows[:rows_used] if rows_used else rows
-    fast, full = StoryIndex(settings), _Exhaustive(settings)
-    share = fast.settings.cover_share
-    same = 0
-    for h in rows:
-        s = to_story(h)
-        a = fast.add(s, now=s.first_seen)
-        b = full.add(s, now=s.first_seen)
-        assert a == b, (h.title, a, b)
-        same += isinstance(a, SameStory)
-        c = fast._get(a.cluster)
-        assert c is not None
-        need = max(1.0, c.n * share)
-        fresh = tuple(t for t, k in c.tf.items() if k >= need and t not in STOPWORDS)
-        assert fast._signature(c) == fresh, c.id
-    assert same > min_same  # the stream exercises the near-duplicate path
+    rows = load_real_groups()
+    settings = DedupSettings(window=6 * 3600.0)
+    index = StoryIndex(settings)
+    feats: dict[str, Features] = {}
+    merges = 0
+    for i, h in enumerate(rows):
+        s = to_story(h, with_link=True)
+        feats[s.id] = Features(s.title, s.summary, settings.lead_words)
+        d = index.add(s, now=s.first_seen)
+        merges += len(d.merged)
+        if i % 50 == 0:
+            _check_bookkeeping(index, feats)
+    _check_bookkeeping(index, feats)
+    assert merges > 0  # the stream exercises the merge path

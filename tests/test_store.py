@@ -309,6 +309,35 @@ async def test_save_poll_creates_a_cluster_row_when_none_is_passed(store: Store)
     assert (c.first_story, c.first_seen, c.last_seen, c.sources, c.members) == ("s1", t(1), t(1), ("a",), ("s1",))
 
 
+async def test_merge_clusters_moves_stories_and_alerts_to_the_older(store: Store) -> None:
+    old = ClusterInfo(id="c-old", first_story="s1", title="Old", first_seen=T0, last_seen=t(5),
+                      sources=("a", "b"))
+    young = ClusterInfo(id="c-young", first_story="s2", title="Young", first_seen=t(2),
+                        last_seen=t(9), sources=("c", "a"))
+    await store.save_poll(feed("a"), [stored("s1", cluster="c-old"), stored("s2", cluster="c-young", seen=t(2)),
+                                      stored("s3", cluster="c-young", seen=t(9))],
+                          [delivery("k-old", cluster="c-old"),
+                           delivery("k-young", created=t(2), cluster="c-young"),
+                           delivery("k-up", created=t(9), cluster="c-young", parent="k-young")],
+                          [old, young])
+    await store.merge_clusters([("c-young", "c-old"), ("c-never-stored", "c-old")])
+    c = await store.get_cluster("c-old")
+    assert c is not None
+    assert (c.first_story, c.title, c.first_seen, c.last_seen) == ("s1", "Old", T0, t(9))
+    assert sorted(c.sources) == ["a", "b", "c"] and sorted(c.members) == ["s1", "s2", "s3"]
+    assert await store.get_cluster("c-young") is None
+    assert (await store.get_story("s3")) == StoredStory(story=story("s3", seen=t(9)), cluster="c-old")
+    # both first alerts now belong to the survivor, the oldest first: it stays the thread
+    assert [d.key for d in await store.cluster_alerts("c-old")] == ["k-old", "k-young"]
+    assert await store.cluster_alerts("c-young") == []
+    # a survivor that has no row yet (both clusters of one poll) takes the absorbed row
+    await store.save_poll(feed("a"), [stored("s4", cluster="c-4", seen=t(20))], [])
+    await store.merge_clusters([("c-4", "c-new")])
+    moved = await store.get_cluster("c-new")
+    assert moved is not None and (moved.first_story, moved.members) == ("s4", ("s4",))
+    await store.merge_clusters([])  # nothing to do
+
+
 async def test_save_poll_is_atomic(store: Store) -> None:
     before = feed("a", polls=1)
     await store.save_feed(before)

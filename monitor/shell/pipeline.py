@@ -110,6 +110,7 @@ class _Work:
     candidates: list[Candidate] = field(default_factory=list)  # the stories that may alert
     outcomes: Counter[str] = field(default_factory=Counter)  # dedup decisions, for metrics
     fired: Counter[str] = field(default_factory=Counter)  # matches per rule, for metrics
+    merges: list[tuple[str, str]] = field(default_factory=list)  # (absorbed, survivor)
 
 
 @dataclass
@@ -230,6 +231,8 @@ class Pipeline:
             prematched=prepared.rules_fingerprint == rules.ruleset.fingerprint,
             baseline=baseline, churn=churn,
         )
+        if work.merges:
+            await self._merge(spec, work)
         deliveries = plan(
             candidates=work.candidates,
             earlier=await self._earlier_alerts(work.candidates),
@@ -305,6 +308,7 @@ class Pipeline:
             story = p.story
             decision = self.index.add(story, now=now, features=p.features)
             cluster = decision.cluster
+            work.merges.extend((gone, cluster) for gone in decision.merged)
             work.to_store.append(StoredStory(story=story, cluster=cluster))
             sources = self.index.cluster_sources(cluster)
             work.clusters[cluster] = self._cluster_info(cluster, story, sources, now)
@@ -330,6 +334,44 @@ class Pipeline:
                 work.fired[m.rule] += 1
             work.candidates.append(replace(c, matches=matches))
         return work
+
+    async def _merge(self, spec: FeedSpec, work: _Work) -> None:
+        """Two clusters turned out to be one story (``StoryIndex``'s second-chance merge):
+        move the absorbed ones' stored stories and alerts to the survivor, and this poll's
+        stories and candidates with them. A candidate whose cluster was new is no longer:
+        the survivor's first alert stays the thread, and no new first alert is sent."""
+        await self.store.merge_clusters(work.merges)
+        into = dict(work.merges)
+
+        def final(cluster: str) -> str:
+            while cluster in into:
+                cluster = into[cluster]
+            return cluster
+
+        for gone, survivor in work.merges:
+            self._alerted.pop(gone, None)
+            self._alerted.pop(survivor, None)  # the store now holds both clusters' alerts
+            info = work.clusters.pop(gone, None)
+            last = final(survivor)
+            if info is not None and last not in work.clusters:
+                # the row to upsert for the survivor: its stored title and first_seen stay
+                work.clusters[last] = replace(info, id=last, first_story=last,
+                                              sources=self.index.cluster_sources(last))
+            log.info("story.merged", feed=spec.name, cluster=survivor, absorbed=gone,
+                     sources=len(self.index.cluster_sources(final(survivor))))
+        work.to_store = [replace(s, cluster=final(s.cluster)) for s in work.to_store]
+        candidates = []
+        for c in work.candidates:
+            cluster = final(c.facts.cluster)
+            if cluster != c.facts.cluster:
+                sources = self.index.cluster_sources(cluster)
+                c = replace(c, facts=ClusterFacts(cluster=cluster, sources=sources, new=False))
+                info = work.clusters.get(cluster)
+                if info is not None:
+                    work.clusters[cluster] = replace(info, sources=sources)
+            candidates.append(c)
+        work.candidates = candidates
+        self.metrics.stories.labels(spec.name, "merged").inc(len(work.merges))
 
     async def _earlier_alerts(
         self, candidates: Sequence[Candidate]

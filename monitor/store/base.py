@@ -199,6 +199,14 @@ class Store(Protocol):
         """The first alerts (not updates) created for a cluster, any state, oldest first:
         routing uses them for cooldowns and "carried by N sources" updates."""
 
+    async def merge_clusters(self, merges: Sequence[tuple[str, str]]) -> None:
+        """One transaction: for each (absorbed, survivor) pair, in order, move the absorbed
+        cluster's stories and deliveries to the survivor and fold its row into the
+        survivor's (sources united, the earlier first story and first_seen, the later
+        last_seen), then delete it. A survivor without a row takes over the absorbed
+        row; an absorbed cluster without a row (its stories not saved yet) is skipped.
+        The survivor's oldest first alert stays the thread its updates follow."""
+
 
 def parents_first(batch: Sequence[Delivery]) -> list[Delivery]:
     """A claim in sending order: oldest first, and an update after its first alert when

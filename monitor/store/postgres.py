@@ -612,6 +612,37 @@ class PostgresStore:
                 for r in rows
             ]
 
+    async def merge_clusters(self, merges: Sequence[tuple[str, str]]) -> None:
+        if not merges:
+            return
+        async with self._con("merge_clusters", tx=True) as con:
+            for gone, into in merges:
+                g, i = _text(gone), _text(into)
+                if g == i:
+                    continue
+                old = await con.fetchrow("SELECT * FROM clusters WHERE id = $1 FOR UPDATE", g)
+                if old is None:
+                    continue
+                new = await con.fetchrow("SELECT * FROM clusters WHERE id = $1 FOR UPDATE", i)
+                if new is None:
+                    await con.execute(
+                        "INSERT INTO clusters (id, first_story, title, first_seen, last_seen,"
+                        " sources) VALUES ($1, $2, $3, $4, $5, $6)",
+                        i, old["first_story"], old["title"], old["first_seen"],
+                        old["last_seen"], old["sources"])
+                else:
+                    first = old if old["first_seen"] < new["first_seen"] else new
+                    sources = dict.fromkeys(
+                        (*strs_from_json(new["sources"]), *strs_from_json(old["sources"])))
+                    await con.execute(
+                        "UPDATE clusters SET first_story = $1, title = $2, first_seen = $3,"
+                        " last_seen = GREATEST(last_seen, $4), sources = $5 WHERE id = $6",
+                        first["first_story"], first["title"], first["first_seen"],
+                        old["last_seen"], strs_to_json(tuple(sources)), i)
+                await con.execute("UPDATE stories SET cluster = $1 WHERE cluster = $2", i, g)
+                await con.execute("UPDATE deliveries SET cluster = $1 WHERE cluster = $2", i, g)
+                await con.execute("DELETE FROM clusters WHERE id = $1", g)
+
     async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
         async with self._con("deliveries") as con:
             rows = await con.fetch(

@@ -723,6 +723,39 @@ class SQLiteStore:
 
         return await self._run("cluster_alerts", work)
 
+    async def merge_clusters(self, merges: Sequence[tuple[str, str]]) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                for gone, into in merges:
+                    g, i = _k(gone), _k(into)
+                    if g == i:
+                        continue
+                    old = con.execute("SELECT * FROM clusters WHERE id = ?", (g,)).fetchone()
+                    if old is None:
+                        continue
+                    new = con.execute("SELECT * FROM clusters WHERE id = ?", (i,)).fetchone()
+                    if new is None:
+                        con.execute(
+                            "INSERT INTO clusters (id, first_story, title, first_seen, last_seen,"
+                            " sources) VALUES (?, ?, ?, ?, ?, ?)",
+                            (i, old["first_story"], old["title"], old["first_seen"],
+                             old["last_seen"], old["sources"]))
+                    else:
+                        first = old if old["first_seen"] < new["first_seen"] else new
+                        sources = dict.fromkeys(
+                            (*strs_from_json(new["sources"]), *strs_from_json(old["sources"])))
+                        con.execute(
+                            "UPDATE clusters SET first_story = ?, title = ?, first_seen = ?,"
+                            " last_seen = MAX(last_seen, ?), sources = ? WHERE id = ?",
+                            (first["first_story"], first["title"], first["first_seen"],
+                             old["last_seen"], strs_to_json(tuple(sources)), i))
+                    con.execute("UPDATE stories SET cluster = ? WHERE cluster = ?", (i, g))
+                    con.execute("UPDATE deliveries SET cluster = ? WHERE cluster = ?", (i, g))
+                    con.execute("DELETE FROM clusters WHERE id = ?", (g,))
+
+        if merges:
+            await self._run("merge_clusters", work)
+
     async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
         def work(con: sqlite3.Connection) -> list[DeliveryStatus]:
             if state is None:

@@ -1,38 +1,48 @@
-"""The recent-story index: exact keys, token blocking, cluster-level rapidfuzz scoring.
+"""The recent-story index: exact keys, then TF-IDF cosine to cluster centroids.
 
 Pure: no I/O, no clock. Every decision takes ``now`` as an argument and uses the
 stories' own ``published`` / ``first_seen`` for time distance.
 
-How a story is decided (``StoryIndex.decide``):
+How a story is decided (``StoryIndex.add``):
 
 1. **Exact repeat** → ``Seen``: the same id, the same canonical link, or the same
    normalised title (at least ``min_exact_tokens`` words long) as a story in the window.
-2. **Near duplicate** → ``SameStory``: candidates come from an inverted index over the
-   story's *rarest* tokens (token blocking: at most ``block_tokens`` tokens, each giving at
-   most its ``max_posting`` newest clusters), so the cost per story does not grow with the
-   window.
-   Each candidate cluster is scored *as a whole*:
+2. **Same story** → ``SameStory``: the story is a TF-IDF vector of its informative title
+   tokens (weight 1) and the tokens its summary's lead adds (``lead_weight``); a cluster
+   is the centroid of its members, a token weighing its count over the members. The
+   score against a cluster is
 
-   * ``pair``: the best of the cluster's representative members (its first and latest few)
-     by a blend of IDF-weighted token Dice and ``rapidfuzz.fuzz.token_set_ratio``;
-   * ``cover``: how well the story and the cluster's *frequent* tokens (those in at least
-     ``cover_share`` of its members) cover each other, IDF-weighted: the story's weight the
-     cluster carries, blended (``sig_weight``) with the weight of the cluster's signature
-     the story carries. One odd member cannot chain an unrelated story into a big
-     cluster, and a story about another actor doing the same thing ("X files for
-     bankruptcy") does not join.
+   ``cosine(story, centroid) + anchor - time``
 
-   ``score = (1 - cover_weight) * pair + cover_weight * cover`` and the story joins the
-   best cluster when ``score`` reaches ``threshold`` plus a time penalty that grows with the
-   distance to the cluster's nearest member (``time_grace`` free, then ``time_penalty``
-   per day).
-3. Otherwise → ``New``: the story starts a cluster whose id is the story's id.
+   * IDF is counted over the window's open clusters (a cluster counts once) and blended
+     with a frozen background table (``background.py``, English word frequencies):
+     ``idf = ln((N + 1 + N_bg) / (df + df_bg + 1)) + 1``. Without it, a story whose first
+     headlines seed several clusters makes its own key word look common and splits
+     further.
+   * ``anchor`` (``anchor_bonus``) rewards a shared *name*: when the cosine is already
+     ``anchor_min``, the story's title and the cluster share a non-numeric token that
+     most of the cluster's members carry (``anchor_share``), that is rare in the
+     background (Zipf below ``anchor_zipf``), that the window uses mostly inside this
+     cluster (``anchor_within``), and that the case table calls a name (capitalised in
+     most sentence-case headlines that use it mid-sentence).
+   * ``time`` is ``time_penalty`` per day of distance to the cluster's nearest
+     ``published`` beyond ``time_grace`` (12 h): nothing finer, so the score does not
+     learn the hour of a burst.
 
-Token weights are ``idf ** idf_power``, the IDF estimated online from the clusters in the
-window (a token seen in many clusters says little; a cluster counts once however many
-members it has); stopwords weigh ``stopword_weight``, numbers and capitalised names 25 %
-more. When a title has few informative tokens the lead sentence of the summary is
-added at a lower weight.
+   Candidates come from blocking: the story's ``block_tokens`` rarest tokens, each giving
+   its ``max_posting`` most recently updated clusters; the ``max_candidates`` sharing the
+   most weight are scored in full. The story joins the best when the score reaches
+   ``threshold``.
+3. Otherwise → ``New``: the story starts a cluster whose id is the story's id. A near
+   miss (best score within ``near_margin`` of the threshold) links the new cluster to
+   that best one: when either grows and the cosine of their centroids reaches
+   ``merge_threshold``, the younger merges into the older, which keeps its id. The
+   decision that caused it lists the absorbed ids in ``merged``; the caller moves their
+   stored stories and alerts (the older cluster's first alert stays the thread).
+
+Decisions depend only on the stories added so far and their order; the pipeline adds a
+poll's stories oldest first, and merges make the clusters converge whichever feed of a
+burst is heard first.
 """
 
 from __future__ import annotations
@@ -43,17 +53,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import ClassVar
 
-from rapidfuzz import fuzz
-
-from monitor.core.dedup.features import STOPWORDS, DedupSettings, Features, normalize_title
+from monitor.core.dedup.background import ZIPF
+from monitor.core.dedup.features import DedupSettings, Features, normalize_title
 from monitor.core.model import Story
 
 __all__ = [
     "Decision",
     "New",
     "SameStory",
+    "ScoreParts",
     "Seen",
     "StoryIndex",
     "detect_guid_churn",
@@ -66,16 +75,19 @@ class New:
     """The story starts a new cluster (``cluster`` is the story's id)."""
 
     cluster: str
+    merged: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SameStory:
-    """A near duplicate of cluster ``cluster``; ``matched_with`` is the closest member."""
+    """The same story as cluster ``cluster``; ``matched_with`` is its first member.
+    ``merged``: clusters absorbed into ``cluster`` because this story joined."""
 
     cluster: str
     score: float
     matched_with: str
     reason: str
+    merged: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -85,22 +97,35 @@ class Seen:
     cluster: str
     matched_with: str
     reason: str
+    merged: tuple[str, ...] = ()
 
 
 Decision = New | SameStory | Seen
 
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScoreParts:
+    """A score taken apart, for ``monitor stories explain``: ``title`` and ``lead`` are the
+    cosine's shares from each feature group (they add up to ``cosine``); ``words`` the
+    tokens that carried most of it with their shares."""
+
+    cosine: float
+    title: float
+    lead: float
+    anchor: float
+    anchor_word: str | None
+    time: float
+    score: float
+    threshold: float
+    words: tuple[tuple[str, float], ...]
+
+    @property
+    def same(self) -> bool:
+        return self.score >= self.threshold
+
+
 # ---------------------------------------------------------------------------------------
 # the index
-
-
-class _Member:
-    __slots__ = ("extra", "id", "text", "tokens")
-
-    def __init__(self, sid: str, f: Features) -> None:
-        self.id = sid
-        self.tokens = tuple(f.tokens)
-        self.extra = f.extra
-        self.text = f.text
 
 
 class _SourceTimes(Mapping[str, datetime]):
@@ -131,12 +156,10 @@ class _Cluster:
         "last_pub",
         "members",
         "n",
+        "near",
+        "norm",
+        "norm_n",
         "num",
-        "pending",
-        "reps",
-        "sig",
-        "sig_n",
-        "sig_short",
         "sources",
         "tf",
     )
@@ -147,13 +170,11 @@ class _Cluster:
         self.members: list[str] = []
         self.sources: dict[str, float] = {}  # feed → when it first carried the story
         self.keys: list[int] = []  # exact keys (see _key) to drop on eviction
-        self.tf: dict[str, int] = {}
-        self.reps: list[_Member] = []
+        self.tf: dict[str, float] = {}  # token → members carrying it (lead counts less)
         self.n = 0
-        self.sig: tuple[str, ...] = ()
-        self.sig_n = -1
-        self.sig_short = 0  # signature tokens one character long (they weigh little)
-        self.pending: list[_Member] = []  # members since the signature was computed
+        self.norm = 0.0  # the centroid's length, as of norm_n members
+        self.norm_n = -1
+        self.near: list[int] = []  # clusters a near miss linked (second-chance merge)
         self.first = 0.0  # first_seen epoch of the first member
         self.last = 0.0  # latest first_seen epoch (eviction)
         self.first_pub = math.inf
@@ -174,98 +195,43 @@ def _key(kind: int, text: str) -> int:
     per (kind, hash) pair, cheaper to hash than the pair)."""
     return hash(text) << 2 | kind
 
+
 _REASONS = ("same id", "same link", "same title")
-_EPS = 1e-9  # far above the float error of a score, far below a meaningful difference
-
-
-def _beyond(
-    pair_up: float,
-    cover_up: float,
-    st: DedupSettings,
-    need: float | None,
-    margin: float | None,
-    eps: float = _EPS,
-) -> bool:
-    """True when a score whose pair and cover terms are at most ``pair_up`` and
-    ``cover_up`` can neither reach ``need`` nor beat ``margin`` (the best ``score - need``
-    so far). ``eps`` keeps the answer clear of float noise when the bounds come from other
-    expressions than the score's; 0.0 when they are the score's own (rounding is
-    monotone)."""
-    assert need is not None
-    up = (1.0 - st.cover_weight) * pair_up + st.cover_weight * cover_up
-    if pair_up + eps >= st.pair_accept:
-        up = max(up, pair_up)
-    return up + eps < need or (margin is not None and up - need + eps <= margin)
 
 
 def _time_penalty(t: float, c: _Cluster, grace: float, per_day: float) -> float:
-    """What a story published at ``t`` (epoch seconds) adds to ``threshold`` to join
-    ``c``: ``per_day`` (``time_penalty``) per day of distance to the cluster's nearest
-    ``published`` beyond ``grace`` (``time_grace``). Settings come as arguments: this
-    runs for every candidate cluster of every story."""
+    """What a story published at ``t`` (epoch seconds) loses against ``c``: ``per_day``
+    per day of distance to the cluster's nearest ``published`` beyond ``grace``."""
     if t < c.first_pub:
         dist = c.first_pub - t
     elif t > c.last_pub:
         dist = t - c.last_pub
     else:
-        dist = 0.0
+        return 0.0
     return max(0.0, dist - grace) / 86400.0 * per_day
-
-
-def _cover(
-    weights: Iterable[tuple[str, float]], total: float, c: _Cluster, cover_share: float
-) -> tuple[float, float, float, int]:
-    """The first cover term: the share of the story's weight (its (token, weight) pairs,
-    summing to ``total``) carried by the cluster's frequent tokens (those in
-    ``cover_share`` of its members, a token in fewer counting pro rata); and, for the
-    bounds, the story's weight in tokens the cluster has, in its signature, and how many
-    signature tokens the story has. Runs for every candidate cluster of every story."""
-    need_k = max(1.0, c.n * cover_share)
-    tf_get = c.tf.get
-    carried = 0.0
-    shared = 0.0
-    sig_up = 0.0
-    sig_hits = 0
-    for t, w in weights:
-        k = tf_get(t)
-        if k:
-            shared += w
-            carried += w * min(1.0, k / need_k)
-            if k >= need_k and t not in STOPWORDS:
-                sig_up += w
-                sig_hits += 1
-    return (carried / total if total else 0.0), shared, sig_up, sig_hits
 
 
 class StoryIndex:
     """Clusters of recent stories over a sliding window. See the module docstring."""
 
-    # skip candidates whose score provably cannot decide (tests compare with False)
-    _prune: ClassVar[bool] = True
-
     def __init__(self, settings: DedupSettings | None = None) -> None:
-        self.settings = settings or DedupSettings()
+        self.settings = st = settings or DedupSettings()
         self._clusters: dict[int, _Cluster] = {}
         self._by_id: dict[str, int] = {}  # cluster id -> num
         self._exact: dict[int, tuple[int, str]] = {}  # _key -> (num, story id)
-        self._seen: dict[int, Seen] = {}  # _key -> the Seen answer it last gave
-        self._postings: dict[str, dict[int, None]] = {}  # token -> clusters, oldest first
-        self._df: dict[str, int] = {}
-        self._df_hist: dict[int, int] = {}  # df -> number of tokens with it
-        self._df_max = 0  # the largest df: the lightest informative token weighs no less
+        self._postings: dict[str, dict[int, None]] = {}  # token -> clusters, by last update
+        self._df: dict[str, int] = {}  # token -> open clusters that have it
+        self._uses: dict[str, float] = {}  # token -> its count over all open clusters
+        self._case: dict[str, list[int]] = {}  # token -> [capitalised, lower-case] uses
         self._heap: list[tuple[float, int]] = []
         self._next = 0
         self._stories = 0
-        self._wcache: dict[str, float] = {}  # weights of cluster tokens, within one decision
-        st = self.settings
-        # the score bounds assume the shares are shares and the lead weighs less
-        self._bounds_hold = st.lead_weight <= 1.0 and all(
-            0.0 <= x <= 1.0 for x in (st.containment, st.fuzz_weight, st.cover_weight, st.sig_weight)
-        )
-        # and the signature-share bound, weights that never grow with df (see _lightest)
-        self._sig_bound = st.sig_weight > 0.0 and st.idf_prior >= 1.0 and st.idf_power >= 0.0
-        self._idfw: dict[int, float] = {}  # df -> idf ** idf_power, for _idf_n open clusters
-        self._idf_n = -1
+        self._merged: list[str] = []  # clusters absorbed during the current add
+        # background document frequency of a token, out of bg_size pseudo-headlines
+        scale = st.bg_size * st.bg_words
+        self._bg: Callable[[str], float] = lambda t: (
+            min(st.bg_size, scale * 10.0 ** (z - 9.0)) if (z := ZIPF.get(t)) else 0.0)
+        self._bg_cache: dict[str, float] = {}
         self._now: datetime | None = None  # the last ``now`` evict saw, and its cutoff
         self._cutoff = 0.0
         self._seen_dt: datetime | None = None  # the last first_seen _insert saw, as epoch
@@ -285,7 +251,7 @@ class StoryIndex:
     def decide(self, story: Story, *, now: datetime) -> Decision:
         """What ``add`` would answer, without inserting (eviction still applies)."""
         self.evict(now)
-        f = Features(story.title, story.summary, self.settings.short_title_tokens)
+        f = Features(story.title, story.summary, self.settings.lead_words)
         return self._decide(story, f, self._keys(story, f.norm), _epoch(story.published))[0]
 
     def add(self, story: Story, *, now: datetime, features: Features | None = None) -> Decision:
@@ -293,13 +259,28 @@ class StoryIndex:
         unless their id is already a member. ``features`` (from ``story_features`` with the
         same settings, e.g. computed in a worker process) saves recomputing them."""
         self.evict(now)
-        f = features or Features(story.title, story.summary, self.settings.short_title_tokens)
+        f = features or Features(story.title, story.summary, self.settings.lead_words)
         keys = self._keys(story, f.norm)
         pub = _epoch(story.published)
-        decision, num = self._decide(story, f, keys, pub)
+        decision, num, near = self._decide(story, f, keys, pub)
         if isinstance(decision, Seen) and decision.reason == "same id":
             return decision
-        self._insert(story, f, num, keys=keys, pub=pub)
+        c = self._insert(story, f, num, keys=keys, pub=pub)
+        if near is not None:
+            c.near.append(near)
+            self._clusters[near].near.append(c.num)
+        elif c.near:
+            survivor = self._second_chance(c)
+            if self._merged:
+                merged = tuple(self._merged)
+                self._merged.clear()
+                if isinstance(decision, SameStory):
+                    return SameStory(cluster=survivor.id, score=decision.score,
+                                     matched_with=survivor.members[0],
+                                     reason=decision.reason, merged=merged)
+                if isinstance(decision, Seen):
+                    return Seen(cluster=survivor.id, matched_with=decision.matched_with,
+                                reason=decision.reason, merged=merged)
         return decision
 
     def evict(self, now: datetime) -> int:
@@ -345,17 +326,16 @@ class StoryIndex:
         """Rebuild from stored (story, cluster id) pairs, oldest first; or add the stories
         another instance stored. Ids already held are skipped; returns how many were added.
 
-        Later decisions are the same as if the stories had been added live (given the same
-        ``now``): the clusters, their tokens and the IDF estimate are rebuilt exactly.
+        The clusters, their tokens and the IDF estimate are rebuilt exactly; the case
+        table from the window's stories only, and near-miss links are not stored.
         """
-        st = self.settings
+        lead_words = self.settings.lead_words
         added = 0
         for story, cid in stories_with_clusters:
             if _key(_ID, story.id) in self._exact:
                 continue
-            f = Features(story.title, story.summary, st.short_title_tokens)
-            num = self._by_id.get(cid)
-            self._insert(story, f, num, cluster_id=cid)
+            f = Features(story.title, story.summary, lead_words)
+            self._insert(story, f, self._by_id.get(cid), cluster_id=cid)
             added += 1
         return added
 
@@ -378,21 +358,58 @@ class StoryIndex:
         return sum(1 for s in new if self.known_under_other_id(s)) / len(new)
 
     def cluster_score(self, cluster_id: str, story: Story) -> float:
-        """How close ``story`` is to the open cluster ``cluster_id`` by content alone: the
-        score of the module docstring (``pair`` and ``cover``) without the time penalty,
-        every member scored in full. 1.0 when the story's normalised title repeats one in
-        the cluster (``decide`` would say ``Seen``); 0.0 when the title has no tokens or no
-        such cluster is open. For calibration and explanations: nothing is inserted or
-        evicted, and ``decide`` stays the answer the pipeline acts on."""
+        """How close ``story`` is to the open cluster ``cluster_id`` by content alone (the
+        score without the time penalty). 1.0 when its normalised title repeats one in the
+        cluster; 0.0 when the title has no tokens or no such cluster is open. Nothing is
+        inserted or evicted."""
+        parts = self.explain(cluster_id, story, timed=False)
+        return 0.0 if parts is None else parts.score
+
+    def explain(self, cluster_id: str, story: Story, *, timed: bool = True) -> ScoreParts | None:
+        """The score of ``story`` against the open cluster ``cluster_id``, taken apart
+        (None when no such cluster is open). ``timed=False`` leaves out the time term."""
         c = self._get(cluster_id)
-        f = Features(story.title, story.summary, self.settings.short_title_tokens)
-        if c is None or not f.tokens:
-            return 0.0
+        if c is None:
+            return None
+        st = self.settings
+        f = Features(story.title, story.summary, st.lead_words)
         hit = self._exact.get(_key(_TITLE, f.norm))
-        if hit is not None and hit[0] == c.num:
-            return 1.0
-        weights = self._story_weights(f, self._weigher(f.boost))
-        return self._score(f, weights, sum(weights.values()), c)[0]
+        if hit is not None and hit[0] == c.num and f.norm.count(" ") + 1 >= st.min_exact_tokens:
+            return ScoreParts(cosine=1.0, title=1.0, lead=0.0, anchor=0.0, anchor_word=None,
+                              time=0.0, score=1.0, threshold=st.threshold,
+                              words=(("(same title)", 1.0),))
+        weights, snorm, idf = self._story_vector(f)
+        if not weights:
+            return ScoreParts(cosine=0.0, title=0.0, lead=0.0, anchor=0.0, anchor_word=None,
+                              time=0.0, score=0.0, threshold=st.threshold, words=())
+        cnorm = self._norm(c)
+        per: dict[str, float] = {}
+        for t, w in weights.items():
+            k = c.tf.get(t)
+            if k:
+                per[t] = w * k * idf[t] / (snorm * cnorm)
+        cos = sum(per.values())
+        title_part = sum(v for t, v in per.items() if t in f.tokens)
+        word = self._anchor(f, c, cos)
+        anchor = st.anchor_bonus if word else 0.0
+        penalty = (_time_penalty(_epoch(story.published), c, st.time_grace, st.time_penalty)
+                   if timed else 0.0)
+        top = sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
+        return ScoreParts(
+            cosine=round(cos, 4), title=round(title_part, 4), lead=round(cos - title_part, 4),
+            anchor=anchor, anchor_word=word, time=round(penalty, 4),
+            score=round(cos + anchor - penalty, 4),
+            threshold=round(st.threshold + (st.lead_threshold if f.lead else 0.0), 4),
+            words=tuple((t, round(v, 4)) for t, v in top),
+        )
+
+    def idf(self, token: str) -> float:
+        """A token's IDF now: the window's clusters blended with the background table."""
+        bg = self._bg_cache.get(token)
+        if bg is None:
+            bg = self._bg_cache[token] = self._bg(token)
+        n = len(self._clusters) + 1.0 + self.settings.bg_size
+        return math.log(n / (self._df.get(token, 0) + bg + 1.0)) + 1.0
 
     # -- internals ----------------------------------------------------------------------
 
@@ -409,448 +426,194 @@ class StoryIndex:
             keys.append(hash(norm) << 2 | _TITLE)
         return keys
 
-    def _weigher(self, boost: frozenset[str]) -> Callable[[str], float]:
-        """The token weight function for one decision (the open clusters do not change
-        while a story is decided). ``idf ** idf_power`` only depends on a token's document
-        frequency, so it is cached by that until the number of open clusters changes."""
-        st = self.settings
-        n = len(self._clusters)
-        idfw = self._idfw
-        if n != self._idf_n:
-            idfw.clear()
-            self._idf_n = n
-        df_get = self._df.get
-        stop = st.stopword_weight
-        scale = n + st.idf_prior
-        power = st.idf_power
-        log = math.log
-        pow_ = math.pow
-
-        def weight(tok: str) -> float:
-            if tok in STOPWORDS or len(tok) == 1:
-                return stop
-            df = df_get(tok, 0)
-            w = idfw.get(df)
-            if w is None:
-                w = idfw[df] = pow_(log(scale / (df + 1.0)) + 1.0, power)
-            if tok.isdigit() or tok in boost:
-                w *= 1.25
-            return w
-
-        return weight
-
-    def _story_weights(self, f: Features, weight: Callable[[str], float]) -> dict[str, float]:
-        """Token → weight of the story: its title tokens, then its summary-lead tokens at
-        ``lead_weight`` (in that order: sums over the dict are taken in it)."""
+    def _story_vector(
+        self, f: Features
+    ) -> tuple[dict[str, float], float, dict[str, float]]:
+        """The story's token → weight (its group weight times IDF), the vector's length
+        and the IDF of each token."""
+        idf_of = self.idf
+        idf: dict[str, float] = {}
         weights: dict[str, float] = {}
         for t in f.tokens:
-            weights[t] = weight(t)
-        if f.extra:
-            lead = self.settings.lead_weight
-            for t in f.extra:
-                weights[t] = weight(t) * lead
-        return weights
+            idf[t] = i = idf_of(t)
+            weights[t] = i
+        if f.lead:
+            lw = self.settings.lead_weight
+            for t in f.lead:
+                idf[t] = i = idf_of(t)
+                weights[t] = lw * i
+        norm = math.sqrt(sum(w * w for w in weights.values()))
+        return weights, norm, idf
 
-    def _lightest(self) -> float:
-        """A lower bound of any informative token's weight (the ``_weigher`` formula at
-        the largest document frequency), valid while no cluster is added or dropped."""
+    def _norm(self, c: _Cluster) -> float:
+        """The length of the cluster's centroid (token count times IDF), recomputed when
+        the cluster has changed since it was last taken."""
+        if c.norm_n != c.n:
+            idf = self.idf
+            c.norm = math.sqrt(sum((k * idf(t)) ** 2 for t, k in c.tf.items())) or 1.0
+            c.norm_n = c.n
+        return c.norm
+
+    def _is_name(self, tok: str) -> bool:
+        """What the case table says: capitalised in most sentence-case headlines that use
+        it after their first word; a token the table has not seen may be one."""
+        marks = self._case.get(tok)
+        return marks is None or marks[0] > marks[1]
+
+    def _anchor(self, f: Features, c: _Cluster, cos: float) -> str | None:
+        """The rare name anchoring the story to ``c`` (see the module docstring)."""
         st = self.settings
-        n = len(self._clusters)
-        return math.pow(math.log((n + st.idf_prior) / (self._df_max + 1.0)) + 1.0, st.idf_power)
+        if cos < st.anchor_min or not st.anchor_bonus:
+            return None
+        need = st.anchor_share * c.n
+        for t in f.tokens:
+            k = c.tf.get(t)
+            if (k is None or k < need or t.isdigit() or ZIPF.get(t, 0.0) >= st.anchor_zipf
+                    or k < st.anchor_within * self._uses.get(t, 0.0) or not self._is_name(t)):
+                continue
+            return t
+        return None
 
     def _decide(
         self, story: Story, f: Features, keys: list[int], t_story: float
-    ) -> tuple[Decision, int | None]:
-        """The decision of the module docstring, and the number of the cluster the story
-        joins (None for a new one): an exact repeat; else the near-duplicate cluster, among
-        the candidates its rarest tokens find, whose score clears its bar by the most;
-        else a new cluster. ``t_story`` is the story's ``published`` as epoch seconds."""
-        repeat = self._repeat(keys)
-        if repeat is not None:
-            return repeat
-        if not f.tokens:
-            return New(cluster=story.id), None
-        weight = self._weigher(f.boost)
-        weights = self._story_weights(f, weight)
-        votes = self._votes(weights)
-        if not votes:
-            return New(cluster=story.id), None
-        total = sum(weights.values())
-        cands = self._candidates(votes, total)
-        best = self._best_cluster(f, weights, total, weight, cands, t_story)
-        if best is None:
-            return New(cluster=story.id), None
-        margin, c, m = best
-        st = self.settings
-        score = margin + st.threshold + _time_penalty(t_story, c, st.time_grace, st.time_penalty)
-        return (
-            SameStory(
-                cluster=c.id,
-                score=round(score, 4),
-                matched_with=m.id,
-                reason=f"score {score:.2f} vs {m.text!r}",
-            ),
-            c.num,
-        )
-
-    def _repeat(self, keys: list[int]) -> tuple[Seen, int] | None:
-        """``Seen`` and the cluster's number when one of the story's exact keys (id, link,
-        title, in that order of precedence) is in the window."""
+    ) -> tuple[Decision, int | None, int | None]:
+        """The decision, the number of the cluster the story joins (None for a new one),
+        and for a near miss the number of the cluster to link the new one to."""
         exact = self._exact
         for key in keys:
             hit = exact.get(key)
             if hit is not None:
-                c = self._clusters[hit[0]]
-                # a syndicated headline is seen again and again: one (immutable) answer
-                seen = self._seen.get(key)
-                if seen is None or seen.matched_with is not hit[1] or seen.cluster is not c.id:
-                    seen = self._seen[key] = Seen(
-                        cluster=c.id, matched_with=hit[1], reason=_REASONS[key & 3]
-                    )
-                return seen, c.num
-        return None
-
-    def _votes(self, weights: dict[str, float]) -> dict[int, float]:
-        """Token blocking: cluster number → the weight of the story's tokens it shares,
-        over the postings of the story's rarest informative tokens (at most
-        ``block_tokens`` of those the index holds). Clusters in order of first vote."""
+                num, sid = hit
+                return (Seen(cluster=self._clusters[num].id, matched_with=sid,
+                             reason=_REASONS[key & 3]), num, None)
+        if not f.tokens and not f.lead:
+            return New(cluster=story.id), None, None
+        weights, snorm, idf = self._story_vector(f)
         st = self.settings
-        ranked = [t for t in weights if t not in STOPWORDS]
-        ranked.sort(key=weights.__getitem__, reverse=True)  # stable: ties keep their order
-        votes: dict[int, float] = {}
-        used = 0
-        postings = self._postings
-        max_posting = st.max_posting
-        for t in ranked:
-            posting = postings.get(t)
-            if posting is None:
-                continue  # unseen token: costs nothing, counts nothing
-            used += 1
-            w = weights[t]
-            if len(posting) <= max_posting:
-                for num in posting:
-                    votes[num] = votes.get(num, 0.0) + w
-            else:
-                # a common token: it adds weight to the candidates the rarer tokens found
-                # and brings in only its newest max_posting clusters
-                for num in votes:
-                    if num in posting:
-                        votes[num] += w
-                for num in islice(reversed(posting), max_posting):
-                    if num not in votes:
-                        votes[num] = w
-            if used >= st.block_tokens:
-                break
-        return votes
-
-    def _candidates(self, votes: dict[int, float], total: float) -> list[int]:
-        """The ``max_candidates`` best voted clusters that carry ``min_vote`` of the story
-        weight ``total``, best first (ties in order of first vote, as a stable sort
-        leaves them)."""
-        st = self.settings
-        floor = st.min_vote * total
-        cands = [num for num, v in votes.items() if v >= floor]
-        if len(cands) > st.max_candidates:
-            cands = heapq.nlargest(st.max_candidates, cands, key=votes.__getitem__)
-        else:
-            cands.sort(key=votes.__getitem__, reverse=True)
-        return cands
-
-    def _best_cluster(
-        self,
-        f: Features,
-        weights: dict[str, float],
-        total: float,
-        weight: Callable[[str], float],
-        cands: list[int],
-        t_story: float,
-    ) -> tuple[float, _Cluster, _Member] | None:
-        """The candidate the story joins, as (``score - need``, cluster, closest member):
-        the widest margin over its ``need`` (``threshold`` plus the time penalty), the
-        first in candidate order among equals; None when no score reaches its need.
-
-        Upper bounds of the score skip most candidates before any rapidfuzz call
-        (``_cannot_win``, then ``_finish``); ``_prune = False`` scores every one in full,
-        to the same answer."""
-        self._wcache.clear()
-        st = self.settings
-        clusters = self._clusters
-        threshold = st.threshold
-        grace = st.time_grace
-        per_day = st.time_penalty
-        cover_share = st.cover_share
-        witems = list(weights.items())
-        prune = self._prune and self._bounds_hold
-        fw = st.fuzz_weight
-        half = (1.0 - st.containment) / 2.0
-        full = half + st.containment
-        # the open clusters do not change while a story is decided
-        lightest = self._lightest() if prune and self._sig_bound else 0.0
-        best: tuple[float, _Cluster, _Member] | None = None
-        for num in cands:
-            c = clusters[num]
-            need = threshold + _time_penalty(t_story, c, grace, per_day)
-            margin = None if best is None else best[0]
-            cover, shared, sig_up, sig_hits = _cover(witems, total, c, cover_share)
-            if not prune:
-                scored = self._finish(f, weights, total, c, weight, cover)
-            else:
-                # a member's Dice intersection is at most ``shared`` and its weight at
-                # least that, and rapidfuzz's ratio at most 100
-                denom = half * total + full * shared
-                pair_up = (1.0 - fw) * (min(1.0, shared / denom) if denom > 0 else 0.0) + fw
-                if self._cannot_win(c, pair_up, cover, sig_up, sig_hits, lightest, need, margin):
-                    continue
-                scored = self._finish(f, weights, total, c, weight, cover, need, margin, pair_up)
-            if scored is None:
-                continue  # provably below ``need`` or below the best margin so far
-            score, member = scored
-            if score >= need and (best is None or score - need > best[0]):
-                best = (score - need, c, member)
-        return best
-
-    def _cannot_win(
-        self,
-        c: _Cluster,
-        pair_up: float,
-        cover: float,
-        sig_up: float,
-        sig_hits: int,
-        lightest: float,
-        need: float,
-        margin: float | None,
-    ) -> bool:
-        """True when the cluster's score provably can neither reach ``need`` nor beat
-        ``margin`` (the best ``score - need`` so far), from ``_cover``'s figures alone.
-
-        Bounds, cheapest first, each kept ``_EPS`` clear of the decision: ``pair_up``
-        bounds any member's pair; the story's share of the cluster's signature is 0 when
-        it has none of its tokens, and otherwise at most what it has (``sig_up``) over
-        that plus the lightest possible weight of the rest (``lightest``, see
-        ``_lightest``; one-character tokens weigh less and are left out)."""
-        st = self.settings
-        sw = st.sig_weight
-        if (sig_hits == 0 or sw <= 0.0) and _beyond(pair_up, cover, st, need, margin):
-            return True
-        if not self._sig_bound:
-            return False
-        sig = c.sig if c.sig_n == c.n else self._signature(c)
-        if not sig:
-            return False
-        if c.sig_short < 0:
-            c.sig_short = sum(1 for t in sig if len(t) == 1)
-        missing = len(sig) - sig_hits - c.sig_short
-        if sig_hits == 0:
-            back_up = 0.0
-        elif missing > 0:
-            back_up = sig_up / (sig_up + missing * lightest)
-        else:
-            back_up = 1.0
-        cover_up = (1.0 - sw) * cover + sw * back_up
-        return _beyond(pair_up, cover_up, st, need, margin)
-
-    def _score(
-        self, f: Features, weights: dict[str, float], total: float, c: _Cluster
-    ) -> tuple[float, _Member]:
-        """The cluster's score for the story and its closest representative member."""
-        self._wcache.clear()
-        cover = _cover(weights.items(), total, c, self.settings.cover_share)[0]
-        scored = self._finish(f, weights, total, c, self._weigher(f.boost), cover)
-        assert scored is not None  # only a bounded call gives up
-        return scored
-
-    def _finish(
-        self,
-        f: Features,
-        weights: dict[str, float],
-        total: float,
-        c: _Cluster,
-        weight: Callable[[str], float],
-        cover: float,
-        need: float | None = None,
-        margin: float | None = None,
-        pair_up: float = 1.0,
-    ) -> tuple[float, _Member] | None:
-        """The cluster's score and closest member, from the first cover term; or, given
-        ``need`` and ``margin`` (the best ``score - need`` so far), ``None`` when the
-        cluster provably cannot be the decision.
-
-        First with the exact cover and ``pair_up``, an upper bound of any member's pair
-        (kept ``_EPS`` clear). Then exact bounds: the pair of each member with rapidfuzz's
-        ratio at 100, in the same float expressions as the score (rounding is monotone).
-        Members are rapidfuzz-scored most promising first, and only while one can still be
-        the closest.
-        """
-        st = self.settings
-        if st.sig_weight > 0.0:
-            cover = self._with_signature(c, cover, weights, weight)
-        if need is not None and _beyond(pair_up, cover, st, need, margin):
-            return None
-        # pair: the best representative member; first the weighted Dice of each
-        reps = c.reps
-        dices, dups = self._dices(reps, weights, total, weight)
-        # the pair with ratio 1 (and below any real pair for a skipped twin)
-        fw = st.fuzz_weight
-        uppers = [(1.0 - fw) * d + fw * 1.0 if d >= 0.0 else -2.0 for d in dices]
-        if need is not None and _beyond(max(uppers), cover, st, need, margin, 0.0):
-            return None
-        closest = self._closest(f.text, reps, dices, uppers, dups, cover, need, margin)
-        if closest is None:
-            return None
-        best_pair, best_i = closest
-        cw = st.cover_weight
-        score = (1.0 - cw) * best_pair + cw * cover
-        if best_pair >= st.pair_accept:
-            # a near-verbatim copy of one member is that member's story, however broad
-            # the cluster has grown
-            score = max(score, best_pair)
-        return score, reps[best_i]
-
-    def _with_signature(
-        self, c: _Cluster, cover: float, weights: dict[str, float], weight: Callable[[str], float]
-    ) -> float:
-        """The cover term blended (``sig_weight``) with the share of the cluster's
-        signature (its frequent tokens) the story carries, by weight; unchanged when the
-        signature weighs nothing."""
-        sw = self.settings.sig_weight
-        wc = self._wcache
-        w_get = weights.get
-        sig = c.sig if c.sig_n == c.n else self._signature(c)
-        sig_total = 0.0
-        sig_hit = 0.0
-        for t in sig:
-            x = w_get(t)
-            if x is None:
-                x = wc.get(t)
-                if x is None:
-                    x = wc[t] = weight(t)
-                sig_total += x
-            else:
-                sig_total += x
-                sig_hit += x
-        if sig_total > 0.0:
-            back = sig_hit / sig_total
-            cover = (1.0 - sw) * cover + sw * back
-        return cover
-
-    def _dices(
-        self,
-        reps: list[_Member],
-        weights: dict[str, float],
-        total: float,
-        weight: Callable[[str], float],
-    ) -> tuple[list[float], int]:
-        """The weighted Dice of the story (token weights ``weights``, summing to
-        ``total``) with each representative member (``containment`` blends in the overlap
-        coefficient), and how many members were skipped.
-
-        A member with the same text and tokens as an earlier one (the same headline from
-        another feed) scores the same and, coming later, is never the closest: -1.0."""
-        st = self.settings
-        wc = self._wcache
-        w_get = weights.get
-        lead = st.lead_weight
-        cont = st.containment
-        dices: list[float] = []
-        texts: dict[str, _Member] = {}
-        dups = 0
-        for m in reps:
-            twin = texts.get(m.text)
-            if twin is not None and twin.tokens == m.tokens and twin.extra == m.extra:
-                dices.append(-1.0)
-                dups += 1
-                continue
-            texts[m.text] = m
-            inter = 0.0
-            mw = 0.0
-            for t in m.tokens:
-                x = w_get(t)
-                if x is None:
-                    x = wc.get(t)
-                    if x is None:
-                        x = wc[t] = weight(t)
-                    mw += x
-                else:
-                    mw += x
-                    inter += x
-            for t in m.extra:
-                x = w_get(t)
-                if x is None:
-                    x = wc.get(t)
-                    if x is None:
-                        x = wc[t] = weight(t)
-                    mw += x * lead
-                else:
-                    mw += x * lead
-                    inter += x * lead
-            denom = (1.0 - cont) * (total + mw) / 2.0 + cont * min(total, mw)
-            dices.append(min(1.0, inter / denom) if denom > 0 else 0.0)
-        return dices, dups
-
-    def _closest(
-        self,
-        text: str,
-        reps: list[_Member],
-        dices: list[float],
-        uppers: list[float],
-        dups: int,
-        cover: float,
-        need: float | None,
-        margin: float | None,
-    ) -> tuple[float, int] | None:
-        """The best pair and the position of its member: rapidfuzz on the members most
-        promising first (by ``uppers``, their pairs at ratio 100), skipping any that can
-        no longer be the closest; the first member (in order) with the best pair wins, as
-        in a plain scan. Given ``need``, None as soon as the cluster provably cannot be
-        the decision."""
-        st = self.settings
-        fw = st.fuzz_weight
-        order = sorted(range(len(reps)), key=uppers.__getitem__, reverse=True)
-        if dups:
-            del order[-dups:]
-        best_pair = -1.0
-        best_i = 0
-        for pos, i in enumerate(order):
-            up = uppers[i]
-            if up < best_pair or (up == best_pair and i > best_i):
-                continue
-            ratio = fuzz.token_set_ratio(text, reps[i].text) / 100.0
-            pair = (1.0 - fw) * dices[i] + fw * ratio
-            if pair > best_pair or (pair == best_pair and i < best_i):
-                best_pair, best_i = pair, i
-            if need is not None:
-                rest = uppers[order[pos + 1]] if pos + 1 < len(order) else best_pair
-                if _beyond(max(best_pair, rest), cover, st, need, margin, 0.0):
-                    return None
-        return best_pair, best_i
-
-    def _signature(self, c: _Cluster) -> tuple[str, ...]:
-        """The cluster's frequent informative tokens (cached until the cluster grows)."""
-        if c.sig_n != c.n:
-            need = max(1.0, c.n * self.settings.cover_share)
+        min_shared = min(st.min_shared, len(weights))
+        threshold = st.threshold + (st.lead_threshold if f.lead else 0.0)
+        best: tuple[float, float, _Cluster] | None = None
+        for c in self._candidates(weights):
             tf = c.tf
-            pending = c.pending
-            if c.sig_n >= 0 and len(pending) == c.n - c.sig_n:
-                # a token that was not frequent and none of the new members have cannot
-                # have become frequent (its count is the same, the bar is not lower); the
-                # rest keep their order, which is the order in ``tf``
-                old = c.sig
-                if not any(
-                    tf[t] >= need and t not in old and t not in STOPWORDS
-                    for m in pending
-                    for part in (m.tokens, m.extra)
-                    for t in part
-                ):
-                    c.sig = tuple([t for t in old if tf[t] >= need])
-                    c.sig_n = c.n
-                    c.sig_short = -1
-                    pending.clear()
-                    return c.sig
-            c.sig = tuple([t for t, k in tf.items() if k >= need and t not in STOPWORDS])
-            c.sig_n = c.n
-            c.sig_short = -1  # counted when first needed
-            pending.clear()
-        return c.sig
+            dot = 0.0
+            shared = 0
+            for t, w in weights.items():
+                k = tf.get(t)
+                if k:
+                    dot += w * k * idf[t]
+                    shared += 1
+            if not shared:
+                continue
+            cos = dot / (snorm * self._norm(c))
+            score = cos - _time_penalty(t_story, c, st.time_grace, st.time_penalty)
+            if score + st.anchor_bonus < threshold - st.near_margin:
+                continue
+            if shared < min_shared:  # one word in common: only a rare name can carry it
+                if not self._anchor(f, c, cos):
+                    continue
+                score += st.anchor_bonus
+            elif score < threshold and self._anchor(f, c, cos):
+                score += st.anchor_bonus
+            if best is None or score > best[0]:
+                best = (score, cos, c)
+        if best is None:
+            return New(cluster=story.id), None, None
+        score, _, c = best
+        if score >= threshold:
+            return (SameStory(cluster=c.id, score=round(score, 4), matched_with=c.members[0],
+                              reason=f"score {score:.2f}"), c.num, None)
+        if score >= threshold - st.near_margin:
+            return New(cluster=story.id), None, c.num
+        return New(cluster=story.id), None, None
+
+    def _candidates(self, weights: dict[str, float]) -> list[_Cluster]:
+        """Blocking: the clusters in the postings of the story's rarest tokens (the most
+        recently updated ones first), the ``max_candidates`` sharing the most weight."""
+        st = self.settings
+        postings = self._postings
+        block = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[: st.block_tokens]
+        votes: dict[int, float] = {}
+        for t, w in block:
+            p = postings.get(t)
+            if p is None:
+                continue
+            for num in islice(reversed(p), st.max_posting):
+                votes[num] = votes.get(num, 0.0) + w
+        if len(votes) > st.max_candidates:
+            nums = heapq.nlargest(st.max_candidates, votes, key=lambda n: (votes[n], n))
+        else:
+            nums = sorted(votes)
+        clusters = self._clusters
+        return [clusters[n] for n in nums]
+
+    def _centroid_cosine(self, a: _Cluster, b: _Cluster) -> float:
+        """The cosine of two clusters' centroids, less the time penalty between them."""
+        st = self.settings
+        gap = max(a.first_pub - b.last_pub, b.first_pub - a.last_pub, 0.0)
+        penalty = max(0.0, gap - st.time_grace) / 86400.0 * st.time_penalty
+        if len(a.tf) > len(b.tf):
+            a, b = b, a
+        idf = self.idf
+        tf = b.tf
+        dot = sum(k * tf[t] * idf(t) ** 2 for t, k in a.tf.items() if t in tf)
+        return dot / (self._norm(a) * self._norm(b)) - penalty
+
+    def _second_chance(self, c: _Cluster) -> _Cluster:
+        """Merge the clusters linked to ``c`` by a near miss whose centroids are now
+        close enough; the younger goes into the older. Returns the survivor."""
+        thr = self.settings.merge_threshold
+        for num in list(c.near):
+            other = self._clusters.get(num)
+            if other is None or other is c or self._centroid_cosine(c, other) < thr:
+                continue
+            old, young = (c, other) if c.num < other.num else (other, c)
+            self._absorb(old, young)
+            c = old
+        return c
+
+    def _absorb(self, old: _Cluster, young: _Cluster) -> None:
+        """Move ``young``'s members, tokens, keys and sources into ``old``."""
+        num = old.num
+        df = self._df
+        postings = self._postings
+        tf = old.tf
+        for t, k in young.tf.items():
+            p = postings[t]
+            del p[young.num]
+            if t in tf:
+                tf[t] += k
+                df[t] -= 1
+                p.pop(num, None)
+            else:
+                tf[t] = k
+            p[num] = None
+        exact = self._exact
+        for key in young.keys:
+            hit = exact.get(key)
+            if hit is not None and hit[0] == young.num:
+                exact[key] = (num, hit[1])
+                old.keys.append(key)
+        old.members.extend(young.members)
+        for feed, t0 in young.sources.items():
+            if t0 < old.sources.get(feed, math.inf):
+                old.sources[feed] = t0
+        old.n += young.n
+        old.first = min(old.first, young.first)
+        old.first_pub = min(old.first_pub, young.first_pub)
+        old.last_pub = max(old.last_pub, young.last_pub)
+        if young.last > old.last:
+            old.last = young.last
+            heapq.heappush(self._heap, (old.last, num))
+        for n in young.near:
+            if n != num and n not in old.near:
+                old.near.append(n)
+                other = self._clusters.get(n)
+                if other is not None:
+                    other.near.append(num)
+        old.near = [n for n in old.near if n != young.num]
+        del self._clusters[young.num]
+        del self._by_id[young.id]
+        self._merged.append(young.id)
 
     def _insert(
         self,
@@ -861,13 +624,11 @@ class StoryIndex:
         cluster_id: str | None = None,
         keys: list[int] | None = None,
         pub: float | None = None,
-    ) -> None:
+    ) -> _Cluster:
         """Add the story to cluster ``num``, else to the open cluster ``cluster_id`` (by
-        default the story's id), else to a new cluster of that id: its times, sources and
-        tokens (counts, document frequencies, postings), a representative member, its
-        exact keys (``keys``, computed unless given) and the cluster's place in the
-        eviction heap. ``pub`` is the story's ``published`` as epoch seconds, if known."""
-        st = self.settings
+        default the story's id), else to a new cluster of that id: its times, sources,
+        tokens (counts, document frequencies, postings, case marks), its exact keys and
+        the cluster's place in the eviction heap. Returns the cluster."""
         c = self._cluster_for(story, num, cluster_id)
         num = c.num
         if pub is None:
@@ -878,22 +639,9 @@ class StoryIndex:
         c.n += 1
         c.members.append(story.id)
         c.sources.setdefault(story.feed, seen_at)
-        if pub < c.first_pub:
-            c.first_pub = pub
-        if pub > c.last_pub:
-            c.last_pub = pub
+        c.first_pub = min(c.first_pub, pub)
+        c.last_pub = max(c.last_pub, pub)
         self._count_tokens(c, f)
-        member = _Member(story.id, f)
-        if c.sig_n >= 0:  # the signature will be updated from the new members
-            if len(c.pending) < 16:
-                c.pending.append(member)
-            else:
-                c.sig_n = -1
-                c.pending.clear()
-        if len(c.reps) < st.reps_first + st.reps_last:
-            c.reps.append(member)
-        else:
-            c.reps[st.reps_first + (c.n - 1 - st.reps_first) % st.reps_last] = member
         exact = self._exact
         for key in keys if keys is not None else self._keys(story, f.norm):
             if key not in exact:
@@ -903,6 +651,7 @@ class StoryIndex:
             c.last = seen_at
             heapq.heappush(self._heap, (seen_at, num))
         self._stories += 1
+        return c
 
     def _cluster_for(self, story: Story, num: int | None, cluster_id: str | None) -> _Cluster:
         """The cluster ``_insert`` puts the story in (see there), created if need be."""
@@ -931,56 +680,58 @@ class StoryIndex:
         return seen_at
 
     def _count_tokens(self, c: _Cluster, f: Features) -> None:
-        """Count a new member's tokens in the cluster; a token new to the cluster raises
-        its document frequency (and the histogram of those, and their maximum) and
-        enters the token's posting."""
+        """Count a new member's tokens into the cluster, the document frequencies, the
+        window's uses, the postings (the cluster moves to the end: most recent) and the
+        case table."""
         num = c.num
         tf = c.tf
         df = self._df
-        hist = self._df_hist
+        uses = self._uses
         postings = self._postings
-        df_max = self._df_max
-        for part in (f.tokens, f.extra) if f.extra else (f.tokens,):
+        lw = self.settings.lead_weight
+        for part, w in ((f.tokens, 1.0), (f.lead, lw)):
             for t in part:
                 k = tf.get(t)
-                if k is None:
-                    tf[t] = 1
-                    d = df[t] = df.get(t, 0) + 1
-                    hist[d] = hist.get(d, 0) + 1
-                    if d > 1:
-                        hist[d - 1] -= 1
-                    if d > df_max:
-                        df_max = d
-                    p = postings.get(t)
-                    if p is None:
-                        postings[t] = {num: None}
-                    else:
-                        p[num] = None
+                uses[t] = uses.get(t, 0.0) + w
+                p = postings.get(t)
+                if p is None:
+                    postings[t] = {num: None}
                 else:
-                    tf[t] = k + 1
-        self._df_max = df_max
+                    p.pop(num, None)
+                    p[num] = None
+                if k is None:
+                    tf[t] = w
+                    df[t] = df.get(t, 0) + 1
+                else:
+                    tf[t] = k + w
+        case = self._case
+        for t, cap in f.case:
+            marks = case.get(t)
+            if marks is None:
+                marks = case[t] = [0, 0]
+            marks[0 if cap else 1] += 1
 
     def _drop(self, c: _Cluster) -> None:
         del self._clusters[c.num]
         self._by_id.pop(c.id, None)
         for key in c.keys:
-            self._exact.pop(key, None)
-            self._seen.pop(key, None)
-        hist = self._df_hist
-        for t in c.tf:
-            k = self._df[t] - 1
-            hist[k + 1] -= 1
-            if k:
-                self._df[t] = k
-                hist[k] = hist.get(k, 0) + 1
+            hit = self._exact.get(key)
+            if hit is not None and hit[0] == c.num:
+                del self._exact[key]
+        df = self._df
+        uses = self._uses
+        for t, k in c.tf.items():
+            d = df[t] - 1
+            if d:
+                df[t] = d
+                uses[t] -= k
             else:
-                del self._df[t]
+                del df[t]
+                del uses[t]
             p = self._postings[t]
             p.pop(c.num, None)
             if not p:
                 del self._postings[t]
-        while self._df_max and not hist.get(self._df_max):
-            self._df_max -= 1
         self._stories -= c.n
 
 
