@@ -232,3 +232,50 @@ async def test_rules_test_on_a_feed_url(workdir: Path, feed_server: FeedServer) 
     rc, _, err = await monitor("rules", "test", "--feed", feed_server.url("/missing.rss"),
                                cwd=workdir)
     assert rc == 1 and "404" in err
+
+
+WIRE_JSON = json.dumps({
+    "title": "Witkoff heads to Moscow as Trump's sanctions deadline for Russia looms",
+    "summary": "Steve Witkoff travels to Moscow for talks with Vladimir Putin, days before "
+               "Trump's Friday deadline for secondary sanctions.",
+    "source": "wire"})
+
+
+async def test_stories_explain_two_json_lines_without_a_config(tmp_path: Path) -> None:
+    post = json.dumps({"title": "Trump envoy Witkoff urged to take tough approach with Putin "
+                                "in make-or-break meeting to end Ukraine war before sanctions",
+                       "source": "post"})
+    rc, out, err = await monitor("stories", "explain", post, WIRE_JSON, "--json", cwd=tmp_path)
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["same_story"] is True and got["score"] >= got["threshold"]
+    assert got["rare_name"] == "witkoff"
+    assert got["words"][0]["word"] == "witkoff"
+    g = got["groups"]
+    assert got["score"] == pytest.approx(g["title"] + g["summary_lead"] + g["rare_name"]
+                                         + g["time"], abs=2e-3)
+    other = json.dumps({"title": "Humanoid robots perform martial arts at Chinese New Year gala"})
+    rc, out, _ = await monitor("stories", "explain", post, other, cwd=tmp_path)
+    assert rc == 0 and "same story: no" in out
+    rc, _, err = await monitor("stories", "explain", "{not json", WIRE_JSON, cwd=tmp_path)
+    assert rc == 1 and "not a JSON object" in err
+
+
+async def test_stories_explain_stored_stories_by_id_and_link(workdir: Path,
+                                                             feed_server: FeedServer) -> None:
+    feed_server.set("/a.rss", rss([seed_item(), UNRELATED, *BACKLOG]))
+    rc, _, err = await monitor("once", cwd=workdir)
+    assert rc == 0, err
+    seed = seed_item()
+    rc, out, err = await monitor("stories", "explain", seed.link, WIRE_JSON, "--json",
+                                 cwd=workdir)
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["same_story"] is True and got["a"]["cluster"] is not None
+    assert got["window_stories"] == 4  # the other stored stories weigh the words
+    rc, out, err = await monitor("stories", "explain", seed.link, UNRELATED.link, cwd=workdir)
+    assert rc == 0, err
+    assert "same story: no" in out and "stored: different clusters" in out
+    rc, _, err = await monitor("stories", "explain", "https://nowhere.example/x", WIRE_JSON,
+                               cwd=workdir)
+    assert rc == 1 and "no stored story" in err

@@ -8,7 +8,7 @@
     monitor outbox retry  send failed deliveries again
     monitor rules test "would this story fire?" with the reasons
     monitor backtest   replay stored stories through (edited) rules, send nothing
-    monitor stories cluster|list|show
+    monitor stories cluster|list|show|explain
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--window", help="dedup window, e.g. 48h")
     p.add_argument("--threshold", type=float,
-                   help="similarity threshold override, 0-1 (default 0.54)")
+                   help="similarity threshold override, 0-1 (default 0.3)")
     p = stories.add_parser("list", help="recent clusters")
     _add_common(p)
     p.add_argument("--since", default="2d")
@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = stories.add_parser("show", help="one cluster and its stories")
     _add_common(p)
     p.add_argument("cluster")
+    p = stories.add_parser(
+        "explain", help="are two stories the same story? the score taken apart",
+        description="A and B are ids or links of stored stories, or JSON lines such as "
+        '\'{"title": "...", "summary": "...", "published": "2026-12-05T10:00:00Z"}\'. '
+        "B is scored against a cluster holding A alone, with the word weights of the "
+        "stored window (none when both are JSON and no config is found).")
+    _add_common(p)
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
     return ap
 
 
@@ -156,6 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_check(args)
     if cmd == "stories" and args.stories_cmd == "cluster":
         return cmd_cluster(args)
+    if cmd == "stories" and args.stories_cmd == "explain":
+        return loop.run(cmd_stories_explain(args))
     if cmd == "rules" and args.rules_cmd == "test":
         return cmd_rules_test(args)
     config = _config(args)
@@ -496,6 +507,77 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     for row in cluster_stream(lines(), settings):
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return 0
+
+
+async def cmd_stories_explain(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from monitor.cli.cluster import explain_pair, story_from_record
+    from monitor.core.dedup.index import StoryIndex
+    from monitor.shell.daemon import dedup_settings
+    from monitor.store.open import open_store
+
+    now = datetime.now(UTC)
+    literal = [x.lstrip().startswith("{") for x in (args.a, args.b)]
+    try:
+        config: Config | None = _config(args)
+    except ConfigError:
+        if not all(literal):
+            raise
+        config = None  # two JSON lines: the background word table alone
+    index = StoryIndex(dedup_settings(config) if config else None)
+    stored: dict[str, str] = {}
+    pair = []
+    if config is None:
+        pair = [story_from_record(x, now=now) for x in (args.a, args.b)]
+    else:
+        async with open_store(config.store_url) as store:
+            window = await store.recent_stories(now - timedelta(seconds=config.dedup.window))
+            for x, is_json in zip((args.a, args.b), literal, strict=True):
+                if is_json:
+                    pair.append(story_from_record(x, now=now))
+                    continue
+                hit = await store.get_story(x) or next(
+                    (s for s in window if s.story.link == x), None)
+                if hit is None:
+                    print(f"no stored story with id or link {x!r} in the last "
+                          f"{config.dedup.window / 3600:g} h", file=sys.stderr)
+                    return 1
+                pair.append(hit.story)
+                stored[hit.story.id] = hit.cluster
+            ids = {s.id for s in pair}
+            index.restore((s.story, s.cluster) for s in window if s.story.id not in ids)
+    a, b = pair
+    out = explain_pair(index, a, b)
+    out["a"] = {"id": a.id, "feed": a.feed, "title": a.title, "cluster": stored.get(a.id)}
+    out["b"] = {"id": b.id, "feed": b.feed, "title": b.title, "cluster": stored.get(b.id)}
+    out["window_stories"] = len(index)
+    if args.json:
+        _print_json(out)
+        return 0
+    verdict = "yes" if out["same_story"] else "no"
+    cmp = ">=" if out["same_story"] else "<"
+    print(f"A  [{a.feed or '-'}] {a.title}")
+    print(f"B  [{b.feed or '-'}] {b.title}")
+    weights = (f"word weights from {len(index)} stories in the window" if len(index)
+               else "word weights from the background table alone")
+    print(f"same story: {verdict}  (score {out['score']:.2f} {cmp} threshold "
+          f"{out['threshold']:.2f}; {weights})")
+    g = out["groups"]
+    print(f"  title words    {g['title']:+.3f}")
+    print(f"  summary lead   {g['summary_lead']:+.3f}")
+    name = f"  ({out['rare_name']})" if out["rare_name"] else ""
+    print(f"  rare name      {g['rare_name']:+.3f}{name}")
+    print(f"  time           {g['time']:+.3f}")
+    if out["words"]:
+        print("  carried by: " + ", ".join(f"{w['word']} {w['share']:.2f}"
+                                          for w in out["words"]))
+    if stored:
+        ca, cb = stored.get(a.id), stored.get(b.id)
+        if ca and cb:
+            print(f"  stored: {'the same cluster' if ca == cb else 'different clusters'}"
+                  f" ({ca}{'' if ca == cb else ', ' + cb})")
     return 0
 
 

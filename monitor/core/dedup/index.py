@@ -403,6 +403,19 @@ class StoryIndex:
             words=tuple((t, round(v, 4)) for t, v in top),
         )
 
+    def forget(self, cluster_id: str) -> bool:
+        """Drop an open cluster and its members now, as eviction would (for probes such
+        as ``monitor stories explain``). False when no such cluster is open."""
+        c = self._get(cluster_id)
+        if c is None:
+            return False
+        for num in c.near:
+            other = self._clusters.get(num)
+            if other is not None:
+                other.near = [n for n in other.near if n != c.num]
+        self._drop(c)
+        return True
+
     def idf(self, token: str) -> float:
         """A token's IDF now: the window's clusters blended with the background table."""
         bg = self._bg_cache.get(token)
