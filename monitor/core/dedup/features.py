@@ -59,6 +59,9 @@ class DedupSettings:
     time_penalty: float = 2.0  # extra threshold per day beyond the grace
     near_margin: float = 0.15  # a miss this close links the new cluster to its best one
     merge_threshold: float = 0.4  # centroid cosine at which linked clusters merge
+    respell: float = 90.0  # rapidfuzz ratio at which a word new to the window is read as a
+    # spelling the window knows (Zelenskyy / Zelensky); 0 turns it off
+    respell_len: int = 6  # shorter words are never respelled
     min_shared: int = 2  # tokens a story shares with a cluster at least (one word is not a story)
     block_tokens: int = 6  # rarest tokens of a story used to find candidates
     max_posting: int = 50  # clusters (the most recently updated) looked up per token
@@ -274,6 +277,17 @@ class Features:
             other.norm, other.tokens, other.lead, other.case)
 
     __hash__ = None  # type: ignore[assignment]
+
+    def respelled(self, spelling: dict[str, str]) -> Features:
+        """A copy whose tokens are replaced by ``spelling`` (a word -> the spelling the
+        index knows), duplicates dropped; the normalised title stays as it was."""
+        out = object.__new__(Features)
+        out.norm, out.case = self.norm, self.case
+        out.tokens = tuple(dict.fromkeys(spelling.get(t, t) for t in self.tokens))
+        have = set(out.tokens)
+        out.lead = tuple(dict.fromkeys(
+            u for t in self.lead if (u := spelling.get(t, t)) not in have))
+        return out
 
     def __getstate__(self) -> tuple[object, ...]:
         return (self.norm, self.tokens, self.lead, self.case)

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 
+from rapidfuzz import fuzz, process
+
 from monitor.core.dedup.background import ZIPF
 from monitor.core.dedup.features import DedupSettings, Features, normalize_title
 from monitor.core.model import Story
@@ -223,6 +225,7 @@ class StoryIndex:
         self._df: dict[str, int] = {}  # token -> open clusters that have it
         self._uses: dict[str, float] = {}  # token -> its count over all open clusters
         self._case: dict[str, list[int]] = {}  # token -> [capitalised, lower-case] uses
+        self._prefix: dict[str, dict[str, None]] = {}  # 3 letters -> long window tokens
         self._heap: list[tuple[float, int]] = []
         self._next = 0
         self._stories = 0
@@ -251,7 +254,7 @@ class StoryIndex:
     def decide(self, story: Story, *, now: datetime) -> Decision:
         """What ``add`` would answer, without inserting (eviction still applies)."""
         self.evict(now)
-        f = Features(story.title, story.summary, self.settings.lead_words)
+        f = self._respell(Features(story.title, story.summary, self.settings.lead_words))
         return self._decide(story, f, self._keys(story, f.norm), _epoch(story.published))[0]
 
     def add(self, story: Story, *, now: datetime, features: Features | None = None) -> Decision:
@@ -259,7 +262,8 @@ class StoryIndex:
         unless their id is already a member. ``features`` (from ``story_features`` with the
         same settings, e.g. computed in a worker process) saves recomputing them."""
         self.evict(now)
-        f = features or Features(story.title, story.summary, self.settings.lead_words)
+        f = self._respell(
+            features or Features(story.title, story.summary, self.settings.lead_words))
         keys = self._keys(story, f.norm)
         pub = _epoch(story.published)
         decision, num, near = self._decide(story, f, keys, pub)
@@ -334,7 +338,7 @@ class StoryIndex:
         for story, cid in stories_with_clusters:
             if _key(_ID, story.id) in self._exact:
                 continue
-            f = Features(story.title, story.summary, lead_words)
+            f = self._respell(Features(story.title, story.summary, lead_words))
             self._insert(story, f, self._by_id.get(cid), cluster_id=cid)
             added += 1
         return added
@@ -372,7 +376,7 @@ class StoryIndex:
         if c is None:
             return None
         st = self.settings
-        f = Features(story.title, story.summary, st.lead_words)
+        f = self._respell(Features(story.title, story.summary, st.lead_words))
         hit = self._exact.get(_key(_TITLE, f.norm))
         if hit is not None and hit[0] == c.num and f.norm.count(" ") + 1 >= st.min_exact_tokens:
             return ScoreParts(cosine=1.0, title=1.0, lead=0.0, anchor=0.0, anchor_word=None,
@@ -438,6 +442,31 @@ class StoryIndex:
         if (norm.count(" ") + 1 if norm else 0) >= self.settings.min_exact_tokens:
             keys.append(hash(norm) << 2 | _TITLE)
         return keys
+
+    def _respell(self, f: Features) -> Features:
+        """``f`` with each long word that neither the window nor the background table
+        knows replaced by the window's closest spelling of it sharing its first three
+        letters, when rapidfuzz's ratio reaches ``respell``: transliterations and typos
+        (Zelenskyy / Zelensky, Netanyahou / Netanyahu, bankrupcy / bankruptcy) count as
+        the same word; ordinary words (addiction / addition) are never touched."""
+        st = self.settings
+        if not st.respell:
+            return f
+        df = self._df
+        spelling: dict[str, str] | None = None
+        for t in (*f.tokens, *f.lead):
+            if len(t) < st.respell_len or t in df or t in ZIPF or t.isdigit():
+                continue  # a word of the language is not a misspelling of another
+            bucket = self._prefix.get(t[:3])
+            if not bucket:
+                continue
+            hit = process.extractOne(t, bucket.keys(), scorer=fuzz.ratio,
+                                     score_cutoff=st.respell)
+            if hit is not None:
+                if spelling is None:
+                    spelling = {}
+                spelling[t] = hit[0]
+        return f if spelling is None else f.respelled(spelling)
 
     def _story_vector(
         self, f: Features
@@ -702,6 +731,8 @@ class StoryIndex:
         uses = self._uses
         postings = self._postings
         lw = self.settings.lead_weight
+        prefix = self._prefix
+        min_len = self.settings.respell_len
         for part, w in ((f.tokens, 1.0), (f.lead, lw)):
             for t in part:
                 k = tf.get(t)
@@ -714,7 +745,13 @@ class StoryIndex:
                     p[num] = None
                 if k is None:
                     tf[t] = w
-                    df[t] = df.get(t, 0) + 1
+                    d = df.get(t)
+                    if d is None:
+                        df[t] = 1
+                        if len(t) >= min_len and not t.isdigit():
+                            prefix.setdefault(t[:3], {})[t] = None
+                    else:
+                        df[t] = d + 1
                 else:
                     tf[t] = k + w
         case = self._case
@@ -741,6 +778,9 @@ class StoryIndex:
             else:
                 del df[t]
                 del uses[t]
+                bucket = self._prefix.get(t[:3])
+                if bucket is not None and bucket.pop(t, 0) is None and not bucket:
+                    del self._prefix[t[:3]]
             p = self._postings[t]
             p.pop(c.num, None)
             if not p:
