@@ -329,13 +329,43 @@ async def test_merge_clusters_moves_stories_and_alerts_to_the_older(store: Store
     assert (await store.get_story("s3")) == StoredStory(story=story("s3", seen=t(9)), cluster="c-old")
     # both first alerts now belong to the survivor, the oldest first: it stays the thread
     assert [d.key for d in await store.cluster_alerts("c-old")] == ["k-old", "k-young"]
-    assert await store.cluster_alerts("c-young") == []
+    # asked under the absorbed id (by an instance that missed the merge): the survivor's
+    assert [d.key for d in await store.cluster_alerts("c-young")] == ["k-old", "k-young"]
     # a survivor that has no row yet (both clusters of one poll) takes the absorbed row
     await store.save_poll(feed("a"), [stored("s4", cluster="c-4", seen=t(20))], [])
     await store.merge_clusters([("c-4", "c-new")])
     moved = await store.get_cluster("c-new")
     assert moved is not None and (moved.first_story, moved.members) == ("s4", ("s4",))
     await store.merge_clusters([])  # nothing to do
+
+
+async def test_a_merge_is_remembered_for_instances_that_missed_it(store: Store) -> None:
+    await store.save_poll(feed("a"), [stored("s1", cluster="c-old"), stored("s2", cluster="c-young")],
+                          [delivery("k-old", cluster="c-old"), delivery("k-young", cluster="c-young")])
+    await store.merge_clusters([("c-young", "c-old")])
+    # another instance, whose index still holds c-young, files a story and an update there
+    info = ClusterInfo(id="c-young", first_story="s2", title="Young", first_seen=T0,
+                       last_seen=t(3), sources=("b",))
+    await store.save_poll(feed("b"), [stored("s3", cluster="c-young", seen=t(3))],
+                          [delivery("k-up", created=t(3), cluster="c-young", parent="k-young")],
+                          [info])
+    s3 = await store.get_story("s3")
+    assert s3 is not None and s3.cluster == "c-old"
+    assert await store.get_cluster("c-young") is None
+    c = await store.get_cluster("c-old")
+    assert c is not None and sorted(c.members) == ["s1", "s2", "s3"]
+    # its first alerts are the survivor's: no second first alert is planned for c-young
+    assert [d.key for d in await store.cluster_alerts("c-young")] == ["k-old", "k-young"]
+    # a chain of merges resolves to the last survivor
+    await store.merge_clusters([("c-old", "c-oldest")])
+    assert [d.key for d in await store.cluster_alerts("c-young")] == ["k-old", "k-young"]
+    c2 = await store.get_cluster("c-oldest")
+    assert c2 is not None and sorted(c2.members) == ["s1", "s2", "s3"]
+    # once the survivor is pruned, so is what was remembered about it
+    await store.prune(t(100))
+    await store.save_poll(feed("a"), [stored("s9", cluster="c-young", seen=t(200))], [])
+    s9 = await store.get_story("s9")
+    assert s9 is not None and s9.cluster == "c-young"
 
 
 async def test_save_poll_is_atomic(store: Store) -> None:

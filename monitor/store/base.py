@@ -205,7 +205,10 @@ class Store(Protocol):
         survivor's (sources united, the earlier first story and first_seen, the later
         last_seen), then delete it. A survivor without a row takes over the absorbed
         row; an absorbed cluster without a row (its stories not saved yet) is skipped.
-        The survivor's oldest first alert stays the thread its updates follow."""
+        The survivor's oldest first alert stays the thread its updates follow. The merge
+        is remembered: ``save_poll`` files stories, clusters and deliveries that another
+        instance still gives the absorbed id under the survivor, and ``cluster_alerts``
+        of the absorbed id answers the survivor's (until ``prune`` drops the survivor)."""
 
 
 def parents_first(batch: Sequence[Delivery]) -> list[Delivery]:

@@ -89,6 +89,15 @@ def _text(s: str) -> str:
     return column_text(s, nul=True)
 
 
+async def _merged_ids(con: Any, ids: list[str]) -> dict[str, str]:
+    """The ids among ``ids`` (stored form) merged into another cluster -> that cluster."""
+    if not ids:
+        return {}
+    rows = await con.fetch(
+        "SELECT gone, into_id FROM cluster_merges WHERE gone = ANY($1::text[])", ids)
+    return {r[0]: r[1] for r in rows}
+
+
 def _opt_text(s: str | None) -> str | None:
     return None if s is None else column_text(s, nul=True)
 
@@ -337,6 +346,13 @@ class PostgresStore:
         inserted: list[Delivery] = []
         async with self._con(f"save_poll {state.name!r}", tx=True) as con:
             await con.execute(_FEED_UPSERT, *self._feed_row(state))
+            moved = await _merged_ids(con, list({
+                *(_text(st.cluster) for st in stories), *(_text(c.id) for c in clusters),
+                *(_text(d.alert.cluster) for d in deliveries)}))
+            if moved:  # filed by an instance that has not heard of a merge yet
+                stories = [replace(st, cluster=moved.get(_text(st.cluster), st.cluster))
+                           for st in stories]
+                clusters = [replace(c, id=moved.get(_text(c.id), c.id)) for c in clusters]
             if clusters:
                 await con.executemany(
                     _CLUSTER_UPSERT,
@@ -369,7 +385,7 @@ class PostgresStore:
                     _text(d.key),
                     _text(d.channel),
                     _opt_text(d.parent_key),
-                    _text(d.alert.cluster),
+                    moved.get(_text(d.alert.cluster), _text(d.alert.cluster)),
                     _text(d.alert.match.rule),
                     alert_to_json(d.alert),
                     d.attempts,
@@ -442,6 +458,8 @@ class PostgresStore:
                     "DELETE FROM deliveries WHERE state IN ('sent', 'failed') AND created < $1", cut
                 )
             )
+            await con.execute("DELETE FROM cluster_merges WHERE NOT EXISTS "
+                              "(SELECT 1 FROM clusters WHERE clusters.id = cluster_merges.into_id)")
         log.debug("store.pruned", stories=n, clusters=c, deliveries=d)
         return n
 
@@ -602,10 +620,12 @@ class PostgresStore:
 
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         async with self._con("cluster_alerts") as con:
+            key = _text(cluster)
+            key = (await _merged_ids(con, [key])).get(key, key)
             rows = await con.fetch(
                 "SELECT id, key, channel, parent_key, payload, attempts, created, next_attempt "
                 "FROM deliveries WHERE cluster = $1 AND parent_key IS NULL ORDER BY created, id",
-                _text(cluster),
+                key,
             )
             return [
                 delivery_from_row(r, created=r["created"], next_attempt=r["next_attempt"])
@@ -620,6 +640,10 @@ class PostgresStore:
                 g, i = _text(gone), _text(into)
                 if g == i:
                     continue
+                await con.execute("UPDATE cluster_merges SET into_id = $1 WHERE into_id = $2", i, g)
+                await con.execute("INSERT INTO cluster_merges (gone, into_id) VALUES ($1, $2) "
+                                  "ON CONFLICT (gone) DO UPDATE SET into_id = excluded.into_id",
+                                  g, i)
                 old = await con.fetchrow("SELECT * FROM clusters WHERE id = $1 FOR UPDATE", g)
                 if old is None:
                     continue

@@ -435,7 +435,15 @@ class SQLiteStore:
             inserted: list[Delivery] = []
             with _write(con):
                 con.execute(_FEED_UPSERT, _feed_row(state))
-                if clusters:
+                moved = _merged_ids(con, {*(st.cluster for st in stories), *(c.id for c in clusters),
+                                          *(d.alert.cluster for d in deliveries)})
+                if moved:  # filed by an instance that has not heard of a merge yet
+                    stories_ = [replace(st, cluster=moved.get(st.cluster, st.cluster))
+                                for st in stories]
+                    clusters_ = [replace(c, id=moved.get(c.id, c.id)) for c in clusters]
+                else:
+                    stories_, clusters_ = list(stories), list(clusters)
+                if clusters_:
                     con.executemany(
                         _CLUSTER_UPSERT,
                         [
@@ -447,13 +455,13 @@ class SQLiteStore:
                                 dt_to_text(c.last_seen),
                                 strs_to_json(c.sources),
                             )
-                            for c in clusters
+                            for c in clusters_
                         ],
                     )
-                if stories:
+                if stories_:
                     rows = []
                     auto = []
-                    for st in stories:
+                    for st in stories_:
                         s = st.story
                         seen = dt_to_text(s.first_seen)
                         sid, cluster, title = _k(s.id), _k(st.cluster), _k(s.title)
@@ -471,7 +479,7 @@ class SQLiteStore:
                             _k(d.key),
                             _k(d.channel),
                             None if d.parent_key is None else _k(d.parent_key),
-                            _k(d.alert.cluster),
+                            _k(moved.get(d.alert.cluster, d.alert.cluster)),
                             _k(d.alert.match.rule),
                             alert_to_json(d.alert),
                             d.attempts,
@@ -526,6 +534,8 @@ class SQLiteStore:
                 d = con.execute(
                     "DELETE FROM deliveries WHERE state IN ('sent', 'failed') AND created < ?", (cut,)
                 ).rowcount
+                con.execute("DELETE FROM cluster_merges WHERE NOT EXISTS "
+                            "(SELECT 1 FROM clusters WHERE clusters.id = cluster_merges.into_id)")
             log.debug("store.pruned", stories=n, clusters=c, deliveries=d)
             return int(n)
 
@@ -710,10 +720,12 @@ class SQLiteStore:
 
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         def work(con: sqlite3.Connection) -> list[Delivery]:
+            key = _k(cluster)
+            key = _merged_ids(con, {key}).get(key, key)
             rows = con.execute(
                 "SELECT id, key, channel, parent_key, payload, attempts, created, next_attempt "
                 "FROM deliveries WHERE cluster = ? AND parent_key IS NULL ORDER BY created, id",
-                (_k(cluster),),
+                (key,),
             ).fetchall()
             return [
                 delivery_from_row(r, created=dt_from_text(r["created"]),
@@ -730,6 +742,10 @@ class SQLiteStore:
                     g, i = _k(gone), _k(into)
                     if g == i:
                         continue
+                    con.execute("UPDATE cluster_merges SET into_id = ? WHERE into_id = ?", (i, g))
+                    con.execute("INSERT INTO cluster_merges (gone, into_id) VALUES (?, ?) "
+                                "ON CONFLICT (gone) DO UPDATE SET into_id = excluded.into_id",
+                                (g, i))
                     old = con.execute("SELECT * FROM clusters WHERE id = ?", (g,)).fetchone()
                     if old is None:
                         continue
@@ -788,6 +804,17 @@ class SQLiteStore:
             return int(con.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0])
 
         return await self._run("count_pending", work)
+
+
+def _merged_ids(con: sqlite3.Connection, ids: set[str]) -> dict[str, str]:
+    """The ids among ``ids`` that were merged into another cluster -> that cluster."""
+    out: dict[str, str] = {}
+    todo = [_k(i) for i in ids]
+    for chunk in _chunks(todo):
+        out.update(con.execute(
+            f"SELECT gone, into_id FROM cluster_merges WHERE gone IN ({_marks(len(chunk))})",
+            tuple(chunk)).fetchall())
+    return out
 
 
 def _exists(con: sqlite3.Connection, delivery_id: int) -> None:
