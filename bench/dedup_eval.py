@@ -74,6 +74,26 @@ def time_blind(rows: Sequence[Headline], *, seed: int = 1, span: float = 86400.0
     return out
 
 
+SEED = CORPORA.parent / "seeds" / "sanctions-deadline-article.txt"
+WIRE_TITLE = "Witkoff heads to Moscow as Trump's sanctions deadline for Russia looms"
+WIRE_SUMMARY = ("Steve Witkoff travels to Moscow for talks with Vladimir Putin, days before "
+                "Trump's Friday deadline for secondary sanctions.")
+
+
+def seed_pair_joins(settings: DedupSettings | None = None) -> bool:
+    """Issue #10's seed pair: the seed article (title, body as its summary), then a wire
+    version of the same event from another outlet. True when the wire copy joins."""
+    lines = [x for x in SEED.read_text(encoding="utf-8").splitlines() if x.strip()]
+    when = datetime(2026, 8, 5, 12, tzinfo=UTC)
+    a = Story(id="post", feed="post", title=lines[0], link="", summary=" ".join(lines[1:]),
+              published=when, first_seen=when)
+    b = Story(id="wire", feed="wire", title=WIRE_TITLE, link="", summary=WIRE_SUMMARY,
+              published=when, first_seen=when)
+    index = StoryIndex(settings)
+    index.add(a, now=when)
+    return index.add(b, now=when).cluster == "post"
+
+
 def load_pairs(path: Path = STSB) -> list[tuple[float, str, str]]:
     """(score 0-5, headline1, headline2) of the STS-B headlines genre."""
     out: list[tuple[float, str, str]] = []

@@ -252,13 +252,23 @@ async def test_stories_explain_two_json_lines_without_a_config(tmp_path: Path) -
     assert got["rare_name"] == "witkoff"
     assert got["words"][0]["word"] == "witkoff"
     g = got["groups"]
-    assert got["score"] == pytest.approx(g["title"] + g["summary_lead"] + g["rare_name"]
-                                         + g["time"], abs=2e-3)
+    assert got["cosine"] >= max(g["title"] - 0.2, g["title_and_lead"] - 0.05) - 1e-3
+    assert got["score"] == pytest.approx(got["cosine"] + g["rare_name"] + g["time"]
+                                         + g["young_cluster"], abs=2e-3)
+    assert got["blocked"] is None and got["shared_words"] >= 2
+    # one word in common that is no rare name: the daemon would not join them, nor does explain
+    one = json.dumps({"title": "Apple recall widens"})
+    rc, out, _ = await monitor("stories", "explain", one,
+                               json.dumps({"title": "Apple earnings beat forecasts"}), "--json",
+                               cwd=tmp_path)
+    assert rc == 0 and json.loads(out)["same_story"] is False
+    assert json.loads(out)["blocked"]
     other = json.dumps({"title": "Humanoid robots perform martial arts at Chinese New Year gala"})
     rc, out, _ = await monitor("stories", "explain", post, other, cwd=tmp_path)
     assert rc == 0 and "same story: no" in out
-    rc, _, err = await monitor("stories", "explain", "{not json", WIRE_JSON, cwd=tmp_path)
-    assert rc == 1 and "not a JSON object" in err
+    # not JSON: a stored story's id, which needs a config and its store
+    rc, _, err = await monitor("stories", "explain", "{3F2504E0-4F89}", WIRE_JSON, cwd=tmp_path)
+    assert rc == 1 and "config" in err
 
 
 async def test_stories_explain_stored_stories_by_id_and_link(workdir: Path,

@@ -107,7 +107,7 @@ async def test_a_near_miss_merges_when_the_story_grows_and_keeps_the_first_threa
     clock = Clock()
     for n in ("a", "b", "c"):
         feed_server.serve(f"/{n}", rss([], now=clock.now))
-    config = make_config(["a", "b", "c"], "dedup: {threshold: 0.8}")
+    config = make_config(["a", "b", "c"], "dedup: {threshold: 0.6}")
     async with Runtime(config, clock=clock) as rt:
         for path, item in (("/a", X), ("/b", Y), ("/c", Z)):
             clock.advance(minutes=5)
@@ -167,3 +167,71 @@ def test_clusters_do_not_depend_on_which_feed_is_heard_first() -> None:
         other = cluster(order)
         agree = bcubed([other[i] for i in ids], [base[i] for i in ids])
         assert agree["f1"] >= 0.97, (order[:3], agree)
+
+
+async def test_an_update_after_a_merge_threads_under_the_alert_that_exists(
+        make_config: MakeConfig, feed_server: FeedServer, tmp_path: Path) -> None:
+    """X does not match the rule, so only Y (the near miss, its own cluster) alerts. When
+    Z merges Y into X, Z's update must point at Y's alert, the one that exists: the
+    outbox holds it back and threads it under that."""
+    (tmp_path / "rules" / "volcano.yaml").write_text(
+        "rules:\n  - name: volcano\n    any: [lava]\n    channels: [slack-news]\n",
+        encoding="utf-8")
+    clock = Clock()
+    for n in ("a", "b", "c"):
+        feed_server.serve(f"/{n}", rss([], now=clock.now))
+    async with Runtime(make_config(["a", "b", "c"], "dedup: {threshold: 0.6}"),
+                       clock=clock) as rt:
+        for path, item in (("/a", X), ("/b", Y), ("/c", Z)):
+            clock.advance(minutes=5)
+            feed_server.set(path, rss([item], now=clock.now))
+            await rt.poll_all()
+            await rt.drain()
+    got = [a for a in alerts(tmp_path) if a["rule"] == "volcano"]
+    assert [(a["title"], a["update"]) for a in got] == [(Y.title, False), (Z.title, True)]
+    con = sqlite3.connect(tmp_path / "state.db")
+    try:
+        rows = con.execute("SELECT key, parent_key, state FROM deliveries ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert rows[1][1] == rows[0][0] and rows[0][2] == rows[1][2] == "sent"
+
+
+async def test_a_merge_whose_save_failed_is_saved_with_the_next_poll(
+        make_config: MakeConfig, feed_server: FeedServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitor.errors import StoreError
+    from monitor.store.sqlite import SQLiteStore
+
+    real = SQLiteStore.save_poll
+    failed: list[int] = []
+
+    async def flaky(self: SQLiteStore, *args: Any, **kw: Any) -> Any:
+        merges = args[4] if len(args) > 4 else kw.get("merges", ())
+        if merges and not failed:
+            failed.append(1)
+            raise StoreError("save_poll: database is locked")
+        return await real(self, *args, **kw)
+
+    monkeypatch.setattr(SQLiteStore, "save_poll", flaky)
+    clock = Clock()
+    for n in ("a", "b", "c", "d"):
+        feed_server.serve(f"/{n}", rss([], now=clock.now))
+    other = Item(title="Robots dance at the Chinese New Year gala in Beijing",
+                 link="https://d.example/r", guid="r1")
+    async with Runtime(make_config(["a", "b", "c", "d"], "dedup: {threshold: 0.6}"),
+                       clock=clock) as rt:
+        for path, item in (("/a", X), ("/b", Y), ("/c", Z), ("/d", other)):
+            clock.advance(minutes=5)
+            feed_server.set(path, rss([item], now=clock.now))
+            await rt.poll_all()
+            await rt.drain()
+    assert failed == [1]  # the poll that merged failed to save ...
+    con = sqlite3.connect(tmp_path / "state.db")
+    try:
+        clusters = {s.rsplit("/", 1)[1]: c.rsplit("/", 1)[1]
+                    for s, c in con.execute("SELECT id, cluster FROM stories")}
+    finally:
+        con.close()
+    # ... and the next save (feed c's retry or feed d's poll) carried the merge
+    assert clusters == {"x1": "x1", "y1": "x1", "z1": "x1", "r1": "r1"}

@@ -510,6 +510,17 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_object(text: str) -> bool:
+    """Whether a command-line argument is a JSON object (a story given inline) rather
+    than a stored story's id or link; an id such as ``{3F2504E0-…}`` is not JSON."""
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 async def cmd_stories_explain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -519,7 +530,7 @@ async def cmd_stories_explain(args: argparse.Namespace) -> int:
     from monitor.store.open import open_store
 
     now = datetime.now(UTC)
-    literal = [x.lstrip().startswith("{") for x in (args.a, args.b)]
+    literal = [_json_object(x) for x in (args.a, args.b)]
     try:
         config: Config | None = _config(args)
     except ConfigError:
@@ -541,7 +552,7 @@ async def cmd_stories_explain(args: argparse.Namespace) -> int:
                 hit = await store.get_story(x) or next(
                     (s for s in window if s.story.link == x), None)
                 if hit is None:
-                    print(f"no stored story with id or link {x!r} in the last "
+                    print(f"no stored story with id {x!r}, nor with that link in the last "
                           f"{config.dedup.window / 3600:g} h", file=sys.stderr)
                     return 1
                 pair.append(hit.story)
@@ -565,11 +576,15 @@ async def cmd_stories_explain(args: argparse.Namespace) -> int:
     print(f"same story: {verdict}  (score {out['score']:.2f} {cmp} threshold "
           f"{out['threshold']:.2f}; {weights})")
     g = out["groups"]
-    print(f"  title words    {g['title']:+.3f}")
-    print(f"  summary lead   {g['summary_lead']:+.3f}")
+    print(f"  titles alone   {g['title']:.3f}  (cosine)")
+    print(f"  title + lead   {g['title_and_lead']:.3f}  (cosine)")
+    print(f"  starts from    {out['cosine']:.3f}")
     name = f"  ({out['rare_name']})" if out["rare_name"] else ""
     print(f"  rare name      {g['rare_name']:+.3f}{name}")
     print(f"  time           {g['time']:+.3f}")
+    print(f"  young cluster  {g['young_cluster']:+.3f}")
+    if out["blocked"]:
+        print(f"  cannot join: {out['blocked']}")
     if out["words"]:
         print("  carried by: " + ", ".join(f"{w['word']} {w['share']:.2f}"
                                           for w in out["words"]))

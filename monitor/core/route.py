@@ -107,13 +107,16 @@ def updates(
     facts: ClusterFacts,
     *,
     now: datetime,
+    parents: Mapping[tuple[str, str], str] | None = None,
 ) -> list[Delivery]:
     """"Now carried by N sources" updates of earlier first alerts of this cluster.
 
     ``alerted`` are those first alerts (as created, with the source count they said). An
     update is due when the cluster's source count is a milestone above what the alert
     said; its key holds the count, so a replay or a story from a known source adds
-    nothing."""
+    nothing. ``parents`` maps (rule, channel) to the key of the first alert the update
+    threads under; by default the cluster's own first-alert key. After a merge that
+    alert may be filed under the absorbed cluster's key."""
     n = len(facts.sources)
     if n not in UPDATE_MILESTONES:
         return []
@@ -136,7 +139,8 @@ def updates(
                         first_title=a.first_title or a.story.title,
                     ),
                     created=now,
-                    parent_key=alert_key(facts.cluster, a.match.rule, channel),
+                    parent_key=(parents or {}).get((a.match.rule, channel))
+                    or alert_key(facts.cluster, a.match.rule, channel),
                 )
             )
     return out
@@ -206,7 +210,11 @@ def _follow_up(c: Candidate, alerted: Sequence[Delivery], *, now: datetime) -> l
         k = (d.alert.match.rule, d.channel)
         last[k] = max(last.get(k, d.created), d.created)
     out = route(c.story, c.matches, c.facts, now=now, last_alerts=last)
-    return out + updates(c.story, _update_bases(alerted), c.facts, now=now)
+    parents: dict[tuple[str, str], str] = {}
+    for d in alerted:  # oldest first: an update threads under the very first alert
+        if d.parent_key is None:
+            parents.setdefault((d.alert.match.rule, d.channel), d.key)
+    return out + updates(c.story, _update_bases(alerted), c.facts, now=now, parents=parents)
 
 
 def _update_bases(alerted: Sequence[Delivery]) -> list[Alert]:

@@ -128,6 +128,9 @@ class Pipeline:
     clock: Callable[[], datetime]
     on_queued: Callable[[], None] = lambda: None
     _alerted: OrderedDict[str, list[Delivery]] = field(default_factory=OrderedDict)
+    # clusters the index merged whose merge the store does not have yet: absorbed -> survivor
+    # (saved with the next poll's transaction; until then their alerts are looked up too)
+    _absorbed: dict[str, str] = field(default_factory=dict)
     # feed states of polls that found nothing new (or failed), written in groups
     states: FeedStateWriter = field(init=False)
     # the story ids each feed carried at its last parsed poll (see Job.skip_ids)
@@ -232,7 +235,7 @@ class Pipeline:
             baseline=baseline, churn=churn,
         )
         if work.merges:
-            await self._merge(spec, work)
+            self._merge(spec, work)
         deliveries = plan(
             candidates=work.candidates,
             earlier=await self._earlier_alerts(work.candidates),
@@ -308,7 +311,12 @@ class Pipeline:
             story = p.story
             decision = self.index.add(story, now=now, features=p.features)
             cluster = decision.cluster
-            work.merges.extend((gone, cluster) for gone in decision.merged)
+            for gone in decision.merged:
+                work.merges.append((gone, cluster))
+                self._absorbed[gone] = cluster
+                # no await since the index merged: no poll has read a stale cache entry
+                self._alerted.pop(gone, None)
+                self._alerted.pop(cluster, None)
             work.to_store.append(StoredStory(story=story, cluster=cluster))
             sources = self.index.cluster_sources(cluster)
             work.clusters[cluster] = self._cluster_info(cluster, story, sources, now)
@@ -335,30 +343,22 @@ class Pipeline:
             work.candidates.append(replace(c, matches=matches))
         return work
 
-    async def _merge(self, spec: FeedSpec, work: _Work) -> None:
+    def _merge(self, spec: FeedSpec, work: _Work) -> None:
         """Two clusters turned out to be one story (``StoryIndex``'s second-chance merge):
-        move the absorbed ones' stored stories and alerts to the survivor, and this poll's
-        stories and candidates with them. A candidate whose cluster was new is no longer:
-        the survivor's first alert stays the thread, and no new first alert is sent."""
-        await self.store.merge_clusters(work.merges)
-        into = dict(work.merges)
-
-        def final(cluster: str) -> str:
-            while cluster in into:
-                cluster = into[cluster]
-            return cluster
-
+        this poll's stories and candidates of the absorbed clusters move to the survivor.
+        A candidate whose cluster was new is no longer: the survivor's first alert stays
+        the thread, and no new first alert is sent. The store moves the stored ones when
+        this poll is saved (see ``_save``)."""
+        final = self._survivor
         for gone, survivor in work.merges:
-            self._alerted.pop(gone, None)
-            self._alerted.pop(survivor, None)  # the store now holds both clusters' alerts
             info = work.clusters.pop(gone, None)
             last = final(survivor)
             if info is not None and last not in work.clusters:
                 # the row to upsert for the survivor: its stored title and first_seen stay
                 work.clusters[last] = replace(info, id=last, first_story=last,
                                               sources=self.index.cluster_sources(last))
-            log.info("story.merged", feed=spec.name, cluster=survivor, absorbed=gone,
-                     sources=len(self.index.cluster_sources(final(survivor))))
+            log.info("story.merged", feed=spec.name, cluster=last, absorbed=gone,
+                     sources=len(self.index.cluster_sources(last)))
         work.to_store = [replace(s, cluster=final(s.cluster)) for s in work.to_store]
         candidates = []
         for c in work.candidates:
@@ -372,6 +372,14 @@ class Pipeline:
             candidates.append(c)
         work.candidates = candidates
         self.metrics.stories.labels(spec.name, "merged").inc(len(work.merges))
+
+    def _survivor(self, cluster: str) -> str:
+        """Where a cluster went through the merges the store does not have yet."""
+        seen = 0
+        while cluster in self._absorbed and seen < len(self._absorbed):
+            cluster = self._absorbed[cluster]
+            seen += 1
+        return cluster
 
     async def _earlier_alerts(
         self, candidates: Sequence[Candidate]
@@ -395,7 +403,12 @@ class Pipeline:
         # this one awaited the store
         fresh_clusters = [replace(c, sources=self.index.cluster_sources(c.id) or c.sources)
                           for c in work.clusters.values()]
-        inserted = await self.store.save_poll(state, work.to_store, deliveries, fresh_clusters)
+        merges = list(self._absorbed.items())  # this poll's, and any a failed save left
+        inserted = await self.store.save_poll(state, work.to_store, deliveries, fresh_clusters,
+                                              merges)
+        for gone, survivor in merges:
+            if self._absorbed.get(gone) == survivor:
+                del self._absorbed[gone]
         for d in inserted:
             if d.parent_key is None:
                 self._remember(d.alert.cluster, [d])
@@ -417,6 +430,12 @@ class Pipeline:
         known = self._alerted.get(cluster)
         if known is None:
             known = await self.store.cluster_alerts(cluster)
+            absorbed = [g for g in self._absorbed if self._survivor(g) == cluster]
+            if absorbed:  # merged here, not saved yet: their alerts are this cluster's
+                keys = {d.key for d in known}
+                for g in absorbed:
+                    known += [d for d in await self.store.cluster_alerts(g) if d.key not in keys]
+                known.sort(key=lambda d: (d.created, d.id or 0))
             self._remember(cluster, known)
             return known
         self._alerted.move_to_end(cluster)

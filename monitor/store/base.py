@@ -99,8 +99,10 @@ class Store(Protocol):
         stories: Sequence[StoredStory],
         deliveries: Sequence[Delivery],
         clusters: Sequence[ClusterInfo] = (),
+        merges: Sequence[tuple[str, str]] = (),
     ) -> list[Delivery]:
-        """One transaction: feed state, new stories, cluster upserts and outbox rows.
+        """One transaction: cluster merges (as ``merge_clusters``, first), feed state, new
+        stories, cluster upserts and outbox rows.
 
         Stories whose id exists are ignored. ``clusters`` are upserted by id (sources and
         last_seen replaced, first_seen kept). Returns the deliveries actually inserted

@@ -89,6 +89,41 @@ def _text(s: str) -> str:
     return column_text(s, nul=True)
 
 
+async def _merge(con: Any, merges: Sequence[tuple[str, str]]) -> None:
+    """``Store.merge_clusters`` inside the caller's transaction."""
+    for gone, into in merges:
+        g, i = _text(gone), _text(into)
+        i = (await _merged_ids(con, [i])).get(i, i)  # the survivor may have gone since
+        if g == i:
+            continue
+        await con.execute("UPDATE cluster_merges SET into_id = $1 WHERE into_id = $2", i, g)
+        await con.execute("INSERT INTO cluster_merges (gone, into_id) VALUES ($1, $2) "
+                          "ON CONFLICT (gone) DO UPDATE SET into_id = excluded.into_id",
+                          g, i)
+        old = await con.fetchrow("SELECT * FROM clusters WHERE id = $1 FOR UPDATE", g)
+        if old is None:
+            continue
+        new = await con.fetchrow("SELECT * FROM clusters WHERE id = $1 FOR UPDATE", i)
+        if new is None:
+            await con.execute(
+                "INSERT INTO clusters (id, first_story, title, first_seen, last_seen,"
+                " sources) VALUES ($1, $2, $3, $4, $5, $6)",
+                i, old["first_story"], old["title"], old["first_seen"],
+                old["last_seen"], old["sources"])
+        else:
+            first = old if old["first_seen"] < new["first_seen"] else new
+            sources = dict.fromkeys(
+                (*strs_from_json(new["sources"]), *strs_from_json(old["sources"])))
+            await con.execute(
+                "UPDATE clusters SET first_story = $1, title = $2, first_seen = $3,"
+                " last_seen = GREATEST(last_seen, $4), sources = $5 WHERE id = $6",
+                first["first_story"], first["title"], first["first_seen"],
+                old["last_seen"], strs_to_json(tuple(sources)), i)
+        await con.execute("UPDATE stories SET cluster = $1 WHERE cluster = $2", i, g)
+        await con.execute("UPDATE deliveries SET cluster = $1 WHERE cluster = $2", i, g)
+        await con.execute("DELETE FROM clusters WHERE id = $1", g)
+
+
 async def _merged_ids(con: Any, ids: list[str]) -> dict[str, str]:
     """The ids among ``ids`` (stored form) merged into another cluster -> that cluster."""
     if not ids:
@@ -342,9 +377,11 @@ class PostgresStore:
         stories: Sequence[StoredStory],
         deliveries: Sequence[Delivery],
         clusters: Sequence[ClusterInfo] = (),
+        merges: Sequence[tuple[str, str]] = (),
     ) -> list[Delivery]:
         inserted: list[Delivery] = []
         async with self._con(f"save_poll {state.name!r}", tx=True) as con:
+            await _merge(con, merges)
             await con.execute(_FEED_UPSERT, *self._feed_row(state))
             moved = await _merged_ids(con, list({
                 *(_text(st.cluster) for st in stories), *(_text(c.id) for c in clusters),
@@ -636,36 +673,7 @@ class PostgresStore:
         if not merges:
             return
         async with self._con("merge_clusters", tx=True) as con:
-            for gone, into in merges:
-                g, i = _text(gone), _text(into)
-                if g == i:
-                    continue
-                await con.execute("UPDATE cluster_merges SET into_id = $1 WHERE into_id = $2", i, g)
-                await con.execute("INSERT INTO cluster_merges (gone, into_id) VALUES ($1, $2) "
-                                  "ON CONFLICT (gone) DO UPDATE SET into_id = excluded.into_id",
-                                  g, i)
-                old = await con.fetchrow("SELECT * FROM clusters WHERE id = $1 FOR UPDATE", g)
-                if old is None:
-                    continue
-                new = await con.fetchrow("SELECT * FROM clusters WHERE id = $1 FOR UPDATE", i)
-                if new is None:
-                    await con.execute(
-                        "INSERT INTO clusters (id, first_story, title, first_seen, last_seen,"
-                        " sources) VALUES ($1, $2, $3, $4, $5, $6)",
-                        i, old["first_story"], old["title"], old["first_seen"],
-                        old["last_seen"], old["sources"])
-                else:
-                    first = old if old["first_seen"] < new["first_seen"] else new
-                    sources = dict.fromkeys(
-                        (*strs_from_json(new["sources"]), *strs_from_json(old["sources"])))
-                    await con.execute(
-                        "UPDATE clusters SET first_story = $1, title = $2, first_seen = $3,"
-                        " last_seen = GREATEST(last_seen, $4), sources = $5 WHERE id = $6",
-                        first["first_story"], first["title"], first["first_seen"],
-                        old["last_seen"], strs_to_json(tuple(sources)), i)
-                await con.execute("UPDATE stories SET cluster = $1 WHERE cluster = $2", i, g)
-                await con.execute("UPDATE deliveries SET cluster = $1 WHERE cluster = $2", i, g)
-                await con.execute("DELETE FROM clusters WHERE id = $1", g)
+            await _merge(con, merges)
 
     async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
         async with self._con("deliveries") as con:

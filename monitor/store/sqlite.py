@@ -430,10 +430,12 @@ class SQLiteStore:
         stories: Sequence[StoredStory],
         deliveries: Sequence[Delivery],
         clusters: Sequence[ClusterInfo] = (),
+        merges: Sequence[tuple[str, str]] = (),
     ) -> list[Delivery]:
         def work(con: sqlite3.Connection) -> list[Delivery]:
             inserted: list[Delivery] = []
             with _write(con):
+                _merge(con, merges)
                 con.execute(_FEED_UPSERT, _feed_row(state))
                 moved = _merged_ids(con, {*(st.cluster for st in stories), *(c.id for c in clusters),
                                           *(d.alert.cluster for d in deliveries)})
@@ -738,36 +740,7 @@ class SQLiteStore:
     async def merge_clusters(self, merges: Sequence[tuple[str, str]]) -> None:
         def work(con: sqlite3.Connection) -> None:
             with _write(con):
-                for gone, into in merges:
-                    g, i = _k(gone), _k(into)
-                    if g == i:
-                        continue
-                    con.execute("UPDATE cluster_merges SET into_id = ? WHERE into_id = ?", (i, g))
-                    con.execute("INSERT INTO cluster_merges (gone, into_id) VALUES (?, ?) "
-                                "ON CONFLICT (gone) DO UPDATE SET into_id = excluded.into_id",
-                                (g, i))
-                    old = con.execute("SELECT * FROM clusters WHERE id = ?", (g,)).fetchone()
-                    if old is None:
-                        continue
-                    new = con.execute("SELECT * FROM clusters WHERE id = ?", (i,)).fetchone()
-                    if new is None:
-                        con.execute(
-                            "INSERT INTO clusters (id, first_story, title, first_seen, last_seen,"
-                            " sources) VALUES (?, ?, ?, ?, ?, ?)",
-                            (i, old["first_story"], old["title"], old["first_seen"],
-                             old["last_seen"], old["sources"]))
-                    else:
-                        first = old if old["first_seen"] < new["first_seen"] else new
-                        sources = dict.fromkeys(
-                            (*strs_from_json(new["sources"]), *strs_from_json(old["sources"])))
-                        con.execute(
-                            "UPDATE clusters SET first_story = ?, title = ?, first_seen = ?,"
-                            " last_seen = MAX(last_seen, ?), sources = ? WHERE id = ?",
-                            (first["first_story"], first["title"], first["first_seen"],
-                             old["last_seen"], strs_to_json(tuple(sources)), i))
-                    con.execute("UPDATE stories SET cluster = ? WHERE cluster = ?", (i, g))
-                    con.execute("UPDATE deliveries SET cluster = ? WHERE cluster = ?", (i, g))
-                    con.execute("DELETE FROM clusters WHERE id = ?", (g,))
+                _merge(con, merges)
 
         if merges:
             await self._run("merge_clusters", work)
@@ -804,6 +777,41 @@ class SQLiteStore:
             return int(con.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0])
 
         return await self._run("count_pending", work)
+
+
+def _merge(con: sqlite3.Connection, merges: Sequence[tuple[str, str]]) -> None:
+    """``Store.merge_clusters`` inside the caller's transaction."""
+    for gone, into in merges:
+        g, i = _k(gone), _k(into)
+        i = _merged_ids(con, {i}).get(i, i)  # the survivor may itself have gone since
+        if g == i:
+            continue
+        con.execute("UPDATE cluster_merges SET into_id = ? WHERE into_id = ?", (i, g))
+        con.execute("INSERT INTO cluster_merges (gone, into_id) VALUES (?, ?) "
+                    "ON CONFLICT (gone) DO UPDATE SET into_id = excluded.into_id",
+                    (g, i))
+        old = con.execute("SELECT * FROM clusters WHERE id = ?", (g,)).fetchone()
+        if old is None:
+            continue
+        new = con.execute("SELECT * FROM clusters WHERE id = ?", (i,)).fetchone()
+        if new is None:
+            con.execute(
+                "INSERT INTO clusters (id, first_story, title, first_seen, last_seen,"
+                " sources) VALUES (?, ?, ?, ?, ?, ?)",
+                (i, old["first_story"], old["title"], old["first_seen"],
+                 old["last_seen"], old["sources"]))
+        else:
+            first = old if old["first_seen"] < new["first_seen"] else new
+            sources = dict.fromkeys(
+                (*strs_from_json(new["sources"]), *strs_from_json(old["sources"])))
+            con.execute(
+                "UPDATE clusters SET first_story = ?, title = ?, first_seen = ?,"
+                " last_seen = MAX(last_seen, ?), sources = ? WHERE id = ?",
+                (first["first_story"], first["title"], first["first_seen"],
+                 old["last_seen"], strs_to_json(tuple(sources)), i))
+        con.execute("UPDATE stories SET cluster = ? WHERE cluster = ?", (i, g))
+        con.execute("UPDATE deliveries SET cluster = ? WHERE cluster = ?", (i, g))
+        con.execute("DELETE FROM clusters WHERE id = ?", (g,))
 
 
 def _merged_ids(con: sqlite3.Connection, ids: set[str]) -> dict[str, str]:

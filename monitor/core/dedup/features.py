@@ -42,26 +42,31 @@ class DedupSettings:
     groups (``bench/fit_dedup.py``); only ``window`` and ``threshold`` are in the config."""
 
     window: float = 48 * 3600.0  # seconds a cluster stays open after its last member
-    threshold: float = 0.3  # score in [0, 1] (plus bonus) needed to join a cluster
+    threshold: float = 0.28  # score in [0, 1] (plus bonus) needed to join a cluster
     lead_weight: float = 0.5  # weight of the summary's lead tokens beside the title's
     lead_words: int = 40  # words of the summary's lead that count
-    lead_threshold: float = 0.15  # added to threshold for a story with a lead: a longer
-    # text shares more words by chance (same actors, another event)
+    lead_threshold: float = 0.05  # taken off the cosine of title and lead together
+    title_threshold: float = 0.2  # taken off the cosine of titles alone when a summary
+    # lead is there to compare too (a headline alone is less evidence)
     bg_size: float = 5_000.0  # pseudo-headlines the background table stands for
-    bg_words: float = 100.0  # word frequency -> share of headlines carrying it (news words
+    bg_words: float = 30.0  # word frequency -> share of headlines carrying it (news words
     # are far more common in headlines than in the general text wordfreq counts)
     anchor_bonus: float = 0.2  # added when a rare name anchors the story to the cluster
-    anchor_min: float = 0.25  # the cosine an anchor needs already
-    anchor_share: float = 0.7  # share of the cluster's members carrying the name
-    anchor_within: float = 0.9  # share of the window's uses of the name inside the cluster
-    anchor_zipf: float = 3.5  # a name rarer than this in the background table anchors
+    anchor_min: float = 0.2  # the cosine an anchor needs already
+    anchor_share: float = 0.8  # share of the cluster's members carrying the name
+    anchor_within: float = 0.7  # share of the window's uses of the name inside the cluster
+    anchor_zipf: float = 3.0  # a name rarer than this in the background table anchors
+    anchor_alone: bool = True  # a rare name may carry a story that shares no other word
     time_grace: float = 12 * 3600.0  # no time penalty within this distance (seconds)
-    time_penalty: float = 2.0  # extra threshold per day beyond the grace
-    near_margin: float = 0.15  # a miss this close links the new cluster to its best one
+    time_penalty: float = 3.0  # extra threshold per day beyond the grace
+    near_margin: float = 0.2  # a miss this close links the new cluster to its best one
     merge_threshold: float = 0.4  # centroid cosine at which linked clusters merge
     respell: float = 90.0  # rapidfuzz ratio at which a word new to the window is read as a
     # spelling the window knows (Zelenskyy / Zelensky); 0 turns it off
     respell_len: int = 6  # shorter words are never respelled
+    small_penalty: float = 0.22  # taken off the score against a cluster of n members, / n:
+    # a lone headline must match more closely than an established story (half of it is
+    # waived when a rare name anchors the story)
     min_shared: int = 2  # tokens a story shares with a cluster at least (one word is not a story)
     block_tokens: int = 6  # rarest tokens of a story used to find candidates
     max_posting: int = 50  # clusters (the most recently updated) looked up per token

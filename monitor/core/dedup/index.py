@@ -107,23 +107,38 @@ Decision = New | SameStory | Seen
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ScoreParts:
-    """A score taken apart, for ``monitor stories explain``: ``title`` and ``lead`` are the
-    cosine's shares from each feature group (they add up to ``cosine``); ``words`` the
-    tokens that carried most of it with their shares."""
+    """A score taken apart, for ``monitor stories explain``. Feature groups: ``title``
+    is the cosine of the titles alone, ``full`` that of title and summary lead;
+    ``cosine`` the one the score starts from (see ``StoryIndex._cosine``). ``anchor`` is
+    the rare-name bonus (with the part of the young-cluster penalty it waives), ``time``
+    and ``small`` what the time distance and a young cluster take off; ``words`` the
+    tokens that carried most of ``full``, with their shares. ``shared`` counts the words
+    in common; ``blocked`` says why the story could not join whatever its score."""
 
     cosine: float
     title: float
-    lead: float
+    full: float
     anchor: float
     anchor_word: str | None
     time: float
+    small: float
     score: float
     threshold: float
     words: tuple[tuple[str, float], ...]
+    shared: int = 0
+    blocked: str | None = None
 
     @property
     def same(self) -> bool:
-        return self.score >= self.threshold
+        return self.blocked is None and self.score >= self.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    score: float
+    cos: float
+    anchor: str | None
+    blocked: bool
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,11 +174,13 @@ class _Cluster:
         "members",
         "n",
         "near",
-        "norm",
         "norm_n",
         "num",
         "sources",
+        "sq",
         "tf",
+        "tsq",
+        "ttf",
     )
 
     def __init__(self, num: int, cid: str) -> None:
@@ -174,8 +191,11 @@ class _Cluster:
         self.keys: list[int] = []  # exact keys (see _key) to drop on eviction
         self.tf: dict[str, float] = {}  # token → members carrying it (lead counts less)
         self.n = 0
-        self.norm = 0.0  # the centroid's length, as of norm_n members
-        self.norm_n = -1
+        self.sq = 0.0  # the centroid's squared length (see StoryIndex._norm)
+        # the titles' centroid: None while no member brought a summary lead (then tf)
+        self.ttf: dict[str, float] | None = None
+        self.tsq = 0.0
+        self.norm_n = 0  # members when sq was last summed in full
         self.near: list[int] = []  # clusters a near miss linked (second-chance merge)
         self.first = 0.0  # first_seen epoch of the first member
         self.last = 0.0  # latest first_seen epoch (eviction)
@@ -379,32 +399,39 @@ class StoryIndex:
         f = self._respell(Features(story.title, story.summary, st.lead_words))
         hit = self._exact.get(_key(_TITLE, f.norm))
         if hit is not None and hit[0] == c.num and f.norm.count(" ") + 1 >= st.min_exact_tokens:
-            return ScoreParts(cosine=1.0, title=1.0, lead=0.0, anchor=0.0, anchor_word=None,
-                              time=0.0, score=1.0, threshold=st.threshold,
+            return ScoreParts(cosine=1.0, title=1.0, full=1.0, anchor=0.0, anchor_word=None,
+                              time=0.0, small=0.0, score=1.0, threshold=st.threshold,
                               words=(("(same title)", 1.0),))
         weights, snorm, idf = self._story_vector(f)
+        threshold = st.threshold
         if not weights:
-            return ScoreParts(cosine=0.0, title=0.0, lead=0.0, anchor=0.0, anchor_word=None,
-                              time=0.0, score=0.0, threshold=st.threshold, words=())
+            return ScoreParts(cosine=0.0, title=0.0, full=0.0, anchor=0.0, anchor_word=None,
+                              time=0.0, small=0.0, score=0.0, threshold=threshold, words=(),
+                              blocked="no informative words")
         cnorm = self._norm(c)
         per: dict[str, float] = {}
         for t, w in weights.items():
             k = c.tf.get(t)
             if k:
                 per[t] = w * k * idf[t] / (snorm * cnorm)
-        cos = sum(per.values())
-        title_part = sum(v for t, v in per.items() if t in f.tokens)
-        word = self._anchor(f, c, cos)
-        anchor = st.anchor_bonus if word else 0.0
-        penalty = (_time_penalty(_epoch(story.published), c, st.time_grace, st.time_penalty)
-                   if timed else 0.0)
+        full = sum(per.values())
+        tnorm = math.sqrt(sum(idf[t] ** 2 for t in f.tokens))
+        cos = self._cosine(f, c, full, idf, tnorm)
+        t_story = _epoch(story.published) if timed else None
+        r = self._score(f, c, cos, len(per), t_story, threshold)
+        penalty = (_time_penalty(t_story, c, st.time_grace, st.time_penalty)
+                   if t_story is not None else 0.0)
         top = sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
         return ScoreParts(
-            cosine=round(cos, 4), title=round(title_part, 4), lead=round(cos - title_part, 4),
-            anchor=anchor, anchor_word=word, time=round(penalty, 4),
-            score=round(cos + anchor - penalty, 4),
-            threshold=round(st.threshold + (st.lead_threshold if f.lead else 0.0), 4),
-            words=tuple((t, round(v, 4)) for t, v in top),
+            cosine=round(cos, 4), title=round(self._title_cosine(f, c, idf, tnorm), 4),
+            full=round(full, 4),
+            anchor=round(r.score - cos + penalty + st.small_penalty / c.n, 4)
+            if r.anchor else 0.0,
+            anchor_word=r.anchor, time=round(penalty, 4),
+            small=round(st.small_penalty / c.n, 4),
+            score=round(r.score, 4), threshold=threshold,
+            words=tuple((t, round(v, 4)) for t, v in top), shared=len(per),
+            blocked="one word in common, and no rare name" if r.blocked else None,
         )
 
     def forget(self, cluster_id: str) -> bool:
@@ -413,10 +440,6 @@ class StoryIndex:
         c = self._get(cluster_id)
         if c is None:
             return False
-        for num in c.near:
-            other = self._clusters.get(num)
-            if other is not None:
-                other.near = [n for n in other.near if n != c.num]
         self._drop(c)
         return True
 
@@ -488,13 +511,46 @@ class StoryIndex:
         return weights, norm, idf
 
     def _norm(self, c: _Cluster) -> float:
-        """The length of the cluster's centroid (token count times IDF), recomputed when
-        the cluster has changed since it was last taken."""
-        if c.norm_n != c.n:
-            idf = self.idf
-            c.norm = math.sqrt(sum((k * idf(t)) ** 2 for t, k in c.tf.items())) or 1.0
-            c.norm_n = c.n
-        return c.norm
+        """The length of the cluster's centroid (token count times IDF). Kept as a running
+        sum of squares: each new member adds its words' terms at the IDF of the moment,
+        and the sum is taken afresh over every word when the cluster has doubled since
+        (``_renorm``), so a big story costs no more per member than a small one."""
+        return math.sqrt(c.sq) if c.sq > 0.0 else 1.0
+
+    def _renorm(self, c: _Cluster) -> None:
+        idf = self.idf
+        c.sq = sum((k * idf(t)) ** 2 for t, k in c.tf.items())
+        if c.ttf is not None:
+            c.tsq = sum((k * idf(t)) ** 2 for t, k in c.ttf.items())
+        c.norm_n = c.n
+
+    def _cosine(self, f: Features, c: _Cluster, full: float, idf: dict[str, float],
+                tnorm: float) -> float:
+        """The cosine a score starts from: that of the title and lead (``full``), unless
+        the story or the cluster has a lead, then the better of the titles' alone and
+        the full one less ``lead_threshold`` (a wire copy keeps the headline and
+        rewrites the summary; a longer text shares more words by chance)."""
+        if not f.lead and c.ttf is None:
+            return full
+        st = self.settings
+        lead = full - (st.lead_threshold if f.lead else 0.0)
+        return max(self._title_cosine(f, c, idf, tnorm) - st.title_threshold, lead)
+
+    def _title_cosine(self, f: Features, c: _Cluster, idf: dict[str, float],
+                      tnorm: float) -> float:
+        """The cosine of the story's title alone (``tnorm`` its length) to the centroid of
+        the cluster's titles alone."""
+        ttf = c.tf if c.ttf is None else c.ttf
+        tsq = c.sq if c.ttf is None else c.tsq
+        if not tnorm or tsq <= 0.0:
+            return 0.0
+        dot = 0.0
+        for t in f.tokens:
+            k = ttf.get(t)
+            if k:
+                i = idf[t]
+                dot += i * i * k
+        return dot / (tnorm * math.sqrt(tsq))
 
     def _is_name(self, tok: str) -> bool:
         """What the case table says: capitalised in most sentence-case headlines that use
@@ -532,8 +588,8 @@ class StoryIndex:
             return New(cluster=story.id), None, None
         weights, snorm, idf = self._story_vector(f)
         st = self.settings
-        min_shared = min(st.min_shared, len(weights))
-        threshold = st.threshold + (st.lead_threshold if f.lead else 0.0)
+        threshold = st.threshold
+        tnorm = math.sqrt(sum(idf[t] ** 2 for t in f.tokens))
         best: tuple[float, float, _Cluster] | None = None
         for c in self._candidates(weights):
             tf = c.tf
@@ -546,18 +602,12 @@ class StoryIndex:
                     shared += 1
             if not shared:
                 continue
-            cos = dot / (snorm * self._norm(c))
-            score = cos - _time_penalty(t_story, c, st.time_grace, st.time_penalty)
-            if score + st.anchor_bonus < threshold - st.near_margin:
-                continue
-            if shared < min_shared:  # one word in common: only a rare name can carry it
-                if not self._anchor(f, c, cos):
-                    continue
-                score += st.anchor_bonus
-            elif score < threshold and self._anchor(f, c, cos):
-                score += st.anchor_bonus
-            if best is None or score > best[0]:
-                best = (score, cos, c)
+            cos = self._cosine(f, c, dot / (snorm * self._norm(c)), idf, tnorm)
+            if cos + st.anchor_bonus < threshold - st.near_margin:
+                continue  # cannot even be a near miss (the terms taken off only lower it)
+            r = self._score(f, c, cos, shared, t_story, threshold)
+            if not r.blocked and (best is None or r.score > best[0]):
+                best = (r.score, r.cos, c)
         if best is None:
             return New(cluster=story.id), None, None
         score, _, c = best
@@ -567,6 +617,32 @@ class StoryIndex:
         if score >= threshold - st.near_margin:
             return New(cluster=story.id), None, c.num
         return New(cluster=story.id), None, None
+
+    def _score(self, f: Features, c: _Cluster, cos: float, shared: int,
+               t_story: float | None, threshold: float) -> _Scored:
+        """The score of a story (features ``f``, cosine ``cos`` to ``c``'s centroid, ``shared``
+        words in common) against ``c``: the cosine, plus the rare-name bonus when it is
+        needed (one word in common, or below ``threshold``), less the time penalty (none
+        when ``t_story`` is None) and the young-cluster penalty. ``blocked``: one word in
+        common and no rare name, so the story cannot join whatever the score. The one
+        scoring of ``add``, ``decide`` and ``explain``."""
+        st = self.settings
+        small = st.small_penalty / c.n
+        score = cos - small
+        if t_story is not None:
+            score -= _time_penalty(t_story, c, st.time_grace, st.time_penalty)
+        anchor = None
+        if shared < min(st.min_shared, len(f.tokens) + len(f.lead)):
+            # one word in common: only a rare name can carry it
+            anchor = self._anchor(f, c, cos) if st.anchor_alone else None
+            if anchor is None:
+                return _Scored(score=score, cos=cos, anchor=None, blocked=True)
+            score += st.anchor_bonus + small / 2
+        elif score < threshold:
+            anchor = self._anchor(f, c, cos)
+            if anchor is not None:
+                score += st.anchor_bonus + small / 2
+        return _Scored(score=score, cos=cos, anchor=anchor, blocked=False)
 
     def _candidates(self, weights: dict[str, float]) -> list[_Cluster]:
         """Blocking: the clusters in the postings of the story's rarest tokens (the most
@@ -608,7 +684,8 @@ class StoryIndex:
             other = self._clusters.get(num)
             if other is None or other is c or self._centroid_cosine(c, other) < thr:
                 continue
-            old, young = (c, other) if c.num < other.num else (other, c)
+            # the older keeps its id: by first sighting then id, the same on every instance
+            old, young = (c, other) if (c.first, c.id) <= (other.first, other.id) else (other, c)
             self._absorb(old, young)
             c = old
         return c
@@ -629,6 +706,15 @@ class StoryIndex:
             else:
                 tf[t] = k
             p[num] = None
+        if old.ttf is not None or young.ttf is not None:
+            if old.ttf is None:  # old had no lead: its counts before young's were titles
+                titles = {t: round(k - young.tf.get(t, 0.0), 6) for t, k in tf.items()}
+                titles = {t: k for t, k in titles.items() if k > 0.0}
+            else:
+                titles = old.ttf
+            for t, k in (young.ttf if young.ttf is not None else young.tf).items():
+                titles[t] = titles.get(t, 0.0) + k
+            old.ttf = titles
         exact = self._exact
         for key in young.keys:
             hit = exact.get(key)
@@ -647,14 +733,17 @@ class StoryIndex:
             old.last = young.last
             heapq.heappush(self._heap, (old.last, num))
         for n in young.near:
+            other = self._clusters.get(n)
+            if other is None:
+                continue
+            other.near = [m for m in other.near if m != young.num]
             if n != num and n not in old.near:
                 old.near.append(n)
-                other = self._clusters.get(n)
-                if other is not None:
-                    other.near.append(num)
+                other.near.append(num)
         old.near = [n for n in old.near if n != young.num]
         del self._clusters[young.num]
         del self._by_id[young.id]
+        self._renorm(old)
         self._merged.append(young.id)
 
     def _insert(
@@ -684,6 +773,8 @@ class StoryIndex:
         c.first_pub = min(c.first_pub, pub)
         c.last_pub = max(c.last_pub, pub)
         self._count_tokens(c, f)
+        if c.n >= 2 * c.norm_n:
+            self._renorm(c)
         exact = self._exact
         for key in keys if keys is not None else self._keys(story, f.norm):
             if key not in exact:
@@ -731,11 +822,23 @@ class StoryIndex:
         uses = self._uses
         postings = self._postings
         lw = self.settings.lead_weight
+        idf = self.idf
         prefix = self._prefix
         min_len = self.settings.respell_len
+        if f.lead and c.ttf is None:  # the first lead: the titles get their own centroid
+            c.ttf = dict(tf)
+            c.tsq = c.sq
+        ttf = c.ttf
+        if ttf is not None:
+            for t in f.tokens:
+                k = ttf.get(t, 0.0)
+                if c.norm_n:
+                    i = idf(t)
+                    c.tsq += (k * 2.0 + 1.0) * i * i
+                ttf[t] = k + 1.0
         for part, w in ((f.tokens, 1.0), (f.lead, lw)):
             for t in part:
-                k = tf.get(t)
+                have = tf.get(t)
                 uses[t] = uses.get(t, 0.0) + w
                 p = postings.get(t)
                 if p is None:
@@ -743,7 +846,10 @@ class StoryIndex:
                 else:
                     p.pop(num, None)
                     p[num] = None
-                if k is None:
+                if c.norm_n:  # the running sum: (k + w)^2 - k^2, times idf^2
+                    i = idf(t)
+                    c.sq += ((have or 0.0) * 2.0 + w) * w * i * i
+                if have is None:
                     tf[t] = w
                     d = df.get(t)
                     if d is None:
@@ -753,7 +859,7 @@ class StoryIndex:
                     else:
                         df[t] = d + 1
                 else:
-                    tf[t] = k + w
+                    tf[t] = have + w
         case = self._case
         for t, cap in f.case:
             marks = case.get(t)
@@ -762,6 +868,10 @@ class StoryIndex:
             marks[0 if cap else 1] += 1
 
     def _drop(self, c: _Cluster) -> None:
+        for n in c.near:
+            other = self._clusters.get(n)
+            if other is not None:
+                other.near = [m for m in other.near if m != c.num]
         del self._clusters[c.num]
         self._by_id.pop(c.id, None)
         for key in c.keys:
