@@ -1,28 +1,45 @@
-"""Story clustering (monitor.core.dedup.index): quality and speed, as one JSON document.
+"""Story clustering (monitor.core.dedup.index): quality, order independence and speed, as
+one JSON document whose ``targets`` block sets issue #10's targets beside this run's figures.
 
-Quality
-  * UCI News Aggregator sample: B-cubed precision / recall / F1 of the engine (titles fed in
-    TIMESTAMP order, source = PUBLISHER) beside the issue's naive baseline (single-link
-    ``fuzz.token_set_ratio`` over 48 h at thresholds 65 and 75), in the same run.
-  * STS-B headlines: ROC-AUC of the pair score (pairs >= 4 vs <= 1) and the judged-duplicate
-    rates at the engine's threshold, beside ``token_set_ratio``.
+Quality, at the default ``DedupSettings`` (B-cubed precision / recall / F1)
+  * the shared UCI split (``uci-news-aggregator/headlines.csv``), titles only: in time
+    order, and time-blind (each headline a random time inside one 24 h window, seed 1,
+    then fed in that order: the labels leak time); a threshold sweep around the default
+    in both modes; and the naive baseline (single-link ``fuzz.token_set_ratio`` over
+    48 h at 65 and 75) in time order;
+  * the hand-labelled real-feeds groups (``tests/data/real_feeds_groups.jsonl``, titles
+    and summaries): precision / recall, groups kept whole or split, and how many of the
+    near-miss links (same actors another event, same kind of event other actors) the
+    engine merged;
+  * STS-B headline pairs: ROC AUC of ``pair_score`` (pairs >= 4 vs <= 1) and the rates
+    at the threshold, beside ``token_set_ratio``.
 
-Speed (one core, pure Python + rapidfuzz)
-  * stories/second added to an index already holding 1k, 10k and 100k stories; the probe
-    mixes near-duplicate variants of indexed stories and fresh stories (half / half);
-  * at 100k: ``rapidfuzz.process.extractOne`` over every title of the window, per story,
-    and the agreement of its answers with the engine's on a generated near-duplicate set;
+Order independence: the same items in a base ordering and 6 seeded others, each final
+clustering (merges followed through the decisions' ``merged`` lists) compared with the
+base one by B-cubed F1, and the clusters per ordering:
+  * the real-feeds day as one poll: each feed's items oldest first, feeds in turn;
+  * the UCI split in one-hour polls (slot order kept): within a poll each publisher's
+    headlines oldest first, the publishers in turn.
+There is no figure for the engine before the rewrite.
+
+Speed (one core, pure Python)
+  * stories/second added to an index already holding 1k, 10k and 100k stories (the probe
+    is half near-duplicate variants of indexed stories, half fresh stories) and the cost
+    ratio 100k / 1k; at 100k, ``rapidfuzz.process.extractOne`` over every title of the
+    window for comparison, and how often it gives the engine's answer;
   * memory per indexed story (tracemalloc, 10k stories);
-  * the event-loop cost of ``StoryIndex.add`` given precomputed ``story_features`` (as the
-    daemon calls it, the features coming from the parse pool), in µs per story, on two
-    fixed streams: the UCI sample in time order, and the 10k stories of 200 of
-    bench_pipeline's generated feeds (parsed with ``monitor.core.parse.parse_feed``).
+  * the event-loop cost of ``StoryIndex.add`` with precomputed ``story_features`` (as the
+    daemon calls it), in µs per story, on the UCI split in time order and on the 10k
+    stories of 200 of bench_pipeline's generated feeds.
 
-Headlines are generated from the real ones (UCI + the 2026-02-17 snapshot): each synthetic
-story splices thirds of three real headlines and swaps two content words for invented
-names, so the vocabulary grows
-with the window as it does in the news; a third of the window are re-wordings of earlier
-stories (publisher suffixes, "UPDATE 1-" prefixes, dropped words, truncation, case).
+The speed windows are generated from real headlines (UCI + the 2026-02-17 snapshot):
+each synthetic story splices thirds of three real headlines and swaps two content words
+for invented names, so the vocabulary grows with the window as it does in the news; a
+third of the window re-word earlier stories (publisher suffixes, "UPDATE 1-" prefixes,
+dropped words, truncation, case).
+
+    python -m bench dedup                           # all of it, as make bench does
+    python -m bench.bench_dedup quality|order|speed|memory|loop
 """
 
 from __future__ import annotations
@@ -32,6 +49,9 @@ import random
 import re
 import time
 import tracemalloc
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,14 +61,18 @@ from bench.dedup_eval import (
     CORPORA,
     STSB,
     UCI,
+    Headline,
     baseline_uci,
     bcubed,
     cluster_uci,
+    final_cluster,
     load_pairs,
     load_uci,
     pair_report,
+    time_blind,
     to_story,
 )
+from bench.real_groups import REAL_GROUPS, evaluate_real_groups, load_real_groups
 from monitor.core.dedup.features import DedupSettings, Features, normalize_title, story_features
 from monitor.core.dedup.index import New, SameStory, Seen, StoryIndex, pair_score
 from monitor.core.model import Story
@@ -192,22 +216,29 @@ def make_probes(gen: Generator, window: list[Story], m: int, dup_share: float) -
 
 
 def build(stories: list[Story], settings: DedupSettings) -> tuple[StoryIndex, list[str]]:
+    """The index holding ``stories``, and each story's final cluster (merges followed)."""
     index = StoryIndex(settings)
-    clusters = [index.add(s, now=s.first_seen).cluster for s in stories]
-    return index, clusters
+    into: dict[str, str] = {}
+    clusters: list[str] = []
+    for s in stories:
+        d = index.add(s, now=s.first_seen)
+        clusters.append(d.cluster)
+        into.update((gone, d.cluster) for gone in d.merged)
+    return index, [final_cluster(c, into) for c in clusters]
 
 
 def speed(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), probes: int = 3_000) -> dict[str, Any]:
     settings = DedupSettings()
     out: dict[str, Any] = {}
     rates: dict[int, float] = {}
-    kept: dict[str, Any] = {}
     for n in sizes:
         gen = Generator(seed=n)
         window = make_window(gen, n)
         t0 = time.perf_counter()
         index, clusters = build(window, settings)
         build_s = time.perf_counter() - t0
+        if n == max(sizes):  # before the probes go in: both answer against the window
+            out["versus_extractOne"] = versus_extract_one(gen, window, clusters, index)
         batch = make_probes(gen, window, probes, dup_share=0.5)
         t0 = time.perf_counter()
         for s in batch:
@@ -221,21 +252,19 @@ def speed(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), probes: int = 3_000
             "add_stories_per_s": round(probes / dt),
             "add_us_per_story": round(dt / probes * 1e6, 1),
         }
-        if n == max(sizes):
-            kept = {"gen": gen, "window": window, "clusters": clusters, "n": n}
     lo, hi = min(sizes), max(sizes)
     out["cost_ratio_largest_vs_smallest"] = round(rates[lo] / rates[hi], 2)
-    out["cost_ratio_note"] = f"time per story at {hi} / at {lo} (target < 5)"
-    out["versus_extractOne"] = versus_extract_one(**kept)
+    out["cost_ratio_note"] = f"time per story at {hi} / at {lo} (target <= 5)"
+    out["versus_extractOne"] = out.pop("versus_extractOne")  # last, as before
     return out
 
 
 def versus_extract_one(
-    gen: Generator, window: list[Story], clusters: list[str], n: int, queries: int = 500
+    gen: Generator, window: list[Story], clusters: list[str], index: StoryIndex,
+    queries: int = 300,
 ) -> dict[str, Any]:
-    """The engine against ``process.extractOne`` over every title in the window."""
-    settings = DedupSettings()
-    index, _ = build(window, settings)
+    """The engine (``index`` holds ``window``, whose final clusters are ``clusters``)
+    against ``process.extractOne`` over every title in the window."""
     choices = [normalize_title(s.title) for s in window]
     cutoff = 75.0
     # the near-duplicate set: re-worded copies of indexed stories
@@ -262,7 +291,7 @@ def versus_extract_one(
         if (isinstance(d, New) and c is None) or (not isinstance(d, New) and d.cluster == c)
     )
     return {
-        "window": n,
+        "window": len(window),
         "queries": queries,
         "extractOne_scorer": f"token_set_ratio, score_cutoff={cutoff}, normalised titles",
         "engine_ms_per_story": round(t_ours / queries * 1e3, 3),
@@ -277,7 +306,7 @@ def memory(n: int = 10_000) -> dict[str, Any]:
     gc.collect()
     tracemalloc.start()
     window = make_window(gen, n)
-    index, _ = build(window, DedupSettings())
+    index = build(window, DedupSettings())[0]
     del window
     gc.collect()
     current, _peak = tracemalloc.get_traced_memory()
@@ -290,40 +319,217 @@ def memory(n: int = 10_000) -> dict[str, Any]:
     }
 
 
+def _timed(rows: Sequence[Headline], settings: DedupSettings) -> dict[str, float]:
+    t0 = time.perf_counter()
+    out: dict[str, float] = bcubed(cluster_uci(rows, settings), [h.story for h in rows])
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def sweep_thresholds(default: float) -> tuple[float, ...]:
+    """A few thresholds around the default (one and two steps of 0.05 either side)."""
+    return tuple(round(default + d, 2) for d in (-0.1, -0.05, 0.0, 0.05, 0.1) if default + d > 0)
+
+
+def uci_quality() -> dict[str, Any]:
+    """B-cubed on the shared UCI split, titles only, in time order and time-blind."""
+    rows = load_uci(UCI)
+    blind = time_blind(rows)
+    gold = [h.story for h in rows]
+    settings = DedupSettings()
+    return {
+        "rows": len(rows),
+        "stories": len(set(gold)),
+        "threshold": settings.threshold,
+        "time_order": _timed(rows, settings),
+        "time_blind": _timed(blind, settings),
+        "time_blind_how": "each headline a random time within one 24 h window (seed 1), "
+        "then fed in that order",
+        "threshold_sweep": {
+            str(thr): {
+                "time_order": bcubed(cluster_uci(rows, replace(settings, threshold=thr)), gold),
+                "time_blind": bcubed(
+                    cluster_uci(blind, replace(settings, threshold=thr)), [h.story for h in blind]
+                ),
+            }
+            for thr in sweep_thresholds(settings.threshold)
+        },
+        "baseline_token_set_ratio_single_link_48h_time_order": {
+            str(thr): bcubed(baseline_uci(rows, thr), gold) for thr in (65.0, 75.0)
+        },
+    }
+
+
+def real_groups_quality() -> dict[str, Any]:
+    """The hand-labelled real-feeds groups (titles and summaries), counts only."""
+    r = evaluate_real_groups(DedupSettings())
+    return {
+        "items": r["items"],
+        "gold_groups": r["gold_groups"],
+        "gold_multi_item_groups": r["gold_multi_item_groups"],
+        "predicted_clusters": r["predicted_clusters"],
+        "precision": r["precision"],
+        "recall": r["recall"],
+        "f1": r["f1"],
+        "multi_item_groups_kept_whole": r["multi_item_groups_kept_whole"],
+        "multi_item_groups_split": len(r["split_groups"]),
+        "predicted_clusters_mixing_groups": r["predicted_clusters_mixing_groups"],
+        "near_links": r["near_links"],
+        "near_links_merged": r["near_links_merged"],
+    }
+
+
+def stsb_quality() -> dict[str, Any]:
+    """ROC AUC of the pair score (pairs >= 4 vs <= 1) and the rates at the threshold."""
+    pairs = load_pairs(STSB)
+    thr = DedupSettings().threshold
+    return {
+        "engine_pair_score": pair_report(pairs, pair_score, thr),
+        "token_set_ratio": pair_report(
+            pairs,
+            lambda a, b: (
+                fuzz.token_set_ratio(utils.default_process(a), utils.default_process(b)) / 100.0
+            ),
+            0.75,
+        ),
+    }
+
+
 def quality() -> dict[str, Any]:
     out: dict[str, Any] = {}
     if UCI.exists():
-        rows = load_uci(UCI)
-        gold = [h.story for h in rows]
-        settings = DedupSettings()
-        t0 = time.perf_counter()
-        ours = bcubed(cluster_uci(rows, settings), gold)
-        ours["seconds"] = round(time.perf_counter() - t0, 2)
-        out["uci_bcubed"] = {
-            "rows": len(rows),
-            "stories": len(set(gold)),
-            "engine": {"threshold": settings.threshold, **ours},
-            "baseline_token_set_ratio_single_link_48h": {
-                str(thr): bcubed(baseline_uci(rows, thr), gold) for thr in (65.0, 75.0)
-            },
-            "engine_threshold_sweep": {
-                str(thr): bcubed(cluster_uci(rows, DedupSettings(threshold=thr)), gold)
-                for thr in (0.46, 0.5, 0.58, 0.62)
-            },
-        }
+        out["uci"] = uci_quality()
+    if REAL_GROUPS.exists():
+        out["real_groups"] = real_groups_quality()
     if STSB.exists():
-        pairs = load_pairs(STSB)
-        thr = DedupSettings().threshold
-        out["stsb_pairs"] = {
-            "engine_pair_score": pair_report(pairs, pair_score, thr),
-            "token_set_ratio": pair_report(
-                pairs,
-                lambda a, b: (
-                    fuzz.token_set_ratio(utils.default_process(a), utils.default_process(b)) / 100.0
-                ),
-                0.75,
-            ),
-        }
+        out["stsb_pairs"] = stsb_quality()
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# order independence
+
+ORDERINGS = 6  # orderings compared with the base one
+SLOT = 3600.0  # seconds: the UCI rows are cut into polls of this length
+
+
+Poll = tuple[datetime, list[Headline]]
+
+
+def cluster_polls(
+    polls: Sequence[Poll], settings: DedupSettings, *, with_link: bool
+) -> dict[str, str]:
+    """Final cluster of each item, the polls fed in order as the pipeline feeds them: one
+    ``now`` per poll, which is also each item's ``first_seen``; merges followed."""
+    index = StoryIndex(settings)
+    into: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    for when, items in polls:
+        for h in items:
+            s = replace(to_story(h, with_link=with_link), first_seen=when)
+            d = index.add(s, now=when)
+            labels[h.id] = d.cluster
+            into.update((gone, d.cluster) for gone in d.merged)
+    return {k: final_cluster(v, into) for k, v in labels.items()}
+
+
+def _by_publisher(rows: Sequence[Headline]) -> dict[str, list[Headline]]:
+    out: dict[str, list[Headline]] = defaultdict(list)
+    for h in sorted(rows, key=lambda h: (h.ts, h.id)):  # oldest first within a feed
+        out[h.publisher].append(h)
+    return out
+
+
+def _agreement(
+    runs: list[dict[str, str]], gold: dict[str, str]
+) -> dict[str, Any]:
+    """B-cubed F1 of each run against the first (the base ordering), cluster counts, and
+    the range of each run's B-cubed precision / recall against the gold labels."""
+    ids = sorted(gold)
+    base = [runs[0][i] for i in ids]
+    agree = [bcubed([r[i] for i in ids], base)["f1"] for r in runs[1:]]
+    truth = [gold[i] for i in ids]
+    vs_gold = [bcubed([r[i] for i in ids], truth) for r in runs]
+    return {
+        "agreement_f1_min": min(agree),
+        "agreement_f1_mean": round(sum(agree) / len(agree), 4),
+        "agreement_f1": agree,
+        "clusters_base": len(set(base)),
+        "clusters": [len(set(r.values())) for r in runs[1:]],
+        "gold_precision_range": [min(s["precision"] for s in vs_gold),
+                                 max(s["precision"] for s in vs_gold)],
+        "gold_recall_range": [min(s["recall"] for s in vs_gold),
+                              max(s["recall"] for s in vs_gold)],
+    }
+
+
+def order_real_groups(settings: DedupSettings) -> dict[str, Any]:
+    """The real-feeds day as one poll: each feed's items oldest first, the feeds one after
+    another, alphabetically (base) and in ORDERINGS seeded shuffles."""
+    rows = load_real_groups()
+    by_feed = _by_publisher(rows)
+    feeds = sorted(by_feed)
+    when = datetime.fromtimestamp(max(h.ts for h in rows), tz=UTC) + timedelta(minutes=5)
+    orders = [feeds] + [random.Random(seed).sample(feeds, len(feeds))
+                        for seed in range(1, ORDERINGS + 1)]
+    runs = [
+        cluster_polls([(when, [h for f in order for h in by_feed[f]])], settings, with_link=True)
+        for order in orders
+    ]
+    return {
+        "items": len(rows),
+        "feeds": len(feeds),
+        "how": "one poll; each feed's items oldest first; feeds alphabetical (base) and in "
+        f"{ORDERINGS} shuffles (seeds 1-{ORDERINGS})",
+        **_agreement(runs, {h.id: h.story for h in rows}),
+    }
+
+
+def order_uci(settings: DedupSettings) -> dict[str, Any]:
+    """The UCI split (titles only) cut into one-hour polls, slot order kept; within a poll
+    each publisher's headlines oldest first, the publishers alphabetical (base) and in
+    ORDERINGS seeded shuffles."""
+    rows = load_uci(UCI)
+    t0 = rows[0].ts
+    slots: dict[int, list[Headline]] = defaultdict(list)
+    for h in rows:
+        slots[int((h.ts - t0) // SLOT)].append(h)
+    polls = [
+        (datetime.fromtimestamp(t0 + (k + 1) * SLOT, tz=UTC), _by_publisher(slots[k]))
+        for k in sorted(slots)
+    ]
+
+    def polls_in(rng: random.Random | None) -> list[Poll]:
+        out: list[Poll] = []
+        for when, by_pub in polls:
+            pubs = sorted(by_pub)
+            if rng is not None:
+                rng.shuffle(pubs)
+            out.append((when, [h for p in pubs for h in by_pub[p]]))
+        return out
+
+    orders = [polls_in(None)] + [polls_in(random.Random(seed)) for seed in range(1, ORDERINGS + 1)]
+    runs = [cluster_polls(o, settings, with_link=False) for o in orders]
+    return {
+        "rows": len(rows),
+        "polls": len(polls),
+        "publishers": len({h.publisher for h in rows}),
+        "how": f"{SLOT / 3600:g} h polls in time order; within a poll each publisher's "
+        f"headlines oldest first, publishers alphabetical (base) and in {ORDERINGS} "
+        f"shuffles (seeds 1-{ORDERINGS})",
+        **_agreement(runs, {h.id: h.story for h in rows}),
+    }
+
+
+def order_independence() -> dict[str, Any]:
+    """The same items in several orders: B-cubed F1 of each ordering's final clustering
+    (merges followed) against the base ordering's. No figure for the old engine."""
+    settings = DedupSettings()
+    out: dict[str, Any] = {}
+    if REAL_GROUPS.exists():
+        out["real_groups"] = order_real_groups(settings)
+    if UCI.exists():
+        out["uci"] = order_uci(settings)
     return out
 
 
@@ -379,13 +585,70 @@ def add_in_loop(rounds: int = 3) -> dict[str, Any]:
     return out
 
 
+ORDER_F1_MIN = 0.97  # "nearly the same clusters": the floor tests/test_story_merge.py asserts
+
+
+def _target(target: str, measured: Any, met: bool) -> dict[str, Any]:
+    return {"target": target, "measured": measured, "met": bool(met)}
+
+
+def targets(res: dict[str, Any]) -> dict[str, Any]:
+    """Issue #10's targets beside what this run measured."""
+    out: dict[str, Any] = {}
+    q = res.get("quality", {})
+    if "uci" in q:
+        for mode, p_min, r_min in (("time_order", 0.95, 0.55), ("time_blind", 0.93, 0.45)):
+            m = q["uci"][mode]
+            out[f"uci_{mode}"] = _target(
+                f"B-cubed recall >= {r_min} at precision >= {p_min} (titles only, defaults)",
+                {"precision": m["precision"], "recall": m["recall"]},
+                m["precision"] >= p_min and m["recall"] >= r_min,
+            )
+    if "real_groups" in q:
+        m = q["real_groups"]
+        out["real_groups"] = _target(
+            "precision >= 0.97 and recall >= 0.80 (near-miss links merged reported)",
+            {"precision": m["precision"], "recall": m["recall"],
+             "near_links_merged": f"{m['near_links_merged']} of {m['near_links']}"},
+            m["precision"] >= 0.97 and m["recall"] >= 0.80,
+        )
+    if "stsb_pairs" in q:
+        out["stsb_roc_auc"] = _target(
+            "report the ROC AUC of the pair score (no floor)",
+            q["stsb_pairs"]["engine_pair_score"]["roc_auc_ge4_vs_le1"],
+            True,
+        )
+    sp = res.get("speed", {})
+    if "n100000" in sp:
+        rate = sp["n100000"]["add_stories_per_s"]
+        out["speed_100k"] = _target(">= 2000 stories/s added at a 100k-story window, one core",
+                                    rate, rate >= 2000)
+    if "cost_ratio_largest_vs_smallest" in sp:
+        ratio = sp["cost_ratio_largest_vs_smallest"]
+        out["cost_ratio_100k_vs_1k"] = _target("cost per story at 100k <= 5x at 1k", ratio,
+                                               ratio <= 5)
+    if "memory" in res:
+        out["memory_per_story"] = _target("report bytes per indexed story",
+                                          res["memory"]["bytes_per_story"], True)
+    for name, m in res.get("order_independence", {}).items():
+        out[f"order_independence_{name}"] = _target(
+            f"nearly the same clusters in {ORDERINGS} orders: B-cubed F1 against the base "
+            f"ordering >= {ORDER_F1_MIN} (min)",
+            {"min": m["agreement_f1_min"], "mean": m["agreement_f1_mean"]},
+            m["agreement_f1_min"] >= ORDER_F1_MIN,
+        )
+    return out
+
+
 def run() -> dict[str, Any]:
-    return {
+    res: dict[str, Any] = {
         "quality": quality(),
+        "order_independence": order_independence(),
         "speed": speed(),
         "memory": memory(),
         "add_in_loop": add_in_loop(),
     }
+    return {"targets": targets(res), **res}
 
 
 if __name__ == "__main__":
@@ -401,6 +664,8 @@ if __name__ == "__main__":
         res = memory()
     elif what == "loop":
         res = add_in_loop()
+    elif what == "order":
+        res = order_independence()
     else:
         res = run()
     print(json.dumps(res, indent=2))
