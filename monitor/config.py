@@ -170,7 +170,10 @@ Channel = Annotated[SlackChannel | EmailChannel | FileChannel, Field(discriminat
 
 class DedupConfig(_Model):
     window: Duration = 48 * 3600.0
-    threshold: float | None = Field(None, gt=0, le=1)  # None: the calibrated default (0.54)
+    threshold: float | None = Field(None, gt=0, le=1)  # None: the calibrated default (0.28)
+    # polls whose new stories reach dedup within this time of each other are decided
+    # together, in publication order: clusters do not depend on which feed answered first
+    settle: Duration = 1.0
 
 
 class DeliveryConfig(_Model):

@@ -235,3 +235,40 @@ async def test_a_merge_whose_save_failed_is_saved_with_the_next_poll(
         con.close()
     # ... and the next save (feed c's retry or feed d's poll) carried the merge
     assert clusters == {"x1": "x1", "y1": "x1", "z1": "x1", "r1": "r1"}
+
+
+async def test_which_feed_answers_first_does_not_change_the_clusters(
+        make_config: MakeConfig, feed_server: FeedServer, tmp_path: Path) -> None:
+    """`monitor once` over the 25 real feeds of one day, twice: the feeds answer in one
+    order, then in the reverse one. Their stories reach dedup within `dedup.settle` and
+    are decided together in publication order, so the clusters come out the same."""
+    from datetime import UTC, datetime
+
+    rows = load_real_groups()
+    feeds = sorted({h.publisher for h in rows})
+    now = datetime.now(UTC)
+    shift = now.timestamp() - max(h.ts for h in rows) - 600  # items over 3 days are skipped
+
+    def items(feed: str) -> list[Item]:
+        return [Item(title=h.title, link=h.url or f"https://{feed}.example/{h.id}",
+                     guid=h.id, description=h.summary,
+                     published=datetime.fromtimestamp(h.ts + shift, UTC))
+                for h in rows if h.publisher == feed]
+
+    runs = []
+    for order in (feeds, feeds[::-1]):
+        for i, f in enumerate(order):  # a later feed in the order answers later
+            feed_server.slow(f"/{f}", 0.004 * i, rss(items(f)))
+        for old in tmp_path.glob("state.db*"):
+            old.unlink()
+        async with Runtime(make_config(feeds), clock=Clock(now=now)) as rt:
+            outcomes = await rt.poll_all()
+        assert {o.result for o in outcomes} == {"new"}, outcomes
+        con = sqlite3.connect(tmp_path / "state.db")
+        try:
+            runs.append(dict(con.execute("SELECT id, cluster FROM stories")))
+        finally:
+            con.close()
+    assert len(runs[0]) > 1000
+    assert len(set(runs[0].values())) < len(runs[0]) - 30  # stories did cluster
+    assert runs[0] == runs[1]

@@ -198,6 +198,7 @@ class Runtime:
                 prepare=pool,
                 metrics=self.metrics,
                 clock=self.clock,
+                settle=cfg.dedup.settle,
             )
             self._stack.push_async_callback(self.pipeline.states.close)  # before the store
             notifiers = self._notifiers if self._notifiers is not None else build_notifiers(cfg)

@@ -14,15 +14,25 @@ returned in the ``PollOutcome``; they are never raised.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from monitor.config import Config
-from monitor.core.dedup.index import New, SameStory, Seen, StoryIndex, detect_guid_churn
+from monitor.core.dedup.index import (
+    Decision,
+    New,
+    SameStory,
+    Seen,
+    StoryIndex,
+    detect_guid_churn,
+)
 from monitor.core.model import (
     ClusterInfo,
     Delivery,
@@ -113,6 +123,32 @@ class _Work:
     merges: list[tuple[str, str]] = field(default_factory=list)  # (absorbed, survivor)
 
 
+ROUND_MAX = 5  # a dedup round is decided within this many settles of its first poll
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """One poll's way to the dedup step (see ``Pipeline._arrive``)."""
+
+    arrived: bool = False
+
+
+_TICKET: ContextVar[_Ticket | None] = ContextVar("monitor_dedup_ticket", default=None)
+
+
+@dataclass(slots=True)
+class _Round:
+    """The new stories of the polls that reached dedup within ``Pipeline.settle`` of one
+    another: decided together, in publication order, as soon as no other poll is on its
+    way to dedup, else once ``settle`` passes without a new one (and at the latest
+    ``ROUND_MAX`` settles after the first)."""
+
+    entries: list[tuple[PreparedStory, datetime]]
+    done: asyncio.Future[dict[tuple[str, str], Decision]]
+    last_call: float  # loop time by which the round is decided, at the latest
+    timer: asyncio.TimerHandle | None = None
+
+
 @dataclass
 class Pipeline:
     """The stages, wired to their I/O. One per daemon; ``poll_feed`` is safe to run
@@ -127,6 +163,9 @@ class Pipeline:
     metrics: Metrics
     clock: Callable[[], datetime]
     on_queued: Callable[[], None] = lambda: None
+    settle: float = 0.0  # seconds a poll waits for others to decide together (dedup.settle)
+    _round: _Round | None = None
+    _on_way: int = 0  # polls started that have not reached the dedup step yet
     _alerted: OrderedDict[str, list[Delivery]] = field(default_factory=OrderedDict)
     # clusters the index merged whose merge the store does not have yet: absorbed -> survivor
     # (saved with the next poll's transaction; until then their alerts are looked up too)
@@ -140,6 +179,30 @@ class Pipeline:
         self.states = FeedStateWriter(self.store)
 
     async def poll_feed(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
+        """Fetch, parse, dedup, match, route and save one feed's poll."""
+        ticket = _Ticket()
+        token = _TICKET.set(ticket)
+        self._on_way += 1
+        try:
+            return await self._poll_feed(state, spec)
+        finally:
+            _TICKET.reset(token)
+            self._arrive(ticket)
+
+    def _arrive(self, ticket: _Ticket) -> None:
+        """A poll reached the dedup step, or ended without: once no poll is on its way
+        there, the waiting round is decided at once."""
+        if ticket.arrived:
+            return
+        ticket.arrived = True
+        self._on_way -= 1
+        r = self._round
+        if r is not None and self._on_way == 0:
+            if r.timer is not None:
+                r.timer.cancel()
+            self._flush(r)
+
+    async def _poll_feed(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
         t0 = time.perf_counter()
         result = await self.fetcher.fetch(
             state.url, etag=state.etag, last_modified=state.last_modified
@@ -227,9 +290,10 @@ class Pipeline:
                 problem=f"GUID churn: {len(fresh)} of {len(batch)} items came back with new "
                 "ids but known titles and links; they were recorded without alerting",
             )
+        decisions = await self._decide(fresh, now)
         rules = self.rules  # one rule set for the whole poll, even if a reload comes
         work = self._dedup_and_match(
-            spec, fresh, known_links, now, rules,
+            spec, fresh, decisions, known_links, now, rules,
             # the worker's text matching counts only if it used the rules in force
             prematched=prepared.rules_fingerprint == rules.ruleset.fingerprint,
             baseline=baseline, churn=churn,
@@ -290,10 +354,66 @@ class Pipeline:
             log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=total)
         return churn
 
+    async def _decide(self, fresh: Sequence[PreparedStory],
+                      now: datetime) -> dict[tuple[str, str], Decision]:
+        """The dedup decision of each new story, keyed by (feed, id). With ``settle``,
+        the stories of the polls that get here within ``settle`` seconds of one another
+        (a burst: ``monitor once``, or the feeds of one scheduler tick) are added to the
+        index together, in publication order: which feed answered first does not change
+        the clusters. A round waits ``ROUND_MAX * settle`` at most."""
+        ticket = _TICKET.get()
+        if not fresh or self.settle <= 0:
+            if ticket is not None:
+                self._arrive(ticket)
+            return self._add_all([(p, now) for p in fresh]) if fresh else {}
+        loop = asyncio.get_running_loop()
+        r = self._round
+        if r is None:
+            r = self._round = _Round(entries=[], done=loop.create_future(),
+                                     last_call=loop.time() + ROUND_MAX * self.settle)
+            r.done.add_done_callback(_retrieve)
+        elif r.timer is not None:
+            r.timer.cancel()
+        r.timer = loop.call_at(min(loop.time() + self.settle, r.last_call), self._flush, r)
+        r.entries.extend((p, now) for p in fresh)
+        if ticket is not None:
+            self._arrive(ticket)  # the last poll on its way decides the round now
+        # shielded: a poll cancelled while it waits does not cancel the others' round
+        return await asyncio.shield(r.done)
+
+    def _flush(self, r: _Round) -> None:
+        if self._round is r:
+            self._round = None
+        log.debug("dedup.round", feeds=len({p.story.feed for p, _ in r.entries}),
+                  stories=len(r.entries))
+        try:
+            r.done.set_result(self._add_all(r.entries))
+        except Exception as e:  # handed to every poll of the round
+            r.done.set_exception(e)
+
+    def _add_all(self, entries: Sequence[tuple[PreparedStory, datetime]]
+                 ) -> dict[tuple[str, str], Decision]:
+        """Add the stories to the index oldest first (ties by id, then feed), all at the
+        latest ``now`` of their polls. No await: the index sees them in one go. A merge
+        is recorded at once (``_absorbed``), before any poll can read a stale cache."""
+        now = max(n for _, n in entries)
+        out: dict[tuple[str, str], Decision] = {}
+        for p, _ in sorted(entries, key=lambda e: (e[0].story.published, e[0].story.id,
+                                                   e[0].story.feed)):
+            story = p.story
+            decision = self.index.add(story, now=now, features=p.features)
+            out[(story.feed, story.id)] = decision
+            for gone in decision.merged:
+                self._absorbed[gone] = decision.cluster
+                self._alerted.pop(gone, None)
+                self._alerted.pop(decision.cluster, None)
+        return out
+
     def _dedup_and_match(
         self,
         spec: FeedSpec,
         fresh: Sequence[PreparedStory],
+        decisions: Mapping[tuple[str, str], Decision],
         known_links: Collection[str],
         now: datetime,
         rules: ActiveRules,
@@ -302,21 +422,17 @@ class Pipeline:
         baseline: bool,
         churn: bool,
     ) -> _Work:
-        """Add the new stories to the dedup index, oldest first, and match those that may
-        alert against their clusters. No await: the index sees the batch in one go."""
+        """Record the new stories' dedup ``decisions`` and match those that may alert
+        against their clusters."""
         work = _Work(enabled=frozenset(r.name for r in rules.ruleset.rules if r.enabled))
         matcher = rules.matcher
         needs_times = bool(matcher.rules_needing_sources())
         for p in fresh:
             story = p.story
-            decision = self.index.add(story, now=now, features=p.features)
-            cluster = decision.cluster
-            for gone in decision.merged:
-                work.merges.append((gone, cluster))
-                self._absorbed[gone] = cluster
-                # no await since the index merged: no poll has read a stale cache entry
-                self._alerted.pop(gone, None)
-                self._alerted.pop(cluster, None)
+            decision = decisions[(story.feed, story.id)]
+            # the cluster now: a later story of the round may have merged it into another
+            cluster = self._survivor(decision.cluster)
+            work.merges.extend((gone, decision.cluster) for gone in decision.merged)
             work.to_store.append(StoredStory(story=story, cluster=cluster))
             sources = self.index.cluster_sources(cluster)
             work.clusters[cluster] = self._cluster_info(cluster, story, sources, now)
@@ -330,7 +446,8 @@ class Pipeline:
                 work.outcomes["repeat"] += 1
             c = Candidate(story=story,
                           facts=ClusterFacts(cluster=cluster, sources=sources,
-                                             new=isinstance(decision, New)),
+                                             new=isinstance(decision, New)
+                                             and cluster == decision.cluster),
                           link_known=story.link in known_links)
             if silenced(c, now=now, baseline=baseline, churn=churn) is not None:
                 continue
@@ -536,3 +653,9 @@ def _unique_oldest_first(entries: Iterable[PreparedStory]) -> list[PreparedStory
     for p in entries:
         uniq.setdefault(p.story.id, p)
     return sorted(uniq.values(), key=lambda p: (p.story.published, p.story.id))
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """A round whose polls were all cancelled: its error is nobody's to report."""
+    if not fut.cancelled():
+        fut.exception()
