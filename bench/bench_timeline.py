@@ -85,7 +85,7 @@ LAG = timedelta(minutes=5)  # the newest headline is this old when its mode star
 MAX_SPAN = timedelta(days=2, hours=12)  # longer timelines are compressed into this
 RUN_INTERVAL = "2s"  # `monitor run`: poll interval of every feed
 CHANNEL = "timeline"
-TODAY_FIRST_ALERTS = {"once": (261, 272), "run": (270, 295)}  # min, max of today's runs
+TODAY_FIRST_ALERTS = {"once": (261, 272), "run": (270, 295)}  # before the #10 rewrite
 TARGET_FIRST_ALERTS_MAX = min(lo for lo, _ in TODAY_FIRST_ALERTS.values()) // 3
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 

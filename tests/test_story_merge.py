@@ -98,22 +98,28 @@ Z = Item(title="Grindavik evacuated as Iceland volcano erupts and lava fountains
          link="https://c.example/z", guid="z1")
 
 
+async def _x_y_then_z(make_config: MakeConfig, feed_server: FeedServer) -> None:
+    """Feeds a, b, c bring X, Y and Z in turn, five minutes apart, at a threshold that
+    makes Y a near miss of X and Z the story that shows they are one."""
+    clock = Clock()
+    for n in ("a", "b", "c"):
+        feed_server.serve(f"/{n}", rss([], now=clock.now))
+    async with Runtime(make_config(["a", "b", "c"], "dedup: {threshold: 0.6}"),
+                       clock=clock) as rt:
+        for path, item in (("/a", X), ("/b", Y), ("/c", Z)):
+            clock.advance(minutes=5)
+            feed_server.set(path, rss([item], now=clock.now))
+            await rt.poll_all()
+            await rt.drain()
+
+
 async def test_a_near_miss_merges_when_the_story_grows_and_keeps_the_first_thread(
         make_config: MakeConfig, feed_server: FeedServer, tmp_path: Path) -> None:
     """X alerts. Y, a near miss at this strict threshold, starts its own cluster (and
     alerts: the repeat a merge cannot take back). Z joins X and shows X and Y are one
     story: Y's stories and alert move to X, Z is an update in X's thread, and no new
     first alert goes out."""
-    clock = Clock()
-    for n in ("a", "b", "c"):
-        feed_server.serve(f"/{n}", rss([], now=clock.now))
-    config = make_config(["a", "b", "c"], "dedup: {threshold: 0.6}")
-    async with Runtime(config, clock=clock) as rt:
-        for path, item in (("/a", X), ("/b", Y), ("/c", Z)):
-            clock.advance(minutes=5)
-            feed_server.set(path, rss([item], now=clock.now))
-            await rt.poll_all()
-            await rt.drain()
+    await _x_y_then_z(make_config, feed_server)
     got = [a for a in alerts(tmp_path) if a["rule"] == "volcano"]
     firsts = [a for a in got if not a["update"]]
     updates = [a for a in got if a["update"]]
@@ -177,16 +183,7 @@ async def test_an_update_after_a_merge_threads_under_the_alert_that_exists(
     (tmp_path / "rules" / "volcano.yaml").write_text(
         "rules:\n  - name: volcano\n    any: [lava]\n    channels: [slack-news]\n",
         encoding="utf-8")
-    clock = Clock()
-    for n in ("a", "b", "c"):
-        feed_server.serve(f"/{n}", rss([], now=clock.now))
-    async with Runtime(make_config(["a", "b", "c"], "dedup: {threshold: 0.6}"),
-                       clock=clock) as rt:
-        for path, item in (("/a", X), ("/b", Y), ("/c", Z)):
-            clock.advance(minutes=5)
-            feed_server.set(path, rss([item], now=clock.now))
-            await rt.poll_all()
-            await rt.drain()
+    await _x_y_then_z(make_config, feed_server)
     got = [a for a in alerts(tmp_path) if a["rule"] == "volcano"]
     assert [(a["title"], a["update"]) for a in got] == [(Y.title, False), (Z.title, True)]
     con = sqlite3.connect(tmp_path / "state.db")
@@ -237,6 +234,11 @@ async def test_a_merge_whose_save_failed_is_saved_with_the_next_poll(
     assert clusters == {"x1": "x1", "y1": "x1", "z1": "x1", "r1": "r1"}
 
 
+def _drop_store(workdir: Path) -> None:
+    for old in workdir.glob("state.db*"):
+        old.unlink()
+
+
 async def test_which_feed_answers_first_does_not_change_the_clusters(
         make_config: MakeConfig, feed_server: FeedServer, tmp_path: Path) -> None:
     """`monitor once` over the 25 real feeds of one day, twice: the feeds answer in one
@@ -259,8 +261,7 @@ async def test_which_feed_answers_first_does_not_change_the_clusters(
     for order in (feeds, feeds[::-1]):
         for i, f in enumerate(order):  # a later feed in the order answers later
             feed_server.slow(f"/{f}", 0.004 * i, rss(items(f)))
-        for old in tmp_path.glob("state.db*"):
-            old.unlink()
+        _drop_store(tmp_path)
         async with Runtime(make_config(feeds), clock=Clock(now=now)) as rt:
             outcomes = await rt.poll_all()
         assert {o.result for o in outcomes} == {"new"}, outcomes
