@@ -33,6 +33,7 @@ ENV_CONFIG = "MONITOR_CONFIG"
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+OptionalDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]  # 0: off
 
 
 class _Model(BaseModel):
@@ -173,7 +174,7 @@ class DedupConfig(_Model):
     threshold: float | None = Field(None, gt=0, le=1)  # None: the calibrated default (0.28)
     # polls whose new stories reach dedup within this time of each other are decided
     # together, in publication order: clusters do not depend on which feed answered first
-    settle: Duration = 1.0
+    settle: OptionalDuration = 1.0
 
 
 class DeliveryConfig(_Model):

@@ -123,7 +123,7 @@ class _Work:
     merges: list[tuple[str, str]] = field(default_factory=list)  # (absorbed, survivor)
 
 
-ROUND_MAX = 5  # a dedup round is decided within this many settles of its first poll
+ROUND_MAX = 2  # a dedup round is decided within this many settles of its first poll
 
 
 @dataclass(slots=True)

@@ -126,6 +126,8 @@ _NONWORD = re.compile(r"[^\w]+")
 
 
 def _strip_accents(text: str) -> str:
+    if text.isascii():
+        return text
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
@@ -160,8 +162,15 @@ def normalize_title(title: str) -> str:
     >>> normalize_title("Café owners protest | BBC News")
     'cafe owners protest'
     """
-    t = _strip_affixes(title)
-    t = _strip_accents(t).lower()
+    return _plain(_strip_affixes(title))
+
+
+def _plain(text: str) -> str:
+    """Case-, accent- and punctuation-free text (``normalize_title`` without the affixes,
+    for summaries and single words)."""
+    if text.isascii() and text.isalpha():  # a plain word, most of them
+        return text.lower()
+    t = _strip_accents(text.translate(_QUOTES)).lower()
     t = _POSSESSIVE.sub(r"\1", t)
     t = t.replace("'", "")
     t = _NONWORD.sub(" ", t).replace("_", " ")
@@ -207,7 +216,6 @@ def title_tokens(normalized: str) -> list[str]:
 
 
 _WORD = re.compile(r"[\w'’\-]+")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'“‘])")
 
 
 _DATES_TEXT = """january february march april may june july august september october
@@ -239,7 +247,7 @@ def _case_marks(title: str) -> tuple[tuple[str, bool], ...]:
     for w in words[1:]:
         if not w[:1].isalpha():
             continue
-        norm = normalize_title(w)
+        norm = _plain(w)
         if not norm or " " in norm:
             continue
         tok = _stem(norm)
@@ -249,16 +257,14 @@ def _case_marks(title: str) -> tuple[tuple[str, bool], ...]:
 
 
 def _lead(summary: str, words: int) -> str:
-    """The summary's first sentences, at most ``words`` words."""
-    s = " ".join(summary.split())
-    if not s:
-        return ""
-    out: list[str] = []
-    for sentence in _SENTENCE.split(s):
-        out.extend(sentence.split())
-        if len(out) >= words // 2:
-            break
-    return " ".join(out[:words])
+    """The summary's first sentences, at most ``words`` words: the sentence that reaches
+    half of them is the last."""
+    out = summary.split(maxsplit=words)[:words]
+    half = words // 2
+    for i, w in enumerate(out):
+        if i + 1 >= half and w[-1:] in ".!?":
+            return " ".join(out[: i + 1])
+    return " ".join(out)
 
 
 class Features:
@@ -271,7 +277,7 @@ class Features:
         self.norm = normalize_title(title)
         self.tokens = tuple(t for t in title_tokens(self.norm) if informative(t))
         have = set(self.tokens)
-        lead_norm = normalize_title(_lead(summary, lead_words)) if summary else ""
+        lead_norm = _plain(_lead(summary, lead_words)) if summary else ""
         self.lead = tuple(t for t in title_tokens(lead_norm) if informative(t) and t not in have)
         self.case = _case_marks(title)
 
