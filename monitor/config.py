@@ -174,7 +174,7 @@ class DedupConfig(_Model):
     threshold: float | None = Field(None, gt=0, le=1)  # None: the calibrated default (0.28)
     # polls whose new stories reach dedup within this time of each other are decided
     # together, in publication order: clusters do not depend on which feed answered first
-    settle: OptionalDuration = 1.0
+    settle: OptionalDuration = 0.5
 
 
 class DeliveryConfig(_Model):

@@ -293,7 +293,9 @@ class StoryIndex:
         if near is not None:
             c.near.append(near)
             self._clusters[near].near.append(c.num)
-        elif c.near:
+        elif c.near and (c.n <= 8 or c.n & (c.n - 1) == 0):
+            # the centroids are compared while the cluster is young, then as it doubles:
+            # a big cluster's centroid barely moves with one more member
             survivor = self._second_chance(c)
             if self._merged:
                 merged = tuple(self._merged)
