@@ -481,6 +481,7 @@ def score(tl: Timeline, alerts: list[dict[str, Any]], matched: dict[str, list[He
                        "off_topic_first_alerts": 0, "off_topic_updates": 0,
                        "max_sources": 0}
     first_seen: set[tuple[str, str]] = set()
+    first_titles: set[tuple[str, Any]] = set()
     on_topic: set[str] = set()
     early_updates = 0
     for a in alerts:
@@ -492,11 +493,15 @@ def score(tl: Timeline, alerts: list[dict[str, Any]], matched: dict[str, list[He
         if a["update"]:
             p["updates"] += 1
             p["off_topic_updates"] += off
-            early_updates += (rule, a["cluster"]) not in first_seen
+            # its first alert: the one it threads under (its headline is the update's
+            # first_title; after a merge that alert was sent for the absorbed cluster)
+            early_updates += ((rule, a["cluster"]) not in first_seen
+                              and (rule, a.get("first_title")) not in first_titles)
         else:
             p["first_alerts"] += 1
             p["off_topic_first_alerts"] += off
             first_seen.add((rule, a["cluster"]))
+            first_titles.add((rule, a["title"]))
             if not off:
                 on_topic.add(rule)
     missed = [r.name for r in tl.rules if per[r.name]["own_story_headlines_matched"] and r.name not in on_topic]
