@@ -4,6 +4,12 @@
 the path of each value (a tuple of keys and list indices) to its 1-based (line, column).
 ``locate()`` turns a pydantic error location into the nearest known position, so that
 validation errors can name ``file:line:column``.
+
+Limits, for rules and config alike (a hand-edited file never comes near them; a hostile
+one cannot stall the daemon or fill its memory): ``MAX_BYTES`` of text, ``MAX_DEPTH``
+levels of nesting, ``MAX_ALIASES`` alias uses, and ``MAX_VALUES`` values once aliases
+are expanded (a "billion laughs" of nested ``*a`` references stays a few hundred bytes
+of text). Each is a located ``YamlError`` that says which limit and what to do.
 """
 
 from __future__ import annotations
@@ -19,9 +25,47 @@ from monitor.errors import Problem, YamlError
 Path = tuple[str | int, ...]
 Positions = dict[Path, tuple[int, int]]
 
+MAX_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIASES = 1_000
+MAX_VALUES = 200_000
+
+
+class _Limit(Exception):
+    """A limit of the module docstring, hit at ``mark`` (a YAML mark or None)."""
+
+    def __init__(self, message: str, mark: Any = None) -> None:
+        super().__init__(message)
+        self.mark = mark
+
+
+class _Budget:
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values = 0
+
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """PyYAML's safe loader, counting alias uses and nesting while it composes."""
+
+    _aliases = 0
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Limit(f"more than {MAX_ALIASES:,} YAML aliases ('*name'); write the "
+                             "values out", self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Limit(f"nested more than {MAX_DEPTH} levels deep; flatten it",
+                             self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _UNCLOSED = (
@@ -32,14 +76,26 @@ _UNCLOSED = (
 
 
 def load_yaml(text: str, path: str) -> tuple[Any, Positions]:
-    """Parse YAML text; raise ``YamlError`` (its ``problem`` located) on bad YAML."""
+    """Parse YAML text; raise ``YamlError`` (its ``problem`` located) on bad YAML or a
+    file past the limits of the module docstring."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
+        raise YamlError(Problem(path, None, None, f"the file is {size:,} bytes, more than "
+                                f"the {MAX_BYTES:,} a monitor YAML file may have; split it"))
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         positions: Positions = {}
         if node is None:
             return None, positions
-        data = _convert(loader, node, (), positions)
+        data = _convert(loader, node, (), positions, _Budget())
+    except _Limit as e:
+        line = e.mark.line + 1 if e.mark is not None else None
+        col = e.mark.column + 1 if e.mark is not None else None
+        raise YamlError(Problem(path, line, col, str(e))) from None
+    except RecursionError:
+        raise YamlError(Problem(path, None, None, f"nested more than {MAX_DEPTH} levels "
+                                "deep; flatten it")) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -62,7 +118,20 @@ def load_yaml(text: str, path: str) -> tuple[Any, Positions]:
     return data, positions
 
 
-def _convert(loader: _Loader, node: yaml.Node, where: Path, positions: Positions) -> Any:
+def _check(node: yaml.Node, where: Path, budget: _Budget | None) -> None:
+    if len(where) > MAX_DEPTH:
+        raise _Limit(f"nested more than {MAX_DEPTH} levels deep; flatten it", node.start_mark)
+    if budget is not None:
+        budget.values += 1
+        if budget.values > MAX_VALUES:
+            raise _Limit(f"expands to more than {MAX_VALUES:,} values (YAML aliases that "
+                         "refer to aliases?); write the values out or use fewer '*'",
+                         node.start_mark)
+
+
+def _convert(loader: _Loader, node: yaml.Node, where: Path, positions: Positions,
+             budget: _Budget | None = None) -> Any:
+    _check(node, where, budget)
     positions[where] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -83,11 +152,12 @@ def _convert(loader: _Loader, node: yaml.Node, where: Path, positions: Positions
                 key_node.start_mark.line + 1,
                 key_node.start_mark.column + 1,
             )
-            out[skey] = _convert(loader, value_node, (*where, skey), positions)
+            out[skey] = _convert(loader, value_node, (*where, skey), positions, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [
-            _convert(loader, child, (*where, i), positions) for i, child in enumerate(node.value)
+            _convert(loader, child, (*where, i), positions, budget)
+            for i, child in enumerate(node.value)
         ]
     return loader.construct_object(node, deep=True)
 
