@@ -66,8 +66,11 @@ class DaemonProc:
         assert self.proc is not None
         self.proc.send_signal(sig)
         rc = await asyncio.wait_for(self.proc.wait(), 30)
-        self._fh.close()
+        self.close_log()
         return rc
+
+    def close_log(self) -> None:
+        self._fh.close()
 
     def logtext(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -414,3 +417,57 @@ async def test_a_taken_port_is_a_clear_error_not_a_traceback() -> None:
         await second.stop()  # nothing left to stop
     finally:
         await first.stop()
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out |= {int(x) for x in (task / "children").read_text().split()}
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+async def test_kill_9_leaves_no_worker_and_the_port_is_free_at_once(setup: Setup) -> None:
+    """The parse workers die with the daemon, however it dies, and hold nothing of it:
+    after kill -9 a new `monitor run` on the same port starts at once."""
+    cfg = setup.daemon.config
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace(
+        "parse_in: thread", "parse_in: process\n  parse_workers: 2"), encoding="utf-8")
+    await setup.daemon.start()
+    proc = setup.daemon.proc
+    assert proc is not None
+    await until(lambda: len(_children(proc.pid)) >= 2, "two parse workers")
+    workers = _children(proc.pid)
+    proc.kill()
+    await proc.wait()
+    setup.daemon.close_log()
+    await until(lambda: not any(_alive(w) for w in workers), "the workers to exit", 20)
+    again = DaemonProc(cfg, setup.tmp / "daemon2.log")
+    await again.start()
+    try:
+        await until_async(lambda: health(setup.port), "the new daemon's health endpoint")
+        assert "address already in use" not in again.logtext().lower()
+    finally:
+        assert await again.stop() == 0
+    assert not any(_alive(w) for w in _children(again.proc.pid if again.proc else 0))
+
+
+async def until_async(probe: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while True:
+        got = await probe()
+        if got is not None:
+            return got
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.1)

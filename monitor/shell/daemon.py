@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import multiprocessing
 import os
 import signal
 from collections import Counter
@@ -40,7 +41,7 @@ from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
-from monitor.shell.parsepool import ParsePool
+from monitor.shell.parsepool import ParsePool, worker_init
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.rulefiles import load_rules
 from monitor.shell.scheduler import Scheduler
@@ -78,9 +79,15 @@ def dedup_settings(config: Config) -> DedupSettings:
 
 
 def make_executor(config: Config) -> Executor:
+    """The parse pool. Processes are spawned, not forked: a worker is a fresh interpreter
+    that inherits no listening socket, database or file watch and keeps the default
+    SIGTERM; and it exits when the daemon dies, however it dies (``parsepool.
+    worker_init``), so a kill -9 leaves nothing holding the port."""
     workers = config.fetch.parse_workers or max(1, os.cpu_count() or 1)
     if config.fetch.parse_in == "process" and workers > 1:
-        return ProcessPoolExecutor(max_workers=workers)
+        return ProcessPoolExecutor(max_workers=workers,
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=worker_init, initargs=(os.getpid(),))
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parse")
 
 

@@ -11,6 +11,12 @@ matching to the daemon.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
 from pathlib import Path
@@ -39,6 +45,34 @@ def _matcher(path: str, fingerprint: str) -> Matcher | None:
         _MATCHERS.clear()
         _MATCHERS[fingerprint] = m
     return m
+
+
+PARENT_CHECK = 1.0  # seconds between a worker's looks at whether its daemon still lives
+
+
+def worker_init(parent: int) -> None:
+    """A parse worker's start: it ends when the daemon ``parent`` does, however that
+    ends. On Linux the kernel sends it SIGTERM when its parent dies (PR_SET_PDEATHSIG);
+    everywhere a watch thread also checks the parent every ``PARENT_CHECK`` seconds and
+    exits when it is gone (reparented). SIGTERM and SIGINT keep their default effect."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the daemon, which stops us
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the daemon died before we got here
+        os._exit(0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_job(job: Job) -> Prepared:
