@@ -289,3 +289,13 @@ async def test_stories_explain_stored_stories_by_id_and_link(workdir: Path,
     rc, _, err = await monitor("stories", "explain", "https://nowhere.example/x", WIRE_JSON,
                                cwd=workdir)
     assert rc == 1 and "no stored story" in err
+
+
+async def test_a_poll_without_problem_logs_no_problem_field(workdir: Path,
+                                                            feed_server: FeedServer) -> None:
+    feed_server.set("/a.rss", rss([seed_item(), *BACKLOG]))
+    _, _, err = await monitor("once", "--log-level", "info", cwd=workdir)
+    polled = [line for line in err.splitlines() if "feed.polled" in line and "feed=a" in line]
+    assert polled, err
+    assert not any("problem" in line for line in polled)
+    assert "problem=None" not in err

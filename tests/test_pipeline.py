@@ -427,3 +427,37 @@ async def test_an_id_given_twice_is_its_first_entry_matched_on_its_own_text(
     out = await poll(rt)
     assert out["a"].new == 1 and out["a"].alerts == 0
     assert alerts(tmp_path) == []
+
+
+async def test_no_enabled_rule_turns_health_degraded(rt: Runtime, tmp_path: Path) -> None:
+    """An emptied rules directory (or every rule disabled) is valid YAML and alerts
+    nothing: /healthz says so instead of "ok"."""
+    assert (await rt.health())["status"] == "ok"
+    for f in (tmp_path / "rules").glob("*.yaml"):
+        if f.name != "actors.yaml":
+            f.write_text("rules: []\n", encoding="utf-8")
+    assert rt.reload_rules() is True
+    h = await rt.health()
+    assert h["status"] == "degraded" and h["rules"]["enabled"] == 0
+    assert "no rule is enabled: nothing can alert" in h["reasons"]
+
+
+def test_a_rules_reload_says_what_changed_and_caps_the_names() -> None:
+    from monitor.core.rules.load import RuleFile, parse_rules
+    from monitor.shell.daemon import reload_summary
+
+    def ruleset(names: list[str], term: str = "robots") -> Any:
+        text = "rules:\n" + "".join(
+            f"  - name: {n}\n    any: [{term}]\n    channels: [audit-file]\n" for n in names)
+        return parse_rules(Path("rules"), [RuleFile(path=Path("rules/r.yaml"), text=text)],
+                           channels=["audit-file"])
+
+    old = ruleset(["a", "b", "c"])
+    new = ruleset(["b", "c"] + [f"n{i:02d}" for i in range(15)])
+    out = reload_summary(old, new)
+    assert out["rules"] == 17 and out["added"] == 15 and out["removed"] == 1
+    assert out["removed_names"] == "a"
+    assert out["added_names"].endswith("(+5 more)") and out["added_names"].count(",") == 9
+    changed = reload_summary(old, ruleset(["a", "b", "c"], term="drones"))
+    assert changed["changed"] == 3 and "added" not in changed
+    assert reload_summary(old, ruleset(["a", "b", "c"])) == {"rules": 3, "unchanged": True}

@@ -33,6 +33,7 @@ from monitor.core.dedup.features import DedupSettings
 from monitor.core.dedup.index import StoryIndex
 from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
+from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import initial_poll
 from monitor.errors import MonitorError, RulesError
 from monitor.log import get_logger, redact, redact_url, scrub
@@ -76,6 +77,31 @@ def dedup_settings(config: Config) -> DedupSettings:
     if config.dedup.threshold is not None:
         kw["threshold"] = config.dedup.threshold
     return DedupSettings(**kw)
+
+
+RELOAD_NAMES = 10  # rule names a reload log line lists per kind of change, at most
+
+
+def reload_summary(old: RuleSet, new: RuleSet) -> dict[str, Any]:
+    """What a rules reload changed, for its log line: counts of added, removed and
+    changed rules, and their names (at most ``RELOAD_NAMES`` each, then "+N more")."""
+    before = {r.name: r for r in old.rules}
+    after = {r.name: r for r in new.rules}
+    changes = {
+        "added": sorted(after.keys() - before.keys()),
+        "removed": sorted(before.keys() - after.keys()),
+        "changed": sorted(n for n in after.keys() & before.keys() if after[n] != before[n]),
+    }
+    out: dict[str, Any] = {"rules": len(new.rules)}
+    for kind, names in changes.items():
+        if names:
+            shown = names[:RELOAD_NAMES]
+            more = len(names) - len(shown)
+            out[kind] = len(names)
+            out[f"{kind}_names"] = ", ".join(shown) + (f" (+{more} more)" if more else "")
+    if len(out) == 1:
+        out["unchanged"] = True
+    return out
 
 
 def make_executor(config: Config) -> Executor:
@@ -244,9 +270,10 @@ class Runtime:
         self.pipeline.rules = new  # atomic: the next story sees the whole new set
         self.metrics.rules_loaded.set(len(new.ruleset.rules))
         self.metrics.rules_reloads.labels("ok").inc()
-        log.info("rules.reloaded", rules=len(new.ruleset.rules),
-                 added=sorted({r.name for r in new.ruleset.rules} - {r.name for r in old.rules}),
-                 removed=sorted({r.name for r in old.rules} - {r.name for r in new.ruleset.rules}))
+        log.info("rules.reloaded", **reload_summary(old, new.ruleset))
+        if not new.ruleset.enabled:
+            log.warning("rules.none_enabled", path=str(self.config.rules_path),
+                        hint="no rule is enabled: nothing can alert; /healthz is degraded")
         return True
 
     async def poll_all(self) -> list[PollOutcome]:
@@ -326,16 +353,24 @@ class Runtime:
         rules = self.pipeline.rules
         pending = await self.store.count_pending()
         listening = self.store.listening
-        status = "ok"
-        if failing or gone or rules.error or listening is False:
-            status = "degraded"
+        enabled = len(rules.ruleset.enabled)
+        reasons = [why for why, bad in (
+            (f"{len(failing)} feed(s) failing", failing),
+            (f"{len(gone)} feed(s) gone", gone),
+            ("the last rules reload failed", rules.error),
+            ("no rule is enabled: nothing can alert", not enabled),
+            ("not hearing the other instances", listening is False),
+        ) if bad]
+        status = "degraded" if reasons else "ok"
         peers = {} if listening is None else {"peers": {"listening": listening}}
         return {
             "status": status,
+            **({"reasons": reasons} if reasons else {}),
             "time": now.isoformat(),
             "feeds": {"total": len(feeds), "failing": failing, "gone": gone},
             "rules": {
                 "count": len(rules.ruleset.rules),
+                "enabled": enabled,
                 "loaded_at": rules.loaded_at.isoformat(),
                 "error": rules.error,
                 "error_at": rules.error_at.isoformat() if rules.error_at else None,

@@ -318,7 +318,8 @@ class Pipeline:
         self._count(spec, result, work)
         log.info(
             "feed.polled", feed=spec.name, status=status, entries=len(batch), new=len(fresh),
-            alerts=len(inserted), baseline=baseline, problem=state.problem, ms=ms(),
+            alerts=len(inserted), baseline=baseline, ms=ms(),
+            **({"problem": state.problem} if state.problem else {}),
         )
         for d in inserted:
             log.info("alert.queued", feed=spec.name, rule=d.alert.match.rule, channel=d.channel,
