@@ -334,16 +334,14 @@ def secrets_of(config: Config) -> list[str]:
 
 
 def find_config(explicit: str | None) -> Path:
-    """``--config`` if given, else ``./config.yaml``, else ``$MONITOR_CONFIG``."""
+    """The usual precedence: ``--config`` if given, else ``$MONITOR_CONFIG`` if set, else
+    ``./config.yaml``."""
     if explicit:
         return Path(explicit)
-    local = Path(DEFAULT_CONFIG)
-    if local.exists():
-        return local
     env = os.environ.get(ENV_CONFIG)
     if env:
         return Path(env)
-    return local
+    return Path(DEFAULT_CONFIG)
 
 
 def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Config:

@@ -299,3 +299,22 @@ async def test_a_poll_without_problem_logs_no_problem_field(workdir: Path,
     assert polled, err
     assert not any("problem" in line for line in polled)
     assert "problem=None" not in err
+
+
+async def test_global_options_before_the_command_and_config_precedence(workdir: Path) -> None:
+    other = workdir / "other"
+    other.mkdir()
+    rc, out, err = await monitor("--config", str(workdir / "config.yaml"), "--log-level",
+                                 "warning", "check", cwd=other)
+    assert rc == 0, err
+    assert out.startswith(f"{workdir / 'config.yaml'}: OK")
+    rc, out, _ = await monitor("--config", str(workdir / "config.yaml"), "status", "--json",
+                               cwd=other)
+    assert rc == 0 and "feeds" in json.loads(out)
+    # $MONITOR_CONFIG wins over ./config.yaml, and check says which file it read
+    (other / "config.yaml").write_text("feeds: [\n", encoding="utf-8")
+    rc, out, err = await monitor("check", cwd=other,
+                                 env={"MONITOR_CONFIG": str(workdir / "config.yaml")})
+    assert rc == 0 and out.startswith(f"{workdir / 'config.yaml'}: OK"), err
+    rc, _, err = await monitor("check", cwd=other)
+    assert rc == 1 and err.startswith("config.yaml: 1 problem(s):"), err

@@ -167,11 +167,14 @@ def test_missing_file_is_a_helpful_error(tmp_path: Path) -> None:
 
 
 def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual precedence: the flag, then the environment, then the default file; an
+    existing ./config.yaml does not silently beat $MONITOR_CONFIG."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("")
     monkeypatch.setenv("MONITOR_CONFIG", str(tmp_path / "env.yaml"))
     assert find_config("x.yaml") == Path("x.yaml")
     assert find_config(None) == tmp_path / "env.yaml"
-    (tmp_path / "config.yaml").write_text("")
+    monkeypatch.delenv("MONITOR_CONFIG")
     assert find_config(None) == Path("config.yaml")
 
 

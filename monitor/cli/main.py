@@ -33,7 +33,8 @@ from monitor.shell import loop
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="PATH",
-                   help="config file (default ./config.yaml, else $MONITOR_CONFIG)")
+                   help="config file (default $MONITOR_CONFIG, else ./config.yaml); "
+                   "may also come before the command")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="default: info (warning for demo and the offline tools)")
@@ -135,7 +136,35 @@ def _delivery_id(text: str) -> int:
     return value
 
 
+_GLOBAL_VALUED = ("--config", "-c", "--log-level", "--log-format")
+
+
+def _options_after_command(argv: Sequence[str]) -> list[str]:
+    """``monitor --config X status`` as ``monitor status --config X``: the options every
+    command takes may come before the command too."""
+    front: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-h", "--help",
+                                                                        "--version"):
+        opt = argv[i]
+        name = opt.split("=", 1)[0]
+        if name not in _GLOBAL_VALUED:
+            break
+        if "=" in opt or i + 1 >= len(argv):
+            front.append(opt)
+            i += 1
+        else:
+            front += [opt, argv[i + 1]]
+            i += 2
+    if not front or i >= len(argv):
+        return list(argv)
+    rest = list(argv[i:])
+    # after the last word of the command: "stories explain" takes its own words
+    return rest + front
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _options_after_command(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
@@ -225,7 +254,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             "channels": sorted(config.channels) if config else None,
         })
     elif problems:
-        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
             print(p, file=sys.stderr)
     else:
