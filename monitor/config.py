@@ -373,7 +373,11 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Con
     try:
         config = Config.model_validate({**data, "base_dir": base})
     except ValidationError as e:
-        problems += problems_from_validation(e, path, positions)
+        # a value that holds an unset variable is already reported: its validation
+        # error is only a consequence (an empty URL is not a URL)
+        unset = {(p.line, p.column) for p in problems}
+        problems += [p for p in problems_from_validation(e, path, positions)
+                     if (p.line, p.column) not in unset or p.line is None]
         config = None
     if config is not None:
         problems += _file_problems(config, path, positions)

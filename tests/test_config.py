@@ -199,3 +199,19 @@ def test_a_yaml_value_that_cannot_be_built_is_a_config_error(tmp_path: Path) -> 
     p.write_text("feeds: []\nstarted: 2024-02-30\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"config.yaml: invalid YAML: day is out of range"):
         load_config(p)
+
+
+def test_an_unset_variable_is_reported_once(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("feeds: []\nchannels:\n  s: {type: slack, webhook_url: '${NOPE_URL}'}\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, env={})
+    assert len(e.value.problems) == 1, e.value.problems
+    assert "NOPE_URL is not set" in e.value.problems[0].message
+    # a real problem elsewhere in the same file is still reported
+    cfg.write_text("feeds: []\nchannels:\n  s: {type: slack, webhook_url: '${NOPE_URL}'}\n"
+                   "  t: {type: slack, webhook_url: 'ftp://x'}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e2:
+        load_config(cfg, env={})
+    assert len(e2.value.problems) == 2
