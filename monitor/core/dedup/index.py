@@ -8,12 +8,16 @@ How a story is decided (``StoryIndex.add``):
 1. **Exact repeat** → ``Seen``: the same id, the same canonical link, or the same
    normalised title (at least ``min_exact_tokens`` words long) as a story in the window.
 2. **Same story** → ``SameStory``: the story is a TF-IDF vector of its informative title
-   tokens (weight 1) and the tokens its summary's lead adds (``lead_weight``); a cluster
-   is the centroid of its members, a token weighing its count over the members. The
-   score against a cluster is
+   tokens (weight 1) and the tokens its summary's lead adds (``lead_weight``); a long
+   word neither the window nor the background knows is first read as the window's
+   closest spelling (``respell``, rapidfuzz). A cluster is the centroid of its members,
+   a token weighing its count over the members. The score against a cluster is
 
-   ``cosine(story, centroid) + anchor - time``
+   ``cosine + anchor - time - young``
 
+   * ``cosine`` compares two feature groups: titles alone, and title plus lead. Without
+     a lead on either side they are one; otherwise the better of the titles' cosine less
+     ``title_threshold`` and the full one less ``lead_threshold`` counts (``_cosine``).
    * IDF is counted over the window's open clusters (a cluster counts once) and blended
      with a frozen background table (``background.py``, English word frequencies):
      ``idf = ln((N + 1 + N_bg) / (df + df_bg + 1)) + 1``. Without it, a story whose first
@@ -24,25 +28,32 @@ How a story is decided (``StoryIndex.add``):
      most of the cluster's members carry (``anchor_share``), that is rare in the
      background (Zipf below ``anchor_zipf``), that the window uses mostly inside this
      cluster (``anchor_within``), and that the case table calls a name (capitalised in
-     most sentence-case headlines that use it mid-sentence).
+     most sentence-case headlines that use it mid-sentence). An anchor also waives half
+     of ``young``.
    * ``time`` is ``time_penalty`` per day of distance to the cluster's nearest
      ``published`` beyond ``time_grace`` (12 h): nothing finer, so the score does not
      learn the hour of a burst.
+   * ``young`` is ``small_penalty / n`` against a cluster of ``n`` members: a second
+     outlet must match the first closely; a story many outlets carry takes looser wording.
 
-   Candidates come from blocking: the story's ``block_tokens`` rarest tokens, each giving
-   its ``max_posting`` most recently updated clusters; the ``max_candidates`` sharing the
-   most weight are scored in full. The story joins the best when the score reaches
-   ``threshold``.
+   A story must share ``min_shared`` words with the cluster, unless a rare name carries
+   it (``anchor_alone``). Candidates come from blocking: the story's ``block_tokens``
+   rarest tokens, each giving its ``max_posting`` most recently updated clusters; the
+   ``max_candidates`` sharing the most weight are scored in full (``_score``, the one
+   scoring of ``add``, ``decide`` and ``explain``). The story joins the best when the
+   score reaches ``threshold``.
 3. Otherwise → ``New``: the story starts a cluster whose id is the story's id. A near
    miss (best score within ``near_margin`` of the threshold) links the new cluster to
-   that best one: when either grows and the cosine of their centroids reaches
-   ``merge_threshold``, the younger merges into the older, which keeps its id. The
-   decision that caused it lists the absorbed ids in ``merged``; the caller moves their
-   stored stories and alerts (the older cluster's first alert stays the thread).
+   that best one: while either is young (8 members) and then each time it doubles, the
+   cosine of their centroids (less the time penalty between them) is taken, and at
+   ``merge_threshold`` the younger merges into the older (first sighting, then id), which
+   keeps its id. The decision that caused it lists the absorbed ids in ``merged``; the
+   caller moves their stored stories and alerts (the older cluster's first alert stays
+   the thread).
 
-Decisions depend only on the stories added so far and their order; the pipeline adds a
-poll's stories oldest first, and merges make the clusters converge whichever feed of a
-burst is heard first.
+Decisions depend only on the stories added so far and their order. The pipeline adds
+the stories of the polls that reach dedup together in publication order (a dedup round,
+``shell/pipeline.py``), and merges make the clusters converge across rounds.
 """
 
 from __future__ import annotations
