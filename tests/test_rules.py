@@ -278,7 +278,7 @@ def test_missing_directory(tmp_path: Path) -> None:
                 digest: "0 25 * * *"
                 channels: [slack-news]
             """,
-            "r.yaml:4:13: rule \"x\": digest: bad cron line '0 25 * * *': Error validating expression '25': the last value (25) is higher than the maximum value (23); expected 5 fields \"minute hour day month weekday\", e.g. \"0 8 * * *\"",
+            "r.yaml:4:13: rule \"x\": digest: bad cron line '0 25 * * *': hour field '25': Error validating expression '25': the last value (25) is higher than the maximum value (23); expected 5 fields \"minute hour day month weekday\" as crontab reads them (weekday 0 or 7 = Sunday), e.g. \"0 8 * * 1-5\" for 08:00 UTC Monday to Friday",
         ),
         (
             """\
@@ -288,7 +288,7 @@ def test_missing_directory(tmp_path: Path) -> None:
                 digest: "daily"
                 channels: [slack-news]
             """,
-            "r.yaml:4:13: rule \"x\": digest: bad cron line 'daily': Wrong number of fields; got 1, expected 5; expected 5 fields \"minute hour day month weekday\", e.g. \"0 8 * * *\"",
+            "r.yaml:4:13: rule \"x\": digest: bad cron line 'daily': wrong number of fields; got 1, expected 5 (minute hour day-of-month month day-of-week); expected 5 fields \"minute hour day month weekday\" as crontab reads them (weekday 0 or 7 = Sunday), e.g. \"0 8 * * 1-5\" for 08:00 UTC Monday to Friday",
         ),
         (  # bad duration
             """\

@@ -14,7 +14,9 @@ from monitor.core.schedule import (
     initial_poll,
     next_poll,
     parse_retry_after,
+    next_cron,
     unit_hash,
+    validate_cron,
 )
 
 NOW = datetime(2026, 2, 17, 12, 0, 0, tzinfo=UTC)
@@ -249,3 +251,70 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(None, now=NOW) is None
     assert parse_retry_after("tomorrow", now=NOW) is None
     assert parse_retry_after("garbage", now=NOW) is None
+
+
+# --- digests: crontab(5) semantics, time zones -------------------------------------
+
+_SAT = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)  # a Saturday
+
+
+@pytest.mark.parametrize(("expr", "want"), [
+    ("0 8 * * 1-5", datetime(2026, 12, 7, 8, 0, tzinfo=UTC)),   # Monday, not Sunday
+    ("0 8 * * 0", datetime(2026, 12, 6, 8, 0, tzinfo=UTC)),     # 0 is Sunday
+    ("0 8 * * 7", datetime(2026, 12, 6, 8, 0, tzinfo=UTC)),     # and so is 7
+    ("0 8 * * sun", datetime(2026, 12, 6, 8, 0, tzinfo=UTC)),
+    ("0 8 * * 6", datetime(2026, 12, 12, 8, 0, tzinfo=UTC)),    # Saturday 08:00 has passed
+    ("0 10 * * 6", datetime(2026, 12, 5, 10, 0, tzinfo=UTC)),   # Saturday 10:00 has not
+    ("0 8 * * */2", datetime(2026, 12, 6, 8, 0, tzinfo=UTC)),   # sun,tue,thu,sat
+    ("0 8 * * 1/2", datetime(2026, 12, 6, 8, 0, tzinfo=UTC)),   # mon,wed,fri,sun
+    ("0 8 * * 2,4", datetime(2026, 12, 8, 8, 0, tzinfo=UTC)),   # Tuesday
+    ("*/15 * * * *", datetime(2026, 12, 5, 9, 15, tzinfo=UTC)),
+])
+def test_cron_day_of_week_means_what_crontab_means(expr: str, want: datetime) -> None:
+    assert next_cron(expr, _SAT) == want
+
+
+def test_cron_weekdays_fire_monday_to_friday_only() -> None:
+    t, fired = _SAT, []
+    for _ in range(10):
+        nxt = next_cron("0 8 * * 1-5", t)
+        assert nxt is not None
+        fired.append(nxt.strftime("%a"))
+        t = nxt
+    assert fired == ["Mon", "Tue", "Wed", "Thu", "Fri"] * 2
+
+
+def test_cron_day_of_month_or_day_of_week() -> None:
+    # crontab fires when either restricted day field matches: the 1st, and every Monday.
+    t, fired = datetime(2026, 12, 27, tzinfo=UTC), []
+    for _ in range(4):
+        nxt = next_cron("0 8 1 * mon", t)
+        assert nxt is not None
+        fired.append(nxt.date().isoformat())
+        t = nxt
+    assert fired == ["2026-12-28", "2027-01-01", "2027-01-04", "2027-01-11"]
+
+
+def test_cron_in_a_time_zone_across_dst() -> None:
+    # 08:00 in Berlin is 07:00 UTC in winter and 06:00 UTC after the March change.
+    t = datetime(2027, 3, 26, 12, 0, tzinfo=UTC)
+    got = []
+    for _ in range(3):
+        nxt = next_cron("0 8 * * *", t, "Europe/Berlin")
+        assert nxt is not None and nxt.tzinfo is not None
+        got.append(nxt.astimezone(UTC).strftime("%m-%d %H:%M"))
+        t = nxt
+    assert got == ["03-27 07:00", "03-28 06:00", "03-29 06:00"]
+
+
+@pytest.mark.parametrize(("expr", "tz", "why"), [
+    ("0 8 * *", None, "expected 5"),
+    ("0 8 * * 8", None, "0-7"),
+    ("0 8 * * 5-1", None, "backwards"),
+    ("0 8 * * */0", None, "positive"),
+    ("0 8 * * *", "Mars/Base", "IANA"),
+    ("61 8 * * *", None, "minute"),
+])
+def test_invalid_cron_says_why(expr: str, tz: str | None, why: str) -> None:
+    reason = validate_cron(expr, tz)
+    assert reason is not None and why in reason

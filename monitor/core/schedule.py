@@ -175,17 +175,96 @@ def retry_at(
     return now + timedelta(seconds=delay)
 
 
-def validate_cron(expr: str) -> str | None:
-    """None if ``expr`` is a valid 5-field crontab expression, else the reason."""
+_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _crontab_days(field: str) -> set[int]:
+    """The weekdays (0 = Sunday … 6 = Saturday) of a crontab day-of-week field, as
+    crontab(5) reads it: numbers 0–7 (0 and 7 are Sunday), names, ranges, steps, lists."""
+    def day(tok: str) -> int:
+        tok = tok.strip().lower()
+        if tok[:3] in _DOW_NAMES and tok.isalpha():
+            return _DOW_NAMES.index(tok[:3])
+        if not tok.isdigit() or int(tok) > 7:
+            raise ValueError(f"day of week {tok!r}: use 0-7 (0 or 7 = Sunday) or sun..sat")
+        return int(tok)
+
+    days: set[int] = set()
+    for part in field.split(","):
+        rng, _, step_s = part.partition("/")
+        step = 1
+        if step_s:
+            if not step_s.isdigit() or int(step_s) == 0:
+                raise ValueError(f"day of week step {step_s!r}: use a positive number")
+            step = int(step_s)
+        if rng == "*":
+            lo, hi = 0, 6
+        elif "-" in rng:
+            a, _, b = rng.partition("-")
+            lo, hi = day(a), day(b)
+            if hi < lo:
+                raise ValueError(f"day of week range {rng!r} runs backwards")
+        else:
+            lo = hi = day(rng)
+            if step_s:
+                hi = 7 if lo else 6
+        days.update(d % 7 for d in range(lo, hi + 1, step))
+    return days
+
+
+def _triggers(expr: str, tz: str | None) -> list[CronTrigger]:
+    """APScheduler triggers that together fire when the crontab line ``expr`` does.
+
+    APScheduler 3 counts weekdays from Monday = 0, crontab from Sunday = 0 (and 7), so
+    the day-of-week field is translated to names. When both day of month and day of
+    week are restricted, crontab fires when *either* matches (``0 8 1 * mon`` is the
+    1st and every Monday); APScheduler would need both, so that case is two triggers.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5 "
+                         "(minute hour day-of-month month day-of-week)")
+    minute, hour, dom, month, dow = fields
     try:
-        CronTrigger.from_crontab(expr, timezone=UTC)
-    except (ValueError, TypeError) as e:
+        zone = ZoneInfo(tz) if tz else UTC
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown time zone {tz!r}: use an IANA name such as "
+                         "Europe/Berlin") from e
+    days = ",".join(_DOW_NAMES[d] for d in sorted(_crontab_days(dow)))
+
+    for name, value in (("minute", minute), ("hour", hour), ("day of month", dom),
+                        ("month", month)):
+        try:
+            CronTrigger(**{name.replace("day of month", "day"): value}, timezone=zone)
+        except ValueError as e:
+            raise ValueError(f"{name} field {value!r}: {e}") from e
+
+    def trig(day: str, day_of_week: str) -> CronTrigger:
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=day_of_week, timezone=zone)
+
+    if dom.startswith("*") or dow.startswith("*"):
+        return [trig(dom, days if not dow.startswith("*") else "*")]
+    return [trig(dom, "*"), trig("*", days)]
+
+
+def validate_cron(expr: str, tz: str | None = None) -> str | None:
+    """None if ``expr`` is a valid 5-field crontab expression (crontab(5) semantics),
+    else the reason."""
+    try:
+        _triggers(expr, tz)
+    except (ValueError, TypeError, KeyError) as e:
         return str(e)
     return None
 
 
-def next_cron(expr: str, after: datetime) -> datetime | None:
-    """The first fire time of a crontab expression strictly after ``after`` (pure)."""
-    trig = CronTrigger.from_crontab(expr, timezone=UTC)
-    t: datetime | None = trig.get_next_fire_time(None, after + timedelta(microseconds=1))
-    return t
+def next_cron(expr: str, after: datetime, tz: str | None = None) -> datetime | None:
+    """The first fire time of a crontab expression strictly after ``after`` (pure),
+    read as crontab(5) reads it (day of week 0 or 7 = Sunday), in time zone ``tz``
+    (an IANA name; UTC when None). The answer is in UTC."""
+    start = after + timedelta(microseconds=1)
+    times = [t for t in (tr.get_next_fire_time(None, start) for tr in _triggers(expr, tz))
+             if t is not None]
+    return min(times).astimezone(UTC) if times else None

@@ -388,7 +388,7 @@ class _Loader:
         if m.digest is not None:
             why = validate_cron(m.digest)
             if why is not None:
-                self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday", e.g. "0 8 * * *"')
+                self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday" as crontab reads them (weekday 0 or 7 = Sunday), e.g. "0 8 * * 1-5" for 08:00 UTC Monday to Friday')
         if m.window is not None and m.min_sources <= 1:
             self.problem(f, (*where, "window"), f"{label}: window: only makes sense with min_sources: 2 or more")
 
