@@ -19,6 +19,7 @@ from monitor.notify.email import EmailNotifier
 from monitor.notify.file import FileNotifier
 from monitor.notify.ratelimit import RateLimiter
 from monitor.notify.registry import build_notifiers
+from monitor.notify.render import email_subject
 from monitor.notify.slack import SlackNotifier
 from tests.peers.slackserver import SlackServer
 from tests.peers.smtpserver import SMTPServer
@@ -574,3 +575,27 @@ channels:
     log = ns["log"]
     assert isinstance(log, FileNotifier)
     assert log.path == tmp_path.resolve() / "alerts" / "out.jsonl"
+
+
+@pytest.mark.parametrize("title", [
+    "Re: deadline: a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-w-x-y-z",
+    '"q" a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-w-x-y-z Re: Re:',
+    "«quoted» sanctions üüüüüüüüüüüüüüüüüüüüüüüüüüüüüü Witkoff’s",
+    "Trump sets sanctions deadline for Putin as Witkoff heads to Moscow " * 4,
+    "特朗普制裁普京最后期限" * 8,
+    "https://example.com/" + "a" * 120,
+])
+async def test_subject_never_folds_straight_after_the_name(smtp_server: SMTPServer,
+                                                          title: str) -> None:
+    # The standard folder can break the line right after "Subject:" (then clients show
+    # a leading space); the raw bytes the server received show where the fold is.
+    alert = make_alert(title)
+    r = await EmailNotifier("mail", email_cfg(smtp_server)).send(alert)
+    assert isinstance(r, Sent), r
+    got = smtp_server.messages[0]
+    head = got.raw.split(b"\r\n\r\n", 1)[0]
+    line = next(x for x in head.split(b"\r\n") if x.lower().startswith(b"subject:"))
+    assert line[len(b"Subject:"):].startswith(b" ") and line[len(b"Subject: "):].strip(), head
+    assert got.raw.isascii()  # 7-bit on the wire: encoded words, QP/base64 bodies
+    assert str(got.message["Subject"]) == email_subject(alert)
+    assert email_subject(alert).startswith("[HIGH] " + title[:20])

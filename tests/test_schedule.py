@@ -12,9 +12,9 @@ from monitor.core.schedule import (
     RETRY_AFTER_CAP,
     backoff_delay,
     initial_poll,
+    next_cron,
     next_poll,
     parse_retry_after,
-    next_cron,
     unit_hash,
     validate_cron,
 )

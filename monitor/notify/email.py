@@ -183,7 +183,9 @@ class EmailNotifier:
             )
         try:
             errors, _ = await aiosmtplib.send(
-                msg,
+                # flattened here, with the message's own policy (render.MAIL_POLICY:
+                # subjects folded safely, 7-bit bodies), not the library's
+                msg.as_bytes(),
                 sender=cfg.from_,
                 recipients=list(cfg.to),
                 hostname=cfg.host,

@@ -24,13 +24,48 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from email.header import Header
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import EmailPolicy
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from monitor.core.model import Alert
+
+
+class MailPolicy(EmailPolicy):
+    """``email.policy.SMTP`` (CRLF, RFC 2047), with two changes.
+
+    * The Subject is folded by ``email.header.Header``: the standard folder can break
+      the line straight after ``Subject:`` when an early word is long, and many clients
+      then show the subject with a leading space.
+    * ``cte_type`` is ``7bit``: bodies are quoted-printable or base64, so the bytes we
+      hand the SMTP library are plain ASCII and reach any server unchanged, 8BITMIME or
+      not.
+    """
+
+    def _subject(self, name: str, value: str) -> str:
+        text = str(value)
+        charset = "us-ascii" if text.isascii() else "utf-8"
+        folded = Header(text, charset, maxlinelen=self.max_line_length or 78,
+                        header_name=name).encode(linesep=self.linesep)
+        return f"{name}: {folded}{self.linesep}"
+
+    def fold(self, name: str, value: str) -> str:
+        if name.lower() == "subject":
+            return self._subject(name, value)
+        folded: str = super().fold(name, value)
+        return folded
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() == "subject":
+            return self._subject(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+#: The policy every message is built and sent with.
+MAIL_POLICY = MailPolicy(linesep="\r\n", cte_type="7bit")
 
 # Slack limits (https://api.slack.com/reference/block-kit/blocks)
 SECTION_MAX = 3000
@@ -389,7 +424,7 @@ def email_message(
     ``thread_ref`` (the first alert's Message-ID) sets In-Reply-To / References.
     ``date`` is the Date header (the caller's clock; render never reads it).
     """
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=MAIL_POLICY)
     msg["Subject"] = email_subject(alert)
     msg["From"] = clean_line(sender)  # an address: =? may be part of it
     msg["To"] = ", ".join(clean_line(t) for t in to)
@@ -420,7 +455,7 @@ def email_digest(
     """One multipart message listing the stories a digest rule collected."""
     first = alerts[0].match
     n = len(alerts)
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=MAIL_POLICY)
     msg["Subject"] = header_text(
         f"[{first.severity.upper()}] digest {first.rule}: {n} " + ("story" if n == 1 else "stories")
     )

@@ -44,6 +44,8 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     message: EmailMessage
+    raw: bytes = b""  # the DATA exactly as received
+
 
 
 def _free_port() -> int:
@@ -73,7 +75,8 @@ class _Handler:
             assert isinstance(msg, EmailMessage)
             self.server.messages.append(
                 ReceivedMail(
-                    mail_from=envelope.mail_from, rcpt_tos=tuple(envelope.rcpt_tos), message=msg
+                    mail_from=envelope.mail_from, rcpt_tos=tuple(envelope.rcpt_tos), message=msg,
+                    raw=bytes(envelope.original_content or envelope.content),
                 )
             )
         return "250 Message accepted for delivery"
