@@ -182,6 +182,12 @@ class DeliveryConfig(_Model):
     retry_max: Duration = 3600.0
     give_up_after: Duration = 7 * 86400.0  # retryable failures older than this are given up
     batch: int = Field(50, ge=1)
+    # a channel whose due queue is more than its rate can send in this long sends one
+    # summary per rule instead of one message per story (0: never roll up)
+    rollup_after: OptionalDuration = 5.0
+    # an alert still unsent this long after it was queued is not news any more: it goes
+    # into one "while monitor could not deliver" summary instead (0: no limit)
+    max_age: OptionalDuration = 6 * 3600.0
 
 
 class ServerConfig(_Model):

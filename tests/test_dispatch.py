@@ -3,17 +3,21 @@ of updates, a channel removed from the config. Real SQLite store, fixed clock.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from monitor.config import DeliveryConfig, FileChannel, SlackChannel
+from monitor.config import DeliveryConfig, EmailChannel, FileChannel, SlackChannel
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Match, Story
 from monitor.metrics import Metrics
+from monitor.notify.email import EmailNotifier
 from monitor.notify.file import FileNotifier
 from monitor.notify.slack import SlackNotifier
 from monitor.shell.dispatch import Dispatcher
@@ -49,9 +53,10 @@ async def queue(store: SQLiteStore, *ds: Delivery) -> None:
     )
 
 
-def dispatcher(store: SQLiteStore, notifiers: dict[str, Any], clock: Clock) -> Dispatcher:
-    return Dispatcher(store, notifiers, DeliveryConfig(retry_min=10, retry_max=60),
-                      Metrics(), clock)
+def dispatcher(store: SQLiteStore, notifiers: dict[str, Any], clock: Clock,
+               **settings: Any) -> Dispatcher:
+    return Dispatcher(store, notifiers, DeliveryConfig(retry_min=10, retry_max=60, **settings),
+                      Metrics(), clock, rates={ch: 100.0 for ch in notifiers})
 
 
 async def test_429_retry_after_is_honoured(store: SQLiteStore, slack_server: SlackServer) -> None:
@@ -69,7 +74,8 @@ async def test_429_retry_after_is_honoured(store: SQLiteStore, slack_server: Sla
     assert (await dsp.run_once()).sent == 1
     assert len(slack_server.messages) == 1
     (row,) = await store.deliveries()
-    assert row.state == "sent" and row.attempts == 2
+    # a 429 is the channel's pause, not the alert's failure: one attempt counted
+    assert row.state == "sent" and row.attempts == 1
     await dsp.close()
 
 
@@ -97,7 +103,7 @@ async def test_requeued_deliveries_are_retried_from_the_requeue_not_given_up(
     clock = Clock()
     n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
                                             rate=100))
-    dsp = dispatcher(store, {"slack": n}, clock)
+    dsp = dispatcher(store, {"slack": n}, clock, max_age=0)  # (not held back as stale)
     keys = [f"a:s{i}:sanctions:slack" for i in range(3)]
     await queue(store, *(delivery(k, "slack") for k in keys))
     clock.now = T0 + timedelta(days=8)
@@ -111,6 +117,9 @@ async def test_requeued_deliveries_are_retried_from_the_requeue_not_given_up(
     assert (await dsp.run_once()).failed == 1
     assert {d.state for d in await store.deliveries()} == {"failed"}
 
+    # the channel rests retry_min (10 s) after its last failure, requeued or not
+    assert (await dsp.run_once()).retrying == 0
+    clock.now += timedelta(seconds=11)
     slack_server.fail_next(1, status=429, retry_after=30)
     requeued = await store.requeue_failed(clock.now)
     assert len(requeued) == 3
@@ -217,4 +226,164 @@ async def test_a_failed_batch_write_is_retried_whole(store: SQLiteStore,
     clock.now = T0 + timedelta(seconds=61)
     assert (await dsp.run_once()).sent == 4
     assert len((tmp_path / "dir" / "alerts.jsonl").read_text().splitlines()) == 4
+    await dsp.close()
+
+
+# -- channels that never wait on each other, roll-ups, 429 pauses, stale alerts ------------
+
+def story_delivery(i: int, channel: str, *, rule: str = "sanctions",
+                   created: Any = T0) -> Delivery:
+    s = Story(id=f"s{i}", feed="bbc", title=f"Story number {i} about sanctions",
+              link=f"https://example.org/s{i}", published=T0, first_seen=T0)
+    m = Match(rule=rule, severity="high", channels=(channel,), terms=("sanctions",))
+    return Delivery(key=f"a:s{i}:{rule}:{channel}", channel=channel, created=created,
+                    alert=Alert(story=s, match=m, cluster=f"s{i}", sources=1,
+                                source_names=("bbc",)))
+
+
+async def wait_for(cond: Any, what: str, limit: float = 30.0) -> None:
+    """Poll ``cond`` until true; ``limit`` only keeps a broken build from hanging."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not cond():
+        assert loop.time() < end, f"gave up waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_stalled_smtp_server_delays_no_other_channel(
+    store: SQLiteStore, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepts, then never says a word (no 220 greeting)
+
+    smtp = await asyncio.start_server(stall, "127.0.0.1", 0)
+    port = smtp.sockets[0].getsockname()[1]
+    mail = EmailNotifier("mail", EmailChannel.model_validate({
+        "type": "email", "host": "127.0.0.1", "port": port, "security": "none",
+        "from": "monitor@example.org", "to": ["ops@example.org"], "timeout": 120}))
+    slack = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                                rate=1000))
+    out = tmp_path / "alerts.jsonl"
+    audit = FileNotifier("audit", FileChannel(type="file", path=str(out)), tmp_path)
+    dsp = Dispatcher(store, {"mail": mail, "slack": slack, "audit": audit},
+                     DeliveryConfig(rollup_after=0), Metrics(), Clock())
+    await queue(store, *(story_delivery(i, ch) for ch in ("mail", "slack", "audit")
+                         for i in range(20)))
+    wake = asyncio.Event()
+    serving = asyncio.create_task(dsp.serve(wake, tick=0.05))
+    try:
+        await wait_for(lambda: len(slack_server.messages) == 20, "20 Slack messages")
+        await wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 20,
+                       "20 lines in the file channel")
+        assert held, "the email channel is trying its stalled server meanwhile"
+        rows = await store.deliveries(limit=100)
+        assert {r.state for r in rows if r.channel != "mail"} == {"sent"}
+        assert {r.state for r in rows if r.channel == "mail"} == {"pending"}  # none lost
+    finally:
+        dsp.stopping = True
+        wake.set()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await dsp.close()
+        for w in held:
+            w.close()
+        smtp.close()
+
+
+async def test_a_burst_is_rolled_up_per_rule_and_updates_thread_under_it(
+    store: SQLiteStore, slack_server: SlackServer
+) -> None:
+    n = SlackNotifier("slack", SlackChannel(type="slack", token=slack_server.token,
+                                            channel=next(iter(slack_server.channels)),
+                                            base_url=slack_server.api_base_url, rate=2))
+    # rate 2/s, rollup_after 5 s: a queue of more than 10 is rolled up
+    dsp = Dispatcher(store, {"slack": n}, DeliveryConfig(rollup_after=5), Metrics(), Clock())
+    burst = ([story_delivery(i, "slack", rule="sanctions") for i in range(14)]
+             + [story_delivery(100 + i, "slack", rule="ceasefire") for i in range(3)]
+             + [story_delivery(200, "slack", rule="lonely")])
+    await queue(store, *burst)
+    r = await dsp.run_once()
+    assert (r.sent, r.rolled_up, r.retrying, r.failed) == (18, 17, 0, 0)
+    texts = [m["text"] for m in slack_server.messages]
+    assert len(texts) == 3, texts  # two roll-ups and the rule with one story, as itself
+    assert any("sanctions: 14 new stories" in t for t in texts)
+    assert any("ceasefire: 3 new stories" in t for t in texts)
+    rolled = next(m for m in slack_server.messages if "sanctions: 14" in m["text"])
+    blocks = json.dumps(rolled["payload"]["blocks"])
+    assert "Story number 0 about sanctions" in blocks and "https://example.org/s0" in blocks
+    rows = await store.deliveries(limit=100)
+    assert len(rows) == 18 and {r.state for r in rows} == {"sent"}  # nothing dropped
+    # a later update of a rolled-up story threads under the roll-up
+    first = burst[3]
+    await queue(store, Delivery(key=f"u:{first.key}:2", channel="slack", created=T0,
+                                parent_key=first.key,
+                                alert=replace(first.alert, update=True, sources=2,
+                                              source_names=("bbc", "ap"))))
+    assert (await dsp.run_once()).sent == 1
+    assert slack_server.messages[-1]["thread_ts"] == rolled["ts"]
+    await dsp.close()
+
+
+async def test_a_short_queue_is_not_rolled_up(store: SQLiteStore,
+                                              slack_server: SlackServer) -> None:
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=1000))
+    dsp = Dispatcher(store, {"slack": n}, DeliveryConfig(rollup_after=5), Metrics(), Clock(),
+                     rates={"slack": 1.0})  # 5 fit in 5 s at 1/s
+    await queue(store, *(story_delivery(i, "slack") for i in range(5)))
+    r = await dsp.run_once()
+    assert (r.sent, r.rolled_up) == (5, 0)
+    assert len(slack_server.messages) == 5
+    await dsp.close()
+
+
+async def test_a_429_storm_pauses_the_channel_for_exactly_retry_after(
+    store: SQLiteStore, slack_server: SlackServer
+) -> None:
+    """30 answers of 429 with Retry-After: 2 (about a minute of storm): every request
+    comes exactly 2 s after the last, no attempt is counted against the alerts, and
+    everything is delivered once afterwards."""
+    clock = Clock()
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=1000))
+    dsp = dispatcher(store, {"slack": n}, clock, rollup_after=0)
+    await queue(store, *(story_delivery(i, "slack") for i in range(5)))
+    slack_server.fail_next(30, status=429, retry_after=2)
+    rounds = 0
+    while len(slack_server.messages) < 5:
+        r = await dsp.run_once()
+        assert r.failed == 0
+        rounds += 1
+        assert rounds < 100
+        until = dsp.paused_until("slack")
+        if until is not None:
+            assert until == clock.now + timedelta(seconds=2)
+            clock.now = until
+    assert clock.now - T0 == timedelta(seconds=60)  # 30 pauses of exactly 2 s
+    assert slack_server.requests == 35
+    rows = await store.deliveries()
+    assert {(r.state, r.attempts) for r in rows} == {("sent", 1)}
+    assert len({m["text"] for m in slack_server.messages}) == 5  # each story once
+    await dsp.close()
+
+
+async def test_alerts_older_than_max_age_go_as_one_summary(store: SQLiteStore,
+                                                           slack_server: SlackServer) -> None:
+    clock = Clock()
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=1000))
+    dsp = dispatcher(store, {"slack": n}, clock, max_age="6h")
+    await queue(store, *(story_delivery(i, "slack", rule=f"r{i % 2}") for i in range(4)))
+    clock.now = T0 + timedelta(hours=7)  # the channel was down for seven hours
+    await queue(store, story_delivery(9, "slack", created=clock.now))
+    r = await dsp.run_once()
+    assert (r.sent, r.stale, r.failed) == (5, 4, 0)
+    texts = [m["text"] for m in slack_server.messages]
+    assert len(texts) == 2
+    assert any("could not deliver: 4 alerts" in t for t in texts)
+    assert any("Story number 9" in json.dumps(m["payload"]) and "could not" not in m["text"]
+               for m in slack_server.messages)
     await dsp.close()

@@ -76,7 +76,8 @@ def test_updates_only_at_milestones_above_what_the_alert_said() -> None:
 
 
 def test_retry_backoff_honours_retry_after_and_gives_up() -> None:
-    kw = {"retry_min": 30.0, "retry_max": 3600.0, "give_up_after": 86400.0}
+    # (jitter off: test_schedule checks it)
+    kw = {"retry_min": 30.0, "retry_max": 3600.0, "give_up_after": 86400.0, "jitter": 0.0}
     assert retry_at(now=NOW, created=NOW, attempts=1, retry_after=None, **kw) == NOW + timedelta(
         seconds=30)
     assert retry_at(now=NOW, created=NOW, attempts=4, retry_after=None, **kw) == NOW + timedelta(

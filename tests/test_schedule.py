@@ -15,6 +15,7 @@ from monitor.core.schedule import (
     next_cron,
     next_poll,
     parse_retry_after,
+    retry_at,
     unit_hash,
     validate_cron,
 )
@@ -318,3 +319,20 @@ def test_cron_in_a_time_zone_across_dst() -> None:
 def test_invalid_cron_says_why(expr: str, tz: str | None, why: str) -> None:
     reason = validate_cron(expr, tz)
     assert reason is not None and why in reason
+
+
+def test_retry_backoff_has_jitter_derived_from_the_key() -> None:
+    delays = {
+        (retry_at(now=NOW, created=NOW, attempts=3, retry_after=None, retry_min=10,
+                  retry_max=3600, give_up_after=86400, key=f"k{i}") - NOW).total_seconds()
+        for i in range(50)
+    }
+    assert len(delays) > 40  # spread out
+    assert all(32 <= d <= 40 for d in delays)  # 40 s shortened by at most 20 %
+    again = retry_at(now=NOW, created=NOW, attempts=3, retry_after=None, retry_min=10,
+                     retry_max=3600, give_up_after=86400, key="k1")
+    assert again is not None and (again - NOW).total_seconds() in delays  # deterministic
+    # a Retry-After is still a lower bound
+    ra = retry_at(now=NOW, created=NOW, attempts=1, retry_after=100, retry_min=10,
+                  retry_max=3600, give_up_after=86400, key="k1")
+    assert ra == NOW + timedelta(seconds=100)

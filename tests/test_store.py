@@ -498,6 +498,21 @@ async def test_claim_deliveries_due_order_and_lease(store: Store) -> None:
     assert [d.key for d in await store.claim_deliveries(t(30), limit=10, lease_until=t(40))] == ["k1", "later", "k2"]
 
 
+async def test_claim_deliveries_of_one_channel_or_excluding_some(store: Store) -> None:
+    await queue(store, delivery("s1", channel="slack", created=t(1)),
+                delivery("m1", channel="mail", created=t(2)),
+                delivery("s2", channel="slack", created=t(3)),
+                delivery("s2u", channel="slack", created=t(4), parent="s2"),
+                delivery("gone", channel="old", created=t(5)))
+    got = await store.claim_deliveries(t(10), limit=10, lease_until=t(20), channel="slack")
+    assert [d.key for d in got] == ["s1", "s2", "s2u"]
+    assert [d.key for d in await store.claim_deliveries(
+        t(10), limit=10, lease_until=t(20), exclude=["slack", "mail"])] == ["gone"]
+    assert [d.key for d in await store.claim_deliveries(
+        t(10), limit=10, lease_until=t(20), channel="mail", exclude=["slack"])] == ["m1"]
+    assert await store.claim_deliveries(t(10), limit=10, lease_until=t(20)) == []  # all leased
+
+
 async def test_delivery_state_machine(store: Store) -> None:
     [d] = await queue(store, delivery("k"))
     assert d.id is not None

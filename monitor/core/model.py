@@ -203,6 +203,9 @@ class SendFailed:
     reason: str
     retry: bool
     retry_after: float | None = None
+    #: the peer said "too many requests" (HTTP 429): the channel pauses for
+    #: ``retry_after``; the alert itself did not fail and its backoff does not grow
+    rate_limited: bool = False
 
 
 SendResult = Sent | SendFailed

@@ -163,13 +163,18 @@ def retry_at(
     retry_min: float,
     retry_max: float,
     give_up_after: float,
+    key: str = "",
+    jitter: float = 0.2,
 ) -> datetime | None:
     """When to try a failed delivery again (None: give up). ``attempts`` counts the
     attempt that just failed. Exponential backoff from ``retry_min`` capped at
-    ``retry_max``; a peer's Retry-After is a lower bound."""
+    ``retry_max``, shortened by up to ``jitter`` (a fraction, derived from ``key`` and
+    ``attempts``, so deliveries that failed together do not all come back together);
+    a peer's Retry-After is a lower bound."""
     if (now - created).total_seconds() >= give_up_after:
         return None
     delay = min(retry_max, retry_min * (2 ** min(max(0, attempts - 1), 30)))
+    delay *= 1.0 - jitter * unit_hash("retry", key, str(attempts))
     if retry_after is not None:
         delay = max(delay, min(retry_after, 24 * 3600.0))
     return now + timedelta(seconds=delay)

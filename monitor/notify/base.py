@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from monitor.core.model import Alert, SendResult
+from monitor.notify.render import DigestKind
 
 
 @runtime_checkable
@@ -24,9 +25,12 @@ class Notifier(Protocol):
         (Slack: reply in the thread; email: In-Reply-To / References)."""
         ...
 
-    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
-        """Deliver the alerts a digest rule collected as ONE message (``key`` identifies
-        the digest, e.g. for a stable email Message-ID)."""
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str,
+                          kind: DigestKind = "digest") -> SendResult:
+        """Deliver many alerts as ONE message (``key`` identifies it, e.g. for a stable
+        email Message-ID): what a digest rule collected, a roll-up of one rule's alerts
+        when the channel's queue is longer than its rate can send promptly, or the alerts
+        held back while the channel was down (``kind``)."""
         ...
 
     async def close(self) -> None:

@@ -26,7 +26,7 @@ from monitor.config import EmailChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger, scrub
 from monitor.notify.ratelimit import RateLimiter
-from monitor.notify.render import email_digest, email_message, message_key
+from monitor.notify.render import DigestKind, email_digest, email_message, message_key
 
 log = get_logger(__name__)
 
@@ -148,9 +148,11 @@ class EmailNotifier:
         log.info("notify.sent", channel=self.name, kind="email", ref=mid)
         return Sent(ref=mid)
 
-    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str,
+                          kind: DigestKind = "digest") -> SendResult:
         msg = email_digest(
             alerts,
+            kind=kind,
             sender=self.cfg.from_,
             to=self.cfg.to,
             message_id_domain=self.domain,

@@ -14,7 +14,7 @@ from monitor.config import FileChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger
 from monitor.notify.ratelimit import RateLimiter
-from monitor.notify.render import json_line
+from monitor.notify.render import DigestKind, json_line
 
 log = get_logger(__name__)
 
@@ -47,7 +47,8 @@ class FileNotifier:
     async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
         return await self._write(json_line(alert))
 
-    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str,
+                          kind: DigestKind = "digest") -> SendResult:
         """One line per collected alert, written together."""
         return await self._write("\n".join(json_line(a) for a in alerts))
 

@@ -28,7 +28,7 @@ from email.header import Header
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from monitor.core.model import Alert
@@ -298,13 +298,35 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     return {"text": fallback, "blocks": blocks}
 
 
-def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX) -> dict[str, Any]:
-    """One Block Kit message listing the stories a digest rule collected."""
+#: What a message listing many alerts is: a rule's ``digest``, a ``rollup`` (a channel's
+#: queue was longer than its rate could send promptly), or ``stale`` (alerts that could
+#: not be delivered while they were news).
+DigestKind = Literal["digest", "rollup", "stale"]
+
+
+def digest_heading(alerts: Sequence[Alert], kind: DigestKind = "digest") -> str:
+    """The one-line heading of a message listing ``alerts``."""
+    n = len(alerts)
+    stories = "story" if n == 1 else "stories"
+    rule = clean_line(alerts[0].match.rule)
+    if kind == "rollup":
+        return f"{rule}: {n} new {stories}"
+    if kind == "stale":
+        return (f"While monitor could not deliver: {n} "
+                + ("alert" if n == 1 else "alerts") + " held back")
+    return f"Digest · {rule} · {n} {stories}"
+
+
+def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX,
+                 kind: DigestKind = "digest") -> dict[str, Any]:
+    """One Block Kit message listing the stories a digest rule collected (or a roll-up,
+    or the alerts held back while the channel was down: ``kind``)."""
     first = alerts[0].match
     sev = first.severity.lower()
-    emoji = SEVERITY_EMOJI.get(sev, ":bell:")
+    emoji = SEVERITY_EMOJI.get(sev, ":bell:") if kind != "stale" else ":hourglass:"
     n = len(alerts)
-    header = f"{emoji} Digest · {clean_line(first.rule)} · {n} " + ("story" if n == 1 else "stories")
+    heading = digest_heading(alerts, kind)
+    header = f"{emoji} {heading}"
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -316,13 +338,15 @@ def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX) -> dict[st
         meta = f"{clean_line(a.story.feed)} · {published_text(a.story.published)}"
         if a.sources > 1:
             meta += f" · {a.sources} sources"
+        if kind == "stale":
+            meta = f"{clean_line(a.match.rule)} · {meta}"
         line = "• " + slack_link(a.story.link, title, SECTION_MAX - 400)
         blocks.append({"type": "section", "text": _mrkdwn(line)})
         blocks.append({"type": "context", "elements": [_mrkdwn(_slack_fit(meta, CONTEXT_MAX))]})
     if n > limit:
         blocks.append({"type": "context",
                        "elements": [_mrkdwn(f"… and {n - limit} more (see the audit log)")]})
-    fallback = _slack_fit(f"Digest {clean_line(first.rule)}: {n} stories", FALLBACK_MAX)
+    fallback = _slack_fit(heading.replace(" · ", ": ", 1), FALLBACK_MAX)
     return {"text": fallback, "blocks": blocks}
 
 
@@ -451,34 +475,44 @@ def email_digest(
     message_id_domain: str,
     key: str,
     date: datetime | None = None,
+    kind: DigestKind = "digest",
 ) -> EmailMessage:
-    """One multipart message listing the stories a digest rule collected."""
+    """One multipart message listing the stories a digest rule collected (or a roll-up,
+    or the alerts held back while the channel was down: ``kind``)."""
     first = alerts[0].match
     n = len(alerts)
     msg = EmailMessage(policy=MAIL_POLICY)
-    msg["Subject"] = header_text(
-        f"[{first.severity.upper()}] digest {first.rule}: {n} " + ("story" if n == 1 else "stories")
-    )
+    heading = digest_heading(alerts, kind)
+    if kind == "digest":
+        subject = (f"[{first.severity.upper()}] digest {first.rule}: {n} "
+                   + ("story" if n == 1 else "stories"))
+    else:
+        subject = f"[{first.severity.upper()}] {heading}"
+    msg["Subject"] = header_text(subject)
     msg["From"] = clean_line(sender)  # an address: =? may be part of it
     msg["To"] = ", ".join(clean_line(t) for t in to)
     msg["Message-ID"] = message_id(key, message_id_domain)
     if date is not None:
         msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
     msg["X-Monitor-Rule"] = header_text(first.rule)
-    text_lines = [f"Digest of rule {clean_line(first.rule)}: {n} stories", ""]
+    title_line = (f"Digest of rule {clean_line(first.rule)}: {n} stories" if kind == "digest"
+                  else heading)
+    text_lines = [title_line, ""]
     items = []
     for a in alerts:
         title = clean_line(a.story.title) or "(untitled)"
         when = published_text(a.story.published)
-        text_lines += [f"- {title}", f"  {a.story.feed}, {when}", f"  {a.story.link}", ""]
+        where = f"{a.story.feed}, {when}"
+        if kind == "stale":
+            where = f"{clean_line(a.match.rule)}: {where}"
+        text_lines += [f"- {title}", f"  {where}", f"  {a.story.link}", ""]
         url = safe_url(a.story.link)
         head = (f'<a href="{html.escape(url, quote=True)}">{html.escape(title)}</a>' if url
                 else html.escape(title))
-        items.append(f"<li>{head}<br><small>{html.escape(clean_line(a.story.feed))}, "
-                     f"{html.escape(when)}</small></li>")
+        items.append(f"<li>{head}<br><small>{html.escape(clean_line(where))}</small></li>")
     msg.set_content("\n".join(text_lines))
     msg.add_alternative(
-        f"<html><body><h3>Digest of rule {html.escape(clean_line(first.rule))}: {n} stories</h3>"
+        f"<html><body><h3>{html.escape(title_line)}</h3>"
         f"<ul>{''.join(items)}</ul></body></html>",
         subtype="html",
     )

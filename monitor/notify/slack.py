@@ -30,7 +30,7 @@ from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger, scrub
 from monitor.notify.ratelimit import RateLimiter
-from monitor.notify.render import slack_digest, slack_message
+from monitor.notify.render import DigestKind, slack_digest, slack_message
 
 log = get_logger(__name__)
 
@@ -130,8 +130,9 @@ class SlackNotifier:
     async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
         return await self._post(slack_message(alert), thread_ref if alert.update else None)
 
-    async def send_digest(self, alerts: Sequence[Alert], *, key: str) -> SendResult:
-        return await self._post(slack_digest(alerts), None)
+    async def send_digest(self, alerts: Sequence[Alert], *, key: str,
+                          kind: DigestKind = "digest") -> SendResult:
+        return await self._post(slack_digest(alerts, kind=kind), None)
 
     async def _post(self, payload: dict[str, Any], thread_ts: str | None) -> SendResult:
         await self.limiter.acquire()
@@ -176,7 +177,8 @@ class SlackNotifier:
         reason = self._scrub(f"slack webhook: HTTP {status}: {body[:200]}")
         if status == 429:
             return SendFailed(
-                reason=reason, retry=True, retry_after=parse_retry_after(_header(resp.headers), now=datetime.now(UTC))
+                reason=reason, retry=True, retry_after=parse_retry_after(_header(resp.headers), now=datetime.now(UTC)),
+                rate_limited=True,
             )
         return SendFailed(reason=reason, retry=status >= 500 or status == 408)
 
@@ -209,7 +211,8 @@ class SlackNotifier:
         if status == 429 or error == "ratelimited":
             headers = getattr(resp, "headers", None) or {}
             return SendFailed(
-                reason=reason, retry=True, retry_after=parse_retry_after(_header(headers), now=datetime.now(UTC))
+                reason=reason, retry=True, retry_after=parse_retry_after(_header(headers), now=datetime.now(UTC)),
+                rate_limited=True,
             )
         if status >= 500 or error in TRANSIENT_ERRORS:
             return SendFailed(reason=reason, retry=True)

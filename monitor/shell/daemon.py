@@ -238,7 +238,7 @@ class Runtime:
             self.dispatcher = Dispatcher(
                 self.store, notifiers, cfg.delivery, self.metrics, self.clock,
                 on_sent=self._sent,
-                min_rate=min((ch.rate for ch in cfg.channels.values()), default=1.0),
+                rates={name: ch.rate for name, ch in cfg.channels.items()},
             )
             self._stack.push_async_callback(self.dispatcher.close)
             await sync_feeds(self.store, cfg.feed_specs(), now)
@@ -524,15 +524,9 @@ class Daemon:
                  outbox_pending=pending, **results)
 
     async def _dispatch_loop(self) -> None:
+        """One loop per channel (``Dispatcher.serve``), woken when a poll queues."""
         assert self.rt is not None
-        while not self.rt.dispatcher.stopping:
-            try:
-                await self.rt.drain()
-            except Exception as e:  # the store hiccuped: try again shortly
-                log.error("dispatch.error", error=repr(e))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_dispatch.wait(), timeout=self.tick)
-            self._wake_dispatch.clear()
+        await self.rt.dispatcher.serve(self._wake_dispatch, self.tick)
 
     async def _prune(self) -> None:
         assert self.rt is not None

@@ -1,14 +1,24 @@
 """The outbox worker: claim due deliveries, send them, record the outcome.
 
-A delivery is marked sent only after the peer accepted it. A transient failure (a 429,
-a 5xx, SMTP down) is retried with backoff, honouring Retry-After; a permanent one (bad
-token, rejected recipient) is marked failed and logged for the operator. Channels are
-independent: a dead SMTP server never holds up Slack.
+A delivery is marked sent only after the peer accepted it. A transient failure (a 5xx,
+SMTP down) is retried with backoff (with jitter), honouring Retry-After; a permanent one
+(bad token, rejected recipient) is marked failed and logged for the operator.
+
+Channels are independent: each has its own loop (``serve``), claims only its own
+deliveries and sends at its own pace, so a slow or failing channel never delays another.
+A 429 pauses its channel for exactly the Retry-After, without counting against the alert.
+When a channel's due queue is longer than its rate can send within
+``delivery.rollup_after``, each rule's alerts go as one summary ("rule: 14 new stories");
+alerts that waited longer than ``delivery.max_age`` (an outage) go as one "while monitor
+could not deliver" summary instead of as breaking news. Nothing is dropped: rolled-up and
+held-back alerts are marked sent with the summary's reference, and their updates thread
+under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -20,24 +30,41 @@ from monitor.core.schedule import next_cron, retry_at
 from monitor.log import get_logger, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import BatchNotifier, Notifier
+from monitor.notify.render import DigestKind
 from monitor.store.base import Store
 
 log = get_logger(__name__)
 
 LEASE = timedelta(minutes=5)
+#: A roll-up claims at most this many deliveries of one channel at once.
+ROLLUP_CLAIM_MAX = 1000
+#: How often ``serve`` looks for deliveries of channels no longer configured.
+STRAYS_EVERY = 60.0
+#: A 429 without a usable Retry-After pauses its channel this long.
+DEFAULT_PAUSE = 1.0
+
+
+def _rate_of(notifier: Notifier) -> float:
+    limiter = getattr(notifier, "limiter", None)
+    rate = getattr(limiter, "rate", None)
+    return float(rate) if isinstance(rate, (int, float)) and rate > 0 else 1.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DispatchResult:
-    sent: int = 0
+    sent: int = 0  # deliveries accounted as delivered (rolled up and held back included)
     retrying: int = 0
     failed: int = 0
+    rolled_up: int = 0  # of ``sent``: in a per-rule roll-up summary
+    stale: int = 0  # of ``sent``: in a "while monitor could not deliver" summary
 
     def __add__(self, other: DispatchResult) -> DispatchResult:
         return DispatchResult(
             sent=self.sent + other.sent,
             retrying=self.retrying + other.retrying,
             failed=self.failed + other.failed,
+            rolled_up=self.rolled_up + other.rolled_up,
+            stale=self.stale + other.stale,
         )
 
 
@@ -50,7 +77,7 @@ class Dispatcher:
         metrics: Metrics,
         clock: Callable[[], datetime],
         on_sent: Callable[[Delivery], None] | None = None,
-        min_rate: float = 1.0,
+        rates: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
         self.notifiers = dict(notifiers)
@@ -58,52 +85,157 @@ class Dispatcher:
         self.metrics = metrics
         self.clock = clock
         self.on_sent = on_sent
+        # channel → messages per second: given, else the notifier's own pace
+        self.rates = {ch: _rate_of(n) for ch, n in self.notifiers.items()}
+        self.rates.update(rates or {})
         self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
-        # a claim must outlive sending a whole batch at the slowest channel's pace
-        self.lease = max(LEASE, timedelta(seconds=2 * settings.batch / min_rate))
-        self._blocked: dict[str, datetime] = {}  # channel → retry time, for this round
-        self._lock = asyncio.Lock()
+        self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # -- pacing ----------------------------------------------------------------------
+
+    def rollup_threshold(self, channel: str) -> int | None:
+        """More due deliveries than this (what the channel's rate sends within
+        ``rollup_after``) and a channel rolls each rule's alerts up; None: never."""
+        if self.settings.rollup_after <= 0:
+            return None
+        return max(1, int(self.rates.get(channel, 1.0) * self.settings.rollup_after))
+
+    def _claim_limit(self, channel: str) -> int:
+        # enough to see a queue longer than the roll-up threshold, where one can be seen
+        threshold = self.rollup_threshold(channel)
+        if threshold is None or threshold >= ROLLUP_CLAIM_MAX:
+            return self.settings.batch
+        return max(self.settings.batch, threshold + 1)
+
+    def _lease(self, channel: str, n: int) -> timedelta:
+        # a claim must outlive sending the whole claim at the channel's pace
+        return max(LEASE, timedelta(seconds=2 * n / max(self.rates.get(channel, 1.0), 1e-3)))
+
+    def paused_until(self, channel: str) -> datetime | None:
+        until = self._paused.get(channel)
+        return until if until is not None and until > self.clock() else None
+
+    def _pause(self, channel: str, until: datetime) -> None:
+        self._paused[channel] = max(until, self._paused.get(channel, until))
+
+    # -- rounds ----------------------------------------------------------------------
 
     async def run_once(self) -> DispatchResult:
-        """Send everything due now (in batches) and return what happened."""
+        """Send everything due now, every channel at once, and return what happened. A
+        paused channel (429) keeps its deliveries for later."""
+        results = await asyncio.gather(
+            *(self.drain_channel(ch) for ch in self.notifiers), self._drain_strays(),
+            return_exceptions=True,
+        )
         total = DispatchResult()
-        async with self._lock:  # one dispatch round at a time per process
-            self._blocked.clear()
+        for r in results:
+            if isinstance(r, DispatchResult):
+                total = total + r
+            elif isinstance(r, BaseException):
+                # the store failed mid-round: what was claimed and not marked is retried
+                # after its lease; say so, and let the next round try again
+                log.error("dispatch.store_error", error=scrub(repr(r)))
+        await self._gauge()
+        return total
+
+    async def serve(self, wake: asyncio.Event, tick: float = 1.0) -> None:
+        """``monitor run``: one loop per channel until ``stopping``. ``wake`` (set when
+        a poll queued deliveries) wakes every channel; a channel also looks every
+        ``tick`` seconds for retries that came due."""
+        events = {ch: asyncio.Event() for ch in self.notifiers}
+
+        async def pump() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                for ev in events.values():
+                    ev.set()
+
+        async def channel_loop(channel: str, ev: asyncio.Event) -> None:
+            while not self.stopping:
+                try:
+                    r = await self.drain_channel(channel)
+                    if r != DispatchResult():
+                        await self._gauge()
+                except Exception as e:  # the store hiccuped: try again shortly
+                    log.error("dispatch.error", channel=channel, error=scrub(repr(e)))
+                timeout = tick
+                until = self.paused_until(channel)
+                if until is not None:
+                    timeout = min(tick, max(0.01, (until - self.clock()).total_seconds()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), timeout=timeout)
+                ev.clear()
+
+        async def strays() -> None:
+            while not self.stopping:
+                try:
+                    await self._drain_strays()
+                except Exception as e:
+                    log.error("dispatch.error", error=scrub(repr(e)))
+                await asyncio.sleep(STRAYS_EVERY)
+
+        helpers = [asyncio.create_task(pump(), name="dispatch-wake"),
+                   asyncio.create_task(strays(), name="dispatch-strays")]
+        try:
+            await asyncio.gather(*(channel_loop(ch, ev) for ch, ev in events.items()))
+        finally:
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def drain_channel(self, channel: str) -> DispatchResult:
+        """Claim and send ``channel``'s due deliveries until none is due, it is paused,
+        or the dispatcher stops. One round per channel at a time."""
+        total = DispatchResult()
+        async with self._locks[channel]:
             while not self.stopping:
                 now = self.clock()
+                if self.paused_until(channel) is not None:
+                    break
+                limit = self._claim_limit(channel)
                 batch = await self.store.claim_deliveries(
-                    now, limit=self.settings.batch, lease_until=now + self.lease
+                    now, limit=limit, lease_until=now + self._lease(channel, limit),
+                    channel=channel,
                 )
                 if not batch:
                     break
-                by_channel: dict[str, list[Delivery]] = defaultdict(list)
-                for d in batch:
-                    by_channel[d.channel].append(d)
-                results = await asyncio.gather(
-                    *(self._send_channel(ch, ds) for ch, ds in by_channel.items()),
-                    return_exceptions=True,
-                )
-                failed = [r for r in results if isinstance(r, BaseException)]
-                for r in results:
-                    if isinstance(r, DispatchResult):
-                        total = total + r
-                if failed:
-                    # the store failed mid-batch: what was claimed and not marked is retried
-                    # after its lease; say so, and let the next round try again
-                    for e in failed:
-                        log.error("dispatch.store_error", error=scrub(repr(e)))
+                total = total + await self._send_channel(channel, batch)
+                if len(batch) < limit:
                     break
-                if len(batch) < self.settings.batch:
-                    break
-            self.metrics.outbox_pending.set(await self.store.count_pending())
         return total
 
+    async def _drain_strays(self) -> DispatchResult:
+        """Deliveries queued for a channel that is no longer configured: failed, said."""
+        now = self.clock()
+        batch = await self.store.claim_deliveries(
+            now, limit=self.settings.batch, lease_until=now + LEASE, exclude=list(self.notifiers))
+        for d in batch:
+            assert d.id is not None
+            await self.store.mark_failed(
+                d.id, now, f"channel {d.channel!r} is not configured any more", None)
+            self.metrics.deliveries.labels(d.channel, "failed").inc()
+            log.error("delivery.failed", channel=d.channel, key=d.key,
+                      error="channel not configured")
+        return DispatchResult(failed=len(batch))
+
+    async def _gauge(self) -> None:
+        self.metrics.outbox_pending.set(await self.store.count_pending())
+
+    # -- one channel's claim ---------------------------------------------------------
+
     async def _send_channel(self, channel: str, deliveries: list[Delivery]) -> DispatchResult:
-        """Deliveries of one channel, in order (the notifier paces them to its rate).
-        After a transient failure the channel's other deliveries of this round wait too
-        (the peer is unwell): they are given back, not tried."""
+        """Deliveries of one channel, in order (the notifier paces them to its rate):
+        digests, then what waited too long, then roll-ups, then one message each. After
+        a 429 or a transient failure the channel pauses: the rest is given back."""
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
+        if notifier is None:  # removed by a reload since the claim
+            for d in deliveries:
+                if d.id is not None:
+                    await self.store.release(d.id, self.clock())
+            return result
         digests: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             if d.alert.match.digest and not self.stopping:
@@ -112,35 +244,30 @@ class Dispatcher:
             deliveries = [d for d in deliveries if not d.alert.match.digest]
             for group in digests.values():
                 result = result + await self._send_digest(channel, notifier, group)
+        refs: dict[str, str] = {}  # parents sent in this claim: key → ref, for threading
+        deliveries, res = await self._summaries(channel, notifier, deliveries, refs)
+        result = result + res
         if (
             isinstance(notifier, BatchNotifier)
             and len(deliveries) > 1
             and not self.stopping
-            and channel not in self._blocked
+            and self.paused_until(channel) is None
         ):
             return result + await self._send_batch(channel, notifier, deliveries)
-        refs: dict[str, str] = {}  # parents sent in this batch: key → ref, for threading
         for d in deliveries:
+            assert d.id is not None
             if self.stopping:
-                assert d.id is not None
                 await self.store.release(d.id, self.clock())  # due again at the next start
+                continue
+            until = self.paused_until(channel)
+            if until is not None:
+                await self.store.release(d.id, until)
+                result = result + DispatchResult(retrying=1)
                 continue
             if d.parent_key and d.thread_ref is None and d.parent_key in refs:
                 d = replace(d, thread_ref=refs[d.parent_key])
-            assert d.id is not None
-            if notifier is None:
-                await self.store.mark_failed(
-                    d.id, self.clock(), f"channel {channel!r} is not configured any more", None
-                )
-                log.error("delivery.failed", channel=channel, key=d.key,
-                          error="channel not configured")
-                result = result + DispatchResult(failed=1)
-                continue
-            blocked = self._blocked.get(channel)
-            if blocked is not None:
-                await self.store.release(d.id, blocked)
-                result = result + DispatchResult(retrying=1)
-                continue
+            did = d.id
+            assert did is not None
             try:
                 outcome = await notifier.send(d.alert, thread_ref=d.thread_ref)
             except Exception as e:  # a notifier bug must not lose the delivery
@@ -148,7 +275,7 @@ class Dispatcher:
                 outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
             now = self.clock()
             if isinstance(outcome, Sent):
-                await self.store.mark_sent(d.id, now, outcome.ref)
+                await self.store.mark_sent(did, now, outcome.ref)
                 if outcome.ref:
                     refs[d.key] = outcome.ref
                 self.metrics.deliveries.labels(channel, "sent").inc()
@@ -158,6 +285,72 @@ class Dispatcher:
                     self.on_sent(d)
                 result = result + DispatchResult(sent=1)
                 continue
+            result = result + await self._failed(channel, d, outcome, now)
+        return result
+
+    async def _summaries(
+        self, channel: str, notifier: Notifier, deliveries: list[Delivery],
+        refs: dict[str, str],
+    ) -> tuple[list[Delivery], DispatchResult]:
+        """Send what waited past ``max_age`` as one summary, and, when the claim is more
+        than the channel's rate sends within ``rollup_after``, each rule's alerts as one
+        summary. Returns the deliveries still to send one by one."""
+        result = DispatchResult()
+        now = self.clock()
+        max_age = self.settings.max_age
+        if max_age > 0 and not self.stopping:
+            cutoff = now - timedelta(seconds=max_age)
+            stale = [d for d in deliveries if max(d.created, d.requeued or d.created) < cutoff]
+            if stale:
+                deliveries = [d for d in deliveries if d not in stale]
+                result = result + await self._send_summary(channel, notifier, stale, "stale",
+                                                           refs)
+        threshold = self.rollup_threshold(channel)
+        firsts = [d for d in deliveries if not d.alert.update]
+        if threshold is None or len(firsts) <= threshold or self.stopping:
+            return deliveries, result
+        by_rule: dict[str, list[Delivery]] = defaultdict(list)
+        for d in firsts:
+            by_rule[d.alert.match.rule].append(d)
+        rolled: set[str] = set()
+        for group in by_rule.values():
+            if len(group) < 2 or self.paused_until(channel) is not None:
+                continue
+            r = await self._send_summary(channel, notifier, group, "rollup", refs)
+            result = result + r
+            if r.sent:
+                rolled.update(d.key for d in group)
+        return [d for d in deliveries if d.key not in rolled], result
+
+    async def _send_summary(
+        self, channel: str, notifier: Notifier, group: list[Delivery], kind: DigestKind,
+        refs: dict[str, str],
+    ) -> DispatchResult:
+        """One message for ``group`` (a roll-up or held-back alerts); all or nothing."""
+        ids = [d.id for d in group if d.id is not None]
+        key = f"{kind}:{channel}:{min(ids)}"
+        try:
+            outcome = await notifier.send_digest([d.alert for d in group], key=key, kind=kind)
+        except Exception as e:  # a notifier bug must not lose the deliveries
+            log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
+            outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+        now = self.clock()
+        if isinstance(outcome, Sent):
+            await self.store.mark_sent_many(ids, now, outcome.ref)
+            self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
+            rules = sorted({d.alert.match.rule for d in group})
+            log.info(f"{kind}.sent", channel=channel, rule=",".join(rules)[:200],
+                     alerts=len(ids))
+            for d in group:
+                if outcome.ref:
+                    refs[d.key] = outcome.ref
+                if self.on_sent:
+                    self.on_sent(d)
+            n = len(ids)
+            return DispatchResult(sent=n, rolled_up=n if kind == "rollup" else 0,
+                                  stale=n if kind == "stale" else 0)
+        result = DispatchResult()
+        for d in group:
             result = result + await self._failed(channel, d, outcome, now)
         return result
 
@@ -190,9 +383,19 @@ class Dispatcher:
     async def _failed(
         self, channel: str, d: Delivery, outcome: SendFailed, now: datetime
     ) -> DispatchResult:
-        """Record a failed attempt: retried later (the channel's other deliveries then
-        wait for this round) or given up."""
+        """Record a failed attempt. A 429 is not the alert's failure: the channel pauses
+        for the Retry-After and the delivery is given back as it was. Otherwise it is
+        retried later (and the channel pauses until then: the peer is unwell) or given
+        up."""
         assert d.id is not None
+        if outcome.rate_limited:
+            until = now + timedelta(seconds=outcome.retry_after or DEFAULT_PAUSE)
+            self._pause(channel, until)
+            await self.store.release(d.id, until)
+            self.metrics.deliveries.labels(channel, "rate_limited").inc()
+            log.info("channel.paused", channel=channel, seconds=outcome.retry_after,
+                     reason=outcome.reason, until=until.isoformat())
+            return DispatchResult(retrying=1)
         nxt = (
             retry_at(
                 now=now,
@@ -202,6 +405,7 @@ class Dispatcher:
                 retry_min=self.settings.retry_min,
                 retry_max=self.settings.retry_max,
                 give_up_after=self.settings.give_up_after,
+                key=d.key,
             )
             if outcome.retry
             else None
@@ -209,10 +413,9 @@ class Dispatcher:
         await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
         if nxt is None:
             if outcome.retry:  # given up for its age, but the peer is struggling right now:
-                # the channel's other deliveries wait for this round all the same
+                # the channel's other deliveries wait a little all the same
                 wait = max(self.settings.retry_min, outcome.retry_after or 0.0)
-                until = now + timedelta(seconds=wait)
-                self._blocked[channel] = min(until, self._blocked.get(channel, until))
+                self._pause(channel, now + timedelta(seconds=wait))
             self.metrics.deliveries.labels(channel, "failed").inc()
             log.error("delivery.failed", channel=channel, rule=d.alert.match.rule,
                       story=d.alert.story.id, error=outcome.reason,
@@ -222,7 +425,7 @@ class Dispatcher:
         log.warning("delivery.retry", channel=channel, rule=d.alert.match.rule,
                     error=outcome.reason, attempts=d.attempts + 1,
                     next_attempt=nxt.isoformat())
-        self._blocked[channel] = min(nxt, self._blocked.get(channel, nxt))
+        self._pause(channel, nxt)
         return DispatchResult(retrying=1)
 
     async def _send_digest(
@@ -248,6 +451,14 @@ class Dispatcher:
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
             log.info("digest.sent", channel=channel, rule=rule, stories=len(ids))
             return DispatchResult(sent=len(ids))
+        if outcome.rate_limited:
+            until = now + timedelta(seconds=outcome.retry_after or DEFAULT_PAUSE)
+            self._pause(channel, until)
+            for i in ids:
+                await self.store.release(i, until)
+            log.info("channel.paused", channel=channel, seconds=outcome.retry_after,
+                     reason=outcome.reason, until=until.isoformat())
+            return DispatchResult(retrying=len(ids))
         first = group[0]
         # a digest's delivery starts when it fires, not when its first story matched
         fired = next_cron(first.alert.match.digest or "", first.created) or first.created
@@ -256,9 +467,11 @@ class Dispatcher:
             retry_at(now=now, created=fired, attempts=first.attempts + 1,
                      retry_after=outcome.retry_after, retry_min=self.settings.retry_min,
                      retry_max=self.settings.retry_max,
-                     give_up_after=self.settings.give_up_after)
+                     give_up_after=self.settings.give_up_after, key=key)
             if outcome.retry else None
         )
+        if nxt is not None:
+            self._pause(channel, nxt)
         for i in ids:
             await self.store.mark_failed(i, now, scrub(outcome.reason), nxt)
         log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),

@@ -147,9 +147,13 @@ class Store(Protocol):
 
     # -- outbox -------------------------------------------------------------------------
     async def claim_deliveries(
-        self, now: datetime, *, limit: int, lease_until: datetime
+        self, now: datetime, *, limit: int, lease_until: datetime,
+        channel: str | None = None, exclude: Sequence[str] = (),
     ) -> list[Delivery]:
-        """Pending deliveries due at ``now`` (``next_attempt <= now``), oldest first.
+        """Pending deliveries due at ``now`` (``next_attempt <= now``), oldest first;
+        only ``channel``'s when it is given, and none of the channels in ``exclude``
+        (each channel is dispatched on its own; ``exclude`` finds the deliveries of
+        channels that are no longer configured).
 
         Claimed rows get ``next_attempt = lease_until`` so a crash mid-send retries them
         after the lease (at-least-once towards the peer, exactly-once when it answered).

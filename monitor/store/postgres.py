@@ -536,16 +536,19 @@ class PostgresStore:
     # -- outbox ---------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, now: datetime, *, limit: int, lease_until: datetime
+        self, now: datetime, *, limit: int, lease_until: datetime,
+        channel: str | None = None, exclude: Sequence[str] = (),
     ) -> list[Delivery]:
         if limit <= 0:
             return []
         lease = utc(lease_until)
+        # $4: one channel or NULL for any; $5: channels left out
+        which = " AND ($4::text IS NULL OR channel = $4) AND NOT (channel = ANY($5::text[]))"
         async with self._con("claim_deliveries") as con:
             rows = await con.fetch(
                 "WITH due AS ("
                 " SELECT id, key, parent_key FROM deliveries c"
-                " WHERE state = 'pending' AND next_attempt <= $1"
+                " WHERE state = 'pending' AND next_attempt <= $1" + which +
                 # an update waits for an alert that is waiting to be retried, so that it
                 # can be threaded under it (a due alert comes first in the same batch)
                 " AND NOT EXISTS (SELECT 1 FROM deliveries p"
@@ -569,6 +572,8 @@ class PostgresStore:
                 utc(now),
                 limit,
                 lease,
+                channel,
+                list(exclude),
             )
             return parents_first([
                 delivery_from_row(r, created=r["created"], next_attempt=lease,

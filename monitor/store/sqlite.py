@@ -587,8 +587,16 @@ class SQLiteStore:
     # -- outbox ---------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, now: datetime, *, limit: int, lease_until: datetime
+        self, now: datetime, *, limit: int, lease_until: datetime,
+        channel: str | None = None, exclude: Sequence[str] = (),
     ) -> list[Delivery]:
+        which, args = "", []
+        if channel is not None:
+            which, args = "AND d.channel = ? ", [channel]
+        if exclude:
+            which += f"AND d.channel NOT IN ({_marks(len(exclude))}) "
+            args += list(exclude)
+
         def work(con: sqlite3.Connection) -> list[Delivery]:
             if limit <= 0:
                 return []
@@ -598,7 +606,7 @@ class SQLiteStore:
                     "d.requeued, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
                     "p.state = 'pending' AS parent_pending "
                     "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
-                    "WHERE d.state = 'pending' AND d.next_attempt <= ? "
+                    "WHERE d.state = 'pending' AND d.next_attempt <= ? " + which +
                     # an update waits for an alert that is waiting to be retried, so that it
                     # can be threaded under it (a due alert comes first in the same batch)
                     "AND (p.state IS NULL OR p.state <> 'pending' OR p.next_attempt <= ?) "
@@ -606,7 +614,7 @@ class SQLiteStore:
                     # holds the update holds the alert too
                     "ORDER BY COALESCE(CASE WHEN p.state = 'pending' THEN p.created END, "
                     "d.created), p.state = 'pending', d.id LIMIT ?",
-                    (dt_to_text(now), dt_to_text(now), limit),
+                    (dt_to_text(now), *args, dt_to_text(now), limit),
                 ).fetchall()
                 keys = {r["key"] for r in rows}
                 rows = [r for r in rows if not r["parent_pending"] or r["parent_key"] in keys]
