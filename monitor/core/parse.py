@@ -17,8 +17,8 @@ Outcomes:
 * "bozo" feed (broken XML, wrong encoding declaration …) that still yields entries →
   stories plus ``problem`` = a readable reason such as
   ``"not well-formed XML at line 3, column 2: mismatched tag"``;
-* bozo with no entries, an empty body, or a document that is not RSS/Atom/RDF →
-  ``ParsedFeed(failed=True, problem=...)``; an HTML page (a site's home page, a login
+* bozo with no entries (or only empty ones), an empty body, or a document that is not
+  RSS/Atom/RDF → ``ParsedFeed(failed=True, problem=...)``; an HTML page (a site's home page, a login
   or error page) says so first: ``"not a feed: got an HTML page (served as text/html);
   is the URL the feed's own …?"``.
 
@@ -203,4 +203,8 @@ def parse_feed(
         if story is not None and story.id not in seen:  # a repeated guid: first one wins
             seen.add(story.id)
             stories.append(story)
+    if problem and not stories:
+        # broken XML whose recovered entries were all empty: nothing usable came out,
+        # which is a failure like a bozo feed with no entries, not a quiet success
+        return ParsedFeed(title=title, link=link, stories=(), problem=problem, failed=True)
     return ParsedFeed(title=title, link=link, stories=tuple(stories), problem=problem)
