@@ -17,8 +17,10 @@ Outcomes:
 * "bozo" feed (broken XML, wrong encoding declaration …) that still yields entries →
   stories plus ``problem`` = a readable reason such as
   ``"not well-formed XML at line 3, column 2: mismatched tag"``;
-* bozo with no entries, an empty body, or a document that is not RSS/Atom/RDF →
-  ``ParsedFeed(failed=True, problem=...)``.
+* bozo with no entries (or only empty ones), an empty body, or a document that is not
+  RSS/Atom/RDF → ``ParsedFeed(failed=True, problem=...)``; an HTML page (a site's home page, a login
+  or error page) says so first: ``"not a feed: got an HTML page (served as text/html);
+  is the URL the feed's own …?"``.
 
 ``parse_feed`` is a top-level function with plain, picklable arguments and result, so
 the daemon may run it in a ``ProcessPoolExecutor`` or in threads. It never raises for
@@ -95,6 +97,14 @@ def _looks_like_html(body: bytes, headers: Mapping[str, str]) -> bool:
         return True
     ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     return ctype in ("text/html", "application/xhtml+xml")
+
+
+def _html_problem(headers: Mapping[str, str]) -> str:
+    """The problem of an HTML page where a feed was expected: said first, with the hint."""
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    served = f" (served as {ctype})" if ctype and ctype != "application/xml" else ""
+    return (f"not a feed: got an HTML page{served}; is the URL the feed's own "
+            "(often …/feed, …/rss or …/atom.xml)?")
 
 
 def describe_bozo(exc: BaseException | None, *, line_offset: int = 0) -> str:
@@ -177,10 +187,9 @@ def parse_feed(
 
     if not entries:
         if problem or not result.get("version"):
-            problem = problem or "not an RSS, Atom or RDF feed (no feed root element found)"
             if _looks_like_html(body, hdrs):
-                problem += ("; the server sent an HTML page, not a feed: is the URL the "
-                            "feed's own (often …/feed, …/rss or …/atom.xml)?")
+                problem = _html_problem(hdrs)  # the XML parser's complaint is noise here
+            problem = problem or "not an RSS, Atom or RDF feed (no feed root element found)"
             return ParsedFeed(title=title, link=link, stories=(), problem=problem, failed=True)
         return ParsedFeed(title=title, link=link, stories=())
 
@@ -194,4 +203,8 @@ def parse_feed(
         if story is not None and story.id not in seen:  # a repeated guid: first one wins
             seen.add(story.id)
             stories.append(story)
+    if problem and not stories:
+        # broken XML whose recovered entries were all empty: nothing usable came out,
+        # which is a failure like a bozo feed with no entries, not a quiet success
+        return ParsedFeed(title=title, link=link, stories=(), problem=problem, failed=True)
     return ParsedFeed(title=title, link=link, stories=tuple(stories), problem=problem)

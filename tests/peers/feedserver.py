@@ -34,6 +34,16 @@ Programming a path (each call replaces what the path did before):
     send headers and half a body (Content-Length promises more), then close the socket.
 ``huge(path, n_bytes, *, content_length=True)``
     stream ``n_bytes`` of filler in 64 KiB chunks; without Content-Length it is chunked.
+    The bytes written before the client went away are counted in ``sent(path)``.
+``trickle(path, body, *, interval, content_length=True)``
+    send the headers at once, then ``body`` one byte every ``interval`` seconds (chunked
+    with ``content_length=False``), so no single read waits long; ``sent(path)`` counts.
+``gzip_bomb(path, expanded, *, content_length=False)``
+    a gzip-encoded body (``Content-Encoding: gzip``, whatever the client accepts) that
+    inflates to ``expanded`` bytes (an RSS start, then spaces), compressed as it streams,
+    so a bomb of gigabytes costs the server only what the client reads.
+    ``sent(path)`` counts the compressed bytes written, ``expanded_sent(path)`` what they
+    inflate to. ``content_length=True`` compresses it all first (keep ``expanded`` small).
 ``redirect(path, to, status=301)``
     redirect to ``to`` (a path, a relative reference or an absolute URL); two paths
     redirecting to each other make a loop.
@@ -50,6 +60,8 @@ Observing:
 ``requests``                    every request: ``RecordedRequest(path, method, headers, query)``,
                                 headers case-insensitive (``CIMultiDict``)
 ``hits(path)`` / ``last(path)`` number of requests to a path / the latest one
+``sent(path)``                  body bytes written to a ``huge``/``trickle``/``gzip_bomb``
+                                path (all requests), whether or not the client read them
 ``max_active(path=None)``       the most requests ever in flight at once (to a path, or all)
 ``wait_active(n, path=None)``   await until ``n`` requests are in flight at once
 """
@@ -62,6 +74,7 @@ import gzip as gzipmod
 import hashlib
 import mimetypes
 import socket
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -140,6 +153,8 @@ class FeedServer:
         self._max_active: dict[str, int] = {}
         self._total_active = 0
         self._total_max = 0
+        self._sent: dict[str, int] = {}
+        self._expanded: dict[str, int] = {}
         self._changed = asyncio.Condition()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -277,7 +292,83 @@ class FeedServer:
                     piece = chunk[: min(len(chunk), n_bytes - sent)]
                     await resp.write(piece)
                     sent += len(piece)
+                    self._sent[path] = self._sent.get(path, 0) + len(piece)
                 await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass  # the client gave up (as it should, over its cap)
+            return resp
+
+        self._served.pop(path, None)
+        self._routes[path] = handler
+
+    def trickle(self, path: str, body: bytes, *, interval: float,
+                content_length: bool = True) -> None:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Content-Type": "application/rss+xml"})
+            if content_length:
+                resp.content_length = len(body)
+            else:
+                resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            try:
+                for i in range(len(body)):
+                    await resp.write(body[i:i + 1])
+                    self._sent[path] = self._sent.get(path, 0) + 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), interval)
+                    if self._closing.is_set():
+                        break
+                else:
+                    await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass  # the client gave up (as it should, at its total timeout)
+            return resp
+
+        self._served.pop(path, None)
+        self._routes[path] = handler
+
+    def gzip_bomb(self, path: str, expanded: int, *, content_length: bool = False) -> None:
+        head = b"<?xml version='1.0'?><rss version='2.0'><channel><title>"
+        block = b" " * (1 << 20)
+
+        def pieces() -> Iterator[tuple[bytes, int]]:
+            """(compressed bytes, how many bytes they inflate to), as the stream goes."""
+            z = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+            out = z.compress(head)
+            done = pending = len(head)
+            while done < expanded:
+                raw = block[: min(len(block), expanded - done)]
+                out += z.compress(raw)
+                done += len(raw)
+                pending += len(raw)
+                if out:
+                    yield out, pending
+                    out, pending = b"", 0
+            yield out + z.flush(), pending
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            headers = {"Content-Type": "application/rss+xml", "Content-Encoding": "gzip"}
+            if content_length:
+                whole = list(pieces())
+                body = b"".join(c for c, _ in whole)
+                self._sent[path] = self._sent.get(path, 0) + len(body)
+                self._expanded[path] = self._expanded.get(path, 0) + expanded
+                return web.Response(body=body, headers=headers)
+            resp = web.StreamResponse(headers=headers)
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            try:
+                for compressed, inflated in pieces():
+                    await resp.write(compressed)
+                    self._sent[path] = self._sent.get(path, 0) + len(compressed)
+                    self._expanded[path] = self._expanded.get(path, 0) + inflated
+                    # a write below the transport's high-water mark does not yield: let the
+                    # client read (and hang up) before compressing the next megabyte
+                    await asyncio.sleep(0)
+                    if self._closing.is_set():
+                        break
+                else:
+                    await resp.write_eof()
             except (ConnectionError, RuntimeError):
                 pass  # the client gave up (as it should, over its cap)
             return resp
@@ -310,6 +401,12 @@ class FeedServer:
             if r.path == path:
                 return r
         raise LookupError(f"no request to {path}")
+
+    def sent(self, path: str) -> int:
+        return self._sent.get(path, 0)
+
+    def expanded_sent(self, path: str) -> int:
+        return self._expanded.get(path, 0)
 
     def max_active(self, path: str | None = None) -> int:
         return self._total_max if path is None else self._max_active.get(path, 0)
