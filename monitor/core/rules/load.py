@@ -430,7 +430,11 @@ class _Loader:
                 try:
                     out.append(Term(spec=term_mapping(item)))
                 except TermError as e:
-                    self.problem(f, w, f"{label}: {e.message}; a list item is a term, @actor, {{term: .., exact: true}}, {{regex: ..}} or a group {{all|any|none: [..]}}")
+                    if e.key is not None and (*w, e.key) in f.positions:
+                        kw = (*w, e.key)  # a bad regex or flags: at its value, column of the problem
+                        self.problem(f, kw, f"{label}: {e.message}", col_offset=e.offset + _quote(f, kw))
+                    else:
+                        self.problem(f, w, f"{label}: {e.message}; a list item is a term, @actor, {{term: .., exact: true}}, {{regex: ..}} or a group {{all|any|none: [..]}}")
             else:
                 self.problem(f, w, f"{label}: expected a term (a string), got {_yaml_type(item)} {item!r}; quote it if it is meant as text")
         return out
