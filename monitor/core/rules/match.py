@@ -22,7 +22,7 @@ each ``Match`` once. ``explain(story)`` evaluates every rule and says why (see
 ``monitor.core.rules.explain``).
 
 Rule regexes run on RE2 (``monitor.core.rules.regex``), whose time is linear in the text,
-and within a per-story budget (``REGEX_BUDGET`` characters scanned, each regex term scanning
+and within a per-story budget (``regex.REGEX_BUDGET`` characters scanned, each regex term scanning
 each searched field counting the field's length). Fields are scanned in order (title first)
 and regex terms in order; once the next scan would pass the budget, the story's remaining
 regex scans are skipped. A rule is then evaluated with those terms unknown (three-valued:
@@ -43,10 +43,11 @@ from itertools import compress
 from typing import Any
 
 from monitor.core.model import Hit, Match, Story
+from monitor.core.rules import regex
 from monitor.core.rules.explain import Condition, RuleExplanation, explain_condition, verdict
 from monitor.core.rules.expr import Actor, Near, Node, Not, Or, Term, render
 from monitor.core.rules.model import DEFAULT_FIELDS, Rule, RuleSet
-from monitor.core.rules.regex import REGEX_BUDGET, RuleRegex, compile_rule_regex
+from monitor.core.rules.regex import RuleRegex, compile_rule_regex
 from monitor.core.rules.terms import (
     _CACHE,
     EXACT,
@@ -210,11 +211,12 @@ class Prematch:
 class Matcher:
     """Compiled rules. ``match()`` and ``explain()`` are pure and thread-safe.
 
-    ``regex_budget``: characters of regex scanning per story (see the module docstring)."""
+    ``regex_budget``: characters of regex scanning per story (see the module docstring);
+    None: ``regex.REGEX_BUDGET``."""
 
-    def __init__(self, ruleset: RuleSet, *, regex_budget: int = REGEX_BUDGET) -> None:
+    def __init__(self, ruleset: RuleSet, *, regex_budget: int | None = None) -> None:
         self.ruleset = ruleset
-        self.regex_budget = regex_budget
+        self.regex_budget = regex.REGEX_BUDGET if regex_budget is None else regex_budget
         self._terms: list[TermSpec] = []
         self._tid_by_key: dict[tuple[object, ...], int] = {}
         self._index: dict[str, list[tuple[int, tuple[tuple[Mode, str], ...]]]] = {}

@@ -34,7 +34,6 @@ even on a linear engine; ``Matcher`` skips the regex scans beyond it and says so
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import re2
@@ -78,12 +77,13 @@ class RuleRegex(Protocol):
     def finditer(self, text: str) -> Iterator[RegexMatch]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RegexProblem(Exception):
+class RegexProblem(ValueError):
     """A rule regex RE2 cannot run: ``message`` (with the fix), ``pos`` (0-based, in the body)."""
 
-    message: str
-    pos: int = 0
+    def __init__(self, message: str, pos: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
 
 
 def _options() -> Any:
@@ -99,36 +99,42 @@ def compile_rule_regex(body: str, flags: str) -> RuleRegex:
     """RE2's compiled form of a rule regex; raise ``RegexProblem`` when RE2 cannot run it.
 
     ``flags`` are letters of ``FLAGS`` (already checked by the caller)."""
-    translated, unclosed = _translate(body)
+    translated, unclosed, unopened = _translate(body)
     inline = "".join(sorted({FLAGS[c] for c in flags}))
     pattern = (f"(?{inline})" if inline else "") + translated
     try:
         return cast(RuleRegex, re2.compile(pattern, _OPTIONS))
     except re2.error as e:
-        raise _problem(body, e, unclosed) from None
+        raise _problem(body, e, unclosed, unopened) from None
 
 
-def _problem(body: str, e: Exception, unclosed: int | None) -> RegexProblem:
+def _problem(body: str, e: Exception, unclosed: int | None, unopened: int | None) -> RegexProblem:
     """RE2's error, worded for a rule author and located in ``body``."""
     arg = e.args[0] if e.args else str(e)
     msg = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
     what, _, fragment = msg.partition(": ")
     if what == "missing )":
         return RegexProblem("missing ), unterminated subpattern", unclosed if unclosed is not None else 0)
+    if what in ("unexpected )", "missing ("):
+        return RegexProblem("unbalanced parenthesis", unopened if unopened is not None else 0)
+    if what == "invalid repetition size":
+        return RegexProblem(f"invalid repetition size {fragment}: counts go up to 1000", max(body.find(fragment), 0))
     if what == "missing ]":
         return RegexProblem("missing ], unterminated character set", max(body.rfind("["), 0))
     pos = body.find(fragment) if fragment else -1
     return RegexProblem(msg, max(pos, 0))
 
 
-def _translate(body: str) -> tuple[str, int | None]:
-    """``body`` rewritten for RE2 (see the module docstring), and the position of the
-    innermost unclosed ``(`` if any; raise ``RegexProblem`` on what RE2 cannot do."""
+def _translate(body: str) -> tuple[str, int | None, int | None]:
+    """``body`` rewritten for RE2 (see the module docstring), the position of the innermost
+    unclosed ``(`` and of the first ``)`` that closes nothing, if any; raise
+    ``RegexProblem`` on what RE2 cannot do."""
     out: list[str] = []
     n = len(body)
     i = 0
     in_class = False
     opened: list[int] = []
+    unopened: int | None = None
     while i < n:
         c = body[i]
         if c == "\\":
@@ -161,13 +167,15 @@ def _translate(body: str) -> tuple[str, int | None]:
         elif c == ")":
             if opened:
                 opened.pop()
+            elif unopened is None:
+                unopened = i
         elif c in "*+?}" and body.startswith("+", i + 1) and _quantifies(body, i):
             raise RegexProblem(
                 f"possessive quantifiers ({body[i:i + 2]}) are not supported by {_ENGINE}; "
                 f"drop the second + (the engine never backtracks, so they are not needed)", i)
         out.append(c)
         i += 1
-    return "".join(out), (opened[-1] if opened else None)
+    return "".join(out), (opened[-1] if opened else None), unopened
 
 
 def _quantifies(body: str, i: int) -> bool:
@@ -180,14 +188,14 @@ def _quantifies(body: str, i: int) -> bool:
 
 
 _LOOKS = {
-    "(?=": ("lookahead (?=...)", "match the text that follows as part of the pattern, or put what must be there in another term (all: [..])"),
-    "(?!": ("negative lookahead (?!...)", "put what must not occur in a none: list or a NOT term"),
-    "(?<=": ("lookbehind (?<=...)", "match the text that comes before as part of the pattern, or use another term (all: [..])"),
-    "(?<!": ("negative lookbehind (?<!...)", "put what must not occur in a none: list or a NOT term"),
-    "(?>": ("atomic groups (?>...)", "write a plain group (...): the engine never backtracks, so they are not needed"),
-    "(?P=": ("backreferences (?P=name)", "rewrite without them, e.g. spell out the alternatives"),
-    "(?(": ("conditional groups (?(...)...)", "rewrite as alternatives (a|b)"),
-    "(?#": ("comments (?#...)", "remove the comment"),
+    "(?=": ("lookahead (?=...) is", "match the text that follows as part of the pattern, or put what must be there in another term (all: [..])"),
+    "(?!": ("negative lookahead (?!...) is", "put what must not occur in a none: list or a NOT term"),
+    "(?<=": ("lookbehind (?<=...) is", "match the text that comes before as part of the pattern, or use another term (all: [..])"),
+    "(?<!": ("negative lookbehind (?<!...) is", "put what must not occur in a none: list or a NOT term"),
+    "(?>": ("atomic groups (?>...) are", "write a plain group (...): the engine never backtracks, so they are not needed"),
+    "(?P=": ("backreferences (?P=name) are", "rewrite without them, e.g. spell out the alternatives"),
+    "(?(": ("conditional groups (?(...)...) are", "rewrite as alternatives (a|b)"),
+    "(?#": ("comments (?#...) are", "remove the comment"),
 }
 
 
@@ -195,7 +203,7 @@ def _group(body: str, i: int) -> None:
     """Check a ``(?`` group opener at ``body[i]``."""
     for opener, (what, fix) in _LOOKS.items():
         if body.startswith(opener, i):
-            raise RegexProblem(f"{what} is not supported by {_ENGINE}; {fix}", i)
+            raise RegexProblem(f"{what} not supported by {_ENGINE}; {fix}", i)
     if body.startswith(("(?P<", "(?<"), i):  # a named group
         return
     j = i + 2
