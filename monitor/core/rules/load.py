@@ -40,7 +40,9 @@ inflection-insensitive, on word boundaries, ``Trump’s``/``Putin's`` match ``Tr
 ``Donald Trump`` or ``"Donald Trump"`` is a phrase (tokens in sequence); ``=US`` or
 ``{term: US, exact: true}`` matches the word exactly as written (case kept, no inflection;
 ``U.S.`` still counts); ``Путин*`` is a prefix (for inflected languages); ``/sanction(s|ed)?/i``
-or ``{regex: ..., flags: i}`` is a regular expression over the original text.
+or ``{regex: ..., flags: i}`` is a regular expression over the original text, run on RE2
+(linear time; what RE2 cannot run, such as backreferences and lookaround, is a problem
+located at the construct: ``monitor.core.rules.regex``).
 
 Where: ``fields`` (title, summary, content, author, tags, link; default title, summary,
 content); ``require_title: true`` (one of the rule's terms or actors must be in the title).
