@@ -167,6 +167,8 @@ def test_unsupported_constructs_are_located_in_every_form_a_regex_takes() -> Non
         ("/\\bUS\\b/", "the US deal", True),  # \b is fine next to ASCII letters
         ("/\\bUS\\b/", "USA", False),
         ("/\\pL+stan/", "Kazakhstan", True),  # RE2's Unicode classes
+        ("/\\p{Cyrillic}+/", "Путин", True),
+        ("/\\x{41}+B/", "xAAB", True),  # braces of an escape are not a repetition
     ],
 )
 def test_flags_and_python_meaning_are_kept(term: str, text: str, hit: bool) -> None:

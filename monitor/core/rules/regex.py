@@ -234,6 +234,9 @@ def _escape(body: str, i: int, in_class: bool, out: list[str]) -> int:
             out.append(f"\\x{{{digits}}}")
             return i + 2 + width
         raise RegexProblem(f"bad escape \\{nxt}: expected {width} hex digits", i)
+    if nxt in "xpP" and body.startswith("{", i + 2) and (end := body.find("}", i + 3)) > 0:
+        out.append(body[i : end + 1])  # \x{41}, \p{Greek}: the braces are not a repetition
+        return end + 1
     if nxt == "Z":
         out.append("\\z")  # the end of the text, Python's \Z
         return i + 2
