@@ -318,3 +318,30 @@ async def test_global_options_before_the_command_and_config_precedence(workdir: 
     assert rc == 0 and out.startswith(f"{workdir / 'config.yaml'}: OK"), err
     rc, _, err = await monitor("check", cwd=other)
     assert rc == 1 and err.startswith("config.yaml: 1 problem(s):"), err
+
+
+async def test_check_reports_a_regex_the_linear_engine_cannot_run(workdir: Path) -> None:
+    """What RE2 cannot do is a located `monitor check` error with the fix; a ReDoS pattern
+    passes (it is harmless on RE2) and `rules test` answers at once on the killer title."""
+    (workdir / "rules" / "regex.yaml").write_text(
+        "rules:\n"
+        "  - name: backref\n    any: ['/(sanction)s? \\1/']\n    channels: [audit-file]\n"
+        "  - name: lookahead\n    expr: 'Iran AND /deal(?! off)/i'\n    channels: [audit-file]\n",
+        encoding="utf-8")
+    rc, _, err = await monitor("check", cwd=workdir)
+    assert rc == 1
+    assert ('regex.yaml:3:26: rule "backref": bad regular expression /(sanction)s? \\1/: '
+            "backreferences (\\1) are not supported by the linear-time regex engine (RE2); "
+            "rewrite without them") in err, err
+    assert ('regex.yaml:6:26: rule "lookahead": expr: bad regular expression /deal(?! off)/i: '
+            "negative lookahead (?!...) is not supported") in err, err
+
+    (workdir / "rules" / "regex.yaml").write_text(
+        "rules:\n  - name: evil\n    any: ['/(a+)+$/']\n    channels: [audit-file]\n",
+        encoding="utf-8")
+    rc, out, err = await monitor("check", cwd=workdir)
+    assert rc == 0, err
+    rc, out, _ = await monitor("rules", "test", "--json", "--title", "a" * 26 + "!", cwd=workdir)
+    assert rc == 1 and not any(r["matched"] for r in json.loads(out)["rules"])
+    rc, out, _ = await monitor("rules", "test", "--json", "--title", "a" * 30_000, cwd=workdir)
+    assert rc == 0 and [r["rule"] for r in json.loads(out)["rules"] if r["matched"]] == ["evil"]

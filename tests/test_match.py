@@ -17,7 +17,7 @@ import pytest
 
 from monitor.cli.explain import format_explanation
 from monitor.core.model import Story
-from monitor.core.rules.match import Matcher, compile_rules
+from monitor.core.rules.match import Matcher, Prematch, compile_rules
 from monitor.shell.rulefiles import load_rules
 from tests.conftest import ROOT, shared_path
 
@@ -490,14 +490,14 @@ def test_prematch_carries_text_facts_and_the_daemon_decides(tmp_path: Path) -> N
     s = story("New sanctions announced")
     pre = pickle.loads(pickle.dumps(worker.prematch(s)))
     assert pre == daemon.prematch(s)
-    assert [t.rule for t in pre] == [0, 1]
-    assert not any(hasattr(t, a) for t in pre for a in ("channels", "severity", "cooldown", "digest"))
+    assert [t.rule for t in pre.texts] == [0, 1]
+    assert not any(hasattr(t, a) for t in pre.texts for a in ("channels", "severity", "cooldown", "digest"))
     got = daemon.match(s, prematched=pre)
     assert got == daemon.match(s)
     assert [(m.rule, m.channels, m.severity, m.cooldown, m.digest) for m in got] == [
         ("t", ("c",), "high", 3600.0, "0 8 * * *"), ("scoped", ("c",), "medium", 0.0, None)]
     assert [m.rule for m in daemon.match(replace(s, feed="other"), prematched=pre)] == ["t"]
-    assert daemon.match(s, prematched=()) == ()
+    assert daemon.match(s, prematched=Prematch()) == ()
 
 
 def test_prefilter_agrees_with_full_evaluation(tmp_path: Path) -> None:

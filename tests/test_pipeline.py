@@ -461,3 +461,33 @@ def test_a_rules_reload_says_what_changed_and_caps_the_names() -> None:
     changed = reload_summary(old, ruleset(["a", "b", "c"], term="drones"))
     assert changed["changed"] == 3 and "added" not in changed
     assert reload_summary(old, ruleset(["a", "b", "c"])) == {"rules": 3, "unchanged": True}
+
+
+async def test_a_story_over_the_regex_budget_is_logged_and_what_is_decided_still_alerts(
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A budget of 60 characters: both regexes scan the 12-character title, the summary is
+    not scanned. The rule the title decides alerts; the one that needed the summary does
+    not, and a warning names the feed, the story and the rule."""
+    import logging
+
+    monkeypatch.setattr("monitor.core.rules.regex.REGEX_BUDGET", 60)
+    (tmp_path / "rules" / "budget.yaml").write_text(
+        "rules:\n"
+        "  - name: dance\n    any: ['/dance/']\n    channels: [audit-file]\n"
+        "  - name: gala\n    all: ['/dance/', '/gala/']\n    channels: [audit-file]\n",
+        encoding="utf-8")
+    item = Item(title="Robots dance", link="https://a.example/1", guid="https://a.example/1",
+                description="A gala evening " * 20)
+    feed_server.serve("/a.rss", rss([item], now=T0))
+    config = make_config({"a": "/a.rss"}, "defaults: {alert_on_first_poll: true}")
+    with caplog.at_level(logging.WARNING, logger="monitor.shell.pipeline"):
+        async with Runtime(config, clock=clock) as rt:
+            out = await poll(rt)
+    assert out["a"].new == 1
+    (rec,) = [r for r in caplog.records if r.getMessage() == "rules.budget_exceeded"]
+    fields = rec.fields  # type: ignore[attr-defined]
+    assert fields["feed"] == "a" and fields["story"] and fields["title"] == "Robots dance"
+    assert fields["rules"] == ["gala"] and fields["terms"] == ["/dance/", "/gala/"]
+    assert fields["budget"] == 60 and fields["wanted"] > 60
+    assert [a["rule"] for a in alerts(tmp_path, "audit.jsonl")] == ["dance"]

@@ -31,7 +31,8 @@ def test_known_ids_skip_the_per_story_work(tmp_path: Path) -> None:
     assert all(p.features is not None and p.prematch is not None for p in full.stories)
     matcher: Matcher = compile_rules(ruleset)
     assert full.stories[0].prematch == matcher.prematch(full.stories[0].story)
-    assert full.stories[0].prematch  # the seed story fires sanctions-deadline
+    pre = full.stories[0].prematch
+    assert pre is not None and pre.texts  # the seed story fires sanctions-deadline
 
     skipped = run_job(Job(**{**{f: getattr(job, f) for f in job.__slots__},
                              "skip_ids": frozenset(ids[1:])}))
@@ -75,4 +76,5 @@ def test_prepare_makes_no_prematch_without_a_matcher(tmp_path: Path) -> None:
     bare = prepare(job)
     assert bare.rules_fingerprint == "" and [p.prematch for p in bare.stories] == [None]
     given = prepare(job, compile_rules(ruleset))
-    assert given.rules_fingerprint == ruleset.fingerprint and given.stories[0].prematch
+    pre = given.stories[0].prematch
+    assert given.rules_fingerprint == ruleset.fingerprint and pre is not None and pre.texts

@@ -52,7 +52,7 @@ from monitor.core.route import (
     plan,
     silenced,
 )
-from monitor.core.rules.match import Matcher
+from monitor.core.rules.match import Matcher, RegexSkipped
 from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import next_poll
 from monitor.log import get_logger
@@ -452,14 +452,25 @@ class Pipeline:
                           link_known=story.link in known_links)
             if silenced(c, now=now, baseline=baseline, churn=churn) is not None:
                 continue
+            pre = p.prematch if prematched and p.prematch is not None else matcher.prematch(story)
+            if pre.skipped is not None:
+                self._budget_exceeded(spec, story, pre.skipped)
             matches = matcher.match(story, sources=len(sources), source_names=sources,
-                                    prematched=p.prematch if prematched else None,
+                                    prematched=pre,
                                     source_seen=self.index.cluster_source_times(cluster)
                                     if needs_times else None)
             for m in matches:
                 work.fired[m.rule] += 1
             work.candidates.append(replace(c, matches=matches))
         return work
+
+    @staticmethod
+    def _budget_exceeded(spec: FeedSpec, story: Story, skipped: RegexSkipped) -> None:
+        """A story whose regex budget ran out: some regex terms were not searched, and the
+        rules that depended on them did not fire (``monitor.core.rules.match``)."""
+        log.warning("rules.budget_exceeded", feed=spec.name, story=story.id, title=story.title[:120],
+                    rules=list(skipped.undecided), terms=list(skipped.terms),
+                    wanted=skipped.wanted, budget=skipped.budget)
 
     def _merge(self, spec: FeedSpec, work: _Work) -> None:
         """Two clusters turned out to be one story (``StoryIndex``'s second-chance merge):

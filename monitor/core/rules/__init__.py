@@ -7,7 +7,7 @@ Each module imports only modules listed below it (no cycles)::
                   imports model, expr, terms
     match.py    RuleSet → Matcher: prematch (the text), match (+ scope, corroboration and
                 the rule's action), explain; compile_rules
-                  imports model, explain, expr, terms
+                  imports model, explain, expr, regex, terms
     model.py    Rule, RuleSet, ActorDef: the validated, frozen data
                   imports expr, terms
     explain.py  explanation data (Condition, RuleExplanation), its JSON shape, the reason line
@@ -15,6 +15,9 @@ Each module imports only modules listed below it (no cycles)::
     expr.py     the condition tree (Term, Actor, And, Or, Not, Near) and the ``expr:`` language
                   imports terms
     terms.py    tokens, their keys, and parsing one term
+                  imports regex
+    regex.py    rule regexes on RE2 (linear time): checks with a fix, compilation, the
+                per-story budget (REGEX_BUDGET)
 
 ``load`` also uses ``monitor.core.yamlpos`` and ``monitor.core.schedule`` (cron lines).
 Reading the files from disk is the shell's (``monitor.shell.rulefiles.load_rules``); the

@@ -40,7 +40,9 @@ inflection-insensitive, on word boundaries, ``Trump’s``/``Putin's`` match ``Tr
 ``Donald Trump`` or ``"Donald Trump"`` is a phrase (tokens in sequence); ``=US`` or
 ``{term: US, exact: true}`` matches the word exactly as written (case kept, no inflection;
 ``U.S.`` still counts); ``Путин*`` is a prefix (for inflected languages); ``/sanction(s|ed)?/i``
-or ``{regex: ..., flags: i}`` is a regular expression over the original text.
+or ``{regex: ..., flags: i}`` is a regular expression over the original text, run on RE2
+(linear time; what RE2 cannot run, such as backreferences and lookaround, is a problem
+located at the construct: ``monitor.core.rules.regex``).
 
 Where: ``fields`` (title, summary, content, author, tags, link; default title, summary,
 content); ``require_title: true`` (one of the rule's terms or actors must be in the title).
@@ -430,7 +432,11 @@ class _Loader:
                 try:
                     out.append(Term(spec=term_mapping(item)))
                 except TermError as e:
-                    self.problem(f, w, f"{label}: {e.message}; a list item is a term, @actor, {{term: .., exact: true}}, {{regex: ..}} or a group {{all|any|none: [..]}}")
+                    if e.key is not None and (*w, e.key) in f.positions:
+                        kw = (*w, e.key)  # a bad regex or flags: at its value, column of the problem
+                        self.problem(f, kw, f"{label}: {e.message}", col_offset=e.offset + _quote(f, kw))
+                    else:
+                        self.problem(f, w, f"{label}: {e.message}; a list item is a term, @actor, {{term: .., exact: true}}, {{regex: ..}} or a group {{all|any|none: [..]}}")
             else:
                 self.problem(f, w, f"{label}: expected a term (a string), got {_yaml_type(item)} {item!r}; quote it if it is meant as text")
         return out

@@ -21,13 +21,21 @@ configuration (channels, severity, cooldown, digest: this matcher's rule's say) 
 each ``Match`` once. ``explain(story)`` evaluates every rule and says why (see
 ``monitor.core.rules.explain``).
 
+Rule regexes run on RE2 (``monitor.core.rules.regex``), whose time is linear in the text,
+and within a per-story budget (``regex.REGEX_BUDGET`` characters scanned, each regex term scanning
+each searched field counting the field's length). Fields are scanned in order (title first)
+and regex terms in order; once the next scan would pass the budget, the story's remaining
+regex scans are skipped. A rule is then evaluated with those terms unknown (three-valued:
+``a OR /x/`` still holds when ``a`` occurs); a rule whose outcome depends on them is
+*undecided*: it does not fire, and ``Prematch.skipped`` (``RegexSkipped``) names it, so the
+shell can log it. The same story and rules always give the same result.
+
 No clock, no I/O: ``sources`` (distinct sources carrying the story's cluster) is an argument.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,9 +43,11 @@ from itertools import compress
 from typing import Any
 
 from monitor.core.model import Hit, Match, Story
+from monitor.core.rules import regex
 from monitor.core.rules.explain import Condition, RuleExplanation, explain_condition, verdict
 from monitor.core.rules.expr import Actor, Near, Node, Not, Or, Term, render
 from monitor.core.rules.model import DEFAULT_FIELDS, Rule, RuleSet
+from monitor.core.rules.regex import RuleRegex, compile_rule_regex
 from monitor.core.rules.terms import (
     _CACHE,
     EXACT,
@@ -118,6 +128,17 @@ class _Scan:
     # (field, term id, label) → that term's hits in the field, in occurrence order, each as
     # (sort key, end, Hit): built once per story, shared by every rule that matched it
     hit_cache: dict[tuple[str, int, str], list[tuple[int, int, Hit]]] = field(default_factory=dict)
+    # the regex budget: characters scanned so far, and per field the regex term ids whose
+    # scan of it was skipped because the budget ran out (empty when it did not)
+    regex_chars: int = 0
+    regex_wanted: int = 0  # the characters all regex scans would have taken
+    skipped: dict[str, set[int]] = field(default_factory=dict)
+
+    def unscanned(self, fields: tuple[str, ...]) -> frozenset[int]:
+        """Regex term ids not searched in some of ``fields`` (the budget ran out)."""
+        if not self.skipped:
+            return frozenset()
+        return frozenset(t for f in fields for t in self.skipped.get(f, ()))
 
     def present(self, fields: tuple[str, ...]) -> frozenset[int]:
         p = self.present_cache.get(fields)
@@ -140,6 +161,7 @@ class _CRule:
     actor_tids: tuple[tuple[str, frozenset[int]], ...]
     alias_tids: frozenset[int]  # the union of actor_tids
     has_regex: bool
+    regex_tids: frozenset[int]  # the regex terms the rule refers to, either way (NOT too)
 
 
 # --- the matcher -------------------------------------------------------------------------
@@ -167,19 +189,38 @@ class TextMatch:
     hits: tuple[Hit, ...]
 
 
-Prematch = tuple[TextMatch, ...]
-"""``Matcher.prematch``: the text half of matching, in rule order (small, picklable)."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RegexSkipped:
+    """A story whose regex budget ran out: what was not searched, and what that left open."""
+
+    budget: int  # characters of regex scanning allowed per story (``Matcher.regex_budget``)
+    wanted: int  # characters all of the story's regex scans would have taken
+    terms: tuple[str, ...]  # the regex terms not searched in some field (labels, term order)
+    # the rules whose outcome depended on those terms: they did not fire on this story
+    undecided: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prematch:
+    """``Matcher.prematch``: the text half of matching (small, picklable)."""
+
+    texts: tuple[TextMatch, ...] = ()  # the rules whose text conditions hold, in rule order
+    skipped: RegexSkipped | None = None  # set when the story's regex budget ran out
 
 
 class Matcher:
-    """Compiled rules. ``match()`` and ``explain()`` are pure and thread-safe."""
+    """Compiled rules. ``match()`` and ``explain()`` are pure and thread-safe.
 
-    def __init__(self, ruleset: RuleSet) -> None:
+    ``regex_budget``: characters of regex scanning per story (see the module docstring);
+    None: ``regex.REGEX_BUDGET``."""
+
+    def __init__(self, ruleset: RuleSet, *, regex_budget: int | None = None) -> None:
         self.ruleset = ruleset
+        self.regex_budget = regex.REGEX_BUDGET if regex_budget is None else regex_budget
         self._terms: list[TermSpec] = []
         self._tid_by_key: dict[tuple[object, ...], int] = {}
         self._index: dict[str, list[tuple[int, tuple[tuple[Mode, str], ...]]]] = {}
-        self._regex: list[tuple[int, re.Pattern[str]]] = []
+        self._regex: list[tuple[int, RuleRegex]] = []
         prefix_lens: set[int] = set()
         self._has_exact = False
         self._actor_tids: dict[str, frozenset[int]] = {}
@@ -237,7 +278,7 @@ class Matcher:
         self._terms.append(spec)
         self._tid_by_key[spec.key] = tid
         if spec.regex is not None:
-            self._regex.append((tid, re.compile(spec.regex, spec.flags)))
+            self._regex.append((tid, compile_rule_regex(spec.regex, spec.flags)))
         else:
             (mode, key), rest = spec.tokens[0], spec.tokens[1:]
             k = key if mode == "stem" else (_EXACT_NS if mode == EXACT else _PREFIX_NS) + key
@@ -248,12 +289,15 @@ class Matcher:
         labels: dict[int, str] = {}
         positive: set[int] = set()
         has_regex = [False]
+        regex_tids: set[int] = set()
         actors: dict[str, frozenset[int]] = {}
 
         def comp(node: Node, pos: bool) -> tuple[Any, ...]:
             if isinstance(node, Term):
                 tid = self._tid(node.spec)
                 labels.setdefault(tid, node.spec.label)
+                if node.spec.regex is not None:
+                    regex_tids.add(tid)
                 if pos:
                     positive.add(tid)
                     has_regex[0] |= node.spec.regex is not None
@@ -263,6 +307,8 @@ class Matcher:
                 actors[node.name] = tids
                 for t in tids:
                     labels.setdefault(t, f"@{node.name}")
+                    if self._terms[t].regex is not None:
+                        regex_tids.add(t)
                     if pos:
                         positive.add(t)
                         has_regex[0] |= self._terms[t].regex is not None
@@ -290,6 +336,7 @@ class Matcher:
             actor_tids=tuple(actors.items()),
             alias_tids=frozenset(t for ts in actors.values() for t in ts),
             has_regex=has_regex[0],
+            regex_tids=frozenset(regex_tids),
         )
 
     def _leaf_tids(self, node: Node, comp: Any, pos: bool) -> set[int]:
@@ -358,6 +405,11 @@ class Matcher:
             if self._regex:
                 starts: list[int] | None = None
                 for tid, rx in self._regex:
+                    scan.regex_wanted += len(text)
+                    if scan.skipped or scan.regex_chars + len(text) > self.regex_budget:
+                        scan.skipped.setdefault(fname, set()).add(tid)
+                        continue
+                    scan.regex_chars += len(text)
                     for m in rx.finditer(text):
                         if m.end() == m.start():
                             continue
@@ -442,18 +494,20 @@ class Matcher:
         cluster, are left to do. Either way each ``Match`` takes what to do (channels,
         severity, cooldown, digest) from this matcher's rule."""
         if prematched is None:
-            texts = self._text_matches(story, story, sources, source_names, source_seen)
-        elif not prematched:
+            texts, _ = self._text_matches(story, story, sources, source_names, source_seen)
+        elif not prematched.texts:
             return ()
         else:
-            texts = [t for t in prematched
+            texts = [t for t in prematched.texts
                      if self._in_scope(self._rules[t.rule].rule, story, sources, source_names, source_seen)]
         return tuple([_match(self._rules[t.rule].rule, t) for t in texts])
 
     def prematch(self, story: Story) -> Prematch:
         """The rules whose conditions on the story's text hold, scope not yet applied:
-        the costly, cluster-independent half of ``match`` (picklable)."""
-        return tuple(self._text_matches(story, None, 1, ()))
+        the costly, cluster-independent half of ``match`` (picklable); with what the regex
+        budget left unsearched, if it ran out."""
+        texts, skipped = self._text_matches(story, None, 1, ())
+        return Prematch(texts=tuple(texts), skipped=skipped)
 
     def _in_scope(
         self,
@@ -475,9 +529,10 @@ class Matcher:
         sources: int,
         source_names: tuple[str, ...],
         source_seen: Mapping[str, datetime] | None = None,
-    ) -> list[TextMatch]:
+    ) -> tuple[list[TextMatch], RegexSkipped | None]:
         """The rules whose text conditions hold; with ``scoped``, rules out of scope are
-        skipped before their conditions are evaluated."""
+        skipped before their conditions are evaluated. With them, what the regex budget
+        left unsearched (None when it did not run out)."""
         scan = self._scan(story, self._fields)
         sat = list(self._short)
         masks = self._slot_masks
@@ -489,6 +544,7 @@ class Matcher:
                         sat[j] |= m
         cands = self._always | _and_all(sat)
         out: list[TextMatch] = []
+        undecided: list[str] = []
         while cands:
             low = cands & -cands
             cands ^= low
@@ -498,14 +554,32 @@ class Matcher:
             if scoped is not None and not self._in_scope(rule, scoped, sources, source_names, source_seen):
                 continue
             present = scan.present(rule.fields)
-            if present.isdisjoint(cr.positive):
-                continue
-            if not self._eval(cr.cond, present, scan, rule.fields):
+            unknown = scan.unscanned(rule.fields) & cr.regex_tids if scan.skipped else frozenset()
+            if unknown:
+                held = _eval3(cr.cond, present, unknown - present, scan, rule.fields)
+                if held is None:
+                    undecided.append(rule.name)
+                    continue
+                if not held:
+                    continue
+            elif present.isdisjoint(cr.positive) or not self._eval(cr.cond, present, scan, rule.fields):
                 continue
             if rule.require_title and not self._title_hit(cr, scan):
                 continue
             out.append(self._text_match(i, cr, scan, present))
-        return out
+        return out, self._skipped(scan, undecided)
+
+    def _skipped(self, scan: _Scan, undecided: list[str]) -> RegexSkipped | None:
+        """What the regex budget left unsearched in ``scan``, if it ran out."""
+        if not scan.skipped:
+            return None
+        tids = sorted({t for ts in scan.skipped.values() for t in ts})
+        return RegexSkipped(
+            budget=self.regex_budget,
+            wanted=scan.regex_wanted,
+            terms=tuple(dict.fromkeys(self._terms[t].label for t in tids)),
+            undecided=tuple(undecided),
+        )
 
     def _text_match(self, i: int, cr: _CRule, scan: _Scan, present: frozenset[int]) -> TextMatch:
         found = cr.positive & present
@@ -630,12 +704,23 @@ class Matcher:
             hits = self._hits(cr, scan, (tid,), fields, limit=10) if found else ()
             hits = tuple(Hit(term=node.spec.label, field=h.field, start=h.start, end=h.end, text=h.text) for h in hits)
             return Condition(kind="term", label=node.spec.label, ok=found, found=found, hits=hits,
-                             note="" if found else f"not found in {', '.join(fields)}")
+                             note="" if found else self._not_found(scan, (tid,), fields))
         tids = self._actor_tids[node.name]
         found = not tids.isdisjoint(present)
         hits = self._hits(cr, scan, tids & present, fields, limit=10) if found else ()
+        note = "no alias found: " + ", ".join(s.label for s in self.ruleset.actors[node.name].aliases)
+        if not found and not tids.isdisjoint(scan.unscanned(fields)):
+            note += f" ({self._not_found(scan, tids, fields)})"
         return Condition(kind="actor", label=f"@{node.name}", ok=found, found=found, hits=hits,
-                         note="" if found else "no alias found: " + ", ".join(s.label for s in self.ruleset.actors[node.name].aliases))
+                         note="" if found else note)
+
+    def _not_found(self, scan: _Scan, tids: Iterable[int], fields: tuple[str, ...]) -> str:
+        """Why a term is not found: absent, or (a regex) not searched for lack of budget."""
+        skipped = [f for f in fields if not scan.skipped.get(f, set()).isdisjoint(tids)]
+        if skipped:
+            return (f"not searched in {', '.join(skipped)}: the story's regex budget "
+                    f"({self.regex_budget:,} characters) ran out")
+        return f"not found in {', '.join(fields)}"
 
     def _node_tids(self, node: Node) -> set[int]:
         if isinstance(node, Term):
@@ -676,6 +761,35 @@ def _and_all(masks: list[int]) -> int:
     for m in masks[1:]:
         out &= m
     return out
+
+
+def _eval3(
+    c: tuple[Any, ...], present: frozenset[int], unknown: frozenset[int], scan: _Scan, fields: tuple[str, ...]
+) -> bool | None:
+    """A compiled condition in three values (Kleene): True, False, or None when it depends
+    on the ``unknown`` terms (regex terms the budget left unsearched)."""
+    op = c[0]
+    if op == _TERM:
+        return True if c[1] in present else None if c[1] in unknown else False
+    if op == _ANYOF:
+        return True if not present.isdisjoint(c[1]) else None if not unknown.isdisjoint(c[1]) else False
+    if op == _ALLOF:
+        if c[1] <= present:
+            return True
+        return None if c[1] <= present | unknown else False
+    if op == _NOT:
+        v = _eval3(c[1], present, unknown, scan, fields)
+        return None if v is None else not v
+    if op == _NEAR:
+        if _near(c[1], c[2], c[3], scan, fields)[0]:
+            return True
+        if any(s.isdisjoint(present) and s.isdisjoint(unknown) for s in c[1]):
+            return False
+        return None if any(not unknown.isdisjoint(s) for s in c[1]) else False
+    vals = [_eval3(k, present, unknown, scan, fields) for k in c[1]]
+    if op == _AND:
+        return False if False in vals else None if None in vals else True
+    return True if True in vals else None if None in vals else False  # _OR
 
 
 def _clauses(c: tuple[Any, ...]) -> list[frozenset[int]]:

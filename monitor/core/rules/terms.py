@@ -24,6 +24,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
+from monitor.core.rules.regex import FLAGS, RegexProblem, compile_rule_regex
 from monitor.errors import RuleSyntaxError
 
 # --- tokeniser ----------------------------------------------------------------------------
@@ -170,8 +171,8 @@ class TermSpec:
 
     label: str  # as the user wrote it (for explanations)
     tokens: tuple[tuple[Mode, str], ...] = ()
-    regex: str | None = None
-    flags: int = 0
+    regex: str | None = None  # the pattern as written (``monitor.core.rules.regex`` compiles it)
+    flags: str = ""  # regex flags, sorted letters of ``regex.FLAGS`` ("i", "ims")
 
     @property
     def kind(self) -> str:
@@ -188,32 +189,33 @@ class TermSpec:
 class TermError(RuleSyntaxError):
     """A term could not be parsed; ``offset`` is the 0-based column inside the term."""
 
-    def __init__(self, message: str, offset: int = 0) -> None:
+    def __init__(self, message: str, offset: int = 0, *, key: str | None = None) -> None:
         super().__init__(message, offset + 1)
         self.offset = offset
+        self.key = key  # in a term mapping, the key whose value ``offset`` is in ("regex")
 
 
-_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 MIN_PREFIX = 3
 
 
 def parse_regex(raw: str, body: str, flag_text: str, *, offset: int = 0) -> TermSpec:
-    """A ``/body/flags`` term; raise TermError on a bad pattern or flag."""
-    flags = 0
+    """A ``/body/flags`` term, checked on the engine that will run it (RE2, see
+    ``monitor.core.rules.regex``); raise TermError on a bad pattern or flag, or a construct
+    the engine does not support. ``offset`` is the column of ``raw`` in its text; ``body``
+    starts one character after it."""
     for ch in flag_text:
-        if ch not in _REGEX_FLAGS:
-            raise TermError(f"unknown regex flag {ch!r} in {raw}; use i, m, s or x", offset)
-        flags |= _REGEX_FLAGS[ch]
+        if ch not in FLAGS:
+            fix = "; the verbose flag x is not supported by the linear-time regex engine: write the pattern without spaces and comments" if ch == "x" else ""
+            raise TermError(f"unknown regex flag {ch!r} in {raw}; use i, m or s{fix}", offset)
     if not body:
         raise TermError("empty regular expression", offset)
     try:
-        rx = re.compile(body, flags)
-    except re.error as e:
-        pos = e.pos if e.pos is not None else 0
-        raise TermError(f"bad regular expression {raw}: {e.msg} at position {pos}", offset + 1 + pos) from e
+        rx = compile_rule_regex(body, flag_text)
+    except RegexProblem as e:
+        raise TermError(f"bad regular expression {raw}: {e.message} at position {e.pos}", offset + 1 + e.pos) from None
     if rx.search("") is not None:
         raise TermError(f"regular expression {raw} matches the empty string; it would match every story", offset)
-    return TermSpec(label=raw, regex=body, flags=flags)
+    return TermSpec(label=raw, regex=body, flags="".join(sorted(set(flag_text))))
 
 
 def parse_term(raw: str, *, exact: bool = False) -> TermSpec:
@@ -278,7 +280,12 @@ def term_mapping(value: dict[str, object]) -> TermSpec:
         body, flags = value["regex"], value.get("flags", "")
         if not isinstance(body, str) or not isinstance(flags, str):
             raise TermError("regex and flags must be strings")
-        return parse_regex(f"/{body}/{flags}", body, flags)
+        bad_flags = any(ch not in FLAGS for ch in flags)
+        try:
+            return parse_regex(f"/{body}/{flags}", body, flags, offset=-1)
+        except TermError as e:
+            # located in the value of flags: or of regex: (offsets in the pattern as written)
+            raise TermError(e.message, max(e.offset, 0), key="flags" if bad_flags else "regex") from None
     extra = set(value) - {"term", "exact"}
     if extra:
         raise TermError(f"unknown key {sorted(extra)[0]!r} in a term mapping; expected term, exact")
