@@ -223,7 +223,8 @@ class Config(_Model):
     # a URL carries by its structure (a password, an api_key=...); see ``display``
     url_secrets: frozenset[str] = Field(frozenset(), exclude=True)
     # channels whose ${VAR} were left unresolved (``load_config(..., channel_secrets=
-    # False)``, for the commands that only read the store): names only, never sent to
+    # False)``, for the commands that only read the store): known by name only, and
+    # ``build_notifiers`` refuses to build them
     unresolved_channels: frozenset[str] = Field(frozenset(), exclude=True)
 
     @model_validator(mode="after")

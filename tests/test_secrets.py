@@ -303,3 +303,19 @@ async def test_read_only_commands_work_with_a_channel_variable_unset(
                                       "store: '${TEST_UNSET_STORE}'"))
     rc, _, err = await monitor("status", cwd=tmp)
     assert rc == 1 and "TEST_UNSET_STORE is not set" in err and "TEST_UNSET_HOOK" not in err
+
+
+def test_a_channel_left_unresolved_is_never_sent_to() -> None:
+    from monitor.errors import ConfigError, MonitorError
+    from monitor.notify.registry import build_notifiers
+
+    text = ("channels:\n  s: {type: slack, webhook_url: '${TEST_UNSET_HOOK}'}\n"
+            "defaults: {channels: [s]}\n")
+    cfg = parse_config(text, "c.yaml", {}, channel_secrets=False)
+    assert sorted(cfg.channels) == ["s"] and cfg.unresolved_channels == {"s"}
+    with pytest.raises(MonitorError, match="not resolved"):
+        build_notifiers(cfg)
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "c.yaml", {})
+    assert [p.message.split(" (")[0] for p in e.value.problems] == [
+        "environment variable TEST_UNSET_HOOK is not set"]
