@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,13 @@ from monitor.core.model import FeedSpec
 from monitor.core.units import parse_duration, parse_size
 from monitor.core.yamlpos import Positions, load_yaml, problems_from_validation
 from monitor.errors import ConfigError, Problem, YamlError
+from monitor.redact import (
+    display_url,
+    looks_like_url,
+    redact_text,
+    template_secrets,
+    url_secrets,
+)
 
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "MONITOR_CONFIG"
@@ -58,7 +66,7 @@ class FeedConfig(_Model):
     @classmethod
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError(f"url must start with http:// or https://, got {v!r}")
+            raise ValueError(f"url must start with http:// or https://, got {display_url(v)!r}")
         return v
 
 
@@ -217,6 +225,13 @@ class Config(_Model):
     server: ServerConfig = ServerConfig()
     # where the config file lives: relative paths resolve against it
     base_dir: str = Field("", exclude=True)
+    # credentials in URLs: the values ${VAR} put in a URL's user info or query, and those
+    # a URL carries by its structure (a password, an api_key=...); see ``display``
+    url_secrets: frozenset[str] = Field(frozenset(), exclude=True)
+    # channels whose ${VAR} were left unresolved (``load_config(..., channel_secrets=
+    # False)``, for the commands that only read the store): known by name only, and
+    # ``build_notifiers`` refuses to build them
+    unresolved_channels: frozenset[str] = Field(frozenset(), exclude=True)
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -245,6 +260,16 @@ class Config(_Model):
             )
             for f in self.feeds
         ]
+
+    def display(self, url: str) -> str:
+        """``url`` as it may be shown (logs, health, status, errors): credentials as
+        ``***``, scheme, host and path readable. Fetch with the real one."""
+        return display_url(url, secrets_of(self))
+
+    def redact(self, text: str) -> str:
+        """Free text (an error message) with its URLs shown by ``display`` and every
+        secret of the configuration as ``***``."""
+        return redact_text(text, secrets_of(self))
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -304,30 +329,43 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _interpolate(
-    data: Any, where: tuple[str | int, ...], env: dict[str, str], missing: list[tuple[Any, str]]
+    data: Any, where: tuple[str | int, ...], env: dict[str, str], missing: list[tuple[Any, str]],
+    secrets: set[str],
 ) -> Any:
+    """``data`` with ``${VAR}`` replaced; unset variables appended to ``missing``, and
+    the credentials of every URL (see ``monitor.redact``) added to ``secrets``."""
     if isinstance(data, dict):
-        return {k: _interpolate(v, (*where, k), env, missing) for k, v in data.items()}
+        return {k: _interpolate(v, (*where, k), env, missing, secrets) for k, v in data.items()}
     if isinstance(data, list):
-        return [_interpolate(v, (*where, i), env, missing) for i, v in enumerate(data)]
+        return [_interpolate(v, (*where, i), env, missing, secrets) for i, v in enumerate(data)]
     if isinstance(data, str):
+        substituted: list[tuple[int, int, str]] = []
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            missing.append((where, name))
-            return m.group(0)  # leave it: the missing variable is the problem reported
+                value = env[name]
+            elif default is not None:
+                value = default
+            else:
+                missing.append((where, name))
+                return m.group(0)  # leave it: the missing variable is the problem reported
+            substituted.append((m.start(), m.end(), value))
+            return value
 
-        return _ENV.sub(sub, data)
+        out = _ENV.sub(sub, data)
+        if substituted:
+            secrets.update(template_secrets(data, substituted))
+        if looks_like_url(out.strip()):
+            secrets.update(url_secrets(out.strip(), lone_user=where != ("store",)))
+        return out
     return data
 
 
 def secrets_of(config: Config) -> list[str]:
-    """Values that must never be logged (webhook URLs, tokens, passwords)."""
-    out: list[str] = []
+    """Values that must never be logged (webhook URLs, tokens, passwords, credentials in
+    URLs: ``Config.url_secrets``)."""
+    out: list[str] = sorted(config.url_secrets)
     for ch in config.channels.values():
         if isinstance(ch, SlackChannel):
             out += [s for s in (ch.webhook_url, ch.token) if s]
@@ -350,8 +388,34 @@ def find_config(explicit: str | None) -> Path:
     return Path(DEFAULT_CONFIG)
 
 
-def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Config:
-    """Validate config text; raise ``ConfigError`` listing every problem."""
+_CHANNEL_TYPES: dict[str, type[SlackChannel | EmailChannel | FileChannel]] = {
+    "slack": SlackChannel, "email": EmailChannel, "file": FileChannel,
+}
+
+
+def _defer_channels(data: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """``data`` with the channels ``names`` (that hold unset variables) built without
+    validation: a command that only reads the store needs their names, not their
+    secrets. A channel whose type is not known is left to validation (and its error)."""
+    channels = data.get("channels")
+    if not isinstance(channels, dict):
+        return data
+    built = dict(channels)
+    for name in names:
+        raw = channels.get(name)
+        if isinstance(raw, dict) and raw.get("type") in _CHANNEL_TYPES:
+            built[name] = _CHANNEL_TYPES[raw["type"]].model_construct(**raw)
+    return {**data, "channels": built}
+
+
+def parse_config(text: str, path: str, env: dict[str, str] | None = None, *,
+                 channel_secrets: bool = True) -> Config:
+    """Validate config text; raise ``ConfigError`` listing every problem.
+
+    ``channel_secrets=False`` (the commands that only read the store: status, stories,
+    outbox retry, backtest...): a variable that is unset where only a channel uses it
+    is not a problem; that channel is kept by name (``Config.unresolved_channels``) and
+    cannot be sent to. The store's variables are still needed."""
     env = dict(os.environ) if env is None else env
     try:
         data, positions = load_yaml(text, path)
@@ -362,7 +426,15 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Con
     if not isinstance(data, dict):
         raise ConfigError([Problem(path, 1, 1, "the configuration must be a mapping of keys")])
     missing: list[tuple[Any, str]] = []
-    data = _interpolate(data, (), env, missing)
+    secrets: set[str] = set()
+    data = _interpolate(data, (), env, missing, secrets)
+    deferred: set[str] = set()
+    if not channel_secrets:
+        deferred = {str(where[1]) for where, _ in missing
+                    if len(where) > 2 and where[0] == "channels"}
+        missing = [(where, name) for where, name in missing
+                   if not (len(where) > 2 and where[0] == "channels")]
+        data = _defer_channels(data, deferred)
     problems: list[Problem] = []
     for where, name in missing:
         pos = positions.get(tuple(where))
@@ -377,7 +449,8 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Con
         )
     base = str(Path(path).resolve().parent)
     try:
-        config = Config.model_validate({**data, "base_dir": base})
+        config = Config.model_validate({**data, "base_dir": base, "url_secrets": secrets,
+                                        "unresolved_channels": deferred})
     except ValidationError as e:
         # a value that holds an unset variable is already reported: its validation
         # error is only a consequence (an empty URL is not a URL)
@@ -388,11 +461,14 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None) -> Con
     if config is not None:
         problems += _file_problems(config, path, positions)
     if problems or config is None:
-        raise ConfigError(problems, "invalid configuration")
+        # a problem may quote a value (``got '...'``): never a credential
+        shown = [replace(p, message=redact_text(p.message, secrets)) for p in problems]
+        raise ConfigError(shown, "invalid configuration")
     return config
 
 
-def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
+def load_config(path: Path | str, env: dict[str, str] | None = None, *,
+                channel_secrets: bool = True) -> Config:
     p = Path(path)
     if not p.exists():
         raise ConfigError(
@@ -410,4 +486,4 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(str(p), None, None, f"cannot read: {e}")]) from e
-    return parse_config(text, str(p), env)
+    return parse_config(text, str(p), env, channel_secrets=channel_secrets)

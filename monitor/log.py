@@ -4,8 +4,9 @@
     log = get_logger(__name__)
     log.info("feed.polled", feed="bbc", status=304, new=0, ms=41)
 
-Values registered with ``redact()`` (webhook URLs, tokens, passwords) are replaced by
-``***`` in every rendered line, whatever field or message they hide in.
+Values registered with ``redact()`` (webhook URLs, tokens, passwords, credentials in URLs)
+are replaced by ``***`` in every rendered line, whatever field or message they hide in,
+and so are the user info and credential-named query values of any URL in a line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from monitor.redact import display_url, redact_text
 
 _SECRETS: set[str] = set()
 
@@ -28,28 +30,15 @@ def redact(*values: str | None) -> None:
 
 
 def scrub(text: str) -> str:
-    for s in _SECRETS:
-        if s in text:
-            text = text.replace(s, "***")
-    return text
+    """``text`` with every registered secret as ``***`` and every URL in it shown with
+    its credentials masked (``monitor.redact``): the last line of defence."""
+    return redact_text(text, _SECRETS)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the password of its user info shown as ``***`` (store URLs in
-    messages and logs); unchanged when it has none."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL urllib can read (a bad port, a broken IPv6 host)
-        password = None
-        scheme, sep, rest = url.partition("://")
-        creds, at, host = rest.rpartition("@")
-        if sep and at and ":" in creds:
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    if password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``url`` as it may be shown, the user name kept (store URLs in messages and logs):
+    ``postgresql://u:***@db/x``; see ``monitor.redact.display_url``."""
+    return display_url(url, _SECRETS, keep_user=True)
 
 
 class Logger:

@@ -180,8 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# the commands that send: they need every channel's secrets; the others only read the
+# store and load the config without them (an unset ${VAR} of a channel is no error)
+SENDING = ("run", "once")
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(find_config(args.config))
+    from monitor.config import secrets_of
+    from monitor.log import redact
+
+    config = load_config(find_config(args.config), channel_secrets=args.cmd in SENDING)
+    redact(*secrets_of(config))  # whatever prints, never a credential
+    return config
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -305,9 +315,10 @@ async def cmd_status(config: Config, as_json: bool) -> int:
     if as_json:
         _print_json({
             "feeds": [
-                {"name": f.name, "url": f.url, "last_polled": f.last_polled,
+                {"name": f.name, "url": config.display(f.url), "last_polled": f.last_polled,
                  "next_poll": f.next_poll, "failures": f.failures, "last_status": f.last_status,
-                 "last_error": scrub(f.last_error or "") or None, "gone": f.gone,
+                 "last_error": config.redact(scrub(f.last_error or "")) or None,
+                 "gone": f.gone,
                  "problem": f.problem,
                  "stories_seen": f.stories_seen}
                 for f in feeds
@@ -320,7 +331,8 @@ async def cmd_status(config: Config, as_json: bool) -> int:
     for f in feeds:
         state = "GONE" if f.gone else (f"failing×{f.failures}" if f.failures else "ok")
         print(f"{f.name:<24} {state:<12} last={_t(f.last_polled)} next={_t(f.next_poll)} "
-              f"seen={f.stories_seen}" + (f"  {scrub(f.last_error)}" if f.last_error else "")
+              f"seen={f.stories_seen}"
+              + (f"  {config.redact(scrub(f.last_error))}" if f.last_error else "")
               + (f"  [{f.problem}]" if f.problem else ""))
     print(f"outbox: {pending} pending, {len(failed)} failed (recent)")
     for d in failed:
@@ -439,6 +451,7 @@ def _stories_from_feed(source: str, now: Any) -> list[Any]:
 
     if source.startswith(("http://", "https://")):
         from monitor.core.model import Fetched
+        from monitor.redact import display_url
         from monitor.shell.fetch import Fetcher
 
         async def get() -> Fetched:
@@ -447,7 +460,7 @@ def _stories_from_feed(source: str, now: Any) -> list[Any]:
                                per_host=1) as f:
                 r = await f.fetch(source, etag=None, last_modified=None)
             if not isinstance(r, Fetched):
-                raise MonitorError(f"cannot fetch {source}: {getattr(r, 'reason', r)}")
+                raise MonitorError(f"cannot fetch {display_url(source)}: {getattr(r, 'reason', r)}")
             return r
 
         r = loop.run(get())

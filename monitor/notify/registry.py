@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monitor.config import Config, EmailChannel, FileChannel, SlackChannel
+from monitor.errors import MonitorError
 from monitor.log import redact
 from monitor.notify.base import Notifier
 from monitor.notify.email import EmailNotifier
@@ -14,6 +15,10 @@ def build_notifiers(config: Config) -> dict[str, Notifier]:
     """``{channel name: notifier}``. Registers the channels' secrets with the log
     redactor. Relative file paths (a file channel's ``path``, an email channel's
     ``ca_file``) resolve against the config file's directory."""
+    if config.unresolved_channels:  # loaded for a command that only reads the store
+        raise MonitorError(
+            "cannot send: the secrets of channel(s) "
+            f"{', '.join(sorted(config.unresolved_channels))} were not resolved")
     out: dict[str, Notifier] = {}
     for name, ch in config.channels.items():
         if isinstance(ch, SlackChannel):

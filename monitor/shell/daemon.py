@@ -143,7 +143,7 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list
                 now=now, interval=spec.interval, key=spec.name,
                 last_polled=st.last_polled, next_poll=st.next_poll))
             if st.gone:
-                log.warning("feed.gone", feed=spec.name, url=st.url,
+                log.warning("feed.gone", feed=spec.name, url=scrub(st.url),
                             hint="the server answered 410 Gone; change its url or remove it")
         await store.save_feed(st)
         out.append(st)
@@ -330,12 +330,12 @@ class Runtime:
         except Exception as e:  # a bug must not kill the daemon or stop the feed for good
             now = self.clock()
             log.error("feed.poll_crashed", feed=spec.name, error=repr(e), exc_info=True)
+            error = self.config.redact(f"internal error: {e!r}")
             with contextlib.suppress(Exception):
                 await self.store.save_feed(replace(
                     state, last_polled=now, failures=state.failures + 1,
-                    last_error=f"internal error: {e!r}",
-                    next_poll=now + timedelta(seconds=spec.interval)))
-            return PollOutcome(feed=spec.name, result="failed", error=f"internal error: {e!r}")
+                    last_error=error, next_poll=now + timedelta(seconds=spec.interval)))
+            return PollOutcome(feed=spec.name, result="failed", error=error)
 
     async def drain(self) -> DispatchResult:
         """Deliver everything due now."""
@@ -345,7 +345,8 @@ class Runtime:
         now = self.clock()
         feeds = await self.store.get_feeds()
         failing = [
-            {"feed": f.name, "failures": f.failures, "error": scrub(f.last_error or ""),
+            {"feed": f.name, "failures": f.failures,
+             "error": self.config.redact(scrub(f.last_error or "")),
              "next_poll": f.next_poll.isoformat() if f.next_poll else None}
             for f in feeds if f.failures and not f.gone
         ]

@@ -11,7 +11,8 @@ HTTP problems:
 * ``NotModified``  a 304 to our conditional GET (``If-None-Match`` / ``If-Modified-Since``);
 * ``FetchFailed``  anything else, with a ``reason`` a person can read: ``HTTP 404 Not
   Found``, ``timed out after 30s``, ``response larger than 10.0 MiB cap``, ``redirect
-  loop``, ``cannot connect to host:port: Connection refused``… A 410 sets ``gone``;
+  loop``, ``cannot connect to host:port: Connection refused``… (a URL in a reason is
+  in its shown form: ``monitor.redact``, no credentials). A 410 sets ``gone``;
   a ``Retry-After`` (seconds or HTTP-date) on an error response sets ``retry_after``.
 
 Redirects are followed by hand (so each hop is checked against the limits, loops are
@@ -49,6 +50,7 @@ from yarl import URL
 from monitor.core.model import Fetched, FetchFailed, FetchResult, NotModified
 from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger
+from monitor.redact import display_url, redact_text
 
 log = get_logger(__name__)
 
@@ -163,9 +165,9 @@ def _redirect_target(current: URL, resp: aiohttp.ClientResponse) -> URL:
     try:
         target = current.join(URL(location))
     except ValueError as exc:
-        raise _Failure(f"invalid redirect Location {location!r}") from exc
+        raise _Failure(f"invalid redirect Location {display_url(location)!r}") from exc
     if target.scheme not in ("http", "https") or not target.host:
-        raise _Failure(f"redirect to unsupported URL {location!r}")
+        raise _Failure(f"redirect to unsupported URL {display_url(location)!r}")
     return target.with_fragment(None)
 
 
@@ -236,10 +238,11 @@ class Fetcher:
         started = time.monotonic()
         result, status, size = await self._fetch(url, etag=etag, last_modified=last_modified)
         ms = round((time.monotonic() - started) * 1000)
+        shown = display_url(url)  # (the log formatter also masks the config's secrets)
         if isinstance(result, FetchFailed):
-            log.debug("fetch.done", url=url, status=status, bytes=size, ms=ms, reason=result.reason)
+            log.debug("fetch.done", url=shown, status=status, bytes=size, ms=ms, reason=result.reason)
         else:
-            log.debug("fetch.done", url=url, status=status, bytes=size, ms=ms)
+            log.debug("fetch.done", url=shown, status=status, bytes=size, ms=ms)
         return result
 
     async def _fetch(
@@ -255,9 +258,9 @@ class Fetcher:
         try:
             current = URL(url)
             if current.scheme not in ("http", "https") or not current.host:
-                return FetchFailed(url=url, reason=f"unsupported URL: {url!r}"), None, 0
+                return FetchFailed(url=url, reason=f"unsupported URL: {display_url(url)!r}"), None, 0
         except ValueError as exc:
-            return FetchFailed(url=url, reason=f"invalid URL: {exc}"), None, 0
+            return FetchFailed(url=url, reason=redact_text(f"invalid URL: {exc}")), None, 0
         loop = asyncio.get_running_loop()
         deadline: float | None = None  # starts with the first request, not while queued
         status: int | None = None
@@ -292,7 +295,7 @@ class Fetcher:
                             return result, status, size
                         target = _redirect_target(current, resp)
                 if str(target) in seen:
-                    raise _Failure(f"redirect loop at {target}")
+                    raise _Failure(f"redirect loop at {display_url(str(target))}")
                 hops += 1
                 if hops > self.max_redirects:
                     raise _Failure(f"too many redirects (more than {self.max_redirects})")
@@ -306,7 +309,7 @@ class Fetcher:
             reason = _describe(
                 exc, connect_timeout=self.connect_timeout, timeout=self.timeout, expired=expired
             )
-            return FetchFailed(url=url, reason=reason), status, 0
+            return FetchFailed(url=url, reason=redact_text(reason)), status, 0
 
     async def _final(
         self,

@@ -57,6 +57,7 @@ from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import next_poll
 from monitor.log import get_logger
 from monitor.metrics import Metrics
+from monitor.redact import without_userinfo
 from monitor.shell.fetch import Fetcher
 from monitor.store.base import Store, StoredStory
 from monitor.store.groupcommit import FeedStateWriter
@@ -212,7 +213,9 @@ class Pipeline:
         jitter = self.config.defaults.jitter
         url = state.url
         if result.permanent_redirect and result.permanent_redirect != state.url:
-            log.info("feed.moved", feed=spec.name, old=state.url, new=result.permanent_redirect)
+            # the new URL is kept to fetch; only its shown form is logged
+            log.info("feed.moved", feed=spec.name, old=self.config.display(state.url),
+                     new=self.config.display(result.permanent_redirect))
             url = result.permanent_redirect
 
         def ms() -> float:
@@ -255,7 +258,9 @@ class Pipeline:
             headers=result.headers,
             feed=spec.name,
             feed_tags=spec.tags,
-            url=result.final_url,
+            # relative links resolve against it: never carry the feed's user info into
+            # a story's link (and an alert)
+            url=without_userinfo(result.final_url),
             now=now,
             rules_path=str(self.config.rules_path),
             rules_fingerprint=self.rules.ruleset.fingerprint,
@@ -609,6 +614,9 @@ class Pipeline:
         ms: float,
     ) -> PollOutcome:
         failures = state.failures + 1
+        # a reason may quote the URL (a redirect loop, an aiohttp message): it is stored,
+        # logged, shown by status and /healthz, so never with its credentials
+        reason = self.config.redact(reason)
         new = replace(
             state,
             url=url,
