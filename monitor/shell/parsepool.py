@@ -171,11 +171,11 @@ def worker_main(conn: socket.socket, parent: int, progress: Any, fn: JobFn) -> N
             job: Job = pickle.loads(data)
 
             def report(i: int, n: int, story: Story, stuck: bool = job.feed in hang) -> None:
+                progress.value = _where(i, n, story)
                 if stuck:
                     _hang()
-                progress.value = _where(i, n, story)
 
-            progress.value = b"parsing the feed"
+            progress.value = b"while parsing the feed"
             out: tuple[str, Any]
             try:
                 out = ("ok", fn(job, report))
@@ -342,6 +342,9 @@ class Processes:
                     raise JobTimedOut(feed=job.feed, deadline=deadline, where=w.where(),
                                       killed=True) from None
                 except (asyncio.IncompleteReadError, ConnectionError):
+                    if self._closed:
+                        raise MonitorError("the parse pool was shut down under the job"
+                                           ) from None
                     w.proc.join(1.0)  # it is gone: its exit code says how
                     raise WorkerDied(f"the parse worker died {w.where() or 'while parsing'}"
                                      f" (exit code {w.proc.exitcode})", feed=job.feed) from None
