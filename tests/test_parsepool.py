@@ -266,3 +266,16 @@ def test_the_hang_failpoint_is_only_a_test_aid(monkeypatch: pytest.MonkeyPatch) 
     assert _failpoints() == {"a", "b"}
     assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
     assert time.monotonic() > 0
+
+
+def test_a_feed_whose_job_timed_out_waits_ten_deadlines_doubling() -> None:
+    from monitor.core.schedule import TIMEOUT_BACKOFF, timeout_backoff
+
+    assert TIMEOUT_BACKOFF == 10.0
+    wait = [timeout_backoff(deadline=30.0, interval=60.0, failures=f, backoff_max=6 * 3600.0)
+            for f in (1, 2, 3, 10)]
+    assert wait == [300.0, 600.0, 1200.0, 6 * 3600.0]
+    # a long interval wins; a backoff_max shorter than one wait does not shorten it
+    assert timeout_backoff(deadline=30.0, interval=3600.0, failures=1,
+                           backoff_max=6 * 3600.0) == 3600.0
+    assert timeout_backoff(deadline=30.0, interval=60.0, failures=1, backoff_max=60.0) == 300.0
