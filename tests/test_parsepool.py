@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -264,8 +262,6 @@ def test_the_hang_failpoint_is_only_a_test_aid(monkeypatch: pytest.MonkeyPatch) 
     assert _failpoints() == set()
     monkeypatch.setenv(FAILPOINTS, "prepare-hang:a, prepare-hang:b,other:c,prepare-hang:")
     assert _failpoints() == {"a", "b"}
-    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
-    assert time.monotonic() > 0
 
 
 def test_a_feed_whose_job_timed_out_waits_ten_deadlines_doubling() -> None:
