@@ -81,6 +81,9 @@ class FetchConfig(_Model):
     backoff_max: Duration = 6 * 3600.0
     parse_workers: int = Field(0, ge=0)  # 0 = one per core
     parse_in: Literal["process", "thread"] = "process"
+    # one parse/prepare job's deadline: past it the job is abandoned, its worker killed
+    # and replaced, and the feed fails (and backs off)
+    parse_timeout: Duration = 30.0
 
 
 class SlackChannel(_Model):
@@ -218,6 +221,8 @@ class Config(_Model):
     rules: str = "rules"
     store: str = "sqlite:///monitor.db"
     retention: Duration = 30 * 86400.0
+    # SIGTERM: in-flight polls and the delivery in hand get this long, then the daemon exits
+    shutdown_timeout: Duration = 10.0
     channels: dict[str, Channel] = {}
     fetch: FetchConfig = FetchConfig()
     dedup: DedupConfig = DedupConfig()

@@ -38,6 +38,15 @@ class Metrics:
         self.clusters = Gauge(
             "monitor_dedup_index_stories", "Stories in the dedup window index", registry=r
         )
+        self.parse_timeouts = Counter(
+            "monitor_parse_timeouts_total",
+            "Parse jobs abandoned at their deadline (fetch.parse_timeout)", ["feed"], registry=r,
+        )
+        self.parse_workers_replaced = Counter(
+            "monitor_parse_workers_replaced_total",
+            "Parse worker processes killed and replaced, by why: timeout (a job exceeded its "
+            "deadline) or died", ["reason"], registry=r,
+        )
 
         self.peer_stories = Counter(
             "monitor_peer_stories_total",

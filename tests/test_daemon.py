@@ -358,18 +358,16 @@ async def test_a_job_that_does_not_start_now_still_runs() -> None:
 
 
 async def test_a_poll_abandoned_at_shutdown_is_due_again_at_once(
-    tmp_path: Path, feed_server: FeedServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, feed_server: FeedServer
 ) -> None:
     # a feed that does not answer while the daemon stops: its claim (a lease of minutes)
     # is given back, so the next start polls it at once
     from datetime import UTC, datetime, timedelta
 
-    import monitor.shell.daemon
     from monitor.config import load_config
     from monitor.shell.daemon import Daemon
     from monitor.store.sqlite import SQLiteStore
 
-    monkeypatch.setattr(monitor.shell.daemon, "STOP_DEADLINE", 0.2)
     release = feed_server.gate("/stuck.rss")
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
     (tmp_path / "config.yaml").write_text(f"""
@@ -384,6 +382,7 @@ channels:
   audit-file: {{type: file, path: f.jsonl}}
 fetch: {{parse_in: thread}}
 server: {{enabled: false}}
+shutdown_timeout: 0.2s
 """, encoding="utf-8")
     daemon = Daemon(load_config(tmp_path / "config.yaml"), tick=0.05)
     running = asyncio.create_task(daemon.run())

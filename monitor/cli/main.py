@@ -212,7 +212,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "run":
         from monitor.shell.daemon import Daemon
 
-        return loop.run(Daemon(config).run())
+        return loop.run(Daemon(config, exit_watchdog=True).run())
     if cmd == "once":
         return loop.run(cmd_once(config, args.json, strict=args.strict))
     if cmd == "status":

@@ -22,7 +22,7 @@ are plain frozen dataclasses, cheap to pickle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -68,9 +68,17 @@ class Prepared:
     rules_fingerprint: str = ""  # the rules the prematches were made with; "" for none
 
 
-def prepare(job: Job, matcher: Matcher | None = None) -> Prepared:
+#: Told which entry the per-story work is on: (1-based position, entries, story), before
+#: that story's work starts. The parse pool records it, so that a job abandoned at its
+#: deadline can say which item it was stuck on.
+Progress = Callable[[int, int, Story], None]
+
+
+def prepare(job: Job, matcher: Matcher | None = None, progress: Progress | None = None
+            ) -> Prepared:
     """Parse and normalise ``job.body``, then compute the per-story work. ``matcher`` must
-    be compiled from the rules ``job.rules_fingerprint`` names; None: no prematch."""
+    be compiled from the rules ``job.rules_fingerprint`` names; None: no prematch.
+    ``progress`` is called before each entry's work (see ``Progress``)."""
     parsed = parse_feed(
         job.body, job.headers, feed=job.feed, feed_tags=job.feed_tags, url=job.url, now=job.now
     )
@@ -79,14 +87,20 @@ def prepare(job: Job, matcher: Matcher | None = None) -> Prepared:
     skip = job.skip_ids
     dedup = job.dedup
     m = matcher if job.rules_fingerprint else None
-    stories = tuple(
-        PreparedStory(story=s) if s.id in skip else PreparedStory(
+    total = len(parsed.stories)
+
+    def one(i: int, s: Story) -> PreparedStory:
+        if s.id in skip:
+            return PreparedStory(story=s)
+        if progress is not None:
+            progress(i, total, s)
+        return PreparedStory(
             story=s,
             features=story_features(s, dedup) if dedup else None,
             prematch=m.prematch(s) if m is not None else None,
         )
-        for s in parsed.stories
-    )
+
+    stories = tuple(one(i, s) for i, s in enumerate(parsed.stories, 1))
     return Prepared(
         stories=stories,
         problem=parsed.problem,

@@ -6,6 +6,8 @@ inputs always give the same answer while different feeds still spread out.
 
 * :func:`next_poll`    after a poll: the interval (± jitter) on success, exponential
   backoff on failure (never giving up), ``Retry-After`` as a lower bound.
+* :func:`timeout_backoff` after a parse job that ran past its deadline: a longer wait,
+  so that a feed whose content hangs the parser cannot monopolise the parse workers.
 * :func:`initial_poll` at start-up: resume the stored schedule, spreading overdue
   feeds over the first minute and brand-new feeds over the first 30 seconds, so a
   restart does not fire every feed at once.
@@ -50,6 +52,22 @@ def backoff_delay(*, interval: float, failures: int, backoff_max: float) -> floa
     """
     exponent = min(max(failures, 1) - 1, _MAX_EXPONENT)
     return max(interval, min(interval * float(2**exponent), backoff_max))
+
+
+#: A feed whose parse job was abandoned at its deadline waits at least this many
+#: deadlines before its next poll (doubling with each further failure): it can occupy a
+#: worker for at most about 1/(1 + TIMEOUT_BACKOFF) of the time, and less and less.
+TIMEOUT_BACKOFF = 10.0
+
+
+def timeout_backoff(*, deadline: float, interval: float, failures: int,
+                    backoff_max: float) -> float:
+    """Seconds to wait after the ``failures``-th consecutive failure (``>= 1``) when it was
+    a parse job abandoned at its ``deadline``: the usual backoff, computed from the longer
+    of ``interval`` and ``TIMEOUT_BACKOFF × deadline``, capped at ``backoff_max`` unless
+    that is shorter than one such wait. Use it as ``next_poll``'s ``retry_after``."""
+    base = max(interval, TIMEOUT_BACKOFF * deadline)
+    return backoff_delay(interval=base, failures=failures, backoff_max=backoff_max)
 
 
 def _require_aware(now: datetime) -> None:

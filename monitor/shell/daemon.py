@@ -4,9 +4,11 @@
 one ``AsyncExitStack``. ``Daemon.run()`` is ``monitor run``; ``Runtime.poll_all()`` +
 ``Runtime.drain()`` is ``monitor once``.
 
-Stopping (SIGTERM/SIGINT): stop claiming feeds, let in-flight polls finish within a
-deadline (an abandoned poll committed nothing: its feed is polled again on restart),
-finish the delivery in hand, close. SIGHUP and any change in the rules directory reload
+Stopping (SIGTERM/SIGINT): stop claiming feeds, let in-flight polls finish and the
+delivery in hand be done within ``shutdown_timeout`` (an abandoned poll committed
+nothing: its feed is polled again on restart), kill the parse workers, close. ``monitor
+run`` also arms a watchdog: if anything still holds the process ``EXIT_MARGIN`` seconds
+after that deadline (a thread stuck in C, a hung close), it exits all the same. SIGHUP and any change in the rules directory reload
 the rules: validated as a whole and swapped atomically, or rejected with the old set
 kept running.
 """
@@ -16,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import multiprocessing
 import os
 import signal
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -42,7 +46,7 @@ from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
-from monitor.shell.parsepool import ParsePool, worker_init
+from monitor.shell.parsepool import ParsePool, Processes, Threads
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.rulefiles import load_rules
 from monitor.shell.scheduler import Scheduler
@@ -53,7 +57,8 @@ from monitor.store.open import open_store
 log = get_logger(__name__)
 
 FEED_LEASE = timedelta(minutes=10)
-STOP_DEADLINE = 10.0  # seconds in-flight polls get to finish on SIGTERM
+STOP_FLOOR = 1.0  # seconds the delivery in hand gets at least, even past shutdown_timeout
+EXIT_MARGIN = 10.0  # seconds past shutdown_timeout after which `monitor run` exits regardless
 SUMMARY_EVERY = 300.0  # seconds between "daemon.summary" lines (polls are logged at debug)
 
 
@@ -104,17 +109,19 @@ def reload_summary(old: RuleSet, new: RuleSet) -> dict[str, Any]:
     return out
 
 
-def make_executor(config: Config) -> Executor:
-    """The parse pool. Processes are spawned, not forked: a worker is a fresh interpreter
-    that inherits no listening socket, database or file watch and keeps the default
-    SIGTERM; and it exits when the daemon dies, however it dies (``parsepool.
-    worker_init``), so a kill -9 leaves nothing holding the port."""
-    workers = config.fetch.parse_workers or max(1, os.cpu_count() or 1)
-    if config.fetch.parse_in == "process" and workers > 1:
-        return ProcessPoolExecutor(max_workers=workers,
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker_init, initargs=(os.getpid(),))
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parse")
+def make_pool(config: Config, metrics: Metrics | None = None) -> ParsePool:
+    """The parse pool, each job within ``fetch.parse_timeout``. Processes (even one: only
+    a process can be killed when its job runs past the deadline) are spawned, not forked:
+    a worker is a fresh interpreter that inherits no listening socket, database or file
+    watch and keeps the default SIGTERM; and it exits when the daemon dies, however it
+    dies (``parsepool.worker_init``), so a kill -9 leaves nothing holding the port."""
+    fc = config.fetch
+    workers = fc.parse_workers or max(1, os.cpu_count() or 1)
+    if fc.parse_in == "process":
+        return ParsePool(Processes(workers), timeout=fc.parse_timeout, metrics=metrics)
+    return ParsePool(Threads(lambda: ThreadPoolExecutor(max_workers=workers,
+                                                        thread_name_prefix="parse")),
+                     timeout=fc.parse_timeout, metrics=metrics)
 
 
 async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list[FeedState]:
@@ -173,6 +180,7 @@ class Runtime:
         self.store: Store
         self.pipeline: Pipeline
         self.dispatcher: Dispatcher
+        self.pool: ParsePool
         self.on_sent: list[Callable[[Delivery], None]] = []
 
     async def __aenter__(self) -> Runtime:
@@ -196,10 +204,13 @@ class Runtime:
             )
             await self._stack.enter_async_context(fetcher)
             given = self._executor
-            pool = ParsePool(lambda: given) if given is not None else ParsePool(
-                lambda: make_executor(cfg))
-            if given is None:
+            if given is not None:  # the caller's, and the caller shuts it down
+                pool = ParsePool(Threads(lambda: given), timeout=fc.parse_timeout,
+                                 metrics=self.metrics)
+            else:
+                pool = make_pool(cfg, self.metrics)
                 self._stack.callback(pool.shutdown)
+            self.pool = pool
             index = StoryIndex(dedup_settings(cfg))
             window = timedelta(seconds=cfg.dedup.window)
 
@@ -355,13 +366,14 @@ class Runtime:
         pending = await self.store.count_pending()
         listening = self.store.listening
         enabled = len(rules.ruleset.enabled)
+        parse, parse_reasons = self.pool.health()
         reasons = [why for why, bad in (
             (f"{len(failing)} feed(s) failing", failing),
             (f"{len(gone)} feed(s) gone", gone),
             ("the last rules reload failed", rules.error),
             ("no rule is enabled: nothing can alert", not enabled),
             ("not hearing the other instances", listening is False),
-        ) if bad]
+        ) if bad] + parse_reasons
         status = "degraded" if reasons else "ok"
         peers = {} if listening is None else {"peers": {"listening": listening}}
         return {
@@ -377,19 +389,40 @@ class Runtime:
                 "error_at": rules.error_at.isoformat() if rules.error_at else None,
             },
             "outbox": {"pending": pending},
+            "parse": parse,  # the parse pool: jobs past their deadline, workers replaced
             "dedup": {"stories": len(self.pipeline.index)},
             **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
         }
+
+
+def arm_exit_watchdog(seconds: float) -> None:
+    """End the process ``seconds`` from now if it has not ended by itself: the last word
+    of a SIGTERM, whatever still holds the process then (a thread stuck in a C call that
+    the interpreter would wait for at exit, a close that hangs)."""
+
+    def watch() -> None:
+        time.sleep(seconds)
+        names = sorted(t.name for t in threading.enumerate()
+                       if t is not threading.current_thread())
+        log.error("daemon.exit_forced", after=seconds, threads=", ".join(names))
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
 
 
 class Daemon:
     """``monitor run``: poll on schedule, deliver, reload rules, stop on a signal."""
 
     def __init__(self, config: Config, *, clock: Callable[[], datetime] = utc_now,
-                 tick: float = 1.0) -> None:
+                 tick: float = 1.0, exit_watchdog: bool = False) -> None:
         self.config = config
         self.clock = clock
         self.tick = tick
+        # `monitor run`: the process exits at the latest EXIT_MARGIN s past the deadline
+        self.exit_watchdog = exit_watchdog
         self._stop = asyncio.Event()
         self._wake_dispatch = asyncio.Event()
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
@@ -431,13 +464,18 @@ class Daemon:
                              self.config.store_url),
                          loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
                 await self._stop.wait()
-                log.info("daemon.stopping", inflight=len(self._inflight))
+                budget = self.config.shutdown_timeout
+                deadline = loop.time() + budget
+                log.info("daemon.stopping", inflight=len(self._inflight), deadline=budget)
+                if self.exit_watchdog:
+                    arm_exit_watchdog(budget + EXIT_MARGIN)
                 sched.stop()
                 watcher.cancel()
                 if self._ticking is not None:  # a tick in the middle of its claim
                     await asyncio.gather(self._ticking, return_exceptions=True)
                 if self._inflight:
-                    _, pending = await asyncio.wait(self._inflight, timeout=STOP_DEADLINE)
+                    _, pending = await asyncio.wait(
+                        self._inflight, timeout=max(0.0, deadline - loop.time()))
                     # (read before cancelling: a finished task forgets its claim)
                     abandoned = [self._claimed[t] for t in pending if t in self._claimed]
                     for t in pending:
@@ -456,7 +494,8 @@ class Daemon:
                 rt.dispatcher.stopping = True
                 self._wake_dispatch.set()
                 try:
-                    await asyncio.wait_for(asyncio.shield(dispatcher), STOP_DEADLINE)
+                    await asyncio.wait_for(asyncio.shield(dispatcher),
+                                           max(STOP_FLOOR, deadline - loop.time()))
                 except TimeoutError:
                     dispatcher.cancel()
                     log.warning("daemon.abandoned", deliveries="in flight",

@@ -54,11 +54,12 @@ from monitor.core.route import (
 )
 from monitor.core.rules.match import Matcher, RegexSkipped
 from monitor.core.rules.model import RuleSet
-from monitor.core.schedule import next_poll
+from monitor.core.schedule import next_poll, timeout_backoff
 from monitor.log import get_logger
 from monitor.metrics import Metrics
 from monitor.redact import without_userinfo
 from monitor.shell.fetch import Fetcher
+from monitor.shell.parsepool import JobAbandoned, JobTimedOut
 from monitor.store.base import Store, StoredStory
 from monitor.store.groupcommit import FeedStateWriter
 
@@ -253,20 +254,28 @@ class Pipeline:
                       unchanged=True, ms=ms())
             return PollOutcome(feed=spec.name, result="unchanged", status=result.status, ms=ms())
 
-        prepared = await self.prepare(Job(
-            body=result.body,
-            headers=result.headers,
-            feed=spec.name,
-            feed_tags=spec.tags,
-            # relative links resolve against it: never carry the feed's user info into
-            # a story's link (and an alert)
-            url=without_userinfo(result.final_url),
-            now=now,
-            rules_path=str(self.config.rules_path),
-            rules_fingerprint=self.rules.ruleset.fingerprint,
-            dedup=self.index.settings,
-            skip_ids=self._last_ids.get(spec.name, frozenset()),
-        ))
+        try:
+            prepared = await self.prepare(Job(
+                body=result.body,
+                headers=result.headers,
+                feed=spec.name,
+                feed_tags=spec.tags,
+                # relative links resolve against it: never carry the feed's user info into
+                # a story's link (and an alert)
+                url=without_userinfo(result.final_url),
+                now=now,
+                rules_path=str(self.config.rules_path),
+                rules_fingerprint=self.rules.ruleset.fingerprint,
+                dedup=self.index.settings,
+                skip_ids=self._last_ids.get(spec.name, frozenset()),
+            ))
+        except JobAbandoned as e:  # past its deadline (then a longer backoff), or a dead worker
+            retry = timeout_backoff(
+                deadline=e.deadline, interval=spec.interval, failures=state.failures + 1,
+                backoff_max=self.config.fetch.backoff_max,
+            ) if isinstance(e, JobTimedOut) else None
+            return await self._failed(state, spec, now, url, str(e), result.status,
+                                      retry_after=retry, gone=False, ms=ms())
         if prepared.failed:
             return await self._failed(state, spec, now, url,
                                       prepared.problem or "unparseable feed", result.status,
