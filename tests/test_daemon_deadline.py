@@ -216,3 +216,47 @@ def test_the_deadlines_are_validated_settings_with_defaults() -> None:
         with pytest.raises(ConfigError) as e:
             parse_config(bad, "c.yaml", {})
         assert "c.yaml:" in str(e.value.problems[0]), e.value.problems
+
+
+async def test_a_catastrophic_regex_rule_cannot_stall_the_daemon(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """The attack of issue #11: a rule `/(a+)+$/` and, in each of two feeds, a title of
+    a's ending in '!' (backtracking engines take seconds at 26 a's, for ever at 5,000).
+    With the linear-time engine every feed is processed at once: the normal feed alerts,
+    no parse job comes near its deadline, the evil stories are matched (or not) and
+    stored, and SIGTERM ends the process."""
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    (tmp_path / "rules" / "redos.yaml").write_text(
+        "rules:\n  - name: redos\n    any: ['/(a+)+$/', '/^(a|aa)+$/', '/(x+x+)+y/']\n"
+        "    channels: [audit-file]\n", encoding="utf-8")
+    evil = "a" * 5000 + "!"
+    for path in ("/evil1.rss", "/evil2.rss"):
+        feed_server.serve(path, rss([Item(title=evil, link=f"https://evil.example{path}",
+                                          guid=f"evil{path}", description=evil)]))
+    feed_server.serve("/world.rss", rss(BACKLOG))
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(
+        config_text(feed_server, port, parse_timeout=DEADLINE)
+        .replace("/hang1.rss", "/evil1.rss").replace("/hang2.rss", "/evil2.rss"),
+        encoding="utf-8")
+    d = DaemonProc(tmp_path / "config.yaml", tmp_path / "daemon.log")
+    try:
+        await d.start()
+        await wait_polls(feed_server, "/evil1.rss", 2)
+        await wait_polls(feed_server, "/evil2.rss", 2)
+        await wait_polls(feed_server, "/world.rss", 2)
+        feed_server.set("/world.rss", rss([seed_item(), *BACKLOG]))
+        await until(lambda: any(a["rule"] == "sanctions-deadline"
+                                for a in file_alerts(tmp_path)), "the normal feed's alert")
+        h = await health(port)
+        assert h is not None
+        assert h["parse"]["timed_out"] == 0 and h["parse"]["workers_replaced"] == 0, h["parse"]
+        assert not h["feeds"]["failing"], h["feeds"]
+        assert "parse.timeout" not in d.logtext()
+        assert await stop_within(d, SHUTDOWN + 20) == 0
+        assert "daemon.stopped" in d.logtext()
+    finally:
+        if d.proc is not None and d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()
