@@ -169,6 +169,15 @@ class Alert:
     update: bool = False  # a later update of an earlier alert (new source, "carried by N")
     # an update's first alert's headline: mail threads the update under that subject
     first_title: str | None = None
+    # an update's first alert's story: a channel that edits the first message in place
+    # (Slack bot) re-renders it from this, with the current source count
+    first_story: Story | None = None
+    # an update: whether it is worth a message of its own (a thread reply, a mail, a
+    # webhook post): at a milestone source count, or when ``novel`` is not empty. False:
+    # only the first message is edited (channels that can edit; decided in core/route.py)
+    reply: bool = True
+    # an update: the rule's actors and terms that matched this story but not the first
+    novel: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
