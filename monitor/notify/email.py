@@ -120,7 +120,13 @@ class EmailNotifier:
         return scrub(text)
 
     async def send(
-        self, alert: Alert, *, thread_ref: str | None = None, key: str | None = None
+        self,
+        alert: Alert,
+        *,
+        thread_ref: str | None = None,
+        key: str | None = None,
+        attempt: int = 1,
+        created: datetime | None = None,
     ) -> SendResult:
         """``key`` (the delivery key, optional) fixes the Message-ID; without it the
         Message-ID is derived from the channel name and the alert."""
