@@ -33,7 +33,8 @@ blocks a list of dicts with a ``type``, section/context text ≤ 3000 chars, hea
 ≤ 150 chars, at most 50 blocks); a bad payload is answered ``invalid_payload`` /
 ``invalid_blocks`` and recorded in ``.rejected``. Accepted messages are recorded in
 ``.messages`` as dicts: ``kind`` ("webhook" | "api"), ``channel``, ``text``, ``blocks``,
-``thread_ts``, ``ts``, ``payload`` (the whole body).
+``channel_id``, ``thread_ts``, ``ts`` (wall-clock time, like Slack's), ``payload`` (the
+whole body), ``metadata``, ``edits`` (how many times chat.update changed it).
 
 Control:
 
@@ -57,6 +58,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -177,7 +179,7 @@ class SlackServer:
         self._late: list[float] = []
         self._stopping = asyncio.Event()
         self._fail: list[tuple[int, float | None]] = []
-        self._ts = 1_700_000_000
+        self._ts = 0  # microseconds of the last ts given
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.router.add_post("/webhook/{rest:.*}", self._webhook)
@@ -295,6 +297,11 @@ class SlackServer:
             delay = self._late.pop(0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _next_ts(self) -> str:
+        """A message ts like Slack's: the wall-clock time in µs, unique and increasing."""
+        self._ts = max(self._ts + 1, int(time.time() * 1_000_000))
+        return f"{self._ts // 1_000_000}.{self._ts % 1_000_000:06d}"
 
     def _auth(self, request: web.Request) -> web.Response | None:
         auth = request.headers.get("Authorization", "")
@@ -422,9 +429,8 @@ class SlackServer:
         if problem:
             self.rejected.append((problem, body))
             return web.json_response({"ok": False, "error": problem.split(":")[0]})
-        self._ts += 1
         target.update(text=body.get("text"), blocks=body.get("blocks"),
-                      edits=target["edits"] + 1, edited_ts=f"{self._ts}.000000")
+                      edits=target["edits"] + 1, edited_ts=self._next_ts())
         if "metadata" in body:
             target["metadata"] = body["metadata"]
         self.updates.append({"channel_id": cid, "ts": ts, "text": body.get("text"),
@@ -461,8 +467,7 @@ class SlackServer:
         if problem:
             self.rejected.append((problem, body))
             return web.json_response({"ok": False, "error": problem.split(":")[0]})
-        self._ts += 1
-        ts = f"{self._ts}.{len(self.messages):06d}"
+        ts = self._next_ts()
         meta = body.get("metadata")
         self.messages.append(
             {
