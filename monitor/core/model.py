@@ -192,7 +192,9 @@ class Delivery:
     id: int | None = None  # assigned by the store
     attempts: int = 0
     next_attempt: datetime | None = None
-    thread_ref: str | None = None  # the parent's reference (Slack ts, email Message-ID)
+    # the parent's reference: Slack "<channel ID>/<ts>" (a bare ts in rows stored before
+    # refs carried the channel), email Message-ID
+    thread_ref: str | None = None
     # when `monitor outbox retry` put it back after it failed: retries are given up
     # ``give_up_after`` from here, not from ``created``
     requeued: datetime | None = None
