@@ -231,6 +231,26 @@ async def test_bot_slow_answer_is_not_repeated(
     assert slack_server.history_calls >= 1
 
 
+async def test_bot_connection_dropped_mid_request_is_looked_up_not_repeated(
+    slack_server: SlackServer
+) -> None:
+    """The connection drops after Slack took the message: the one immediate retry looks
+    at the history first, finds it, and posts nothing more."""
+    n = bot(slack_server, channel="C0NEWS")
+    try:
+        slack_server.drop_after_accept(1)
+        r = await n.send(first_alert().alert, key="k")
+        slack_server.drop_after_accept(1)
+        slack_server.scopes = set()  # now the lookup cannot be made: resent once
+        again = await n.send(first_alert().alert, key="k2")
+    finally:
+        await n.close()
+    (m, m2, m3) = slack_server.in_channel("C0NEWS")
+    assert r == Sent(ref=f"C0NEWS/{m['ts']}")
+    assert again == Sent(ref=f"C0NEWS/{m3['ts']}")
+    assert [x["metadata"]["event_payload"]["key"] for x in (m, m2, m3)] == ["k", "k2", "k2"]
+
+
 async def test_bot_slow_thread_reply_is_found_in_the_thread(slack_server: SlackServer) -> None:
     n = bot(slack_server, timeout=0.3)
     upd = Alert(story=story(2), match=first_alert().alert.match, cluster="c1", sources=2,

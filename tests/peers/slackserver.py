@@ -49,7 +49,9 @@ Control:
 * ``slack_server.delay = 2.0`` makes every answer wait that many seconds (a slow Slack).
 * ``slack_server.answer_late(n, delay)``: the next ``n`` posts (webhook or
   ``chat.postMessage``) are ACCEPTED and recorded at once, and answered only ``delay``
-  seconds later (after the client's timeout: an ambiguous outcome for the client).
+  seconds later (after the client's timeout: an ambiguous outcome for the client);
+  ``slack_server.drop_after_accept(n)``: the next ``n`` ``chat.postMessage`` calls are
+  recorded and their connection closed without an answer.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class SlackServer:
         self.requests = 0
         self.delay = 0.0
         self._late: list[float] = []
+        self._drop = 0
         self._stopping = asyncio.Event()
         self._fail: list[tuple[int, float | None]] = []
         self._ts = 0  # microseconds of the last ts given
@@ -210,6 +213,11 @@ class SlackServer:
     def answer_late(self, n: int, delay: float) -> None:
         """Accept and record the next ``n`` posts, then answer each ``delay`` s late."""
         self._late += [delay] * n
+
+    def drop_after_accept(self, n: int) -> None:
+        """Accept and record the next ``n`` ``chat.postMessage`` calls, then close the
+        connection without answering (a connection dropped mid-request)."""
+        self._drop += n
 
     def in_channel(self, channel: str = "#news") -> list[dict[str, Any]]:
         """The top-level messages of a channel (by name or ID), oldest first."""
@@ -485,6 +493,9 @@ class SlackServer:
             }
         )
         await self._maybe_late()
+        if self._drop and request.transport is not None:
+            self._drop -= 1
+            request.transport.close()  # taken, but the answer never leaves
         return web.json_response({"ok": True, "ts": ts, "channel": cid, "message": {}})
 
 
