@@ -85,6 +85,9 @@ def _alert(rng: random.Random, i: int) -> Alert:
         source_names=tuple(_text(rng, 6) for _ in range(rng.randint(0, 3))),
         update=rng.choice([True, False]),
         first_title=rng.choice([None, _text(rng, 30)]),
+        first_story=rng.choice([None, _story(rng, i + 100)]),
+        reply=rng.choice([True, False]),
+        novel=tuple(_text(rng, 6) for _ in range(rng.randint(0, 2))),
     )
 
 

@@ -247,3 +247,48 @@ def test_the_first_poll_of_a_feed_is_a_baseline_unless_it_asks_to_alert() -> Non
     assert is_baseline(state, spec)
     assert not is_baseline(replace(state, baselined=True), spec)
     assert not is_baseline(state, replace(spec, alert_on_first_poll=True))
+
+
+def test_editable_channel_is_updated_at_every_growth_and_replies_at_milestones() -> None:
+    """A channel that edits its first message (Slack bot) gets an update whenever the
+    cluster grows; ``reply`` marks those worth a thread reply (2, 5, 10, 20 sources, or
+    a new actor / term). Other channels keep milestone updates, all replies."""
+    first = plan(candidates=[new_story()], earlier={}, enabled=ENABLED, now=NOW,
+                 editable={"slack"})
+    srcs = ("bbc", "ap", "afp", "dw", "rt")
+    got: dict[int, list[Delivery]] = {}
+    for n in (2, 3, 4, 5):
+        c = joining(replace(STORY, id=f"s{n}", feed=srcs[n - 1]), *srcs[:n])
+        assert needs_earlier(c, edits=True)
+        got[n] = plan(candidates=[c], earlier={"c1": stored(first)}, enabled=ENABLED, now=NOW,
+                      editable={"slack"})
+    slack = {n: [d for d in ds if d.channel == "slack"] for n, ds in got.items()}
+    mail = {n: [d for d in ds if d.channel == "mail"] for n, ds in got.items()}
+    assert {n: [(d.key, d.alert.reply) for d in ds] for n, ds in slack.items()} == {
+        2: [("u:c1:r:slack:2", True)], 3: [("u:c1:r:slack:3", False)],
+        4: [("u:c1:r:slack:4", False)], 5: [("u:c1:r:slack:5", True)]}
+    assert {n: [d.key for d in ds] for n, ds in mail.items()} == {
+        2: ["u:c1:r:mail:2"], 3: ["u:c1:r:mail:3"], 4: [], 5: ["u:c1:r:mail:5"]}
+    assert all(d.alert.reply for ds in mail.values() for d in ds)
+    u = slack[4][0]
+    assert u.parent_key == "a:c1:r:slack" and u.alert.first_story == STORY
+    assert u.alert.source_names == srcs[:4] and u.alert.novel == ()
+    # without editable channels nothing changes: milestones only, every one a reply
+    c4 = joining(replace(STORY, id="s4"), *srcs[:4])
+    assert not needs_earlier(c4)
+    assert plan(candidates=[c4], earlier={"c1": stored(first)}, enabled=ENABLED, now=NOW) == []
+
+
+def test_a_new_actor_or_term_makes_a_reply() -> None:
+    m = Match(rule="r", severity="high", channels=("slack",), terms=("sanctions",),
+              actors=("Putin",))
+    first = plan(candidates=[new_story(matches=(m,))], earlier={}, enabled=ENABLED, now=NOW,
+                 editable={"slack"})
+    same = replace(m, terms=("Sanctions",))  # what the first had, in another case
+    more = replace(m, actors=("Putin", "Trump"), terms=("sanctions", "deadline"))
+    for fired, novel in (((), ()), ((same,), ()), ((more,), ("Trump", "deadline"))):
+        c = joining(replace(STORY, id="s3"), "bbc", "ap", "afp", matches=fired)
+        (u,) = [d for d in plan(candidates=[c], earlier={"c1": stored(first)}, enabled=ENABLED,
+                                now=NOW, editable={"slack"}) if d.alert.update]
+        assert u.key == "u:c1:r:slack:3"
+        assert (u.alert.novel, u.alert.reply) == (novel, bool(novel))

@@ -169,6 +169,15 @@ class Alert:
     update: bool = False  # a later update of an earlier alert (new source, "carried by N")
     # an update's first alert's headline: mail threads the update under that subject
     first_title: str | None = None
+    # an update's first alert's story: a channel that edits the first message in place
+    # (Slack bot) re-renders it from this, with the current source count
+    first_story: Story | None = None
+    # an update: whether it is worth a message of its own (a thread reply, a mail, a
+    # webhook post): at a milestone source count, or when ``novel`` is not empty. False:
+    # only the first message is edited (channels that can edit; decided in core/route.py)
+    reply: bool = True
+    # an update: the rule's actors and terms that matched this story but not the first
+    novel: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,7 +192,9 @@ class Delivery:
     id: int | None = None  # assigned by the store
     attempts: int = 0
     next_attempt: datetime | None = None
-    thread_ref: str | None = None  # the parent's reference (Slack ts, email Message-ID)
+    # the parent's reference: Slack "<channel ID>/<ts>" (a bare ts in rows stored before
+    # refs carried the channel), email Message-ID
+    thread_ref: str | None = None
     # when `monitor outbox retry` put it back after it failed: retries are given up
     # ``give_up_after`` from here, not from ``created``
     requeued: datetime | None = None

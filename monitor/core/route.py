@@ -6,9 +6,18 @@ ignores a delivery whose key exists, so a crash and a re-poll send nothing twice
 * first alert:  ``a:{cluster}:{rule}:{channel}``
 * cooldown re-alert (``cooldown > 0`` and the last alert is older than it):
   ``a:{cluster}:{rule}:{channel}:{epoch}``
-* "carried by N sources" update of an earlier alert, at source-count milestones only
-  (2, 3, 5, 10, 20, 50, 100): ``u:{cluster}:{rule}:{channel}:{N}``, with ``parent_key``
-  the first alert's key so Slack threads it and email sets In-Reply-To.
+* "carried by N sources" update of an earlier alert: ``u:{cluster}:{rule}:{channel}:{N}``,
+  with ``parent_key`` the first alert's key so Slack threads it and email sets
+  In-Reply-To. How often depends on whether the channel can edit its first message
+  (``editable``: Slack with a bot token), decided here and nowhere else:
+
+  - a channel that cannot edit (email, Slack webhook) gets an update at source-count
+    milestones only (2, 3, 5, 10, 20, 50, 100), each a message of its own;
+  - a channel that can edit gets one at every growth of the cluster: the first message
+    is edited to show the count and the latest outlets, and the update's ``reply`` flag
+    says whether it is also worth a thread reply: at ``REPLY_MILESTONES`` (2, 5, 10, 20,
+    50, 100) or when the new story matched some of the rule's actors or terms that the
+    alert it counts from did not (``novel``).
 
 ``plan`` is the entry point for one poll: the stories it found new, each with its
 matches and cluster facts, plus the cluster's earlier alerts and ``now`` → the deliveries
@@ -37,6 +46,8 @@ from monitor.core.schedule import next_cron
 # (a feed re-surfacing its archive) is remembered but never alerted on.
 MAX_ALERT_AGE = timedelta(days=3)
 UPDATE_MILESTONES: tuple[int, ...] = (2, 3, 5, 10, 20, 50, 100)
+# where a channel that edits its first message in place also replies in its thread
+REPLY_MILESTONES: tuple[int, ...] = (2, 5, 10, 20, 50, 100)
 
 
 def alert_key(cluster: str, rule: str, channel: str) -> str:
@@ -108,23 +119,31 @@ def updates(
     *,
     now: datetime,
     parents: Mapping[tuple[str, str], str] | None = None,
+    editable: Collection[str] = (),
+    matches: Iterable[Match] = (),
 ) -> list[Delivery]:
     """"Now carried by N sources" updates of earlier first alerts of this cluster.
 
     ``alerted`` are those first alerts (as created, with the source count they said). An
-    update is due when the cluster's source count is a milestone above what the alert
-    said; its key holds the count, so a replay or a story from a known source adds
-    nothing. ``parents`` maps (rule, channel) to the key of the first alert the update
-    threads under; by default the cluster's own first-alert key. After a merge that
-    alert may be filed under the absorbed cluster's key."""
+    update is due when the cluster's source count is above what the alert said: for a
+    channel in ``editable`` at every growth, for the others at milestones only (see the
+    module docstring); its key holds the count, so a replay or a story from a known
+    source adds nothing. ``matches`` are the rules that fired on ``story`` itself: their
+    actors and terms the alert did not have make the update ``novel`` (a reply).
+    ``parents`` maps (rule, channel) to the key of the first alert the update threads
+    under; by default the cluster's own first-alert key. After a merge that alert may be
+    filed under the absorbed cluster's key."""
     n = len(facts.sources)
-    if n not in UPDATE_MILESTONES:
-        return []
+    fired = {m.rule: m for m in matches}
     out: list[Delivery] = []
     for a in alerted:
         if n <= a.sources or a.match.digest:
             continue  # nothing new to say (digests are not updated)
+        novel = _novel(a.match, fired.get(a.match.rule))
         for channel in a.match.channels:
+            edits = channel in editable
+            if not edits and n not in UPDATE_MILESTONES:
+                continue
             out.append(
                 Delivery(
                     key=f"u:{facts.cluster}:{a.match.rule}:{channel}:{n}",
@@ -137,6 +156,9 @@ def updates(
                         source_names=facts.sources,
                         update=True,
                         first_title=a.first_title or a.story.title,
+                        first_story=a.first_story or a.story,
+                        reply=not edits or n in REPLY_MILESTONES or bool(novel),
+                        novel=novel,
                     ),
                     created=now,
                     parent_key=(parents or {}).get((a.match.rule, channel))
@@ -144,6 +166,20 @@ def updates(
                 )
             )
     return out
+
+
+def _novel(alerted: Match, now: Match | None) -> tuple[str, ...]:
+    """The actors, then the terms, of ``now`` (the rule on a new story) that the alert's
+    match did not have, in the rule's order."""
+    if now is None:
+        return ()
+    seen = {x.casefold() for x in (*alerted.actors, *alerted.terms)}
+    out: list[str] = []
+    for x in (*now.actors, *now.terms):
+        if x.casefold() not in seen:
+            seen.add(x.casefold())
+            out.append(x)
+    return tuple(out)
 
 
 def is_baseline(state: FeedState, spec: FeedSpec) -> bool:
@@ -166,10 +202,13 @@ def silenced(c: Candidate, *, now: datetime, baseline: bool, churn: bool) -> str
     return None
 
 
-def needs_earlier(c: Candidate) -> bool:
+def needs_earlier(c: Candidate, *, edits: bool = False) -> bool:
     """Whether ``plan`` needs the earlier alerts of ``c``'s cluster: it joins a known
-    cluster, and a rule fired on it or its source count is an update milestone."""
-    return not c.facts.new and (bool(c.matches) or len(c.facts.sources) in UPDATE_MILESTONES)
+    cluster, and a rule fired on it or its source count is an update milestone (any
+    count when some channel edits its first message: ``edits``)."""
+    return not c.facts.new and (
+        edits or bool(c.matches) or len(c.facts.sources) in UPDATE_MILESTONES
+    )
 
 
 def plan(
@@ -180,6 +219,7 @@ def plan(
     now: datetime,
     baseline: bool = False,
     churn: bool = False,
+    editable: Collection[str] = (),
 ) -> list[Delivery]:
     """The deliveries one poll queues, in story order (pure).
 
@@ -187,6 +227,7 @@ def plan(
     facts. ``earlier``: cluster → its stored first alerts (as ``Store.cluster_alerts``),
     for every candidate with ``needs_earlier``. ``enabled``: the names of the rules in
     force. ``baseline`` / ``churn``: the whole poll is recorded without alerting.
+    ``editable``: the channels that edit their first message in place (Slack bot).
     A digest rule's deliveries have ``next_attempt`` set to the digest's next time."""
     out: list[Delivery] = []
     for c in candidates:
@@ -194,14 +235,15 @@ def plan(
             continue
         if c.facts.new:
             out += route(c.story, c.matches, c.facts, now=now)
-        elif needs_earlier(c):
+        elif needs_earlier(c, edits=bool(editable)):
             alerted = [d for d in earlier.get(c.facts.cluster, ())
                        if d.alert.match.rule in enabled]
-            out += _follow_up(c, alerted, now=now)
+            out += _follow_up(c, alerted, now=now, editable=editable)
     return [_digested(d, now) if d.alert.match.digest else d for d in out]
 
 
-def _follow_up(c: Candidate, alerted: Sequence[Delivery], *, now: datetime) -> list[Delivery]:
+def _follow_up(c: Candidate, alerted: Sequence[Delivery], *, now: datetime,
+               editable: Collection[str] = ()) -> list[Delivery]:
     """A story joining a cluster that may have alerted: first alerts only for the rules
     that had not fired on it (e.g. ``min_sources`` just reached) or whose cooldown is
     over, and updates for those that had."""
@@ -214,18 +256,23 @@ def _follow_up(c: Candidate, alerted: Sequence[Delivery], *, now: datetime) -> l
     for d in alerted:  # oldest first: an update threads under the very first alert
         if d.parent_key is None:
             parents.setdefault((d.alert.match.rule, d.channel), d.key)
-    return out + updates(c.story, _update_bases(alerted), c.facts, now=now, parents=parents)
+    return out + updates(c.story, _update_bases(alerted), c.facts, now=now, parents=parents,
+                         editable=editable, matches=c.matches)
 
 
 def _update_bases(alerted: Sequence[Delivery]) -> list[Alert]:
     """Per rule, its latest alert (the source count an update counts from), carrying the
-    headline of the rule's very first one: updates thread under that, whichever later
-    alert (a cooldown's) they count from."""
+    headline and story of the rule's very first one: updates thread under that (and edit
+    it), whichever later alert (a cooldown's) they count from."""
     latest = {d.alert.match.rule: d.alert for d in alerted}
-    titles: dict[str, str] = {}
+    firsts: dict[str, Alert] = {}
     for d in alerted:  # oldest first
-        titles.setdefault(d.alert.match.rule, d.alert.first_title or d.alert.story.title)
-    return [replace(a, first_title=titles[r]) for r, a in latest.items()]
+        firsts.setdefault(d.alert.match.rule, d.alert)
+    return [
+        replace(a, first_title=firsts[r].first_title or firsts[r].story.title,
+                first_story=firsts[r].first_story or firsts[r].story)
+        for r, a in latest.items()
+    ]
 
 
 def _digested(d: Delivery, now: datetime) -> Delivery:

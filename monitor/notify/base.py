@@ -10,6 +10,7 @@ rejected recipient). Secrets (webhook URLs, tokens, passwords) never appear in r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from monitor.core.model import Alert, SendResult
@@ -20,9 +21,22 @@ from monitor.notify.render import DigestKind
 class Notifier(Protocol):
     name: str  # the channel's name in config.yaml
 
-    async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
+    async def send(
+        self,
+        alert: Alert,
+        *,
+        thread_ref: str | None = None,
+        key: str | None = None,
+        attempt: int = 1,
+        created: datetime | None = None,
+    ) -> SendResult:
         """Deliver one alert. ``thread_ref`` is the parent's ``Sent.ref`` for updates
-        (Slack: reply in the thread; email: In-Reply-To / References)."""
+        (Slack: reply in the thread, or edit the first message; email: In-Reply-To /
+        References). ``key`` is the delivery's idempotency key, ``attempt`` counts from 1
+        and ``created`` is when the delivery was queued: a notifier may use them to make
+        a retry after an ambiguous outcome (a timeout after sending) repeat nothing
+        (Slack bot: the key travels in the message's metadata and a retry looks for it
+        in the channel's history first; email: the key fixes the Message-ID)."""
         ...
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,

@@ -120,10 +120,20 @@ class EmailNotifier:
         return scrub(text)
 
     async def send(
-        self, alert: Alert, *, thread_ref: str | None = None, key: str | None = None
+        self,
+        alert: Alert,
+        *,
+        thread_ref: str | None = None,
+        key: str | None = None,
+        attempt: int = 1,
+        created: datetime | None = None,
     ) -> SendResult:
         """``key`` (the delivery key, optional) fixes the Message-ID; without it the
-        Message-ID is derived from the channel name and the alert."""
+        Message-ID is derived from the channel name and the alert. An update that only
+        edits a first message (``reply`` False: routed to channels that can edit) is not
+        mailed: mail gets updates at milestones only."""
+        if alert.update and not alert.reply:
+            return Sent(ref=None)
         msg = email_message(
             alert,
             sender=self.cfg.from_,

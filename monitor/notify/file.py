@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from monitor.config import FileChannel
@@ -44,7 +45,15 @@ class FileNotifier:
         self.limiter = RateLimiter(cfg.rate, burst=cfg.rate)
         self._lock = asyncio.Lock()
 
-    async def send(self, alert: Alert, *, thread_ref: str | None = None) -> SendResult:
+    async def send(
+        self,
+        alert: Alert,
+        *,
+        thread_ref: str | None = None,
+        key: str | None = None,
+        attempt: int = 1,
+        created: datetime | None = None,
+    ) -> SendResult:
         return await self._write(json_line(alert))
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,

@@ -23,6 +23,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.header import Header
 from email.message import EmailMessage
@@ -238,10 +239,15 @@ def _mrkdwn(text: str) -> dict[str, Any]:
     return {"type": "mrkdwn", "text": text}
 
 
-def slack_message(alert: Alert) -> dict[str, Any]:
+LATEST_OUTLETS = 5  # outlets named, newest first, on a first message edited in place
+
+
+def slack_message(alert: Alert, *, latest: int | None = None) -> dict[str, Any]:
     """Slack Block Kit payload: ``{"text": fallback, "blocks": [...]}``.
 
-    The same dict serves an incoming webhook and ``chat.postMessage``.
+    The same dict serves an incoming webhook and ``chat.postMessage``. ``latest``: name
+    only that many sources, newest first ("carried by 5 sources · latest: …"), as the
+    edited first message does.
     """
     story, match = alert.story, alert.match
     sev = match.severity.lower()
@@ -253,6 +259,8 @@ def slack_message(alert: Alert) -> dict[str, Any]:
         src = clean_line(new_source(alert))
         plus = f" (+ {src})" if src else ""
         line = f"Now carried by {alert.sources} sources{plus}"
+        if alert.novel:
+            line += " · new: " + ", ".join(clean_line(x) for x in alert.novel)
         fallback = _slack_fit(f"{line}: {title}", FALLBACK_MAX)
         head = f":repeat: {_slack_fit(line, 500)}: "
         body = head + slack_link(story.link, title, SECTION_MAX - len(head))
@@ -271,7 +279,11 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     ]
     meta = f"{feed} · {published_text(story.published)}"
     context = [_mrkdwn(_slack_fit(meta, CONTEXT_MAX))]
-    if alert.sources > 1:
+    if alert.sources > 1 and latest is not None:
+        names = ", ".join(clean_line(n) for n in reversed(alert.source_names[-latest:]))
+        carried = f"carried by {alert.sources} sources" + (f" · latest: {names}" if names else "")
+        context.append(_mrkdwn(_slack_fit(carried, CONTEXT_MAX)))
+    elif alert.sources > 1:
         names = ", ".join(clean_line(n) for n in alert.source_names)
         carried = f"carried by {alert.sources} sources" + (f": {names}" if names else "")
         context.append(_mrkdwn(_slack_fit(carried, CONTEXT_MAX)))
@@ -296,6 +308,13 @@ def slack_message(alert: Alert) -> dict[str, Any]:
 
     fallback = _slack_fit(f"[{sev.upper()}] {title} ({feed})", FALLBACK_MAX)
     return {"text": fallback, "blocks": blocks}
+
+
+def slack_edit(alert: Alert) -> dict[str, Any]:
+    """The first alert's message as ``chat.update`` rewrites it for an update: the first
+    story and rule, with the cluster's current source count and its latest outlets."""
+    first = replace(alert, story=alert.first_story or alert.story, update=False, novel=())
+    return slack_message(first, latest=LATEST_OUTLETS)
 
 
 #: What a message listing many alerts is: a rule's ``digest``, a ``rollup`` (a channel's

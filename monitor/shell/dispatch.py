@@ -269,7 +269,7 @@ class Dispatcher:
             did = d.id
             assert did is not None
             try:
-                outcome = await notifier.send(d.alert, thread_ref=d.thread_ref)
+                outcome = await notifier.send(d.alert, thread_ref=d.thread_ref, key=d.key, attempt=d.attempts + 1, created=d.created)
             except Exception as e:  # a notifier bug must not lose the delivery
                 log.error("delivery.crashed", channel=channel, key=d.key, error=repr(e))
                 outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)

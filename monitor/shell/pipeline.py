@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from monitor.config import Config
+from monitor.config import Config, SlackChannel
 from monitor.core.dedup.index import (
     Decision,
     New,
@@ -321,6 +321,7 @@ class Pipeline:
             now=now,
             baseline=baseline,
             churn=churn,
+            editable=self._editable(),
         )
         state = replace(
             state,
@@ -524,6 +525,12 @@ class Pipeline:
             seen += 1
         return cluster
 
+    def _editable(self) -> frozenset[str]:
+        """The channels that edit their first message in place: Slack with a bot token
+        (``route.plan`` decides their updates differently)."""
+        return frozenset(name for name, ch in self.config.channels.items()
+                         if isinstance(ch, SlackChannel) and ch.token)
+
     async def _earlier_alerts(
         self, candidates: Sequence[Candidate]
     ) -> dict[str, tuple[Delivery, ...]]:
@@ -533,7 +540,7 @@ class Pipeline:
         for c in candidates:
             if c.facts.new:
                 self._remember(c.facts.cluster, [])
-            elif needs_earlier(c):
+            elif needs_earlier(c, edits=bool(self._editable())):
                 # a copy: the cached list grows as polls of other feeds save alerts
                 earlier[c.facts.cluster] = tuple(await self._cluster_alerts(c.facts.cluster))
         return earlier

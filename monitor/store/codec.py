@@ -257,6 +257,9 @@ def alert_to_dict(a: Alert) -> dict[str, Any]:
         "source_names": _check_strs(a.source_names, "source_names"),
         "update": a.update,
         **({"first_title": a.first_title} if a.first_title is not None else {}),
+        **({"first_story": story_to_dict(a.first_story)} if a.first_story is not None else {}),
+        **({"reply": False} if not a.reply else {}),
+        **({"novel": _check_strs(a.novel, "novel")} if a.novel else {}),
     }
 
 
@@ -273,6 +276,10 @@ def alert_from_dict(d: Mapping[str, Any]) -> Alert:
         source_names=_strs(d, "source_names", what),
         update=update,
         first_title=_get(d, "first_title", str, what) if "first_title" in d else None,
+        first_story=(story_from_dict(_get(d, "first_story", dict, what))
+                     if d.get("first_story") is not None else None),
+        reply=_get(d, "reply", bool, what) if "reply" in d else True,
+        novel=_strs(d, "novel", what),
     )
 
 
