@@ -182,3 +182,60 @@ async def test_a_tick_during_a_long_run_is_skipped_quietly(
     assert runs == 2
     skipped = [r for r in caplog.records if r.getMessage() == "scheduler.skipped"]
     assert len(skipped) == 1 and skipped[0].levelno == logging.DEBUG
+
+
+# -- config errors and failed commands as JSON lines -------------------------------------
+@pytest.fixture
+def workdir(tmp_path: Path, feed_server: FeedServer) -> Path:
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    feed_server.serve("/a.rss", rss(BACKLOG))
+    (tmp_path / "config.yaml").write_text(f"""
+feeds:
+  - {{name: a, url: '{feed_server.url('/a.rss')}'}}
+channels:
+  slack-news: {{type: file, path: slack.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: audit.jsonl}}
+fetch: {{parse_in: thread}}
+""", encoding="utf-8")
+    return tmp_path
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+async def test_config_errors_are_json_lines(workdir: Path, where: str) -> None:
+    from tests.test_cli import monitor
+
+    (workdir / "config.yaml").write_text(
+        "feeds:\n  - {name: a, url: 'http://x/a', interval: often}\nnonsense: 1\n",
+        encoding="utf-8")
+    for cmd in (["check"], ["status"], ["run"], ["once"]):
+        opts = ["--log-format", "json"]
+        args = [*opts, *cmd] if where == "before" else [*cmd, *opts]
+        rc, out, err = await monitor(*args, cwd=workdir)
+        assert rc == 1, (cmd, err)
+        lines = _json_lines(out) + _json_lines(err)
+        assert lines, cmd
+        assert all(d["event"] == "config.invalid" and d["level"] == "error" for d in lines), lines
+        assert {d["line"] for d in lines} == {2, 3}, lines
+        for d in lines:
+            assert d["file"].endswith("config.yaml") and d["column"] and d["message"]
+    # text for people, unchanged
+    rc, _, err = await monitor("check", cwd=workdir)
+    assert rc == 1 and err.startswith("config.yaml: 2 problem(s):"), err
+
+
+async def test_rule_errors_and_usage_errors_are_json_lines(workdir: Path) -> None:
+    from tests.test_cli import monitor
+
+    (workdir / "rules" / "broken.yaml").write_text(
+        "rules:\n  - name: broken\n    any: [\"(unclosed\"]\n    nonsense: true\n",
+        encoding="utf-8")
+    rc, out, err = await monitor("run", "--log-format", "json", cwd=workdir)
+    assert rc == 1
+    lines = _json_lines(out) + _json_lines(err)
+    assert lines and all(d["event"] == "rules.invalid" for d in lines), lines
+    assert all(d["file"].endswith("broken.yaml") and d["line"] for d in lines)
+    rc, out, err = await monitor("--log-format", "json", "status", "--bogus", cwd=workdir)
+    assert rc == 2
+    (usage,) = _json_lines(out) + _json_lines(err)
+    assert usage["event"] == "usage.invalid" and "--bogus" in usage["error"]
