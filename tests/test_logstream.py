@@ -239,3 +239,21 @@ async def test_rule_errors_and_usage_errors_are_json_lines(workdir: Path) -> Non
     assert rc == 2
     (usage,) = _json_lines(out) + _json_lines(err)
     assert usage["event"] == "usage.invalid" and "--bogus" in usage["error"]
+
+
+async def test_status_on_a_corrupt_store_is_one_line_with_the_path_and_the_fix(
+        workdir: Path) -> None:
+    from tests.test_cli import monitor
+
+    db = workdir / "monitor.db"  # the default store: sqlite:///monitor.db
+    db.write_bytes(b"\x00this is not SQLite\xff" * 500)
+    rc, out, err = await monitor("status", cwd=workdir)
+    assert rc == 1 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: cannot open {db}: file is not a database — restore {db}")
+    assert "internal error" not in line and "Traceback" not in err
+    rc, out, err = await monitor("status", "--log-format", "json", cwd=workdir)
+    assert rc == 1
+    (d,) = _json_lines(out) + _json_lines(err)
+    assert d["event"] == "store.failed" and d["kind"] == "corrupt" and d["path"] == str(db)
+    assert "move it aside" in d["fix"]

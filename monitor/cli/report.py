@@ -47,22 +47,13 @@ def report_error(e: MonitorError, *, as_json: bool) -> None:
         return
     if as_json:
         if isinstance(e, StoreError):
+            from monitor.shell.trouble import store_fields
+
             log.error("store.failed", **store_fields(e))
         else:
             log.error("command.failed", error=str(e))
     else:
         print(f"error: {e}", file=sys.stderr)
-
-
-def store_fields(e: StoreError) -> dict[str, object]:
-    """The fields of a store failure's log line: what kind, where, and what to do."""
-    fields: dict[str, object] = {"kind": e.kind}
-    if e.where:
-        fields["path"] = e.where
-    fields["error"] = e.detail or str(e)
-    if e.fix:
-        fields["fix"] = e.fix
-    return fields
 
 
 def json_requested(argv: Iterable[str]) -> bool:
