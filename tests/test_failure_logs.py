@@ -163,3 +163,42 @@ async def test_a_full_store_is_one_line_then_quiet_then_summarised_then_recovere
         assert outcome.result == "baseline"
         (recovered,) = _lines(caplog, "store.recovered")
         assert _fields(recovered)["failures"] == 3 and recovered.levelno == logging.INFO
+
+
+async def test_a_running_daemon_on_a_full_store_says_it_once_without_a_traceback(
+        make_config: MakeConfig, feed_server: FeedServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from monitor.shell.daemon import Daemon
+
+    feed_server.serve("/a.rss", rss([]))
+    config = make_config({"a": "/a.rss"})
+    config = config.model_copy(update={"feeds": [
+        f.model_copy(update={"interval": 0.2}) for f in config.feeds]})
+    caplog.set_level(logging.DEBUG)
+    daemon = Daemon(config, tick=0.05)
+    running = asyncio.ensure_future(daemon.run())
+    try:
+        for _ in range(200):
+            if _lines(caplog, "feed.polled"):
+                break
+            await asyncio.sleep(0.05)
+        assert daemon.rt is not None and _lines(caplog, "feed.polled")
+        await _set_page_cap(daemon.rt, lambda pages: pages)
+        feed_server.set("/a.rss", rss([
+            Item(title=f"Story {i}", link=f"https://x.example/{i}", description="words " * 200)
+            for i in range(200)]))
+        for _ in range(200):
+            if len(_lines(caplog, "store.failed")) >= 4:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(running, 30)
+    failed = _lines(caplog, "store.failed")
+    assert len(failed) >= 4
+    assert [r.levelno for r in failed].count(logging.ERROR) == 1
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [r for r in loud if r.exc_info], [r.getMessage() for r in loud if r.exc_info]
+    assert not [r for r in loud if r.name.startswith("apscheduler") and r.levelno >= logging.WARNING]
