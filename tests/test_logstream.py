@@ -257,3 +257,14 @@ async def test_status_on_a_corrupt_store_is_one_line_with_the_path_and_the_fix(
     (d,) = _json_lines(out) + _json_lines(err)
     assert d["event"] == "store.failed" and d["kind"] == "corrupt" and d["path"] == str(db)
     assert "move it aside" in d["fix"]
+
+
+async def test_a_commands_own_complaint_is_json_too(workdir: Path) -> None:
+    from tests.test_cli import monitor
+
+    rc, out, err = await monitor("stories", "show", "nope", "--log-format", "json", cwd=workdir)
+    assert rc == 1
+    (d,) = _json_lines(out) + _json_lines(err)
+    assert d["event"] == "command.failed" and d["error"] == "no cluster 'nope'"
+    rc, _, err = await monitor("stories", "show", "nope", cwd=workdir)
+    assert rc == 1 and err == "no cluster 'nope'\n"

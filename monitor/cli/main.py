@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor import __version__
-from monitor.cli.report import json_requested, log_problems, report_error
+from monitor.cli.report import json_requested, log_problems, report_error, say_error
 from monitor.config import Config, find_config, load_config
 from monitor.core.rules.model import RuleSet
 from monitor.core.units import parse_duration
@@ -442,7 +442,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
             stories = [Story(id=p.name, feed="file", title=title.strip(), link="",
                              summary=body.strip(), published=now, first_seen=now)]
     else:
-        print("give a story: --title/--text, a text file, or --feed FILE_OR_URL", file=sys.stderr)
+        say_error("give a story: --title/--text, a text file, or --feed FILE_OR_URL",
+                  as_json=args.log_format == "json")
         return 2
     out: list[dict[str, Any]] = []
     any_match = False
@@ -612,8 +613,9 @@ async def cmd_stories_explain(args: argparse.Namespace) -> int:
                 hit = await store.get_story(x) or next(
                     (s for s in window if s.story.link == x), None)
                 if hit is None:
-                    print(f"no stored story with id {x!r}, nor with that link in the last "
-                          f"{config.dedup.window / 3600:g} h", file=sys.stderr)
+                    say_error(f"no stored story with id {x!r}, nor with that link in the "
+                              f"last {config.dedup.window / 3600:g} h",
+                              as_json=args.log_format == "json")
                     return 1
                 pair.append(hit.story)
                 stored[hit.story.id] = hit.cluster
@@ -674,7 +676,7 @@ async def cmd_stories(config: Config, args: argparse.Namespace) -> int:
             return 0
         c = await store.get_cluster(args.cluster)
         if c is None:
-            print(f"no cluster {args.cluster!r}", file=sys.stderr)
+            say_error(f"no cluster {args.cluster!r}", as_json=args.log_format == "json")
             return 1
         stories = [await store.get_story(m) for m in c.members]
         if args.json:

@@ -56,6 +56,14 @@ def report_error(e: MonitorError, *, as_json: bool) -> None:
         print(f"error: {e}", file=sys.stderr)
 
 
+def say_error(message: str, *, as_json: bool) -> None:
+    """A command's own complaint (no such story, nothing to test): as it was, or JSON."""
+    if as_json:
+        log.error("command.failed", error=message)
+    else:
+        print(message, file=sys.stderr)
+
+
 def json_requested(argv: Iterable[str]) -> bool:
     """Whether the command line asks for JSON logs (read before argparse, whose own usage
     errors must then be JSON too)."""

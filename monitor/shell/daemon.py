@@ -574,11 +574,13 @@ class Daemon:
         counts, self._polled = self._polled, Counter()
         results = {k.replace("-", "_"): v for k, v in sorted(counts.items())
                    if not k.startswith(" ")}
-        pending: int | str = "?"
+        pending: int | str = 0
         if self.rt is not None:
             self.rt.trouble.summarize()
-            with contextlib.suppress(StoreError):  # said by the line above
+            try:
                 pending = await self.rt.store.count_pending()
+            except StoreError:  # store.failing said it
+                pending = "?"
         log.info("daemon.summary", minutes=round(SUMMARY_EVERY / 60),
                  polls=sum(results.values()), new_stories=counts[" new"], alerts=counts[" alerts"],
                  outbox_pending=pending, **results)
