@@ -253,6 +253,7 @@ class Runtime:
                 on_sent=self._sent,
                 rates={name: ch.rate for name, ch in cfg.channels.items()},
             )
+            self.dispatcher.on_store_error = self.trouble.store_failed
             self._stack.push_async_callback(self.dispatcher.close)
             await sync_feeds(self.store, cfg.feed_specs(), now)
         except BaseException:
