@@ -9,7 +9,13 @@
     ├── RuleSyntaxError          a term or an expr: cannot be parsed (message, column in its text)
     │   ├── TermError            monitor.core.rules.terms (``.offset``)
     │   └── ExprError            monitor.core.rules.expr (``.col``)
-    └── StoreError               the database failed (the driver's exception chained ``from``)
+    └── StoreError               the database failed (the driver's exception chained ``from``);
+        │                        ``kind``, ``where`` (file or server) and ``fix`` say what to do
+        ├── StoreFull            kind "full": the disk (or the database's size limit) is full
+        ├── StoreReadOnly        kind "readonly": the file or its directory is not writable
+        ├── StoreCorrupt         kind "corrupt": not a database, or a damaged one
+        ├── StoreUnavailable     kind "unavailable": cannot open the file, cannot reach the server
+        ├── StoreBusy            kind "busy": locked by another process past the busy timeout
         └── CodecError           a value cannot be encoded, or a stored payload decoded
 
 Expected failures are results, not exceptions: a feed's (timeout, 404, broken XML) is
@@ -86,7 +92,52 @@ class RuleSyntaxError(MonitorError):
 
 
 class StoreError(MonitorError):
-    """The store (SQLite or PostgreSQL) failed."""
+    """The store (SQLite or PostgreSQL) failed.
+
+    The message is one line: what failed, the driver's reason and, when known, what to do.
+    ``kind`` names the class of failure for logs ("error" when unclassified); ``where`` is
+    the database file or the server (password hidden); ``detail`` the driver's reason;
+    ``fix`` what the operator can do (``monitor.store.diagnose`` fills them in).
+    """
+
+    kind = "error"
+
+    def __init__(self, message: str, *, where: str | None = None, detail: str | None = None,
+                 fix: str | None = None) -> None:
+        super().__init__(message)
+        self.where = where
+        self.detail = detail
+        self.fix = fix
+
+
+class StoreFull(StoreError):
+    """No space left: on the disk holding the database, or below its size limit."""
+
+    kind = "full"
+
+
+class StoreReadOnly(StoreError):
+    """The database (or its directory, for the journal) cannot be written."""
+
+    kind = "readonly"
+
+
+class StoreCorrupt(StoreError):
+    """The file is not a database, or the database is damaged."""
+
+    kind = "corrupt"
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be opened, or its server cannot be reached."""
+
+    kind = "unavailable"
+
+
+class StoreBusy(StoreError):
+    """Another process holds the database locked for longer than the busy timeout."""
+
+    kind = "busy"
 
 
 class CodecError(StoreError):

@@ -114,5 +114,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("apscheduler", "aiohttp.access", "asyncio", "mail.log", "watchfiles"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from monitor.logroute import route_foreign  # other libraries' records, as events
+
+    route_foreign(handler, threshold=root.level, json=fmt == "json")

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from monitor import __version__
+from monitor.cli.report import json_requested, log_problems, report_error, say_error
 from monitor.config import Config, find_config, load_config
 from monitor.core.rules.model import RuleSet
 from monitor.core.units import parse_duration
-from monitor.errors import ConfigError, MonitorError, ProblemsError, RulesError
-from monitor.log import setup_logging
+from monitor.errors import ConfigError, MonitorError, Problem, RulesError
+from monitor.log import get_logger, setup_logging
 from monitor.shell import loop
 
 
@@ -41,8 +42,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", default="text", choices=["text", "json"])
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are a JSON log line when JSON logs were asked for."""
+
+    json_errors = False
+
+    def error(self, message: str) -> Any:  # argparse's signature says NoReturn
+        if not self.json_errors:
+            super().error(message)
+        get_logger("monitor.cli").error("usage.invalid", error=message,
+                                        usage=self.format_usage().strip())
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="monitor",
         description="Watch news feeds; alert in Slack, by email or to a file, once per "
         "story, when a story matches your rules.",
@@ -165,16 +179,16 @@ def _options_after_command(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _options_after_command(sys.argv[1:] if argv is None else argv)
+    if json_requested(argv):  # argparse's own errors are JSON lines too
+        setup_logging("info", "json")
+        _Parser.json_errors = True
     args = build_parser().parse_args(argv)
     quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
     try:
         return _dispatch(args)
-    except ProblemsError as e:
-        print(str(e), file=sys.stderr)
-        return 1
-    except MonitorError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except MonitorError as e:  # config or rules problems, a failed store, a command's error
+        report_error(e, as_json=args.log_format == "json")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -240,12 +254,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from monitor.shell.rulefiles import load_rules
 
     path = find_config(args.config)
-    problems: list[str] = []
+    found: list[tuple[str, Problem]] = []  # (event, problem)
     config: Config | None = None
     try:
         config = load_config(path)
     except ConfigError as e:
-        problems += [str(p) for p in e.problems]
+        found += [("config.invalid", p) for p in e.problems]
     rules = None
     if config is not None:
         try:
@@ -253,7 +267,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                feeds=[f.name for f in config.feeds],
                                default_channels=config.defaults.channels)
         except RulesError as e:
-            problems += [str(p) for p in e.problems]
+            found += [("rules.invalid", p) for p in e.problems]
+    problems = [str(p) for _, p in found]
     if args.json:
         _print_json({
             "ok": not problems,
@@ -263,10 +278,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             "rules": len(rules.rules) if rules else None,
             "channels": sorted(config.channels) if config else None,
         })
+    elif found and args.log_format == "json":
+        for event, p in found:
+            log_problems(event, [p], config=str(path), of=len(found))
     elif problems:
         print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
-        for p in problems:
-            print(p, file=sys.stderr)
+        for text in problems:
+            print(text, file=sys.stderr)
     else:
         assert config is not None and rules is not None
         enabled = sum(1 for r in rules.rules if r.enabled)
@@ -424,7 +442,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
             stories = [Story(id=p.name, feed="file", title=title.strip(), link="",
                              summary=body.strip(), published=now, first_seen=now)]
     else:
-        print("give a story: --title/--text, a text file, or --feed FILE_OR_URL", file=sys.stderr)
+        say_error("give a story: --title/--text, a text file, or --feed FILE_OR_URL",
+                  as_json=args.log_format == "json")
         return 2
     out: list[dict[str, Any]] = []
     any_match = False
@@ -594,8 +613,9 @@ async def cmd_stories_explain(args: argparse.Namespace) -> int:
                 hit = await store.get_story(x) or next(
                     (s for s in window if s.story.link == x), None)
                 if hit is None:
-                    print(f"no stored story with id {x!r}, nor with that link in the last "
-                          f"{config.dedup.window / 3600:g} h", file=sys.stderr)
+                    say_error(f"no stored story with id {x!r}, nor with that link in the "
+                              f"last {config.dedup.window / 3600:g} h",
+                              as_json=args.log_format == "json")
                     return 1
                 pair.append(hit.story)
                 stored[hit.story.id] = hit.cluster
@@ -656,7 +676,7 @@ async def cmd_stories(config: Config, args: argparse.Namespace) -> int:
             return 0
         c = await store.get_cluster(args.cluster)
         if c is None:
-            print(f"no cluster {args.cluster!r}", file=sys.stderr)
+            say_error(f"no cluster {args.cluster!r}", as_json=args.log_format == "json")
             return 1
         stories = [await store.get_story(m) for m in c.members]
         if args.json:

@@ -39,7 +39,7 @@ from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
 from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import initial_poll
-from monitor.errors import MonitorError, RulesError
+from monitor.errors import MonitorError, RulesError, StoreError
 from monitor.log import get_logger, redact, redact_url, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
@@ -51,6 +51,7 @@ from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.rulefiles import load_rules
 from monitor.shell.scheduler import Scheduler
 from monitor.shell.server import Server
+from monitor.shell.trouble import Trouble
 from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
 
@@ -174,6 +175,7 @@ class Runtime:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
+        self.trouble = Trouble(clock)  # store errors and failing feeds, said once
         self._stack = AsyncExitStack()
         self._notifiers = notifiers
         self._executor = executor
@@ -251,6 +253,7 @@ class Runtime:
                 on_sent=self._sent,
                 rates={name: ch.rate for name, ch in cfg.channels.items()},
             )
+            self.dispatcher.on_store_error = self.trouble.store_failed
             self._stack.push_async_callback(self.dispatcher.close)
             await sync_feeds(self.store, cfg.feed_specs(), now)
         except BaseException:
@@ -337,7 +340,16 @@ class Runtime:
         try:
             outcome = await self.pipeline.poll_feed(state, spec)
             self.metrics.fetch_seconds.observe(outcome.ms / 1000)
+            self.trouble.store_ok()
+            self.trouble.feed_polled(spec.name, failed=outcome.result in ("failed", "gone"),
+                                     problem=outcome.error)
             return outcome
+        except StoreError as e:  # not the feed's fault: one line, and no failure on the feed
+            self.trouble.store_failed(e, f"poll:{spec.name}")
+            with contextlib.suppress(Exception):
+                await self.store.save_feed(replace(
+                    state, next_poll=self.clock() + timedelta(seconds=spec.interval)))
+            return PollOutcome(feed=spec.name, result="failed", error=str(e))
         except Exception as e:  # a bug must not kill the daemon or stop the feed for good
             now = self.clock()
             log.error("feed.poll_crashed", feed=spec.name, error=repr(e), exc_info=True)
@@ -528,7 +540,12 @@ class Daemon:
         try:
             now = self.clock()
             specs = {s.name: s for s in self.config.feed_specs()}
-            due = await rt.store.claim_due_feeds(now, limit=free, lease_until=now + FEED_LEASE)
+            try:
+                due = await rt.store.claim_due_feeds(now, limit=free,
+                                                     lease_until=now + FEED_LEASE)
+            except StoreError as e:
+                rt.trouble.store_failed(e, "claim")
+                return
             for st in due:
                 spec = specs.get(st.name)
                 if spec is None:
@@ -558,7 +575,13 @@ class Daemon:
         counts, self._polled = self._polled, Counter()
         results = {k.replace("-", "_"): v for k, v in sorted(counts.items())
                    if not k.startswith(" ")}
-        pending = await self.rt.store.count_pending() if self.rt is not None else 0
+        pending: int | str = 0
+        if self.rt is not None:
+            self.rt.trouble.summarize()
+            try:
+                pending = await self.rt.store.count_pending()
+            except StoreError:  # store.failing said it
+                pending = "?"
         log.info("daemon.summary", minutes=round(SUMMARY_EVERY / 60),
                  polls=sum(results.values()), new_stories=counts[" new"], alerts=counts[" alerts"],
                  outbox_pending=pending, **results)
@@ -571,7 +594,11 @@ class Daemon:
     async def _prune(self) -> None:
         assert self.rt is not None
         before = self.clock() - timedelta(seconds=self.config.retention)
-        n = await self.rt.store.prune(before)
+        try:
+            n = await self.rt.store.prune(before)
+        except StoreError as e:
+            self.rt.trouble.store_failed(e, "prune")
+            return
         if n:
             log.info("store.pruned", stories=n, before=before.isoformat())
 

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from monitor.config import DeliveryConfig
 from monitor.core.model import Delivery, SendFailed, Sent
 from monitor.core.schedule import next_cron, retry_at
+from monitor.errors import StoreError
 from monitor.log import get_logger, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import BatchNotifier, Notifier
@@ -91,6 +92,16 @@ class Dispatcher:
         self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # a store failure of a round (the daemon: said once while it lasts, see
+        # shell.trouble); without it, an error line per failure
+        self.on_store_error: Callable[[StoreError, str], None] | None = None
+
+    def _round_failed(self, e: BaseException, during: str, event: str = "dispatch.error",
+                      **fields: object) -> None:
+        if isinstance(e, StoreError) and self.on_store_error is not None:
+            self.on_store_error(e, during)
+        else:
+            log.error(event, error=scrub(repr(e)), **fields)
 
     # -- pacing ----------------------------------------------------------------------
 
@@ -135,7 +146,7 @@ class Dispatcher:
             elif isinstance(r, BaseException):
                 # the store failed mid-round: what was claimed and not marked is retried
                 # after its lease; say so, and let the next round try again
-                log.error("dispatch.store_error", error=scrub(repr(r)))
+                self._round_failed(r, "deliver", "dispatch.store_error")
         await self._gauge()
         return total
 
@@ -159,7 +170,7 @@ class Dispatcher:
                     if r != DispatchResult():
                         await self._gauge()
                 except Exception as e:  # the store hiccuped: try again shortly
-                    log.error("dispatch.error", channel=channel, error=scrub(repr(e)))
+                    self._round_failed(e, f"deliver:{channel}", channel=channel)
                 timeout = tick
                 until = self.paused_until(channel)
                 if until is not None:
@@ -173,7 +184,7 @@ class Dispatcher:
                 try:
                     await self._drain_strays()
                 except Exception as e:
-                    log.error("dispatch.error", error=scrub(repr(e)))
+                    self._round_failed(e, "deliver:strays")
                 await asyncio.sleep(STRAYS_EVERY)
 
         helpers = [asyncio.create_task(pump(), name="dispatch-wake"),

@@ -55,6 +55,7 @@ from monitor.core.route import (
 from monitor.core.rules.match import Matcher, RegexSkipped
 from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import next_poll, timeout_backoff
+from monitor.core.streaks import is_news
 from monitor.log import get_logger
 from monitor.metrics import Metrics
 from monitor.redact import without_userinfo
@@ -231,6 +232,7 @@ class Pipeline:
             backoff_max=fc.backoff_max, jitter=jitter, key=spec.name,
         )
         if isinstance(result, NotModified):
+            _recovered(state, spec, now)
             await self.states.save(_succeeded(
                 state, url=url, now=now, next_at=next_at, status=304,
                 etag=result.etag or state.etag,
@@ -248,6 +250,7 @@ class Pipeline:
             etag=result.etag, last_modified=result.last_modified, body_hash=body_hash,
         )
         if body_hash == state.body_hash and state.baselined:
+            _recovered(state, spec, now)
             await self.states.save(ok_state)
             self.metrics.polls.labels(spec.name, "unchanged").inc()
             log.debug("feed.polled", feed=spec.name, status=result.status, new=0,
@@ -281,6 +284,7 @@ class Pipeline:
                                       prepared.problem or "unparseable feed", result.status,
                                       retry_after=None, gone=False, ms=ms())
         ok_state = replace(ok_state, problem=prepared.problem)
+        _recovered(state, spec, now)
         self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)
         return await self._ingest(ok_state, spec, prepared, now, result.status, ms)
 
@@ -652,15 +656,28 @@ class Pipeline:
         result = "gone" if gone else "failed"
         self.metrics.polls.labels(spec.name, result).inc()
         self.metrics.feed_failures.labels(spec.name).set(failures)
-        # one line per failure streak change, not per retry: first failure, a new reason,
-        # and then every 10th
-        if failures == 1 or reason != state.last_error or failures % 10 == 0 or gone:
-            log.warning(
-                "feed.gone" if gone else "feed.failed", feed=spec.name, status=status,
-                error=reason, failures=failures, next_poll=new.next_poll.isoformat()
-                if new.next_poll else None, ms=ms,
-            )
+        # a warning when the streak starts or its problem changes; repeats at debug (the
+        # daemon's summary lists the feeds still failing: feeds.failing)
+        news = gone or is_news(failures_before=state.failures, last_error=state.last_error,
+                               reason=reason)
+        (log.warning if news else log.debug)(
+            "feed.gone" if gone else "feed.failed", feed=spec.name, status=status,
+            error=reason, failures=failures, next_poll=new.next_poll.isoformat()
+            if new.next_poll else None, ms=ms,
+        )
         return PollOutcome(feed=spec.name, result=result, status=status, error=reason, ms=ms)
+
+
+def _recovered(state: FeedState, spec: FeedSpec, now: datetime) -> None:
+    """The poll of a failing feed succeeded: say so once (its failures were warned about
+    when they started)."""
+    if state.failures:
+        since: dict[str, object] = {}
+        if state.last_success is not None:
+            since = {"last_ok": state.last_success.isoformat(),
+                     "down_s": round((now - state.last_success).total_seconds())}
+        log.info("feed.recovered", feed=spec.name, failures=state.failures,
+                 error=state.last_error or "", **since)
 
 
 def _succeeded(

@@ -3,17 +3,55 @@
 Feed due times live in the store (so a restart resumes the schedule); APScheduler drives
 the ticks that claim due feeds and prune old stories. Digest fire times are pure
 arithmetic and live in ``monitor.core.schedule`` (``next_cron``).
+
+A job never runs twice at once, and a tick that comes while the previous run is still
+going is skipped here, quietly (``scheduler.skipped`` at debug), rather than by
+APScheduler with a warning each time; a run that goes on for ``SLOW_AFTER`` intervals
+(at least a minute) is reported once, at warning (``scheduler.slow``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.log import get_logger
+
+log = get_logger(__name__)
+
 Job = Callable[[], Awaitable[None]]
+
+SLOW_AFTER = 10  # intervals a run may last before it is reported (at least 60 s)
+
+
+def _guarded(name: str, seconds: float, job: Job) -> Job:
+    """``job``, run at most once at a time: a call while a run is going returns at once."""
+    started: float | None = None
+    skipped = 0
+    warned = False
+
+    async def run() -> None:
+        nonlocal started, skipped, warned
+        if started is not None:
+            skipped += 1
+            running = time.monotonic() - started
+            log.debug("scheduler.skipped", job=name, running_s=running, skipped=skipped)
+            if not warned and running >= max(60.0, SLOW_AFTER * seconds):
+                warned = True
+                log.warning("scheduler.slow", job=name, running_s=running, every_s=seconds,
+                            note="its next runs are skipped until this one ends")
+            return
+        started, skipped, warned = time.monotonic(), 0, False
+        try:
+            await job()
+        finally:
+            started = None
+
+    return run
 
 
 class Scheduler:
@@ -22,11 +60,11 @@ class Scheduler:
 
     def every(self, name: str, seconds: float, job: Job, *, start_now: bool = True) -> None:
         self._s.add_job(
-            job,
+            _guarded(name, seconds, job),
             IntervalTrigger(seconds=seconds, timezone=UTC),
             id=name,
             name=name,
-            max_instances=1,
+            max_instances=2,  # the second returns at once (see _guarded): no warning
             coalesce=True,
             misfire_grace_time=None,
             replace_existing=True,

@@ -74,6 +74,7 @@ class FeedStateWriter:
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
-        # its callers may all have been cancelled (a shutdown): say it somewhere; the
-        # feeds are polled again, the write lost costs nothing else
-        log.warning("store.feed_states_failed", error=scrub(str(fut.exception())))
+        # its callers report it (the daemon: one store.failed line per problem); if they
+        # were all cancelled (a shutdown), the feeds are polled again and the write lost
+        # costs nothing else: a debug line, not one more line per batch on a full disk
+        log.debug("store.feed_states_failed", error=scrub(str(fut.exception())))

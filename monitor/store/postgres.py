@@ -46,6 +46,7 @@ from monitor.store.codec import (
     strs_to_json,
     utc,
 )
+from monitor.store.diagnose import postgres_error
 from monitor.store.listen import StoryListener, notify_payloads
 
 log = get_logger(__name__)
@@ -238,14 +239,14 @@ class PostgresStore:
                 server_settings=settings,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as e:
-            raise StoreError(f"cannot connect to {where}: {e or type(e).__name__}") from e
+            raise postgres_error(e, where=where, what=f"cannot connect to {where}") from e
         try:
             async with pool.acquire() as con, con.transaction():
                 await self._migrate(con)
         except BaseException as e:
             await pool.close()
             if isinstance(e, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
-                raise StoreError(f"cannot open {where}: {e}") from e
+                raise postgres_error(e, where=where, what=f"cannot open {where}") from e
             raise
         return pool
 
@@ -296,8 +297,10 @@ class PostgresStore:
                         yield con
                 else:
                     yield con
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, CodecError) as e:
-            raise StoreError(f"{what}: {e or type(e).__name__}") from e
+        except CodecError as e:
+            raise StoreError(f"{what}: {e}") from e
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+            raise postgres_error(e, where=redact_url(self._dsn), what=what) from e
 
     # -- feeds ----------------------------------------------------------------------------
 

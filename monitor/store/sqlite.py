@@ -50,6 +50,7 @@ from monitor.store.codec import (
     strs_from_json,
     strs_to_json,
 )
+from monitor.store.diagnose import sqlite_error
 
 log = get_logger(__name__)
 
@@ -241,7 +242,7 @@ class SQLiteStore:
                 # -shm files the same permissions as the database file.
                 os.close(os.open(p, os.O_RDWR | os.O_CREAT, 0o600))
             except OSError as e:
-                raise StoreError(f"cannot open {self._path}: {e.strerror or e}") from e
+                raise sqlite_error(e, path=self._path, what=f"cannot open {self._path}") from e
         try:
             con = sqlite3.connect(
                 self._path,
@@ -251,7 +252,7 @@ class SQLiteStore:
                 uri=self._path.startswith("file:"),
             )
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open {self._path}: {e}") from e
+            raise sqlite_error(e, path=self._path, what=f"cannot open {self._path}") from e
         try:
             con.row_factory = sqlite3.Row
             con.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
@@ -264,7 +265,7 @@ class SQLiteStore:
             self._migrate(con)
         except sqlite3.Error as e:
             con.close()
-            raise StoreError(f"cannot open {self._path}: {e}") from e
+            raise sqlite_error(e, path=self._path, what=f"cannot open {self._path}") from e
         except BaseException:
             con.close()
             raise
@@ -316,7 +317,7 @@ class SQLiteStore:
             try:
                 return fn(con)
             except sqlite3.Error as e:
-                raise StoreError(f"{what}: {e}") from e
+                raise sqlite_error(e, path=self._path, what=what) from e
             except CodecError as e:
                 raise StoreError(f"{what}: {e}") from e
 
