@@ -36,13 +36,23 @@ from monitor.store.base import Store
 
 log = get_logger(__name__)
 
-LEASE = timedelta(minutes=5)
+LEASE = timedelta(minutes=5)  # deliveries of a channel no longer configured
+#: A claim is held for twice its sending time at the channel's rate, plus this many of
+#: the peer's timeouts, plus ``LEASE_MARGIN`` seconds.
+LEASE_TIMEOUTS = 10
+LEASE_MARGIN = 10.0
 #: A roll-up claims at most this many deliveries of one channel at once.
 ROLLUP_CLAIM_MAX = 1000
 #: How often ``serve`` looks for deliveries of channels no longer configured.
 STRAYS_EVERY = 60.0
 #: A 429 without a usable Retry-After pauses its channel this long.
 DEFAULT_PAUSE = 1.0
+
+
+def _timeout_of(notifier: Notifier | None) -> float:
+    """The peer's timeout of one request (seconds); a file channel has none: 1 s."""
+    timeout = getattr(getattr(notifier, "cfg", None), "timeout", None)
+    return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 1.0
 
 
 def _rate_of(notifier: Notifier) -> float:
@@ -120,8 +130,14 @@ class Dispatcher:
         return max(self.settings.batch, threshold + 1)
 
     def _lease(self, channel: str, n: int) -> timedelta:
-        # a claim must outlive sending the whole claim at the channel's pace
-        return max(LEASE, timedelta(seconds=2 * n / max(self.rates.get(channel, 1.0), 1e-3)))
+        """How long a claim of ``n`` deliveries is held: longer than the worst case of
+        sending them all (twice the time the channel's rate needs, plus
+        ``LEASE_TIMEOUTS`` of its peer's timeouts for the slowest send: connecting,
+        SMTP's commands, a history lookup), and no longer, so that the deliveries of a
+        daemon killed mid-send come back soon after its restart."""
+        rate = max(self.rates.get(channel, 1.0), 1e-3)
+        timeout = _timeout_of(self.notifiers.get(channel))
+        return timedelta(seconds=2 * n / rate + LEASE_TIMEOUTS * timeout + LEASE_MARGIN)
 
     def paused_until(self, channel: str) -> datetime | None:
         until = self._paused.get(channel)
