@@ -25,6 +25,7 @@ import pytest
 from tests.feeds import BACKLOG, Item, rss, seed_item
 from tests.peers.feedserver import FeedServer
 from tests.peers.slackserver import SlackServer
+from tests.peers.smtpserver import SMTPServer
 from tests.test_daemon import ROOT, DaemonProc, free_port, until, wait_polls
 
 pytestmark = pytest.mark.timeout(180)
@@ -138,3 +139,78 @@ async def test_a_429_storm_pauses_the_channel_and_loses_nothing(
     assert log.count("channel.paused") == 6
     assert "delivery.failed" not in log and "delivery.retry" not in log
     assert await daemon.stop() == 0
+
+
+def _word(i: int, k: int) -> str:
+    """A made-up word, far (in spelling) from every other one here."""
+    import hashlib
+
+    h = hashlib.sha256(f"{i}:{k}".encode()).digest()
+    return "".join("bcdfghjklmnpqrstvwxz"[b % 20] + "aeiou"[b % 5] for b in h[:4])
+
+
+async def test_a_burst_of_200_matches_is_bounded_per_channel_and_loses_nothing(
+    tmp_path: Path, feed_server: FeedServer, slack_server: SlackServer,
+    smtp_server: SMTPServer
+) -> None:
+    """One poll brings 200 new stories that match one rule. Slack (2 messages/s) and
+    email (1/s) get a few roll-ups ("burst: 50 new stories"), not 200 messages each; the
+    file channel (no pacing) gets all 200 lines; every delivery is accounted sent."""
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    (tmp_path / "rules" / "burst.yaml").write_text(
+        "rules:\n  - name: burst\n    any: [zephyrine]\n"
+        "    channels: [slack-news, email-oncall, audit-file]\n", encoding="utf-8")
+    feed_server.serve("/world.rss", rss(BACKLOG))
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(config(feed_server, slack_server, port, timeout=5)
+                   .replace("rate: 100", "rate: 2")
+                   .replace("email-oncall: {type: file, path: email.jsonl}",
+                            f"email-oncall: {{type: email, host: 127.0.0.1, port: "
+                            f"{smtp_server.port}, security: none, from: m@example.org, "
+                            f"to: [ops@example.org], rate: 1}}")
+                   .replace("rollup_after: 0, batch: 5", "rollup_after: 5s, batch: 50"),
+                   encoding="utf-8")
+    os.environ["TEST_SLACK_TOKEN"] = slack_server.token
+    d = DaemonProc(cfg, tmp_path / "daemon.log")
+    burst = [Item(title=f"Zephyrine {' '.join(_word(i, k) for k in range(5))}",
+                  link=f"https://wire.example.org/{i}", guid=f"burst-{i}")
+             for i in range(200)]
+    try:
+        await d.start()
+        await wait_polls(feed_server, "/world.rss", 2)
+        feed_server.set("/world.rss", rss([*burst, *BACKLOG]))
+
+        def lines() -> list[str]:
+            p = tmp_path / "alerts.jsonl"
+            return p.read_text(encoding="utf-8").splitlines() if p.exists() else []
+
+        def outbox() -> dict[tuple[str, str], int]:
+            import sqlite3
+
+            con = sqlite3.connect(tmp_path / "state.db")
+            try:
+                rows = con.execute("SELECT channel, state, count(*) FROM deliveries "
+                                   "GROUP BY channel, state").fetchall()
+            finally:
+                con.close()
+            return {(c, s): n for c, s, n in rows}
+
+        await until(lambda: outbox() == {("slack-news", "sent"): 200,
+                                         ("email-oncall", "sent"): 200,
+                                         ("audit-file", "sent"): 200},
+                    "all 600 deliveries sent", limit=120)
+        assert len(lines()) == 200  # the file channel: one line per alert
+        slack = slack_server.in_channel(next(iter(slack_server.channels)))
+        assert 1 <= len(slack) <= 20, len(slack)  # roll-ups, not 200 messages
+        assert all("burst:" in m["text"] and "new stories" in m["text"] for m in slack)
+        assert 1 <= len(smtp_server.messages) <= 20, len(smtp_server.messages)
+        # every story is named by a roll-up or counted in one
+        listed = sum(int(m["text"].split("burst: ")[1].split(" ")[0]) for m in slack)
+        assert listed == 200
+        assert await d.stop() == 0
+    finally:
+        if d.proc is not None and d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()
+        os.environ.pop("TEST_SLACK_TOKEN", None)
