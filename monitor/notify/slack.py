@@ -131,8 +131,9 @@ class SlackNotifier:
         return await self._post(slack_message(alert), thread_ref if alert.update else None)
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
-                          kind: DigestKind = "digest") -> SendResult:
-        return await self._post(slack_digest(alerts, kind=kind), None)
+                          kind: DigestKind = "digest", heading: str | None = None,
+                          thread_ref: str | None = None) -> SendResult:
+        return await self._post(slack_digest(alerts, kind=kind, heading=heading), thread_ref)
 
     async def _post(self, payload: dict[str, Any], thread_ts: str | None) -> SendResult:
         await self.limiter.acquire()

@@ -50,6 +50,7 @@ from monitor.core.route import (
     is_baseline,
     needs_earlier,
     plan,
+    schedule_groups,
     silenced,
 )
 from monitor.core.rules.match import Matcher, RegexSkipped
@@ -313,6 +314,10 @@ class Pipeline:
             baseline=baseline,
             churn=churn,
         )
+        groups = {d.group for d in deliveries if d.group}
+        if groups:  # a grouped rule's alerts wait for their group's next message
+            deliveries = schedule_groups(deliveries, await self.store.group_states(groups),
+                                         now=now)
         state = replace(
             state,
             baselined=True,
