@@ -368,7 +368,9 @@ def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX,
     if n > limit:
         blocks.append({"type": "context",
                        "elements": [_mrkdwn(f"… and {n - limit} more (see the audit log)")]})
-    fallback = _slack_fit(heading.replace(" · ", ": ", 1), FALLBACK_MAX)
+    if kind == "digest":
+        heading = heading.replace(" · ", ": ", 1)  # "Digest: rule · 3 stories"
+    fallback = _slack_fit(heading, FALLBACK_MAX)
     return {"text": fallback, "blocks": blocks}
 
 
