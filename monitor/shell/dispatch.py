@@ -258,8 +258,10 @@ class Dispatcher:
 
     async def _send_channel(self, channel: str, deliveries: list[Delivery]) -> DispatchResult:
         """Deliveries of one channel, in order (the notifier paces them to its rate):
-        digests, then what waited too long, then roll-ups, then one message each. After
-        a 429 or a transient failure the channel pauses: the rest is given back."""
+        quiet hours (held, or what the last window held as one digest), then digests,
+        then groups' messages, then what waited too long, then roll-ups, then one message
+        each. After a 429 or a transient failure the channel pauses: the rest is given
+        back."""
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
         if notifier is None:  # removed by a reload since the claim
