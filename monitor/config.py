@@ -10,6 +10,7 @@ import os
 import re
 import ssl
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.core.model import FeedSpec
+from monitor.core.model import FeedSpec, Severity
+from monitor.core.schedule import parse_hhmm, quiet_window
 from monitor.core.units import parse_duration, parse_size
 from monitor.core.yamlpos import Positions, load_yaml, problems_from_validation
 from monitor.errors import ConfigError, Problem, YamlError
@@ -86,6 +88,56 @@ class FetchConfig(_Model):
     parse_timeout: Duration = 30.0
 
 
+class QuietHours(_Model):
+    """A channel's quiet hours: alerts are held from ``from`` to ``to`` (local time in
+    ``tz``, crossing midnight when ``to`` is not after ``from``) and go out as one digest
+    when the window ends; severities in ``except_severity`` pass at once."""
+
+    from_: str = Field(alias="from")
+    to: str
+    tz: str = "UTC"
+    except_severity: tuple[Severity, ...] = ()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("from_", "to", mode="before")
+    @classmethod
+    def _sexagesimal(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted 22:00 as the number 1320 (22 × 60): take it back
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 24 * 60:
+            return f"{v // 60:02d}:{v % 60:02d}"
+        return v
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        parse_hhmm(v)
+        return v.strip()
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        quiet_window(datetime(2026, 1, 1, tzinfo=UTC), "00:00", "01:00", v)  # a known zone?
+        return v
+
+    @field_validator("except_severity", mode="before")
+    @classmethod
+    def _one(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _span(self) -> QuietHours:
+        if parse_hhmm(self.from_) == parse_hhmm(self.to):
+            raise ValueError(f"from and to are both {self.to}: the window would be "
+                             "empty (or the whole day); give two different times")
+        return self
+
+    @property
+    def label(self) -> str:
+        """``22:00–07:00`` as a reader sees it."""
+        return f"{self.from_}\u2013{self.to}"
+
+
 class SlackChannel(_Model):
     type: Literal["slack"]
     webhook_url: str | None = None
@@ -96,6 +148,7 @@ class SlackChannel(_Model):
     username: str | None = None
     icon_emoji: str | None = None
     timeout: Duration = Field(30.0, ge=1)  # one request to Slack, connecting included
+    quiet: QuietHours | None = None
 
     @field_validator("webhook_url", "base_url")
     @classmethod
@@ -140,6 +193,7 @@ class EmailChannel(_Model):
     # PEM bundle of the CAs to trust instead of the system store (a relay with a private
     # CA); relative to the config file. Checked when the config is loaded (parse_config).
     ca_file: str | None = None
+    quiet: QuietHours | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -175,6 +229,7 @@ class FileChannel(_Model):
     type: Literal["file"]
     path: str
     rate: float = Field(10000.0, gt=0)  # a local file needs no pacing; the knob stays
+    quiet: QuietHours | None = None
 
 
 Channel = Annotated[SlackChannel | EmailChannel | FileChannel, Field(discriminator="type")]

@@ -277,9 +277,15 @@ async def test_a_stalled_smtp_server_delays_no_other_channel(
         await wait_for(lambda: len(slack_server.messages) == 20, "20 Slack messages")
         await wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 20,
                        "20 lines in the file channel")
-        assert held, "the email channel is trying its stalled server meanwhile"
-        rows = await store.deliveries(limit=100)
-        assert {r.state for r in rows if r.channel != "mail"} == {"sent"}
+        await wait_for(lambda: bool(held), "the email channel to reach its stalled server")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while True:  # (the peers saw them; their marks follow the peers' answers)
+            rows = await store.deliveries(limit=100)
+            if {r.state for r in rows if r.channel != "mail"} == {"sent"}:
+                break
+            assert loop.time() < end, [(r.channel, r.state) for r in rows]
+            await asyncio.sleep(0.02)
         assert {r.state for r in rows if r.channel == "mail"} == {"pending"}  # none lost
     finally:
         dsp.stopping = True

@@ -306,6 +306,36 @@ async def test_digest_rule_collects_and_sends_on_its_schedule(rt: Runtime, feed_
     assert await rt.drain() == type(sent)()  # nothing left
 
 
+async def test_a_grouped_rule_waits_for_its_group_then_follows_up_per_interval(
+        rt: Runtime, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
+    (tmp_path / "rules" / "robots.yaml").write_text(
+        "rules:\n  - name: robots\n    any: [robot, humanoid]\n    channels: [slack-news]\n"
+        "    group_by: [rule]\n    group_wait: 1m\n    group_interval: 10m\n",
+        encoding="utf-8")
+    assert rt.reload_rules()
+    await poll(rt)
+    clock.advance(minutes=5)  # 12:05
+    robots2 = Item(title="Robot dogs patrol the border in a humanoid future",
+                   link="https://x.example/robots2", guid="r2")
+    feed_server.set("/a.rss", rss([UNRELATED, robots2, *BACKLOG], now=clock.now))
+    out = await poll(rt)
+    assert out["a"].alerts == 2
+    assert alerts(tmp_path) == []  # the group waits group_wait
+    clock.advance(minutes=1)
+    assert (await rt.drain()).grouped == 2
+    assert len(alerts(tmp_path)) == 2
+    clock.advance(minutes=1)  # 12:07: the next match waits for 12:16
+    robots3 = Item(title="A humanoid robot opens parliament", link="https://x.example/robots3",
+                   guid="r3")
+    feed_server.set("/a.rss", rss([robots3, UNRELATED, robots2, *BACKLOG], now=clock.now))
+    await poll(rt)
+    clock.advance(minutes=8)
+    assert (await rt.drain()).sent == 0
+    clock.advance(minutes=1)
+    assert (await rt.drain()).grouped == 1
+    assert [a["title"] for a in alerts(tmp_path)][-1] == robots3.title
+
+
 async def test_corroboration_counts_sources_within_the_rule_window(
         make_config: MakeConfig, feed_server: FeedServer, clock: Clock, tmp_path: Path) -> None:
     (tmp_path / "rules" / "corroborated.yaml").write_text(

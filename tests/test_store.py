@@ -985,3 +985,35 @@ async def test_unreachable_postgres_raises_store_error() -> None:
     with pytest.raises(StoreError, match=r"cannot connect to postgresql://u:\*\*\*@127.0.0.1:1/db") as info:
         await s.open()
     assert "topsecret" not in str(info.value)
+
+
+async def test_group_states_last_message_thread_root_and_oldest_pending(store: Store) -> None:
+    """A grouped delivery keeps its group key; ``group_states`` gives routing and
+    dispatch the group's latest sent message (time, thread root) and its oldest pending
+    delivery; groups without deliveries are left out."""
+    assert await store.group_states([]) == {}
+    g, h = "g:r1:slack:actors=snowden", "g:r1:slack:actors=assange"
+    ds = await queue(
+        store,
+        replace(delivery("a", created=t(0)), group=g),
+        replace(delivery("b", created=t(1)), group=g),
+        replace(delivery("c", created=t(2)), group=h),
+        delivery("d", created=t(3)),
+    )
+    states = await store.group_states([g, h, "g:none"])
+    assert set(states) == {g, h}
+    assert states[g].pending_since == t(0) and states[g].last_sent is None
+    assert states[h].pending_since == t(2)
+    claimed = {d.key: d for d in await store.claim_deliveries(t(5), limit=10, lease_until=t(6))}
+    assert (claimed["a"].group, claimed["c"].group, claimed["d"].group) == (g, h, None)
+    a, b = ds[0].id, ds[1].id
+    assert a is not None and b is not None
+    await store.mark_sent_many([a, b], t(7), "root-ts")
+    [e] = await queue(store, replace(delivery("e", created=t(8)), group=g))
+    assert e.id is not None
+    st = (await store.group_states([g]))[g]
+    assert (st.last_sent, st.ref, st.pending_since) == (t(7), "root-ts", t(8))
+    await store.claim_deliveries(t(9), limit=10, lease_until=t(10))
+    await store.mark_sent(e.id, t(11), "root-ts")  # a follow-up keeps the thread root
+    st = (await store.group_states([g]))[g]
+    assert (st.last_sent, st.ref, st.pending_since) == (t(11), "root-ts", None)

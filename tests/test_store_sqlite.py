@@ -307,6 +307,11 @@ async def test_a_version_1_database_is_upgraded_with_its_failed_deliveries(
         m.setattr(migrations, "load", lambda dialect: real[:1])
         # that release's code knew no cluster merges (schema 3) either
         m.setattr(sqlite_store, "_merged_ids", lambda con, ids: {})
+        # nor groups (schema 4): its insert wrote no group key (the 10th value, unused)
+        m.setattr(sqlite_store, "_DELIVERY_INSERT", (
+            "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, "
+            "attempts, created, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, "
+            "?8, COALESCE(?9, ?10)) ON CONFLICT (key) DO NOTHING RETURNING id"))
         async with SQLiteStore(db) as old:
             s = _story("s1")
             match = Match(rule="r", severity="high", channels=("slack",))

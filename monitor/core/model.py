@@ -143,6 +143,36 @@ class Hit:
     text: str  # the matched text as it appears
 
 
+GroupLabel = Literal["rule", "actors", "tags", "feed"]
+GROUP_LABELS: tuple[str, ...] = ("rule", "actors", "tags", "feed")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Grouping:
+    """A rule's opt-in grouping (Alertmanager's ``group_by`` and timers, in seconds).
+
+    A group is the rule × channel × the story's values of ``by``. Its first message goes
+    out ``wait`` after the group's first match, carrying everything that matched
+    meanwhile; later matches go as one threaded follow-up per ``interval``; a group
+    quiet (nothing sent) for longer than ``repeat`` starts over with a new top-level
+    message."""
+
+    by: tuple[str, ...]  # of GROUP_LABELS
+    wait: float = 30.0
+    interval: float = 300.0
+    repeat: float = 4 * 3600.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GroupState:
+    """A group as stored: what routing and dispatch need to place its next message."""
+
+    group: str  # the group key (``route.group_key``)
+    last_sent: datetime | None = None  # when its last message went out
+    ref: str | None = None  # that message's thread root (Slack ts, email Message-ID)
+    pending_since: datetime | None = None  # the oldest unsent delivery's ``created``
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Match:
     """A rule that fired on a story, and why."""
@@ -155,6 +185,7 @@ class Match:
     hits: tuple[Hit, ...] = ()
     cooldown: float = 0.0  # seconds; 0 = once per story cluster forever
     digest: str | None = None  # cron expression when the rule collects into a digest
+    group: Grouping | None = None  # the rule groups its alerts (``group_by``)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -198,6 +229,9 @@ class Delivery:
     # when `monitor outbox retry` put it back after it failed: retries are given up
     # ``give_up_after`` from here, not from ``created``
     requeued: datetime | None = None
+    # a grouped rule's delivery: its group key (rule × channel × group_by values); the
+    # group's due deliveries go out as one message
+    group: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -30,16 +30,44 @@ to save. Every decision about alerting is taken here, once:
   first alerts only for rules that had not alerted on it (or whose cooldown is over),
   and "carried by N" updates for those that had;
 * earlier alerts of rules that are disabled now are ignored;
-* a digest rule's delivery waits for the digest's next cron time (``next_attempt``).
+* a digest rule's delivery waits for the digest's next cron time (``next_attempt``);
+* a grouped rule's delivery (``group_by``) gets its group key (``group_key``), and
+  ``schedule_groups`` gives it the group's next slot (``group_slot``), knowing the
+  group's stored state: its deliveries due together go out as one message.
+
+Grouping (Alertmanager's semantics, for news). A group is rule × channel × the story's
+values of the rule's ``group_by`` labels (``actors``: the rule's actors that matched;
+``tags``: the tags of the story's feed; ``feed``: the feed; ``rule``: the rule alone).
+
+* A new group's first message goes out ``group_wait`` after its first match and carries
+  everything of the group that matched meanwhile.
+* Later matches are due at the group's next tick: its last message + k × ``group_interval``
+  (the first tick after the match): one threaded follow-up per interval at most.
+* A group that sent nothing for longer than ``repeat_interval`` is over: its next match
+  starts a new group (``group_wait``, then a new top-level message). For news that is
+  what "repeat" means: nothing is re-sent, a story line that went quiet and comes back
+  is worth a fresh headline rather than a reply in a thread nobody reads any more.
+* Grouped rules get no "carried by N sources" updates: the group's follow-ups are its
+  updates.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from monitor.core.model import Alert, Delivery, FeedSpec, FeedState, Match, Story
+from monitor.core.model import (
+    Alert,
+    Delivery,
+    FeedSpec,
+    FeedState,
+    Grouping,
+    GroupState,
+    Match,
+    Story,
+)
 from monitor.core.schedule import next_cron
 
 # A story is "news" only while it is recent: an item published longer ago than this
@@ -137,8 +165,8 @@ def updates(
     fired = {m.rule: m for m in matches}
     out: list[Delivery] = []
     for a in alerted:
-        if n <= a.sources or a.match.digest:
-            continue  # nothing new to say (digests are not updated)
+        if n <= a.sources or a.match.digest or a.match.group:
+            continue  # nothing new to say (digests and groups are not updated)
         novel = _novel(a.match, fired.get(a.match.rule))
         for channel in a.match.channels:
             edits = channel in editable
@@ -228,7 +256,8 @@ def plan(
     for every candidate with ``needs_earlier``. ``enabled``: the names of the rules in
     force. ``baseline`` / ``churn``: the whole poll is recorded without alerting.
     ``editable``: the channels that edit their first message in place (Slack bot).
-    A digest rule's deliveries have ``next_attempt`` set to the digest's next time."""
+    A digest rule's deliveries have ``next_attempt`` set to the digest's next time; a
+    grouped rule's have their ``group`` set (``schedule_groups`` then places them)."""
     out: list[Delivery] = []
     for c in candidates:
         if silenced(c, now=now, baseline=baseline, churn=churn) is not None:
@@ -239,7 +268,9 @@ def plan(
             alerted = [d for d in earlier.get(c.facts.cluster, ())
                        if d.alert.match.rule in enabled]
             out += _follow_up(c, alerted, now=now, editable=editable)
-    return [_digested(d, now) if d.alert.match.digest else d for d in out]
+    return [_digested(d, now) if d.alert.match.digest
+            else replace(d, group=group_key(d.alert, d.channel)) if d.alert.match.group
+            else d for d in out]
 
 
 def _follow_up(c: Candidate, alerted: Sequence[Delivery], *, now: datetime,
@@ -281,3 +312,78 @@ def _digested(d: Delivery, now: datetime) -> Delivery:
     if not cron:
         return d
     return replace(d, next_attempt=next_cron(cron, now) or now)
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def group_values(alert: Alert) -> tuple[tuple[str, str], ...]:
+    """The story's values of its rule's ``group_by`` labels (``rule`` is implied: every
+    group is one rule's), as (label, value) pairs in the rule's order."""
+    g = alert.match.group
+    out: list[tuple[str, str]] = []
+    for label in g.by if g else ():
+        if label == "actors":
+            out.append((label, ", ".join(sorted(set(alert.match.actors)))))
+        elif label == "tags":
+            out.append((label, ", ".join(sorted(set(alert.story.feed_tags)))))
+        elif label == "feed":
+            out.append((label, alert.story.feed))
+    return tuple(out)
+
+
+def group_key(alert: Alert, channel: str) -> str:
+    """``g:{rule}:{channel}:{label=value&...}``: the same for every story of the group."""
+    values = "&".join(f"{k}={v}" for k, v in group_values(alert))
+    return f"g:{alert.match.rule}:{channel}:{values}"
+
+
+def group_label(alert: Alert) -> str:
+    """The group's values as a reader sees them ("Snowden", "Snowden · bbc"); empty for
+    a group of the whole rule."""
+    return " · ".join(v or f"no {k}" for k, v in group_values(alert))
+
+
+def _in_episode(g: Grouping, state: GroupState | None, at: datetime) -> bool:
+    """The group sent a message, and not longer than ``repeat`` before ``at``."""
+    return (state is not None and state.last_sent is not None
+            and (at - state.last_sent).total_seconds() <= g.repeat)
+
+
+def group_slot(g: Grouping, state: GroupState | None, now: datetime) -> datetime:
+    """When a delivery of a group, created at ``now``, is due (see the module's
+    docstring): a new group's first message ``wait`` after its first match (the oldest
+    pending one's, if the group is already waiting); in a group that sent within
+    ``repeat``, its next tick, last message + k × ``interval``."""
+    if not _in_episode(g, state, now):
+        start = now
+        if state is not None and state.pending_since is not None and (
+            state.last_sent is None or state.pending_since > state.last_sent
+        ):
+            start = min(now, state.pending_since)
+        return start + timedelta(seconds=g.wait)
+    assert state is not None and state.last_sent is not None
+    interval = max(g.interval, 1e-3)
+    ticks = max(1, math.ceil((now - state.last_sent).total_seconds() / interval))
+    return state.last_sent + timedelta(seconds=ticks * interval)
+
+
+def group_thread(
+    g: Grouping, state: GroupState | None, created: datetime
+) -> tuple[bool, str | None]:
+    """For a group's message whose oldest delivery was created at ``created``: whether
+    it is a follow-up (the group sent within ``repeat`` before) and the reference to
+    thread it under (None: a new top-level message, or a peer that cannot thread)."""
+    if not _in_episode(g, state, created):
+        return False, None
+    assert state is not None
+    return True, state.ref
+
+
+def schedule_groups(
+    deliveries: Sequence[Delivery], states: Mapping[str, GroupState], *, now: datetime
+) -> list[Delivery]:
+    """``deliveries`` with each grouped one due at its group's slot (pure). ``states``:
+    group key → its stored state (``Store.group_states``); a group not in it is new."""
+    return [replace(d, next_attempt=group_slot(d.alert.match.group, states.get(d.group), now))
+            if d.group and d.alert.match.group else d for d in deliveries]

@@ -16,13 +16,15 @@ inputs always give the same answer while different feeds still spread out.
   a lower bound, giving up after a while.
 * :func:`next_cron`    the next fire time of a digest's crontab expression;
   :func:`validate_cron` says why one is invalid.
+* :func:`quiet_window` the quiet-hours window a time falls in, and
+  :func:`last_quiet_window` the latest one that has ended (a channel's ``quiet``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
 
 from apscheduler.triggers.cron import CronTrigger  # cron arithmetic only: no scheduler, no clock
@@ -291,3 +293,61 @@ def next_cron(expr: str, after: datetime, tz: str | None = None) -> datetime | N
     times = [t for t in (tr.get_next_fire_time(None, start) for tr in _triggers(expr, tz))
              if t is not None]
     return min(times).astimezone(UTC) if times else None
+
+
+# --------------------------------------------------------------------------- quiet hours
+
+
+def parse_hhmm(text: str) -> tuple[int, int]:
+    """``"22:00"`` → (22, 0); ValueError for anything but HH:MM from 00:00 to 23:59."""
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a time of day HH:MM (00:00 to 23:59)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _zone(tz: str) -> tzinfo:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown time zone {tz!r}: use an IANA name such as "
+                         "Europe/Berlin") from e
+
+
+def _windows_around(now: datetime, start: str, end: str, tz: str) -> list[tuple[datetime, datetime]]:
+    """The quiet windows that begin on the local days around ``now``, in UTC, oldest
+    first. A window begins at ``start`` local time and ends at the next ``end`` (the
+    next day's when ``end`` is not after ``start``: it crosses midnight). On a DST day
+    local times are taken as the zone says: a time that does not exist (skipped by the
+    clocks going forward) is read with the offset before the change (02:30 → 03:30
+    summer time), one that exists twice as its first occurrence."""
+    _require_aware(now)
+    zone = _zone(tz)
+    (sh, sm), (eh, em) = parse_hhmm(start), parse_hhmm(end)
+    crosses = (eh, em) <= (sh, sm)
+    today = now.astimezone(zone).date()
+    out = []
+    for back in (2, 1, 0):
+        day = today - timedelta(days=back)
+        s = datetime.combine(day, time(sh, sm), tzinfo=zone)
+        e = datetime.combine(day + timedelta(days=1 if crosses else 0), time(eh, em), tzinfo=zone)
+        out.append((s.astimezone(UTC), e.astimezone(UTC)))
+    return out
+
+
+def quiet_window(now: datetime, start: str, end: str, tz: str) -> tuple[datetime, datetime] | None:
+    """The quiet window ``[start, end)`` (UTC) that ``now`` is in, or None (pure).
+    ``start``/``end`` are local times "HH:MM" in the IANA zone ``tz``;
+    ``"22:00"``–``"07:00"`` crosses midnight."""
+    for s, e in _windows_around(now, start, end, tz):
+        if s <= now < e:
+            return s, e
+    return None
+
+
+def last_quiet_window(now: datetime, start: str, end: str, tz: str) -> tuple[datetime, datetime]:
+    """The latest quiet window (UTC) that ended at or before ``now`` (pure): what it held
+    goes out as one digest once it is over."""
+    return [(s, e) for s, e in _windows_around(now, start, end, tz) if e <= now][-1]

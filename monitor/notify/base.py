@@ -40,11 +40,15 @@ class Notifier(Protocol):
         ...
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
-                          kind: DigestKind = "digest") -> SendResult:
+                          kind: DigestKind = "digest", heading: str | None = None,
+                          thread_ref: str | None = None) -> SendResult:
         """Deliver many alerts as ONE message (``key`` identifies it, e.g. for a stable
         email Message-ID): what a digest rule collected, a roll-up of one rule's alerts
-        when the channel's queue is longer than its rate can send promptly, or the alerts
-        held back while the channel was down (``kind``)."""
+        when the channel's queue is longer than its rate can send promptly, the alerts
+        held back while the channel was down, a group's message, or what the channel's
+        quiet hours held (``kind``). ``heading`` replaces the kind's default heading;
+        ``thread_ref`` (a group's first message's ``Sent.ref``) threads a follow-up
+        under it."""
         ...
 
     async def close(self) -> None:

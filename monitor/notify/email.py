@@ -159,10 +159,13 @@ class EmailNotifier:
         return Sent(ref=mid)
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
-                          kind: DigestKind = "digest") -> SendResult:
+                          kind: DigestKind = "digest", heading: str | None = None,
+                          thread_ref: str | None = None) -> SendResult:
         msg = email_digest(
             alerts,
             kind=kind,
+            heading=heading,
+            thread_ref=thread_ref,
             sender=self.cfg.from_,
             to=self.cfg.to,
             message_id_domain=self.domain,

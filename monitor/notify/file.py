@@ -57,7 +57,8 @@ class FileNotifier:
         return await self._write(json_line(alert))
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
-                          kind: DigestKind = "digest") -> SendResult:
+                          kind: DigestKind = "digest", heading: str | None = None,
+                          thread_ref: str | None = None) -> SendResult:
         """One line per collected alert, written together."""
         return await self._write("\n".join(json_line(a) for a in alerts))
 

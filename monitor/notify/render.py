@@ -318,9 +318,29 @@ def slack_edit(alert: Alert) -> dict[str, Any]:
 
 
 #: What a message listing many alerts is: a rule's ``digest``, a ``rollup`` (a channel's
-#: queue was longer than its rate could send promptly), or ``stale`` (alerts that could
-#: not be delivered while they were news).
-DigestKind = Literal["digest", "rollup", "stale"]
+#: queue was longer than its rate could send promptly), ``stale`` (alerts that could
+#: not be delivered while they were news), a ``group``'s message (a rule's ``group_by``:
+#: its first message or a threaded follow-up), or ``quiet`` (what a channel held during
+#: its quiet hours).
+DigestKind = Literal["digest", "rollup", "stale", "group", "quiet"]
+
+
+def group_heading(alerts: Sequence[Alert], label: str, *, more: bool = False) -> str:
+    """A group's message: "rule · Snowden: 7 stories", a follow-up "rule · Snowden: 3 more"."""
+    n = len(alerts)
+    name = clean_line(alerts[0].match.rule)
+    if label:
+        name += f" · {clean_line(label)}"
+    if more:
+        return f"{name}: {n} more"
+    return f"{name}: {n} " + ("story" if n == 1 else "stories")
+
+
+def quiet_heading(alerts: Sequence[Alert], window: str) -> str:
+    """What a channel held during its quiet hours: "While you were away (22:00–07:00):
+    12 stories"."""
+    n = len(alerts)
+    return f"While you were away ({clean_line(window)}): {n} " + ("story" if n == 1 else "stories")
 
 
 def digest_heading(alerts: Sequence[Alert], kind: DigestKind = "digest") -> str:
@@ -337,14 +357,16 @@ def digest_heading(alerts: Sequence[Alert], kind: DigestKind = "digest") -> str:
 
 
 def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX,
-                 kind: DigestKind = "digest") -> dict[str, Any]:
+                 kind: DigestKind = "digest", heading: str | None = None) -> dict[str, Any]:
     """One Block Kit message listing the stories a digest rule collected (or a roll-up,
-    or the alerts held back while the channel was down: ``kind``)."""
+    the alerts held back while the channel was down, a group's message, what quiet hours
+    held: ``kind``). ``heading`` replaces the kind's default heading."""
     first = alerts[0].match
     sev = first.severity.lower()
-    emoji = SEVERITY_EMOJI.get(sev, ":bell:") if kind != "stale" else ":hourglass:"
+    emoji = {"stale": ":hourglass:", "quiet": ":crescent_moon:"}.get(
+        kind, SEVERITY_EMOJI.get(sev, ":bell:"))
     n = len(alerts)
-    heading = digest_heading(alerts, kind)
+    heading = heading or digest_heading(alerts, kind)
     header = f"{emoji} {heading}"
     blocks: list[dict[str, Any]] = [
         {
@@ -357,7 +379,7 @@ def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX,
         meta = f"{clean_line(a.story.feed)} · {published_text(a.story.published)}"
         if a.sources > 1:
             meta += f" · {a.sources} sources"
-        if kind == "stale":
+        if kind in ("stale", "quiet"):
             meta = f"{clean_line(a.match.rule)} · {meta}"
         line = "• " + slack_link(a.story.link, title, SECTION_MAX - 400)
         blocks.append({"type": "section", "text": _mrkdwn(line)})
@@ -365,7 +387,9 @@ def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX,
     if n > limit:
         blocks.append({"type": "context",
                        "elements": [_mrkdwn(f"… and {n - limit} more (see the audit log)")]})
-    fallback = _slack_fit(heading.replace(" · ", ": ", 1), FALLBACK_MAX)
+    if kind == "digest":
+        heading = heading.replace(" · ", ": ", 1)  # "Digest: rule · 3 stories"
+    fallback = _slack_fit(heading, FALLBACK_MAX)
     return {"text": fallback, "blocks": blocks}
 
 
@@ -495,13 +519,17 @@ def email_digest(
     key: str,
     date: datetime | None = None,
     kind: DigestKind = "digest",
+    heading: str | None = None,
+    thread_ref: str | None = None,
 ) -> EmailMessage:
     """One multipart message listing the stories a digest rule collected (or a roll-up,
-    or the alerts held back while the channel was down: ``kind``)."""
+    the alerts held back while the channel was down, a group's message, what quiet hours
+    held: ``kind``). ``heading`` replaces the kind's default heading; ``thread_ref`` (a
+    group's first message's Message-ID) sets In-Reply-To / References."""
     first = alerts[0].match
     n = len(alerts)
     msg = EmailMessage(policy=MAIL_POLICY)
-    heading = digest_heading(alerts, kind)
+    heading = heading or digest_heading(alerts, kind)
     if kind == "digest":
         subject = (f"[{first.severity.upper()}] digest {first.rule}: {n} "
                    + ("story" if n == 1 else "stories"))
@@ -513,6 +541,10 @@ def email_digest(
     msg["Message-ID"] = message_id(key, message_id_domain)
     if date is not None:
         msg["Date"] = format_datetime(date if date.tzinfo else date.replace(tzinfo=UTC))
+    ref = header_text(thread_ref or "").replace(" ", "")
+    if ref:
+        msg["In-Reply-To"] = ref
+        msg["References"] = ref
     msg["X-Monitor-Rule"] = header_text(first.rule)
     title_line = (f"Digest of rule {clean_line(first.rule)}: {n} stories" if kind == "digest"
                   else heading)
@@ -522,7 +554,7 @@ def email_digest(
         title = clean_line(a.story.title) or "(untitled)"
         when = published_text(a.story.published)
         where = f"{a.story.feed}, {when}"
-        if kind == "stale":
+        if kind in ("stale", "quiet"):
             where = f"{clean_line(a.match.rule)}: {where}"
         text_lines += [f"- {title}", f"  {where}", f"  {a.story.link}", ""]
         url = safe_url(a.story.link)

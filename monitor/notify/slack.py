@@ -238,10 +238,12 @@ class SlackNotifier:
         )
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
-                          kind: DigestKind = "digest") -> SendResult:
-        payload = slack_digest(alerts, kind=kind)
+                          kind: DigestKind = "digest", heading: str | None = None,
+                          thread_ref: str | None = None) -> SendResult:
+        payload = slack_digest(alerts, kind=kind, heading=heading)
         return await self._call(
-            lambda web: self._send_api(web, payload, None, key=key, attempt=1, created=None),
+            lambda web: self._send_api(web, payload, thread_ref, key=key, attempt=1,
+                                       created=None),
             webhook_payload=payload, key=key,
         )
 

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.config import Config, secrets_of
+from monitor.config import Config, QuietHours, secrets_of
 from monitor.core.dedup.features import DedupSettings
 from monitor.core.dedup.index import StoryIndex
 from monitor.core.model import Delivery, FeedSpec, FeedState
@@ -252,6 +252,8 @@ class Runtime:
                 self.store, notifiers, cfg.delivery, self.metrics, self.clock,
                 on_sent=self._sent,
                 rates={name: ch.rate for name, ch in cfg.channels.items()},
+                quiet={name: q for name, ch in cfg.channels.items()
+                       if isinstance(q := getattr(ch, "quiet", None), QuietHours)},
             )
             self.dispatcher.on_store_error = self.trouble.store_failed
             self._stack.push_async_callback(self.dispatcher.close)

@@ -13,6 +13,15 @@ alerts that waited longer than ``delivery.max_age`` (an outage) go as one "while
 could not deliver" summary instead of as breaking news. Nothing is dropped: rolled-up and
 held-back alerts are marked sent with the summary's reference, and their updates thread
 under it.
+
+A grouped rule's deliveries (``group_by``) come due together at their group's slot (see
+``route``): each group claimed goes as ONE message, "rule · Snowden: 7 stories", or,
+when the group sent within its ``repeat_interval``, a follow-up "rule · Snowden: 3 more"
+threaded under the group's first message; all its deliveries are marked sent with that
+thread root. A channel's quiet hours (``quiet``) hold its deliveries until the window
+ends (given back, not tried: no attempt is counted), except the severities it lets
+through; once the window is over, what was queued during it goes as ONE "while you were
+away" digest (the channel's last window, ``schedule.last_quiet_window``: stateless).
 """
 
 from __future__ import annotations
@@ -24,14 +33,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from monitor.config import DeliveryConfig
-from monitor.core.model import Delivery, SendFailed, Sent
-from monitor.core.schedule import next_cron, retry_at
+from monitor.config import DeliveryConfig, QuietHours
+from monitor.core.model import Delivery, GroupState, SendFailed, SendResult, Sent
+from monitor.core.route import group_label, group_thread
+from monitor.core.schedule import last_quiet_window, next_cron, quiet_window, retry_at
 from monitor.errors import StoreError
 from monitor.log import get_logger, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import BatchNotifier, Notifier
-from monitor.notify.render import DigestKind
+from monitor.notify.render import DigestKind, group_heading, quiet_heading
 from monitor.store.base import Store
 
 log = get_logger(__name__)
@@ -45,6 +55,8 @@ LEASE_MARGIN = 10.0
 ROLLUP_CLAIM_MAX = 1000
 #: How often ``serve`` looks for deliveries of channels no longer configured.
 STRAYS_EVERY = 60.0
+#: The "while you were away" digest claims at most this many deliveries of one channel.
+QUIET_CLAIM_MAX = 10 * ROLLUP_CLAIM_MAX
 #: A 429 without a usable Retry-After pauses its channel this long.
 DEFAULT_PAUSE = 1.0
 
@@ -68,6 +80,9 @@ class DispatchResult:
     failed: int = 0
     rolled_up: int = 0  # of ``sent``: in a per-rule roll-up summary
     stale: int = 0  # of ``sent``: in a "while monitor could not deliver" summary
+    grouped: int = 0  # of ``sent``: in a group's message (a rule's ``group_by``)
+    quiet: int = 0  # of ``sent``: in a "while you were away" digest (quiet hours)
+    held: int = 0  # given back until the channel's quiet hours end (not attempted)
 
     def __add__(self, other: DispatchResult) -> DispatchResult:
         return DispatchResult(
@@ -76,6 +91,9 @@ class DispatchResult:
             failed=self.failed + other.failed,
             rolled_up=self.rolled_up + other.rolled_up,
             stale=self.stale + other.stale,
+            grouped=self.grouped + other.grouped,
+            quiet=self.quiet + other.quiet,
+            held=self.held + other.held,
         )
 
 
@@ -89,6 +107,7 @@ class Dispatcher:
         clock: Callable[[], datetime],
         on_sent: Callable[[Delivery], None] | None = None,
         rates: Mapping[str, float] | None = None,
+        quiet: Mapping[str, QuietHours] | None = None,
     ) -> None:
         self.store = store
         self.notifiers = dict(notifiers)
@@ -99,6 +118,7 @@ class Dispatcher:
         # channel → messages per second: given, else the notifier's own pace
         self.rates = {ch: _rate_of(n) for ch, n in self.notifiers.items()}
         self.rates.update(rates or {})
+        self.quiet = dict(quiet or {})  # channel → its quiet hours
         self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -228,6 +248,17 @@ class Dispatcher:
                 )
                 if not batch:
                     break
+                if len(batch) >= limit and self._quiet_members(channel, batch, now):
+                    # the quiet hours' digest is ONE message: claim all it holds
+                    while len(batch) < QUIET_CLAIM_MAX:
+                        more = await self.store.claim_deliveries(
+                            now, limit=ROLLUP_CLAIM_MAX,
+                            lease_until=now + self._lease(channel, len(batch) + ROLLUP_CLAIM_MAX),
+                            channel=channel,
+                        )
+                        batch += more
+                        if len(more) < ROLLUP_CLAIM_MAX:
+                            break
                 total = total + await self._send_channel(channel, batch)
                 if len(batch) < limit:
                     break
@@ -254,8 +285,10 @@ class Dispatcher:
 
     async def _send_channel(self, channel: str, deliveries: list[Delivery]) -> DispatchResult:
         """Deliveries of one channel, in order (the notifier paces them to its rate):
-        digests, then what waited too long, then roll-ups, then one message each. After
-        a 429 or a transient failure the channel pauses: the rest is given back."""
+        quiet hours (held, or what the last window held as one digest), then digests,
+        then groups' messages, then what waited too long, then roll-ups, then one message
+        each. After a 429 or a transient failure the channel pauses: the rest is given
+        back."""
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
         if notifier is None:  # removed by a reload since the claim
@@ -263,15 +296,12 @@ class Dispatcher:
                 if d.id is not None:
                     await self.store.release(d.id, self.clock())
             return result
-        digests: dict[str, list[Delivery]] = defaultdict(list)
-        for d in deliveries:
-            if d.alert.match.digest and not self.stopping:
-                digests[d.alert.match.rule].append(d)
-        if digests:
-            deliveries = [d for d in deliveries if not d.alert.match.digest]
-            for group in digests.values():
-                result = result + await self._send_digest(channel, notifier, group)
         refs: dict[str, str] = {}  # parents sent in this claim: key → ref, for threading
+        if channel in self.quiet and not self.stopping:
+            deliveries, res = await self._quiet_hours(channel, notifier, deliveries, refs)
+            result = result + res
+        deliveries, res = await self._collected(channel, notifier, deliveries, refs)
+        result = result + res
         deliveries, res = await self._summaries(channel, notifier, deliveries, refs)
         result = result + res
         if (
@@ -315,6 +345,108 @@ class Dispatcher:
             result = result + await self._failed(channel, d, outcome, now)
         return result
 
+    async def _collected(
+        self, channel: str, notifier: Notifier, deliveries: list[Delivery],
+        refs: dict[str, str],
+    ) -> tuple[list[Delivery], DispatchResult]:
+        """Digest rules' deliveries as their digests, grouped rules' as their groups'
+        messages. Returns the deliveries still to send."""
+        result = DispatchResult()
+        digests: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            if d.alert.match.digest and not self.stopping:
+                digests[d.alert.match.rule].append(d)
+        if digests:
+            deliveries = [d for d in deliveries if not d.alert.match.digest]
+            for group in digests.values():
+                result = result + await self._send_digest(channel, notifier, group)
+        groups: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            if d.group and d.alert.match.group and not self.stopping:
+                groups[d.group].append(d)
+        if groups:
+            deliveries = [d for d in deliveries if not (d.group and d.alert.match.group)]
+            states = await self.store.group_states(list(groups))
+            for key, members in groups.items():
+                result = result + await self._send_group(channel, notifier, members,
+                                                         states.get(key), refs)
+        return deliveries, result
+
+    def _quiet_members(self, channel: str, deliveries: list[Delivery],
+                       now: datetime) -> list[Delivery]:
+        """The deliveries of ``deliveries`` that the channel's last quiet window held: those
+        queued during it, but for the severities it lets through and digest rules' (which
+        keep their own schedule)."""
+        q = self.quiet.get(channel)
+        if q is None:
+            return []
+        start, end = last_quiet_window(now, q.from_, q.to, q.tz)
+        return [d for d in deliveries
+                if start <= d.created < end and d.alert.match.severity not in q.except_severity
+                and not d.alert.match.digest]
+
+    async def _quiet_hours(
+        self, channel: str, notifier: Notifier, deliveries: list[Delivery],
+        refs: dict[str, str],
+    ) -> tuple[list[Delivery], DispatchResult]:
+        """In the channel's quiet window: give back what it holds until the window ends
+        (no attempt counted). After it: what was queued during the last window goes as
+        ONE "while you were away" digest. Returns the deliveries still to send."""
+        q = self.quiet[channel]
+        now = self.clock()
+        result = DispatchResult()
+        window = quiet_window(now, q.from_, q.to, q.tz)
+        if window is not None:
+            keep: list[Delivery] = []
+            for d in deliveries:
+                if d.alert.match.severity in q.except_severity:
+                    keep.append(d)
+                    continue
+                assert d.id is not None
+                await self.store.release(d.id, window[1])
+                result = result + DispatchResult(held=1)
+            if result.held:
+                self.metrics.deliveries.labels(channel, "held").inc(result.held)
+                log.info("quiet.held", channel=channel, alerts=result.held,
+                         until=window[1].isoformat())
+            deliveries = keep
+        members = self._quiet_members(channel, deliveries, now)
+        if not members:
+            return deliveries, result
+        keys = {d.key for d in members}
+        rest = [d for d in deliveries if d.key not in keys]
+        if self.paused_until(channel) is not None:
+            return rest, result + await self._give_back(channel, members)
+        heading = quiet_heading([d.alert for d in members], q.label)
+        r = await self._send_summary(channel, notifier, members, "quiet", refs,
+                                     heading=heading)
+        return rest, result + r
+
+    async def _give_back(self, channel: str, group: list[Delivery]) -> DispatchResult:
+        """Release ``group`` until the channel's pause ends (a 429 earlier in the claim)."""
+        until = self.paused_until(channel) or self.clock()
+        for d in group:
+            assert d.id is not None
+            await self.store.release(d.id, until)
+        return DispatchResult(retrying=len(group))
+
+    async def _send_group(
+        self, channel: str, notifier: Notifier, group: list[Delivery], state: GroupState | None,
+        refs: dict[str, str],
+    ) -> DispatchResult:
+        """One message for a group's due deliveries: its first message, or a follow-up
+        threaded under that (``route.group_thread``); all marked sent with the group's
+        thread root, so the next follow-up (and any update) threads there too."""
+        if self.paused_until(channel) is not None:
+            return await self._give_back(channel, group)
+        first = group[0]
+        grouping = first.alert.match.group
+        assert grouping is not None
+        more, root = group_thread(grouping, state, min(d.created for d in group))
+        heading = group_heading([d.alert for d in group], group_label(first.alert), more=more)
+        return await self._send_summary(channel, notifier, group, "group", refs,
+                                        heading=heading, thread_ref=root)
+
     async def _summaries(
         self, channel: str, notifier: Notifier, deliveries: list[Delivery],
         refs: dict[str, str],
@@ -351,18 +483,28 @@ class Dispatcher:
 
     async def _send_summary(
         self, channel: str, notifier: Notifier, group: list[Delivery], kind: DigestKind,
-        refs: dict[str, str],
+        refs: dict[str, str], *, heading: str | None = None, thread_ref: str | None = None,
     ) -> DispatchResult:
-        """One message for ``group`` (a roll-up or held-back alerts); all or nothing."""
+        """One message for ``group`` (a roll-up, held-back alerts, a group's message, what
+        quiet hours held); all or nothing. A threaded message (``thread_ref``) marks its
+        deliveries with the thread's root, so that what follows threads there too."""
         ids = [d.id for d in group if d.id is not None]
         key = f"{kind}:{channel}:{min(ids)}"
+        outcome: SendResult
         try:
-            outcome = await notifier.send_digest([d.alert for d in group], key=key, kind=kind)
+            if heading is None and thread_ref is None:
+                outcome = await notifier.send_digest([d.alert for d in group], key=key,
+                                                     kind=kind)
+            else:
+                outcome = await notifier.send_digest([d.alert for d in group], key=key,
+                                                     kind=kind, heading=heading,
+                                                     thread_ref=thread_ref)
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
         now = self.clock()
         if isinstance(outcome, Sent):
+            outcome = Sent(ref=thread_ref or outcome.ref)
             await self.store.mark_sent_many(ids, now, outcome.ref)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
             rules = sorted({d.alert.match.rule for d in group})
@@ -375,11 +517,44 @@ class Dispatcher:
                     self.on_sent(d)
             n = len(ids)
             return DispatchResult(sent=n, rolled_up=n if kind == "rollup" else 0,
-                                  stale=n if kind == "stale" else 0)
+                                  stale=n if kind == "stale" else 0,
+                                  grouped=n if kind == "group" else 0,
+                                  quiet=n if kind == "quiet" else 0)
+        if kind in ("group", "quiet") and not outcome.rate_limited:
+            # retried together, at one time: still one message when they come back
+            return await self._failed_together(channel, group, outcome, now, key)
         result = DispatchResult()
         for d in group:
             result = result + await self._failed(channel, d, outcome, now)
         return result
+
+    async def _failed_together(
+        self, channel: str, group: list[Delivery], outcome: SendFailed, now: datetime, key: str
+    ) -> DispatchResult:
+        """A failed message of many deliveries: one retry time for all (or all given up),
+        counted from the oldest; the channel pauses until then."""
+        first = min(group, key=lambda d: d.created)
+        nxt = (
+            retry_at(now=now, created=max(first.created, first.requeued or first.created),
+                     attempts=max(d.attempts for d in group) + 1,
+                     retry_after=outcome.retry_after, retry_min=self.settings.retry_min,
+                     retry_max=self.settings.retry_max,
+                     give_up_after=self.settings.give_up_after, key=key)
+            if outcome.retry else None
+        )
+        for d in group:
+            assert d.id is not None
+            await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
+        if nxt is not None:
+            self._pause(channel, nxt)
+            self.metrics.deliveries.labels(channel, "retry").inc(len(group))
+            log.warning("delivery.retry", channel=channel, key=key, alerts=len(group),
+                        error=outcome.reason, next_attempt=nxt.isoformat())
+            return DispatchResult(retrying=len(group))
+        self.metrics.deliveries.labels(channel, "failed").inc(len(group))
+        log.error("delivery.failed", channel=channel, key=key, alerts=len(group),
+                  error=outcome.reason, retryable=outcome.retry)
+        return DispatchResult(failed=len(group))
 
     async def _send_batch(
         self, channel: str, notifier: BatchNotifier, batch: list[Delivery]

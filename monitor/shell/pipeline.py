@@ -50,6 +50,7 @@ from monitor.core.route import (
     is_baseline,
     needs_earlier,
     plan,
+    schedule_groups,
     silenced,
 )
 from monitor.core.rules.match import Matcher, RegexSkipped
@@ -327,6 +328,10 @@ class Pipeline:
             churn=churn,
             editable=self._editable(),
         )
+        groups = {d.group for d in deliveries if d.group}
+        if groups:  # a grouped rule's alerts wait for their group's next message
+            deliveries = schedule_groups(deliveries, await self.store.group_states(groups),
+                                         now=now)
         state = replace(
             state,
             baselined=True,

@@ -16,12 +16,12 @@ crash sends nothing twice. A delivery is marked sent only after the peer accepte
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from monitor.core.model import ClusterInfo, Delivery, FeedState, Story
+from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState, Story
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -204,6 +204,14 @@ class Store(Protocol):
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         """The first alerts (not updates) created for a cluster, any state, oldest first:
         routing uses them for cooldowns and "carried by N sources" updates."""
+
+    async def group_states(self, groups: Collection[str]) -> dict[str, GroupState]:
+        """The state of each of ``groups`` (``Delivery.group`` keys) that has deliveries:
+        when its latest sent delivery was sent and its ``ref`` (the group's thread
+        root), and the ``created`` of its oldest pending one. A group with no delivery
+        is left out. Routing places a grouped delivery with it (``route.group_slot``),
+        and dispatch decides with it whether a group's message is a threaded follow-up
+        (``route.group_thread``)."""
 
     async def merge_clusters(self, merges: Sequence[tuple[str, str]]) -> None:
         """One transaction: for each (absorbed, survivor) pair, in order, move the absorbed

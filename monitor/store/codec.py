@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from monitor.core.model import Alert, Delivery, FeedState, Hit, Match, Story
+from monitor.core.model import Alert, Delivery, FeedState, Grouping, Hit, Match, Story
 from monitor.errors import CodecError
 
 T = TypeVar("T")
@@ -223,7 +223,26 @@ def match_to_dict(m: Match) -> dict[str, Any]:
         "hits": [_hit_to_dict(h) for h in m.hits],
         "cooldown": m.cooldown,
         "digest": m.digest,
+        **({"group": _grouping_to_dict(m.group)} if m.group else {}),
     }
+
+
+def _grouping_to_dict(g: Grouping) -> dict[str, Any]:
+    return {"by": list(g.by), "wait": g.wait, "interval": g.interval, "repeat": g.repeat}
+
+
+def _grouping_from_dict(d: Any, what: str) -> Grouping | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise CodecError(f"{what}: field 'group' should be an object")
+    nums: dict[str, float] = {}
+    for k in ("wait", "interval", "repeat"):
+        v = d.get(k)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise CodecError(f"{what}: field 'group.{k}' should be a number")
+        nums[k] = float(v)
+    return Grouping(by=_strs(d, "by", what), **nums)
 
 
 def match_from_dict(d: Mapping[str, Any]) -> Match:
@@ -243,6 +262,7 @@ def match_from_dict(d: Mapping[str, Any]) -> Match:
         hits=tuple(_hit_from_dict(h) for h in hits),
         cooldown=float(cooldown),
         digest=_opt(d, "digest", str, what),
+        group=_grouping_from_dict(d.get("group"), what),
     )
 
 
@@ -365,6 +385,7 @@ def delivery_from_row(
     next_attempt: datetime | None,
     thread_ref: str | None = None,
     requeued: datetime | None = None,
+    group: str | None = None,
 ) -> Delivery:
     """An outbox row (``sqlite3.Row`` or ``asyncpg.Record``: key, channel, payload,
     parent_key, id, attempts) as a Delivery; times come converted by the caller."""
@@ -379,4 +400,5 @@ def delivery_from_row(
         next_attempt=next_attempt,
         thread_ref=thread_ref,
         requeued=requeued,
+        group=group,
     )

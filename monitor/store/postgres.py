@@ -21,14 +21,14 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from monitor.core.model import ClusterInfo, Delivery, FeedState
+from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
 from monitor.errors import CodecError, StoreError
 from monitor.log import get_logger, redact_url
 from monitor.store import migrations
@@ -76,7 +76,7 @@ _STORY_INSERT = (
 )
 _DELIVERY_INSERT = (
     "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, attempts, "
-    "created, next_attempt) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9) "
+    "created, next_attempt, grp) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10) "
     "ON CONFLICT (key) DO NOTHING RETURNING id"
 )
 _DELIVERY_COLUMNS = (
@@ -431,6 +431,7 @@ class PostgresStore:
                     d.attempts,
                     utc(d.created),
                     utc(d.next_attempt or d.created),
+                    _opt_text(d.group),
                 )
                 if new_id is not None:
                     inserted.append(replace(d, id=new_id))
@@ -569,7 +570,7 @@ class PostgresStore:
                 "  WHERE p.key = due.parent_key AND p.state = 'pending')) "
                 "UPDATE deliveries d SET next_attempt = $3 FROM ok WHERE d.id = ok.id "
                 "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                "d.requeued, "
+                "d.requeued, d.grp, "
                 "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
                 "AS parent_ref",
                 utc(now),
@@ -580,7 +581,8 @@ class PostgresStore:
             )
             return parents_first([
                 delivery_from_row(r, created=r["created"], next_attempt=lease,
-                                  thread_ref=r["parent_ref"], requeued=r["requeued"])
+                                  thread_ref=r["parent_ref"], requeued=r["requeued"],
+                                  group=r["grp"])
                 for r in rows
             ])
 
@@ -676,6 +678,28 @@ class PostgresStore:
                 delivery_from_row(r, created=r["created"], next_attempt=r["next_attempt"])
                 for r in rows
             ]
+
+    async def group_states(self, groups: Collection[str]) -> dict[str, GroupState]:
+        keys = sorted({_text(g) for g in groups})
+        if not keys:
+            return {}
+        async with self._con("group_states") as con:
+            rows = await con.fetch(
+                "SELECT g.grp, "
+                " (SELECT MIN(created) FROM deliveries p WHERE p.grp = g.grp"
+                "  AND p.state = 'pending') AS pending_since, "
+                " s.sent_at, s.ref "
+                "FROM unnest($1::text[]) AS g(grp) "
+                "LEFT JOIN LATERAL (SELECT sent_at, ref FROM deliveries x WHERE x.grp = g.grp"
+                " AND x.state = 'sent' ORDER BY sent_at DESC, id DESC LIMIT 1) s ON TRUE",
+                keys,
+            )
+            return {
+                r["grp"]: GroupState(group=r["grp"], last_sent=r["sent_at"], ref=r["ref"],
+                                     pending_since=r["pending_since"])
+                for r in rows
+                if r["sent_at"] is not None or r["pending_since"] is not None
+            }
 
     async def merge_clusters(self, merges: Sequence[tuple[str, str]]) -> None:
         if not merges:

@@ -22,14 +22,14 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from monitor.core.model import ClusterInfo, Delivery, FeedState
+from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
 from monitor.errors import CodecError, StoreError
 from monitor.log import get_logger
 from monitor.store import migrations
@@ -84,7 +84,7 @@ _STORY_INSERT = (
 )
 _DELIVERY_INSERT = (
     "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, attempts, "
-    "created, next_attempt) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+    "created, next_attempt, grp) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
     "ON CONFLICT (key) DO NOTHING RETURNING id"
 )
 _DELIVERY_COLUMNS = (
@@ -488,6 +488,7 @@ class SQLiteStore:
                             d.attempts,
                             dt_to_text(d.created),
                             dt_to_text(d.next_attempt or d.created),
+                            None if d.group is None else _k(d.group),
                         ),
                     ).fetchone()
                     if row is not None:
@@ -604,7 +605,7 @@ class SQLiteStore:
             with _write(con):
                 rows = con.execute(
                     "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                    "d.requeued, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
+                    "d.requeued, d.grp, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
                     "p.state = 'pending' AS parent_pending "
                     "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
                     "WHERE d.state = 'pending' AND d.next_attempt <= ? " + which +
@@ -628,7 +629,8 @@ class SQLiteStore:
             return parents_first([
                 delivery_from_row(r, created=dt_from_text(r["created"]), next_attempt=lease_until,
                                   thread_ref=r["parent_ref"],
-                                  requeued=dt_from_text(r["requeued"]) if r["requeued"] else None)
+                                  requeued=dt_from_text(r["requeued"]) if r["requeued"] else None,
+                                  group=r["grp"])
                 for r in rows
             ])
 
@@ -745,6 +747,35 @@ class SQLiteStore:
             ]
 
         return await self._run("cluster_alerts", work)
+
+    async def group_states(self, groups: Collection[str]) -> dict[str, GroupState]:
+        keys = sorted({_k(g) for g in groups})
+
+        def work(con: sqlite3.Connection) -> dict[str, GroupState]:
+            out: dict[str, GroupState] = {}
+            for g in keys:
+                pending = con.execute(
+                    "SELECT MIN(created) FROM deliveries WHERE grp = ? AND state = 'pending'",
+                    (g,),
+                ).fetchone()[0]
+                sent = con.execute(
+                    "SELECT sent_at, ref FROM deliveries WHERE grp = ? AND state = 'sent' "
+                    "ORDER BY sent_at DESC, id DESC LIMIT 1",
+                    (g,),
+                ).fetchone()
+                if pending is None and sent is None:
+                    continue
+                out[g] = GroupState(
+                    group=g,
+                    last_sent=None if sent is None else dt_from_text(sent["sent_at"]),
+                    ref=None if sent is None else sent["ref"],
+                    pending_since=opt_dt_from_text(pending),
+                )
+            return out
+
+        if not keys:
+            return {}
+        return await self._run("group_states", work)
 
     async def merge_clusters(self, merges: Sequence[tuple[str, str]]) -> None:
         def work(con: sqlite3.Connection) -> None:

@@ -52,6 +52,11 @@ carry the story cluster within ``window`` (default 24h). Action: ``severity``
 (info/low/medium/high/critical, default medium), ``channels`` (default: the config's default
 channels), ``cooldown`` (per rule and story cluster; 0 = once ever), ``digest`` (a crontab line,
 e.g. ``"0 8 * * *"``: collect and send on that schedule instead of at once), ``enabled: false``.
+Grouping (opt-in, Alertmanager's semantics; see ``monitor.core.route``): ``group_by`` (any of
+rule, actors, tags, feed), ``group_wait`` (default 30s: the first message waits this long and
+carries what matched meanwhile), ``group_interval`` (default 5m: at most one threaded follow-up
+per interval), ``repeat_interval`` (default 4h: a group quiet this long starts a new top-level
+message).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from monitor.core.model import GROUP_LABELS, Grouping, GroupLabel
 from monitor.core.rules.expr import (
     Actor,
     And,
@@ -148,6 +154,10 @@ class _RuleModel(_Model):
     channels: StrList | None = None
     cooldown: Annotated[float, BeforeValidator(_duration0)] = 0.0
     digest: str | None = None
+    group_by: Annotated[list[GroupLabel], BeforeValidator(_listify)] | None = None
+    group_wait: Annotated[float, BeforeValidator(_duration0)] | None = None
+    group_interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None = None
+    repeat_interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None = None
 
 
 _RULE_KEYS = sorted(
@@ -292,6 +302,7 @@ class _Loader:
             channels=channels,
             cooldown=m.cooldown,
             digest=m.digest,
+            group=_grouping(m),
             path=f.path,
             line=pos[0] if pos else None,
         )
@@ -393,6 +404,28 @@ class _Loader:
                 self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday" as crontab reads them (weekday 0 or 7 = Sunday), e.g. "0 8 * * 1-5" for 08:00 UTC Monday to Friday')
         if m.window is not None and m.min_sources <= 1:
             self.problem(f, (*where, "window"), f"{label}: window: only makes sense with min_sources: 2 or more")
+        self._check_grouping(f, where, m, label)
+
+    def _check_grouping(self, f: _File, where: YPath, m: _RuleModel, label: str) -> None:
+        """``group_by`` and its timers: the timers need ``group_by``, a digest rule does
+        not group, a label is given once, and a follow-up cannot come before the first."""
+        timers = [k for k in ("group_wait", "group_interval", "repeat_interval")
+                  if getattr(m, k) is not None]
+        if m.group_by is None:
+            for k in timers:
+                self.problem(f, (*where, k), f"{label}: {k}: only makes sense with group_by (e.g. group_by: [actors])", key=True)
+            return
+        if m.digest is not None:
+            self.problem(f, (*where, "group_by"), f"{label}: group_by: a digest rule already sends its alerts together; give either digest or group_by", key=True)
+        if not m.group_by:
+            self.problem(f, (*where, "group_by"), f"{label}: group_by: give at least one of {', '.join(GROUP_LABELS)}")
+        for i, g in enumerate(m.group_by):
+            if g in m.group_by[:i]:
+                self.problem(f, (*where, "group_by", i), f'{label}: group_by: "{g}" is listed twice')
+        grouping = _grouping(m)
+        if grouping is not None and grouping.repeat < grouping.interval:
+            at = "repeat_interval" if m.repeat_interval is not None else "group_interval"
+            self.problem(f, (*where, at), f"{label}: {at}: repeat_interval ({grouping.repeat:g}s) must not be shorter than group_interval ({grouping.interval:g}s)")
 
     def items(self, f: _File, where: YPath, items: list[Any], label: str) -> list[Node]:
         out: list[Node] = []
@@ -462,6 +495,18 @@ class _Loader:
         elif t.endswith("_type") or t in ("literal_error", "bool_parsing", "int_parsing", "int_from_float", "string_too_short", "too_short", "greater_than_equal", "greater_than"):
             msg += f" (got {e['input']!r})"
         self.problem(f, full, f"{label}: {dotted}: {msg}")
+
+
+def _grouping(m: _RuleModel) -> Grouping | None:
+    if not m.group_by:
+        return None
+    d = Grouping(by=())
+    return Grouping(
+        by=tuple(m.group_by),
+        wait=d.wait if m.group_wait is None else m.group_wait,
+        interval=d.interval if m.group_interval is None else m.group_interval,
+        repeat=d.repeat if m.repeat_interval is None else m.repeat_interval,
+    )
 
 
 def _quote(f: _File, where: YPath) -> int:

@@ -745,6 +745,7 @@ def _match(rule: Rule, text: TextMatch) -> Match:
         hits=text.hits,
         cooldown=rule.cooldown,
         digest=rule.digest,
+        group=rule.group,
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor.core.model import Grouping
 from monitor.core.rules.expr import Node
 from monitor.core.rules.terms import TermSpec
 
@@ -50,6 +51,7 @@ class Rule:
     channels: tuple[str, ...] = ()
     cooldown: float = 0.0
     digest: str | None = None
+    group: Grouping | None = None  # ``group_by`` and its timers, when the rule groups
     path: str = ""
     line: int | None = None
 
