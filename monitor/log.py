@@ -102,10 +102,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
         }
         for k, v in fields.items():
-            out[k] = v if isinstance(v, int | float | bool | None) else str(v)
+            out[k] = v if isinstance(v, int | float | bool | None) else scrub(str(v))
+        out["event"] = scrub(out["event"])
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return scrub(json.dumps(out, ensure_ascii=False))
+            out["exc"] = scrub(self.formatException(record.exc_info))
+        # each value is scrubbed before encoding: scrubbing the encoded line could cut
+        # an escape (a URL that ends right before an escaped quote) and break the JSON
+        return json.dumps(out, ensure_ascii=False)
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:

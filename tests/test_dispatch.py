@@ -55,7 +55,8 @@ async def queue(store: SQLiteStore, *ds: Delivery) -> None:
 
 def dispatcher(store: SQLiteStore, notifiers: dict[str, Any], clock: Clock,
                **settings: Any) -> Dispatcher:
-    return Dispatcher(store, notifiers, DeliveryConfig(retry_min=10, retry_max=60, **settings),
+    settings = {"retry_min": 10, "retry_max": 60, **settings}
+    return Dispatcher(store, notifiers, DeliveryConfig(**settings),
                       Metrics(), clock, rates={ch: 100.0 for ch in notifiers})
 
 
@@ -117,9 +118,12 @@ async def test_requeued_deliveries_are_retried_from_the_requeue_not_given_up(
     assert (await dsp.run_once()).failed == 1
     assert {d.state for d in await store.deliveries()} == {"failed"}
 
-    # the channel rests retry_min (10 s) after its last failure, requeued or not
+    # the channel rests after its failures, requeued or not: retry_min (10 s) doubling
+    # with each failure in a row, so 40 s after the third
     assert (await dsp.run_once()).retrying == 0
-    clock.now += timedelta(seconds=11)
+    clock.now += timedelta(seconds=39)
+    assert (await dsp.run_once()).retrying == 0
+    clock.now += timedelta(seconds=2)
     slack_server.fail_next(1, status=429, retry_after=30)
     requeued = await store.requeue_failed(clock.now)
     assert len(requeued) == 3
@@ -231,6 +235,9 @@ async def test_a_failed_batch_write_is_retried_whole(store: SQLiteStore,
 
 # -- channels that never wait on each other, roll-ups, 429 pauses, stale alerts ------------
 
+FEED_OUTBOX = FeedState(name="bbc", url="http://x", configured_url="http://x")
+
+
 def story_delivery(i: int, channel: str, *, rule: str = "sanctions",
                    created: Any = T0) -> Delivery:
     s = Story(id=f"s{i}", feed="bbc", title=f"Story number {i} about sanctions",
@@ -330,6 +337,16 @@ async def test_a_burst_is_rolled_up_per_rule_and_updates_thread_under_it(
                                               source_names=("bbc", "ap"))))
     assert (await dsp.run_once()).sent == 1
     assert slack_server.messages[-1]["thread_ts"] == rolled["ts"]
+    # …as a reply: the roll-up itself is never rewritten into that one story
+    assert slack_server.updates == [] and rolled["edits"] == 0
+    # an edit-only update (no milestone) of a rolled-up story sends nothing at all
+    await queue(store, Delivery(key=f"u:{first.key}:3", channel="slack", created=T0,
+                                parent_key=first.key,
+                                alert=replace(first.alert, update=True, sources=3, reply=False,
+                                              source_names=("bbc", "ap", "dw"))))
+    before = len(slack_server.messages)
+    assert (await dsp.run_once()).sent == 1
+    assert len(slack_server.messages) == before and slack_server.updates == []
     await dsp.close()
 
 
@@ -392,4 +409,32 @@ async def test_alerts_older_than_max_age_go_as_one_summary(store: SQLiteStore,
     assert any("could not deliver: 4 alerts" in t for t in texts)
     assert any("Story number 9" in json.dumps(m["payload"]) and "could not" not in m["text"]
                for m in slack_server.messages)
+    await dsp.close()
+
+
+async def test_one_old_alerts_long_backoff_does_not_hold_its_channel(
+    store: SQLiteStore, slack_server: SlackServer
+) -> None:
+    """An alert at its 9th attempt fails once more (a 503 blip): its own retry is an hour
+    away, but the channel rests only retry_min before sending the others."""
+    clock = Clock()
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=1000))
+    dsp = dispatcher(store, {"slack": n}, clock, retry_max=3600, rollup_after=0)
+    [old] = await store.save_poll(FEED_OUTBOX, [], [story_delivery(0, "slack")])
+    assert old.id is not None
+    for _ in range(8):
+        await store.mark_failed(old.id, clock.now, "HTTP 503", clock.now)
+    await queue(store, story_delivery(1, "slack"))
+    slack_server.fail_next(1, status=503)
+    r = await dsp.run_once()
+    assert (r.sent, r.retrying) == (0, 2)  # the old one failed, the other was held back
+    rows = {row.key: row for row in await store.deliveries()}
+    old_row = rows[old.key]
+    assert old_row.next_attempt is not None
+    assert old_row.next_attempt - clock.now > timedelta(minutes=30)  # its own backoff
+    clock.now += timedelta(seconds=11)  # retry_min (10 s) later
+    r = await dsp.run_once()
+    assert r.sent == 1 and len(slack_server.messages) == 1
+    assert "Story number 1" in json.dumps(slack_server.messages[0]["payload"])
     await dsp.close()

@@ -40,3 +40,14 @@ def test_redact_url_hides_only_the_password() -> None:
     # urllib cannot read this one (a port that is not a number): still no password shown
     assert redact_url("postgresql://u:pw@db:notaport/x") == "postgresql://u:***@db:notaport/x"
     assert "p@ss" not in redact_url("postgresql://u:p@ss@db/x")
+
+
+def test_json_lines_stay_json_when_a_masked_url_ends_before_an_escaped_quote() -> None:
+    rec = logging.LogRecord("monitor.x", logging.INFO, __file__, 1, "feed.polled", None, None)
+    rec.fields = {"title": 'see https://a.example/x?sig=abc"', "n": 3,  # type: ignore[attr-defined]
+                  "url": "http://user:pw@host/p?token=zz&q=1"}
+    line = JsonFormatter().format(rec)
+    data = json.loads(line)  # raised before: the masking ate the backslash of \"
+    assert data["title"] == 'see https://a.example/x?sig=***"'
+    assert data["url"] == "http://***@host/p?token=***&q=1" and data["n"] == 3
+    assert "abc" not in line and "pw" not in line and "zz" not in line

@@ -589,6 +589,7 @@ channels:
     "Trump sets sanctions deadline for Putin as Witkoff heads to Moscow " * 4,
     "特朗普制裁普京最后期限" * 8,
     "https://example.com/" + "a" * 120,
+    "x" * 200,
 ])
 async def test_subject_never_folds_straight_after_the_name(smtp_server: SMTPServer,
                                                           title: str) -> None:

@@ -102,6 +102,11 @@ UNSUPPORTED = [
     (r"(a)?(?(1)b|c)", 4, "conditional groups (?(...)...) are not supported"),
     (r"(?x) a b", 0, "the verbose flag (?x) is not supported"),
     (r"\bПутин", 0, "\\b only knows ASCII letters"),
+    # the pattern names a non-ASCII word: the \b beside the group would never see it
+    (r"\b(Путин|Putin)\b", 0, "\\b only knows ASCII letters"),
+    (r"\b\w+ deal", 0, "\\b only knows ASCII letters"),  # \w meets every script
+    (r"deal \w+\b", 8, "\\b only knows ASCII letters"),
+    (r"\b[^ ]+ deal", 0, "\\b only knows ASCII letters"),
     (r"[\W_]+x", 1, "\\W inside [...] is not supported"),
     (r"sanction(s", 8, "missing ), unterminated subpattern"),
     (r"a{1001}", 1, "invalid repetition size {1001}: counts go up to 1000"),
@@ -166,6 +171,8 @@ def test_unsupported_constructs_are_located_in_every_form_a_regex_takes() -> Non
         ("/\\u0414/", "Д", True),
         ("/\\bUS\\b/", "the US deal", True),  # \b is fine next to ASCII letters
         ("/\\bUS\\b/", "USA", False),
+        ("/\\b(sanction|tariff)s?\\b/i", "New Sanctions on Iran", True),  # ASCII-only: fine
+        ("/\\b(sanction|tariff)s?\\b/i", "sanctionsdeadline", False),
         ("/\\pL+stan/", "Kazakhstan", True),  # RE2's Unicode classes
         ("/\\p{Cyrillic}+/", "Путин", True),
         ("/\\x{41}+B/", "xAAB", True),  # braces of an escape are not a repetition

@@ -41,7 +41,8 @@ class Notifier(Protocol):
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None) -> SendResult:
+                          thread_ref: str | None = None, attempt: int = 1,
+                          created: datetime | None = None) -> SendResult:
         """Deliver many alerts as ONE message (``key`` identifies it, e.g. for a stable
         email Message-ID): what a digest rule collected, a roll-up of one rule's alerts
         when the channel's queue is longer than its rate can send promptly, the alerts

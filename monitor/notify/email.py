@@ -160,7 +160,8 @@ class EmailNotifier:
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None) -> SendResult:
+                          thread_ref: str | None = None, attempt: int = 1,
+                          created: datetime | None = None) -> SendResult:
         msg = email_digest(
             alerts,
             kind=kind,

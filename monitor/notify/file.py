@@ -58,7 +58,8 @@ class FileNotifier:
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None) -> SendResult:
+                          thread_ref: str | None = None, attempt: int = 1,
+                          created: datetime | None = None) -> SendResult:
         """One line per collected alert, written together."""
         return await self._write("\n".join(json_line(a) for a in alerts))
 

@@ -51,6 +51,10 @@ class MailPolicy(EmailPolicy):
         charset = "us-ascii" if text.isascii() else "utf-8"
         folded = Header(text, charset, maxlinelen=self.max_line_length or 78,
                         header_name=name).encode(linesep=self.linesep)
+        if folded.startswith(self.linesep) and text.isascii():
+            # one word too long for the first line: keep it there whole (a line may be
+            # up to 998 characters) rather than leave "Subject:" bare
+            folded = text[:998 - len(name) - 2]
         return f"{name}: {folded}{self.linesep}"
 
     def fold(self, name: str, value: str) -> str:

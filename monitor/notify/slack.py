@@ -108,9 +108,16 @@ def make_ref(channel: str | None, ts: str) -> str:
     return f"{channel}/{ts}" if channel else ts
 
 
+#: Ends the ref of a message that lists several alerts (a roll-up, a digest, a group, a
+#: catch-up): an update of one of its stories never rewrites it (``chat.update`` would
+#: replace the whole list by one story); it replies in its thread, at milestones only.
+SUMMARY_MARK = "#summary"
+
+
 def split_ref(ref: str) -> tuple[str | None, str]:
     """``(channel ID or None, ts)`` of a ``Sent.ref``; a bare ts (refs stored before
     they carried the channel) has no channel: the configured one is meant."""
+    ref = ref.removesuffix(SUMMARY_MARK)
     channel, sep, ts = ref.rpartition("/")
     return (channel or None, ts) if sep else (None, ref)
 
@@ -219,13 +226,16 @@ class SlackNotifier:
         ``created``: when the delivery was queued (the history lookup starts there)."""
         key = key or f"{self.name}\x1f{message_key(alert)}"
         thread = thread_ref if alert.update else None
-        if alert.update and not alert.reply and (self.cfg.webhook_url or not thread):
-            # an update that only edits the first message: a webhook cannot edit, and
-            # without the first message's ref there is nothing to edit
+        in_summary = bool(thread) and str(thread).endswith(SUMMARY_MARK)
+        if alert.update and not alert.reply and (self.cfg.webhook_url or not thread
+                                                 or in_summary):
+            # an update that only edits the first message: a webhook cannot edit,
+            # without the first message's ref there is nothing to edit, and a message
+            # listing several stories is not rewritten for one of them
             log.info("notify.skipped", channel=self.name, kind=self.kind, key=key,
-                     why="an edit-only update, and this channel cannot edit")
+                     why="an edit-only update of a message this channel cannot edit")
             return Sent(ref=None)
-        if alert.update and thread and self.cfg.token:
+        if alert.update and thread and self.cfg.token and not in_summary:
             edited = await self._call(lambda web: self._edit(web, alert, thread))
             if not alert.reply or (isinstance(edited, SendFailed) and edited.retry):
                 return edited
@@ -239,13 +249,17 @@ class SlackNotifier:
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None) -> SendResult:
+                          thread_ref: str | None = None, attempt: int = 1,
+                          created: datetime | None = None) -> SendResult:
         payload = slack_digest(alerts, kind=kind, heading=heading)
-        return await self._call(
-            lambda web: self._send_api(web, payload, thread_ref, key=key, attempt=1,
-                                       created=None),
+        result = await self._call(
+            lambda web: self._send_api(web, payload, thread_ref, key=key, attempt=attempt,
+                                       created=created),
             webhook_payload=payload, key=key,
         )
+        if isinstance(result, Sent) and result.ref and not result.ref.endswith(SUMMARY_MARK):
+            return Sent(ref=result.ref + SUMMARY_MARK)
+        return result
 
     async def _call(
         self,

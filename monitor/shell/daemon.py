@@ -346,7 +346,20 @@ class Runtime:
             self.trouble.feed_polled(spec.name, failed=outcome.result in ("failed", "gone"),
                                      problem=outcome.error)
             return outcome
-        except StoreError as e:  # not the feed's fault: one line, and no failure on the feed
+        except StoreError as e:
+            if e.kind == "error":
+                # unclassified: most likely this feed's data (a value the database
+                # refuses, a bad stored payload): the feed's failure, said on the feed
+                now = self.clock()
+                error = self.config.redact(f"store refused this poll: {e}")
+                log.warning("feed.failed", feed=spec.name, error=error)
+                with contextlib.suppress(Exception):
+                    await self.store.save_feed(replace(
+                        state, last_polled=now, failures=state.failures + 1,
+                        last_error=error, next_poll=now + timedelta(seconds=spec.interval)))
+                return PollOutcome(feed=spec.name, result="failed", error=error)
+            # the store itself (full, read-only, unreachable…): not the feed's fault:
+            # one line, and no failure on the feed
             self.trouble.store_failed(e, f"poll:{spec.name}")
             with contextlib.suppress(Exception):
                 await self.store.save_feed(replace(
@@ -381,6 +394,8 @@ class Runtime:
         listening = self.store.listening
         enabled = len(rules.ruleset.enabled)
         parse, parse_reasons = self.pool.health()
+        for incident in parse["recent"]:  # (the stuck story's title and link: may carry
+            incident["detail"] = self.config.redact(scrub(incident["detail"]))  # a key)
         reasons = [why for why, bad in (
             (f"{len(failing)} feed(s) failing", failing),
             (f"{len(gone)} feed(s) gone", gone),

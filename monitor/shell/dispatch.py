@@ -121,6 +121,7 @@ class Dispatcher:
         self.quiet = dict(quiet or {})  # channel → its quiet hours
         self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
+        self._failing: dict[str, int] = {}  # channel → transient failures in a row
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # a store failure of a round (the daemon: said once while it lasts, see
         # shell.trouble); without it, an error line per failure
@@ -162,6 +163,22 @@ class Dispatcher:
     def paused_until(self, channel: str) -> datetime | None:
         until = self._paused.get(channel)
         return until if until is not None and until > self.clock() else None
+
+    def _peer_failed(self, channel: str, now: datetime, retry_after: float | None,
+                     cap: datetime | None = None) -> None:
+        """A transient failure: the channel rests before its next send, ``retry_min``
+        doubling with each failure in a row (up to ``retry_max``), the peer's
+        Retry-After at least. The failed delivery keeps its own backoff; the others
+        are not held to it (one old alert's long backoff must not hold a channel)."""
+        k = self._failing.get(channel, 0) + 1
+        self._failing[channel] = k
+        wait = min(self.settings.retry_max, self.settings.retry_min * 2 ** min(k - 1, 30))
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, 24 * 3600.0))
+        until = now + timedelta(seconds=wait)
+        if cap is not None:  # never past the failed delivery's own retry time
+            until = min(until, cap)
+        self._pause(channel, until)
 
     def _pause(self, channel: str, until: datetime) -> None:
         self._paused[channel] = max(until, self._paused.get(channel, until))
@@ -333,6 +350,7 @@ class Dispatcher:
             now = self.clock()
             if isinstance(outcome, Sent):
                 await self.store.mark_sent(did, now, outcome.ref)
+                self._failing.pop(channel, None)
                 if outcome.ref:
                     refs[d.key] = outcome.ref
                 self.metrics.deliveries.labels(channel, "sent").inc()
@@ -491,14 +509,20 @@ class Dispatcher:
         ids = [d.id for d in group if d.id is not None]
         key = f"{kind}:{channel}:{min(ids)}"
         outcome: SendResult
+        # a retry looks for the message first (Slack bot: an earlier attempt whose
+        # answer timed out may have posted it)
+        attempt = max(d.attempts for d in group) + 1
+        created = min(d.created for d in group)
         try:
             if heading is None and thread_ref is None:
                 outcome = await notifier.send_digest([d.alert for d in group], key=key,
-                                                     kind=kind)
+                                                     kind=kind, attempt=attempt,
+                                                     created=created)
             else:
                 outcome = await notifier.send_digest([d.alert for d in group], key=key,
                                                      kind=kind, heading=heading,
-                                                     thread_ref=thread_ref)
+                                                     thread_ref=thread_ref, attempt=attempt,
+                                                     created=created)
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
@@ -506,6 +530,7 @@ class Dispatcher:
         if isinstance(outcome, Sent):
             outcome = Sent(ref=thread_ref or outcome.ref)
             await self.store.mark_sent_many(ids, now, outcome.ref)
+            self._failing.pop(channel, None)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
             rules = sorted({d.alert.match.rule for d in group})
             log.info(f"{kind}.sent", channel=channel, rule=",".join(rules)[:200],
@@ -546,7 +571,7 @@ class Dispatcher:
             assert d.id is not None
             await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
         if nxt is not None:
-            self._pause(channel, nxt)
+            self._peer_failed(channel, now, outcome.retry_after, cap=nxt)
             self.metrics.deliveries.labels(channel, "retry").inc(len(group))
             log.warning("delivery.retry", channel=channel, key=key, alerts=len(group),
                         error=outcome.reason, next_attempt=nxt.isoformat())
@@ -568,6 +593,7 @@ class Dispatcher:
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
         now = self.clock()
         if isinstance(outcome, Sent):
+            self._failing.pop(channel, None)
             await self.store.mark_sent_many([d.id for d in batch if d.id is not None], now,
                                             outcome.ref)
             self.metrics.deliveries.labels(channel, "sent").inc(len(batch))
@@ -616,8 +642,7 @@ class Dispatcher:
         if nxt is None:
             if outcome.retry:  # given up for its age, but the peer is struggling right now:
                 # the channel's other deliveries wait a little all the same
-                wait = max(self.settings.retry_min, outcome.retry_after or 0.0)
-                self._pause(channel, now + timedelta(seconds=wait))
+                self._peer_failed(channel, now, outcome.retry_after)
             self.metrics.deliveries.labels(channel, "failed").inc()
             log.error("delivery.failed", channel=channel, rule=d.alert.match.rule,
                       story=d.alert.story.id, error=outcome.reason,
@@ -627,7 +652,7 @@ class Dispatcher:
         log.warning("delivery.retry", channel=channel, rule=d.alert.match.rule,
                     error=outcome.reason, attempts=d.attempts + 1,
                     next_attempt=nxt.isoformat())
-        self._pause(channel, nxt)
+        self._peer_failed(channel, now, outcome.retry_after, cap=nxt)
         return DispatchResult(retrying=1)
 
     async def _send_digest(
@@ -643,13 +668,17 @@ class Dispatcher:
             return DispatchResult(failed=len(ids))
         key = f"digest:{rule}:{channel}:{min(ids)}"
         try:
-            outcome = await notifier.send_digest([d.alert for d in group], key=key)
+            outcome = await notifier.send_digest(
+                [d.alert for d in group], key=key,
+                attempt=max(d.attempts for d in group) + 1,
+                created=min(d.created for d in group))
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
         now = self.clock()
         if isinstance(outcome, Sent):
             await self.store.mark_sent_many(ids, now, outcome.ref)
+            self._failing.pop(channel, None)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
             log.info("digest.sent", channel=channel, rule=rule, stories=len(ids))
             return DispatchResult(sent=len(ids))
@@ -673,7 +702,7 @@ class Dispatcher:
             if outcome.retry else None
         )
         if nxt is not None:
-            self._pause(channel, nxt)
+            self._peer_failed(channel, now, outcome.retry_after, cap=nxt)
         for i in ids:
             await self.store.mark_failed(i, now, scrub(outcome.reason), nxt)
         log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),

@@ -255,12 +255,42 @@ def _escape(body: str, i: int, in_class: bool, out: list[str]) -> int:
 
 
 def _check_boundary(body: str, i: int) -> None:
-    """``\\b``/``\\B`` next to a non-ASCII word character: RE2's are ASCII-only."""
+    """``\\b``/``\\B`` where it could sit next to a non-ASCII word character: RE2's
+    are ASCII-only, so they would silently never match there. That is the case beside a
+    non-ASCII letter, in a pattern that names non-ASCII letters anywhere
+    (``\\b(Путин|Putin)\\b``), and beside what matches any letter (``\\w``, ``.``,
+    a negated or ``\\w`` class)."""
     after = body[i + 2 : i + 3]
     before = body[i - 1] if i > 0 and (i < 2 or body[i - 2] != "\\") else ""
+    wide = (any(not c.isascii() and (c.isalnum() or c == "_") for c in body)
+            or body[i + 2 : i + 4] in ("\\w", "\\W") or after == "."
+            or body[max(0, i - 2) : i] in ("\\w", "\\W") or (before in (".", "+", "*")
+            and _wide_before(body, i))
+            or (after == "[" and _wide_class(body, i + 2)))
+    if wide and not any(ch and not ch.isascii() for ch in (after, before)):
+        raise RegexProblem(
+            f"\\{body[i + 1]} only knows ASCII letters in {_ENGINE}, so it never sees a word "
+            "boundary next to a non-ASCII letter, and this pattern can meet one there; use a "
+            "term instead (a word, or a prefix like Путин*), or (?:^|[^\\w]) and "
+            "(?:[^\\w]|$) around the word", i)
     for ch in (after, before):
         if ch and not ch.isascii() and (ch.isalnum() or ch == "_"):
             raise RegexProblem(
                 f"\\{body[i + 1]} only knows ASCII letters in {_ENGINE}, so it never sees a word "
                 f"boundary next to {ch!r}; use a term instead (a word, or a prefix like Путин*), "
                 "or (?:^|[^\\w]) and (?:[^\\w]|$) around the word", i)
+
+
+def _wide_before(body: str, i: int) -> bool:
+    """Whether the quantified token just before ``i`` can match a non-ASCII letter."""
+    j = i - 1
+    while j >= 0 and body[j] in "+*?":
+        j -= 1
+    return body[max(0, j - 1) : j + 1] in ("\\w", "\\W") or body[j : j + 1] == "."
+
+
+def _wide_class(body: str, start: int) -> bool:
+    """Whether the bracket class opening at ``start`` can match a non-ASCII letter."""
+    end = body.find("]", start + 2)
+    cls = body[start : end + 1 if end >= 0 else len(body)]
+    return cls.startswith("[^") or "\\w" in cls or "\\W" in cls or not cls.isascii()
