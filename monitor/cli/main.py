@@ -5,6 +5,8 @@
     monitor check      validate config and rules; print every problem; exit 1 if any
     monitor demo       the real pipeline on bundled feeds, offline
     monitor status     feeds and outbox state
+    monitor alerts     what was sent, held, rolled up or failed, with the peer's answer
+    monitor notify test CHANNEL  send a test message through a channel
     monitor outbox retry  send failed deliveries again
     monitor rules test "would this story fire?" with the reasons
     monitor backtest   replay stored stories through (edited) rules, send nothing
@@ -84,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
     p = sub.add_parser("status", help="feeds and outbox state")
     _add_common(p)
+    from monitor.cli import alerts as alerts_cli
+    from monitor.cli import notifytest
+
+    alerts_cli.add_parser(sub, _add_common)
+    notifytest.add_parser(sub, _add_common)
 
     outbox = sub.add_parser("outbox", help="the deliveries").add_subparsers(
         dest="outbox_cmd", required=True)
@@ -183,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("info", "json")
         _Parser.json_errors = True
     args = build_parser().parse_args(argv)
-    quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox")
+    quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox",
+                         "alerts", "notify")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
     try:
         return _dispatch(args)
@@ -222,6 +230,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return loop.run(cmd_stories_explain(args))
     if cmd == "rules" and args.rules_cmd == "test":
         return cmd_rules_test(args)
+    if cmd == "notify":
+        from monitor.cli.notifytest import cmd_notify_test
+
+        return loop.run(cmd_notify_test(args))
     config = _config(args)
     if cmd == "run":
         from monitor.shell.daemon import Daemon
@@ -237,6 +249,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return loop.run(cmd_outbox_retry(config, args))
     if cmd == "stories":
         return loop.run(cmd_stories(config, args))
+    if cmd == "alerts":
+        from monitor.cli.alerts import cmd_alerts
+
+        return loop.run(cmd_alerts(config, args))
     raise AssertionError(cmd)
 
 

@@ -311,6 +311,15 @@ def alert_from_json(text: str | bytes) -> Alert:
     return alert_from_dict(_loads(text, "alert payload"))
 
 
+def readable_alert(text: str | bytes) -> Alert | None:
+    """An outbox payload for operators to read (``monitor alerts``): None when it cannot
+    be decoded, rather than failing the whole listing."""
+    try:
+        return alert_from_json(text)
+    except CodecError:
+        return None
+
+
 # -- lists of strings (cluster sources) ---------------------------------------------------
 
 
