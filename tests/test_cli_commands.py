@@ -4,13 +4,19 @@ deliveries, run as a user runs them (a subprocess), against the local peers."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from monitor.cli.alerts import shown_states
-from monitor.core.model import Alert, Match, Story
+from monitor.cli.once import print_once
+from monitor.core.model import Alert, Delivery, Match, Story
+from monitor.shell.dispatch import DispatchResult
+from monitor.shell.pipeline import PollOutcome
 from monitor.store.base import DeliveryRecord, DeliveryStatus
-from tests.feeds import BACKLOG, UNRELATED, rss, seed_item
+from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
 from tests.peers.feedserver import FeedServer
 from tests.peers.slackserver import SlackServer
 from tests.peers.smtpserver import SMTPServer
@@ -187,3 +193,69 @@ async def test_notify_test_needs_that_channels_secrets_only(workdir: Path) -> No
     assert rc == 0, err
     rc, _, err = await monitor("notify", "test", "slack-news", cwd=workdir)
     assert rc == 1 and "UNSET_SLACK_TOKEN is not set" in err and "config.yaml:" in err, err
+
+
+# -- monitor once: alerts apart from deliveries ------------------------------------------
+
+
+async def test_once_counts_alerts_apart_from_deliveries_per_channel(
+    workdir: Path, feed_server: FeedServer
+) -> None:
+    (workdir / "rules" / "robots.yaml").write_text(
+        ROBOTS.replace("[audit-file]", "[audit-file, slack-news]"))
+    titles = ["Robot vacuum maker files for bankruptcy in Delaware",
+              "Surgeons trial a robot arm for knee operations in Leeds",
+              "Warehouse robot fleet doubles at Ocado's new Bristol depot",
+              "Robot umpires to call balls and strikes in minor league baseball"]
+    robots = [Item(title=t, link=f"https://robots.example/{i}", guid=f"https://robots.example/{i}")
+              for i, t in enumerate(titles)]
+    feed_server.set("/a.rss", rss([seed_item(), *robots, *BACKLOG]))
+    rc, out, err = await monitor("once", "--json", cwd=workdir)
+    assert rc == 0, err
+    data = json.loads(out)
+    feeds = {f["feed"]: f for f in data["feeds"]}
+    # 1 sanctions story × 3 channels + 4 robot stories × 2 channels
+    assert (feeds["a"]["alerts"], feeds["a"]["deliveries"]) == (5, 11)
+    assert data["alerts"] == {"fired": 5, "updates": 0}
+    d = data["deliveries"]
+    assert (d["queued"], d["sent"], d["retrying"], d["failed"]) == (11, 11, 0, 0)
+    assert d["channels"] == {
+        "audit-file": {"queued": 5, "sent": 5, "rolled_up": 0, "stale": 0, "retrying": 0,
+                       "failed": 0},
+        "email-oncall": {"queued": 1, "sent": 1, "rolled_up": 0, "stale": 0, "retrying": 0,
+                         "failed": 0},
+        "slack-news": {"queued": 5, "sent": 5, "rolled_up": 0, "stale": 0, "retrying": 0,
+                       "failed": 0},
+    }
+
+
+def test_once_text_says_alerts_deliveries_and_what_each_channel_did(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    story = Story(id="s", feed="wire", title="t", link="", published=now, first_seen=now)
+    deliveries = []
+    for i in range(116):
+        s = replace(story, id=f"s{i}")
+        for ch in ("slack", "email", "file"):
+            m = Match(rule="burst", severity="high", channels=("slack", "email", "file"))
+            deliveries.append(Delivery(key=f"{i}{ch}", channel=ch, created=now,
+                                       alert=Alert(story=s, match=m, cluster=f"c{i}")))
+    outcome = PollOutcome(feed="wire", result="new", stories=116, new=116, alerts=348,
+                          deliveries=tuple(deliveries))
+    slack = DispatchResult(sent=116, rolled_up=114)
+    email = DispatchResult(sent=100, rolled_up=100, retrying=16)
+    file = DispatchResult(sent=116)
+    result = (DispatchResult(sent=116, rolled_up=114, by_channel={"slack": slack})
+              + DispatchResult(sent=100, rolled_up=100, retrying=16, by_channel={"email": email})
+              + DispatchResult(sent=116, by_channel={"file": file}))
+    print_once([outcome], result)
+    out = capsys.readouterr().out.splitlines()
+    assert "alerts=116  deliveries=348" in out[0]
+    assert out[1] == ("alerts: 116 (stories × rules that fired); 348 deliveries queued "
+                      "over 3 channels")
+    assert " ".join(out[2].split()) == (
+        "email 116 queued, 100 sent (100 rolled up), 16 to retry, 0 failed")
+    assert " ".join(out[4].split()) == (
+        "slack 116 queued, 116 sent (114 rolled up), 0 to retry, 0 failed")
+    assert out[5] == "deliveries: 332 sent (214 rolled up), 16 to retry, 0 failed"

@@ -316,17 +316,12 @@ async def cmd_once(config: Config, as_json: bool, *, strict: bool = False) -> in
 
     async with Runtime(config) as rt:
         outcomes, sent = await rt.poll_and_deliver()
+    from monitor.cli.once import once_report, print_once
+
     if as_json:
-        _print_json({
-            "feeds": [o.to_dict() for o in outcomes],
-            "deliveries": {"sent": sent.sent, "retrying": sent.retrying, "failed": sent.failed},
-        })
+        _print_json(once_report(outcomes, sent))
     else:
-        for o in outcomes:
-            extra = f" error: {o.error}" if o.error else ""
-            print(f"{o.feed:<24} {o.result:<13} entries={o.stories:<4} new={o.new:<4} "
-                  f"alerts={o.alerts}{extra}")
-        print(f"deliveries: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed")
+        print_once(outcomes, sent)
     failed = sum(1 for o in outcomes if o.result in ("failed", "gone"))
     if outcomes and failed == len(outcomes):
         return 2

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from monitor.config import DeliveryConfig, QuietHours
@@ -83,8 +83,14 @@ class DispatchResult:
     grouped: int = 0  # of ``sent``: in a group's message (a rule's ``group_by``)
     quiet: int = 0  # of ``sent``: in a "while you were away" digest (quiet hours)
     held: int = 0  # given back until the channel's quiet hours end (not attempted)
+    #: the same counts per channel (``run_once``: `monitor once` shows them); deliveries
+    #: of channels no longer configured are in the totals only
+    by_channel: Mapping[str, DispatchResult] = field(default_factory=dict, compare=False)
 
     def __add__(self, other: DispatchResult) -> DispatchResult:
+        channels = dict(self.by_channel)
+        for ch, r in other.by_channel.items():
+            channels[ch] = channels[ch] + r if ch in channels else r
         return DispatchResult(
             sent=self.sent + other.sent,
             retrying=self.retrying + other.retrying,
@@ -94,7 +100,13 @@ class DispatchResult:
             grouped=self.grouped + other.grouped,
             quiet=self.quiet + other.quiet,
             held=self.held + other.held,
+            by_channel=channels,
         )
+
+    def counts(self) -> dict[str, int]:
+        return {"sent": self.sent, "rolled_up": self.rolled_up, "stale": self.stale,
+                "grouped": self.grouped, "quiet": self.quiet, "held": self.held,
+                "retrying": self.retrying, "failed": self.failed}
 
 
 class Dispatcher:
@@ -171,14 +183,15 @@ class Dispatcher:
     async def run_once(self) -> DispatchResult:
         """Send everything due now, every channel at once, and return what happened. A
         paused channel (429) keeps its deliveries for later."""
+        channels = list(self.notifiers)
         results = await asyncio.gather(
-            *(self.drain_channel(ch) for ch in self.notifiers), self._drain_strays(),
+            *(self.drain_channel(ch) for ch in channels), self._drain_strays(),
             return_exceptions=True,
         )
         total = DispatchResult()
-        for r in results:
+        for ch, r in zip([*channels, None], results, strict=True):
             if isinstance(r, DispatchResult):
-                total = total + r
+                total = total + (replace(r, by_channel={ch: r}) if ch is not None else r)
             elif isinstance(r, BaseException):
                 # the store failed mid-round: what was claimed and not marked is retried
                 # after its lease; say so, and let the next round try again
