@@ -281,7 +281,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             rules = load_rules(config.rules_path, channels=list(config.channels),
                                feeds=[f.name for f in config.feeds],
-                               default_channels=config.defaults.channels)
+                               default_channels=config.defaults.channels,
+                               default_digest_tz=config.digest.tz)
         except RulesError as e:
             found += [("rules.invalid", p) for p in e.problems]
     problems = [str(p) for _, p in found]
@@ -420,10 +421,12 @@ def _load_rules_for(args: argparse.Namespace) -> RuleSet:
         if config is None:
             return load_rules(Path(args.rules), channels=None)
         return load_rules(Path(args.rules), channels=list(config.channels),
-                          default_channels=config.defaults.channels)
+                          default_channels=config.defaults.channels,
+                          default_digest_tz=config.digest.tz)
     assert config is not None
     return load_rules(config.rules_path, channels=list(config.channels),
-                      default_channels=config.defaults.channels)
+                      default_channels=config.defaults.channels,
+                      default_digest_tz=config.digest.tz)
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:

@@ -57,7 +57,9 @@ from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger, scrub
 from monitor.notify.ratelimit import RateLimiter
 from monitor.notify.render import (
+    DIGEST_MAX,
     DigestKind,
+    Part,
     message_key,
     slack_digest,
     slack_edit,
@@ -140,6 +142,8 @@ def quick_retry() -> list[AsyncRetryHandler]:
 
 class SlackNotifier:
     """Posts alerts to one Slack channel (webhook or bot token)."""
+
+    digest_max = DIGEST_MAX  # stories per digest message; a longer digest is split
 
     def __init__(self, name: str, cfg: SlackChannel) -> None:
         self.name = name
@@ -239,8 +243,8 @@ class SlackNotifier:
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None) -> SendResult:
-        payload = slack_digest(alerts, kind=kind, heading=heading)
+                          thread_ref: str | None = None, part: Part | None = None) -> SendResult:
+        payload = slack_digest(alerts, kind=kind, heading=heading, part=part)
         return await self._call(
             lambda web: self._send_api(web, payload, thread_ref, key=key, attempt=1,
                                        created=None),

@@ -646,17 +646,55 @@ class Dispatcher:
     async def _send_digest(
         self, channel: str, notifier: Notifier | None, group: list[Delivery]
     ) -> DispatchResult:
-        """The alerts a digest rule collected, as one message; all sent or all retried."""
-        rule = group[0].alert.match.rule
+        """The alerts a digest rule collected, as one message; all sent or all retried.
+
+        A digest longer than a message of the channel holds (the notifier's
+        ``digest_max``: Slack 20 stories, email 100) goes as several, split on story
+        boundaries, oldest first, each saying "part k/n". Progress is recorded per part:
+        a part's deliveries are marked sent as soon as the peer accepted it, so when part 2
+        fails after part 1 went out, only parts 2..n are retried (and part 1 is never
+        sent twice). The retry splits what is left anew ("part 1/1" for one part left).
+        Each part's key, and so its email Message-ID, derives from its first delivery: a
+        part resent after a crash between the peer's answer and the store's record has
+        the same Message-ID."""
         ids = [d.id for d in group if d.id is not None]
         if notifier is None:
             for i in ids:
                 await self.store.mark_failed(
                     i, self.clock(), f"channel {channel!r} is not configured any more", None)
             return DispatchResult(failed=len(ids))
+        size = getattr(notifier, "digest_max", None)
+        step = size if isinstance(size, int) and size > 0 else len(group)
+        parts = [group[i:i + step] for i in range(0, len(group), step)]
+        result = DispatchResult()
+        for k, part in enumerate(parts):
+            rest = [d for p in parts[k:] for d in p]
+            if k and self.stopping:  # the parts sent are recorded; the rest waits
+                for d in rest:
+                    if d.id is not None:
+                        await self.store.release(d.id, self.clock())
+                break
+            r, ok = await self._send_digest_part(
+                channel, notifier, part, rest, (k + 1, len(parts)) if len(parts) > 1 else None)
+            result = result + r
+            if not ok:
+                break
+        return result
+
+    async def _send_digest_part(
+        self, channel: str, notifier: Notifier, part: list[Delivery], rest: list[Delivery],
+        of: tuple[int, int] | None,
+    ) -> tuple[DispatchResult, bool]:
+        """One message of a digest (``part``); on failure, ``rest`` (this part and the
+        ones after it) is retried or given up. Returns what happened and whether it was
+        accepted."""
+        rule = part[0].alert.match.rule
+        ids = [d.id for d in part if d.id is not None]
         key = f"digest:{rule}:{channel}:{min(ids)}"
         try:
-            outcome = await notifier.send_digest([d.alert for d in group], key=key)
+            alerts = [d.alert for d in part]
+            outcome = await (notifier.send_digest(alerts, key=key) if of is None
+                             else notifier.send_digest(alerts, key=key, part=of))
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
@@ -664,8 +702,10 @@ class Dispatcher:
         if isinstance(outcome, Sent):
             await self.store.mark_sent_many(ids, now, outcome.ref)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
-            log.info("digest.sent", channel=channel, rule=rule, stories=len(ids))
-            return DispatchResult(sent=len(ids))
+            log.info("digest.sent", channel=channel, rule=rule, stories=len(ids),
+                     **({"part": f"{of[0]}/{of[1]}"} if of else {}))
+            return DispatchResult(sent=len(ids)), True
+        ids = [d.id for d in rest if d.id is not None]
         if outcome.rate_limited:
             until = now + timedelta(seconds=outcome.retry_after or DEFAULT_PAUSE)
             self._pause(channel, until)
@@ -673,10 +713,11 @@ class Dispatcher:
                 await self.store.release(i, until)
             log.info("channel.paused", channel=channel, seconds=outcome.retry_after,
                      reason=outcome.reason, until=until.isoformat())
-            return DispatchResult(retrying=len(ids))
-        first = group[0]
+            return DispatchResult(retrying=len(ids)), False
+        first = part[0]
         # a digest's delivery starts when it fires, not when its first story matched
-        fired = next_cron(first.alert.match.digest or "", first.created) or first.created
+        fired = next_cron(first.alert.match.digest or "", first.created,
+                          first.alert.match.digest_tz) or first.created
         fired = max(fired, first.requeued or fired)  # `monitor outbox retry` restarts it
         nxt = (
             retry_at(now=now, created=fired, attempts=first.attempts + 1,
@@ -690,10 +731,11 @@ class Dispatcher:
         for i in ids:
             await self.store.mark_failed(i, now, scrub(outcome.reason), nxt)
         log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),
-                    error=outcome.reason, retry=nxt is not None)
+                    error=outcome.reason, retry=nxt is not None,
+                    **({"part": f"{of[0]}/{of[1]}"} if of else {}))
         if nxt is None:
-            return DispatchResult(failed=len(ids))
-        return DispatchResult(retrying=len(ids))
+            return DispatchResult(failed=len(ids)), False
+        return DispatchResult(retrying=len(ids)), False
 
     async def close(self) -> None:
         for n in self.notifiers.values():

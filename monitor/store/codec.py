@@ -224,6 +224,7 @@ def match_to_dict(m: Match) -> dict[str, Any]:
         "cooldown": m.cooldown,
         "digest": m.digest,
         **({"group": _grouping_to_dict(m.group)} if m.group else {}),
+        **({"digest_tz": m.digest_tz} if m.digest_tz is not None else {}),
     }
 
 
@@ -263,6 +264,7 @@ def match_from_dict(d: Mapping[str, Any]) -> Match:
         cooldown=float(cooldown),
         digest=_opt(d, "digest", str, what),
         group=_grouping_from_dict(d.get("group"), what),
+        digest_tz=_opt(d, "digest_tz", str, what),
     )
 
 
