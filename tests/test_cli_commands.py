@@ -141,7 +141,7 @@ async def test_notify_test_through_slack_and_its_refusal(
     [msg] = slack_server.messages
     assert msg["channel"] == "#news"
     assert "monitor test message — if you see this, channel slack-news works" in msg["text"]
-    assert out.startswith("slack-news (slack): OK") and f"ref {msg['ts']}" in out
+    assert out.startswith("slack-news (slack): OK") and f"{msg['ts']})" in out  # ref C…/ts
 
     _use_channel(workdir, "slack-news", f"{{type: slack, token: xoxb-wrong, channel: '#news', "
                  f"base_url: '{slack_server.api_base_url}'}}")
