@@ -12,7 +12,7 @@ import pytest
 
 from monitor.cli.alerts import shown_states
 from monitor.cli.once import print_once
-from monitor.core.model import Alert, Delivery, Match, Story
+from monitor.core.model import Alert, Delivery, Grouping, Match, Story
 from monitor.shell.dispatch import DispatchResult
 from monitor.shell.pipeline import PollOutcome
 from monitor.store.base import DeliveryRecord, DeliveryStatus
@@ -100,11 +100,12 @@ async def test_alerts_needs_no_channel_secrets(workdir: Path, feed_server: FeedS
 
 
 def _record(key: str, *, state: str = "sent", ref: str | None = None, channel: str = "slack",
-            digest: str | None = None, next_attempt: datetime | None = None) -> DeliveryRecord:
+            digest: str | None = None, next_attempt: datetime | None = None,
+            group: Grouping | None = None) -> DeliveryRecord:
     now = datetime(2026, 12, 1, tzinfo=UTC)
     story = Story(id=key, feed="f", title=key, link="", published=now, first_seen=now)
     alert = Alert(story=story, match=Match(rule="r", severity="high", channels=(channel,),
-                                           digest=digest), cluster=key)
+                                           digest=digest, group=group), cluster=key)
     status = DeliveryStatus(id=1, key=key, channel=channel, state=state, attempts=1,
                             created=now, next_attempt=next_attempt, sent_at=None,
                             last_error=None, ref=ref)
@@ -118,13 +119,14 @@ def test_states_shown_tell_rolled_up_digest_held_and_due() -> None:
         _record("rolled-1", ref="ts-2"), _record("rolled-2", ref="ts-2"),
         _record("other-channel", ref="ts-1", channel="mail"),  # refs are per channel
         _record("digested", ref="ts-3", digest="0 8 * * *"),
+        _record("grouped", ref="ts-4", group=Grouping(by=("actors",))),
         _record("file", ref=None), _record("file2", ref=None),  # a file has no refs
         _record("held", state="pending", next_attempt=now + timedelta(hours=1)),
         _record("due", state="pending", next_attempt=now),
         _record("gave-up", state="failed"),
     ]
     assert shown_states(records, now) == [
-        "sent", "rolled up", "rolled up", "sent", "digest", "sent", "sent", "held",
+        "sent", "rolled up", "rolled up", "sent", "digest", "grouped", "sent", "sent", "held",
         "pending", "failed"]
 
 
@@ -220,12 +222,12 @@ async def test_once_counts_alerts_apart_from_deliveries_per_channel(
     d = data["deliveries"]
     assert (d["queued"], d["sent"], d["retrying"], d["failed"]) == (11, 11, 0, 0)
     assert d["channels"] == {
-        "audit-file": {"queued": 5, "sent": 5, "rolled_up": 0, "stale": 0, "retrying": 0,
-                       "failed": 0},
-        "email-oncall": {"queued": 1, "sent": 1, "rolled_up": 0, "stale": 0, "retrying": 0,
-                         "failed": 0},
-        "slack-news": {"queued": 5, "sent": 5, "rolled_up": 0, "stale": 0, "retrying": 0,
-                       "failed": 0},
+        "audit-file": {"queued": 5, "sent": 5, "rolled_up": 0, "stale": 0, "grouped": 0,
+                       "quiet": 0, "held": 0, "retrying": 0, "failed": 0},
+        "email-oncall": {"queued": 1, "sent": 1, "rolled_up": 0, "stale": 0, "grouped": 0,
+                         "quiet": 0, "held": 0, "retrying": 0, "failed": 0},
+        "slack-news": {"queued": 5, "sent": 5, "rolled_up": 0, "stale": 0, "grouped": 0,
+                       "quiet": 0, "held": 0, "retrying": 0, "failed": 0},
     }
 
 

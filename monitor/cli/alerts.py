@@ -11,9 +11,11 @@ States as shown:
 * ``rolled up``  sent inside one message with other alerts (a roll-up or a "while monitor
   could not deliver" summary): several listed deliveries of the channel share its ref;
 * ``digest``     sent in its rule's digest;
+* ``grouped``    sent in its group's message (a rule's ``group_by``);
 * ``held``       pending and not due yet (``next_attempt`` in the future): a digest
-  waiting for its time, a retry waiting out its backoff (attempts > 0, with the error),
-  a delivery being sent right now (claimed);
+  waiting for its time, a group waiting for its slot, an alert held by the channel's
+  quiet hours, a retry waiting out its backoff (attempts > 0, with the error), a
+  delivery being sent right now (claimed);
 * ``pending``    due: the next dispatcher round sends it;
 * ``failed``     given up (a permanent refusal, or retries given up): ``monitor outbox
   retry`` sends it again once the cause is fixed.
@@ -43,8 +45,9 @@ def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) 
         description="Lists the deliveries (an alert for one channel) of the last --since, "
         "oldest first: time, state, channel, rule, attempts, headline, link and the peer's "
         "answer (the message reference when accepted, the last error otherwise). States: "
-        "sent, rolled up (in one message with others), digest, held (pending, not due yet: "
-        "a digest's time, a retry's backoff), pending (due), failed (given up; see "
+        "sent, rolled up (in one message with others), grouped, digest, held (pending, not "
+        "due yet: a digest's time, a group's slot, quiet hours, a retry's backoff), pending "
+        "(due), failed (given up; see "
         "`monitor outbox retry`). Reads the store only: no channel secrets are needed.")
     add_common(p)
     p.add_argument("--since", default="24h", help="how far back (default 24h)")
@@ -66,6 +69,8 @@ def shown_states(records: Sequence[DeliveryRecord], now: datetime) -> list[str]:
         if st.state == "sent":
             if r.alert is not None and r.alert.match.digest:
                 out.append("digest")
+            elif r.alert is not None and r.alert.match.group is not None:
+                out.append("grouped")
             elif st.ref and shared[(st.channel, st.ref)] > 1:
                 out.append("rolled up")
             else:
@@ -145,7 +150,7 @@ async def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
         if row["answer"]:
             tail.append(f"peer: {row['answer'][:200]}")
         print("    " + "  ·  ".join(tail))
-    order = ("sent", "rolled up", "digest", "held", "pending", "failed")
+    order = ("sent", "rolled up", "grouped", "digest", "held", "pending", "failed")
     parts = [f"{counts[s]} {s}" for s in order if counts[s]]
     print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'} since "
           f"{since:%Y-%m-%d %H:%M} UTC{_filters(args)}: {', '.join(parts)}"

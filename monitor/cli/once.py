@@ -3,8 +3,9 @@
 An *alert* is a story × rule that fired (its "now carried by N sources" updates counted
 apart); a *delivery* is an alert for one channel. One poll that fires 116 alerts on a rule
 with 3 channels queues 348 deliveries; each channel then reports what became of its own:
-sent one by one, rolled up into a per-rule summary, in a "while monitor could not
-deliver" summary (stale), to retry, or failed for good.
+sent one by one, rolled up into a per-rule summary, in a group's message, in a quiet-hours
+digest, in a "while monitor could not deliver" summary (stale), held until the channel's
+quiet hours end, to retry, or failed for good.
 """
 
 from __future__ import annotations
@@ -73,8 +74,12 @@ def _counts(c: dict[str, Any], *, queued: bool = False) -> str:
     parts = [f"{c['queued']} queued"] if queued else []
     sent = f"{c['sent']} sent"
     inner = [f"{c['rolled_up']} rolled up"] if c["rolled_up"] else []
+    inner += [f"{c['grouped']} in group messages"] if c["grouped"] else []
+    inner += [f"{c['quiet']} in a quiet-hours digest"] if c["quiet"] else []
     inner += [f"{c['stale']} in a catch-up summary"] if c["stale"] else []
     if inner:
         sent += f" ({', '.join(inner)})"
-    parts += [sent, f"{c['retrying']} to retry", f"{c['failed']} failed"]
+    parts.append(sent)
+    parts += [f"{c['held']} held for quiet hours"] if c["held"] else []
+    parts += [f"{c['retrying']} to retry", f"{c['failed']} failed"]
     return ", ".join(parts)
