@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from monitor.core.model import FeedSpec, Severity
-from monitor.core.schedule import parse_hhmm, quiet_window
+from monitor.core.schedule import parse_hhmm, quiet_window, tz_problem
 from monitor.core.units import parse_duration, parse_size
 from monitor.core.yamlpos import Positions, load_yaml, problems_from_validation
 from monitor.errors import ConfigError, Problem, YamlError
@@ -256,6 +256,20 @@ class DeliveryConfig(_Model):
     max_age: OptionalDuration = 6 * 3600.0
 
 
+class DigestConfig(_Model):
+    # the IANA time zone digests' cron lines are read in, for rules that name none
+    # (``digest: {cron: ..., tz: ...}``); None: UTC
+    tz: str | None = None
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        why = tz_problem(v)
+        if why is not None:
+            raise ValueError(why)
+        return v
+
+
 class ServerConfig(_Model):
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
@@ -282,6 +296,7 @@ class Config(_Model):
     fetch: FetchConfig = FetchConfig()
     dedup: DedupConfig = DedupConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    digest: DigestConfig = DigestConfig()
     server: ServerConfig = ServerConfig()
     # where the config file lives: relative paths resolve against it
     base_dir: str = Field("", exclude=True)

@@ -678,6 +678,49 @@ async def test_deliveries_newest_first_filtered(store: Store) -> None:
     assert await store.deliveries(state="failed") == []
 
 
+async def test_delivery_log_filters_by_time_rule_channel_and_state(store: Store) -> None:
+    out = await queue(
+        store,
+        delivery("old", created=t(-600)),  # before `since`, but sent after it
+        delivery("older", created=t(-600)),  # nothing since: not listed
+        delivery("a", created=t(1)),
+        delivery("b", created=t(2), channel="email", rule="r2"),
+        delivery("c", created=t(3), rule="r2"),
+        delivery("d", created=t(4), next_attempt=t(100)),  # a digest, held until t(100)
+        delivery("e", created=t(5)),
+    )
+    ids = {d.key: d.id for d in out}
+    await store.mark_sent(ids["old"], t(2), "ts-1")  # type: ignore[arg-type]
+    await store.mark_sent_many([ids["a"], ids["c"]], t(6), "ts-9")  # type: ignore[list-item]
+    await store.mark_failed(ids["b"], t(6), "535 auth failed", None)  # type: ignore[arg-type]
+    await store.mark_failed(ids["e"], t(6), "HTTP 503", t(30))  # type: ignore[arg-type]
+    now = t(10)
+
+    async def keys(**kw: object) -> list[str]:
+        return [r.status.key for r in await store.delivery_log(since=t(0), now=now, **kw)]  # type: ignore[arg-type]
+
+    assert await keys() == ["e", "d", "c", "b", "a", "old"]  # newest first
+    assert await keys(state="sent") == ["c", "a", "old"]
+    assert await keys(state="failed") == ["b"]
+    assert await keys(state="pending") == ["e", "d"]
+    assert await keys(state="held") == ["e", "d"]  # not due: a retry's backoff, a digest
+    assert [r.status.key for r in await store.delivery_log(
+        since=t(0), now=t(50), state="held")] == ["d"]
+    assert await keys(rule="r2") == ["c", "b"]
+    assert await keys(channel="email") == ["b"]
+    assert await keys(channel="slack", rule="r2", state="sent") == ["c"]
+    assert await keys(limit=2) == ["e", "d"]
+    assert await keys(rule="nope") == []
+    rows = {r.status.key: r for r in await store.delivery_log(since=t(0), now=now)}
+    b = rows["b"]
+    assert (b.rule, b.status.state, b.status.attempts, b.status.last_error) == (
+        "r2", "failed", 1, "535 auth failed")
+    assert b.alert is not None and b.alert.story.title.endswith("café 日本")
+    assert rows["a"].status.ref == rows["c"].status.ref == "ts-9"  # one roll-up, shared ref
+    with pytest.raises(ValueError, match="state must be one of"):
+        await store.delivery_log(since=t(0), now=now, state="bogus")
+
+
 async def test_last_alert_and_cluster_alerts(store: Store) -> None:
     assert await store.last_alert("c1", "r1", "slack") is None
     await queue(store,

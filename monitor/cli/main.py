@@ -5,6 +5,8 @@
     monitor check      validate config and rules; print every problem; exit 1 if any
     monitor demo       the real pipeline on bundled feeds, offline
     monitor status     feeds and outbox state
+    monitor alerts     what was sent, held, rolled up or failed, with the peer's answer
+    monitor notify test CHANNEL  send a test message through a channel
     monitor outbox retry  send failed deliveries again
     monitor rules test "would this story fire?" with the reasons
     monitor backtest   replay stored stories through (edited) rules, send nothing
@@ -84,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
     p = sub.add_parser("status", help="feeds and outbox state")
     _add_common(p)
+    from monitor.cli import alerts as alerts_cli
+    from monitor.cli import notifytest
+
+    alerts_cli.add_parser(sub, _add_common)
+    notifytest.add_parser(sub, _add_common)
 
     outbox = sub.add_parser("outbox", help="the deliveries").add_subparsers(
         dest="outbox_cmd", required=True)
@@ -183,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("info", "json")
         _Parser.json_errors = True
     args = build_parser().parse_args(argv)
-    quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox")
+    quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox",
+                         "alerts", "notify")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
     try:
         return _dispatch(args)
@@ -222,6 +230,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return loop.run(cmd_stories_explain(args))
     if cmd == "rules" and args.rules_cmd == "test":
         return cmd_rules_test(args)
+    if cmd == "notify":
+        from monitor.cli.notifytest import cmd_notify_test
+
+        return loop.run(cmd_notify_test(args))
     config = _config(args)
     if cmd == "run":
         from monitor.shell.daemon import Daemon
@@ -237,6 +249,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return loop.run(cmd_outbox_retry(config, args))
     if cmd == "stories":
         return loop.run(cmd_stories(config, args))
+    if cmd == "alerts":
+        from monitor.cli.alerts import cmd_alerts
+
+        return loop.run(cmd_alerts(config, args))
     raise AssertionError(cmd)
 
 
@@ -265,7 +281,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             rules = load_rules(config.rules_path, channels=list(config.channels),
                                feeds=[f.name for f in config.feeds],
-                               default_channels=config.defaults.channels)
+                               default_channels=config.defaults.channels,
+                               default_digest_tz=config.digest.tz)
         except RulesError as e:
             found += [("rules.invalid", p) for p in e.problems]
     problems = [str(p) for _, p in found]
@@ -300,17 +317,12 @@ async def cmd_once(config: Config, as_json: bool, *, strict: bool = False) -> in
 
     async with Runtime(config) as rt:
         outcomes, sent = await rt.poll_and_deliver()
+    from monitor.cli.once import once_report, print_once
+
     if as_json:
-        _print_json({
-            "feeds": [o.to_dict() for o in outcomes],
-            "deliveries": {"sent": sent.sent, "retrying": sent.retrying, "failed": sent.failed},
-        })
+        _print_json(once_report(outcomes, sent))
     else:
-        for o in outcomes:
-            extra = f" error: {o.error}" if o.error else ""
-            print(f"{o.feed:<24} {o.result:<13} entries={o.stories:<4} new={o.new:<4} "
-                  f"alerts={o.alerts}{extra}")
-        print(f"deliveries: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed")
+        print_once(outcomes, sent)
     failed = sum(1 for o in outcomes if o.result in ("failed", "gone"))
     if outcomes and failed == len(outcomes):
         return 2
@@ -409,10 +421,12 @@ def _load_rules_for(args: argparse.Namespace) -> RuleSet:
         if config is None:
             return load_rules(Path(args.rules), channels=None)
         return load_rules(Path(args.rules), channels=list(config.channels),
-                          default_channels=config.defaults.channels)
+                          default_channels=config.defaults.channels,
+                          default_digest_tz=config.digest.tz)
     assert config is not None
     return load_rules(config.rules_path, channels=list(config.channels),
-                      default_channels=config.defaults.channels)
+                      default_channels=config.defaults.channels,
+                      default_digest_tz=config.digest.tz)
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:

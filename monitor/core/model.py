@@ -186,6 +186,7 @@ class Match:
     cooldown: float = 0.0  # seconds; 0 = once per story cluster forever
     digest: str | None = None  # cron expression when the rule collects into a digest
     group: Grouping | None = None  # the rule groups its alerts (``group_by``)
+    digest_tz: str | None = None  # the IANA time zone the cron line is read in (None: UTC)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

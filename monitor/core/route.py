@@ -30,7 +30,9 @@ to save. Every decision about alerting is taken here, once:
   first alerts only for rules that had not alerted on it (or whose cooldown is over),
   and "carried by N" updates for those that had;
 * earlier alerts of rules that are disabled now are ignored;
-* a digest rule's delivery waits for the digest's next cron time (``next_attempt``);
+* a digest rule's delivery waits for the digest's next cron time (``next_attempt``), in
+  the digest's time zone (``Match.digest_tz``: the rule's ``digest.tz``, else the
+  config's ``digest.tz``, else UTC);
 * a grouped rule's delivery (``group_by``) gets its group key (``group_key``), and
   ``schedule_groups`` gives it the group's next slot (``group_slot``), knowing the
   group's stored state: its deliveries due together go out as one message.
@@ -311,7 +313,7 @@ def _digested(d: Delivery, now: datetime) -> Delivery:
     cron = d.alert.match.digest
     if not cron:
         return d
-    return replace(d, next_attempt=next_cron(cron, now) or now)
+    return replace(d, next_attempt=next_cron(cron, now, d.alert.match.digest_tz) or now)
 
 
 # --------------------------------------------------------------------------- grouping

@@ -15,7 +15,7 @@ inputs always give the same answer while different feeds still spread out.
 * :func:`retry_at`     after a failed delivery: exponential backoff, ``Retry-After`` as
   a lower bound, giving up after a while.
 * :func:`next_cron`    the next fire time of a digest's crontab expression;
-  :func:`validate_cron` says why one is invalid.
+  :func:`validate_cron` says why one is invalid, :func:`tz_problem` why a time zone is.
 * :func:`quiet_window` the quiet-hours window a time falls in, and
   :func:`last_quiet_window` the latest one that has ended (a channel's ``quiet``).
 """
@@ -273,6 +273,20 @@ def _triggers(expr: str, tz: str | None) -> list[CronTrigger]:
     if dom.startswith("*") or dow.startswith("*"):
         return [trig(dom, days if not dow.startswith("*") else "*")]
     return [trig(dom, "*"), trig("*", days)]
+
+
+def tz_problem(tz: str | None) -> str | None:
+    """None if ``tz`` is an IANA time zone name zoneinfo knows (or None: UTC), else why
+    not."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if tz is None:
+        return None
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {tz!r}: use an IANA name such as Europe/Berlin or UTC"
+    return None
 
 
 def validate_cron(expr: str, tz: str | None = None) -> str | None:

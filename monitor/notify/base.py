@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from monitor.core.model import Alert, SendResult
-from monitor.notify.render import DigestKind
+from monitor.notify.render import DigestKind, Part
 
 
 @runtime_checkable
@@ -41,15 +41,20 @@ class Notifier(Protocol):
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None, attempt: int = 1,
-                          created: datetime | None = None) -> SendResult:
+                          thread_ref: str | None = None, part: Part | None = None,
+                          attempt: int = 1, created: datetime | None = None) -> SendResult:
         """Deliver many alerts as ONE message (``key`` identifies it, e.g. for a stable
         email Message-ID): what a digest rule collected, a roll-up of one rule's alerts
         when the channel's queue is longer than its rate can send promptly, the alerts
         held back while the channel was down, a group's message, or what the channel's
         quiet hours held (``kind``). ``heading`` replaces the kind's default heading;
         ``thread_ref`` (a group's first message's ``Sent.ref``) threads a follow-up
-        under it."""
+        under it. ``part`` (k, n): the message is the k-th of a digest the dispatcher
+        split in n (it says "part k/n").
+
+        A notifier whose messages hold a limited number of stories says so with an
+        attribute ``digest_max`` (Slack 20, email 100; None or absent: no limit): the
+        dispatcher splits longer digests on story boundaries."""
         ...
 
     async def close(self) -> None:

@@ -26,7 +26,14 @@ from monitor.config import EmailChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger, scrub
 from monitor.notify.ratelimit import RateLimiter
-from monitor.notify.render import DigestKind, email_digest, email_message, message_key
+from monitor.notify.render import (
+    EMAIL_DIGEST_MAX,
+    DigestKind,
+    Part,
+    email_digest,
+    email_message,
+    message_key,
+)
 
 log = get_logger(__name__)
 
@@ -59,6 +66,8 @@ def _cert_error(e: BaseException) -> ssl.SSLCertVerificationError | None:
 class EmailNotifier:
     """Sends each alert as one email to ``cfg.to`` (one SMTP connection per message).
     A relative ``cfg.ca_file`` resolves against ``base_dir`` (the config file's directory)."""
+
+    digest_max = EMAIL_DIGEST_MAX  # stories per digest message; a longer digest is split
 
     def __init__(self, name: str, cfg: EmailChannel, base_dir: Path | None = None) -> None:
         self.name = name
@@ -160,13 +169,14 @@ class EmailNotifier:
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None, attempt: int = 1,
-                          created: datetime | None = None) -> SendResult:
+                          thread_ref: str | None = None, part: Part | None = None,
+                          attempt: int = 1, created: datetime | None = None) -> SendResult:
         msg = email_digest(
             alerts,
             kind=kind,
             heading=heading,
             thread_ref=thread_ref,
+            part=part,
             sender=self.cfg.from_,
             to=self.cfg.to,
             message_id_domain=self.domain,

@@ -15,7 +15,7 @@ from monitor.config import FileChannel
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger
 from monitor.notify.ratelimit import RateLimiter
-from monitor.notify.render import DigestKind, json_line
+from monitor.notify.render import DigestKind, Part, json_line
 
 log = get_logger(__name__)
 
@@ -56,10 +56,12 @@ class FileNotifier:
     ) -> SendResult:
         return await self._write(json_line(alert))
 
+    digest_max = None  # a file takes a digest of any length in one write
+
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None, attempt: int = 1,
-                          created: datetime | None = None) -> SendResult:
+                          thread_ref: str | None = None, part: Part | None = None,
+                          attempt: int = 1, created: datetime | None = None) -> SendResult:
         """One line per collected alert, written together."""
         return await self._write("\n".join(json_line(a) for a in alerts))
 

@@ -19,14 +19,20 @@ def build_notifiers(config: Config) -> dict[str, Notifier]:
         raise MonitorError(
             "cannot send: the secrets of channel(s) "
             f"{', '.join(sorted(config.unresolved_channels))} were not resolved")
-    out: dict[str, Notifier] = {}
-    for name, ch in config.channels.items():
-        if isinstance(ch, SlackChannel):
-            redact(ch.webhook_url, ch.token)
-            out[name] = SlackNotifier(name, ch)
-        elif isinstance(ch, EmailChannel):
-            redact(ch.password)
-            out[name] = EmailNotifier(name, ch, base_dir=config.resolve("."))
-        elif isinstance(ch, FileChannel):
-            out[name] = FileNotifier(name, ch, base_dir=config.resolve("."))
-    return out
+    return {name: build_notifier(config, name) for name in config.channels}
+
+
+def build_notifier(config: Config, name: str) -> Notifier:
+    """The notifier of one configured channel (``monitor notify test``): the other
+    channels' secrets need not be resolved. Registers its secrets with the log redactor."""
+    if name in config.unresolved_channels:
+        raise MonitorError(f"cannot send: the secrets of channel {name!r} were not resolved")
+    ch = config.channels[name]
+    if isinstance(ch, SlackChannel):
+        redact(ch.webhook_url, ch.token)
+        return SlackNotifier(name, ch)
+    if isinstance(ch, EmailChannel):
+        redact(ch.password)
+        return EmailNotifier(name, ch, base_dir=config.resolve("."))
+    assert isinstance(ch, FileChannel)
+    return FileNotifier(name, ch, base_dir=config.resolve("."))

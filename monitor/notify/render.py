@@ -80,6 +80,10 @@ FALLBACK_MAX = 3000
 URL_MAX = 2000  # longer links are shown without a link
 EXCERPT_SLACK = 300
 DIGEST_MAX = 20  # stories listed in one Slack digest (2 blocks each, Slack allows 50)
+#: Stories in one email digest: a longer digest goes as several messages ("part 1/2").
+#: 100 headlines with their links is about what a reader scrolls through in one mail
+#: (some 30-60 KB of HTML, far under any relay's size limit).
+EMAIL_DIGEST_MAX = 100
 EXCERPT_EMAIL = 1000
 SUBJECT_MAX = 200
 
@@ -347,8 +351,25 @@ def quiet_heading(alerts: Sequence[Alert], window: str) -> str:
     return f"While you were away ({clean_line(window)}): {n} " + ("story" if n == 1 else "stories")
 
 
-def digest_heading(alerts: Sequence[Alert], kind: DigestKind = "digest") -> str:
-    """The one-line heading of a message listing ``alerts``."""
+#: Which message of a digest split on story boundaries: (k, n) for "part k/n".
+Part = tuple[int, int]
+
+
+def part_text(part: Part | None) -> str:
+    return f"part {part[0]}/{part[1]}" if part is not None and part[1] > 1 else ""
+
+
+def _with_part(heading: str, part: Part | None) -> str:
+    return f"{heading} · {part_text(part)}" if part_text(part) else heading
+
+
+def digest_heading(alerts: Sequence[Alert], kind: DigestKind = "digest",
+                   part: Part | None = None) -> str:
+    """The one-line heading of a message listing ``alerts`` (``part`` of a longer digest)."""
+    return _with_part(_digest_heading(alerts, kind), part)
+
+
+def _digest_heading(alerts: Sequence[Alert], kind: DigestKind) -> str:
     n = len(alerts)
     stories = "story" if n == 1 else "stories"
     rule = clean_line(alerts[0].match.rule)
@@ -361,16 +382,18 @@ def digest_heading(alerts: Sequence[Alert], kind: DigestKind = "digest") -> str:
 
 
 def slack_digest(alerts: Sequence[Alert], *, limit: int = DIGEST_MAX,
-                 kind: DigestKind = "digest", heading: str | None = None) -> dict[str, Any]:
+                 kind: DigestKind = "digest", heading: str | None = None,
+                 part: Part | None = None) -> dict[str, Any]:
     """One Block Kit message listing the stories a digest rule collected (or a roll-up,
     the alerts held back while the channel was down, a group's message, what quiet hours
-    held: ``kind``). ``heading`` replaces the kind's default heading."""
+    held: ``kind``). ``heading`` replaces the kind's default heading; ``part`` (k, n)
+    when it is the k-th of n messages of one digest ("part 1/3" in the heading)."""
     first = alerts[0].match
     sev = first.severity.lower()
     emoji = {"stale": ":hourglass:", "quiet": ":crescent_moon:"}.get(
         kind, SEVERITY_EMOJI.get(sev, ":bell:"))
     n = len(alerts)
-    heading = heading or digest_heading(alerts, kind)
+    heading = _with_part(heading, part) if heading else digest_heading(alerts, kind, part)
     header = f"{emoji} {heading}"
     blocks: list[dict[str, Any]] = [
         {
@@ -525,18 +548,21 @@ def email_digest(
     kind: DigestKind = "digest",
     heading: str | None = None,
     thread_ref: str | None = None,
+    part: Part | None = None,
 ) -> EmailMessage:
     """One multipart message listing the stories a digest rule collected (or a roll-up,
     the alerts held back while the channel was down, a group's message, what quiet hours
     held: ``kind``). ``heading`` replaces the kind's default heading; ``thread_ref`` (a
-    group's first message's Message-ID) sets In-Reply-To / References."""
+    group's first message's Message-ID) sets In-Reply-To / References; ``part`` (k, n)
+    when it is the k-th of n messages of one digest ("(part 1/3)" in the subject)."""
     first = alerts[0].match
     n = len(alerts)
     msg = EmailMessage(policy=MAIL_POLICY)
-    heading = heading or digest_heading(alerts, kind)
+    heading = _with_part(heading, part) if heading else digest_heading(alerts, kind, part)
+    of = f" ({part_text(part)})" if part_text(part) else ""
     if kind == "digest":
         subject = (f"[{first.severity.upper()}] digest {first.rule}: {n} "
-                   + ("story" if n == 1 else "stories"))
+                   + ("story" if n == 1 else "stories") + of)
     else:
         subject = f"[{first.severity.upper()}] {heading}"
     msg["Subject"] = header_text(subject)
@@ -550,8 +576,8 @@ def email_digest(
         msg["In-Reply-To"] = ref
         msg["References"] = ref
     msg["X-Monitor-Rule"] = header_text(first.rule)
-    title_line = (f"Digest of rule {clean_line(first.rule)}: {n} stories" if kind == "digest"
-                  else heading)
+    title_line = (f"Digest of rule {clean_line(first.rule)}: {n} stories{of}"
+                  if kind == "digest" else heading)
     text_lines = [title_line, ""]
     items = []
     for a in alerts:

@@ -57,7 +57,9 @@ from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger, scrub
 from monitor.notify.ratelimit import RateLimiter
 from monitor.notify.render import (
+    DIGEST_MAX,
     DigestKind,
+    Part,
     message_key,
     slack_digest,
     slack_edit,
@@ -147,6 +149,8 @@ def quick_retry() -> list[AsyncRetryHandler]:
 
 class SlackNotifier:
     """Posts alerts to one Slack channel (webhook or bot token)."""
+
+    digest_max = DIGEST_MAX  # stories per digest message; a longer digest is split
 
     def __init__(self, name: str, cfg: SlackChannel) -> None:
         self.name = name
@@ -249,9 +253,9 @@ class SlackNotifier:
 
     async def send_digest(self, alerts: Sequence[Alert], *, key: str,
                           kind: DigestKind = "digest", heading: str | None = None,
-                          thread_ref: str | None = None, attempt: int = 1,
-                          created: datetime | None = None) -> SendResult:
-        payload = slack_digest(alerts, kind=kind, heading=heading)
+                          thread_ref: str | None = None, part: Part | None = None,
+                          attempt: int = 1, created: datetime | None = None) -> SendResult:
+        payload = slack_digest(alerts, kind=kind, heading=heading, part=part)
         result = await self._call(
             lambda web: self._send_api(web, payload, thread_ref, key=key, attempt=attempt,
                                        created=created),

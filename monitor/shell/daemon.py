@@ -74,6 +74,7 @@ def load_active_rules(config: Config, now: datetime) -> ActiveRules:
         channels=list(config.channels),
         feeds=[f.name for f in config.feeds],
         default_channels=config.defaults.channels,
+        default_digest_tz=config.digest.tz,
     )
     return ActiveRules(ruleset=ruleset, matcher=compile_rules(ruleset), loaded_at=now)
 

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from monitor.config import DeliveryConfig, QuietHours
@@ -83,8 +83,14 @@ class DispatchResult:
     grouped: int = 0  # of ``sent``: in a group's message (a rule's ``group_by``)
     quiet: int = 0  # of ``sent``: in a "while you were away" digest (quiet hours)
     held: int = 0  # given back until the channel's quiet hours end (not attempted)
+    #: the same counts per channel (``run_once``: `monitor once` shows them); deliveries
+    #: of channels no longer configured are in the totals only
+    by_channel: Mapping[str, DispatchResult] = field(default_factory=dict, compare=False)
 
     def __add__(self, other: DispatchResult) -> DispatchResult:
+        channels = dict(self.by_channel)
+        for ch, r in other.by_channel.items():
+            channels[ch] = channels[ch] + r if ch in channels else r
         return DispatchResult(
             sent=self.sent + other.sent,
             retrying=self.retrying + other.retrying,
@@ -94,7 +100,13 @@ class DispatchResult:
             grouped=self.grouped + other.grouped,
             quiet=self.quiet + other.quiet,
             held=self.held + other.held,
+            by_channel=channels,
         )
+
+    def counts(self) -> dict[str, int]:
+        return {"sent": self.sent, "rolled_up": self.rolled_up, "stale": self.stale,
+                "grouped": self.grouped, "quiet": self.quiet, "held": self.held,
+                "retrying": self.retrying, "failed": self.failed}
 
 
 class Dispatcher:
@@ -188,14 +200,15 @@ class Dispatcher:
     async def run_once(self) -> DispatchResult:
         """Send everything due now, every channel at once, and return what happened. A
         paused channel (429) keeps its deliveries for later."""
+        channels = list(self.notifiers)
         results = await asyncio.gather(
-            *(self.drain_channel(ch) for ch in self.notifiers), self._drain_strays(),
+            *(self.drain_channel(ch) for ch in channels), self._drain_strays(),
             return_exceptions=True,
         )
         total = DispatchResult()
-        for r in results:
+        for ch, r in zip([*channels, None], results, strict=True):
             if isinstance(r, DispatchResult):
-                total = total + r
+                total = total + (replace(r, by_channel={ch: r}) if ch is not None else r)
             elif isinstance(r, BaseException):
                 # the store failed mid-round: what was claimed and not marked is retried
                 # after its lease; say so, and let the next round try again
@@ -658,20 +671,56 @@ class Dispatcher:
     async def _send_digest(
         self, channel: str, notifier: Notifier | None, group: list[Delivery]
     ) -> DispatchResult:
-        """The alerts a digest rule collected, as one message; all sent or all retried."""
-        rule = group[0].alert.match.rule
+        """The alerts a digest rule collected, as one message; all sent or all retried.
+
+        A digest longer than a message of the channel holds (the notifier's
+        ``digest_max``: Slack 20 stories, email 100) goes as several, split on story
+        boundaries, oldest first, each saying "part k/n". Progress is recorded per part:
+        a part's deliveries are marked sent as soon as the peer accepted it, so when part 2
+        fails after part 1 went out, only parts 2..n are retried (and part 1 is never
+        sent twice). The retry splits what is left anew ("part 1/1" for one part left).
+        Each part's key, and so its email Message-ID, derives from its first delivery: a
+        part resent after a crash between the peer's answer and the store's record has
+        the same Message-ID."""
         ids = [d.id for d in group if d.id is not None]
         if notifier is None:
             for i in ids:
                 await self.store.mark_failed(
                     i, self.clock(), f"channel {channel!r} is not configured any more", None)
             return DispatchResult(failed=len(ids))
+        size = getattr(notifier, "digest_max", None)
+        step = size if isinstance(size, int) and size > 0 else len(group)
+        parts = [group[i:i + step] for i in range(0, len(group), step)]
+        result = DispatchResult()
+        for k, part in enumerate(parts):
+            rest = [d for p in parts[k:] for d in p]
+            if k and self.stopping:  # the parts sent are recorded; the rest waits
+                for d in rest:
+                    if d.id is not None:
+                        await self.store.release(d.id, self.clock())
+                break
+            r, ok = await self._send_digest_part(
+                channel, notifier, part, rest, (k + 1, len(parts)) if len(parts) > 1 else None)
+            result = result + r
+            if not ok:
+                break
+        return result
+
+    async def _send_digest_part(
+        self, channel: str, notifier: Notifier, part: list[Delivery], rest: list[Delivery],
+        of: tuple[int, int] | None,
+    ) -> tuple[DispatchResult, bool]:
+        """One message of a digest (``part``); on failure, ``rest`` (this part and the
+        ones after it) is retried or given up. Returns what happened and whether it was
+        accepted."""
+        rule = part[0].alert.match.rule
+        ids = [d.id for d in part if d.id is not None]
         key = f"digest:{rule}:{channel}:{min(ids)}"
         try:
+            alerts = [d.alert for d in part]
             outcome = await notifier.send_digest(
-                [d.alert for d in group], key=key,
-                attempt=max(d.attempts for d in group) + 1,
-                created=min(d.created for d in group))
+                alerts, key=key, part=of, attempt=max(d.attempts for d in part) + 1,
+                created=min(d.created for d in part))
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
@@ -680,8 +729,10 @@ class Dispatcher:
             await self.store.mark_sent_many(ids, now, outcome.ref)
             self._failing.pop(channel, None)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
-            log.info("digest.sent", channel=channel, rule=rule, stories=len(ids))
-            return DispatchResult(sent=len(ids))
+            log.info("digest.sent", channel=channel, rule=rule, stories=len(ids),
+                     **({"part": f"{of[0]}/{of[1]}"} if of else {}))
+            return DispatchResult(sent=len(ids)), True
+        ids = [d.id for d in rest if d.id is not None]
         if outcome.rate_limited:
             until = now + timedelta(seconds=outcome.retry_after or DEFAULT_PAUSE)
             self._pause(channel, until)
@@ -689,10 +740,11 @@ class Dispatcher:
                 await self.store.release(i, until)
             log.info("channel.paused", channel=channel, seconds=outcome.retry_after,
                      reason=outcome.reason, until=until.isoformat())
-            return DispatchResult(retrying=len(ids))
-        first = group[0]
+            return DispatchResult(retrying=len(ids)), False
+        first = part[0]
         # a digest's delivery starts when it fires, not when its first story matched
-        fired = next_cron(first.alert.match.digest or "", first.created) or first.created
+        fired = next_cron(first.alert.match.digest or "", first.created,
+                          first.alert.match.digest_tz) or first.created
         fired = max(fired, first.requeued or fired)  # `monitor outbox retry` restarts it
         nxt = (
             retry_at(now=now, created=fired, attempts=first.attempts + 1,
@@ -706,10 +758,11 @@ class Dispatcher:
         for i in ids:
             await self.store.mark_failed(i, now, scrub(outcome.reason), nxt)
         log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),
-                    error=outcome.reason, retry=nxt is not None)
+                    error=outcome.reason, retry=nxt is not None,
+                    **({"part": f"{of[0]}/{of[1]}"} if of else {}))
         if nxt is None:
-            return DispatchResult(failed=len(ids))
-        return DispatchResult(retrying=len(ids))
+            return DispatchResult(failed=len(ids)), False
+        return DispatchResult(retrying=len(ids)), False
 
     async def close(self) -> None:
         for n in self.notifiers.values():

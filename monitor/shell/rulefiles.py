@@ -31,6 +31,7 @@ def load_rules(
     channels: Collection[str] | None,
     feeds: Collection[str] = (),
     default_channels: tuple[str, ...] = (),
+    default_digest_tz: str | None = None,
 ) -> RuleSet:
     """Read, validate and return every rule and actor under ``path`` (a directory of
     ``.yaml``/``.yml`` files, or one file).
@@ -44,4 +45,4 @@ def load_rules(
         raise RulesError([Problem(str(path), None, None, "rules path does not exist; create it or set rules: in the config")])
     files = [read_rule_file(p) for p in rule_files(path)]
     return parse_rules(path, files, channels=channels, feeds=feeds,
-                       default_channels=default_channels)
+                       default_channels=default_channels, default_digest_tz=default_digest_tz)

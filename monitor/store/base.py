@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState, Story
+from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, GroupState, Story
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,6 +46,19 @@ class DeliveryStatus:
     sent_at: datetime | None
     last_error: str | None
     ref: str | None
+
+
+#: The ``state`` filter of ``Store.delivery_log``: a stored state, or ``held``.
+LOG_STATES: tuple[str, ...] = ("pending", "sent", "failed", "held")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeliveryRecord:
+    """An outbox row with the alert it carries (``monitor alerts``)."""
+
+    status: DeliveryStatus
+    rule: str
+    alert: Alert | None  # None when the stored payload cannot be read any more
 
 
 @runtime_checkable
@@ -182,6 +195,18 @@ class Store(Protocol):
 
     async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
         """Outbox rows for operators, newest first, optionally filtered by state."""
+
+    async def delivery_log(
+        self, *, since: datetime, now: datetime, rule: str | None = None,
+        channel: str | None = None, state: str | None = None, limit: int = 1000,
+    ) -> list[DeliveryRecord]:
+        """What the outbox did since ``since``, for ``monitor alerts``: deliveries created,
+        last tried or sent at or after ``since``, newest first (by ``created``, then id),
+        at most ``limit``; only those of ``rule`` and/or ``channel`` when given.
+
+        ``state`` is a stored state (``pending``, ``sent``, ``failed``) or ``held``: pending
+        and not due at ``now`` (``next_attempt > now``: a digest waiting for its time, a
+        retry waiting out its backoff, a claim in flight). ``pending`` includes the held."""
 
     async def last_alert(self, cluster: str, rule: str, channel: str) -> datetime | None:
         """When an alert for this cluster × rule × channel was last created (cooldown)."""

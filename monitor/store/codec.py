@@ -224,6 +224,7 @@ def match_to_dict(m: Match) -> dict[str, Any]:
         "cooldown": m.cooldown,
         "digest": m.digest,
         **({"group": _grouping_to_dict(m.group)} if m.group else {}),
+        **({"digest_tz": m.digest_tz} if m.digest_tz is not None else {}),
     }
 
 
@@ -263,6 +264,7 @@ def match_from_dict(d: Mapping[str, Any]) -> Match:
         cooldown=float(cooldown),
         digest=_opt(d, "digest", str, what),
         group=_grouping_from_dict(d.get("group"), what),
+        digest_tz=_opt(d, "digest_tz", str, what),
     )
 
 
@@ -309,6 +311,15 @@ def alert_to_json(a: Alert) -> str:
 
 def alert_from_json(text: str | bytes) -> Alert:
     return alert_from_dict(_loads(text, "alert payload"))
+
+
+def readable_alert(text: str | bytes) -> Alert | None:
+    """An outbox payload for operators to read (``monitor alerts``): None when it cannot
+    be decoded, rather than failing the whole listing."""
+    try:
+        return alert_from_json(text)
+    except CodecError:
+        return None
 
 
 # -- lists of strings (cluster sources) ---------------------------------------------------

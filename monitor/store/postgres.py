@@ -32,7 +32,13 @@ from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
 from monitor.errors import CodecError, StoreError
 from monitor.log import get_logger, redact_url
 from monitor.store import migrations
-from monitor.store.base import DeliveryStatus, StoredStory, parents_first
+from monitor.store.base import (
+    LOG_STATES,
+    DeliveryRecord,
+    DeliveryStatus,
+    StoredStory,
+    parents_first,
+)
 from monitor.store.codec import (
     FEED_COLUMNS,
     alert_to_json,
@@ -40,6 +46,7 @@ from monitor.store.codec import (
     delivery_from_row,
     feed_from_row,
     feed_to_row,
+    readable_alert,
     story_from_json,
     story_to_json,
     strs_from_json,
@@ -716,6 +723,30 @@ class PostgresStore:
                 limit,
             )
         return [_status(r) for r in rows]
+
+    async def delivery_log(
+        self, *, since: datetime, now: datetime, rule: str | None = None,
+        channel: str | None = None, state: str | None = None, limit: int = 1000,
+    ) -> list[DeliveryRecord]:
+        if state is not None and state not in LOG_STATES:
+            raise ValueError(f"state must be one of {', '.join(LOG_STATES)}, not {state!r}")
+        async with self._con("delivery_log") as con:
+            rows = await con.fetch(
+                f"SELECT {_DELIVERY_COLUMNS}, rule, payload FROM deliveries "
+                "WHERE (created >= $1 OR last_attempt >= $1 OR sent_at >= $1) "
+                "AND ($2::text IS NULL OR rule = $2) AND ($3::text IS NULL OR channel = $3) "
+                "AND ($4::text IS NULL OR state = $4 "
+                "     OR ($4 = 'held' AND state = 'pending' AND next_attempt > $5)) "
+                "ORDER BY created DESC, id DESC LIMIT $6",
+                utc(since),
+                None if rule is None else _text(rule),
+                None if channel is None else _text(channel),
+                state,
+                utc(now),
+                max(0, limit),
+            )
+        return [DeliveryRecord(status=_status(r), rule=r["rule"],
+                               alert=readable_alert(r["payload"])) for r in rows]
 
     async def last_alert(self, cluster: str, rule: str, channel: str) -> datetime | None:
         async with self._con("last_alert") as con:

@@ -33,7 +33,13 @@ from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
 from monitor.errors import CodecError, StoreError
 from monitor.log import get_logger
 from monitor.store import migrations
-from monitor.store.base import DeliveryStatus, StoredStory, parents_first
+from monitor.store.base import (
+    LOG_STATES,
+    DeliveryRecord,
+    DeliveryStatus,
+    StoredStory,
+    parents_first,
+)
 from monitor.store.codec import (
     FEED_COLUMNS,
     alert_to_json,
@@ -45,6 +51,7 @@ from monitor.store.codec import (
     feed_to_row,
     opt_dt_from_text,
     opt_dt_to_text,
+    readable_alert,
     story_from_json,
     story_to_json,
     strs_from_json,
@@ -801,6 +808,39 @@ class SQLiteStore:
             return [_status(r) for r in rows]
 
         return await self._run("deliveries", work)
+
+    async def delivery_log(
+        self, *, since: datetime, now: datetime, rule: str | None = None,
+        channel: str | None = None, state: str | None = None, limit: int = 1000,
+    ) -> list[DeliveryRecord]:
+        if state is not None and state not in LOG_STATES:
+            raise ValueError(f"state must be one of {', '.join(LOG_STATES)}, not {state!r}")
+
+        def work(con: sqlite3.Connection) -> list[DeliveryRecord]:
+            s = dt_to_text(since)
+            where = ["(created >= ? OR last_attempt >= ? OR sent_at >= ?)"]
+            args: list[object] = [s, s, s]
+            if rule is not None:
+                where.append("rule = ?")
+                args.append(_k(rule))
+            if channel is not None:
+                where.append("channel = ?")
+                args.append(_k(channel))
+            if state == "held":
+                where.append("state = 'pending' AND next_attempt > ?")
+                args.append(dt_to_text(now))
+            elif state is not None:
+                where.append("state = ?")
+                args.append(state)
+            rows = con.execute(
+                f"SELECT {_DELIVERY_COLUMNS}, rule, payload FROM deliveries "
+                f"WHERE {' AND '.join(where)} ORDER BY created DESC, id DESC LIMIT ?",
+                (*args, max(0, limit)),
+            ).fetchall()
+            return [DeliveryRecord(status=_status(r), rule=r["rule"],
+                                   alert=readable_alert(r["payload"])) for r in rows]
+
+        return await self._run("delivery_log", work)
 
     async def last_alert(self, cluster: str, rule: str, channel: str) -> datetime | None:
         def work(con: sqlite3.Connection) -> datetime | None:

@@ -51,7 +51,9 @@ language is out of a language-scoped rule). Corroboration: ``min_sources: 3`` di
 carry the story cluster within ``window`` (default 24h). Action: ``severity``
 (info/low/medium/high/critical, default medium), ``channels`` (default: the config's default
 channels), ``cooldown`` (per rule and story cluster; 0 = once ever), ``digest`` (a crontab line,
-e.g. ``"0 8 * * *"``: collect and send on that schedule instead of at once), ``enabled: false``.
+e.g. ``"0 8 * * *"``: collect and send on that schedule instead of at once; read in UTC, or in
+the config's ``digest.tz``, or ``digest: {cron: "0 8 * * 1-5", tz: Europe/Berlin}``),
+``enabled: false``.
 Grouping (opt-in, Alertmanager's semantics; see ``monitor.core.route``): ``group_by`` (any of
 rule, actors, tags, feed), ``group_wait`` (default 30s: the first message waits this long and
 carries what matched meanwhile), ``group_interval`` (default 5m: at most one threaded follow-up
@@ -88,7 +90,7 @@ from monitor.core.rules.expr import (
 )
 from monitor.core.rules.model import DEFAULT_WINDOW, ActorDef, Rule, RuleSet
 from monitor.core.rules.terms import TermError, TermSpec, parse_term, term_mapping
-from monitor.core.schedule import validate_cron
+from monitor.core.schedule import tz_problem, validate_cron
 from monitor.core.units import parse_duration
 from monitor.core.yamlpos import Positions, load_yaml, locate
 from monitor.errors import Problem, RulesError, YamlError
@@ -130,6 +132,11 @@ class _NearModel(_Model):
     same_sentence: bool = False
 
 
+class _DigestModel(_Model):
+    cron: str
+    tz: str | None = None
+
+
 class _RuleModel(_Model):
     name: str = Field(min_length=1)
     description: str = ""
@@ -153,7 +160,7 @@ class _RuleModel(_Model):
     severity: Literal["info", "low", "medium", "high", "critical"] = "medium"
     channels: StrList | None = None
     cooldown: Annotated[float, BeforeValidator(_duration0)] = 0.0
-    digest: str | None = None
+    digest: str | _DigestModel | None = None
     group_by: Annotated[list[GroupLabel], BeforeValidator(_listify)] | None = None
     group_wait: Annotated[float, BeforeValidator(_duration0)] | None = None
     group_interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None = None
@@ -176,8 +183,9 @@ class _File:
 
 
 class _Loader:
-    def __init__(self, channels: Collection[str] | None, feeds: Collection[str], default_channels: tuple[str, ...]) -> None:
+    def __init__(self, channels: Collection[str] | None, feeds: Collection[str], default_channels: tuple[str, ...], default_digest_tz: str | None = None) -> None:
         self.check_channels = channels is not None
+        self.default_digest_tz = default_digest_tz
         self.hasher = hashlib.sha256()
         self.channels = set(channels or ())
         self.feeds = set(feeds)
@@ -301,7 +309,8 @@ class _Loader:
             severity=m.severity,
             channels=channels,
             cooldown=m.cooldown,
-            digest=m.digest,
+            digest=m.digest.cron if isinstance(m.digest, _DigestModel) else m.digest,
+            digest_tz=((m.digest.tz if isinstance(m.digest, _DigestModel) else None) or self.default_digest_tz) if m.digest is not None else None,
             group=_grouping(m),
             path=f.path,
             line=pos[0] if pos else None,
@@ -399,9 +408,16 @@ class _Loader:
     def _check_timing(self, f: _File, where: YPath, m: _RuleModel, label: str) -> None:
         """The digest's cron line, and a window only where there is corroboration to count."""
         if m.digest is not None:
-            why = validate_cron(m.digest)
+            cron: str = m.digest if isinstance(m.digest, str) else m.digest.cron
+            at: YPath = (*where, "digest")
+            if isinstance(m.digest, _DigestModel):
+                at = (*where, "digest", "cron")
+                why_tz = tz_problem(m.digest.tz)
+                if why_tz is not None:
+                    self.problem(f, (*where, "digest", "tz"), f"{label}: digest: tz: {why_tz}")
+            why = validate_cron(cron)
             if why is not None:
-                self.problem(f, (*where, "digest"), f'{label}: digest: bad cron line {m.digest!r}: {why}; expected 5 fields "minute hour day month weekday" as crontab reads them (weekday 0 or 7 = Sunday), e.g. "0 8 * * 1-5" for 08:00 UTC Monday to Friday')
+                self.problem(f, at, f'{label}: digest: bad cron line {cron!r}: {why}; expected 5 fields "minute hour day month weekday" as crontab reads them (weekday 0 or 7 = Sunday), e.g. "0 8 * * 1-5" for 08:00 UTC Monday to Friday (in local time: digest: {{cron: "0 8 * * 1-5", tz: Europe/Berlin}})')
         if m.window is not None and m.min_sources <= 1:
             self.problem(f, (*where, "window"), f"{label}: window: only makes sense with min_sources: 2 or more")
         self._check_grouping(f, where, m, label)
@@ -555,15 +571,17 @@ def parse_rules(
     channels: Collection[str] | None,
     feeds: Collection[str] = (),
     default_channels: tuple[str, ...] = (),
+    default_digest_tz: str | None = None,
 ) -> RuleSet:
     """Validate and return every rule and actor of ``files`` (the rule files under
-    ``path``, in order).
+    ``path``, in order). ``default_digest_tz``: the time zone of digests whose rule names
+    none (the config's ``digest.tz``; validated there).
 
     Raises ``RulesError`` listing every problem (``file:line:column: message``); the set is
     valid as a whole or rejected as a whole. ``channels=None`` skips the check of channel
     names (offline tools without a config).
     """
-    loader = _Loader(channels, feeds, tuple(default_channels))
+    loader = _Loader(channels, feeds, tuple(default_channels), default_digest_tz)
     loaded = [f for f in (loader.read(rf) for rf in files) if f is not None]
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}

@@ -746,6 +746,7 @@ def _match(rule: Rule, text: TextMatch) -> Match:
         cooldown=rule.cooldown,
         digest=rule.digest,
         group=rule.group,
+        digest_tz=rule.digest_tz,
     )
 
 

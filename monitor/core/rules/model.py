@@ -52,6 +52,7 @@ class Rule:
     cooldown: float = 0.0
     digest: str | None = None
     group: Grouping | None = None  # ``group_by`` and its timers, when the rule groups
+    digest_tz: str | None = None  # IANA zone of the digest's cron line (None: UTC)
     path: str = ""
     line: int | None = None
 
