@@ -13,6 +13,7 @@ Slack-compatible peer: kill -9 in the middle of a send, and a storm of 429s.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -205,9 +206,29 @@ async def test_a_burst_of_200_matches_is_bounded_per_channel_and_loses_nothing(
         assert 1 <= len(slack) <= 20, len(slack)  # roll-ups, not 200 messages
         assert all("burst:" in m["text"] and "new stories" in m["text"] for m in slack)
         assert 1 <= len(smtp_server.messages) <= 20, len(smtp_server.messages)
-        # every story is named by a roll-up or counted in one
-        listed = sum(int(m["text"].split("burst: ")[1].split(" ")[0]) for m in slack)
-        assert listed == 200
+        # every story is named (linked) by a roll-up, none only counted
+        named = {f"https://wire.example.org/{i}" for i in range(200)
+                 if any(f"https://wire.example.org/{i}|" in json.dumps(m["payload"])
+                        for m in slack)}
+        assert len(named) == 200
+        assert not any("more (see the audit log)" in json.dumps(m["payload"]) for m in slack)
+        # and `monitor alerts` accounts for every story on every channel
+        import sys
+
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "monitor", "--config", str(cfg), "alerts", "--since", "1h",
+            "--limit", "1000", "--json", stdout=asyncio.subprocess.PIPE, cwd=str(ROOT))
+        stdout, _ = await cli.communicate()
+        assert cli.returncode == 0
+        listed = json.loads(stdout)["deliveries"]
+        assert len(listed) == 600
+        by_channel: dict[str, set[str]] = {}
+        for row in listed:
+            assert row["state"] in ("rolled up", "sent"), row
+            by_channel.setdefault(row["channel"], set()).add(row["link"])
+        assert {ch: len(links) for ch, links in by_channel.items()} == {
+            "slack-news": 200, "email-oncall": 200, "audit-file": 200}
+        assert {r["state"] for r in listed if r["channel"] == "slack-news"} == {"rolled up"}
         assert await d.stop() == 0
     finally:
         if d.proc is not None and d.proc.returncode is None:

@@ -196,7 +196,8 @@ async def test_a_window_across_the_dst_change_to_the_file_channel(
 async def test_a_long_queue_held_overnight_is_still_one_digest(
     store: SQLiteStore, slack_server: SlackServer
 ) -> None:
-    """More held alerts than one claim takes: the end-of-window digest claims them all."""
+    """More held alerts than one claim takes: the end-of-window digest claims them all,
+    and, as more than a Slack message lists (20), goes in parts that name every story."""
     clock = Clock(utc("2026-01-15 23:00"))
     q = Queue(store, clock)
     slack = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
@@ -209,5 +210,8 @@ async def test_a_long_queue_held_overnight_is_still_one_digest(
     r = await dsp.run_once()
     assert (r.sent, r.quiet) == (120, 120)
     assert [m["text"] for m in slack_server.messages] == [
-        "While you were away (22:00\u201307:00): 120 stories"]
+        f"While you were away (22:00\u201307:00): 120 stories · part {k}/6"
+        for k in range(1, 7)]
+    listed = json.dumps([m["payload"]["blocks"] for m in slack_server.messages])
+    assert "more (see the audit log)" not in listed
     await dsp.close()

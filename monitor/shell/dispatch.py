@@ -517,8 +517,37 @@ class Dispatcher:
         refs: dict[str, str], *, heading: str | None = None, thread_ref: str | None = None,
     ) -> DispatchResult:
         """One message for ``group`` (a roll-up, held-back alerts, a group's message, what
-        quiet hours held); all or nothing. A threaded message (``thread_ref``) marks its
-        deliveries with the thread's root, so that what follows threads there too."""
+        quiet hours held), or, when it lists more stories than a message of the channel
+        shows (the notifier's ``digest_max``: Slack 20), several on story boundaries,
+        each saying "part k/n": every story listed is named, never only counted. A part
+        that fails keeps the rest back (retried with the channel)."""
+        size = getattr(notifier, "digest_max", None)
+        if not isinstance(size, int) or size <= 0 or len(group) <= size:
+            return await self._send_summary_part(channel, notifier, group, kind, refs,
+                                                 heading=heading, thread_ref=thread_ref)
+        parts = [group[i:i + size] for i in range(0, len(group), size)]
+        result = DispatchResult()
+        for k, part in enumerate(parts):
+            if self.stopping or self.paused_until(channel) is not None:
+                until = self.paused_until(channel) or self.clock()
+                rest = [d for p in parts[k:] for d in p if d.id is not None]
+                for d in rest:
+                    assert d.id is not None
+                    await self.store.release(d.id, until)
+                return result + DispatchResult(retrying=len(rest))
+            result = result + await self._send_summary_part(
+                channel, notifier, part, kind, refs, heading=heading, thread_ref=thread_ref,
+                part=(k + 1, len(parts)))
+        return result
+
+    async def _send_summary_part(
+        self, channel: str, notifier: Notifier, group: list[Delivery], kind: DigestKind,
+        refs: dict[str, str], *, heading: str | None = None, thread_ref: str | None = None,
+        part: tuple[int, int] | None = None,
+    ) -> DispatchResult:
+        """One message for ``group``; all or nothing. A threaded message
+        (``thread_ref``) marks its deliveries with the thread's root, so that what follows
+        threads there too."""
         ids = [d.id for d in group if d.id is not None]
         key = f"{kind}:{channel}:{min(ids)}"
         outcome: SendResult
@@ -527,15 +556,10 @@ class Dispatcher:
         attempt = max(d.attempts for d in group) + 1
         created = min(d.created for d in group)
         try:
-            if heading is None and thread_ref is None:
-                outcome = await notifier.send_digest([d.alert for d in group], key=key,
-                                                     kind=kind, attempt=attempt,
-                                                     created=created)
-            else:
-                outcome = await notifier.send_digest([d.alert for d in group], key=key,
-                                                     kind=kind, heading=heading,
-                                                     thread_ref=thread_ref, attempt=attempt,
-                                                     created=created)
+            outcome = await notifier.send_digest([d.alert for d in group], key=key,
+                                                 kind=kind, heading=heading,
+                                                 thread_ref=thread_ref, part=part,
+                                                 attempt=attempt, created=created)
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
