@@ -36,6 +36,7 @@ from monitor.store import migrations
 from monitor.store.base import DeliveryStatus, StoredStory, parents_first
 from monitor.store.codec import (
     FEED_COLUMNS,
+    alert_title,
     alert_to_json,
     column_text,
     delivery_from_row,
@@ -88,7 +89,8 @@ _DELIVERY_INSERT = (
     "ON CONFLICT (key) DO NOTHING RETURNING id"
 )
 _DELIVERY_COLUMNS = (
-    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref"
+    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref, "
+    "rule, cluster, parent_key, payload"
 )
 
 
@@ -146,6 +148,10 @@ def _status(row: sqlite3.Row) -> DeliveryStatus:
         sent_at=opt_dt_from_text(row["sent_at"]),
         last_error=row["last_error"],
         ref=row["ref"],
+        rule=row["rule"],
+        cluster=row["cluster"],
+        parent_key=row["parent_key"],
+        title=alert_title(row["payload"]),
     )
 
 
@@ -786,6 +792,17 @@ class SQLiteStore:
             return int(con.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0])
 
         return await self._run("count_pending", work)
+
+    async def rule_hits(self, since: datetime) -> dict[str, int]:
+        def work(con: sqlite3.Connection) -> dict[str, int]:
+            rows = con.execute(
+                "SELECT rule, COUNT(DISTINCT cluster) FROM deliveries "
+                "WHERE parent_key IS NULL AND created >= ? GROUP BY rule",
+                (dt_to_text(since),),
+            ).fetchall()
+            return {str(r[0]): int(r[1]) for r in rows}
+
+        return await self._run("rule_hits", work)
 
 
 def _merge(con: sqlite3.Connection, merges: Sequence[tuple[str, str]]) -> None:
