@@ -333,10 +333,10 @@ class Config(_Model):
 
 
 def loopback_host(host: str) -> bool:
-    """``127.0.0.1``, ``127.x.y.z``, ``::1`` and ``localhost``: True. Any other name, and
-    the empty host (every interface), False."""
+    """``127.0.0.1``, ``127.x.y.z``, ``::1``, ``localhost`` and no host at all (``:9464``:
+    the server binds 127.0.0.1): True. Any other name or address (``0.0.0.0``), False."""
     host = host.strip("[]").lower()
-    if host == "localhost":
+    if host in ("localhost", ""):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
