@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make demo ARGS=--keep`: then the daemon and its status page (127.0.0.1:9464) stay up
 demo: $(STAMP)
-	$(BIN)/monitor demo
+	$(BIN)/monitor demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -156,7 +156,8 @@ def alert_rows(deliveries: Sequence[DeliveryStatus], now: datetime,
                 "created": when(d.created, now),
                 "title": clean(d.title) if d.title else f"(story {d.cluster})",
                 "rule": d.rule,
-                "update": d.parent_key is not None,
+                # (not "update": a template's ``row.update`` would be the dict's method)
+                "is_update": d.parent_key is not None,
                 "deliveries": [],
             }
         row["deliveries"].append(_delivery(d, now, clean))
