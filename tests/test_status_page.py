@@ -145,9 +145,6 @@ async def daemon(tmp_path: Path, feed_server: FeedServer, slack_server: SlackSer
 
 async def test_the_page_of_a_running_daemon_in_chromium(
         daemon: tuple[DaemonProc, int], feed_server: FeedServer) -> None:
-    needs_browser()
-    from selenium.webdriver.common.by import By
-
     d, port = daemon
     base = f"http://127.0.0.1:{port}"
     bearer = {"Authorization": f"Bearer {STATUS_TOKEN}"}
@@ -178,6 +175,10 @@ async def test_the_page_of_a_running_daemon_in_chromium(
     assert (await get(base + "/metrics"))[0] == 401
     assert (await get(base + "/", {"Authorization": "Bearer wrong"}))[0] == 401
     assert (await get(base + "/metrics", bearer))[0] == 200
+    assert_no_secret(page["text"])
+
+    needs_browser()  # what a person sees, from here on
+    from selenium.webdriver.common.by import By
 
     def look() -> dict[str, Any]:
         with chromium() as browser:
