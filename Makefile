@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 # installing reports on stderr, so that `make bench` prints nothing but its JSON on stdout
 $(STAMP): pyproject.toml
@@ -15,10 +15,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make demo ARGS=--keep`: then the daemon and its status page (127.0.0.1:9464) stay up
 demo: $(STAMP)
-	$(BIN)/monitor demo
+	$(BIN)/monitor demo $(ARGS)
 
-test: $(STAMP)
+# the status page is tested in a real headless Chromium (Debian's chromium + chromium-driver):
+# installed with apt where that is possible (root, apt-get present); elsewhere its tests
+# skip and say why
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (apt) for the status page tests ..." >&2; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver; } >&2 \
+		|| echo "could not install chromium: the browser tests will be skipped" >&2; \
+	else echo "no chromium/chromedriver and no apt as root: the browser tests will be skipped" >&2; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -6,6 +6,7 @@ at once (``ConfigError.problems``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -270,9 +271,45 @@ class DigestConfig(_Model):
         return v
 
 
+class ServerAuth(_Model):
+    """Credentials the status page and ``/metrics`` ask for (``/healthz`` and ``/readyz``
+    stay open for probes): a bearer token, or a user name and password (HTTP basic auth),
+    or both. Give them from the environment: ``token: ${MONITOR_STATUS_TOKEN}``."""
+
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    @field_validator("token", "user", "password", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _complete(self) -> ServerAuth:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("basic auth needs both user and password")
+        if self.token is None and self.user is None:
+            raise ValueError("auth needs a token, or a user and password (an environment "
+                             "variable that is set but empty gives none)")
+        return self
+
+
 class ServerConfig(_Model):
     listen: str = "127.0.0.1:9464"
     enabled: bool = True
+    # required by the status page and /metrics when set; required to be set when
+    # ``listen`` is not a loopback address (checked by ``parse_config``)
+    auth: ServerAuth | None = None
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def loopback(self) -> bool:
+        """Is ``listen`` reachable from this machine only?"""
+        return loopback_host(self.host)
 
     @field_validator("listen")
     @classmethod
@@ -365,6 +402,18 @@ class Config(_Model):
         return self.store
 
 
+def loopback_host(host: str) -> bool:
+    """``127.0.0.1``, ``127.x.y.z``, ``::1``, ``localhost`` and no host at all (``:9464``:
+    the server binds 127.0.0.1): True. Any other name or address (``0.0.0.0``), False."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def ca_file_problem(path: Path) -> str | None:
     """Why ``path`` cannot serve as a bundle of trusted CAs (PEM), or None if it can."""
     if path.exists() and not path.is_file():
@@ -397,6 +446,21 @@ def _file_problems(config: Config, path: str, positions: Positions) -> list[Prob
                         f"channels.{name}.ca_file: {problem}",
                     )
                 )
+    return out
+
+
+def _server_problems(config: Config, path: str, positions: Positions) -> list[Problem]:
+    """A server reachable from other machines must ask for credentials."""
+    out: list[Problem] = []
+    srv = config.server
+    if srv.enabled and srv.auth is None and not srv.loopback:
+        pos = positions.get(("server", "listen"))
+        out.append(Problem(
+            path, pos[0] if pos else None, pos[1] if pos else None,
+            f"server.listen: {srv.listen} is not a loopback address, and the status page and "
+            "/metrics would be open to anyone who can reach it: add server.auth with "
+            "token: ${MONITOR_STATUS_TOKEN} (or user: and password:), or listen on "
+            "127.0.0.1"))
     return out
 
 
@@ -446,6 +510,9 @@ def secrets_of(config: Config) -> list[str]:
             out += [s for s in (ch.webhook_url, ch.token) if s]
         elif isinstance(ch, EmailChannel) and ch.password:
             out.append(ch.password)
+    auth = config.server.auth
+    if auth is not None:
+        out += [s for s in (auth.token, auth.password) if s]
     m = re.match(r"^[a-z]+://[^:/@]+:([^@]+)@", config.store)
     if m:
         out.append(m.group(1))  # a database password in the store URL
@@ -535,6 +602,7 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None, *,
         config = None
     if config is not None:
         problems += _file_problems(config, path, positions)
+        problems += _server_problems(config, path, positions)
     if problems or config is None:
         # a problem may quote a value (``got '...'``): never a credential
         shown = [replace(p, message=redact_text(p.message, secrets)) for p in problems]

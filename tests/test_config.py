@@ -123,9 +123,39 @@ def test_a_bad_listen_address_is_located(listen: str) -> None:
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:9464", "0.0.0.0:0", "[::1]:9464", "localhost:80",
-                                    ":9464"])
+                                    ":9464", "127.0.0.2:1"])
 def test_good_listen_addresses(listen: str) -> None:
-    assert parse_config(f"server:\n  listen: '{listen}'\n", "c.yaml", {}).server.listen == listen
+    auth = "" if listen.startswith(("127.", "[::1]", "localhost", ":")) else "  auth: {token: t0k3n}\n"
+    cfg = parse_config(f"server:\n  listen: '{listen}'\n{auth}", "c.yaml", {})
+    assert cfg.server.listen == listen
+    assert cfg.server.loopback == (not auth)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9464", "[::]:9464", "192.0.2.7:80",
+                                    "monitor.example.org:9464"])
+def test_a_non_loopback_listen_without_auth_is_refused_where_it_is_written(listen: str) -> None:
+    [got] = problems(f"feeds: []\nserver:\n  listen: '{listen}'\n")
+    assert got.startswith("c.yaml:3:11:") and "not a loopback address" in got, got
+    assert "server.auth" in got and "MONITOR_STATUS_TOKEN" in got
+    # off, the server opens nothing
+    parse_config(f"server:\n  listen: '{listen}'\n  enabled: false\n", "c.yaml", {})
+
+
+def test_server_auth_from_the_environment_is_a_secret() -> None:
+    text = "server:\n  listen: 0.0.0.0:9464\n  auth:\n    token: ${TOK}\n"
+    cfg = parse_config(text, "c.yaml", {"TOK": "s3cr3t-tok"})
+    assert cfg.server.auth is not None and cfg.server.auth.token == "s3cr3t-tok"
+    assert "s3cr3t-tok" in secrets_of(cfg)
+    assert cfg.redact("Bearer s3cr3t-tok") == "Bearer ***"
+    [unset] = problems(text)
+    assert unset.startswith("c.yaml:4:12:") and "TOK is not set" in unset, unset
+    [empty] = problems(text, {"TOK": " "})
+    assert "auth needs a token, or a user and password" in empty, empty
+    basic = parse_config("server:\n  listen: 0.0.0.0:1\n  auth:\n    user: ops\n"
+                         "    password: ${PW}\n", "c.yaml", {"PW": "hunter22"})
+    assert basic.server.auth is not None and "hunter22" in secrets_of(basic)
+    [half] = problems("server:\n  auth: {user: ops}\n")
+    assert "needs both user and password" in half, half
 
 
 def test_env_interpolation_and_secrets() -> None:

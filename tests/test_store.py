@@ -750,6 +750,42 @@ async def test_count_pending(store: Store) -> None:
     assert await store.count_pending() == 3
 
 
+
+async def test_deliveries_say_which_rule_and_story_they_are_for(store: Store) -> None:
+    await queue(store, delivery("k1", cluster="c1", rule="r1", created=t(1)),
+                delivery("u1", cluster="c1", rule="r1", created=t(2), parent="k1"))
+    by_key = {r.key: r for r in await store.deliveries()}
+    k1, u1 = by_key["k1"], by_key["u1"]
+    assert (k1.rule, k1.cluster, k1.parent_key) == ("r1", "c1", None)
+    assert (u1.rule, u1.cluster, u1.parent_key) == ("r1", "c1", "k1")
+    assert k1.title == "Title of s-k1 — café 日本"  # the cluster's headline
+
+
+async def test_rule_hits_count_story_clusters_per_rule_since(store: Store) -> None:
+    assert await store.rule_hits(t(0)) == {}
+    out = await queue(
+        store,
+        # r1: one story on two channels, with an update: one hit
+        delivery("a1", cluster="c1", rule="r1", created=t(10)),
+        delivery("a2", cluster="c1", rule="r1", created=t(10), channel="email"),
+        delivery("u1", cluster="c1", rule="r1", created=t(20), parent="a1"),
+        # r1: a second story, whose delivery failed for good: still a hit
+        delivery("a3", cluster="c2", rule="r1", created=t(30)),
+        # r2: one story before the window, one inside
+        delivery("b1", cluster="c3", rule="r2", created=t(1)),
+        delivery("b2", cluster="c4", rule="r2", created=t(40)),
+        # an update alone in the window is not a hit
+        delivery("u2", cluster="c3", rule="r2", created=t(50), parent="b1"),
+    )
+    ids = {d.key: d.id for d in out}
+    await store.mark_failed(ids["a3"], t(31), "invalid_auth", None)  # type: ignore[arg-type]
+    await store.mark_sent(ids["a1"], t(11), None)  # type: ignore[arg-type]
+    assert await store.rule_hits(t(5)) == {"r1": 2, "r2": 1}
+    assert await store.rule_hits(t(0)) == {"r1": 2, "r2": 2}
+    assert await store.rule_hits(t(30)) == {"r1": 1, "r2": 1}  # at ``since`` counts
+    assert await store.rule_hits(t(60)) == {}
+
+
 # -- PostgreSQL: several instances sharing the work ----------------------------------------
 
 

@@ -9,6 +9,10 @@ receiver stands in for Slack. The daemon's own runtime polls them three times:
    one alert per matching story cluster, delivered through the outbox,
 3. a re-poll: 304s and known stories, so nothing is sent twice, and a third outlet
    carrying the story: an update ("now carried by 3 sources"), not a new alert.
+
+``--keep`` then leaves it running: the daemon (``monitor run``'s own ``Daemon``) keeps
+polling the demo feeds, plus a fourth one that answers 404, with its server and status
+page on ``--listen`` (127.0.0.1:9464), until Ctrl-C. The state stays in the kept directory.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -117,11 +122,20 @@ class DemoServer:
             await self.runner.cleanup()
 
 
-def write_config(tmp: Path, server: DemoServer, rules: Path) -> Path:
+BROKEN_FEED = "retired-desk"  # a feed that moved away: 404 (``--keep`` only)
+
+
+def write_config(tmp: Path, server: DemoServer, rules: Path, *, listen: str | None = None
+                 ) -> Path:
+    """The demo's config.yaml; with ``listen``, the one ``--keep`` runs the daemon with:
+    its server on ``listen`` and one more feed, which fails."""
+    names = [*server.feeds, *([BROKEN_FEED] if listen else [])]
     feeds = "\n".join(
         f"  - name: {name}\n    url: {server.base}/feeds/{name}.xml\n    tags: [news]"
-        for name in server.feeds
+        + ("\n    interval: 20s" if name == BROKEN_FEED else "")
+        for name in names
     )
+    server_conf = f"  listen: '{listen}'" if listen else "  enabled: false"
     text = f"""# written by `monitor demo`
 feeds:
 {feeds}
@@ -141,7 +155,7 @@ channels:
 fetch:
   parse_in: thread
 server:
-  enabled: false
+{server_conf}
 """
     path = tmp / "config.yaml"
     path.write_text(text, encoding="utf-8")
@@ -166,13 +180,31 @@ def describe(d: Delivery, channels: list[str]) -> str:
     return "\n".join(lines)
 
 
-async def run_demo(*, keep: str | None = None, as_json: bool = False) -> int:
+async def serve_demo(tmp: Path, server: DemoServer, listen: str,
+                     say: Callable[[str], None]) -> None:
+    """Run the daemon on the demo's state until SIGINT/SIGTERM (``--keep``)."""
+    from monitor.shell.daemon import Daemon
+
+    config = load_config(write_config(tmp, server, find_rules(), listen=listen))
+    host, _, port = listen.rpartition(":")
+    say(f"\nthe daemon keeps running on the demo's state in {tmp}, polling the feeds and "
+        f"{BROKEN_FEED}, which answers 404;\nstatus page: http://{host or '127.0.0.1'}:{port}/"
+        "  (/healthz, /metrics beside it). Ctrl-C to stop.")
+    await Daemon(config).run()
+
+
+async def run_demo(*, keep: str | None = None, as_json: bool = False,
+                   serve: str | None = None) -> int:
+    """The demo; ``keep`` keeps its files (in that directory, or, when empty, a new
+    temporary one); ``serve`` (a listen address) then runs the daemon on them until a
+    signal, its status page on that address."""
     from monitor.shell.daemon import Runtime
 
     feeds = json.loads(DATA.read_text(encoding="utf-8"))["feeds"]
     now = datetime.now(UTC).replace(microsecond=0)
     server = DemoServer(feeds=feeds, now=now)
     tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="monitor-demo-"))
+    kept = keep is not None or serve is not None
     tmp.mkdir(parents=True, exist_ok=True)
     out = sys.stdout
     events: list[dict[str, Any]] = []
@@ -223,16 +255,19 @@ async def run_demo(*, keep: str | None = None, as_json: bool = False) -> int:
             f"{len(events) - len(alerts)} update(s); "
             f"{len(server.slack_messages)} Slack message(s) received by the local webhook; "
             f"{server.not_modified} conditional poll(s) answered 304.")
-        if keep:
+        if kept:
             say(f"state and audit log kept in {tmp} (config.yaml, monitor.db, alerts.jsonl)")
         else:
-            say("run `monitor demo --keep DIR` to keep the state, config and audit log")
+            say("run `monitor demo --keep [DIR]` to keep the state, config and audit log, "
+                "and the daemon with its status page running")
         if as_json:
             print(json.dumps({"rounds": rounds, "delivered": events,
                               "slack_messages": len(server.slack_messages),
                               "dir": str(tmp)}, indent=2, ensure_ascii=False))
+        if serve is not None:
+            await serve_demo(tmp, server, serve, say)
         return 0 if alerts else 1
     finally:
         await server.stop()
-        if not keep:
+        if not kept:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -83,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p = sub.add_parser("demo", help="run the real pipeline offline on bundled feeds")
     _add_common(p)
-    p.add_argument("--keep", metavar="DIR", help="keep the demo's files in DIR")
+    p.add_argument("--keep", metavar="DIR", nargs="?", const="",
+                   help="keep the demo's files (in DIR, or a new temporary directory), and "
+                        "then keep the daemon running on them with its status page on "
+                        "--listen, until Ctrl-C")
+    p.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:9464",
+                   help="where --keep serves the status page (default: %(default)s)")
     p = sub.add_parser("status", help="feeds and outbox state")
     _add_common(p)
     from monitor.cli import alerts as alerts_cli
@@ -221,7 +226,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from monitor.cli.demo import run_demo
 
-        return loop.run(run_demo(keep=args.keep, as_json=args.json))
+        return loop.run(run_demo(keep=args.keep, as_json=args.json,
+                                 serve=args.listen if args.keep is not None else None))
     if cmd == "check":
         return cmd_check(args)
     if cmd == "stories" and args.stories_cmd == "cluster":

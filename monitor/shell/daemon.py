@@ -51,6 +51,7 @@ from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.rulefiles import load_rules
 from monitor.shell.scheduler import Scheduler
 from monitor.shell.server import Server
+from monitor.shell.status import StatusPage
 from monitor.shell.trouble import Trouble
 from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
@@ -478,7 +479,8 @@ class Daemon:
                 gc.freeze()
                 server: Server | None = None
                 if self.config.server.enabled:
-                    server = Server(self.config.server.listen, rt.metrics, rt.health)
+                    server = Server(self.config.server.listen, rt.metrics, rt.health,
+                                    page=StatusPage(rt).render, auth=self.config.server.auth)
                     await server.start()
                 sched = Scheduler()
                 sched.every("poll", self.tick, self._poll_tick)

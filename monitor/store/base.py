@@ -46,6 +46,10 @@ class DeliveryStatus:
     sent_at: datetime | None
     last_error: str | None
     ref: str | None
+    rule: str = ""
+    cluster: str = ""
+    parent_key: str | None = None  # an update: its first alert's key
+    title: str | None = None  # the headline of the story cluster the alert is about
 
 
 #: The ``state`` filter of ``Store.delivery_log``: a stored state, or ``held``.
@@ -213,6 +217,12 @@ class Store(Protocol):
 
     async def count_pending(self) -> int:
         """Deliveries not yet sent and not given up."""
+
+    async def rule_hits(self, since: datetime) -> dict[str, int]:
+        """How often each rule fired since ``since``: the number of distinct story
+        clusters it created a first alert (not an update) for at or after ``since``,
+        whatever the channels and the state of their deliveries. Rules without an alert
+        in that time are absent (the status page shows them as 0)."""
 
     async def requeue_failed(
         self, now: datetime, *, channel: str | None = None, ids: Sequence[int] = ()

@@ -322,6 +322,16 @@ def readable_alert(text: str | bytes) -> Alert | None:
         return None
 
 
+def alert_title(text: str | bytes) -> str | None:
+    """The headline of a stored alert payload, for operators (the status page); None
+    when the payload cannot be read (that is the dispatcher's to report, not theirs)."""
+    try:
+        title = json.loads(text)["story"]["title"]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return title if isinstance(title, str) else None
+
+
 # -- lists of strings (cluster sources) ---------------------------------------------------
 
 

@@ -41,6 +41,7 @@ from monitor.store.base import (
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
+    alert_title,
     alert_to_json,
     column_text,
     delivery_from_row,
@@ -87,7 +88,8 @@ _DELIVERY_INSERT = (
     "ON CONFLICT (key) DO NOTHING RETURNING id"
 )
 _DELIVERY_COLUMNS = (
-    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref"
+    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref, "
+    "rule, cluster, parent_key, payload"
 )
 
 
@@ -165,6 +167,10 @@ def _status(r: Any) -> DeliveryStatus:
         sent_at=r["sent_at"],
         last_error=r["last_error"],
         ref=r["ref"],
+        rule=r["rule"],
+        cluster=r["cluster"],
+        parent_key=r["parent_key"],
+        title=alert_title(r["payload"]),
     )
 
 
@@ -761,3 +767,12 @@ class PostgresStore:
     async def count_pending(self) -> int:
         async with self._con("count_pending") as con:
             return int(await con.fetchval("SELECT count(*) FROM deliveries WHERE state = 'pending'"))
+
+    async def rule_hits(self, since: datetime) -> dict[str, int]:
+        async with self._con("rule_hits") as con:
+            rows = await con.fetch(
+                "SELECT rule, count(DISTINCT cluster) AS n FROM deliveries "
+                "WHERE parent_key IS NULL AND created >= $1 GROUP BY rule",
+                since,
+            )
+        return {str(r["rule"]): int(r["n"]) for r in rows}

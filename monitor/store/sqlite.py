@@ -42,6 +42,7 @@ from monitor.store.base import (
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
+    alert_title,
     alert_to_json,
     column_text,
     delivery_from_row,
@@ -95,7 +96,8 @@ _DELIVERY_INSERT = (
     "ON CONFLICT (key) DO NOTHING RETURNING id"
 )
 _DELIVERY_COLUMNS = (
-    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref"
+    "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref, "
+    "rule, cluster, parent_key, payload"
 )
 
 
@@ -153,6 +155,10 @@ def _status(row: sqlite3.Row) -> DeliveryStatus:
         sent_at=opt_dt_from_text(row["sent_at"]),
         last_error=row["last_error"],
         ref=row["ref"],
+        rule=row["rule"],
+        cluster=row["cluster"],
+        parent_key=row["parent_key"],
+        title=alert_title(row["payload"]),
     )
 
 
@@ -857,6 +863,17 @@ class SQLiteStore:
             return int(con.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0])
 
         return await self._run("count_pending", work)
+
+    async def rule_hits(self, since: datetime) -> dict[str, int]:
+        def work(con: sqlite3.Connection) -> dict[str, int]:
+            rows = con.execute(
+                "SELECT rule, COUNT(DISTINCT cluster) FROM deliveries "
+                "WHERE parent_key IS NULL AND created >= ? GROUP BY rule",
+                (dt_to_text(since),),
+            ).fetchall()
+            return {str(r[0]): int(r[1]) for r in rows}
+
+        return await self._run("rule_hits", work)
 
 
 def _merge(con: sqlite3.Connection, merges: Sequence[tuple[str, str]]) -> None:
