@@ -156,7 +156,7 @@ class ParsedFeed:
     stories: tuple[Story, ...]
     problem: str | None = None  # bozo reason, if feedparser flagged one
     failed: bool = False  # True when nothing usable came out (then ``problem`` says why)
-    hints: FeedHints = FeedHints()  # ttl, sy:*, learned cadence
+    hints: FeedHints = field(default_factory=FeedHints)  # ttl, sy:*, learned cadence
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -23,7 +23,7 @@ are plain frozen dataclasses, cheap to pickle.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from monitor.core.dedup.features import DedupSettings, Features, story_features
@@ -66,7 +66,7 @@ class Prepared:
     problem: str | None = None  # bozo / parse warning, as ``ParsedFeed.problem``
     failed: bool = False  # nothing usable came out (then ``problem`` says why)
     rules_fingerprint: str = ""  # the rules the prematches were made with; "" for none
-    hints: FeedHints = FeedHints()  # ttl, sy:*, learned cadence: for the next poll's time
+    hints: FeedHints = field(default_factory=FeedHints)  # ttl, sy:*, cadence: the next poll
 
 
 #: Told which entry the per-story work is on: (1-based position, entries, story), before
