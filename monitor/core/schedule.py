@@ -251,6 +251,13 @@ class PollDecision:
     why: str  # for people: "interval 5m", "cadence ~7m", "ttl 60m", "Cache-Control max-age=300"
 
 
+def _rough(seconds: float) -> float:
+    """An estimate as people say it: to the second under 2 min, the minute under 2 h,
+    the hour beyond (a learned cadence of 4m3s is "~4m", of 12h55m "~13h")."""
+    unit = 1.0 if seconds < 120 else 60.0 if seconds < 7200 else 3600.0
+    return round(seconds / unit) * unit
+
+
 def _usable(x: float | None) -> bool:
     return x is not None and math.isfinite(x) and x > 0
 
@@ -311,7 +318,7 @@ def poll_interval(
         assert cadence is not None
         raw = cadence * CADENCE_FACTOR
         delay = min(max(raw, lo), hi)
-        why = f"cadence ~{fmt(cadence)}"
+        why = f"cadence ~{fmt(_rough(cadence))}"
         if raw < lo:
             why += f", raised to min_interval {fmt(lo)}"
         elif raw > hi:
