@@ -53,6 +53,13 @@ class _Model(BaseModel):
 
 class Defaults(_Model):
     interval: Duration = 300.0
+    # adaptive polling (README "How often feeds are polled"): the feed's hints and its
+    # learned cadence move the interval within [min_interval, max_interval] (widened to
+    # include ``interval``); ``adaptive: false`` leaves the cadence out, and so does a
+    # feed's own ``interval`` unless that feed says ``adaptive: true``
+    min_interval: Duration = 60.0
+    max_interval: Duration = 3600.0
+    adaptive: bool = True
     alert_on_first_poll: bool = False
     jitter: float = Field(0.1, ge=0, le=1)  # fraction of the interval
     channels: tuple[str, ...] = ()  # for rules that name no channels
@@ -62,6 +69,9 @@ class FeedConfig(_Model):
     name: str = Field(min_length=1)
     url: str
     interval: Duration | None = None
+    min_interval: Duration | None = None
+    max_interval: Duration | None = None
+    adaptive: bool | None = None
     tags: tuple[str, ...] = ()
     alert_on_first_poll: bool | None = None
 
@@ -356,6 +366,15 @@ class Config(_Model):
             if f.name in seen:
                 raise ValueError(f"feed name {f.name!r} is used twice; feed names must be unique")
             seen.add(f.name)
+        d = self.defaults
+        if d.min_interval > d.max_interval:
+            raise ValueError(f"defaults: min_interval ({d.min_interval:g}s) is longer than "
+                             f"max_interval ({d.max_interval:g}s)")
+        for f in self.feeds:
+            lo, hi = f.min_interval or d.min_interval, f.max_interval or d.max_interval
+            if lo > hi:
+                raise ValueError(f"feed {f.name!r}: min_interval ({lo:g}s) is longer than "
+                                 f"max_interval ({hi:g}s)")
         return self
 
     def feed_specs(self) -> list[FeedSpec]:
@@ -365,6 +384,12 @@ class Config(_Model):
                 name=f.name,
                 url=f.url,
                 interval=f.interval or d.interval,
+                min_interval=f.min_interval or d.min_interval,
+                max_interval=f.max_interval or d.max_interval,
+                # a feed's own interval is the user saying how often: it is not learned
+                # away unless the feed also says ``adaptive: true``
+                adaptive=(d.adaptive and f.interval is None) if f.adaptive is None
+                else f.adaptive,
                 tags=tuple(f.tags),
                 alert_on_first_poll=(
                     d.alert_on_first_poll if f.alert_on_first_poll is None else f.alert_on_first_poll

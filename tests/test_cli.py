@@ -140,6 +140,11 @@ async def test_once_status_stories_and_backtest(workdir: Path, feed_server: Feed
     assert st["dead"]["failures"] == 2 and st["a"]["stories_seen"] == 5  # polled twice
     assert datetime.fromisoformat(st["a"]["last_polled"]).tzinfo is not None
     assert "T" in st["a"]["last_polled"]  # ISO 8601, as /healthz has it
+    # the interval decided at the last successful poll, and why (#13)
+    assert st["a"]["interval"] > 0 and st["a"]["interval_why"]
+    assert st["dead"]["interval"] is None  # never polled successfully
+    rc, out, _ = await monitor("status", cwd=workdir)
+    assert f"({st['a']['interval_why']})" in out
 
     rc, out, _ = await monitor("stories", "list", "--json", cwd=workdir)
     clusters = json.loads(out)

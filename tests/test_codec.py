@@ -219,7 +219,8 @@ def test_feed_state_rows_round_trip() -> None:
         name="n", url="u2", configured_url="u", etag='W/"x"', last_modified="Mon", body_hash="ab",
         last_polled=t, next_poll=t + timedelta(minutes=5), last_success=t, failures=3,
         last_status=503, last_error="boom", gone=True, baselined=True, problem="bozo", polls=9,
-        stories_seen=40,
+        stories_seen=40, ttl=900.0, update_period=3600.0, update_base=t - timedelta(days=9),
+        cadence=123.4, poll_interval=900.0, poll_reason="ttl 15m",
     )
     from monitor.store.codec import FEED_COLUMNS
 

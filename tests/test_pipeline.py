@@ -18,7 +18,7 @@ from tests.clock import T0, Clock
 from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
 from tests.peers.feedserver import FeedServer
 
-MakeConfig = Callable[..., Config]  # (feeds: {name: path}, extra: str = '') -> Config
+MakeConfig = Callable[..., Config]  # (feeds: {name: path}, extra='', feed_opts=...) -> Config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,9 +38,9 @@ def clock() -> Clock:
 def make_config(tmp_path: Path, feed_server: FeedServer) -> MakeConfig:
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
 
-    def make(feeds: dict[str, str], extra: str = "") -> Config:
+    def make(feeds: dict[str, str], extra: str = "", feed_opts: str = "interval: 60s") -> Config:
         lines = "\n".join(
-            f"  - {{name: {n}, url: '{feed_server.url(p)}', interval: 60s}}"
+            f"  - {{name: {n}, url: '{feed_server.url(p)}'{', ' + feed_opts if feed_opts else ''}}}"
             for n, p in feeds.items()
         )
         path = tmp_path / "config.yaml"
@@ -521,3 +521,110 @@ async def test_a_story_over_the_regex_budget_is_logged_and_what_is_decided_still
     assert fields["rules"] == ["gala"] and fields["terms"] == ["/dance/", "/gala/"]
     assert fields["budget"] == 60 and fields["wanted"] > 60
     assert [a["rule"] for a in alerts(tmp_path, "audit.jsonl")] == ["dance"]
+
+
+# -- adaptive polling (#13) ------------------------------------------------------------------
+
+def _with_ttl(body: bytes, minutes: str) -> bytes:
+    return body.replace(b"<description>test</description>",
+                        b"<description>test</description><ttl>" + minutes.encode() + b"</ttl>", 1)
+
+
+async def _next_in(rt: Runtime, name: str, clock: Clock) -> float:
+    st = await rt.store.get_feed(name)
+    assert st is not None and st.next_poll is not None
+    return (st.next_poll - clock.now).total_seconds()
+
+
+async def test_a_feed_with_ttl_60_is_polled_an_hour_later(
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's feed: ``<ttl>60</ttl>`` with a configured interval of 60 s. The next
+    poll is an hour away (the jitter only lengthens it), after the 200 and after a 304,
+    whose ttl is the one kept from the last parsed document; the poll's log line and
+    ``monitor status --json`` say why."""
+    import logging
+
+    feed_server.serve("/a.rss", _with_ttl(rss(BACKLOG, now=T0), "60"))
+    config = make_config({"a": "/a.rss"})
+    caplog.set_level(logging.DEBUG, logger="monitor.shell.pipeline")
+    async with Runtime(config, clock=clock) as rt:
+        first = await poll(rt)
+        assert first["a"].result == "baseline"
+        assert 3600 <= await _next_in(rt, "a", clock) <= 3600 * 1.1
+        st = await rt.store.get_feed("a")
+        assert st is not None and (st.ttl, st.poll_interval, st.poll_reason) == (
+            3600.0, 3600.0, "ttl 60m")
+        clock.advance(hours=1, minutes=6)
+        second = await poll(rt)
+        assert second["a"].result == "not-modified"
+        assert 3600 <= await _next_in(rt, "a", clock) <= 3600 * 1.1
+    polled = [dict(r.fields) for r in caplog.records  # type: ignore[attr-defined]
+              if r.getMessage() == "feed.polled"]
+    assert [(f["status"], f["why"]) for f in polled] == [(200, "ttl 60m"), (304, "ttl 60m")]
+    assert all(3600 <= float(f["next_in"]) <= 3960 for f in polled)  # type: ignore[arg-type]
+
+
+async def test_ttl_is_clamped_by_max_interval(
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock) -> None:
+    feed_server.serve("/a.rss", _with_ttl(rss(BACKLOG, now=T0), "60"))
+    config = make_config({"a": "/a.rss"}, "defaults: {max_interval: 20m}")
+    async with Runtime(config, clock=clock) as rt:
+        await poll(rt)
+        assert 1200 <= await _next_in(rt, "a", clock) <= 1200 * 1.1
+        st = await rt.store.get_feed("a")
+        assert st is not None and st.poll_reason == "ttl 60m, capped at max_interval 20m"
+
+
+async def test_cache_control_max_age_times_the_next_poll(
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock) -> None:
+    """``Cache-Control: max-age=900`` on the 200 and on the 304s: 15 minutes, not the
+    configured minute; ``no-cache`` says nothing: back to the minute."""
+    feed_server.serve("/a.rss", rss(BACKLOG, now=T0), headers={"Cache-Control": "max-age=900"})
+    config = make_config({"a": "/a.rss"})
+    async with Runtime(config, clock=clock) as rt:
+        await poll(rt)
+        assert 900 <= await _next_in(rt, "a", clock) <= 990
+        clock.advance(minutes=16)
+        assert (await poll(rt))["a"].result == "not-modified"
+        assert 900 <= await _next_in(rt, "a", clock) <= 990
+        st = await rt.store.get_feed("a")
+        assert st is not None and st.poll_reason == "Cache-Control max-age=900"
+        feed_server.serve("/a.rss", rss(BACKLOG, now=T0),
+                          headers={"Cache-Control": "no-cache, max-age=900"})
+        clock.advance(minutes=16)
+        await poll(rt)
+        assert 54 <= await _next_in(rt, "a", clock) <= 66
+        st = await rt.store.get_feed("a")
+        assert st is not None and st.poll_reason == "interval 1m"
+
+
+async def test_the_learned_cadence_times_an_adaptive_feed(
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock) -> None:
+    """Feeds without their own interval adapt: one that posts every 4 minutes is polled
+    every 2 (its WordPress-style ``sy:updatePeriod hourly`` notwithstanding), one that
+    posts every 6 hours is polled hourly (max_interval), and the cadence stays known
+    through the 304s."""
+    fast = [Item(title=f"Fast {i}", link=f"https://f.example/{i}", guid=f"https://f.example/{i}",
+                 published=T0 - timedelta(minutes=4 * i + 1)) for i in range(20)]
+    slow = [Item(title=f"Slow {i}", link=f"https://s.example/{i}", guid=f"https://s.example/{i}",
+                 published=T0 - timedelta(hours=6 * i + 1)) for i in range(20)]
+    wordpress = (b"<description>test</description><sy:updatePeriod xmlns:sy="
+                 b"\"http://purl.org/rss/1.0/modules/syndication/\">hourly</sy:updatePeriod>")
+    feed_server.serve("/fast.rss", rss(fast, now=T0).replace(
+        b"<description>test</description>", wordpress, 1))
+    feed_server.serve("/slow.rss", rss(slow, now=T0))
+    config = make_config({"fast": "/fast.rss", "slow": "/slow.rss"}, feed_opts="")
+    async with Runtime(config, clock=clock) as rt:
+        await poll(rt)
+        fast_in, slow_in = await _next_in(rt, "fast", clock), await _next_in(rt, "slow", clock)
+        assert 100 <= fast_in <= 140, fast_in
+        assert 3240 <= slow_in <= 3960, slow_in
+        f, s = await rt.store.get_feed("fast"), await rt.store.get_feed("slow")
+        assert f is not None and s is not None
+        assert f.update_period == 3600.0 and f.cadence is not None
+        assert f.poll_reason == "cadence ~4m (publishes more often than its sy:updatePeriod every 1h)"
+        assert s.poll_reason == "cadence ~6h, capped at max_interval 1h"
+        clock.advance(minutes=3)
+        assert (await poll(rt))["fast"].result == "not-modified"
+        assert 100 <= await _next_in(rt, "fast", clock) <= 140

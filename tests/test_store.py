@@ -204,7 +204,8 @@ async def test_feed_crud(store: Store) -> None:
         "b", etag='W/"1"', last_modified="Mon, 01 Jan 2026 00:00:00 GMT", body_hash="ff" * 32,
         last_polled=t(1), next_poll=t(6), last_success=t(1), failures=2, last_status=503,
         last_error="HTTP 503 — service unavailable", gone=False, baselined=True, problem="bozo: é",
-        polls=7, stories_seen=42,
+        polls=7, stories_seen=42, ttl=3600.0, update_period=600.0, update_base=t(-100),
+        cadence=437.5, poll_interval=218.75, poll_reason="cadence ~7m",
     )
     await store.save_feed(full)
     await store.save_feed(feed("a"))

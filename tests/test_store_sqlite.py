@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from monitor.errors import StoreError
 from monitor.store import migrations
 from monitor.store import sqlite as sqlite_store
 from monitor.store.base import StoredStory
+from monitor.store.codec import FEED_COLUMNS
 from monitor.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,13 +307,21 @@ async def test_a_version_1_database_is_upgraded_with_its_failed_deliveries(
     real = migrations.load("sqlite")
     with monkeypatch.context() as m:
         m.setattr(migrations, "load", lambda dialect: real[:1])
-        # that release's code knew no cluster merges (schema 3) either
+        # that release's code knew no cluster merges (schema 3) either, nor the feeds'
+        # adaptive-polling columns (the adaptive polling migration)
         m.setattr(sqlite_store, "_merged_ids", lambda con, ids: {})
         # nor groups (schema 4): its insert wrote no group key (the 10th value, unused)
         m.setattr(sqlite_store, "_DELIVERY_INSERT", (
             "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, "
             "attempts, created, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, "
             "?8, COALESCE(?9, ?10)) ON CONFLICT (key) DO NOTHING RETURNING id"))
+        v1 = FEED_COLUMNS[:FEED_COLUMNS.index("stories_seen") + 1]
+        m.setattr(sqlite_store, "_FEED_UPSERT", (
+            f"INSERT INTO feeds ({', '.join(v1)}) VALUES ({', '.join('?' for _ in v1)}) "
+            "ON CONFLICT (name) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in v1 if c != "name")))
+        new_row = sqlite_store._feed_row
+        m.setattr(sqlite_store, "_feed_row", lambda state: new_row(state)[:len(v1)])
         async with SQLiteStore(db) as old:
             s = _story("s1")
             match = Match(rule="r", severity="high", channels=("slack",))
@@ -327,6 +337,15 @@ async def test_a_version_1_database_is_upgraded_with_its_failed_deliveries(
         [again] = await store.claim_deliveries(T0 + timedelta(days=9), limit=5,
                                                lease_until=T0 + timedelta(days=10))
         assert (again.key, again.attempts, again.requeued) == ("k", 1, T0 + timedelta(days=9))
+        # the feed's row came through, with nothing known about its schedule yet
+        feed = await store.get_feed("a")
+        assert feed is not None and feed.stories_seen == 0
+        assert (feed.ttl, feed.update_period, feed.update_base, feed.cadence,
+                feed.poll_interval, feed.poll_reason) == (None,) * 6
+        hinted = replace(feed, ttl=3600.0, update_period=900.0, update_base=T0,
+                         cadence=420.0, poll_interval=3600.0, poll_reason="ttl 60m")
+        await store.save_feed(hinted)
+        assert await store.get_feed("a") == hinted
 
 
 async def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -339,6 +339,7 @@ async def cmd_once(config: Config, as_json: bool, *, strict: bool = False) -> in
 
 async def cmd_status(config: Config, as_json: bool) -> int:
     from monitor.config import secrets_of
+    from monitor.core.units import format_duration
     from monitor.log import redact, scrub
     from monitor.store.open import open_store
 
@@ -356,7 +357,10 @@ async def cmd_status(config: Config, as_json: bool) -> int:
                  "last_error": config.redact(scrub(f.last_error or "")) or None,
                  "gone": f.gone,
                  "problem": f.problem,
-                 "stories_seen": f.stories_seen}
+                 "stories_seen": f.stories_seen,
+                 # the interval decided at the last successful poll (seconds) and why
+                 "interval": f.poll_interval, "interval_why": f.poll_reason,
+                 "cadence": f.cadence}
                 for f in feeds
             ],
             "outbox": {"pending": pending,
@@ -366,8 +370,10 @@ async def cmd_status(config: Config, as_json: bool) -> int:
         return 0
     for f in feeds:
         state = "GONE" if f.gone else (f"failing×{f.failures}" if f.failures else "ok")
-        print(f"{f.name:<24} {state:<12} last={_t(f.last_polled)} next={_t(f.next_poll)} "
-              f"seen={f.stories_seen}"
+        every = (f" every={format_duration(f.poll_interval)} ({f.poll_reason})"
+                 if f.poll_interval is not None else "")
+        print(f"{f.name:<24} {state:<12} last={_t(f.last_polled)} next={_t(f.next_poll)}"
+              f"{every} seen={f.stories_seen}"
               + (f"  {config.redact(scrub(f.last_error))}" if f.last_error else "")
               + (f"  [{f.problem}]" if f.problem else ""))
     print(f"outbox: {pending} pending, {len(failed)} failed (recent)")

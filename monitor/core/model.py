@@ -30,9 +30,15 @@ class FeedSpec:
 
     name: str
     url: str
-    interval: float  # seconds between polls
+    interval: float  # seconds between polls when nothing else is known
     tags: tuple[str, ...] = ()
     alert_on_first_poll: bool = False
+    # adaptive polling (``schedule.poll_interval``): the feed's hints and its learned
+    # cadence move the interval within [min(min_interval, interval), max(max_interval,
+    # interval)]; ``adaptive`` lets the learned cadence decide (hints apply either way)
+    min_interval: float = 60.0
+    max_interval: float = 3600.0
+    adaptive: bool = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,6 +62,25 @@ class FeedState:
     problem: str | None = None  # last bozo / parse warning, even on success
     polls: int = 0
     stories_seen: int = 0
+    # what the feed says about itself (from its last parsed document, see FeedHints) and
+    # the schedule decided from it at the last successful poll
+    ttl: float | None = None  # seconds
+    update_period: float | None = None  # seconds
+    update_base: datetime | None = None
+    cadence: float | None = None  # seconds between publications, learned
+    poll_interval: float | None = None  # seconds, before jitter
+    poll_reason: str | None = None  # why: "ttl 60m", "cadence ~7m", "interval 5m" …
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FeedHints:
+    """What one feed document says about how often to poll it, and what its entries
+    show: read in the parse worker, kept on the feed's state (a 304 carries none)."""
+
+    ttl: float | None = None  # seconds; RSS ``<ttl>`` is in minutes
+    update_period: float | None = None  # seconds: sy:updatePeriod / sy:updateFrequency
+    update_base: datetime | None = None  # sy:updateBase: when that schedule started
+    cadence: float | None = None  # seconds between publications (schedule.learn_cadence)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,6 +105,7 @@ class NotModified:
     etag: str | None
     last_modified: str | None
     permanent_redirect: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names (freshness)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,6 +156,7 @@ class ParsedFeed:
     stories: tuple[Story, ...]
     problem: str | None = None  # bozo reason, if feedparser flagged one
     failed: bool = False  # True when nothing usable came out (then ``problem`` says why)
+    hints: FeedHints = field(default_factory=FeedHints)  # ttl, sy:*, learned cadence
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -52,6 +52,7 @@ __all__ = [
     "TRACKING_PARAMS",
     "TRACKING_PREFIXES",
     "canonical_link",
+    "entry_published",
     "normalize_entry",
     "story_id",
 ]
@@ -217,20 +218,26 @@ def _is_plain(detail: Any) -> bool:
     return isinstance(detail, Mapping) and _get(detail, "type") == "text/plain"
 
 
-def _when(entry: Mapping[str, Any], now: datetime) -> datetime:
+def entry_published(entry: Mapping[str, Any]) -> datetime | None:
+    """The entry's publication time as the feed writes it (UTC), or None when it has
+    none that can be read: ``published``, else ``updated``, else ``created``."""
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
         # ("updated_parsed" is aliased by FeedParserDict: it falls back to "published_parsed")
         t = entry.get(key) if key == "updated_parsed" else _get(entry, key)
         if not isinstance(t, (time.struct_time, tuple)) or len(t) < 6:
             continue
         try:
-            when = datetime(t[0], t[1], t[2], t[3], t[4], min(t[5], 59), tzinfo=UTC)
+            return datetime(t[0], t[1], t[2], t[3], t[4], min(t[5], 59), tzinfo=UTC)
         except (ValueError, TypeError, OverflowError):
             continue
-        if when > now + FUTURE_SLACK:
-            return now
-        return when
-    return now
+    return None
+
+
+def _when(entry: Mapping[str, Any], now: datetime) -> datetime:
+    when = entry_published(entry)
+    if when is None or when > now + FUTURE_SLACK:
+        return now
+    return when
 
 
 def _unique(values: Iterable[str]) -> tuple[str, ...]:

@@ -17,6 +17,9 @@ Outcomes:
 * "bozo" feed (broken XML, wrong encoding declaration …) that still yields entries →
   stories plus ``problem`` = a readable reason such as
   ``"not well-formed XML at line 3, column 2: mismatched tag"``;
+* whatever the outcome but a failure, ``hints``: the feed's ``<ttl>`` (minutes),
+  ``sy:updatePeriod``/``sy:updateFrequency``/``sy:updateBase`` and the cadence learned
+  from its entries' publication times (:func:`feed_hints`); garbage values are left out;
 * bozo with no entries (or only empty ones), an empty body, or a document that is not
   RSS/Atom/RDF → ``ParsedFeed(failed=True, problem=...)``; an HTML page (a site's home page, a login
   or error page) says so first: ``"not a feed: got an HTML page (served as text/html);
@@ -32,18 +35,20 @@ from __future__ import annotations
 import codecs
 import functools
 import io
+import re
 import xml.sax
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import feedparser
 
-from monitor.core.model import ParsedFeed, Story
-from monitor.core.normalize import canonical_link, normalize_entry
+from monitor.core.model import FeedHints, ParsedFeed, Story
+from monitor.core.normalize import canonical_link, entry_published, normalize_entry
+from monitor.core.schedule import learn_cadence
 from monitor.core.text import html_to_text
 
-__all__ = ["describe_bozo", "parse_feed"]
+__all__ = ["describe_bozo", "feed_hints", "parse_feed"]
 
 
 def _memoise_base_resolution() -> None:
@@ -149,6 +154,60 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+_NUMBER = re.compile(r"\s*\+?([0-9]{1,12}(?:\.[0-9]+)?)\s*")
+#: sy:updatePeriod values (RSS 1.0 Syndication module); a month and a year are nominal
+SY_PERIODS = {"hourly": 3600.0, "daily": 86400.0, "weekly": 7 * 86400.0,
+              "monthly": 30 * 86400.0, "yearly": 365 * 86400.0}
+
+
+def _positive(value: Any) -> float | None:
+    """A positive number written in a feed (``"60"``, ``" 15 "``), else None: negative,
+    zero, non-numeric and absurdly long values are garbage."""
+    m = _NUMBER.fullmatch(value) if isinstance(value, str) else None
+    number = float(m.group(1)) if m else 0.0
+    return number if number > 0 else None
+
+
+def _w3c_date(value: Any) -> datetime | None:
+    """``sy:updateBase`` (W3C-DTF: ``2002-05-01T00:00:00Z``, ``2017-06-21T11:33:12-07:00``,
+    ``2002-05-01``) in UTC, or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def feed_hints(meta: Mapping[str, Any], entries: Sequence[Mapping[str, Any]], *,
+               now: datetime) -> FeedHints:
+    """What a parsed document says about how often to poll it (see ``FeedHints``).
+
+    feedparser exposes ``<ttl>`` as ``feed.ttl`` and the Syndication module (whatever
+    prefix the feed binds to its namespace: ``sy:``, ``syn:``) as ``feed.sy_updateperiod``,
+    ``feed.sy_updatefrequency`` and ``feed.sy_updatebase``, all as the text written.
+    ``sy:updatePeriod`` defaults to daily and ``sy:updateFrequency`` to 1 (times per
+    period) when only the other is given; an unknown period drops the hint, a garbage
+    frequency counts as 1. Deutsche Welle writes ``sy:updateFequency``: read too.
+    """
+    ttl = _positive(meta.get("ttl"))
+    period_text = _str(meta.get("sy_updateperiod")).strip().lower()
+    freq_text = meta.get("sy_updatefrequency") or meta.get("sy_updatefequency")
+    update_period = None
+    if period_text or freq_text:
+        period = SY_PERIODS.get(period_text or "daily")
+        if period is not None:
+            update_period = period / (_positive(freq_text) or 1.0)
+    times = [t for t in (entry_published(e) for e in entries) if t is not None]
+    return FeedHints(
+        ttl=ttl * 60 if ttl is not None else None,
+        update_period=update_period,
+        update_base=_w3c_date(meta.get("sy_updatebase")) if update_period else None,
+        cadence=learn_cadence(times, now=now),
+    )
+
+
 def parse_feed(
     body: bytes,
     headers: Mapping[str, str],
@@ -191,7 +250,8 @@ def parse_feed(
                 problem = _html_problem(hdrs)  # the XML parser's complaint is noise here
             problem = problem or "not an RSS, Atom or RDF feed (no feed root element found)"
             return ParsedFeed(title=title, link=link, stories=(), problem=problem, failed=True)
-        return ParsedFeed(title=title, link=link, stories=())
+        return ParsedFeed(title=title, link=link, stories=(),
+                          hints=feed_hints(meta, entries, now=now))
 
     lang = _str(meta.get("language")) or hdrs.get("content-language") or None
     stories: list[Story] = []
@@ -207,4 +267,5 @@ def parse_feed(
         # broken XML whose recovered entries were all empty: nothing usable came out,
         # which is a failure like a bozo feed with no entries, not a quiet success
         return ParsedFeed(title=title, link=link, stories=(), problem=problem, failed=True)
-    return ParsedFeed(title=title, link=link, stories=tuple(stories), problem=problem)
+    return ParsedFeed(title=title, link=link, stories=tuple(stories), problem=problem,
+                      hints=feed_hints(meta, entries, now=now))

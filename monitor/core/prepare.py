@@ -23,11 +23,11 @@ are plain frozen dataclasses, cheap to pickle.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from monitor.core.dedup.features import DedupSettings, Features, story_features
-from monitor.core.model import Story
+from monitor.core.model import FeedHints, Story
 from monitor.core.parse import parse_feed
 from monitor.core.rules.match import Matcher, Prematch
 
@@ -66,6 +66,7 @@ class Prepared:
     problem: str | None = None  # bozo / parse warning, as ``ParsedFeed.problem``
     failed: bool = False  # nothing usable came out (then ``problem`` says why)
     rules_fingerprint: str = ""  # the rules the prematches were made with; "" for none
+    hints: FeedHints = field(default_factory=FeedHints)  # ttl, sy:*, cadence: the next poll
 
 
 #: Told which entry the per-story work is on: (1-based position, entries, story), before
@@ -83,7 +84,7 @@ def prepare(job: Job, matcher: Matcher | None = None, progress: Progress | None 
         job.body, job.headers, feed=job.feed, feed_tags=job.feed_tags, url=job.url, now=job.now
     )
     if parsed.failed or not parsed.stories:
-        return Prepared(problem=parsed.problem, failed=parsed.failed)
+        return Prepared(problem=parsed.problem, failed=parsed.failed, hints=parsed.hints)
     skip = job.skip_ids
     dedup = job.dedup
     m = matcher if job.rules_fingerprint else None
@@ -105,4 +106,5 @@ def prepare(job: Job, matcher: Matcher | None = None, progress: Progress | None 
         stories=stories,
         problem=parsed.problem,
         rules_fingerprint=job.rules_fingerprint if m is not None else "",
+        hints=parsed.hints,
     )

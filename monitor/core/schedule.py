@@ -18,16 +18,31 @@ inputs always give the same answer while different feeds still spread out.
   :func:`validate_cron` says why one is invalid, :func:`tz_problem` why a time zone is.
 * :func:`quiet_window` the quiet-hours window a time falls in, and
   :func:`last_quiet_window` the latest one that has ended (a channel's ``quiet``).
+
+Adaptive polling (after a successful poll; failures keep the backoff above):
+
+* :func:`learn_cadence`  how often a feed publishes, from its entries' publication times;
+* :func:`http_freshness` how long a response says it stays fresh (``Cache-Control:
+  max-age``, else ``Expires`` against the response's ``Date``);
+* :func:`poll_interval`  the interval to use, and why: the configured ``interval``, or
+  the learned cadence (``adaptive``), lengthened by the feed's own hints (``<ttl>``,
+  ``sy:updatePeriod``/``sy:updateFrequency``/``sy:updateBase``, the HTTP freshness),
+  always within ``[min_interval, max_interval]`` (widened to include ``interval``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
 
 from apscheduler.triggers.cron import CronTrigger  # cron arithmetic only: no scheduler, no clock
+
+from monitor.core.units import format_duration
 
 #: A ``Retry-After`` longer than this is treated as this (a server asking for a week
 #: of silence is more likely broken than sincere; we still back off a whole day).
@@ -86,6 +101,7 @@ def next_poll(
     backoff_max: float,
     jitter: float,
     key: str,
+    floor: float = 0.0,
 ) -> datetime:
     """When to poll a feed next, decided right after a poll that ended at ``now``.
 
@@ -98,6 +114,8 @@ def next_poll(
 
     ``jitter`` is a fraction of the delay in [0, 1]; the offset is derived from a hash
     of ``key`` and ``now``: deterministic for tests, different across feeds and polls.
+    ``floor`` (seconds) is a lower bound applied after the jitter: a feed's hint that
+    :func:`poll_interval` honoured (its ``floor``) is not undercut by the jitter.
     """
     _require_aware(now)
     interval = max(interval, 0.0)
@@ -109,7 +127,234 @@ def next_poll(
     delay += (2.0 * unit_hash(key, now.isoformat()) - 1.0) * jitter * delay
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
+    if math.isfinite(floor) and floor > 0:
+        delay = max(delay, floor)
     return now + timedelta(seconds=max(delay, 0.0))
+
+
+# -- Adaptive polling ---------------------------------------------------------------------
+
+#: A feed is polled about every this fraction of its learned publishing gap: a story
+#: waits half a gap on average, at about two polls per story published.
+CADENCE_FACTOR = 0.5
+#: The cadence is learned from the publication times within this window before ``now``
+#: (an old pinned post or an archive does not stretch it) ...
+CADENCE_WINDOW = 7 * 86400.0
+#: ... at most this many of the most recent distinct ones ...
+CADENCE_RECENT = 50
+#: ... and only when the feed dates at least this many distinct entries.
+CADENCE_MIN_TIMES = 3
+#: Publication times further than this in the future are bogus and ignored; a newest
+#: time less far ahead is the publisher's clock (or time zone) being off, and every time
+#: is shifted back by that much.
+CADENCE_SKEW = 86400.0
+
+
+def learn_cadence(published: Iterable[datetime], *, now: datetime) -> float | None:
+    """Seconds between a feed's publications, from its entries' publication times (as
+    written by the feed: entries without a date are left out by the caller), or None
+    when the feed dates fewer than :data:`CADENCE_MIN_TIMES` distinct entries.
+
+    A rate, not a median of gaps, so that a feed posting in bursts counts as often as it
+    posts on average (ten posts in one minute, once a day, is a post every 2.4 h):
+
+    * over the most recent :data:`CADENCE_RECENT` distinct times within
+      :data:`CADENCE_WINDOW`: the time from the oldest of them to ``now`` divided by the
+      number of gaps that span it; that includes the open gap since the newest, so a
+      feed that went quiet is learned to be slower;
+    * when the feed reaches back further than the window: the window divided by the
+      number of publications within it (a feed with one post this week: a week);
+    * when nothing is within the window: the time since the newest publication.
+
+    Times more than :data:`CADENCE_SKEW` ahead of ``now`` are ignored; when the newest of
+    the others is ahead of ``now``, all are shifted back by that much (a clock or time
+    zone that is off shifts every date alike).
+    """
+    _require_aware(now)
+    limit = now + timedelta(seconds=CADENCE_SKEW)
+    times = sorted({t for t in published if t.tzinfo is not None and t <= limit},
+                   reverse=True)
+    if len(times) < CADENCE_MIN_TIMES:
+        return None
+    if times[0] > now:
+        skew = times[0] - now
+        times = [t - skew for t in times]
+    times = times[:CADENCE_RECENT]
+    start = now - timedelta(seconds=CADENCE_WINDOW)
+    recent = [t for t in times if t > start]
+    if not recent:
+        return (now - times[0]).total_seconds()
+    if len(recent) < len(times):
+        return CADENCE_WINDOW / len(recent)
+    return max((now - times[-1]).total_seconds(), 1.0) / (len(times) - 1)
+
+
+_DIRECTIVE = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("[^"]*"|[^,\s]*))?\s*')
+
+
+def _cache_directives(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in value.split(","):
+        m = _DIRECTIVE.fullmatch(part)
+        if m:
+            out.setdefault(m.group(1).lower(), (m.group(2) or "").strip('"'))
+    return out
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def http_freshness(headers: Mapping[str, str], *, now: datetime) -> tuple[float, str] | None:
+    """How many more seconds a response says it stays fresh (RFC 9111 §4.2), and why:
+    ``(300.0, "Cache-Control max-age=300")``; None when it says nothing usable.
+
+    * ``Cache-Control: no-store`` or ``no-cache``: nothing (the server wants every poll
+      to reach it; that says nothing about how often it changes);
+    * ``max-age=N`` (a private cache's: ``s-maxage`` is for shared ones) wins over
+      ``Expires``; an invalid ``max-age`` makes the response stale: nothing;
+    * ``Expires`` is measured from the response's ``Date`` when it has one (the
+      server's clock, so a skew between us and it does not matter), else from ``now``;
+      an invalid date (``0``, ``-1``) means already expired: nothing;
+    * an ``Age`` (the time the response spent in a cache) is subtracted.
+    """
+    h = {k.lower(): v for k, v in headers.items()}
+    directives = _cache_directives(h.get("cache-control", ""))
+    if "no-store" in directives or "no-cache" in directives:
+        return None
+    age_text = h.get("age", "").strip()
+    age = float(age_text) if age_text.isdigit() else 0.0
+    if "max-age" in directives:
+        raw = directives["max-age"]
+        if not raw.isdigit():
+            return None
+        left = float(raw) - age
+        return (left, f"Cache-Control max-age={int(raw)}") if left > 0 else None
+    expires = _http_date(h.get("expires"))
+    if expires is None:
+        return None
+    date = _http_date(h.get("date")) or now
+    left = (expires - date).total_seconds() - age
+    return (left, f"Expires in {format_duration(left)}") if left >= 1 else None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PollDecision:
+    """The interval :func:`poll_interval` chose after a successful poll, and why."""
+
+    delay: float  # seconds to the next poll, before jitter
+    floor: float  # a hint honoured: the jittered delay is not shorter (0: none)
+    why: str  # for people: "interval 5m", "cadence ~7m", "ttl 60m", "Cache-Control max-age=300"
+
+
+def _rough(seconds: float) -> float:
+    """An estimate as people say it: to the second under 2 min, the minute under 2 h,
+    the hour beyond (a learned cadence of 4m3s is "~4m", of 12h55m "~13h")."""
+    unit = 1.0 if seconds < 120 else 60.0 if seconds < 7200 else 3600.0
+    return round(seconds / unit) * unit
+
+
+def _usable(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
+
+
+def _sy_delay(period: float, base: datetime | None, now: datetime) -> float:
+    """Seconds from ``now`` to the next update of an ``sy:`` schedule: ``period`` after
+    ``now``, or, with ``sy:updateBase``, the next of ``base + k × period`` after ``now``."""
+    if base is None or base.tzinfo is None:
+        return period
+    elapsed = (now - base).total_seconds()
+    slots = math.floor(elapsed / period) + 1 if elapsed >= 0 else 0
+    return max((base - now).total_seconds() + slots * period, 1.0)
+
+
+def poll_interval(
+    *,
+    now: datetime,
+    interval: float,
+    min_interval: float,
+    max_interval: float,
+    adaptive: bool,
+    cadence: float | None = None,
+    ttl: float | None = None,
+    update_period: float | None = None,
+    update_base: datetime | None = None,
+    freshness: tuple[float, str] | None = None,
+) -> PollDecision:
+    """The interval until a feed's next poll after a successful one (200 or 304).
+
+    The bounds are ``lo = min(min_interval, interval)`` and ``hi = max(max_interval,
+    interval)``: the configured ``interval`` is always allowed.
+
+    1. The base is ``interval``; with ``adaptive`` and a learned ``cadence`` (seconds
+       between publications) it is ``cadence × CADENCE_FACTOR`` within ``[lo, hi]``, so
+       a feed that posts every few minutes is polled often and one that posts daily is
+       not.
+    2. The feed document's hints, ``ttl`` and the ``sy:`` schedule (``update_period``
+       seconds, aligned on ``update_base``), lengthen it, up to ``hi``: the longest one
+       wins. Unless (``adaptive``) the learned cadence shows that the feed publishes
+       more often than the hint says: such a hint is boilerplate (WordPress writes
+       ``sy:updatePeriod hourly`` into every feed) and is not followed.
+    3. The response's HTTP freshness (:func:`http_freshness`) lengthens it too, up to
+       ``hi``: a poll before it runs out would get the same bytes from any cache on the
+       way.
+
+    A hint that was honoured is the ``floor``: the jitter does not poll earlier. Values
+    that are not positive finite numbers (a garbage ``ttl``) are ignored; a hint never
+    shortens the interval.
+    """
+    _require_aware(now)
+    interval = interval if _usable(interval) else 0.0
+    lo = min(min_interval, interval) if _usable(min_interval) else interval
+    hi = max(max_interval, interval) if _usable(max_interval) else interval
+    fmt = format_duration
+    learned = adaptive and _usable(cadence)
+
+    if learned:
+        assert cadence is not None
+        raw = cadence * CADENCE_FACTOR
+        delay = min(max(raw, lo), hi)
+        why = f"cadence ~{fmt(_rough(cadence))}"
+        if raw < lo:
+            why += f", raised to min_interval {fmt(lo)}"
+        elif raw > hi:
+            why += f", capped at max_interval {fmt(hi)}"
+    else:
+        delay, why = interval, f"interval {fmt(interval)}"
+
+    hints: list[tuple[float, float, str]] = []  # (delay, period, why)
+    if _usable(ttl):
+        assert ttl is not None
+        hints.append((ttl, ttl, f"ttl {ttl / 60:g}m"))
+    if _usable(update_period):
+        assert update_period is not None
+        aligned = update_base is not None and update_base.tzinfo is not None
+        hints.append((_sy_delay(update_period, update_base, now), update_period,
+                      f"sy:updatePeriod every {fmt(update_period)}"
+                      + (" from sy:updateBase" if aligned else "")))
+    floor = 0.0
+    if hints:
+        hint, period, hint_why = max(hints)
+        if learned and cadence is not None and cadence < period:
+            why += f" (publishes more often than its {hint_why.split(' from ')[0]})"
+        else:
+            floor = min(hint, hi)
+            if hint > delay:
+                delay = floor
+                why = hint_why + (f", capped at max_interval {fmt(hi)}" if hint > hi else "")
+    if freshness is not None and _usable(freshness[0]):
+        fresh, fresh_why = freshness
+        floor = max(floor, min(fresh, hi))
+        if fresh > delay:
+            delay = min(fresh, hi)
+            why = fresh_why + (f", capped at max_interval {fmt(hi)}" if fresh > hi else "")
+    return PollDecision(delay=float(delay), floor=float(floor), why=why)
 
 
 def initial_poll(

@@ -45,3 +45,22 @@ def parse_size(value: Any) -> int:
         if m:
             return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
     raise ValueError(f"expected a size such as 512KiB or 10MiB, got {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a person writes them, short: ``45`` → ``45s``, ``90`` → ``1m30s``,
+    ``420`` → ``7m``, ``5400`` → ``1h30m``, ``86400`` → ``1d``, ``90000`` → ``1d1h``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 600:
+        m, rest = divmod(s, 60)
+        return f"{m}m{rest}s" if rest else f"{m}m"
+    minutes = round(s / 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, m = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{m}m" if m else f"{hours}h"
+    days, h = divmod(round(s / 3600), 24)
+    return f"{days}d{h}h" if h else f"{days}d"

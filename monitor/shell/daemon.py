@@ -147,7 +147,9 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list
             # a new URL is a new feed: its backlog is a silent baseline again
             st = replace(st, url=spec.url, configured_url=spec.url, etag=None,
                          last_modified=None, body_hash=None, gone=False, failures=0,
-                         last_error=None, next_poll=now, baselined=False)
+                         last_error=None, next_poll=now, baselined=False, ttl=None,
+                         update_period=None, update_base=None, cadence=None,
+                         poll_interval=None, poll_reason=None)
         else:
             st = replace(st, next_poll=initial_poll(
                 now=now, interval=spec.interval, key=spec.name,

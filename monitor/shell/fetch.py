@@ -8,7 +8,8 @@
 HTTP problems:
 
 * ``Fetched``      a 2xx with its (decompressed) body and lower-cased headers;
-* ``NotModified``  a 304 to our conditional GET (``If-None-Match`` / ``If-Modified-Since``);
+* ``NotModified``  a 304 to our conditional GET (``If-None-Match`` / ``If-Modified-Since``),
+  with its lower-cased headers (its ``Cache-Control``/``Expires`` time the next poll);
 * ``FetchFailed``  anything else, with a ``reason`` a person can read: ``HTTP 404 Not
   Found``, ``timed out after 30s``, ``response larger than 10.0 MiB cap``, ``redirect
   loop``, ``cannot connect to host:port: Connection refused``… (a URL in a reason is
@@ -330,6 +331,7 @@ class Fetcher:
                     etag=headers.get("etag", etag),
                     last_modified=headers.get("last-modified", last_modified),
                     permanent_redirect=moved,
+                    headers=headers,  # Cache-Control / Expires / Date: the next poll's time
                 ),
                 0,
             )

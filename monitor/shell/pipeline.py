@@ -36,6 +36,7 @@ from monitor.core.dedup.index import (
 from monitor.core.model import (
     ClusterInfo,
     Delivery,
+    FeedHints,
     FeedSpec,
     FeedState,
     Fetched,
@@ -55,7 +56,13 @@ from monitor.core.route import (
 )
 from monitor.core.rules.match import Matcher, RegexSkipped
 from monitor.core.rules.model import RuleSet
-from monitor.core.schedule import next_poll, timeout_backoff
+from monitor.core.schedule import (
+    PollDecision,
+    http_freshness,
+    next_poll,
+    poll_interval,
+    timeout_backoff,
+)
 from monitor.core.streaks import is_news
 from monitor.log import get_logger
 from monitor.metrics import Metrics
@@ -228,26 +235,32 @@ class Pipeline:
             return await self._failed(state, spec, now, url, result.reason, result.status,
                                       retry_after=result.retry_after, gone=result.gone, ms=ms())
 
+        # the feed's own hints as last parsed (a 304 or an unchanged body has no new ones)
+        # and this response's freshness decide the next poll (schedule.poll_interval)
+        freshness = http_freshness(result.headers, now=now)
+        decision = _decide(state, spec, now, freshness)
         next_at = next_poll(
-            now=now, interval=spec.interval, failures=0, retry_after=None,
-            backoff_max=fc.backoff_max, jitter=jitter, key=spec.name,
+            now=now, interval=decision.delay, failures=0, retry_after=None,
+            backoff_max=fc.backoff_max, jitter=jitter, key=spec.name, floor=decision.floor,
         )
         if isinstance(result, NotModified):
             _recovered(state, spec, now)
-            await self.states.save(_succeeded(
-                state, url=url, now=now, next_at=next_at, status=304,
+            new = _succeeded(
+                state, url=url, now=now, next_at=next_at, decision=decision, status=304,
                 etag=result.etag or state.etag,
                 last_modified=result.last_modified or state.last_modified,
                 body_hash=state.body_hash,
-            ))
+            )
+            await self.states.save(new)
             self.metrics.polls.labels(spec.name, "not-modified").inc()
-            log.debug("feed.polled", feed=spec.name, status=304, new=0, ms=ms())
+            log.debug("feed.polled", feed=spec.name, status=304, new=0, ms=ms(),
+                      **_schedule_fields(new, now))
             return PollOutcome(feed=spec.name, result="not-modified", status=304, ms=ms())
 
         assert isinstance(result, Fetched)
         body_hash = hashlib.sha256(result.body).hexdigest()
         ok_state = _succeeded(
-            state, url=url, now=now, next_at=next_at, status=result.status,
+            state, url=url, now=now, next_at=next_at, decision=decision, status=result.status,
             etag=result.etag, last_modified=result.last_modified, body_hash=body_hash,
         )
         if body_hash == state.body_hash and state.baselined:
@@ -255,7 +268,7 @@ class Pipeline:
             await self.states.save(ok_state)
             self.metrics.polls.labels(spec.name, "unchanged").inc()
             log.debug("feed.polled", feed=spec.name, status=result.status, new=0,
-                      unchanged=True, ms=ms())
+                      unchanged=True, ms=ms(), **_schedule_fields(ok_state, now))
             return PollOutcome(feed=spec.name, result="unchanged", status=result.status, ms=ms())
 
         try:
@@ -285,6 +298,16 @@ class Pipeline:
                                       prepared.problem or "unparseable feed", result.status,
                                       retry_after=None, gone=False, ms=ms())
         ok_state = replace(ok_state, problem=prepared.problem)
+        h = prepared.hints
+        if h != _hints_of(ok_state):  # the document's hints changed: decide again with them
+            ok_state = replace(ok_state, ttl=h.ttl, update_period=h.update_period,
+                               update_base=h.update_base, cadence=h.cadence)
+            decision = _decide(ok_state, spec, now, freshness)
+            ok_state = replace(ok_state, poll_interval=decision.delay,
+                               poll_reason=decision.why, next_poll=next_poll(
+                                   now=now, interval=decision.delay, failures=0,
+                                   retry_after=None, backoff_max=fc.backoff_max,
+                                   jitter=jitter, key=spec.name, floor=decision.floor))
         _recovered(state, spec, now)
         self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)
         return await self._ingest(ok_state, spec, prepared, now, result.status, ms)
@@ -344,6 +367,7 @@ class Pipeline:
             "feed.polled", feed=spec.name, status=status, entries=len(batch), new=len(fresh),
             alerts=len(inserted), baseline=baseline, ms=ms(),
             **({"problem": state.problem} if state.problem else {}),
+            **_schedule_fields(state, now),
         )
         for d in inserted:
             log.info("alert.queued", feed=spec.name, rule=d.alert.match.rule, channel=d.channel,
@@ -691,6 +715,7 @@ def _succeeded(
     url: str,
     now: datetime,
     next_at: datetime,
+    decision: PollDecision,
     status: int,
     etag: str | None,
     last_modified: str | None,
@@ -702,7 +727,33 @@ def _succeeded(
         state, url=url, last_polled=now, last_success=now, failures=0, last_error=None,
         gone=False, polls=state.polls + 1, next_poll=next_at, last_status=status,
         etag=etag, last_modified=last_modified, body_hash=body_hash,
+        poll_interval=decision.delay, poll_reason=decision.why,
     )
+
+
+def _hints_of(state: FeedState) -> FeedHints:
+    return FeedHints(ttl=state.ttl, update_period=state.update_period,
+                     update_base=state.update_base, cadence=state.cadence)
+
+
+def _decide(state: FeedState, spec: FeedSpec, now: datetime,
+            freshness: tuple[float, str] | None) -> PollDecision:
+    """The interval after a successful poll: the configured one, the feed's hints kept
+    on its state, its learned cadence and this response's freshness (pure: schedule)."""
+    return poll_interval(
+        now=now, interval=spec.interval, min_interval=spec.min_interval,
+        max_interval=spec.max_interval, adaptive=spec.adaptive, cadence=state.cadence,
+        ttl=state.ttl, update_period=state.update_period, update_base=state.update_base,
+        freshness=freshness,
+    )
+
+
+def _schedule_fields(state: FeedState, now: datetime) -> dict[str, object]:
+    """The ``feed.polled`` fields that say when the next poll is and why."""
+    if state.next_poll is None or state.poll_interval is None:
+        return {}
+    return {"next_in": round((state.next_poll - now).total_seconds(), 1),
+            "interval": round(state.poll_interval, 1), "why": state.poll_reason}
 
 
 def _unique_oldest_first(entries: Iterable[PreparedStory]) -> list[PreparedStory]:

@@ -370,8 +370,14 @@ FEED_COLUMNS: tuple[str, ...] = (
     "problem",
     "polls",
     "stories_seen",
+    "ttl",
+    "update_period",
+    "update_base",
+    "cadence",
+    "poll_interval",
+    "poll_reason",
 )
-_FEED_TIMES = frozenset({"last_polled", "next_poll", "last_success"})
+_FEED_TIMES = frozenset({"last_polled", "next_poll", "last_success", "update_base"})
 _FEED_BOOLS = frozenset({"gone", "baselined"})
 
 
