@@ -438,3 +438,28 @@ async def test_one_old_alerts_long_backoff_does_not_hold_its_channel(
     assert r.sent == 1 and len(slack_server.messages) == 1
     assert "Story number 1" in json.dumps(slack_server.messages[0]["payload"])
     await dsp.close()
+
+
+async def test_a_round_claims_each_delivery_at_most_once(store: SQLiteStore,
+                                                         slack_server: SlackServer) -> None:
+    """Slack down and a clock that runs fast (each retry comes due while the round goes
+    on): the round still ends, having tried each delivery once."""
+    class Racing:
+        def __init__(self) -> None:
+            self.now = T0
+
+        def __call__(self) -> Any:
+            self.now += timedelta(seconds=5)  # longer than retry_min at every look
+            return self.now
+
+    n = SlackNotifier("slack", SlackChannel(type="slack", webhook_url=slack_server.webhook_url,
+                                            rate=1000))
+    dsp = Dispatcher(store, {"slack": n},
+                     DeliveryConfig(retry_min=1, retry_max=2, batch=2, rollup_after=0,
+                                    max_age=0), Metrics(), Racing())
+    await queue(store, *(story_delivery(i, "slack") for i in range(6)))
+    slack_server.fail_next(1000, status=503)
+    r = await asyncio.wait_for(dsp.run_once(), 60)
+    assert slack_server.requests <= 6  # each delivery tried at most once in the round
+    assert r.retrying >= 1 and r.sent == 0
+    await dsp.close()

@@ -264,8 +264,11 @@ class Dispatcher:
 
     async def drain_channel(self, channel: str) -> DispatchResult:
         """Claim and send ``channel``'s due deliveries until none is due, it is paused,
-        or the dispatcher stops. One round per channel at a time."""
+        or the dispatcher stops. One round per channel at a time, and a round claims each
+        delivery at most once: one given back during the round (a retry whose time came
+        while the round went on) waits for the next round, so a round always ends."""
         total = DispatchResult()
+        seen: set[int] = set()
         async with self._locks[channel]:
             while not self.stopping:
                 now = self.clock()
@@ -289,8 +292,16 @@ class Dispatcher:
                         batch += more
                         if len(more) < ROLLUP_CLAIM_MAX:
                             break
-                total = total + await self._send_channel(channel, batch)
-                if len(batch) < limit:
+                again = [d for d in batch if d.id in seen]
+                if again:  # come back within this round: give them back, end the round
+                    for d in again:
+                        assert d.id is not None
+                        await self.store.release(d.id, now)
+                    batch = [d for d in batch if d.id not in seen]
+                seen.update(d.id for d in batch if d.id is not None)
+                if batch:
+                    total = total + await self._send_channel(channel, batch)
+                if again or len(batch) < limit:
                     break
         return total
 
