@@ -204,14 +204,16 @@ async def test_feed_crud(store: Store) -> None:
         "b", etag='W/"1"', last_modified="Mon, 01 Jan 2026 00:00:00 GMT", body_hash="ff" * 32,
         last_polled=t(1), next_poll=t(6), last_success=t(1), failures=2, last_status=503,
         last_error="HTTP 503 — service unavailable", gone=False, baselined=True, problem="bozo: é",
-        polls=7, stories_seen=42,
+        polls=7, stories_seen=42, failing_since=t(-2), last_new_story=t(-5),
+        story_times=(t(-9), t(-7), t(-5)), notice="ops:feed-failing:b:2026:ops",
     )
     await store.save_feed(full)
     await store.save_feed(feed("a"))
     assert await store.get_feed("b") == full
     assert await store.get_feed("zzz") is None
     assert [f.name for f in await store.get_feeds()] == ["a", "b"]
-    moved = replace(full, url="https://new.example/feed", failures=0, gone=True, last_error=None)
+    moved = replace(full, url="https://new.example/feed", failures=0, gone=True, last_error=None,
+                    failing_since=None, story_times=(), notice=None)
     await store.save_feed(moved)
     assert await store.get_feed("b") == moved
     await store.delete_feed("b")

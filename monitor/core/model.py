@@ -33,6 +33,9 @@ class FeedSpec:
     interval: float  # seconds between polls
     tags: tuple[str, ...] = ()
     alert_on_first_poll: bool = False
+    # seconds: an item published longer ago than this is recorded but never alerted on
+    # (``defaults.max_age`` / the feed's ``max_age``); counted as "stale"
+    max_age: float = 3 * 86400.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,6 +59,15 @@ class FeedState:
     problem: str | None = None  # last bozo / parse warning, even on success
     polls: int = 0
     stories_seen: int = 0
+    # health (see ``monitor.core.feedhealth``)
+    failing_since: datetime | None = None  # the first failed poll of the current streak
+    last_new_story: datetime | None = None  # the poll that last found a new story
+    # publication times of the latest new stories, oldest first (at most
+    # ``feedhealth.CADENCE_SAMPLES``): the feed's publishing cadence is read from them
+    story_times: tuple[datetime, ...] = ()
+    # the key of the operational notice (failing, silent) sent and not yet followed by
+    # its recovery notice; None when the feed has none open
+    notice: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
