@@ -18,7 +18,7 @@ import pytest
 
 from monitor.core.model import Alert, Delivery, FeedState, Match, Story
 from monitor.errors import StoreError
-from monitor.store import migrations
+from monitor.store import codec, migrations
 from monitor.store import sqlite as sqlite_store
 from monitor.store.base import StoredStory
 from monitor.store.sqlite import SQLiteStore
@@ -312,6 +312,13 @@ async def test_a_version_1_database_is_upgraded_with_its_failed_deliveries(
             "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, "
             "attempts, created, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, "
             "?8, COALESCE(?9, ?10)) ON CONFLICT (key) DO NOTHING RETURNING id"))
+        # nor feed health (schema 5): its feed rows had the first 17 columns
+        old_columns = codec.FEED_COLUMNS[:17]
+        m.setattr(sqlite_store, "_FEED_UPSERT", (
+            f"INSERT INTO feeds ({', '.join(old_columns)}) VALUES "
+            f"({', '.join('?' for _ in old_columns)}) ON CONFLICT (name) DO NOTHING"))
+        m.setattr(sqlite_store, "_feed_row", lambda state: tuple(
+            codec.feed_to_row(state, codec.dt_to_text)[:17]))
         async with SQLiteStore(db) as old:
             s = _story("s1")
             match = Match(rule="r", severity="high", channels=("slack",))
