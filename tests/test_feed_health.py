@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from monitor.cli.feeds import feed_rows
+from monitor.config import load_config
 from monitor.shell.daemon import Runtime
 from tests.clock import T0, Clock
 from tests.feeds import BACKLOG, UNRELATED, Item, rss, seed_item
 from tests.peers.feedserver import FeedServer
+from tests.peers.slackserver import SlackServer
 from tests.test_hostile_feeds import _billion_laughs
 from tests.test_pipeline import MakeConfig, alerts, clock, make_config, poll
 
@@ -189,3 +191,26 @@ async def test_guid_churn_is_the_feeds_problem(
         [st] = await rt.store.get_feeds()
     assert row["state"] == "ok" and "GUID churn" in row["problem"]
     assert st.last_new_story == T0  # churned items are not news: the silence clock runs on
+
+
+async def test_the_recovery_is_threaded_under_the_notice_in_slack(
+    make_config: MakeConfig, feed_server: FeedServer, clock: Clock, slack_server: SlackServer,
+    tmp_path: Path,
+) -> None:
+    feed_server.status("/a.rss", 503)
+    make_config({"a": "/a.rss"})
+    path = tmp_path / "config.yaml"
+    path.write_text("health: {channel: ops, feed_failing_after: 10m}\n" + path.read_text().replace("channels:\n", (
+        f"channels:\n  ops: {{type: slack, token: '{slack_server.token}', channel: '#alerts', "
+        f"base_url: '{slack_server.api_base_url}'}}\n"), 1))
+    config = load_config(path)
+    async with Runtime(config, clock=clock) as rt:
+        for _ in range(3):
+            await poll(rt)
+            clock.advance(minutes=6)
+        feed_server.serve("/a.rss", rss(BACKLOG, now=T0))
+        await poll(rt)
+    first, second = slack_server.messages
+    assert first["thread_ts"] is None and ":warning:" in str(first["payload"])
+    assert "feed 'a' is failing" in str(first["payload"]) and "503" in str(first["payload"])
+    assert second["thread_ts"] == first["ts"] and "recovered" in str(second["payload"])
