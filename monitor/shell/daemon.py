@@ -360,6 +360,7 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     await self.store.save_feed(replace(
                         state, last_polled=now, failures=state.failures + 1,
+                        failing_since=state.failing_since or now,
                         last_error=error, next_poll=now + timedelta(seconds=spec.interval)))
                 return PollOutcome(feed=spec.name, result="failed", error=error)
             # the store itself (full, read-only, unreachable…): not the feed's fault:
@@ -376,6 +377,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await self.store.save_feed(replace(
                     state, last_polled=now, failures=state.failures + 1,
+                    failing_since=state.failing_since or now,
                     last_error=error, next_poll=now + timedelta(seconds=spec.interval)))
             return PollOutcome(feed=spec.name, result="failed", error=error)
 
