@@ -63,6 +63,10 @@ class Defaults(_Model):
     alert_on_first_poll: bool = False
     jitter: float = Field(0.1, ge=0, le=1)  # fraction of the interval
     channels: tuple[str, ...] = ()  # for rules that name no channels
+    # an item published longer ago than this is recorded but never alerted on (a feed
+    # re-surfacing its archive); counted as "stale" in the poll's log line, `monitor once`
+    # and monitor_stale_items_skipped_total
+    max_age: Duration = 3 * 86400.0
 
 
 class FeedConfig(_Model):
@@ -74,6 +78,7 @@ class FeedConfig(_Model):
     adaptive: bool | None = None
     tags: tuple[str, ...] = ()
     alert_on_first_poll: bool | None = None
+    max_age: Duration | None = None  # default: defaults.max_age
 
     @field_validator("url")
     @classmethod
@@ -281,6 +286,19 @@ class DigestConfig(_Model):
         return v
 
 
+class HealthConfig(_Model):
+    """Feed health: operational notices (a feed failing, silent, back) go to ``channel``
+    (one of ``channels``; none without it, the health is still tracked and shown)."""
+
+    channel: str | None = None
+    # a feed failing for this long gets a notice
+    feed_failing_after: Duration = 3600.0
+    # a feed with no new story for more than factor × its usual time between stories
+    # (and at least silent_after_min) is silent
+    silent_after_factor: float = Field(6.0, gt=1)
+    silent_after_min: Duration = 6 * 3600.0
+
+
 class ServerAuth(_Model):
     """Credentials the status page and ``/metrics`` ask for (``/healthz`` and ``/readyz``
     stay open for probes): a bearer token, or a user name and password (HTTP basic auth),
@@ -345,6 +363,7 @@ class Config(_Model):
     delivery: DeliveryConfig = DeliveryConfig()
     digest: DigestConfig = DigestConfig()
     server: ServerConfig = ServerConfig()
+    health: HealthConfig = HealthConfig()
     # where the config file lives: relative paths resolve against it
     base_dir: str = Field("", exclude=True)
     # credentials in URLs: the values ${VAR} put in a URL's user info or query, and those
@@ -394,6 +413,7 @@ class Config(_Model):
                 alert_on_first_poll=(
                     d.alert_on_first_poll if f.alert_on_first_poll is None else f.alert_on_first_poll
                 ),
+                max_age=f.max_age or d.max_age,
             )
             for f in self.feeds
         ]
@@ -487,6 +507,17 @@ def _server_problems(config: Config, path: str, positions: Positions) -> list[Pr
             "token: ${MONITOR_STATUS_TOKEN} (or user: and password:), or listen on "
             "127.0.0.1"))
     return out
+
+
+def _health_problems(config: Config, path: str, positions: Positions) -> list[Problem]:
+    """``health.channel`` names a configured channel."""
+    channel = config.health.channel
+    if channel is None or channel in config.channels:
+        return []
+    pos = positions.get(("health", "channel"))
+    known = ", ".join(sorted(config.channels)) or "none"
+    return [Problem(path, pos[0] if pos else None, pos[1] if pos else None,
+                    f"health.channel: unknown channel {channel!r}; known: {known}")]
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -628,6 +659,7 @@ def parse_config(text: str, path: str, env: dict[str, str] | None = None, *,
     if config is not None:
         problems += _file_problems(config, path, positions)
         problems += _server_problems(config, path, positions)
+        problems += _health_problems(config, path, positions)
     if problems or config is None:
         # a problem may quote a value (``got '...'``): never a credential
         shown = [replace(p, message=redact_text(p.message, secrets)) for p in problems]

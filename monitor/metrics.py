@@ -31,6 +31,15 @@ class Metrics:
         self.feed_failures = Gauge(
             "monitor_feed_consecutive_failures", "Consecutive failed polls", ["feed"], registry=r
         )
+        self.stale_items = Counter(
+            "monitor_stale_items_skipped_total",
+            "New items not alerted on because they were published more than max_age ago",
+            ["feed"], registry=r,
+        )
+        self.ops_notices = Counter(
+            "monitor_ops_notices_total",
+            "Operational notices queued (feed failing, silent, recovered)", ["kind"], registry=r,
+        )
         self.rules_loaded = Gauge("monitor_rules_loaded", "Rules in the active set", registry=r)
         self.rules_reloads = Counter(
             "monitor_rules_reloads_total", "Rule reloads by result", ["result"], registry=r

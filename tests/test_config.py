@@ -245,3 +245,51 @@ def test_an_unset_variable_is_reported_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e2:
         load_config(cfg, env={})
     assert len(e2.value.problems) == 2
+
+
+# -- health and max_age (#13) -------------------------------------------------------------
+
+
+def test_health_and_max_age() -> None:
+    cfg = parse_config("""
+defaults: {max_age: 2d}
+feeds:
+  - {name: a, url: 'https://a.example/rss'}
+  - {name: archive, url: 'https://b.example/rss', max_age: 30d}
+channels:
+  ops: {type: file, path: ops.jsonl}
+health:
+  channel: ops
+  feed_failing_after: 30m
+  silent_after_factor: 4
+  silent_after_min: 2h
+""", "c.yaml", {})
+    assert [s.max_age for s in cfg.feed_specs()] == [2 * 86400, 30 * 86400]
+    h = cfg.health
+    assert (h.channel, h.feed_failing_after, h.silent_after_factor, h.silent_after_min) == (
+        "ops", 1800, 4, 7200)
+    empty = parse_config("", "c.yaml", {})
+    assert empty.health.channel is None and empty.health.feed_failing_after == 3600
+    assert empty.defaults.max_age == 3 * 86400
+
+
+def test_health_problems_are_located() -> None:
+    got = problems("""
+channels:
+  ops: {type: file, path: ops.jsonl}
+health:
+  channel: pager
+""")
+    assert got == ["c.yaml:5:12: health.channel: unknown channel 'pager'; known: ops"], got
+    got = problems("""
+channels:
+  ops: {type: file, path: ops.jsonl}
+health:
+  channel: ops
+  feed_failing_after: soon
+  silent_after_factor: 1
+""")
+    assert any(p.startswith("c.yaml:6:23:") and "feed_failing_after" in p for p in got), got
+    assert any(p.startswith("c.yaml:7:24:") and "silent_after_factor" in p for p in got), got
+    got = problems("feeds:\n  - {name: a, url: 'https://a.example/', max_age: 0}\n")
+    assert any(p.startswith("c.yaml:2:") and "max_age" in p for p in got), got

@@ -206,13 +206,16 @@ async def test_feed_crud(store: Store) -> None:
         last_error="HTTP 503 — service unavailable", gone=False, baselined=True, problem="bozo: é",
         polls=7, stories_seen=42, ttl=3600.0, update_period=600.0, update_base=t(-100),
         cadence=437.5, poll_interval=218.75, poll_reason="cadence ~7m",
+        failing_since=t(-2), last_new_story=t(-5),
+        story_times=(t(-9), t(-7), t(-5)), notice="ops:feed-failing:b:2026:ops",
     )
     await store.save_feed(full)
     await store.save_feed(feed("a"))
     assert await store.get_feed("b") == full
     assert await store.get_feed("zzz") is None
     assert [f.name for f in await store.get_feeds()] == ["a", "b"]
-    moved = replace(full, url="https://new.example/feed", failures=0, gone=True, last_error=None)
+    moved = replace(full, url="https://new.example/feed", failures=0, gone=True, last_error=None,
+                    failing_since=None, story_times=(), notice=None)
     await store.save_feed(moved)
     assert await store.get_feed("b") == moved
     await store.delete_feed("b")

@@ -5,6 +5,7 @@
     monitor check      validate config and rules; print every problem; exit 1 if any
     monitor demo       the real pipeline on bundled feeds, offline
     monitor status     feeds and outbox state
+    monitor feeds      every feed's health: state, last success, next poll, cadence, problem
     monitor alerts     what was sent, held, rolled up or failed, with the peer's answer
     monitor notify test CHANNEL  send a test message through a channel
     monitor outbox retry  send failed deliveries again
@@ -92,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="feeds and outbox state")
     _add_common(p)
     from monitor.cli import alerts as alerts_cli
+    from monitor.cli import feeds as feeds_cli
     from monitor.cli import notifytest
 
+    feeds_cli.add_parser(sub, _add_common)
     alerts_cli.add_parser(sub, _add_common)
     notifytest.add_parser(sub, _add_common)
 
@@ -196,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _Parser.json_errors = True
     args = build_parser().parse_args(argv)
     quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox",
-                         "alerts", "notify")
+                         "alerts", "notify", "feeds")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
     try:
         return _dispatch(args)
@@ -249,6 +252,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return loop.run(cmd_once(config, args.json, strict=args.strict))
     if cmd == "status":
         return loop.run(cmd_status(config, args.json))
+    if cmd == "feeds":
+        from monitor.cli.feeds import cmd_feeds
+
+        return loop.run(cmd_feeds(config, args.json))
     if cmd == "backtest":
         return loop.run(cmd_backtest(config, args))
     if cmd == "outbox":

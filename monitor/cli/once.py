@@ -48,6 +48,8 @@ def once_report(outcomes: Sequence[PollOutcome], result: DispatchResult) -> dict
         feeds.append(d)
     return {
         "feeds": feeds,
+        # new items published more than their feed's max_age ago: recorded, not alerted on
+        "stale": sum(o.stale for o in outcomes),
         "alerts": {"fired": alerts, "updates": updates},
         "deliveries": {"queued": sum(queued.values()), **result.counts(),
                        "channels": channels},
@@ -58,8 +60,9 @@ def print_once(outcomes: Sequence[PollOutcome], result: DispatchResult) -> None:
     report = once_report(outcomes, result)
     for o, f in zip(outcomes, report["feeds"], strict=True):
         extra = f" error: {o.error}" if o.error else ""
+        extra += f" problem: {o.problem}" if o.problem else ""
         print(f"{o.feed:<24} {o.result:<13} entries={o.stories:<4} new={o.new:<4} "
-              f"alerts={f['alerts']:<4} deliveries={f['deliveries']}{extra}")
+              f"alerts={f['alerts']:<4} deliveries={f['deliveries']:<4} stale={o.stale}{extra}")
     a, d = report["alerts"], report["deliveries"]
     updates = f" and {a['updates']} update{'' if a['updates'] == 1 else 's'}" if a["updates"] else ""
     print(f"alerts: {a['fired']} (stories × rules that fired){updates}; "
@@ -68,6 +71,10 @@ def print_once(outcomes: Sequence[PollOutcome], result: DispatchResult) -> None:
     for ch, c in d["channels"].items():
         print(f"  {ch:<22} {_counts(c, queued=True)}")
     print(f"deliveries: {_counts(d)}")
+    if report["stale"]:
+        print(f"stale: {report['stale']} new item{'' if report['stale'] == 1 else 's'} "
+              "published more than max_age ago (defaults.max_age, or the feed's): recorded, "
+              "not alerted on")
 
 
 def _counts(c: dict[str, Any], *, queued: bool = False) -> str:

@@ -39,6 +39,9 @@ class FeedSpec:
     min_interval: float = 60.0
     max_interval: float = 3600.0
     adaptive: bool = True
+    # seconds: an item published longer ago than this is recorded but never alerted on
+    # (``defaults.max_age`` / the feed's ``max_age``); counted as "stale"
+    max_age: float = 3 * 86400.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,6 +73,16 @@ class FeedState:
     cadence: float | None = None  # seconds between publications, learned
     poll_interval: float | None = None  # seconds, before jitter
     poll_reason: str | None = None  # why: "ttl 60m", "cadence ~7m", "interval 5m" …
+
+    # health (see ``monitor.core.feedhealth``)
+    failing_since: datetime | None = None  # the first failed poll of the current streak
+    last_new_story: datetime | None = None  # the poll that last found a new story
+    # publication times of the latest new stories, oldest first (at most
+    # ``feedhealth.CADENCE_SAMPLES``): the feed's publishing cadence is read from them
+    story_times: tuple[datetime, ...] = ()
+    # the key of the operational notice (failing, silent) sent and not yet followed by
+    # its recovery notice; None when the feed has none open
+    notice: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -24,7 +24,8 @@ matches and cluster facts, plus the cluster's earlier alerts and ``now`` → the
 to save. Every decision about alerting is taken here, once:
 
 * silence (``silenced``): a feed's baseline poll, GUID churn, a story published more than
-  ``MAX_ALERT_AGE`` ago, and a "new" story whose link is stored (an old story that left
+  the feed's ``max_age`` ago (``MAX_ALERT_AGE`` by default: "stale", counted by the
+  pipeline), and a "new" story whose link is stored (an old story that left
   the dedup window) record the story without alerting;
 * a story that starts its cluster gets first alerts; one joining a known cluster gets
   first alerts only for rules that had not alerted on it (or whose cooldown is over),
@@ -73,7 +74,8 @@ from monitor.core.model import (
 from monitor.core.schedule import next_cron
 
 # A story is "news" only while it is recent: an item published longer ago than this
-# (a feed re-surfacing its archive) is remembered but never alerted on.
+# (a feed re-surfacing its archive) is remembered but never alerted on. The default of
+# ``defaults.max_age``; a feed may set its own (``FeedSpec.max_age``).
 MAX_ALERT_AGE = timedelta(days=3)
 UPDATE_MILESTONES: tuple[int, ...] = (2, 3, 5, 10, 20, 50, 100)
 # where a channel that edits its first message in place also replies in its thread
@@ -218,14 +220,16 @@ def is_baseline(state: FeedState, spec: FeedSpec) -> bool:
     return not state.baselined and not spec.alert_on_first_poll
 
 
-def silenced(c: Candidate, *, now: datetime, baseline: bool, churn: bool) -> str | None:
+def silenced(c: Candidate, *, now: datetime, baseline: bool, churn: bool,
+             max_age: timedelta = MAX_ALERT_AGE) -> str | None:
     """Why ``c`` is recorded without alerting, or None when it may alert. Checked before
-    matching (a silent story need not be matched) and again by ``plan``."""
+    matching (a silent story need not be matched) and again by ``plan``. ``too-old``:
+    published more than ``max_age`` ago (the feed's ``max_age``)."""
     if baseline:
         return "baseline"
     if churn:
         return "guid-churn"  # the feed re-issued known items under new ids
-    if c.story.published < now - MAX_ALERT_AGE:
+    if c.story.published < now - max_age:
         return "too-old"
     if c.facts.new and c.link_known and c.story.link:
         return "left-dedup-window"  # an old story (its link is stored) the index forgot
@@ -250,6 +254,7 @@ def plan(
     baseline: bool = False,
     churn: bool = False,
     editable: Collection[str] = (),
+    max_age: timedelta = MAX_ALERT_AGE,
 ) -> list[Delivery]:
     """The deliveries one poll queues, in story order (pure).
 
@@ -262,7 +267,7 @@ def plan(
     grouped rule's have their ``group`` set (``schedule_groups`` then places them)."""
     out: list[Delivery] = []
     for c in candidates:
-        if silenced(c, now=now, baseline=baseline, churn=churn) is not None:
+        if silenced(c, now=now, baseline=baseline, churn=churn, max_age=max_age) is not None:
             continue
         if c.facts.new:
             out += route(c.story, c.matches, c.facts, now=now)

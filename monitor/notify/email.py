@@ -23,6 +23,7 @@ from typing import TypeVar
 import aiosmtplib
 
 from monitor.config import EmailChannel
+from monitor.core.feedhealth import is_operational
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.log import get_logger, scrub
 from monitor.notify.ratelimit import RateLimiter
@@ -147,7 +148,7 @@ class EmailNotifier:
             alert,
             sender=self.cfg.from_,
             to=self.cfg.to,
-            thread_ref=thread_ref if alert.update else None,
+            thread_ref=thread_ref if alert.update or is_operational(alert) else None,
             message_id_domain=self.domain,
             key=key if key is not None else f"{self.name}\x1f{message_key(alert)}",
             date=datetime.now(UTC),

@@ -93,6 +93,7 @@ SEVERITY_EMOJI: dict[str, str] = {
     "medium": ":large_yellow_circle:",
     "high": ":large_orange_circle:",
     "critical": ":red_circle:",
+    "warning": ":warning:",  # an operational notice (a feed failing or silent)
 }
 SEVERITY_SYMBOL: dict[str, str] = {  # for email (plain unicode)
     "info": "ℹ",
@@ -100,6 +101,7 @@ SEVERITY_SYMBOL: dict[str, str] = {  # for email (plain unicode)
     "medium": "🟡",
     "high": "🟠",
     "critical": "🔴",
+    "warning": "⚠",
 }
 
 _ZWSP = "\u200b"

@@ -52,6 +52,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from monitor.config import SlackChannel
+from monitor.core.feedhealth import is_operational
 from monitor.core.model import Alert, SendFailed, SendResult, Sent
 from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger, scrub
@@ -229,7 +230,8 @@ class SlackNotifier:
         webhook: counts its ambiguous timeouts); ``attempt``: 1 for the first try;
         ``created``: when the delivery was queued (the history lookup starts there)."""
         key = key or f"{self.name}\x1f{message_key(alert)}"
-        thread = thread_ref if alert.update else None
+        # an update, or an operational notice's recovery, goes in its first message's thread
+        thread = thread_ref if alert.update or is_operational(alert) else None
         in_summary = bool(thread) and str(thread).endswith(SUMMARY_MARK)
         if alert.update and not alert.reply and (self.cfg.webhook_url or not thread
                                                  or in_summary):

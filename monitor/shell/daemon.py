@@ -35,6 +35,7 @@ from typing import Any
 from monitor.config import Config, QuietHours, secrets_of
 from monitor.core.dedup.features import DedupSettings
 from monitor.core.dedup.index import StoryIndex
+from monitor.core.feedhealth import condition
 from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
 from monitor.core.rules.model import RuleSet
@@ -44,6 +45,7 @@ from monitor.log import get_logger, redact, redact_url, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
+from monitor.shell import ops
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import ParsePool, Processes, Threads
@@ -360,6 +362,7 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     await self.store.save_feed(replace(
                         state, last_polled=now, failures=state.failures + 1,
+                        failing_since=state.failing_since or now,
                         last_error=error, next_poll=now + timedelta(seconds=spec.interval)))
                 return PollOutcome(feed=spec.name, result="failed", error=error)
             # the store itself (full, read-only, unreachable…): not the feed's fault:
@@ -376,6 +379,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await self.store.save_feed(replace(
                     state, last_polled=now, failures=state.failures + 1,
+                    failing_since=state.failing_since or now,
                     last_error=error, next_poll=now + timedelta(seconds=spec.interval)))
             return PollOutcome(feed=spec.name, result="failed", error=error)
 
@@ -393,6 +397,11 @@ class Runtime:
             for f in feeds if f.failures and not f.gone
         ]
         gone = [f.name for f in feeds if f.gone]
+        # feed health (#13): silent feeds, and the parse problems of working ones
+        settings = ops.health_settings(self.config)
+        silent = [f.name for f in feeds if condition(f, settings, now=now) == "silent"]
+        problems = [{"feed": f.name, "problem": self.config.redact(scrub(f.problem))}
+                    for f in feeds if f.problem and not f.failures]
         rules = self.pipeline.rules
         pending = await self.store.count_pending()
         listening = self.store.listening
@@ -403,6 +412,7 @@ class Runtime:
         reasons = [why for why, bad in (
             (f"{len(failing)} feed(s) failing", failing),
             (f"{len(gone)} feed(s) gone", gone),
+            (f"{len(silent)} feed(s) silent", silent),
             ("the last rules reload failed", rules.error),
             ("no rule is enabled: nothing can alert", not enabled),
             ("not hearing the other instances", listening is False),
@@ -413,7 +423,8 @@ class Runtime:
             "status": status,
             **({"reasons": reasons} if reasons else {}),
             "time": now.isoformat(),
-            "feeds": {"total": len(feeds), "failing": failing, "gone": gone},
+            "feeds": {"total": len(feeds), "failing": failing, "gone": gone, "silent": silent,
+                      "problems": problems},
             "rules": {
                 "count": len(rules.ruleset.rules),
                 "enabled": enabled,

@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from monitor.config import Config, SlackChannel
@@ -33,6 +33,7 @@ from monitor.core.dedup.index import (
     StoryIndex,
     detect_guid_churn,
 )
+from monitor.core.feedhealth import is_operational, remember_news
 from monitor.core.model import (
     ClusterInfo,
     Delivery,
@@ -67,6 +68,7 @@ from monitor.core.streaks import is_news
 from monitor.log import get_logger
 from monitor.metrics import Metrics
 from monitor.redact import without_userinfo
+from monitor.shell import ops
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import JobAbandoned, JobTimedOut
 from monitor.store.base import Store, StoredStory
@@ -101,6 +103,8 @@ class PollOutcome:
     alerts: int = 0  # deliveries queued
     error: str | None = None
     problem: str | None = None
+    # new items published more than the feed's max_age ago: recorded, not alerted on
+    stale: int = 0
     ms: float = 0.0
     deliveries: tuple[Delivery, ...] = field(default=(), repr=False)
 
@@ -114,6 +118,7 @@ class PollOutcome:
             "alerts": self.alerts,
             "error": self.error,
             "problem": self.problem,
+            "stale": self.stale,
             "ms": round(self.ms, 1),
         }
 
@@ -132,6 +137,9 @@ class _Work:
     outcomes: Counter[str] = field(default_factory=Counter)  # dedup decisions, for metrics
     fired: Counter[str] = field(default_factory=Counter)  # matches per rule, for metrics
     merges: list[tuple[str, str]] = field(default_factory=list)  # (absorbed, survivor)
+    stale: int = 0  # new stories published more than the feed's max_age ago
+    # publication times of the stories that count as the feed's news (its cadence)
+    news: list[datetime] = field(default_factory=list)
 
 
 ROUND_MAX = 2  # a dedup round is decided within this many settles of its first poll
@@ -251,7 +259,7 @@ class Pipeline:
                 last_modified=result.last_modified or state.last_modified,
                 body_hash=state.body_hash,
             )
-            await self.states.save(new)
+            await self._save_state(*ops.review(self.config, new, now))
             self.metrics.polls.labels(spec.name, "not-modified").inc()
             log.debug("feed.polled", feed=spec.name, status=304, new=0, ms=ms(),
                       **_schedule_fields(new, now))
@@ -265,7 +273,7 @@ class Pipeline:
         )
         if body_hash == state.body_hash and state.baselined:
             _recovered(state, spec, now)
-            await self.states.save(ok_state)
+            await self._save_state(*ops.review(self.config, ok_state, now))
             self.metrics.polls.labels(spec.name, "unchanged").inc()
             log.debug("feed.polled", feed=spec.name, status=result.status, new=0,
                       unchanged=True, ms=ms(), **_schedule_fields(ok_state, now))
@@ -334,11 +342,12 @@ class Pipeline:
             )
         decisions = await self._decide(fresh, now)
         rules = self.rules  # one rule set for the whole poll, even if a reload comes
+        max_age = timedelta(seconds=spec.max_age)
         work = self._dedup_and_match(
             spec, fresh, decisions, known_links, now, rules,
             # the worker's text matching counts only if it used the rules in force
             prematched=prepared.rules_fingerprint == rules.ruleset.fingerprint,
-            baseline=baseline, churn=churn,
+            baseline=baseline, churn=churn, max_age=max_age,
         )
         if work.merges:
             self._merge(spec, work)
@@ -350,22 +359,26 @@ class Pipeline:
             baseline=baseline,
             churn=churn,
             editable=self._editable(),
+            max_age=max_age,
         )
         groups = {d.group for d in deliveries if d.group}
         if groups:  # a grouped rule's alerts wait for their group's next message
             deliveries = schedule_groups(deliveries, await self.store.group_states(groups),
                                          now=now)
-        state = replace(
+        state = remember_news(replace(
             state,
             baselined=True,
             stories_seen=state.stories_seen + len(fresh),
-        )
-        inserted = await self._save(state, work, deliveries)
+        ), work.news, now=now)
+        state, notices = ops.review(self.config, state, now)
+        inserted = await self._save(state, work, deliveries + notices)
+        ops.queued([d for d in inserted if is_operational(d.alert)], self.metrics)
+        inserted = [d for d in inserted if not is_operational(d.alert)]
         result = "baseline" if baseline else "new" if fresh else "unchanged"
         self._count(spec, result, work)
         log.info(
             "feed.polled", feed=spec.name, status=status, entries=len(batch), new=len(fresh),
-            alerts=len(inserted), baseline=baseline, ms=ms(),
+            alerts=len(inserted), stale=work.stale, baseline=baseline, ms=ms(),
             **({"problem": state.problem} if state.problem else {}),
             **_schedule_fields(state, now),
         )
@@ -373,12 +386,22 @@ class Pipeline:
             log.info("alert.queued", feed=spec.name, rule=d.alert.match.rule, channel=d.channel,
                      story=d.alert.story.id, cluster=d.alert.cluster, update=d.alert.update,
                      title=d.alert.story.title[:120])
-        if inserted:
+        if inserted or notices:
             self.on_queued()
         return PollOutcome(
             feed=spec.name, result=result, status=status, stories=len(batch), new=len(fresh),
-            alerts=len(inserted), problem=state.problem, ms=ms(), deliveries=tuple(inserted),
+            alerts=len(inserted), problem=state.problem, stale=work.stale, ms=ms(),
+            deliveries=tuple(inserted),
         )
+
+    async def _save_state(self, state: FeedState, notices: Sequence[Delivery]) -> None:
+        """A poll that stores no story: the feed's state, with the operational notices
+        due (``ops.review``) in the same transaction when there are any."""
+        if not notices:
+            await self.states.save(state)
+            return
+        ops.queued(await self.store.save_poll(state, [], notices), self.metrics)
+        self.on_queued()
 
     async def _fresh(
         self, batch: Sequence[PreparedStory]
@@ -470,6 +493,7 @@ class Pipeline:
         prematched: bool,
         baseline: bool,
         churn: bool,
+        max_age: timedelta,
     ) -> _Work:
         """Record the new stories' dedup ``decisions`` and match those that may alert
         against their clusters."""
@@ -498,7 +522,14 @@ class Pipeline:
                                              new=isinstance(decision, New)
                                              and cluster == decision.cluster),
                           link_known=story.link in known_links)
-            if silenced(c, now=now, baseline=baseline, churn=churn) is not None:
+            why = silenced(c, now=now, baseline=baseline, churn=churn, max_age=max_age)
+            if why in (None, "baseline"):
+                work.news.append(story.published)
+            if why == "too-old":
+                work.stale += 1
+                log.debug("story.stale", feed=spec.name, story=story.id,
+                          published=story.published.isoformat(), title=story.title[:120])
+            if why is not None:
                 continue
             pre = p.prematch if prematched and p.prematch is not None else matcher.prematch(story)
             if pre.skipped is not None:
@@ -603,6 +634,8 @@ class Pipeline:
             self.metrics.stories.labels(spec.name, outcome).inc(n)
         for rule, n in work.fired.items():
             self.metrics.matches.labels(rule).inc(n)
+        if work.stale:
+            self.metrics.stale_items.labels(spec.name).inc(work.stale)
         self.metrics.clusters.set(len(self.index))
         self.metrics.feed_failures.labels(spec.name).set(0)
 
@@ -671,6 +704,7 @@ class Pipeline:
             url=url,
             last_polled=now,
             failures=failures,
+            failing_since=state.failing_since or now,
             last_status=status,
             last_error=reason,
             gone=gone,
@@ -681,7 +715,7 @@ class Pipeline:
                 key=spec.name,
             ),
         )
-        await self.states.save(new)
+        await self._save_state(*ops.review(self.config, new, now))
         result = "gone" if gone else "failed"
         self.metrics.polls.labels(spec.name, result).inc()
         self.metrics.feed_failures.labels(spec.name).set(failures)
@@ -725,7 +759,7 @@ def _succeeded(
     the hot path of the polls that change nothing."""
     return replace(
         state, url=url, last_polled=now, last_success=now, failures=0, last_error=None,
-        gone=False, polls=state.polls + 1, next_poll=next_at, last_status=status,
+        failing_since=None, gone=False, polls=state.polls + 1, next_poll=next_at, last_status=status,
         etag=etag, last_modified=last_modified, body_hash=body_hash,
         poll_interval=decision.delay, poll_reason=decision.why,
     )

@@ -376,9 +376,31 @@ FEED_COLUMNS: tuple[str, ...] = (
     "cadence",
     "poll_interval",
     "poll_reason",
+    "failing_since",
+    "last_new_story",
+    "story_times",
+    "notice",
 )
-_FEED_TIMES = frozenset({"last_polled", "next_poll", "last_success", "update_base"})
+_FEED_TIMES = frozenset({"last_polled", "next_poll", "last_success", "update_base",
+                         "failing_since", "last_new_story"})
 _FEED_BOOLS = frozenset({"gone", "baselined"})
+
+
+def times_to_json(times: tuple[datetime, ...]) -> str:
+    """A feed's ``story_times`` as a JSON list of ISO 8601 UTC times (both stores)."""
+    return json.dumps([dt_to_text(t) for t in times])
+
+
+def times_from_json(text: str | None) -> tuple[datetime, ...]:
+    if not text:
+        return ()
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, list):
+            raise TypeError("not a list")
+        return tuple(dt_from_text(str(v)) for v in obj)
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"invalid story_times: {e}") from e
 
 
 def feed_to_row(state: FeedState, dt: Callable[[datetime], Any]) -> tuple[Any, ...]:
@@ -388,6 +410,8 @@ def feed_to_row(state: FeedState, dt: Callable[[datetime], Any]) -> tuple[Any, .
         value = getattr(state, col)
         if col in _FEED_TIMES and value is not None:
             value = dt(value)
+        elif col == "story_times":
+            value = times_to_json(value)
         out.append(value)
     return tuple(out)
 
@@ -401,6 +425,8 @@ def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime]) -> Feed
             value = dt(value)
         elif col in _FEED_BOOLS:
             value = bool(value)
+        elif col == "story_times":
+            value = times_from_json(value)
         values[col] = value
     return FeedState(**values)
 
