@@ -76,8 +76,12 @@ def cadence(times: Iterable[datetime]) -> float | None:
 
     The median gap between publications, robust to a few odd ones (a late correction,
     a weekend): times within ``BURST`` of the previous kept one are one publication;
-    at least ``CADENCE_MIN_GAPS`` gaps are needed. This is the one place the cadence is
-    computed (the adaptive poll interval should read the same function).
+    at least ``CADENCE_MIN_GAPS`` gaps are needed.
+
+    Not ``schedule.learn_cadence``, on purpose: the poll interval's cadence counts the
+    open gap since the newest entry (a feed that went quiet is polled less), which would
+    make a silent feed's cadence grow with its silence and never look silent; this one
+    is the feed's habit while it publishes, which silence is measured against.
     """
     events: list[datetime] = []
     for t in sorted(times):
