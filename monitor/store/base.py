@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, GroupState, Story
+from monitor.store.migrations import Plan
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,13 +68,20 @@ class DeliveryRecord:
 
 @runtime_checkable
 class Store(Protocol):
-    """Persistent state. Use as ``async with store:`` (``open`` creates/migrates the schema)."""
+    """Persistent state. Use as ``async with store:`` (``open`` creates/migrates the schema;
+    a schema newer than the code raises ``SchemaTooNew``)."""
 
     async def open(self) -> None:
         """Connect and create or migrate the schema. Idempotent."""
 
     async def close(self) -> None:
         """Release connections."""
+
+    async def migrate(self, *, dry_run: bool = False) -> Plan:
+        """Bring the schema to the latest version (what ``open`` does unless the store
+        was made with ``migrate=False``), one migrator at a time across processes.
+        ``dry_run`` runs every step in a transaction and rolls it back. Raises
+        ``SchemaTooNew`` when the database is newer than the code."""
 
     async def __aenter__(self) -> Store: ...
 

@@ -191,7 +191,11 @@ def _same(dt: datetime) -> datetime:
 
 
 class PostgresStore:
-    """A ``Store`` in PostgreSQL, safe to share between several daemon instances."""
+    """A ``Store`` in PostgreSQL, safe to share between several daemon instances.
+
+    ``migrate=False`` opens without migrating (``monitor migrate`` then calls
+    ``migrate``); a schema newer than the code is refused either way.
+    """
 
     def __init__(
         self,
@@ -202,6 +206,7 @@ class PostgresStore:
         max_size: int = 5,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
+        migrate: bool = True,
     ) -> None:
         if schema is not None and not _IDENT.match(schema):
             raise StoreError(f"invalid PostgreSQL schema name {schema!r} (letters, digits, _)")
@@ -211,6 +216,7 @@ class PostgresStore:
         self._max = max_size
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
+        self._auto_migrate = migrate
         self._pool: Any = None
         self._opening = asyncio.Lock()
         # this process's name in the notifications (its own are not handed back to it)
@@ -254,8 +260,11 @@ class PostgresStore:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as e:
             raise postgres_error(e, where=where, what=f"cannot connect to {where}") from e
         try:
-            async with pool.acquire() as con, con.transaction():
-                await self._migrate(con)
+            if self._auto_migrate:
+                await self._migrate_on(pool, dry_run=False)
+            else:
+                async with pool.acquire() as con:
+                    await self._version(con, migrations.latest("postgres"))
         except BaseException as e:
             await pool.close()
             if isinstance(e, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
@@ -263,24 +272,62 @@ class PostgresStore:
             raise
         return pool
 
-    async def _migrate(self, con: Any) -> None:
+    @property
+    def _where(self) -> str:
+        return redact_url(self._dsn) + (f" (schema {self._schema})" if self._schema else "")
+
+    async def _version(self, con: Any, known: int) -> int:
+        """The schema version (0 before the first migration); one newer than ``known``
+        is refused."""
+        if await con.fetchval("SELECT to_regclass('schema_version')") is None:
+            return 0
+        current = int(await con.fetchval("SELECT max(version) FROM schema_version") or 0)
+        if current > known:
+            raise migrations.too_new(self._where, current, known)
+        return current
+
+    async def _migrate_on(self, pool: Any, *, dry_run: bool) -> migrations.Plan:
+        """Check and migrate in one transaction, holding the advisory lock
+        ``monitor.migrate:<schema>`` (a fixed key per schema) from before the version is
+        read until the commit: instances starting together migrate once, the others wait
+        and find the schema current. ``dry_run`` applies every step, then rolls back."""
         schema = self._schema or "public"
-        # One migrator at a time per schema, across every instance sharing the database.
-        await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"monitor.migrate:{schema}")
-        if self._schema:
-            await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
-        await con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = await con.fetchval("SELECT max(version) FROM schema_version") or 0
         wanted = migrations.load("postgres")
-        if current > len(wanted):
-            raise StoreError(
-                f"schema {schema}: version {current} is newer than this program "
-                f"({len(wanted)}); upgrade monitor"
-            )
-        for m in wanted[current:]:
-            await con.execute(m.sql)
-            await con.execute("INSERT INTO schema_version (version) VALUES ($1)", m.version)
-            log.info("store.migrated", schema=schema, version=m.version, file=m.name)
+        async with pool.acquire() as con:
+            tx = con.transaction()
+            await tx.start()
+            try:
+                await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                  f"monitor.migrate:{schema}")
+                if self._schema:
+                    await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                await con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                current = await self._version(con, len(wanted))
+                for m in wanted[current:]:
+                    await con.execute(m.sql)
+                    await con.execute("INSERT INTO schema_version (version) VALUES ($1)", m.version)
+                    if not dry_run:
+                        log.info("store.migrated", schema=schema, version=m.version, file=m.name)
+            except BaseException:
+                await tx.rollback()
+                raise
+            if dry_run:
+                await tx.rollback()
+            else:
+                await tx.commit()
+        return migrations.Plan(dialect="postgres", where=self._where, current=current,
+                               target=len(wanted), steps=tuple(wanted[current:]),
+                               applied=not dry_run and current < len(wanted), dry_run=dry_run)
+
+    async def migrate(self, *, dry_run: bool = False) -> migrations.Plan:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("migrate: the store is not open")
+        try:
+            return await self._migrate_on(pool, dry_run=dry_run)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+            raise postgres_error(e, where=redact_url(self._dsn), what="migrate") from e
 
     async def close(self) -> None:
         await self.listener.close()

@@ -181,6 +181,9 @@ class SQLiteStore:
     mode; ``FULL`` also survives power loss). ``busy_timeout`` (seconds) is how long a
     statement waits for another process's write lock before failing with
     "database is locked".
+
+    ``migrate=False`` opens without migrating (``monitor migrate`` then calls
+    ``migrate``); a schema newer than the code is refused either way.
     """
 
     def __init__(
@@ -189,6 +192,7 @@ class SQLiteStore:
         *,
         synchronous: str = "NORMAL",
         busy_timeout: float = 10.0,
+        migrate: bool = True,
     ) -> None:
         sync = synchronous.upper()
         if sync not in _SYNC_MODES:
@@ -196,6 +200,7 @@ class SQLiteStore:
         self._path = os.fspath(path)
         self._sync = sync
         self._busy_ms = int(busy_timeout * 1000)
+        self._auto_migrate = migrate
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
@@ -275,7 +280,10 @@ class SQLiteStore:
                 if str(mode).lower() != "wal":
                     raise StoreError(f"cannot open {self._path}: journal_mode is {mode}, not WAL")
             con.execute(f"PRAGMA synchronous = {self._sync}")
-            self._migrate(con)
+            if self._auto_migrate:
+                self._migrate(con, dry_run=False)
+            else:
+                self._version(con, migrations.latest("sqlite"))
         except sqlite3.Error as e:
             con.close()
             raise sqlite_error(e, path=self._path, what=f"cannot open {self._path}") from e
@@ -300,24 +308,46 @@ class SQLiteStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
-    def _migrate(self, con: sqlite3.Connection) -> None:
+    def _version(self, con: sqlite3.Connection, known: int) -> int:
+        """The schema version (``PRAGMA user_version``); one newer than ``known`` is refused."""
+        current = int(con.execute("PRAGMA user_version").fetchone()[0])
+        if current > known:
+            raise migrations.too_new(self._path, current, known)
+        return current
+
+    def _migrate(self, con: sqlite3.Connection, *, dry_run: bool) -> migrations.Plan:
+        """Check and migrate in one ``BEGIN IMMEDIATE`` transaction: the version is
+        re-read under the write lock, so processes opening a new file together migrate
+        it once (the others find it current). ``dry_run`` rolls the transaction back."""
         wanted = migrations.load("sqlite")
-        current = con.execute("PRAGMA user_version").fetchone()[0]
-        if current >= len(wanted):
-            if current > len(wanted):
-                raise StoreError(
-                    f"{self._path}: schema version {current} is newer than this program "
-                    f"({len(wanted)}); upgrade monitor"
-                )
-            return
-        with _write(con):
+        current = self._version(con, len(wanted))
+
+        def plan(current: int, applied: bool) -> migrations.Plan:
+            return migrations.Plan(dialect="sqlite", where=self._path, current=current,
+                                   target=len(wanted), steps=tuple(wanted[current:]),
+                                   applied=applied, dry_run=dry_run)
+
+        if current == len(wanted):
+            return plan(current, False)
+        con.execute("BEGIN IMMEDIATE")
+        try:
             # Re-read under the write lock: another process may have migrated meanwhile.
-            current = con.execute("PRAGMA user_version").fetchone()[0]
+            current = self._version(con, len(wanted))
             for m in wanted[current:]:
                 for stmt in _statements(m.sql):
                     con.execute(stmt)
                 con.execute(f"PRAGMA user_version = {m.version}")
-                log.info("store.migrated", path=self._path, version=m.version, file=m.name)
+                if not dry_run:
+                    log.info("store.migrated", path=self._path, version=m.version, file=m.name)
+            con.execute("ROLLBACK" if dry_run else "COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return plan(current, not dry_run and current < len(wanted))
+
+    async def migrate(self, *, dry_run: bool = False) -> migrations.Plan:
+        return await self._run("migrate", lambda con: self._migrate(con, dry_run=dry_run))
 
     # -- plumbing -------------------------------------------------------------------------
 
