@@ -21,7 +21,16 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -36,8 +45,12 @@ from monitor.store.base import (
     LOG_STATES,
     DeliveryRecord,
     DeliveryStatus,
+    Rows,
     StoredStory,
+    Table,
+    not_empty,
     parents_first,
+    referenced_first,
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
@@ -45,6 +58,7 @@ from monitor.store.codec import (
     alert_to_json,
     column_text,
     delivery_from_row,
+    dt_from_text,
     feed_from_row,
     feed_to_row,
     readable_alert,
@@ -823,3 +837,97 @@ class PostgresStore:
                 since,
             )
         return {str(r["rule"]): int(r["n"]) for r in rows}
+
+    # -- copy -----------------------------------------------------------------------------
+
+    async def tables(self) -> list[Table]:
+        async with self._con("tables") as con:
+            return await _tables(con)
+
+    async def export_rows(self, tables: Sequence[Table], *, batch: int) -> AsyncGenerator[Rows, None]:
+        async with self._con("store copy: read") as con, con.transaction(
+                isolation="repeatable_read", readonly=True):
+            for t in tables:
+                cols = ", ".join(f'"{c}"' for c in t.columns)
+                cur = await con.cursor(f'SELECT {cols} FROM "{t.name}"')
+                while rows := await cur.fetch(batch):
+                    yield t, [tuple(r) for r in rows]
+
+    async def import_rows(self, rows: AsyncIterable[Rows], *, replace: bool = False) -> dict[str, int]:
+        async with self._con("store copy: write", tx=True) as con:
+            tables = {t.name: t for t in await _tables(con)}
+            full = {name: n for name in tables
+                    if (n := await con.fetchval(f'SELECT count(*) FROM "{name}"'))}
+            if full and not replace:
+                raise not_empty(self._where, full)
+            if full:
+                await con.execute("TRUNCATE " + ", ".join(f'"{n}"' for n in tables))
+            counts = dict.fromkeys(tables, 0)
+            async for t, batch in rows:
+                mine = tables.get(t.name)
+                if mine is None or set(mine.columns) != set(t.columns):
+                    raise StoreError(f"store copy: table {t.name} ({', '.join(t.columns)}) does "
+                                     f"not match {self._where}'s schema")
+                kinds = dict(zip(mine.columns, mine.kinds, strict=True))
+                convert = [_FROM_ANY[kinds[c]] for c in t.columns]
+                records = [tuple(None if v is None else f(v) for f, v in zip(convert, row, strict=True))
+                           for row in batch]
+                await con.copy_records_to_table(t.name, records=records, columns=list(t.columns),
+                                                schema_name=self._schema)
+                counts[t.name] += len(batch)
+            # serial columns (deliveries.id) continue after the ids copied
+            for name, col in await con.fetch(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND column_default LIKE 'nextval(%'"):
+                if name in tables:
+                    await con.execute(
+                        f"SELECT setval(pg_get_serial_sequence($1, $2), "
+                        f'COALESCE((SELECT max("{col}") FROM "{name}"), 0) + 1, false)',
+                        f'"{name}"', col)
+        return counts
+
+
+async def _tables(con: Any) -> list[Table]:
+    rows = await con.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name <> 'schema_version' "
+        "ORDER BY table_name, ordinal_position")
+    columns: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        columns.setdefault(r["table_name"], []).append((r["column_name"], _kind(r["data_type"])))
+    refs: dict[str, set[str]] = {}
+    for r in await con.fetch(
+            "SELECT c.conrelid::regclass::text AS t, c.confrelid::regclass::text AS ref "
+            "FROM pg_constraint c WHERE c.contype = 'f' "
+            "AND c.connamespace = current_schema()::regnamespace"):
+        refs.setdefault(r["t"].split(".")[-1].strip('"'), set()).add(r["ref"].split(".")[-1].strip('"'))
+    return referenced_first(
+        [Table(name=n, columns=tuple(c for c, _ in cols), kinds=tuple(k for _, k in cols))
+         for n, cols in columns.items()], refs)
+
+
+def _kind(data_type: str) -> str:
+    if data_type.startswith("timestamp"):
+        return "time"
+    if data_type == "boolean":
+        return "bool"
+    if data_type in ("integer", "bigint", "smallint"):
+        return "int"
+    if data_type in ("double precision", "real", "numeric"):
+        return "real"
+    return "text"
+
+
+def _to_time(v: object) -> datetime:
+    return dt_from_text(v) if isinstance(v, str) else utc(v)  # type: ignore[arg-type]
+
+
+def _to_text(v: object) -> str:
+    return _text(v if isinstance(v, str) else str(v))
+
+
+#: A value exported by either store (SQLite: times as text, booleans as integers), as
+#: PostgreSQL holds it in a column of that kind.
+_FROM_ANY: dict[str, Callable[[Any], object]] = {
+    "time": _to_time, "bool": bool, "int": int, "real": float, "text": _to_text,
+}
