@@ -16,6 +16,7 @@
         ├── StoreCorrupt         kind "corrupt": not a database, or a damaged one
         ├── StoreUnavailable     kind "unavailable": cannot open the file, cannot reach the server
         ├── StoreBusy            kind "busy": locked by another process past the busy timeout
+        ├── SchemaTooNew         kind "schema": the database was migrated by a newer monitor
         └── CodecError           a value cannot be encoded, or a stored payload decoded
 
 Expected failures are results, not exceptions: a feed's (timeout, 404, broken XML) is
@@ -138,6 +139,13 @@ class StoreBusy(StoreError):
     """Another process holds the database locked for longer than the busy timeout."""
 
     kind = "busy"
+
+
+class SchemaTooNew(StoreError):
+    """The database's schema version is newer than this monitor knows: refused at open
+    (never retried), so that an older monitor does not write to a schema it does not know."""
+
+    kind = "schema"
 
 
 class CodecError(StoreError):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from monitor.core.model import Alert, Delivery, FeedState, Match, Story
-from monitor.errors import StoreError
+from monitor.errors import SchemaTooNew, StoreError
 from monitor.store import migrations
 from monitor.store import sqlite as sqlite_store
 from monitor.store.base import StoredStory
@@ -249,7 +249,8 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 99")
     con.close()
-    with pytest.raises(StoreError, match="schema version 99 is newer than this program"):
+    with pytest.raises(SchemaTooNew, match=rf"the database at {db} is at schema version 99, this "
+                       rf"monitor knows up to {migrations.latest('sqlite')}: upgrade monitor"):
         await SQLiteStore(db).open()
 
 

@@ -12,6 +12,8 @@
     monitor rules test "would this story fire?" with the reasons
     monitor backtest   replay stored stories through (edited) rules, send nothing
     monitor stories cluster|list|show|explain
+    monitor migrate    bring the store's schema to this monitor's version (--dry-run)
+    monitor store copy --from URL --to URL   move a whole store (SQLite to PostgreSQL)
 """
 
 from __future__ import annotations
@@ -94,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     from monitor.cli import alerts as alerts_cli
     from monitor.cli import feeds as feeds_cli
-    from monitor.cli import notifytest
+    from monitor.cli import notifytest, storecmd
 
     feeds_cli.add_parser(sub, _add_common)
     alerts_cli.add_parser(sub, _add_common)
     notifytest.add_parser(sub, _add_common)
+    storecmd.add_parsers(sub, _add_common)
 
     outbox = sub.add_parser("outbox", help="the deliveries").add_subparsers(
         dest="outbox_cmd", required=True)
@@ -199,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _Parser.json_errors = True
     args = build_parser().parse_args(argv)
     quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox",
-                         "alerts", "notify", "feeds")
+                         "alerts", "notify", "feeds", "migrate", "store")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
     try:
         return _dispatch(args)
@@ -243,6 +246,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from monitor.cli.notifytest import cmd_notify_test
 
         return loop.run(cmd_notify_test(args))
+    if cmd == "store" and args.store_cmd == "copy":
+        from monitor.cli.storecmd import cmd_store_copy
+
+        return loop.run(cmd_store_copy(args))
+    if cmd == "migrate":
+        from monitor.cli.storecmd import cmd_migrate, store_url
+
+        return loop.run(cmd_migrate(store_url(args, lambda: _config(args).store_url), args))
     config = _config(args)
     if cmd == "run":
         from monitor.shell.daemon import Daemon

@@ -16,12 +16,22 @@ crash sends nothing twice. A delivery is marked sent only after the peer accepte
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, GroupState, Story
+from monitor.errors import StoreError
+from monitor.store.migrations import Plan
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -52,6 +62,22 @@ class DeliveryStatus:
     title: str | None = None  # the headline of the story cluster the alert is about
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Table:
+    """A table of the schema as ``monitor store copy`` moves it (``Store.tables``)."""
+
+    name: str
+    columns: tuple[str, ...]
+    # per column, how this store holds its values: "text", "int", "real", "bool" or
+    # "time" (SQLite keeps times as fixed-width text and booleans as integers: "text"
+    # and "int" there)
+    kinds: tuple[str, ...]
+
+
+#: A batch of rows of one table, values in the columns' order (``Store.export_rows``).
+Rows = tuple[Table, Sequence[tuple[object, ...]]]
+
+
 #: The ``state`` filter of ``Store.delivery_log``: a stored state, or ``held``.
 LOG_STATES: tuple[str, ...] = ("pending", "sent", "failed", "held")
 
@@ -67,13 +93,20 @@ class DeliveryRecord:
 
 @runtime_checkable
 class Store(Protocol):
-    """Persistent state. Use as ``async with store:`` (``open`` creates/migrates the schema)."""
+    """Persistent state. Use as ``async with store:`` (``open`` creates/migrates the schema;
+    a schema newer than the code raises ``SchemaTooNew``)."""
 
     async def open(self) -> None:
         """Connect and create or migrate the schema. Idempotent."""
 
     async def close(self) -> None:
         """Release connections."""
+
+    async def migrate(self, *, dry_run: bool = False) -> Plan:
+        """Bring the schema to the latest version (what ``open`` does unless the store
+        was made with ``migrate=False``), one migrator at a time across processes.
+        ``dry_run`` runs every step in a transaction and rolls it back. Raises
+        ``SchemaTooNew`` when the database is newer than the code."""
 
     async def __aenter__(self) -> Store: ...
 
@@ -259,6 +292,25 @@ class Store(Protocol):
         instance still gives the absorbed id under the survivor, and ``cluster_alerts``
         of the absorbed id answers the survivor's (until ``prune`` drops the survivor)."""
 
+    # -- copying a whole store (``monitor store copy``) ---------------------------------
+    async def tables(self) -> list[Table]:
+        """Every table of the schema but its version record, each after the tables it
+        references (the order in which rows can be inserted)."""
+
+    def export_rows(self, tables: Sequence[Table], *, batch: int) -> AsyncGenerator[Rows, None]:
+        """The rows of ``tables`` (columns by name, in each Table's order), in batches of
+        at most ``batch`` rows, all read from ONE consistent snapshot (a read transaction
+        held until the iterator ends: close it, e.g. with ``contextlib.aclosing``).
+        Values are this store's (a time is text in SQLite, a datetime in PostgreSQL);
+        ``import_rows`` of either store takes both."""
+
+    async def import_rows(self, rows: AsyncIterable[Rows], *, replace: bool = False) -> dict[str, int]:
+        """Insert batches of rows (from ``export_rows`` of a store at the same schema
+        version) in ONE transaction, keeping every value, ids included (id sequences
+        move past them); returns the rows inserted per table. Raises ``StoreError``
+        without writing anything when a table already has rows, unless ``replace``:
+        then every table is emptied first, in the same transaction."""
+
 
 def parents_first(batch: Sequence[Delivery]) -> list[Delivery]:
     """A claim in sending order: oldest first, and an update after its first alert when
@@ -271,3 +323,33 @@ def parents_first(batch: Sequence[Delivery]) -> list[Delivery]:
         return (parent or d.created, parent is not None, d.created, d.id or 0)
 
     return sorted(batch, key=key)
+
+
+def referenced_first(tables: Sequence[Table], refs: dict[str, set[str]]) -> list[Table]:
+    """``tables`` ordered so that each comes after the tables it references (``refs``:
+    table -> the tables its foreign keys point to), otherwise by name."""
+    by_name = {t.name: t for t in tables}
+    out: list[Table] = []
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in done or name not in by_name or name in path:
+            return
+        for ref in sorted(refs.get(name, ())):
+            visit(ref, (*path, name))
+        done.add(name)
+        out.append(by_name[name])
+
+    for name in sorted(by_name):
+        visit(name, ())
+    return out
+
+
+def not_empty(where: str, full: dict[str, int]) -> StoreError:
+    """``import_rows``'s refusal of a target that holds rows (``full``: table -> rows)."""
+    rows = ", ".join(f"{n} in {t}" for t, n in full.items())
+    return StoreError(
+        f"the target {where} is not empty ({rows}): copying into it would mix two stores' "
+        "feeds, stories and outboxes, and clash on their keys. Copy into a new database, "
+        "or pass --force to replace what it holds",
+        where=where, fix="copy into a new database, or pass --force to replace its contents")

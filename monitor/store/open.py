@@ -8,7 +8,8 @@
     postgresql://user:pw@host:5432/db    PostgreSQL (``postgres://`` too)
     postgresql://…/db?schema=monitor     tables in that schema (created when missing)
 
-The returned store is not open yet: use ``async with open_store(url) as store:``.
+The returned store is not open yet: use ``async with open_store(url) as store:``. It
+migrates its schema when it opens, unless ``migrate=False`` (``monitor migrate``).
 """
 
 from __future__ import annotations
@@ -22,20 +23,20 @@ from monitor.store.base import Store
 SUPPORTED = ("sqlite:///", "postgresql://", "postgres://")
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, migrate: bool = True) -> Store:
     """The Store for ``url`` (not yet opened). Raises StoreError for an unsupported URL."""
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if scheme == "sqlite" and sep:
-        return _sqlite(url)
+        return _sqlite(url, migrate)
     if scheme in ("postgresql", "postgres") and sep:
-        return _postgres(url)
+        return _postgres(url, migrate)
     raise StoreError(
         f"unsupported store URL {redact_url(url)!r}: use one of {', '.join(s + '…' for s in SUPPORTED)}"
     )
 
 
-def _sqlite(url: str) -> Store:
+def _sqlite(url: str, migrate: bool) -> Store:
     from monitor.store.sqlite import SQLiteStore
 
     rest = url[len("sqlite://") :]
@@ -55,10 +56,10 @@ def _sqlite(url: str) -> Store:
             f"invalid SQLite URL {url!r}: unknown option(s) {', '.join(sorted(options))} "
             "(supported: synchronous, busy_timeout)"
         )
-    return SQLiteStore(path, synchronous=synchronous, busy_timeout=busy)
+    return SQLiteStore(path, synchronous=synchronous, busy_timeout=busy, migrate=migrate)
 
 
-def _postgres(url: str) -> Store:
+def _postgres(url: str, migrate: bool) -> Store:
     from monitor.store.postgres import PostgresStore
 
     try:
@@ -69,4 +70,4 @@ def _postgres(url: str) -> Store:
     schema = next((v for k, v in query if k == "schema"), None)
     rest = [(k, v) for k, v in query if k != "schema"]
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-    return PostgresStore(dsn, schema=schema or None)
+    return PostgresStore(dsn, schema=schema or None, migrate=migrate)

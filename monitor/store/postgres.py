@@ -21,7 +21,16 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -36,8 +45,12 @@ from monitor.store.base import (
     LOG_STATES,
     DeliveryRecord,
     DeliveryStatus,
+    Rows,
     StoredStory,
+    Table,
+    not_empty,
     parents_first,
+    referenced_first,
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
@@ -45,6 +58,7 @@ from monitor.store.codec import (
     alert_to_json,
     column_text,
     delivery_from_row,
+    dt_from_text,
     feed_from_row,
     feed_to_row,
     readable_alert,
@@ -191,7 +205,11 @@ def _same(dt: datetime) -> datetime:
 
 
 class PostgresStore:
-    """A ``Store`` in PostgreSQL, safe to share between several daemon instances."""
+    """A ``Store`` in PostgreSQL, safe to share between several daemon instances.
+
+    ``migrate=False`` opens without migrating (``monitor migrate`` then calls
+    ``migrate``); a schema newer than the code is refused either way.
+    """
 
     def __init__(
         self,
@@ -202,6 +220,7 @@ class PostgresStore:
         max_size: int = 5,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
+        migrate: bool = True,
     ) -> None:
         if schema is not None and not _IDENT.match(schema):
             raise StoreError(f"invalid PostgreSQL schema name {schema!r} (letters, digits, _)")
@@ -211,6 +230,7 @@ class PostgresStore:
         self._max = max_size
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
+        self._auto_migrate = migrate
         self._pool: Any = None
         self._opening = asyncio.Lock()
         # this process's name in the notifications (its own are not handed back to it)
@@ -254,8 +274,11 @@ class PostgresStore:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as e:
             raise postgres_error(e, where=where, what=f"cannot connect to {where}") from e
         try:
-            async with pool.acquire() as con, con.transaction():
-                await self._migrate(con)
+            if self._auto_migrate:
+                await self._migrate_on(pool, dry_run=False)
+            else:
+                async with pool.acquire() as con:
+                    await self._version(con, migrations.latest("postgres"))
         except BaseException as e:
             await pool.close()
             if isinstance(e, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
@@ -263,24 +286,62 @@ class PostgresStore:
             raise
         return pool
 
-    async def _migrate(self, con: Any) -> None:
+    @property
+    def _where(self) -> str:
+        return redact_url(self._dsn) + (f" (schema {self._schema})" if self._schema else "")
+
+    async def _version(self, con: Any, known: int) -> int:
+        """The schema version (0 before the first migration); one newer than ``known``
+        is refused."""
+        if await con.fetchval("SELECT to_regclass('schema_version')") is None:
+            return 0
+        current = int(await con.fetchval("SELECT max(version) FROM schema_version") or 0)
+        if current > known:
+            raise migrations.too_new(self._where, current, known)
+        return current
+
+    async def _migrate_on(self, pool: Any, *, dry_run: bool) -> migrations.Plan:
+        """Check and migrate in one transaction, holding the advisory lock
+        ``monitor.migrate:<schema>`` (a fixed key per schema) from before the version is
+        read until the commit: instances starting together migrate once, the others wait
+        and find the schema current. ``dry_run`` applies every step, then rolls back."""
         schema = self._schema or "public"
-        # One migrator at a time per schema, across every instance sharing the database.
-        await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"monitor.migrate:{schema}")
-        if self._schema:
-            await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
-        await con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = await con.fetchval("SELECT max(version) FROM schema_version") or 0
         wanted = migrations.load("postgres")
-        if current > len(wanted):
-            raise StoreError(
-                f"schema {schema}: version {current} is newer than this program "
-                f"({len(wanted)}); upgrade monitor"
-            )
-        for m in wanted[current:]:
-            await con.execute(m.sql)
-            await con.execute("INSERT INTO schema_version (version) VALUES ($1)", m.version)
-            log.info("store.migrated", schema=schema, version=m.version, file=m.name)
+        async with pool.acquire() as con:
+            tx = con.transaction()
+            await tx.start()
+            try:
+                await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                  f"monitor.migrate:{schema}")
+                if self._schema:
+                    await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                await con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                current = await self._version(con, len(wanted))
+                for m in wanted[current:]:
+                    await con.execute(m.sql)
+                    await con.execute("INSERT INTO schema_version (version) VALUES ($1)", m.version)
+                    if not dry_run:
+                        log.info("store.migrated", schema=schema, version=m.version, file=m.name)
+            except BaseException:
+                await tx.rollback()
+                raise
+            if dry_run:
+                await tx.rollback()
+            else:
+                await tx.commit()
+        return migrations.Plan(dialect="postgres", where=self._where, current=current,
+                               target=len(wanted), steps=tuple(wanted[current:]),
+                               applied=not dry_run and current < len(wanted), dry_run=dry_run)
+
+    async def migrate(self, *, dry_run: bool = False) -> migrations.Plan:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("migrate: the store is not open")
+        try:
+            return await self._migrate_on(pool, dry_run=dry_run)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+            raise postgres_error(e, where=redact_url(self._dsn), what="migrate") from e
 
     async def close(self) -> None:
         await self.listener.close()
@@ -776,3 +837,97 @@ class PostgresStore:
                 since,
             )
         return {str(r["rule"]): int(r["n"]) for r in rows}
+
+    # -- copy -----------------------------------------------------------------------------
+
+    async def tables(self) -> list[Table]:
+        async with self._con("tables") as con:
+            return await _tables(con)
+
+    async def export_rows(self, tables: Sequence[Table], *, batch: int) -> AsyncGenerator[Rows, None]:
+        async with self._con("store copy: read") as con, con.transaction(
+                isolation="repeatable_read", readonly=True):
+            for t in tables:
+                cols = ", ".join(f'"{c}"' for c in t.columns)
+                cur = await con.cursor(f'SELECT {cols} FROM "{t.name}"')
+                while rows := await cur.fetch(batch):
+                    yield t, [tuple(r) for r in rows]
+
+    async def import_rows(self, rows: AsyncIterable[Rows], *, replace: bool = False) -> dict[str, int]:
+        async with self._con("store copy: write", tx=True) as con:
+            tables = {t.name: t for t in await _tables(con)}
+            full = {name: n for name in tables
+                    if (n := await con.fetchval(f'SELECT count(*) FROM "{name}"'))}
+            if full and not replace:
+                raise not_empty(self._where, full)
+            if full:
+                await con.execute("TRUNCATE " + ", ".join(f'"{n}"' for n in tables))
+            counts = dict.fromkeys(tables, 0)
+            async for t, batch in rows:
+                mine = tables.get(t.name)
+                if mine is None or set(mine.columns) != set(t.columns):
+                    raise StoreError(f"store copy: table {t.name} ({', '.join(t.columns)}) does "
+                                     f"not match {self._where}'s schema")
+                kinds = dict(zip(mine.columns, mine.kinds, strict=True))
+                convert = [_FROM_ANY[kinds[c]] for c in t.columns]
+                records = [tuple(None if v is None else f(v) for f, v in zip(convert, row, strict=True))
+                           for row in batch]
+                await con.copy_records_to_table(t.name, records=records, columns=list(t.columns),
+                                                schema_name=self._schema)
+                counts[t.name] += len(batch)
+            # serial columns (deliveries.id) continue after the ids copied
+            for name, col in await con.fetch(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND column_default LIKE 'nextval(%'"):
+                if name in tables:
+                    await con.execute(
+                        f"SELECT setval(pg_get_serial_sequence($1, $2), "
+                        f'COALESCE((SELECT max("{col}") FROM "{name}"), 0) + 1, false)',
+                        f'"{name}"', col)
+        return counts
+
+
+async def _tables(con: Any) -> list[Table]:
+    rows = await con.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name <> 'schema_version' "
+        "ORDER BY table_name, ordinal_position")
+    columns: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        columns.setdefault(r["table_name"], []).append((r["column_name"], _kind(r["data_type"])))
+    refs: dict[str, set[str]] = {}
+    for r in await con.fetch(
+            "SELECT c.conrelid::regclass::text AS t, c.confrelid::regclass::text AS ref "
+            "FROM pg_constraint c WHERE c.contype = 'f' "
+            "AND c.connamespace = current_schema()::regnamespace"):
+        refs.setdefault(r["t"].split(".")[-1].strip('"'), set()).add(r["ref"].split(".")[-1].strip('"'))
+    return referenced_first(
+        [Table(name=n, columns=tuple(c for c, _ in cols), kinds=tuple(k for _, k in cols))
+         for n, cols in columns.items()], refs)
+
+
+def _kind(data_type: str) -> str:
+    if data_type.startswith("timestamp"):
+        return "time"
+    if data_type == "boolean":
+        return "bool"
+    if data_type in ("integer", "bigint", "smallint"):
+        return "int"
+    if data_type in ("double precision", "real", "numeric"):
+        return "real"
+    return "text"
+
+
+def _to_time(v: object) -> datetime:
+    return dt_from_text(v) if isinstance(v, str) else utc(v)  # type: ignore[arg-type]
+
+
+def _to_text(v: object) -> str:
+    return _text(v if isinstance(v, str) else str(v))
+
+
+#: A value exported by either store (SQLite: times as text, booleans as integers), as
+#: PostgreSQL holds it in a column of that kind.
+_FROM_ANY: dict[str, Callable[[Any], object]] = {
+    "time": _to_time, "bool": bool, "int": int, "real": float, "text": _to_text,
+}

@@ -19,10 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -37,8 +47,12 @@ from monitor.store.base import (
     LOG_STATES,
     DeliveryRecord,
     DeliveryStatus,
+    Rows,
     StoredStory,
+    Table,
+    not_empty,
     parents_first,
+    referenced_first,
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
@@ -181,6 +195,9 @@ class SQLiteStore:
     mode; ``FULL`` also survives power loss). ``busy_timeout`` (seconds) is how long a
     statement waits for another process's write lock before failing with
     "database is locked".
+
+    ``migrate=False`` opens without migrating (``monitor migrate`` then calls
+    ``migrate``); a schema newer than the code is refused either way.
     """
 
     def __init__(
@@ -189,6 +206,7 @@ class SQLiteStore:
         *,
         synchronous: str = "NORMAL",
         busy_timeout: float = 10.0,
+        migrate: bool = True,
     ) -> None:
         sync = synchronous.upper()
         if sync not in _SYNC_MODES:
@@ -196,6 +214,7 @@ class SQLiteStore:
         self._path = os.fspath(path)
         self._sync = sync
         self._busy_ms = int(busy_timeout * 1000)
+        self._auto_migrate = migrate
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
@@ -275,7 +294,10 @@ class SQLiteStore:
                 if str(mode).lower() != "wal":
                     raise StoreError(f"cannot open {self._path}: journal_mode is {mode}, not WAL")
             con.execute(f"PRAGMA synchronous = {self._sync}")
-            self._migrate(con)
+            if self._auto_migrate:
+                self._migrate(con, dry_run=False)
+            else:
+                self._version(con, migrations.latest("sqlite"))
         except sqlite3.Error as e:
             con.close()
             raise sqlite_error(e, path=self._path, what=f"cannot open {self._path}") from e
@@ -300,24 +322,46 @@ class SQLiteStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
-    def _migrate(self, con: sqlite3.Connection) -> None:
+    def _version(self, con: sqlite3.Connection, known: int) -> int:
+        """The schema version (``PRAGMA user_version``); one newer than ``known`` is refused."""
+        current = int(con.execute("PRAGMA user_version").fetchone()[0])
+        if current > known:
+            raise migrations.too_new(self._path, current, known)
+        return current
+
+    def _migrate(self, con: sqlite3.Connection, *, dry_run: bool) -> migrations.Plan:
+        """Check and migrate in one ``BEGIN IMMEDIATE`` transaction: the version is
+        re-read under the write lock, so processes opening a new file together migrate
+        it once (the others find it current). ``dry_run`` rolls the transaction back."""
         wanted = migrations.load("sqlite")
-        current = con.execute("PRAGMA user_version").fetchone()[0]
-        if current >= len(wanted):
-            if current > len(wanted):
-                raise StoreError(
-                    f"{self._path}: schema version {current} is newer than this program "
-                    f"({len(wanted)}); upgrade monitor"
-                )
-            return
-        with _write(con):
+        current = self._version(con, len(wanted))
+
+        def plan(current: int, applied: bool) -> migrations.Plan:
+            return migrations.Plan(dialect="sqlite", where=self._path, current=current,
+                                   target=len(wanted), steps=tuple(wanted[current:]),
+                                   applied=applied, dry_run=dry_run)
+
+        if current == len(wanted):
+            return plan(current, False)
+        con.execute("BEGIN IMMEDIATE")
+        try:
             # Re-read under the write lock: another process may have migrated meanwhile.
-            current = con.execute("PRAGMA user_version").fetchone()[0]
+            current = self._version(con, len(wanted))
             for m in wanted[current:]:
                 for stmt in _statements(m.sql):
                     con.execute(stmt)
                 con.execute(f"PRAGMA user_version = {m.version}")
-                log.info("store.migrated", path=self._path, version=m.version, file=m.name)
+                if not dry_run:
+                    log.info("store.migrated", path=self._path, version=m.version, file=m.name)
+            con.execute("ROLLBACK" if dry_run else "COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return plan(current, not dry_run and current < len(wanted))
+
+    async def migrate(self, *, dry_run: bool = False) -> migrations.Plan:
+        return await self._run("migrate", lambda con: self._migrate(con, dry_run=dry_run))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -876,6 +920,60 @@ class SQLiteStore:
         return await self._run("rule_hits", work)
 
 
+    # -- copy -----------------------------------------------------------------------------
+
+    async def tables(self) -> list[Table]:
+        return await self._run("tables", _tables)
+
+    async def export_rows(self, tables: Sequence[Table], *, batch: int) -> AsyncGenerator[Rows, None]:
+        # BEGIN (deferred): the snapshot is taken at the first SELECT and held to COMMIT
+        await self._run("store copy: read", lambda con: con.execute("BEGIN"))
+        try:
+            for t in tables:
+                cur = await self._run(f"store copy: read {t.name}", _select(t))
+                while rows := await self._run(f"store copy: read {t.name}", _fetch(cur, batch)):
+                    yield t, [tuple(r) for r in rows]
+        finally:
+            await self._run("store copy: read", _end_read)
+
+    async def import_rows(self, rows: AsyncIterable[Rows], *, replace: bool = False) -> dict[str, int]:
+        def begin(con: sqlite3.Connection) -> list[Table]:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                tables = _tables(con)
+                full = {t.name: n for t in tables
+                        if (n := con.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0])}
+                if full and not replace:
+                    raise not_empty(self._path, full)
+                for t in reversed(tables):
+                    con.execute(f'DELETE FROM "{t.name}"')
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            return tables
+
+        def insert(con: sqlite3.Connection, *, t: Table, batch: Sequence[tuple[object, ...]]) -> None:
+            cols = ", ".join(f'"{c}"' for c in t.columns)
+            con.executemany(f'INSERT INTO "{t.name}" ({cols}) VALUES ({_marks(len(t.columns))})',
+                            [tuple(_to_sqlite(v) for v in row) for row in batch])
+
+        tables = {t.name: t for t in await self._run("store copy: write", begin)}
+        counts = dict.fromkeys(tables, 0)
+        try:
+            async for t, batch in rows:
+                mine = tables.get(t.name)
+                if mine is None or set(mine.columns) != set(t.columns):
+                    raise StoreError(f"store copy: table {t.name} ({', '.join(t.columns)}) does "
+                                     f"not match {self._path}'s schema")
+                await self._run(f"store copy: write {t.name}", functools.partial(insert, t=t, batch=batch))
+                counts[t.name] += len(batch)
+            await self._run("store copy: commit", lambda con: con.execute("COMMIT"))
+        except BaseException:
+            await asyncio.shield(self._run("store copy: rollback", _end_write))
+            raise
+        return counts
+
+
 def _merge(con: sqlite3.Connection, merges: Sequence[tuple[str, str]]) -> None:
     """``Store.merge_clusters`` inside the caller's transaction."""
     for gone, into in merges:
@@ -941,4 +1039,50 @@ def _statements(script: str) -> Iterator[str]:
             buf = []
     if "".join(buf).strip():
         raise StoreError(f"incomplete SQL statement in migration: {''.join(buf)[:80]!r}")
+
+
+
+def _tables(con: sqlite3.Connection) -> list[Table]:
+    names = [r[0] for r in con.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    tables, refs = [], {}
+    for name in names:
+        info = con.execute(f'PRAGMA table_info("{name}")').fetchall()
+        tables.append(Table(name=name, columns=tuple(r["name"] for r in info),
+                            kinds=tuple(_sqlite_kind(r["type"]) for r in info)))
+        refs[name] = {r["table"] for r in con.execute(f'PRAGMA foreign_key_list("{name}")')}
+    return referenced_first(tables, refs)
+
+
+def _select(t: Table) -> Callable[[sqlite3.Connection], sqlite3.Cursor]:
+    cols = ", ".join(f'"{c}"' for c in t.columns)
+    return lambda con: con.execute(f'SELECT {cols} FROM "{t.name}" ORDER BY rowid')
+
+
+def _fetch(cur: sqlite3.Cursor, n: int) -> Callable[[sqlite3.Connection], list[sqlite3.Row]]:
+    return lambda con: cur.fetchmany(n)
+
+
+def _sqlite_kind(declared: str) -> str:
+    t = declared.upper()
+    return "int" if "INT" in t else "real" if any(x in t for x in ("REAL", "FLOA", "DOUB")) else "text"
+
+
+def _to_sqlite(v: object) -> object:
+    """A value exported by either store, as SQLite holds it."""
+    if isinstance(v, datetime):
+        return dt_to_text(v)
+    if isinstance(v, bool):
+        return int(v)
+    return v
+
+
+def _end_read(con: sqlite3.Connection) -> None:
+    if con.in_transaction:
+        con.execute("COMMIT")
+
+
+def _end_write(con: sqlite3.Connection) -> None:
+    if con.in_transaction:
+        con.execute("ROLLBACK")
 
