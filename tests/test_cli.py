@@ -231,9 +231,24 @@ async def test_rules_test_on_a_feed_url(workdir: Path, feed_server: FeedServer) 
                                  cwd=workdir)
     assert rc == 0, err
     data = json.loads(out)
+    # only the matches, as in text mode: one story, and only the rule that fired
+    assert [d["story"]["title"] for d in data] == [seed_item().title]
+    assert [r["rule"] for r in data[0]["rules"]] == ["sanctions-deadline"]
+    assert all(r["matched"] for r in data[0]["rules"])
+    # --all: every story and every rule
+    rc, out, err = await monitor("rules", "test", "--feed", feed_server.url("/a.rss"), "--json",
+                                 "--all", cwd=workdir)
+    assert rc == 0, err
+    data = json.loads(out)
     assert len(data) == 5
     fired = {d["story"]["title"]: [r["rule"] for r in d["rules"] if r["matched"]] for d in data}
     assert [t for t, rules in fired.items() if rules] == [seed_item().title]
+    assert all(len(d["rules"]) > 1 for d in data)
+    # a feed where nothing matches: an empty list, exit 1
+    feed_server.serve("/b.rss", rss([UNRELATED, *BACKLOG]))
+    rc, out, err = await monitor("rules", "test", "--feed", feed_server.url("/b.rss"), "--json",
+                                 cwd=workdir)
+    assert rc == 1 and json.loads(out) == []
     rc, _, err = await monitor("rules", "test", "--feed", feed_server.url("/missing.rss"),
                                cwd=workdir)
     assert rc == 1 and "404" in err

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="story text")
     p.add_argument("--feed", metavar="FILE_OR_URL", help="test every entry of a feed")
     p.add_argument("--rules", metavar="PATH", help="rules to test (default: the config's)")
-    p.add_argument("--all", action="store_true", help="show rules that did not match too")
+    p.add_argument("--all", action="store_true", help="show every story and every rule, matched or not (text and --json)")
 
     p = sub.add_parser("backtest", help="replay stored stories through rules; send nothing")
     _add_common(p)
@@ -470,6 +470,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     matcher = compile_rules(ruleset)
     now = datetime.now(UTC)
     stories: list[Story] = []
+    from_feed = bool(args.feed)
     if args.feed:
         stories = _stories_from_feed(args.feed, now)
     elif args.title or args.text:
@@ -479,6 +480,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         p = Path(args.file)
         raw = p.read_bytes()
         if raw.lstrip()[:1] == b"<":
+            from_feed = True
             stories = _stories_from_feed(args.file, now)
         else:
             text = raw.decode("utf-8", errors="replace")
@@ -494,18 +496,21 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     for s in stories:
         expls = matcher.explain(s)
         any_match = any_match or any(e.matched for e in expls)
+        # as in text mode: a single story shows every rule; a feed only its matches
+        # (``--all``: every story and every rule)
+        shown = expls if args.all or len(stories) == 1 else [e for e in expls if e.matched]
+        shown = sorted(shown, key=lambda e: not e.matched)  # matches first
+        if not shown:
+            continue
         if args.json:
             out.append({"story": {"id": s.id, "title": s.title},
-                        "rules": [e.to_dict() for e in expls]})
+                        "rules": [e.to_dict() for e in shown]})
         else:
-            shown = expls if args.all or len(stories) == 1 else [e for e in expls if e.matched]
-            shown = sorted(shown, key=lambda e: not e.matched)  # matches first
-            if not shown:
-                continue
             print(f"== {s.title[:120]}")
             print(format_explanation(shown, color=sys.stdout.isatty()))
     if args.json:
-        _print_json(out if len(out) != 1 else out[0])
+        # one story given: its object; a feed: the list of its matching stories
+        _print_json(out if from_feed or len(out) != 1 else out[0])
     return 0 if any_match else 1
 
 
