@@ -790,6 +790,27 @@ async def test_rule_hits_count_story_clusters_per_rule_since(store: Store) -> No
     assert await store.rule_hits(t(60)) == {}
 
 
+async def test_backlog_per_channel(store: Store) -> None:
+    # metrics: the outbox depth and the oldest pending delivery of each channel
+    assert await store.backlog() == {}
+    out = await queue(store,
+                      delivery("s1", created=t(3), channel="slack"),
+                      delivery("s2", created=t(1), channel="slack"),
+                      delivery("s3", created=t(2), channel="slack", next_attempt=t(60)),
+                      delivery("e1", created=t(5), channel="email"),
+                      delivery("f1", created=t(0), channel="file"))
+    ids = {d.key: d.id for d in out}
+    await store.mark_sent(ids["s2"], t(4), None)  # type: ignore[arg-type]
+    await store.mark_failed(ids["f1"], t(4), "no", None)  # type: ignore[arg-type]  # given up
+    await store.mark_failed(ids["e1"], t(6), "later", t(9))  # type: ignore[arg-type]
+    got = await store.backlog()
+    assert set(got) == {"slack", "email"}  # a channel with nothing pending is left out
+    assert (got["slack"].pending, got["slack"].oldest) == (2, t(2))  # due later counts too
+    assert (got["email"].pending, got["email"].oldest) == (1, t(5))
+    assert got["slack"].oldest.utcoffset() is not None
+    assert sum(b.pending for b in got.values()) == await store.count_pending()
+
+
 # -- PostgreSQL: several instances sharing the work ----------------------------------------
 
 

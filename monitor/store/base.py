@@ -91,6 +91,14 @@ class DeliveryRecord:
     alert: Alert | None  # None when the stored payload cannot be read any more
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Backlog:
+    """One channel's pending deliveries: how many, and when the oldest was queued."""
+
+    pending: int
+    oldest: datetime  # the ``created`` of the oldest pending delivery
+
+
 @runtime_checkable
 class Store(Protocol):
     """Persistent state. Use as ``async with store:`` (``open`` creates/migrates the schema;
@@ -256,6 +264,11 @@ class Store(Protocol):
         clusters it created a first alert (not an update) for at or after ``since``,
         whatever the channels and the state of their deliveries. Rules without an alert
         in that time are absent (the status page shows them as 0)."""
+
+    async def backlog(self) -> dict[str, Backlog]:
+        """Per channel with pending deliveries (not yet sent, not given up, whether due
+        now or later): how many, and the ``created`` of the oldest. One cheap grouped
+        query (metrics: outbox depth and oldest pending age per channel)."""
 
     async def requeue_failed(
         self, now: datetime, *, channel: str | None = None, ids: Sequence[int] = ()

@@ -43,6 +43,7 @@ from monitor.log import get_logger, redact_url
 from monitor.store import migrations
 from monitor.store.base import (
     LOG_STATES,
+    Backlog,
     DeliveryRecord,
     DeliveryStatus,
     Rows,
@@ -837,6 +838,13 @@ class PostgresStore:
                 since,
             )
         return {str(r["rule"]): int(r["n"]) for r in rows}
+
+    async def backlog(self) -> dict[str, Backlog]:
+        async with self._con("backlog") as con:
+            rows = await con.fetch(
+                "SELECT channel, count(*) AS n, min(created) AS oldest FROM deliveries "
+                "WHERE state = 'pending' GROUP BY channel")
+        return {r["channel"]: Backlog(pending=int(r["n"]), oldest=r["oldest"]) for r in rows}
 
     # -- copy -----------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from monitor.log import get_logger
 from monitor.store import migrations
 from monitor.store.base import (
     LOG_STATES,
+    Backlog,
     DeliveryRecord,
     DeliveryStatus,
     Rows,
@@ -918,6 +919,15 @@ class SQLiteStore:
             return {str(r[0]): int(r[1]) for r in rows}
 
         return await self._run("rule_hits", work)
+
+    async def backlog(self) -> dict[str, Backlog]:
+        def work(con: sqlite3.Connection) -> dict[str, Backlog]:
+            rows = con.execute(
+                "SELECT channel, COUNT(*), MIN(created) FROM deliveries "
+                "WHERE state = 'pending' GROUP BY channel").fetchall()
+            return {r[0]: Backlog(pending=int(r[1]), oldest=dt_from_text(r[2])) for r in rows}
+
+        return await self._run("backlog", work)
 
 
     # -- copy -----------------------------------------------------------------------------
