@@ -26,10 +26,39 @@ class Metrics:
             "monitor_deliveries_total", "Delivery attempts by result", ["channel", "result"], registry=r
         )
         self.outbox_pending = Gauge(
-            "monitor_outbox_pending", "Deliveries waiting to be sent", registry=r
+            "monitor_outbox_pending", "Deliveries waiting to be sent, per channel", ["channel"],
+            registry=r,
+        )
+        self.outbox_oldest_age = Gauge(
+            "monitor_outbox_oldest_pending_age_seconds",
+            "Age of the oldest delivery waiting to be sent, per channel (0: none waiting)",
+            ["channel"], registry=r,
         )
         self.feed_failures = Gauge(
-            "monitor_feed_consecutive_failures", "Consecutive failed polls", ["feed"], registry=r
+            "monitor_feed_consecutive_failures",
+            "Consecutive failed polls (0 after any success, a 304 included)", ["feed"], registry=r
+        )
+        self.poll_errors = Counter(
+            "monitor_poll_errors_total",
+            "Failed polls by kind: timeout, connection, tls, http, too_large, redirect, "
+            "invalid_url, parse, parse_timeout, internal", ["feed", "kind"], registry=r,
+        )
+        self.fetched_bytes = Counter(
+            "monitor_fetched_bytes_total", "Body bytes of the feeds' 200 responses (decoded)",
+            ["feed"], registry=r,
+        )
+        self.feed_last_success = Gauge(
+            "monitor_feed_last_success_timestamp_seconds",
+            "When the feed was last polled successfully (a 304 included), Unix time",
+            ["feed"], registry=r,
+        )
+        self.channel_failures = Gauge(
+            "monitor_channel_consecutive_failures",
+            "Failed sends of a channel since its last successful one", ["channel"], registry=r,
+        )
+        self.config_reloads = Counter(
+            "monitor_config_reloads_total", "Whole-config reloads by result (ok, invalid)",
+            ["result"], registry=r,
         )
         self.stale_items = Counter(
             "monitor_stale_items_skipped_total",

@@ -131,6 +131,9 @@ class FetchFailed:
     retry_after: float | None = None
     gone: bool = False  # 410
     permanent_redirect: str | None = None
+    # what went wrong, for metrics: "timeout" | "connection" | "tls" | "http" |
+    # "too_large" | "redirect" | "invalid_url"
+    kind: str = "connection"
 
 
 FetchResult = Fetched | NotModified | FetchFailed

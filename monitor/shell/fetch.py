@@ -158,6 +158,17 @@ def _describe(exc: BaseException, *, connect_timeout: float, timeout: float,
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _kind(exc: BaseException) -> str:
+    """``FetchFailed.kind`` of a network-level exception."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid_url"
+    return "connection"
+
+
 def _redirect_target(current: URL, resp: aiohttp.ClientResponse) -> URL:
     """Where a 3xx points, resolved against the current URL (fragment dropped)."""
     location = resp.headers.get("Location")
@@ -259,9 +270,11 @@ class Fetcher:
         try:
             current = URL(url)
             if current.scheme not in ("http", "https") or not current.host:
-                return FetchFailed(url=url, reason=f"unsupported URL: {display_url(url)!r}"), None, 0
+                return FetchFailed(url=url, reason=f"unsupported URL: {display_url(url)!r}",
+                                   kind="invalid_url"), None, 0
         except ValueError as exc:
-            return FetchFailed(url=url, reason=redact_text(f"invalid URL: {exc}")), None, 0
+            return FetchFailed(url=url, reason=redact_text(f"invalid URL: {exc}"),
+                               kind="invalid_url"), None, 0
         loop = asyncio.get_running_loop()
         deadline: float | None = None  # starts with the first request, not while queued
         status: int | None = None
@@ -304,13 +317,13 @@ class Fetcher:
                 seen.add(str(target))
                 current = target
         except _Failure as exc:
-            return FetchFailed(url=url, reason=exc.reason, status=status), status, 0
+            return FetchFailed(url=url, reason=exc.reason, status=status, kind="redirect"), status, 0
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             expired = deadline is not None and loop.time() >= deadline - 0.001
             reason = _describe(
                 exc, connect_timeout=self.connect_timeout, timeout=self.timeout, expired=expired
             )
-            return FetchFailed(url=url, reason=redact_text(reason)), status, 0
+            return FetchFailed(url=url, reason=redact_text(reason), kind=_kind(exc)), status, 0
 
     async def _final(
         self,
@@ -347,13 +360,15 @@ class Fetcher:
                     retry_after=retry_after,
                     gone=status == 410,
                     permanent_redirect=moved,
+                    kind="http",
                 ),
                 0,
             )
         cap = self.max_bytes
         too_big = f"response larger than {human_size(cap)} cap"
         if resp.content_length is not None and resp.content_length > cap:
-            return FetchFailed(url=url, reason=too_big, status=status, permanent_redirect=moved), 0
+            return FetchFailed(url=url, reason=too_big, status=status, permanent_redirect=moved,
+                               kind="too_large"), 0
         if resp.content_length is not None and headers.get("content-encoding", "identity") in (
             "identity", ""
         ):
@@ -380,7 +395,8 @@ class Fetcher:
             if size > cap:
                 resp.close()  # drop the connection rather than drain the rest
                 return (
-                    FetchFailed(url=url, reason=too_big, status=status, permanent_redirect=moved),
+                    FetchFailed(url=url, reason=too_big, status=status, permanent_redirect=moved,
+                                kind="too_large"),
                     size,
                 )
             chunks.append(chunk)

@@ -241,7 +241,8 @@ class Pipeline:
 
         if isinstance(result, FetchFailed):
             return await self._failed(state, spec, now, url, result.reason, result.status,
-                                      retry_after=result.retry_after, gone=result.gone, ms=ms())
+                                      retry_after=result.retry_after, gone=result.gone, ms=ms(),
+                                      kind=result.kind)
 
         # the feed's own hints as last parsed (a 304 or an unchanged body has no new ones)
         # and this response's freshness decide the next poll (schedule.poll_interval)
@@ -253,6 +254,7 @@ class Pipeline:
         )
         if isinstance(result, NotModified):
             _recovered(state, spec, now)
+            self._ok(spec, now)
             new = _succeeded(
                 state, url=url, now=now, next_at=next_at, decision=decision, status=304,
                 etag=result.etag or state.etag,
@@ -266,6 +268,7 @@ class Pipeline:
             return PollOutcome(feed=spec.name, result="not-modified", status=304, ms=ms())
 
         assert isinstance(result, Fetched)
+        self.metrics.fetched_bytes.labels(spec.name).inc(len(result.body))
         body_hash = hashlib.sha256(result.body).hexdigest()
         ok_state = _succeeded(
             state, url=url, now=now, next_at=next_at, decision=decision, status=result.status,
@@ -273,6 +276,7 @@ class Pipeline:
         )
         if body_hash == state.body_hash and state.baselined:
             _recovered(state, spec, now)
+            self._ok(spec, now)
             await self._save_state(*ops.review(self.config, ok_state, now))
             self.metrics.polls.labels(spec.name, "unchanged").inc()
             log.debug("feed.polled", feed=spec.name, status=result.status, new=0,
@@ -300,11 +304,13 @@ class Pipeline:
                 backoff_max=self.config.fetch.backoff_max,
             ) if isinstance(e, JobTimedOut) else None
             return await self._failed(state, spec, now, url, str(e), result.status,
-                                      retry_after=retry, gone=False, ms=ms())
+                                      retry_after=retry, gone=False, ms=ms(),
+                                      kind="parse_timeout" if isinstance(e, JobTimedOut)
+                                      else "parse")
         if prepared.failed:
             return await self._failed(state, spec, now, url,
                                       prepared.problem or "unparseable feed", result.status,
-                                      retry_after=None, gone=False, ms=ms())
+                                      retry_after=None, gone=False, ms=ms(), kind="parse")
         ok_state = replace(ok_state, problem=prepared.problem)
         h = prepared.hints
         if h != _hints_of(ok_state):  # the document's hints changed: decide again with them
@@ -317,6 +323,7 @@ class Pipeline:
                                    retry_after=None, backoff_max=fc.backoff_max,
                                    jitter=jitter, key=spec.name, floor=decision.floor))
         _recovered(state, spec, now)
+        self._ok(spec, now)
         self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)
         return await self._ingest(ok_state, spec, prepared, now, result.status, ms)
 
@@ -637,7 +644,11 @@ class Pipeline:
         if work.stale:
             self.metrics.stale_items.labels(spec.name).inc(work.stale)
         self.metrics.clusters.set(len(self.index))
+
+    def _ok(self, spec: FeedSpec, now: datetime) -> None:
+        """A successful poll (200 or 304): the failure streak's gauge back to 0."""
         self.metrics.feed_failures.labels(spec.name).set(0)
+        self.metrics.feed_last_success.labels(spec.name).set(now.timestamp())
 
     async def _cluster_alerts(self, cluster: str) -> list[Delivery]:
         """The first alerts of a cluster: from memory for clusters this process has seen,
@@ -694,6 +705,7 @@ class Pipeline:
         retry_after: float | None,
         gone: bool,
         ms: float,
+        kind: str,
     ) -> PollOutcome:
         failures = state.failures + 1
         # a reason may quote the URL (a redirect loop, an aiohttp message): it is stored,
@@ -719,6 +731,7 @@ class Pipeline:
         result = "gone" if gone else "failed"
         self.metrics.polls.labels(spec.name, result).inc()
         self.metrics.feed_failures.labels(spec.name).set(failures)
+        self.metrics.poll_errors.labels(spec.name, kind).inc()
         # a warning when the streak starts or its problem changes; repeats at debug (the
         # daemon's summary lists the feeds still failing: feeds.failing)
         news = gone or is_news(failures_before=state.failures, last_error=state.last_error,
