@@ -258,7 +258,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "run":
         from monitor.shell.daemon import Daemon
 
-        return loop.run(Daemon(config, exit_watchdog=True).run())
+        # a reload re-reads this file, its ${VAR} resolved with the environment as now
+        return loop.run(Daemon(config, exit_watchdog=True,
+                               config_path=find_config(args.config)).run())
     if cmd == "once":
         return loop.run(cmd_once(config, args.json, strict=args.strict))
     if cmd == "status":

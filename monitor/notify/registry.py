@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from monitor.config import Config, EmailChannel, FileChannel, SlackChannel
 from monitor.errors import MonitorError
 from monitor.log import redact
@@ -11,15 +13,17 @@ from monitor.notify.file import FileNotifier
 from monitor.notify.slack import SlackNotifier
 
 
-def build_notifiers(config: Config) -> dict[str, Notifier]:
-    """``{channel name: notifier}``. Registers the channels' secrets with the log
+def build_notifiers(config: Config, names: Collection[str] | None = None) -> dict[str, Notifier]:
+    """``{channel name: notifier}`` (only the channels ``names`` when given: a reload
+    builds the channels added or changed). Registers the channels' secrets with the log
     redactor. Relative file paths (a file channel's ``path``, an email channel's
     ``ca_file``) resolve against the config file's directory."""
     if config.unresolved_channels:  # loaded for a command that only reads the store
         raise MonitorError(
             "cannot send: the secrets of channel(s) "
             f"{', '.join(sorted(config.unresolved_channels))} were not resolved")
-    return {name: build_notifier(config, name) for name in config.channels}
+    return {name: build_notifier(config, name) for name in config.channels
+            if names is None or name in names}
 
 
 def build_notifier(config: Config, name: str) -> Notifier:

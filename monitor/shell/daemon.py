@@ -8,9 +8,17 @@ Stopping (SIGTERM/SIGINT): stop claiming feeds, let in-flight polls finish and t
 delivery in hand be done within ``shutdown_timeout`` (an abandoned poll committed
 nothing: its feed is polled again on restart), kill the parse workers, close. ``monitor
 run`` also arms a watchdog: if anything still holds the process ``EXIT_MARGIN`` seconds
-after that deadline (a thread stuck in C, a hung close), it exits all the same. SIGHUP and any change in the rules directory reload
-the rules: validated as a whole and swapped atomically, or rejected with the old set
-kept running.
+after that deadline (a thread stuck in C, a hung close), it exits all the same.
+
+Reload: SIGHUP, a change to the config file or in the rules directory reload the WHOLE
+configuration (``Runtime.reload``): config and rules validated together and swapped
+atomically (feeds synced, channels' notifiers and loops added, replaced or ended, rules
+swapped), or rejected with the old ones kept running and the located problems in
+``/healthz`` (``reload``). What only a restart can change is said (``shell.reload``).
+``${VAR}`` are resolved with the environment captured at start.
+
+Readiness (``/readyz``, ``Daemon.readiness``): the store answers, the scheduler ticks,
+some rule is enabled, and not every channel is failing.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -32,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.config import Config, QuietHours, secrets_of
+from monitor.config import Config, QuietHours, load_config, secrets_of
 from monitor.core.dedup.features import DedupSettings
 from monitor.core.dedup.index import StoryIndex
 from monitor.core.feedhealth import condition
@@ -40,7 +48,7 @@ from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
 from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import initial_poll
-from monitor.errors import MonitorError, RulesError, StoreError
+from monitor.errors import ConfigError, MonitorError, RulesError, StoreError
 from monitor.log import get_logger, redact, redact_url, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
@@ -50,6 +58,7 @@ from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import ParsePool, Processes, Threads
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
+from monitor.shell.reload import diff_configs, live_config
 from monitor.shell.rulefiles import load_rules
 from monitor.shell.scheduler import Scheduler
 from monitor.shell.server import Server
@@ -64,6 +73,10 @@ FEED_LEASE = timedelta(minutes=10)
 STOP_FLOOR = 1.0  # seconds the delivery in hand gets at least, even past shutdown_timeout
 EXIT_MARGIN = 10.0  # seconds past shutdown_timeout after which `monitor run` exits regardless
 SUMMARY_EVERY = 300.0  # seconds between "daemon.summary" lines (polls are logged at debug)
+READY_STORE_TIMEOUT = 2.0  # seconds the store has to answer /readyz's query
+#: /readyz: the poll tick must have run within this many ticks (and at least 30 s)
+READY_TICKS = 10
+RELOAD_ERRORS_SHOWN = 50  # located problems /healthz lists for a failed reload, at most
 
 
 def utc_now() -> datetime:
@@ -129,13 +142,29 @@ def make_pool(config: Config, metrics: Metrics | None = None) -> ParsePool:
                      timeout=fc.parse_timeout, metrics=metrics)
 
 
-async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list[FeedState]:
+def moved(st: FeedState, spec: FeedSpec, now: datetime) -> FeedState:
+    """The state of a feed whose configured URL changed: a new URL is a new feed, its
+    backlog a silent baseline again."""
+    return replace(st, url=spec.url, configured_url=spec.url, etag=None,
+                   last_modified=None, body_hash=None, gone=False, failures=0,
+                   last_error=None, next_poll=now, baselined=False, ttl=None,
+                   update_period=None, update_base=None, cadence=None,
+                   poll_interval=None, poll_reason=None)
+
+
+async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
+                     only: set[str] | None = None) -> list[FeedState]:
     """Make the stored feeds match the config: add new feeds (first poll spread over the
     next seconds), reset a feed whose configured URL changed, keep the schedule of the
-    others (a restart resumes it instead of stampeding), forget removed feeds."""
+    others (a restart resumes it instead of stampeding), forget removed feeds.
+
+    ``only`` (a reload): touch only these feeds (added or changed) besides removing the
+    feeds no longer configured; the others may be polling, and their rows are theirs."""
     stored = {f.name: f for f in await store.get_feeds()}
     out: list[FeedState] = []
     for spec in specs:
+        if only is not None and spec.name not in only:
+            continue
         st = stored.get(spec.name)
         if st is None:
             st = FeedState(
@@ -146,12 +175,7 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list
                                        last_polled=None, next_poll=None),
             )
         elif st.configured_url != spec.url:
-            # a new URL is a new feed: its backlog is a silent baseline again
-            st = replace(st, url=spec.url, configured_url=spec.url, etag=None,
-                         last_modified=None, body_hash=None, gone=False, failures=0,
-                         last_error=None, next_poll=now, baselined=False, ttl=None,
-                         update_period=None, update_base=None, cadence=None,
-                         poll_interval=None, poll_reason=None)
+            st = moved(st, spec, now)
         else:
             st = replace(st, next_poll=initial_poll(
                 now=now, interval=spec.interval, key=spec.name,
@@ -177,9 +201,21 @@ class Runtime:
         clock: Callable[[], datetime] = utc_now,
         notifiers: dict[str, Notifier] | None = None,
         executor: Executor | None = None,
+        config_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        # where a reload reads the config from (None: the rules only are re-read), and
+        # the environment its ${VAR} are resolved with: as it was at start
+        self.config_path = config_path
+        self.env = dict(os.environ if env is None else env)
         self.clock = clock
+        self.reload_state: dict[str, Any] = {}  # the last reload, for /healthz
+        self._reloading = asyncio.Lock()
+        # feeds a reload added or changed, not synced with the store yet (removals too);
+        # None: nothing to sync
+        self._unsynced: set[str] | None = None
+        self.fetcher: Fetcher
         self.metrics = Metrics()
         self.trouble = Trouble(clock)  # store errors and failing feeds, said once
         self._stack = AsyncExitStack()
@@ -211,6 +247,7 @@ class Runtime:
                 per_host=fc.per_host,
             )
             await self._stack.enter_async_context(fetcher)
+            self.fetcher = fetcher
             given = self._executor
             if given is not None:  # the caller's, and the caller shuts it down
                 pool = ParsePool(Threads(lambda: given), timeout=fc.parse_timeout,
@@ -298,6 +335,111 @@ class Runtime:
                         hint="no rule is enabled: nothing can alert; /healthz is degraded")
         return True
 
+    async def reload(self, by: str) -> bool:
+        """Re-read the config file (``config_path``; without one, the rules only) and the
+        rules, validate them together and swap them in at once: feeds synced, channels'
+        notifiers built, replaced or closed, rules swapped, live settings applied. On
+        any error everything keeps running as it was, and ``reload_state`` (``/healthz``)
+        and the log say why, file:line:column. One reload at a time."""
+        async with self._reloading:
+            return await self._reload(by)
+
+    async def _reload(self, by: str) -> bool:
+        now = self.clock()
+        old = self.config
+        try:
+            new = old if self.config_path is None else load_config(self.config_path, self.env)
+            redact(*secrets_of(new))
+            diff = diff_configs(old, new)
+            cfg = live_config(old, new)
+            rules = load_active_rules(cfg, now)
+            built = build_notifiers(cfg, diff.channels_new) if self._notifiers is None else {}
+        except (ConfigError, RulesError) as e:
+            what = "rules" if isinstance(e, RulesError) else "config"
+            self.reload_state = {
+                "ok": False, "by": by, "at": now.isoformat(), "what": what,
+                "errors": [str(p) for p in e.problems[:RELOAD_ERRORS_SHOWN]],
+                "problems": len(e.problems),
+                "last_ok": self.reload_state.get("last_ok"),
+            }
+            self.metrics.config_reloads.labels("invalid").inc()
+            if isinstance(e, RulesError):
+                self.pipeline.rules.error = str(e)
+                self.pipeline.rules.error_at = now
+                self.metrics.rules_reloads.labels("invalid").inc()
+                log.error("rules.invalid", problems=len(e.problems), error=str(e),
+                          kept=len(self.pipeline.rules.ruleset.rules), by=by)
+            else:
+                log.error("config.invalid", problems=len(e.problems), error=str(e), by=by,
+                          kept="the running configuration")
+            return False
+        except MonitorError as e:  # a channel that cannot be built
+            self.reload_state = {
+                "ok": False, "by": by, "at": now.isoformat(), "what": "channels",
+                "errors": [scrub(str(e))], "problems": 1,
+                "last_ok": self.reload_state.get("last_ok"),
+            }
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("config.invalid", problems=1, error=scrub(str(e)), by=by,
+                      kept="the running configuration")
+            return False
+        old_rules = self.pipeline.rules.ruleset
+        # the swap: no await until the feeds' sync, so a poll sees all of it or none
+        self.config = cfg
+        self.pipeline.config = cfg
+        self.pipeline.settle = cfg.dedup.settle
+        self.pipeline.rules = rules
+        fc = cfg.fetch
+        self.fetcher.timeout = fc.timeout
+        self.fetcher.connect_timeout = fc.connect_timeout
+        self.fetcher.max_bytes = fc.max_bytes
+        self.fetcher.max_redirects = fc.max_redirects
+        running = self.dispatcher.notifiers
+        self.dispatcher.update_channels(
+            {ch: built[ch] if ch in built else running[ch]
+             for ch in cfg.channels if ch in built or ch in running},
+            settings=cfg.delivery,
+            rates={name: ch.rate for name, ch in cfg.channels.items()},
+            quiet={name: q for name, ch in cfg.channels.items()
+                   if isinstance(q := getattr(ch, "quiet", None), QuietHours)},
+        )
+        for feed in diff.feeds_removed:
+            with contextlib.suppress(KeyError):
+                self.metrics.feed_failures.remove(feed)
+        self.metrics.rules_loaded.set(len(rules.ruleset.rules))
+        self.metrics.rules_reloads.labels("ok").inc()
+        self.metrics.config_reloads.labels("ok").inc()
+        self.reload_state = {"ok": True, "by": by, "at": now.isoformat(),
+                             "last_ok": now.isoformat()}
+        log.info("config.reloaded", by=by, feeds=len(cfg.feeds), channels=len(cfg.channels),
+                 **diff.summary(), **({} if diff.summary() else {"unchanged": True}))
+        if diff.restart:
+            log.warning("config.needs_restart", settings=", ".join(diff.restart),
+                        note="changed in the file, but these apply only when the daemon "
+                        "restarts; the running values are kept until then")
+        log.info("rules.reloaded", **reload_summary(old_rules, rules.ruleset))
+        if not rules.ruleset.enabled:
+            log.warning("rules.none_enabled", path=str(cfg.rules_path),
+                        hint="no rule is enabled: nothing can alert; /healthz is degraded")
+        touched = set(diff.feeds_added) | set(diff.feeds_changed)
+        if touched or diff.feeds_removed:
+            self._unsynced = (self._unsynced or set()) | touched
+            await self.sync_pending()
+        return True
+
+    async def sync_pending(self) -> None:
+        """Sync the feeds a reload added, changed or removed with the store; a store
+        error leaves them for the next call (the daemon's poll tick retries)."""
+        only = self._unsynced
+        if only is None:
+            return
+        self._unsynced = None
+        try:
+            await sync_feeds(self.store, self.config.feed_specs(), self.clock(), only=only)
+        except StoreError as e:
+            self._unsynced = (self._unsynced or set()) | only
+            self.trouble.store_failed(e, "reload:feeds")
+
     async def poll_all(self) -> list[PollOutcome]:
         """Poll every configured feed now (``monitor once``), concurrently."""
         specs = {s.name: s for s in self.config.feed_specs()}
@@ -374,6 +516,7 @@ class Runtime:
             return PollOutcome(feed=spec.name, result="failed", error=str(e))
         except Exception as e:  # a bug must not kill the daemon or stop the feed for good
             now = self.clock()
+            self.metrics.poll_errors.labels(spec.name, "internal").inc()
             log.error("feed.poll_crashed", feed=spec.name, error=repr(e), exc_info=True)
             error = self.config.redact(f"internal error: {e!r}")
             with contextlib.suppress(Exception):
@@ -409,14 +552,23 @@ class Runtime:
         parse, parse_reasons = self.pool.health()
         for incident in parse["recent"]:  # (the stuck story's title and link: may carry
             incident["detail"] = self.config.redact(scrub(incident["detail"]))  # a key)
+        reload = self.reload_state
+        reload_failed = reload.get("ok") is False
+        channels = {ch: h.to_dict(now) for ch, h in sorted(self.dispatcher.health.items())}
+        channel_reasons = [
+            f"channel {ch} failing: {h['consecutive_failures']} failed send(s) in a row "
+            f"({h['last_error']})" for ch, h in channels.items() if h["failing"]]
         reasons = [why for why, bad in (
             (f"{len(failing)} feed(s) failing", failing),
             (f"{len(gone)} feed(s) gone", gone),
             (f"{len(silent)} feed(s) silent", silent),
             ("the last rules reload failed", rules.error),
+            (f"the last {reload.get('what', 'config')} reload failed "
+             f"({reload.get('problems', 0)} problem(s)): the previous configuration runs",
+             reload_failed and reload.get("what") != "rules"),
             ("no rule is enabled: nothing can alert", not enabled),
             ("not hearing the other instances", listening is False),
-        ) if bad] + parse_reasons
+        ) if bad] + channel_reasons + parse_reasons
         status = "degraded" if reasons else "ok"
         peers = {} if listening is None else {"peers": {"listening": listening}}
         return {
@@ -433,6 +585,10 @@ class Runtime:
                 "error_at": rules.error_at.isoformat() if rules.error_at else None,
             },
             "outbox": {"pending": pending},
+            "channels": channels,  # per channel: its recent sends (dispatch.ChannelHealth)
+            # the last reload (SIGHUP, config or rules edited): when, and its located errors
+            "reload": {"config": str(self.config_path) if self.config_path else None,
+                       **reload} if reload or self.config_path else None,
             "parse": parse,  # the parse pool: jobs past their deadline, workers replaced
             "dedup": {"stories": len(self.pipeline.index)},
             **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
@@ -461,9 +617,18 @@ class Daemon:
     """``monitor run``: poll on schedule, deliver, reload rules, stop on a signal."""
 
     def __init__(self, config: Config, *, clock: Callable[[], datetime] = utc_now,
-                 tick: float = 1.0, exit_watchdog: bool = False) -> None:
+                 tick: float = 1.0, exit_watchdog: bool = False,
+                 config_path: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.config = config
+        # the file a reload re-reads (None: a reload re-reads the rules only), and the
+        # environment its ${VAR} resolve with: captured now, at start
+        self.config_path = config_path
+        self.env = dict(os.environ if env is None else env)
         self.clock = clock
+        self._last_tick: float | None = None  # loop time the poll tick last ran
+        self._reloads: set[asyncio.Task[Any]] = set()
+        self._rules_watcher: asyncio.Task[None] | None = None
         self.tick = tick
         # `monitor run`: the process exits at the latest EXIT_MARGIN s past the deadline
         self.exit_watchdog = exit_watchdog
@@ -484,7 +649,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         try:
-            async with Runtime(self.config, clock=self.clock) as rt:
+            async with Runtime(self.config, clock=self.clock, config_path=self.config_path,
+                               env=self.env) as rt:
                 self.rt = rt
                 rt.pipeline.on_queued = self._wake_dispatch.set
                 # what start-up built (the restored index, compiled rules, imports) lives as
@@ -493,7 +659,8 @@ class Daemon:
                 server: Server | None = None
                 if self.config.server.enabled:
                     server = Server(self.config.server.listen, rt.metrics, rt.health,
-                                    page=StatusPage(rt).render, auth=self.config.server.auth)
+                                    page=StatusPage(rt).render, auth=self.config.server.auth,
+                                    ready=self.readiness)
                     await server.start()
                 sched = Scheduler()
                 sched.every("poll", self.tick, self._poll_tick)
@@ -501,7 +668,9 @@ class Daemon:
                 sched.every("summary", SUMMARY_EVERY, self._summarize, start_now=False)
                 sched.start()
                 dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatch")
-                watcher = asyncio.create_task(self._watch_rules(), name="watch-rules")
+                self._rules_watcher = asyncio.create_task(self._watch_rules(),
+                                                          name="watch-rules")
+                watcher = asyncio.create_task(self._watch_config(), name="watch-config")
                 if server:
                     server.ready = True
                 log.info("daemon.started", feeds=len(self.config.feeds),
@@ -516,6 +685,9 @@ class Daemon:
                     arm_exit_watchdog(budget + EXIT_MARGIN)
                 sched.stop()
                 watcher.cancel()
+                self._rules_watcher.cancel()
+                for t in self._reloads:
+                    t.cancel()
                 if self._ticking is not None:  # a tick in the middle of its claim
                     await asyncio.gather(self._ticking, return_exceptions=True)
                 if self._inflight:
@@ -549,6 +721,8 @@ class Daemon:
                     await dispatcher
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+                await asyncio.gather(self._rules_watcher, *self._reloads,
+                                     return_exceptions=True)
                 if server:
                     await server.stop()
         finally:
@@ -558,14 +732,74 @@ class Daemon:
         return 0
 
     def _sighup(self) -> None:
-        if self.rt is not None:
-            log.info("rules.reload_requested", by="SIGHUP")
-            self.rt.reload_rules()
+        if self.rt is not None and not self._stop.is_set():
+            log.info("config.reload_requested", by="SIGHUP")
+            task = asyncio.create_task(self.reload("SIGHUP"), name="reload")
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+
+    async def reload(self, by: str) -> bool:
+        """Reload the whole configuration (``Runtime.reload``); a bug in it is logged and
+        leaves the old configuration running."""
+        rt = self.rt
+        if rt is None:
+            return False
+        old_rules = rt.config.rules_path
+        try:
+            ok = await rt.reload(by)
+        except Exception as e:  # keep running: the old configuration stays in force
+            log.error("config.reload_crashed", by=by, error=repr(e), exc_info=True)
+            return False
+        self.config = rt.config
+        if ok and rt.config.rules_path != old_rules and not self._stop.is_set():
+            # the rules moved: watch their new place
+            if self._rules_watcher is not None:
+                self._rules_watcher.cancel()
+            self._rules_watcher = asyncio.create_task(self._watch_rules(), name="watch-rules")
+        return ok
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """``/readyz``: whether this instance can do its job now, check by check: the
+        store answers (a cheap query within ``READY_STORE_TIMEOUT``), the scheduler's poll
+        tick ran recently, some rule is enabled, and at least one channel is healthy
+        (``dispatch.ChannelHealth``: a channel that has sent nothing yet is)."""
+        rt = self.rt
+        if rt is None:
+            return False, {"started": {"ok": False, "detail": "starting"}}
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            pending = await asyncio.wait_for(rt.store.count_pending(), READY_STORE_TIMEOUT)
+            checks["store"] = {"ok": True, "detail": f"answered ({pending} pending)"}
+        except TimeoutError:
+            checks["store"] = {"ok": False,
+                               "detail": f"no answer within {READY_STORE_TIMEOUT:g} s"}
+        except Exception as e:
+            checks["store"] = {"ok": False, "detail": rt.config.redact(scrub(str(e)))[:300]}
+        loop = asyncio.get_running_loop()
+        limit = max(30.0, READY_TICKS * self.tick)
+        ago = None if self._last_tick is None else loop.time() - self._last_tick
+        checks["scheduler"] = {
+            "ok": ago is not None and ago <= limit,
+            "detail": "no tick yet" if ago is None else f"last tick {ago:.1f} s ago",
+        }
+        enabled = len(rt.pipeline.rules.ruleset.enabled)
+        checks["rules"] = {"ok": enabled > 0, "detail": f"{enabled} enabled rule(s)"}
+        channels = list(rt.dispatcher.notifiers)
+        failing = rt.dispatcher.failing_channels()
+        checks["channels"] = {
+            "ok": bool(channels) and len(failing) < len(channels),
+            "detail": ("no channel configured" if not channels else
+                       f"{len(channels) - len(failing)} of {len(channels)} healthy"
+                       + (f"; failing: {', '.join(failing)}" if failing else "")),
+        }
+        return all(c["ok"] for c in checks.values()), checks
 
     async def _poll_tick(self) -> None:
         rt = self.rt
         if rt is None or self._stop.is_set():
             return
+        self._last_tick = asyncio.get_running_loop().time()
+        await rt.sync_pending()  # what a reload changed and a store error left unsynced
         free = self.config.fetch.concurrency - len(self._inflight)
         if free <= 0:
             return
@@ -581,8 +815,10 @@ class Daemon:
                 return
             for st in due:
                 spec = specs.get(st.name)
-                if spec is None:
+                if spec is None:  # not configured (here): left alone, its claim holds it
                     continue
+                if st.configured_url != spec.url:  # its URL changed while it was polling
+                    st = moved(st, spec, now)
                 if self._stop.is_set():  # stopping while we claimed: give it back
                     await rt.store.save_feed(replace(st, next_poll=now))
                     continue
@@ -636,6 +872,8 @@ class Daemon:
             log.info("store.pruned", stories=n, before=before.isoformat())
 
     async def _watch_rules(self) -> None:
+        """A change in the rules directory reloads the whole configuration (so a rule
+        edit that fixes a rejected reload applies the config edits waiting with it)."""
         import watchfiles
 
         path = self.config.rules_path
@@ -647,8 +885,25 @@ class Daemon:
             if not any(n.endswith((".yaml", ".yml")) for n in names):
                 continue
             log.info("rules.changed", files=",".join(names))
-            if self.rt is not None:
-                try:
-                    self.rt.reload_rules()
-                except Exception as e:  # keep watching: the old rules stay in force
-                    log.error("rules.reload_crashed", error=repr(e), exc_info=True)
+            await self.reload("rules-watcher")
+
+    async def _watch_config(self) -> None:
+        """A change to the config file reloads the whole configuration. Its directory is
+        watched (an editor replaces the file rather than writing it), not recursively,
+        and only the file's own name counts."""
+        import watchfiles
+
+        if self.config_path is None:
+            return
+        path = self.config_path.resolve()
+        if not path.parent.exists():
+            return
+
+        def ours(_: object, changed: str) -> bool:
+            return Path(changed).name == path.name
+
+        async for _ in watchfiles.awatch(path.parent, debounce=200, step=50,
+                                         stop_event=self._stop, recursive=False,
+                                         watch_filter=ours):
+            log.info("config.changed", file=str(path))
+            await self.reload("config-watcher")

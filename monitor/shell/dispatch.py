@@ -73,6 +73,41 @@ def _rate_of(notifier: Notifier) -> float:
     return float(rate) if isinstance(rate, (int, float)) and rate > 0 else 1.0
 
 
+#: A channel is failing after this many failed sends in a row ...
+CHANNEL_FAILING_AFTER = 3
+#: ... or when its sends have kept failing (none succeeded) for this long.
+CHANNEL_FAILING_FOR = timedelta(minutes=15)
+
+
+@dataclass(kw_only=True, slots=True)
+class ChannelHealth:
+    """The outcome of a channel's recent sends (one message: an alert, a digest, a batch
+    written at once). A 429 is neither: the peer is pacing us, not failing. A channel
+    that has not sent anything yet is healthy."""
+
+    failures: int = 0  # failed sends since the last successful one
+    last_error: str | None = None
+    last_failure: datetime | None = None
+    last_success: datetime | None = None
+    failing_since: datetime | None = None  # the first failure of the current streak
+
+    def failing(self, now: datetime) -> bool:
+        """Its deliveries keep failing: ``CHANNEL_FAILING_AFTER`` failed sends in a row,
+        or failures only for ``CHANNEL_FAILING_FOR``."""
+        return self.failures >= CHANNEL_FAILING_AFTER or (
+            self.failing_since is not None and now - self.failing_since >= CHANNEL_FAILING_FOR)
+
+    def to_dict(self, now: datetime) -> dict[str, object]:
+        return {
+            "failing": self.failing(now),
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+            "last_failure": self.last_failure.isoformat() if self.last_failure else None,
+            "last_success": self.last_success.isoformat() if self.last_success else None,
+            "failing_since": self.failing_since.isoformat() if self.failing_since else None,
+        }
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DispatchResult:
     sent: int = 0  # deliveries accounted as delivered (rolled up and held back included)
@@ -135,6 +170,15 @@ class Dispatcher:
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
         self._failing: dict[str, int] = {}  # channel → transient failures in a row
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.health: dict[str, ChannelHealth] = {ch: ChannelHealth() for ch in self.notifiers}
+        # ``serve``: one loop per channel, started and ended as channels come and go
+        self._events: dict[str, asyncio.Event] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+        self._tick = 1.0
+        self._serving = False
+        self._closing: set[asyncio.Task[None]] = set()  # old notifiers closed after a reload
+        self._gauged: set[str] = set()  # channels the outbox gauges have a value for
         # a store failure of a round (the daemon: said once while it lasts, see
         # shell.trouble); without it, an error line per failure
         self.on_store_error: Callable[[StoreError, str], None] | None = None
@@ -219,31 +263,21 @@ class Dispatcher:
     async def serve(self, wake: asyncio.Event, tick: float = 1.0) -> None:
         """``monitor run``: one loop per channel until ``stopping``. ``wake`` (set when
         a poll queued deliveries) wakes every channel; a channel also looks every
-        ``tick`` seconds for retries that came due."""
-        events = {ch: asyncio.Event() for ch in self.notifiers}
+        ``tick`` seconds for retries that came due. Channels added by a reload
+        (``update_channels``) get their loop at once; a removed channel's loop ends
+        after the claim in hand."""
+        self._tick = tick
+        self._serving = True
+        for ch in self.notifiers:
+            self._spawn(ch)
 
         async def pump() -> None:
             while True:
                 await wake.wait()
                 wake.clear()
-                for ev in events.values():
+                for ev in self._events.values():
                     ev.set()
-
-        async def channel_loop(channel: str, ev: asyncio.Event) -> None:
-            while not self.stopping:
-                try:
-                    r = await self.drain_channel(channel)
-                    if r != DispatchResult():
-                        await self._gauge()
-                except Exception as e:  # the store hiccuped: try again shortly
-                    self._round_failed(e, f"deliver:{channel}", channel=channel)
-                timeout = tick
-                until = self.paused_until(channel)
-                if until is not None:
-                    timeout = min(tick, max(0.01, (until - self.clock()).total_seconds()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ev.wait(), timeout=timeout)
-                ev.clear()
+                self._changed.set()
 
         async def strays() -> None:
             while not self.stopping:
@@ -256,11 +290,123 @@ class Dispatcher:
         helpers = [asyncio.create_task(pump(), name="dispatch-wake"),
                    asyncio.create_task(strays(), name="dispatch-strays")]
         try:
-            await asyncio.gather(*(channel_loop(ch, ev) for ch, ev in events.items()))
+            while True:
+                self._loops = {ch: t for ch, t in self._loops.items() if not t.done()}
+                if self.stopping and not self._loops:
+                    break
+                self._changed.clear()
+                changed = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({*self._loops.values(), changed},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
         finally:
-            for t in helpers:
+            self._serving = False
+            for t in [*helpers, *self._loops.values()]:
                 t.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.gather(*helpers, *self._loops.values(), return_exceptions=True)
+            self._loops.clear()
+
+    def _spawn(self, channel: str) -> None:
+        """Start ``channel``'s loop (``serve``), unless it runs."""
+        running = self._loops.get(channel)
+        if running is not None and not running.done():
+            return
+        ev = self._events.setdefault(channel, asyncio.Event())
+        ev.set()  # look at once
+        self._loops[channel] = asyncio.create_task(self._channel_loop(channel, ev),
+                                                   name=f"dispatch:{channel}")
+        self._changed.set()
+
+    async def _channel_loop(self, channel: str, ev: asyncio.Event) -> None:
+        while not self.stopping and channel in self.notifiers:
+            try:
+                r = await self.drain_channel(channel)
+                if r != DispatchResult():
+                    await self._gauge()
+            except Exception as e:  # the store hiccuped: try again shortly
+                self._round_failed(e, f"deliver:{channel}", channel=channel)
+            timeout = self._tick
+            until = self.paused_until(channel)
+            if until is not None:
+                timeout = min(self._tick, max(0.01, (until - self.clock()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), timeout=timeout)
+            ev.clear()
+        self._events.pop(channel, None)
+
+    def update_channels(
+        self,
+        notifiers: Mapping[str, Notifier],
+        *,
+        settings: DeliveryConfig,
+        rates: Mapping[str, float],
+        quiet: Mapping[str, QuietHours],
+    ) -> None:
+        """A config reload: ``notifiers`` is every channel now configured (new notifiers
+        for the channels added or changed, the running ones for the others). A new
+        channel gets its loop; a removed one's loop ends (its pending deliveries are then
+        failed as strays, said); a replaced notifier is closed once the claim it may be
+        sending is done. Delivery settings apply from the next claim."""
+        old = self.notifiers
+        self.notifiers = dict(notifiers)
+        self.settings = settings
+        self.rates = {ch: _rate_of(n) for ch, n in self.notifiers.items()}
+        self.rates.update(rates)
+        self.quiet = dict(quiet)
+        for ch in self.notifiers:
+            self.health.setdefault(ch, ChannelHealth())
+        for ch in set(self.health) - set(self.notifiers):
+            del self.health[ch]
+            self._paused.pop(ch, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.channel_failures.remove(ch)
+        for ch, n in old.items():
+            if self.notifiers.get(ch) is not n:
+                if ch in self.notifiers:  # changed: its failures were the old settings'
+                    self.health[ch] = ChannelHealth()
+                    self._paused.pop(ch, None)
+                task = asyncio.create_task(self._close_later(ch, n), name=f"close:{ch}")
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        if self._serving:
+            for ch in self.notifiers:
+                self._spawn(ch)
+            for ev in self._events.values():
+                ev.set()
+
+    async def _close_later(self, channel: str, notifier: Notifier) -> None:
+        async with self._locks[channel]:  # the round in hand (if any) is over
+            try:
+                await notifier.close()
+            except Exception as e:
+                log.warning("notifier.close_failed", channel=channel, error=repr(e))
+
+    def _record(self, channel: str, outcome: SendResult) -> None:
+        """Keep the channel's health (``ChannelHealth``) after a send."""
+        h = self.health.setdefault(channel, ChannelHealth())
+        now = self.clock()
+        if isinstance(outcome, Sent):
+            if h.failures:
+                log.info("channel.recovered", channel=channel, failures=h.failures,
+                         error=h.last_error or "")
+            h.failures, h.failing_since, h.last_success = 0, None, now
+        elif not outcome.rate_limited:
+            h.failures += 1
+            h.last_error = scrub(outcome.reason)[:500]
+            h.last_failure = now
+            if h.failing_since is None:
+                h.failing_since = now
+        else:
+            return
+        self.metrics.channel_failures.labels(channel).set(h.failures)
+
+    def failing_channels(self) -> list[str]:
+        """The channels whose deliveries keep failing (``ChannelHealth.failing``)."""
+        now = self.clock()
+        return sorted(ch for ch, h in self.health.items()
+                      if ch in self.notifiers and h.failing(now))
 
     async def drain_channel(self, channel: str) -> DispatchResult:
         """Claim and send ``channel``'s due deliveries until none is due, it is paused,
@@ -320,7 +466,15 @@ class Dispatcher:
         return DispatchResult(failed=len(batch))
 
     async def _gauge(self) -> None:
-        self.metrics.outbox_pending.set(await self.store.count_pending())
+        """The outbox gauges: depth and oldest pending age per channel (one query)."""
+        backlog = await self.store.backlog()
+        now = self.clock()
+        for ch in set(backlog) | set(self.notifiers) | self._gauged:
+            b = backlog.get(ch)
+            self.metrics.outbox_pending.labels(ch).set(b.pending if b else 0)
+            self.metrics.outbox_oldest_age.labels(ch).set(
+                max(0.0, (now - b.oldest).total_seconds()) if b else 0.0)
+        self._gauged = set(backlog) | set(self.notifiers)
 
     # -- one channel's claim ---------------------------------------------------------
 
@@ -371,6 +525,7 @@ class Dispatcher:
             except Exception as e:  # a notifier bug must not lose the delivery
                 log.error("delivery.crashed", channel=channel, key=d.key, error=repr(e))
                 outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+            self._record(channel, outcome)
             now = self.clock()
             if isinstance(outcome, Sent):
                 await self.store.mark_sent(did, now, outcome.ref)
@@ -574,6 +729,7 @@ class Dispatcher:
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+        self._record(channel, outcome)
         now = self.clock()
         if isinstance(outcome, Sent):
             outcome = Sent(ref=thread_ref or outcome.ref)
@@ -639,6 +795,7 @@ class Dispatcher:
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, deliveries=len(batch), error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+        self._record(channel, outcome)
         now = self.clock()
         if isinstance(outcome, Sent):
             self._failing.pop(channel, None)
@@ -759,6 +916,7 @@ class Dispatcher:
         except Exception as e:  # a notifier bug must not lose the deliveries
             log.error("delivery.crashed", channel=channel, key=key, error=repr(e))
             outcome = SendFailed(reason=f"notifier error: {e!r}", retry=True)
+        self._record(channel, outcome)
         now = self.clock()
         if isinstance(outcome, Sent):
             await self.store.mark_sent_many(ids, now, outcome.ref)
@@ -800,6 +958,8 @@ class Dispatcher:
         return DispatchResult(retrying=len(ids)), False
 
     async def close(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         for n in self.notifiers.values():
             try:
                 await n.close()

@@ -31,6 +31,8 @@ log = get_logger(__name__)
 HealthFn = Callable[[], Awaitable[dict[str, Any]]]
 PageFn = Callable[[], Awaitable[str]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (ready, the checks by name: {"ok": bool, "detail": str})
+ReadyFn = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 
 def _same(given: str, expected: str) -> bool:
@@ -58,7 +60,8 @@ def authorized(header: str | None, auth: ServerAuth) -> bool:
 
 class Server:
     def __init__(self, listen: str, metrics: Metrics, health: HealthFn, *,
-                 page: PageFn | None = None, auth: ServerAuth | None = None) -> None:
+                 page: PageFn | None = None, auth: ServerAuth | None = None,
+                 ready: ReadyFn | None = None) -> None:
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
@@ -66,7 +69,8 @@ class Server:
         self.health = health
         self.page = page
         self.auth = auth
-        self.ready = False
+        self.ready = False  # started; then ``ready_checks`` decide, when given
+        self.ready_checks = ready
         self._runner: web.AppRunner | None = None
 
     def _guarded(self, handler: Handler) -> Handler:
@@ -140,8 +144,18 @@ class Server:
         return resp
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ready" if self.ready else "starting",
-                            status=200 if self.ready else 503)
+        """200 when ready, else 503, with the checks as JSON (the failing ones named)."""
+        if not self.ready:
+            ok, checks = False, {"started": {"ok": False, "detail": "starting"}}
+        elif self.ready_checks is None:
+            ok, checks = True, {"started": {"ok": True, "detail": "running"}}
+        else:
+            ok, checks = await self.ready_checks()
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if not ok:
+            body["failing"] = [name for name, c in checks.items() if not c.get("ok")]
+        return web.Response(text=json.dumps(body, indent=2, default=str),
+                            status=200 if ok else 503, content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         resp = web.Response(body=self.metrics.render())
