@@ -595,6 +595,12 @@ class Runtime:
         }
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """A background probe's outcome is read (so that its error is not "never retrieved")."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def arm_exit_watchdog(seconds: float) -> None:
     """End the process ``seconds`` from now if it has not ended by itself: the last word
     of a SIGTERM, whatever still holds the process then (a thread stuck in a C call that
@@ -627,8 +633,12 @@ class Daemon:
         self.env = dict(os.environ if env is None else env)
         self.clock = clock
         self._last_tick: float | None = None  # loop time the poll tick last ran
+        self._store_probe: asyncio.Future[int] | None = None  # /readyz's store query
         self._reloads: set[asyncio.Task[Any]] = set()
         self._rules_watcher: asyncio.Task[None] | None = None
+        # each watcher's own stop event: watchfiles sets it when its task is cancelled,
+        # so it must not be the daemon's ``_stop``
+        self._rules_watch_stop = asyncio.Event()
         self.tick = tick
         # `monitor run`: the process exits at the latest EXIT_MARGIN s past the deadline
         self.exit_watchdog = exit_watchdog
@@ -642,6 +652,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+        self._rules_watch_stop.set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -685,6 +696,7 @@ class Daemon:
                     arm_exit_watchdog(budget + EXIT_MARGIN)
                 sched.stop()
                 watcher.cancel()
+                self._rules_watch_stop.set()
                 self._rules_watcher.cancel()
                 for t in self._reloads:
                     t.cancel()
@@ -725,6 +737,8 @@ class Daemon:
                                      return_exceptions=True)
                 if server:
                     await server.stop()
+                if self._store_probe is not None and not self._store_probe.done():
+                    self._store_probe.cancel()  # a /readyz query the store never answered
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -752,9 +766,10 @@ class Daemon:
             return False
         self.config = rt.config
         if ok and rt.config.rules_path != old_rules and not self._stop.is_set():
-            # the rules moved: watch their new place
-            if self._rules_watcher is not None:
-                self._rules_watcher.cancel()
+            # the rules moved: watch their new place (the old watch ends by its event:
+            # this may run inside it)
+            self._rules_watch_stop.set()
+            self._rules_watch_stop = asyncio.Event()
             self._rules_watcher = asyncio.create_task(self._watch_rules(), name="watch-rules")
         return ok
 
@@ -767,14 +782,22 @@ class Daemon:
         if rt is None:
             return False, {"started": {"ok": False, "detail": "starting"}}
         checks: dict[str, dict[str, Any]] = {}
-        try:
-            pending = await asyncio.wait_for(rt.store.count_pending(), READY_STORE_TIMEOUT)
-            checks["store"] = {"ok": True, "detail": f"answered ({pending} pending)"}
-        except TimeoutError:
+        # a query that outlives its timeout is left to finish in the background (a
+        # cancelled database call can itself hang on a dead network), and no second one
+        # is started while it hangs
+        probe = self._store_probe
+        if probe is None or probe.done():
+            probe = self._store_probe = asyncio.ensure_future(rt.store.count_pending())
+            probe.add_done_callback(_retrieve)
+        done, _ = await asyncio.wait({probe}, timeout=READY_STORE_TIMEOUT)
+        if not done:
             checks["store"] = {"ok": False,
                                "detail": f"no answer within {READY_STORE_TIMEOUT:g} s"}
-        except Exception as e:
-            checks["store"] = {"ok": False, "detail": rt.config.redact(scrub(str(e)))[:300]}
+        elif probe.cancelled() or probe.exception() is not None:
+            error = str(probe.exception()) if not probe.cancelled() else "cancelled"
+            checks["store"] = {"ok": False, "detail": rt.config.redact(scrub(error))[:300]}
+        else:
+            checks["store"] = {"ok": True, "detail": f"answered ({probe.result()} pending)"}
         loop = asyncio.get_running_loop()
         limit = max(30.0, READY_TICKS * self.tick)
         ago = None if self._last_tick is None else loop.time() - self._last_tick
@@ -880,7 +903,7 @@ class Daemon:
         if not path.exists():
             return
         async for changes in watchfiles.awatch(path, debounce=200, step=50,
-                                               stop_event=self._stop):
+                                               stop_event=self._rules_watch_stop):
             names = sorted({Path(p).name for _, p in changes})
             if not any(n.endswith((".yaml", ".yml")) for n in names):
                 continue
@@ -890,20 +913,25 @@ class Daemon:
     async def _watch_config(self) -> None:
         """A change to the config file reloads the whole configuration. Its directory is
         watched (an editor replaces the file rather than writing it), not recursively,
-        and only the file's own name counts."""
+        and only the file's own name counts (and a ConfigMap's ``..data`` swap). When
+        the config file is a symlink, an edit of its target elsewhere needs a SIGHUP."""
         import watchfiles
 
         if self.config_path is None:
             return
-        path = self.config_path.resolve()
+        # the path as given (a symlink is not followed: its directory is watched)
+        path = self.config_path if self.config_path.is_absolute() else (
+            Path.cwd() / self.config_path)
         if not path.parent.exists():
             return
 
         def ours(_: object, changed: str) -> bool:
-            return Path(changed).name == path.name
+            # the file, or a Kubernetes ConfigMap's swap of its ``..data`` link
+            name = Path(changed).name
+            return name == path.name or name.startswith("..data")
 
         async for _ in watchfiles.awatch(path.parent, debounce=200, step=50,
-                                         stop_event=self._stop, recursive=False,
+                                         stop_event=asyncio.Event(), recursive=False,
                                          watch_filter=ours):
             log.info("config.changed", file=str(path))
             await self.reload("config-watcher")
