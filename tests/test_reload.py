@@ -396,3 +396,84 @@ async def test_metrics_after_real_polls(
     await until(lambda: len(slack_server.messages) == 1, "the alert once Slack is back")
     assert file_alerts(tmp_path) == []  # the robots rule routes to Slack only
     assert await d.stop() == 0
+
+
+# -- in process: the Runtime's reload ----------------------------------------------------
+
+
+async def test_reload_in_process_secrets_restart_only_settings_and_channels(
+    tmp_path: Path, feed_server: FeedServer, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from monitor.config import load_config
+    from monitor.shell.daemon import Runtime
+    from monitor.shell.reload import diff_configs, live_config
+    from tests.clock import Clock
+
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    feed_server.serve("/a.rss", rss(BACKLOG))
+    cfg = tmp_path / "config.yaml"
+
+    def write(audit: str = "${AUDIT_FILE}", extra: str = "") -> None:
+        cfg.write_text(f"""
+feeds:
+  - {{name: a, url: '{feed_server.url("/a.rss")}', interval: 60s}}
+rules: rules
+store: sqlite:///state.db
+channels:
+  slack-news: {{type: file, path: alerts.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: '{audit}'}}
+fetch: {{parse_in: thread}}
+server: {{enabled: false}}
+{extra}
+""", encoding="utf-8")
+
+    write()
+    start_env = {"AUDIT_FILE": "audit.jsonl"}
+    config = load_config(cfg, start_env)
+    async with Runtime(config, clock=Clock(), config_path=cfg, env=start_env) as rt:
+        audit = rt.dispatcher.notifiers["audit-file"]
+        # a variable set in the process's environment after the start is not seen
+        monkeypatch.setenv("LATER_FILE", "later.jsonl")
+        write(audit="${LATER_FILE}")
+        assert await rt.reload("test") is False
+        assert rt.reload_state["ok"] is False and rt.reload_state["what"] == "config"
+        assert any("LATER_FILE is not set" in e and f"{cfg}:9:" in e
+                   for e in rt.reload_state["errors"]), rt.reload_state["errors"]
+        assert rt.dispatcher.notifiers["audit-file"] is audit  # nothing changed
+        h = await rt.health()
+        assert h["status"] == "degraded" and h["reload"]["errors"]
+
+        # settings a restart needs are kept (and said); the others apply at once
+        write(audit="other.jsonl", extra="dedup: {window: 1h}\nfetch: {parse_in: thread, "
+              "concurrency: 3, timeout: 7s}\ndelivery: {batch: 7}\nretention: 2d\n")
+        write_text = cfg.read_text(encoding="utf-8").replace(
+            "fetch: {parse_in: thread}\n", "").replace("store: sqlite:///state.db",
+                                                       "store: sqlite:///other.db")
+        cfg.write_text(write_text, encoding="utf-8")
+        with caplog.at_level(logging.INFO, logger="monitor.shell.daemon"):
+            assert await rt.reload("test") is True
+        assert rt.config.store == "sqlite:///state.db" and rt.config.fetch.concurrency == 16
+        assert rt.config.dedup.window == 48 * 3600.0
+        assert rt.config.fetch.timeout == 7.0 and rt.fetcher.timeout == 7.0
+        assert rt.dispatcher.settings.batch == 7 and rt.config.retention == 2 * 86400.0
+        events = {r.getMessage(): r for r in caplog.records}
+        restart = events["config.needs_restart"].fields["settings"]  # type: ignore[attr-defined]
+        assert restart == "fetch.concurrency, dedup.window, store"
+        reloaded = events["config.reloaded"].fields  # type: ignore[attr-defined]
+        assert reloaded["channels_changed_names"] == "audit-file"
+        assert "delivery.batch" in reloaded["settings_names"]
+        # the changed channel has a new notifier; the old one is closed
+        assert rt.dispatcher.notifiers["audit-file"] is not audit
+        await asyncio.gather(*rt.dispatcher._closing)
+        assert rt.reload_state["ok"] is True
+
+    # the pure part: what differs, and what a running daemon switches to
+    old = load_config(cfg, start_env)
+    new = old.model_copy(update={"server": old.server.model_copy(update={"enabled": True})})
+    diff = diff_configs(old, new)
+    assert diff.restart == ["server.enabled"] and diff.settings == []
+    assert live_config(old, new).server == old.server
