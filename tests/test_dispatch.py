@@ -462,4 +462,83 @@ async def test_a_round_claims_each_delivery_at_most_once(store: SQLiteStore,
     r = await asyncio.wait_for(dsp.run_once(), 60)
     assert slack_server.requests <= 6  # each delivery tried at most once in the round
     assert r.retrying >= 1 and r.sent == 0
+
+
+async def test_channels_come_and_go_while_serving(store: SQLiteStore, tmp_path: Path) -> None:
+    # a reload: a channel added gets its loop and delivers; a removed one's loop ends;
+    # a replaced notifier is closed; the health of each channel is kept
+    clock = Clock()
+
+    def file(name: str) -> FileNotifier:
+        return FileNotifier(name, FileChannel(type="file", path=f"{name}.jsonl"),
+                            base_dir=tmp_path)
+
+    a = file("a")
+    dsp = dispatcher(store, {"a": a}, clock)
+    wake = asyncio.Event()
+    serving = asyncio.create_task(dsp.serve(wake, tick=0.05))
+    try:
+        await queue(store, delivery("k-a", "a"))
+        wake.set()
+        for _ in range(200):
+            if (tmp_path / "a.jsonl").exists():
+                break
+            await asyncio.sleep(0.02)
+        assert dsp.health["a"].last_success is not None and dsp.health["a"].failures == 0
+
+        b = file("b")
+        dsp.update_channels({"a": a, "b": b}, settings=dsp.settings, rates={}, quiet={})
+        await queue(store, delivery("k-b", "b"))
+        wake.set()
+        for _ in range(200):
+            if (tmp_path / "b.jsonl").exists():
+                break
+            await asyncio.sleep(0.02)
+        assert (tmp_path / "b.jsonl").exists()
+        assert set(dsp._loops) == {"a", "b"} and set(dsp.health) == {"a", "b"}
+
+        closed: list[str] = []
+        b2 = file("b")
+
+        async def close() -> None:
+            closed.append("b")
+
+        b.close = close  # type: ignore[method-assign]
+        dsp.update_channels({"b": b2}, settings=dsp.settings, rates={}, quiet={})
+        for _ in range(200):
+            if not dsp._loops.get("a") or dsp._loops["a"].done():
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*dsp._closing)
+        assert closed == ["b"] and set(dsp.health) == {"b"}
+        assert "a" not in dsp._loops or dsp._loops["a"].done()
+        assert dsp.failing_channels() == []
+    finally:
+        dsp.stopping = True
+        wake.set()
+        await asyncio.wait_for(serving, 10)
+        await dsp.close()
+
+
+async def test_channel_health_counts_sends_not_rate_limits(store: SQLiteStore,
+                                                           tmp_path: Path) -> None:
+    from monitor.core.model import SendFailed, Sent
+
+    clock = Clock()
+    dsp = dispatcher(store, {"c": FileNotifier("c", FileChannel(type="file", path="c.jsonl"),
+                                               base_dir=tmp_path)}, clock)
+    dsp._record("c", SendFailed(reason="HTTP 500", retry=True))
+    dsp._record("c", SendFailed(reason="slow down", retry=True, rate_limited=True))
+    dsp._record("c", SendFailed(reason="HTTP 502", retry=True))
+    h = dsp.health["c"]
+    assert (h.failures, h.last_error, h.failing_since) == (2, "HTTP 502", T0)
+    assert dsp.failing_channels() == []  # two in a row: not yet
+    clock.now = T0 + timedelta(minutes=15)  # but failing for 15 minutes: failing
+    assert dsp.failing_channels() == ["c"]
+    dsp._record("c", Sent(ref=None))
+    assert (h.failures, h.failing_since, h.last_success) == (0, None, clock.now)
+    for _ in range(3):
+        dsp._record("c", SendFailed(reason="token revoked", retry=False))
+    assert dsp.failing_channels() == ["c"]  # three in a row
+    assert h.to_dict(clock.now)["consecutive_failures"] == 3
     await dsp.close()

@@ -436,6 +436,14 @@ server: {{enabled: false}}
     config = load_config(cfg, start_env)
     async with Runtime(config, clock=Clock(), config_path=cfg, env=start_env) as rt:
         audit = rt.dispatcher.notifiers["audit-file"]
+        # an empty file (an editor's truncate, caught before its write) is not "no feeds"
+        text = cfg.read_text(encoding="utf-8")
+        cfg.write_text("", encoding="utf-8")
+        assert await rt.reload("test") is False
+        assert rt.reload_state["errors"] == [
+            f"{cfg}: the file is empty; the running configuration is kept"]
+        assert [f.name for f in rt.config.feeds] == ["a"]
+        cfg.write_text(text, encoding="utf-8")
         # a variable set in the process's environment after the start is not seen
         monkeypatch.setenv("LATER_FILE", "later.jsonl")
         write(audit="${LATER_FILE}")

@@ -48,7 +48,7 @@ from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
 from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import initial_poll
-from monitor.errors import ConfigError, MonitorError, RulesError, StoreError
+from monitor.errors import ConfigError, MonitorError, Problem, RulesError, StoreError
 from monitor.log import get_logger, redact, redact_url, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
@@ -81,6 +81,17 @@ RELOAD_ERRORS_SHOWN = 50  # located problems /healthz lists for a failed reload,
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def read_config(path: Path, env: Mapping[str, str]) -> Config:
+    """``load_config`` for a reload: a file that is empty (caught between an editor's
+    truncate and its write) is a problem, not a configuration without feeds."""
+    with contextlib.suppress(OSError):  # (load_config reports an unreadable file)
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
+            raise ConfigError([Problem(str(path), None, None,
+                                       "the file is empty; the running configuration is kept")],
+                              "invalid configuration")
+    return load_config(path, dict(env))
 
 
 def load_active_rules(config: Config, now: datetime) -> ActiveRules:
@@ -348,7 +359,7 @@ class Runtime:
         now = self.clock()
         old = self.config
         try:
-            new = old if self.config_path is None else load_config(self.config_path, self.env)
+            new = old if self.config_path is None else read_config(self.config_path, self.env)
             redact(*secrets_of(new))
             diff = diff_configs(old, new)
             cfg = live_config(old, new)
@@ -404,8 +415,9 @@ class Runtime:
                    if isinstance(q := getattr(ch, "quiet", None), QuietHours)},
         )
         for feed in diff.feeds_removed:
-            with contextlib.suppress(KeyError):
-                self.metrics.feed_failures.remove(feed)
+            for gauge in (self.metrics.feed_failures, self.metrics.feed_last_success):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(feed)
         self.metrics.rules_loaded.set(len(rules.ruleset.rules))
         self.metrics.rules_reloads.labels("ok").inc()
         self.metrics.config_reloads.labels("ok").inc()
