@@ -424,7 +424,9 @@ class Runtime:
         self.reload_state = {"ok": True, "by": by, "at": now.isoformat(),
                              "last_ok": now.isoformat()}
         log.info("config.reloaded", by=by, feeds=len(cfg.feeds), channels=len(cfg.channels),
-                 **diff.summary(), **({} if diff.summary() else {"unchanged": True}))
+                 **diff.summary(), **({} if diff.summary() else {"unchanged": True}),
+                 # ${VAR} are not re-read: a changed secret needs a restart
+                 env="as at start")
         if diff.restart:
             log.warning("config.needs_restart", settings=", ".join(diff.restart),
                         note="changed in the file, but these apply only when the daemon "
