@@ -462,6 +462,7 @@ async def test_a_round_claims_each_delivery_at_most_once(store: SQLiteStore,
     r = await asyncio.wait_for(dsp.run_once(), 60)
     assert slack_server.requests <= 6  # each delivery tried at most once in the round
     assert r.retrying >= 1 and r.sent == 0
+    await dsp.close()
 
 
 async def test_channels_come_and_go_while_serving(store: SQLiteStore, tmp_path: Path) -> None:

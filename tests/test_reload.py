@@ -181,6 +181,9 @@ async def test_a_config_edit_is_picked_up_and_an_invalid_one_keeps_the_old_runni
     lines = {e.split(": ", 1)[0] for e in reload["errors"]}
     assert any(x.startswith(f"{cfg}:2:") for x in lines), reload["errors"]
     assert any("bogus" in e for e in reload["errors"])
+    assert h["config"]["error"] and "bogus" in h["config"]["error"]
+    status, page = await get(port, "/")  # the status page shows it too
+    assert status == 200 and "bogus" in page
     # the old configuration runs on: world is polled, extra is not
     await wait_polls(feed_server, "/world.rss", 3)
     assert feed_server.hits("/extra.rss") == 0
@@ -195,6 +198,7 @@ async def test_a_config_edit_is_picked_up_and_an_invalid_one_keeps_the_old_runni
     h = await health(port)
     assert h is not None and h["status"] == "ok", h.get("reasons")
     assert h["reload"]["ok"] is True and "errors" not in h["reload"]
+    assert h["config"]["error"] is None
     m = await metrics(port)
     assert sample(m, "monitor_config_reloads_total", result="invalid") == 1.0
     assert sample(m, "monitor_config_reloads_total", result="ok") == 1.0

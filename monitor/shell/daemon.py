@@ -568,6 +568,7 @@ class Runtime:
             incident["detail"] = self.config.redact(scrub(incident["detail"]))  # a key)
         reload = self.reload_state
         reload_failed = reload.get("ok") is False
+        config_failed = reload_failed and reload.get("what") != "rules"
         channels = {ch: h.to_dict(now) for ch, h in sorted(self.dispatcher.health.items())}
         channel_reasons = [
             f"channel {ch} failing: {h['consecutive_failures']} failed send(s) in a row "
@@ -579,7 +580,7 @@ class Runtime:
             ("the last rules reload failed", rules.error),
             (f"the last {reload.get('what', 'config')} reload failed "
              f"({reload.get('problems', 0)} problem(s)): the previous configuration runs",
-             reload_failed and reload.get("what") != "rules"),
+             config_failed),
             ("no rule is enabled: nothing can alert", not enabled),
             ("not hearing the other instances", listening is False),
         ) if bad] + channel_reasons + parse_reasons
@@ -603,6 +604,12 @@ class Runtime:
             # the last reload (SIGHUP, config or rules edited): when, and its located errors
             "reload": {"config": str(self.config_path) if self.config_path else None,
                        **reload} if reload or self.config_path else None,
+            # the config file's last rejected reload, shaped as ``rules`` (a rejected rule
+            # set is there): the status page shows both
+            "config": {
+                "error": "\n".join(reload.get("errors", ())) if config_failed else None,
+                "error_at": reload.get("at") if config_failed else None,
+            },
             "parse": parse,  # the parse pool: jobs past their deadline, workers replaced
             "dedup": {"stories": len(self.pipeline.index)},
             **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
