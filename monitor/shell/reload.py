@@ -6,9 +6,9 @@ channels added, removed or changed, the rules path, and the settings that differ
 with the settings that only a restart can apply (``RESTART_ONLY``) kept as they run.
 
 Applied live: feeds (``sync_feeds``), channels (``Dispatcher.update_channels``), rules
-(and the rules path), ``defaults``, ``delivery``, ``retention``, ``shutdown_timeout``,
-``dedup.settle`` and the fetch limits read per request (``timeout``,
-``connect_timeout``, ``max_bytes``, ``max_redirects``, ``backoff_max``).
+(and the rules path), ``defaults``, ``delivery``, ``digest``, ``health``, ``retention``,
+``shutdown_timeout``, ``dedup.settle`` and the fetch limits read per request
+(``timeout``, ``connect_timeout``, ``max_bytes``, ``max_redirects``, ``backoff_max``).
 
 Needs a restart: the store, the server, the HTTP client's pool and identity
 (``fetch.concurrency``, ``per_host``, ``user_agent``), the parse pool (``parse_in``,
@@ -41,7 +41,7 @@ RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
 )
 
 #: top-level sections compared setting by setting (the rest: feeds, channels, rules)
-SECTIONS = ("defaults", "fetch", "dedup", "delivery", "server")
+SECTIONS = ("defaults", "fetch", "dedup", "delivery", "digest", "health", "server")
 SCALARS = ("store", "retention", "shutdown_timeout")
 
 NAMES_SHOWN = 10  # names a log line lists per kind of change, at most
