@@ -291,6 +291,9 @@ class HealthConfig(_Model):
     (one of ``channels``; none without it, the health is still tracked and shown)."""
 
     channel: str | None = None
+    # where notices about ``channel`` itself go when it is the one failing (a revoked
+    # Slack token must not be reported only to that Slack channel)
+    fallback: str | None = None
     # a feed failing for this long gets a notice
     feed_failing_after: Duration = 3600.0
     # a feed with no new story for more than factor × its usual time between stories
@@ -510,14 +513,22 @@ def _server_problems(config: Config, path: str, positions: Positions) -> list[Pr
 
 
 def _health_problems(config: Config, path: str, positions: Positions) -> list[Problem]:
-    """``health.channel`` names a configured channel."""
-    channel = config.health.channel
-    if channel is None or channel in config.channels:
-        return []
-    pos = positions.get(("health", "channel"))
+    """``health.channel`` and ``health.fallback`` name configured channels, and the
+    fallback is another channel than the health channel."""
+    out: list[Problem] = []
     known = ", ".join(sorted(config.channels)) or "none"
-    return [Problem(path, pos[0] if pos else None, pos[1] if pos else None,
-                    f"health.channel: unknown channel {channel!r}; known: {known}")]
+    for key in ("channel", "fallback"):
+        name = getattr(config.health, key)
+        pos = positions.get(("health", key))
+        at = (pos[0] if pos else None, pos[1] if pos else None)
+        if name is not None and name not in config.channels:
+            out.append(Problem(path, *at, f"health.{key}: unknown channel {name!r}; "
+                                          f"known: {known}"))
+        elif key == "fallback" and name is not None and name == config.health.channel:
+            out.append(Problem(path, *at, "health.fallback: the same channel as "
+                                          "health.channel; name another one, which carries "
+                                          "the notices when the health channel fails"))
+    return out
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -293,3 +293,22 @@ health:
     assert any(p.startswith("c.yaml:7:24:") and "silent_after_factor" in p for p in got), got
     got = problems("feeds:\n  - {name: a, url: 'https://a.example/', max_age: 0}\n")
     assert any(p.startswith("c.yaml:2:") and "max_age" in p for p in got), got
+
+
+def test_health_fallback_is_another_configured_channel() -> None:
+    got = problems("""
+channels:
+  ops: {type: file, path: ops.jsonl}
+health:
+  channel: ops
+  fallback: pager
+""")
+    assert got == ["c.yaml:6:13: health.fallback: unknown channel 'pager'; known: ops"], got
+    got = problems("""
+channels:
+  ops: {type: file, path: ops.jsonl}
+health:
+  channel: ops
+  fallback: ops
+""")
+    assert len(got) == 1 and got[0].startswith("c.yaml:6:13: health.fallback: the same channel")

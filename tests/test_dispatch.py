@@ -20,7 +20,7 @@ from monitor.metrics import Metrics
 from monitor.notify.email import EmailNotifier
 from monitor.notify.file import FileNotifier
 from monitor.notify.slack import SlackNotifier
-from monitor.shell.dispatch import Dispatcher
+from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.store.base import StoredStory
 from monitor.store.sqlite import SQLiteStore
 from tests.clock import T0, Clock
@@ -542,4 +542,43 @@ async def test_channel_health_counts_sends_not_rate_limits(store: SQLiteStore,
         dsp._record("c", SendFailed(reason="token revoked", retry=False))
     assert dsp.failing_channels() == ["c"]  # three in a row
     assert h.to_dict(clock.now)["consecutive_failures"] == 3
+    await dsp.close()
+
+
+async def test_a_revoked_slack_token_is_reported_through_the_fallback_then_recovers(
+    store: SQLiteStore, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    """Slack is the health channel and its token is revoked: after three failed sends the
+    channel is failing, and one notice goes to the fallback (a file); once the token is
+    fixed, `monitor outbox retry` sends the failed alerts and one recovery notice follows."""
+    clock = Clock()
+    slack = SlackNotifier("slack", SlackChannel(type="slack", token="xoxb-revoked",
+                                                channel="#news",
+                                                base_url=slack_server.api_base_url, rate=1000))
+    out = tmp_path / "ops.jsonl"
+    ops = FileNotifier("ops", FileChannel(type="file", path=str(out)), tmp_path)
+    dsp = dispatcher(store, {"slack": slack, "ops": ops}, clock, rollup_after=0)
+    dsp.ops = ("slack", "ops")
+    await queue(store, *(story_delivery(i, "slack") for i in range(4)))
+    r = await dsp.run_once()
+    assert r.failed == 4  # invalid_auth: not retried
+    assert dsp.failing_channels() == ["slack"]
+    r = await dsp.run_once()  # the notice, queued for the fallback, goes out
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["rule"] for x in lines] == ["monitor:channel-failing"]
+    assert "channel 'slack' is failing" in lines[0]["title"]
+    assert "invalid_auth" in lines[0]["title"] and "xoxb" not in out.read_text()
+    assert "monitor outbox retry --channel slack" in lines[0]["details"]
+    assert (await dsp.run_once()) == DispatchResult()  # one notice per streak
+    # the token is fixed; `monitor outbox retry` puts the failed alerts back
+    slack.cfg = slack.cfg.model_copy(update={"token": slack_server.token})
+    await slack.close()
+    assert len(await store.requeue_failed(clock.now)) == 4
+    r = await dsp.run_once()
+    assert r.sent >= 4 and len(slack_server.messages) == 4
+    assert dsp.failing_channels() == []
+    await dsp.run_once()
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["rule"] for x in lines] == ["monitor:channel-failing",
+                                          "monitor:channel-recovered"]
     await dsp.close()

@@ -9,9 +9,11 @@ from monitor.core.feedhealth import (
     CADENCE_SAMPLES,
     HealthSettings,
     cadence,
+    channel_review,
     condition,
     is_operational,
     notice_kind,
+    ops_target,
     remember_news,
     review,
 )
@@ -158,3 +160,33 @@ def test_shown_error_is_what_the_notice_says() -> None:
     st = feed(failures=2, failing_since=T0, last_error="GET https://u:secret@x/ failed")
     _, [d] = review(st, ON, now=T0 + 2 * H, shown_error="GET https://u:***@x/ failed")
     assert "secret" not in d.alert.story.title + d.alert.story.summary
+
+
+# -- channels -----------------------------------------------------------------------------
+
+
+def test_a_notice_about_a_channel_goes_to_the_health_channel_or_the_fallback() -> None:
+    assert ops_target("slack", "ops", None) == "ops"
+    assert ops_target("ops", "ops", "mail") == "mail"  # the health channel itself broke
+    assert ops_target("ops", "ops", None) is None  # nowhere else to say it
+    assert ops_target("slack", None, "mail") is None  # no health channel: no notices
+
+
+def test_one_failing_notice_per_streak_then_one_recovery_threaded_under_it() -> None:
+    kw = {"since": T0, "error": "slack api: HTTP 200: invalid_auth",
+          "health_channel": "ops", "fallback": None}
+    # not failing yet: nothing
+    assert channel_review("slack", failing=False, recovered=False, open_notice=None,
+                          now=T0, **kw) == (None, [])
+    key, [d] = channel_review("slack", failing=True, recovered=False, open_notice=None,
+                              now=T0, **kw)
+    assert key == d.key == "ops:channel-failing:slack:2026-02-17T12:00:00Z:ops"
+    assert d.channel == "ops" and d.alert.match.rule == "monitor:channel-failing"
+    assert "invalid_auth" in d.alert.story.title
+    # still failing: the same notice stays open, nothing new
+    assert channel_review("slack", failing=True, recovered=False, open_notice=key,
+                          now=T0 + timedelta(hours=1), **kw) == (key, [])
+    opened, [r] = channel_review("slack", failing=False, recovered=True, open_notice=key,
+                                 now=T0 + timedelta(hours=2), **kw)
+    assert opened is None and r.parent_key == key and r.channel == "ops"
+    assert r.alert.match.rule == "monitor:channel-recovered" and r.alert.match.severity == "info"

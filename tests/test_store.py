@@ -1121,3 +1121,12 @@ async def test_group_states_last_message_thread_root_and_oldest_pending(store: S
     await store.mark_sent(e.id, t(11), "root-ts")  # a follow-up keeps the thread root
     st = (await store.group_states([g]))[g]
     assert (st.last_sent, st.ref, st.pending_since) == (t(11), "root-ts", None)
+
+
+async def test_queue_adds_deliveries_outside_a_poll_once(store: Store) -> None:
+    first = await store.queue([delivery("ops:a", channel="ops"), delivery("ops:b", channel="ops")])
+    assert [d.key for d in first] == ["ops:a", "ops:b"] and all(d.id for d in first)
+    again = await store.queue([delivery("ops:a", channel="ops"), delivery("ops:c", channel="ops")])
+    assert [d.key for d in again] == ["ops:c"]  # a key already queued is left out
+    got = await store.claim_deliveries(t(10), limit=10, lease_until=t(20), channel="ops")
+    assert sorted(d.key for d in got) == ["ops:a", "ops:b", "ops:c"]

@@ -231,3 +231,55 @@ def review(
                     f"{_words(limit)}). The feed may have moved or stopped updating.", now)
         return replace(state, notice=key), [d]
     return state, []
+
+
+# -- channels ---------------------------------------------------------------------------
+
+
+def ops_target(channel: str, health_channel: str | None, fallback: str | None) -> str | None:
+    """Where a notice about ``channel`` goes: ``health.channel``, or ``health.fallback``
+    when the broken channel is the health channel itself; None when neither can carry
+    it (no health channel, or no fallback other than the broken channel)."""
+    target = fallback if channel == health_channel else health_channel
+    return target if target is not None and target != channel else None
+
+
+def channel_review(
+    channel: str, *, failing: bool, recovered: bool, open_notice: str | None,
+    since: datetime | None, error: str, health_channel: str | None, fallback: str | None,
+    now: datetime,
+) -> tuple[str | None, list[Delivery]]:
+    """The channel's open notice and the notices due now, after one of its sends.
+
+    ``failing``: its deliveries keep failing (``ChannelHealth.failing``); ``recovered``:
+    its last send went through. One "failing" notice per streak (its key names the
+    streak's start), then one "recovered" notice threaded under it, both to
+    ``ops_target``; nothing when there is no target (the channel's state is still shown
+    in /healthz)."""
+    target = ops_target(channel, health_channel, fallback)
+    if open_notice is not None:
+        if not recovered:
+            return open_notice, []
+        parent = open_notice if open_notice.endswith(f":{target}") else None
+        if target is None:
+            return None, []
+        d = _notice(f"ops:channel-recovered:{channel}:{open_notice}", target, "monitor",
+                    "channel-recovered", "info",
+                    f"monitor: channel {channel!r} delivers again",
+                    f"Channel {channel!r} delivered a message at {_ts(now)}. Alerts it could "
+                    "not deliver meanwhile were retried, or are listed as failed by "
+                    f"`monitor alerts --channel {channel} --status failed`; "
+                    f"`monitor outbox retry --channel {channel}` sends those again.",
+                    now, parent)
+        return None, [d]
+    if not failing or target is None:
+        return None, []
+    key = f"ops:channel-failing:{channel}:{_ts(since)}:{target}"
+    d = _notice(key, target, "monitor", "channel-failing", "warning",
+                f"monitor: channel {channel!r} is failing: {error}".rstrip(": "),
+                f"Deliveries to channel {channel!r} keep failing since {_ts(since)}. Last "
+                f"error: {error or 'unknown'}. Alerts for it wait in the outbox (retried) or "
+                "are marked failed; once the cause is fixed (a revoked token, a changed "
+                f"webhook, the SMTP settings), `monitor outbox retry --channel {channel}` "
+                "sends the failed ones again.", now)
+    return key, [d]

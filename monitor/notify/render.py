@@ -624,6 +624,8 @@ def alert_record(alert: Alert) -> dict[str, Any]:
         "update": alert.update,
         # an update: the headline of the first alert it follows up
         **({"first_title": alert.first_title or story.title} if alert.update else {}),
+        # an operational notice (rule "monitor:…"): what happened and what to do
+        **({"details": story.summary} if match.rule.startswith("monitor:") else {}),
     }
 
 

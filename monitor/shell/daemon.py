@@ -310,6 +310,7 @@ class Runtime:
                        if isinstance(q := getattr(ch, "quiet", None), QuietHours)},
             )
             self.dispatcher.on_store_error = self.trouble.store_failed
+            self.dispatcher.ops = (cfg.health.channel, cfg.health.fallback)
             self._stack.push_async_callback(self.dispatcher.close)
             await sync_feeds(self.store, cfg.feed_specs(), now)
         except BaseException:
@@ -406,6 +407,7 @@ class Runtime:
         self.fetcher.max_bytes = fc.max_bytes
         self.fetcher.max_redirects = fc.max_redirects
         running = self.dispatcher.notifiers
+        self.dispatcher.ops = (cfg.health.channel, cfg.health.fallback)
         self.dispatcher.update_channels(
             {ch: built[ch] if ch in built else running[ch]
              for ch in cfg.channels if ch in built or ch in running},

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from monitor.config import DeliveryConfig, QuietHours
+from monitor.core.feedhealth import channel_review
 from monitor.core.model import Delivery, GroupState, SendFailed, SendResult, Sent
 from monitor.core.route import group_label, group_thread
 from monitor.core.schedule import last_quiet_window, next_cron, quiet_window, retry_at
@@ -171,6 +172,10 @@ class Dispatcher:
         self._failing: dict[str, int] = {}  # channel → transient failures in a row
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.health: dict[str, ChannelHealth] = {ch: ChannelHealth() for ch in self.notifiers}
+        # ``health.channel`` and ``health.fallback``: where notices about a failing
+        # channel go (set by the runtime, and again by a config reload)
+        self.ops: tuple[str | None, str | None] = (None, None)
+        self._ops_open: dict[str, str] = {}  # channel → key of its open "failing" notice
         # ``serve``: one loop per channel, started and ended as channels come and go
         self._events: dict[str, asyncio.Event] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -447,9 +452,40 @@ class Dispatcher:
                 seen.update(d.id for d in batch if d.id is not None)
                 if batch:
                     total = total + await self._send_channel(channel, batch)
+                    await self._channel_notices(channel)
                 if again or len(batch) < limit:
                     break
         return total
+
+    async def _channel_notices(self, channel: str) -> None:
+        """After a channel's sends: a notice when its deliveries keep failing, and one
+        when it delivers again (``core.feedhealth.channel_review``), queued in the outbox
+        for the health channel (or the fallback, when the failing one is the health
+        channel)."""
+        h = self.health.get(channel)
+        if h is None:
+            return
+        now = self.clock()
+        health_channel, fallback = self.ops
+        open_, notices = channel_review(
+            channel, failing=h.failing(now), recovered=h.failures == 0,
+            open_notice=self._ops_open.get(channel), since=h.failing_since,
+            error=h.last_error or "", health_channel=health_channel, fallback=fallback,
+            now=now)
+        if open_ is None:
+            self._ops_open.pop(channel, None)
+        else:
+            self._ops_open[channel] = open_
+        if not notices:
+            return
+        for d in await self.store.queue(notices):
+            kind = d.alert.match.rule.removeprefix("monitor:")
+            self.metrics.ops_notices.labels(kind).inc()
+            log.warning("ops.queued", channel=d.channel, about=channel, kind=kind, key=d.key,
+                        notice=d.alert.story.title[:200])
+            ev = self._events.get(d.channel)
+            if ev is not None:
+                ev.set()
 
     async def _drain_strays(self) -> DispatchResult:
         """Deliveries queued for a channel that is no longer configured: failed, said."""

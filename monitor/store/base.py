@@ -167,6 +167,11 @@ class Store(Protocol):
         (with ``id`` set); those whose key already existed are skipped.
         """
 
+    async def queue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Add deliveries to the outbox outside a poll (operational notices about a
+        channel); those whose key is already there are left out. Returns the inserted
+        ones, with their ids."""
+
     async def recent_stories(self, since: datetime, *, limit: int | None = None) -> list[StoredStory]:
         """Stories first seen at or after ``since``, oldest first (dedup rebuild, backtest)."""
 

@@ -512,6 +512,20 @@ class PostgresStore:
                     inserted.append(replace(d, id=new_id))
         return inserted
 
+    async def queue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        inserted: list[Delivery] = []
+        async with self._con("queue", tx=True) as con:
+            for d in deliveries:
+                new_id = await con.fetchval(
+                    _DELIVERY_INSERT, _text(d.key), _text(d.channel), _opt_text(d.parent_key),
+                    _text(d.alert.cluster), _text(d.alert.match.rule), alert_to_json(d.alert),
+                    d.attempts, utc(d.created), utc(d.next_attempt or d.created),
+                    _opt_text(d.group),
+                )
+                if new_id is not None:
+                    inserted.append(replace(d, id=new_id))
+        return inserted
+
     async def recent_stories(self, since: datetime, *, limit: int | None = None) -> list[StoredStory]:
         async with self._con("recent_stories") as con:
             rows = await con.fetch(

@@ -555,6 +555,26 @@ class SQLiteStore:
 
         return await self._run(f"save_poll {state.name!r}", work)
 
+    async def queue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        def work(con: sqlite3.Connection) -> list[Delivery]:
+            inserted: list[Delivery] = []
+            with _write(con):
+                for d in deliveries:
+                    row = con.execute(
+                        _DELIVERY_INSERT,
+                        (_k(d.key), _k(d.channel),
+                         None if d.parent_key is None else _k(d.parent_key),
+                         _k(d.alert.cluster), _k(d.alert.match.rule), alert_to_json(d.alert),
+                         d.attempts, dt_to_text(d.created),
+                         dt_to_text(d.next_attempt or d.created),
+                         None if d.group is None else _k(d.group)),
+                    ).fetchone()
+                    if row is not None:
+                        inserted.append(replace(d, id=row[0]))
+            return inserted
+
+        return await self._run("queue", work)
+
     async def recent_stories(self, since: datetime, *, limit: int | None = None) -> list[StoredStory]:
         def work(con: sqlite3.Connection) -> list[StoredStory]:
             rows = con.execute(
