@@ -34,7 +34,6 @@ from typing import Any
 
 from monitor.config import Config, QuietHours, secrets_of
 from monitor.core.dedup.features import DedupSettings
-from monitor.core.dedup.index import StoryIndex
 from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
 from monitor.core.rules.model import RuleSet
@@ -44,6 +43,7 @@ from monitor.log import get_logger, redact, redact_url, scrub
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
+from monitor.shell.dedupstate import SAVE_EVERY, DedupState
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import ParsePool, Processes, Threads
@@ -187,6 +187,7 @@ class Runtime:
         self.pipeline: Pipeline
         self.dispatcher: Dispatcher
         self.pool: ParsePool
+        self.dedup: DedupState
         self.on_sent: list[Callable[[Delivery], None]] = []
 
     async def __aenter__(self) -> Runtime:
@@ -217,33 +218,28 @@ class Runtime:
                 pool = make_pool(cfg, self.metrics)
                 self._stack.callback(pool.shutdown)
             self.pool = pool
-            index = StoryIndex(dedup_settings(cfg))
-            window = timedelta(seconds=cfg.dedup.window)
+            # the index is loaded when a poll first brings a new story, from the store's
+            # snapshot plus the stories saved since (dedupstate.py)
+            self.dedup = DedupState(self.store, dedup_settings(cfg), window=cfg.dedup.window,
+                                    clock=self.clock, metrics=self.metrics)
+            index = self.dedup.index
 
             def from_peers(stored: list[StoredStory]) -> None:
                 # the stories other instances sharing the store saved: near-duplicates
                 # of them found here join their clusters instead of alerting again
-                added = index.restore((s.story, s.cluster) for s in stored)
-                self.metrics.peer_stories.inc(added)
-                log.debug("dedup.from_peers", stories=added)
+                log.debug("dedup.from_peers", stories=self.dedup.from_peers(stored))
                 if hasattr(self, "pipeline"):  # heard while starting: nothing cached yet
                     self.pipeline.forget_alerts({s.cluster for s in stored})
 
-            async def after_gap() -> None:
-                stored = await self.store.recent_stories(self.clock() - window)
-                log.info("dedup.resynced", stories=index.restore(
-                    (s.story, s.cluster) for s in stored))
-
             # listening first, then loading: nothing saved in between is missed
-            await self.store.watch_stories(from_peers, after_gap)
-            restored = await self.store.recent_stories(now - window)
-            index.restore((s.story, s.cluster) for s in restored)
-            log.info("dedup.restored", stories=len(restored))
+            await self.store.watch_stories(from_peers, self.dedup.after_gap)
+            self._stack.push_async_callback(self.dedup.save)  # at the end, before the store
             self.pipeline = Pipeline(
                 config=cfg,
                 store=self.store,
                 fetcher=fetcher,
                 index=index,
+                index_ready=self.dedup.ready,
                 rules=rules,
                 prepare=pool,
                 metrics=self.metrics,
@@ -487,6 +483,7 @@ class Daemon:
                 sched = Scheduler()
                 sched.every("poll", self.tick, self._poll_tick)
                 sched.every("prune", 3600.0, self._prune)
+                sched.every("dedup-snapshot", SAVE_EVERY, self._save_dedup, start_now=False)
                 sched.every("summary", SUMMARY_EVERY, self._summarize, start_now=False)
                 sched.start()
                 dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatch")
@@ -612,6 +609,10 @@ class Daemon:
         """One loop per channel (``Dispatcher.serve``), woken when a poll queues."""
         assert self.rt is not None
         await self.rt.dispatcher.serve(self._wake_dispatch, self.tick)
+
+    async def _save_dedup(self) -> None:
+        if self.rt is not None:
+            await self.rt.dedup.save()
 
     async def _prune(self) -> None:
         assert self.rt is not None
