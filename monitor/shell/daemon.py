@@ -49,9 +49,6 @@ from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import ParsePool, Processes, Threads
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.rulefiles import load_rules
-from monitor.shell.scheduler import Scheduler
-from monitor.shell.server import Server
-from monitor.shell.status import StatusPage
 from monitor.shell.trouble import Trouble
 from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
@@ -464,6 +461,12 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> int:
+        # here, not at the top: `monitor once` needs neither APScheduler nor aiohttp.web
+        # nor jinja2
+        from monitor.shell.scheduler import Scheduler
+        from monitor.shell.server import Server
+        from monitor.shell.status import StatusPage
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
