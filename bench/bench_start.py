@@ -1,23 +1,32 @@
 """Start cost (issue #14): ``monitor once`` on stores of 10k and 100k stories.
 
-A store is built per size (SQLite, synthetic but realistic headlines: real ones from the
-shared corpora, spliced two by two so that they do not repeat, clustered by the real
-dedup index), every story first seen within the dedup window (48 h): the worst case for
-a rebuild, which covers the window. 100 configured feeds are served by a local server
-in another process that answers ``304 Not Modified`` to a known ETag.
+    python -m bench start                          # both sizes (part of `make bench`)
+    BENCH_START_SIZES=10000 python -m bench start  # one size
 
-Measured for each size, from outside the process, the median of ``RUNS`` runs:
+A store is built per size (SQLite, synthetic but realistic headlines: real ones from the
+shared corpora, pieces of three run together so that they rarely repeat, clustered by
+the real dedup index), every story first seen within the dedup window (48 h): the worst
+case for a rebuild, which covers the window. Feeds are served by a local server in
+another process that answers ``304 Not Modified`` to a known ETag.
+
+Measured from outside the process (the median of ``RUNS`` runs; bytecode cached, as
+installed):
 
 * ``start_to_first_poll_s``: from spawning ``monitor once`` to the first request the feed
-  server sees (imports, config, rules, store, dedup index, feed sync);
+  server sees (imports, config, rules, store, feed sync);
 * ``wall_s`` and ``cpu_s`` (user + sys of the whole process and its parse workers, from
-  ``getrusage(RUSAGE_CHILDREN)``) of a cycle in which every feed answers 304;
-* the same with the dedup snapshot removed (``snapshot: "absent"``): a first start after
-  an upgrade, or after the dedup settings changed, rebuilds from the window's stories.
+  ``getrusage(RUSAGE_CHILDREN)``) of a cycle in which every feed answers 304, with 100
+  and with 1,000 feeds;
+* ``one_new_story``: the 100 feeds and one more with a new story at every poll, so the
+  dedup index is loaded (from its snapshot, plus the stories saved since); and
+  ``one_new_story_no_snapshot``: the same with the snapshot deleted before each run (a
+  first start after an upgrade or a settings change: rebuilt from the window, and the
+  snapshot saved at the end).
 
 Beside it, lemon24/reader's ``reader update --no-scheduled`` over the same feeds all
-answering 304, when a Python with ``reader`` (and ``click``) is found: ``$BENCH_READER_PYTHON``,
-else ``/tmp/readervenv/bin/python``; else it is skipped with the reason.
+answering 304 (``cpu_vs_reader``), when a Python with ``reader``, ``click`` and
+``sgmllib3k`` is found: ``$BENCH_READER_PYTHON``, else ``/tmp/readervenv/bin/python``;
+else that part is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 SIZES = (10_000, 100_000)
 N_FEEDS = 100  # configured feeds, all answering 304
+BIG_FEEDS = 1000  # and again with as many
 STORE_FEEDS = 400  # feeds the stored stories came from
 RUNS = 3
 WINDOW_H = 44  # stories first seen over the last 44 h (the window is 48 h)
@@ -145,8 +155,23 @@ def _serve(conn: Any, n_feeds: int) -> None:
         return web.Response(body=body(int(request.match_info["n"])), headers={"ETag": '"v1"'},
                             content_type="application/rss+xml")
 
+    fresh = [0]
+
+    async def new(request: web.Request) -> web.Response:
+        """Always 200, with an item never served before on top of the usual ones."""
+        if stats["first"] is None:
+            stats["first"] = time.time()
+        stats["n"] += 1
+        fresh[0] += 1
+        k = fresh[0]
+        item = (f"<item><title>Fresh report {k}: storm closes airport in city {k}</title>"
+                f"<link>http://example.com/new/{k}</link><guid>new-{k}</guid></item>")
+        return web.Response(body=body(0).replace(b"<item>", item.encode() + b"<item>", 1),
+                            content_type="application/rss+xml")
+
     async def main() -> None:
         app = web.Application()
+        app.router.add_get("/new/{n}.xml", new)
         app.router.add_get("/{n}.xml", feed)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -162,14 +187,19 @@ def _serve(conn: Any, n_feeds: int) -> None:
     asyncio.run(main())
 
 
-def write_config(dir_: Path, port: int) -> Path:
+def write_config(dir_: Path, port: int, *, feeds_n: int = N_FEEDS, fresh: bool = False,
+                 name: str = "config.yaml") -> Path:
+    """``feeds_n`` feeds answering 304 once baselined; ``fresh``: and one more that has
+    a new story at every poll (then the dedup index is needed)."""
     feeds = "\n".join(f"  - {{name: f{i}, url: 'http://127.0.0.1:{port}/{i}.xml'}}"
-                      for i in range(N_FEEDS))
+                      for i in range(feeds_n))
+    if fresh:
+        feeds += f"\n  - {{name: fresh, url: 'http://127.0.0.1:{port}/new/0.xml'}}"
     (dir_ / "rules").mkdir(exist_ok=True)
     (dir_ / "rules" / "news.yaml").write_text(
         "rules:\n  - name: quake\n    any: [earthquake, tsunami]\n"
         "    channels: [audit-file]\n", encoding="utf-8")
-    cfg = dir_ / "config.yaml"
+    cfg = dir_ / name
     cfg.write_text(f"""
 feeds:
 {feeds}
@@ -190,7 +220,7 @@ def _timed(cmd: list[str], cwd: Path, conn: Any, env: dict[str, str] | None = No
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     spawned = time.time()
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=env or _ENV)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     conn.send("stats")
@@ -202,11 +232,16 @@ def _timed(cmd: list[str], cwd: Path, conn: Any, env: dict[str, str] | None = No
     return out
 
 
+# as installed: bytecode cached (this environment may say PYTHONDONTWRITEBYTECODE)
+_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
 
 
-def _monitor_once(dir_: Path, cfg: Path, conn: Any, *, drop_snapshot: bool) -> dict[str, float]:
+def _monitor_once(dir_: Path, cfg: Path, conn: Any, *, drop_snapshot: bool = False
+                  ) -> dict[str, float]:
     cmd = [sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "warning", "once"]
     runs = []
     for _ in range(RUNS):
@@ -238,26 +273,26 @@ def _reader_python() -> str | None:
     return None
 
 
-def _reader(tmp: Path, port: int, conn: Any) -> dict[str, Any]:
+def _reader(tmp: Path, port: int, conn: Any, feeds_n: int) -> dict[str, Any]:
     py = _reader_python()
     if py is None:
         return {"skipped": "no Python with reader and click (pip install 'reader[cli]' "
-                           "into a venv, then BENCH_READER_PYTHON=its python)"}
-    db = str(tmp / "reader.sqlite")
+                           "sgmllib3k into a venv, then BENCH_READER_PYTHON=its python)"}
+    db = str(tmp / f"reader-{feeds_n}.sqlite")
     base = [py, "-m", "reader", "--db", db, "--config", str(tmp / "none.toml")]
     (tmp / "none.toml").write_text("[reader]\n", encoding="utf-8")
-    urls = [f"http://127.0.0.1:{port}/{i}.xml" for i in range(N_FEEDS)]
+    urls = [f"http://127.0.0.1:{port}/{i}.xml" for i in range(feeds_n)]
     subprocess.run([py, "-c", "import sys; from reader import make_reader; "
                     "r = make_reader(sys.argv[1]); [r.add_feed(u) for u in sys.argv[2:]]",
-                    db, *urls], check=True)
-    subprocess.run([*base, "update", "--no-scheduled"], check=True,
+                    db, *urls], check=True, env=_ENV)
+    subprocess.run([*base, "update", "--no-scheduled"], check=True, env=_ENV,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # 200s: baseline
     conn.send("stats")
     conn.recv()
     version = subprocess.run([py, "-c", "import reader; print(reader.__version__)"],
                              capture_output=True, text=True).stdout.strip()
     runs = [_timed([*base, "update", "--no-scheduled"], tmp, conn) for _ in range(RUNS)]
-    return {"version": version, **_median(runs)}
+    return {"version": version, "command": "reader update --no-scheduled", **_median(runs)}
 
 
 def run() -> dict[str, Any]:
@@ -269,37 +304,46 @@ def run() -> dict[str, Any]:
     server = ctx.Process(target=_serve, args=(child, N_FEEDS), daemon=True)
     server.start()
     port = parent.recv()
-    out: dict[str, Any] = {"feeds": N_FEEDS, "runs": RUNS, "store": "sqlite",
-                           "command": "monitor once"}
+    out: dict[str, Any] = {"runs": RUNS, "store": "sqlite", "command": "monitor once"}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-start-") as tmp_:
             tmp = Path(tmp_)
-            out["reader"] = _reader(tmp, port, parent)
+            out["reader"] = {f"feeds_{n}": _reader(tmp, port, parent, n)
+                             for n in (N_FEEDS, BIG_FEEDS)}
             for n in sizes:
-                dir_ = tmp / f"s{n}"
-                dir_.mkdir()
-                now = datetime.now(UTC)
-                t0 = time.perf_counter()
-                built = build_store(dir_ / "state.db", n, now)
-                built["build_s"] = round(time.perf_counter() - t0, 1)
-                cfg = write_config(dir_, port)
-                # the first run: every feed answers 200 (a silent baseline), and the
-                # dedup snapshot is written; then every feed answers 304
-                _timed([sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level",
-                        "warning", "once"], dir_, parent)
-                res: dict[str, Any] = {"store": built}
-                res["all_304"] = _monitor_once(dir_, cfg, parent, drop_snapshot=False)
-                res["all_304_no_snapshot"] = _monitor_once(dir_, cfg, parent,
-                                                           drop_snapshot=True)
-                if isinstance(out["reader"].get("cpu_s"), float) and out["reader"]["cpu_s"]:
-                    res["cpu_vs_reader"] = round(
-                        res["all_304"]["cpu_s"] / out["reader"]["cpu_s"], 2)
-                out[f"stories_{n}"] = res
-                shutil.rmtree(dir_, ignore_errors=True)
+                out[f"stories_{n}"] = _one_store(tmp, n, port, parent, out["reader"])
     finally:
         parent.send("stop")
         server.join(timeout=10)
     return out
+
+
+def _one_store(tmp: Path, n: int, port: int, conn: Any, reader: dict[str, Any]
+               ) -> dict[str, Any]:
+    dir_ = tmp / f"s{n}"
+    dir_.mkdir()
+    t0 = time.perf_counter()
+    built = build_store(dir_ / "state.db", n, datetime.now(UTC))
+    built["build_s"] = round(time.perf_counter() - t0, 1)
+    res: dict[str, Any] = {"store": built}
+    for feeds_n in (N_FEEDS, BIG_FEEDS):
+        cfg = write_config(dir_, port, feeds_n=feeds_n)
+        # every feed answers 200 (a silent baseline: the index is loaded, rebuilt, and
+        # its snapshot saved), then 304 at every run
+        _timed([sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "warning",
+                "once"], dir_, conn)
+        cycle = _monitor_once(dir_, cfg, conn)
+        ref = reader[f"feeds_{feeds_n}"]
+        if ref.get("cpu_s"):
+            cycle["cpu_vs_reader"] = round(cycle["cpu_s"] / ref["cpu_s"], 2)
+        res[f"all_304_feeds_{feeds_n}"] = cycle
+    # the same 100 feeds and one with a new story at every poll: the index is loaded,
+    # from the snapshot and the stories since; then without a snapshot (a rebuild)
+    cfg = write_config(dir_, port, fresh=True, name="fresh.yaml")
+    res["one_new_story"] = _monitor_once(dir_, cfg, conn)
+    res["one_new_story_no_snapshot"] = _monitor_once(dir_, cfg, conn, drop_snapshot=True)
+    shutil.rmtree(dir_, ignore_errors=True)
+    return res
 
 
 if __name__ == "__main__":

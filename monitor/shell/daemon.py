@@ -130,6 +130,7 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list
     others (a restart resumes it instead of stampeding), forget removed feeds."""
     stored = {f.name: f for f in await store.get_feeds()}
     out: list[FeedState] = []
+    changed: list[FeedState] = []
     for spec in specs:
         st = stored.get(spec.name)
         if st is None:
@@ -154,8 +155,12 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime) -> list
             if st.gone:
                 log.warning("feed.gone", feed=spec.name, url=scrub(st.url),
                             hint="the server answered 410 Gone; change its url or remove it")
-        await store.save_feed(st)
+        if st != stored.get(spec.name):
+            changed.append(st)
         out.append(st)
+    # one transaction, and only for what changed: a restart with 50,000 feeds whose
+    # schedule resumes writes nothing
+    await store.save_feeds(changed)
     for name in set(stored) - {s.name for s in specs}:
         await store.delete_feed(name)
         log.info("feed.removed", feed=name)
@@ -416,7 +421,8 @@ class Runtime:
             },
             "outbox": {"pending": pending},
             "parse": parse,  # the parse pool: jobs past their deadline, workers replaced
-            "dedup": {"stories": len(self.pipeline.index)},
+            # the index is loaded when a poll first brings a new story (dedupstate.py)
+            "dedup": {"stories": len(self.pipeline.index), "loaded": self.dedup.loaded},
             **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
         }
 

@@ -113,6 +113,9 @@ class DedupState:
             added += index.restore((s.story, s.cluster) for s in heard)
         self.from_snapshot = None if snap is None else held
         self.caught_up = added
+        # it lives as long as the process: out of the collector's way (as ``monitor run``
+        # freezes what its start built)
+        gc.freeze()
         log.info("dedup.restored", stories=len(index), clusters=index.clusters,
                  snapshot=snap is not None, from_snapshot=held, added=added,
                  read=len(stored), ms=round((time.perf_counter() - t0) * 1000, 1))
