@@ -252,3 +252,35 @@ async def test_a_broken_snapshot_is_rebuilt_and_peers_heard_meanwhile_count(
         more = [StoredStory(story=s, cluster=s.id) for s in sample[50:59]]
         assert st.from_peers(more) == 8  # loaded: at once (the one already held skipped)
         assert len(st.index) == 59
+
+
+async def test_a_store_failure_while_loading_leaves_nothing_half_loaded(
+        make_store: StoreFactory) -> None:
+    from monitor.errors import StoreError
+
+    sample = stories(80)
+    clock = Clock(sample[-1].first_seen + timedelta(seconds=1))
+    async with make_store() as store:
+        await save(store, sample)
+        first = DedupState(store, DedupSettings(), window=48 * 3600.0, clock=clock)
+        await first.ready()
+        assert await first.save()
+        read = store.recent_stories
+        calls = 0
+
+        async def failing_once(since: datetime, *, limit: int | None = None
+                               ) -> list[StoredStory]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise StoreError("recent_stories: the database is gone for a moment")
+            return await read(since, limit=limit)
+
+        store.recent_stories = failing_once  # type: ignore[method-assign]
+        st = DedupState(store, DedupSettings(), window=48 * 3600.0, clock=clock)
+        with pytest.raises(StoreError):
+            await st.ready()
+        assert not st.loaded and len(st.index) == 0  # the snapshot it had read: dropped
+        await st.ready()  # the next one that needs it tries again
+        assert (st.from_snapshot, st.caught_up, calls) == (80, 0, 2)
+        assert state(st.index) == state(first.index)

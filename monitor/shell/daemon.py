@@ -496,6 +496,9 @@ class Daemon:
                 sched.every("summary", SUMMARY_EVERY, self._summarize, start_now=False)
                 sched.start()
                 dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatch")
+                # the daemon loads its dedup index now, beside its first polls: the first
+                # new story need not wait for it, and it hears the other instances at once
+                loading = asyncio.create_task(self._load_dedup(), name="dedup-load")
                 watcher = asyncio.create_task(self._watch_rules(), name="watch-rules")
                 if server:
                     server.ready = True
@@ -544,6 +547,7 @@ class Daemon:
                     await dispatcher
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+                await loading
                 if server:
                     await server.stop()
         finally:
@@ -618,6 +622,13 @@ class Daemon:
         """One loop per channel (``Dispatcher.serve``), woken when a poll queues."""
         assert self.rt is not None
         await self.rt.dispatcher.serve(self._wake_dispatch, self.tick)
+
+    async def _load_dedup(self) -> None:
+        assert self.rt is not None
+        try:
+            await self.rt.dedup.ready()
+        except StoreError as e:  # the first poll that brings a new story tries again
+            self.rt.trouble.store_failed(e, "dedup")
 
     async def _save_dedup(self) -> None:
         if self.rt is not None:

@@ -10,8 +10,10 @@ after the snapshot (a crash in between, another instance's) is among them; one t
 snapshot already holds is skipped by id. Settings that changed give another key: the
 old snapshot is ignored and the index rebuilt from the window.
 
-And nothing is loaded before a poll brings a new story (``ready``): a cycle in which
-every feed answers 304, or repeats a body it sent before, never needs the index.
+And nothing is loaded before a poll brings a new story (``ready``): a ``monitor once``
+in which every feed answers 304, or repeats a body it sent before, never needs the
+index. (``monitor run`` asks for it at start, beside its first polls.) A load that
+the store fails leaves the index empty, and the next poll that needs it tries again.
 
 Saving costs one pass over the index (``marshal``, on the event loop: the index must
 not move meanwhile) and one write: it is done when the stored snapshot lacks enough
@@ -78,8 +80,16 @@ class DedupState:
         """The index, loaded first if it is not yet (once, whoever asks first)."""
         if self._loading is None:
             self._loading = asyncio.ensure_future(self._load())
+            self._loading.add_done_callback(self._load_ended)
         await asyncio.shield(self._loading)
         return self.index
+
+    def _load_ended(self, loading: asyncio.Future[None]) -> None:
+        if loading.cancelled() or loading.exception() is not None:
+            # the store failed (said by whoever awaited it): nothing is half-loaded, and
+            # the next poll that needs the index tries again
+            self._loading = None
+            self._heard = None
 
     async def _load(self) -> None:
         self._heard = []
@@ -103,7 +113,11 @@ class DedupState:
                 gc.enable()
             index.evict(now)
         since = now - self.window if snap is None else max(now - self.window, snap.taken - LAG)
-        stored = await self.store.recent_stories(since)
+        try:
+            stored = await self.store.recent_stories(since)
+        except BaseException:
+            index.clear()
+            raise
         before = index.inserted
         added = index.restore((s.story, s.cluster) for s in stored)
         if snap is not None:

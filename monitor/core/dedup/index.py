@@ -419,6 +419,10 @@ class StoryIndex:
             self._postings, self._df, self._uses, self._case, self._prefix,
         ))
 
+    def clear(self) -> None:
+        """Forget every cluster and story: the index is as new, with its settings."""
+        StoryIndex.__init__(self, self.settings)
+
     @classmethod
     def from_snapshot(cls, data: bytes, settings: DedupSettings | None = None) -> StoryIndex:
         """An index in the state ``snapshot`` took (see ``load_snapshot``)."""
