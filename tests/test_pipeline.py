@@ -628,3 +628,33 @@ async def test_the_learned_cadence_times_an_adaptive_feed(
         clock.advance(minutes=3)
         assert (await poll(rt))["fast"].result == "not-modified"
         assert 100 <= await _next_in(rt, "fast", clock) <= 140
+
+
+async def test_the_index_loads_when_a_story_is_new_and_restarts_from_its_snapshot(
+        make_config: MakeConfig, feed_server: FeedServer, clock: Clock,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from monitor.shell import dedupstate
+
+    monkeypatch.setattr(dedupstate, "STALE_MIN", 1)  # a snapshot even of a few stories
+    feed_server.serve("/a.rss", rss(BACKLOG, now=T0))
+    config = make_config({"a": "/a.rss"})
+    async with Runtime(config, clock=clock) as rt:
+        assert not rt.dedup.loaded
+        await poll(rt)  # the baseline: new stories, so the index is loaded (rebuilt)
+        assert rt.dedup.loaded and rt.dedup.from_snapshot is None
+        held = len(rt.pipeline.index)
+        assert held == len(BACKLOG)
+    # the end saved a snapshot; a start where every feed answers 304 never reads it
+    clock.advance(minutes=5)
+    async with Runtime(config, clock=clock) as rt:
+        out = await poll(rt)
+        assert out["a"].status == 304 and not rt.dedup.loaded
+    # a new story: the index is the snapshot, and the story joins the index
+    clock.advance(minutes=5)
+    feed_server.set("/a.rss", rss([seed_item(), *BACKLOG], now=clock.now))
+    async with Runtime(config, clock=clock) as rt:
+        out = await poll(rt)
+        assert out["a"].new == 1 and out["a"].alerts >= 1
+        assert (rt.dedup.from_snapshot, rt.dedup.caught_up) == (held, 0)
+        assert len(rt.pipeline.index) == held + 1
+    assert len(alerts(tmp_path)) == 1

@@ -23,7 +23,7 @@ import pytest
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.errors import StoreError
 from monitor.log import redact_url
-from monitor.store.base import Store, StoredStory
+from monitor.store.base import DedupSnapshot, Store, StoredStory
 from monitor.store.listen import NOTIFY_BYTES, _heard_ids, notify_payloads
 from monitor.store.open import open_store
 from monitor.store.postgres import PostgresStore
@@ -443,6 +443,26 @@ async def test_recent_stories_oldest_first_with_limit(store: Store) -> None:
     assert got[0] == stored("s1", seen=t(1))  # exact round trip, unicode and tuples included
     assert [x.story.id for x in await store.recent_stories(t(1), limit=2)] == ["s1", "s2"]
     assert await store.recent_stories(t(10)) == []
+
+
+async def test_dedup_snapshot_round_trips_and_one_is_kept(make_store: StoreFactory) -> None:
+    async with make_store() as s:
+        assert await s.load_dedup_snapshot("k1") is None  # none saved yet (no table either)
+        data = bytes(range(256)) * 1000 + b"\x00"  # any bytes, NULs included
+        await s.save_dedup_snapshot(DedupSnapshot(key="k1", taken=t(3), stories=7, data=data))
+        got = await s.load_dedup_snapshot("k1")
+        assert got == DedupSnapshot(key="k1", taken=t(3), stories=7, data=data)
+        assert await s.load_dedup_snapshot("k2") is None  # other settings: not this one
+        await s.save_dedup_snapshot(DedupSnapshot(key="k1", taken=t(9), stories=8, data=b"x"))
+        got = await s.load_dedup_snapshot("k1")
+        assert got is not None and (got.taken, got.stories, got.data) == (t(9), 8, b"x")
+    async with make_store() as s:  # kept across restarts; a new key replaces the old one
+        got = await s.load_dedup_snapshot("k1")
+        assert got is not None and got.data == b"x"
+        await s.save_dedup_snapshot(DedupSnapshot(key="k2", taken=t(10), stories=1, data=b"y"))
+        assert await s.load_dedup_snapshot("k1") is None
+        got = await s.load_dedup_snapshot("k2")
+        assert got is not None and got.data == b"y"
 
 
 async def test_prune(store: Store) -> None:

@@ -245,3 +245,22 @@ async def test_moving_a_store_in_use_to_postgres_alerts_nothing_twice_and_loses_
             await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await con.close()
+
+
+@pytest.mark.parametrize("dst", DIALECTS)
+async def test_the_dedup_snapshot_cache_is_not_copied(dbs: Any, dst: str) -> None:
+    """A source that saved a dedup snapshot (a cache outside the schema) still copies:
+    the target has none, and builds its own at its first start."""
+    from datetime import UTC, datetime
+
+    from monitor.store.base import DedupSnapshot
+
+    source, target = await dbs("sqlite"), await dbs(dst)
+    await a_store_in_use(source)
+    async with source.store() as s:
+        await s.save_dedup_snapshot(DedupSnapshot(key="k", taken=datetime.now(UTC), stories=1,
+                                                  data=b"x"))
+    async with source.store() as s, target.store() as t:
+        report = await copy_store(s, t)
+        assert "dedup_snapshot" not in report.rows and report.rows["stories"] == 3
+        assert await t.load_dedup_snapshot("k") is None

@@ -39,8 +39,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
-from apscheduler.triggers.cron import CronTrigger  # cron arithmetic only: no scheduler, no clock
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 from monitor.core.units import format_duration
 
@@ -491,6 +493,10 @@ def _triggers(expr: str, tz: str | None) -> list[CronTrigger]:
     1st and every Monday); APScheduler would need both, so that case is two triggers.
     """
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    # cron arithmetic only: no scheduler, no clock (imported here: a start without a
+    # cron schedule does not pay for APScheduler)
+    from apscheduler.triggers.cron import CronTrigger
 
     fields = expr.split()
     if len(fields) != 5:

@@ -1,4 +1,8 @@
-"""Build one notifier per configured channel."""
+"""Build one notifier per configured channel.
+
+Each kind's module is imported when a channel of that kind is configured: slack_sdk,
+aiosmtplib and the TLS setup cost a start that has no such channel nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,6 @@ from monitor.config import Config, EmailChannel, FileChannel, SlackChannel
 from monitor.errors import MonitorError
 from monitor.log import redact
 from monitor.notify.base import Notifier
-from monitor.notify.email import EmailNotifier
-from monitor.notify.file import FileNotifier
-from monitor.notify.slack import SlackNotifier
 
 
 def build_notifiers(config: Config, names: Collection[str] | None = None) -> dict[str, Notifier]:
@@ -33,10 +34,16 @@ def build_notifier(config: Config, name: str) -> Notifier:
         raise MonitorError(f"cannot send: the secrets of channel {name!r} were not resolved")
     ch = config.channels[name]
     if isinstance(ch, SlackChannel):
+        from monitor.notify.slack import SlackNotifier
+
         redact(ch.webhook_url, ch.token)
         return SlackNotifier(name, ch)
     if isinstance(ch, EmailChannel):
+        from monitor.notify.email import EmailNotifier
+
         redact(ch.password)
         return EmailNotifier(name, ch, base_dir=config.resolve("."))
     assert isinstance(ch, FileChannel)
+    from monitor.notify.file import FileNotifier
+
     return FileNotifier(name, ch, base_dir=config.resolve("."))

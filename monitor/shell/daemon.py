@@ -42,7 +42,6 @@ from typing import Any
 
 from monitor.config import Config, QuietHours, load_config, secrets_of
 from monitor.core.dedup.features import DedupSettings
-from monitor.core.dedup.index import StoryIndex
 from monitor.core.feedhealth import condition
 from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
@@ -54,15 +53,13 @@ from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.notify.registry import build_notifiers
 from monitor.shell import ops
+from monitor.shell.dedupstate import SAVE_EVERY, DedupState
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import ParsePool, Processes, Threads
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.reload import diff_configs, live_config
 from monitor.shell.rulefiles import load_rules
-from monitor.shell.scheduler import Scheduler
-from monitor.shell.server import Server
-from monitor.shell.status import StatusPage
 from monitor.shell.trouble import Trouble
 from monitor.store.base import Store, StoredStory
 from monitor.store.open import open_store
@@ -173,6 +170,7 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
     feeds no longer configured; the others may be polling, and their rows are theirs."""
     stored = {f.name: f for f in await store.get_feeds()}
     out: list[FeedState] = []
+    changed: list[FeedState] = []
     for spec in specs:
         if only is not None and spec.name not in only:
             continue
@@ -194,8 +192,12 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
             if st.gone:
                 log.warning("feed.gone", feed=spec.name, url=scrub(st.url),
                             hint="the server answered 410 Gone; change its url or remove it")
-        await store.save_feed(st)
+        if st != stored.get(spec.name):
+            changed.append(st)
         out.append(st)
+    # one transaction, and only for what changed: a restart with 50,000 feeds whose
+    # schedule resumes writes nothing
+    await store.save_feeds(changed)
     for name in set(stored) - {s.name for s in specs}:
         await store.delete_feed(name)
         log.info("feed.removed", feed=name)
@@ -236,6 +238,7 @@ class Runtime:
         self.pipeline: Pipeline
         self.dispatcher: Dispatcher
         self.pool: ParsePool
+        self.dedup: DedupState
         self.on_sent: list[Callable[[Delivery], None]] = []
 
     async def __aenter__(self) -> Runtime:
@@ -267,33 +270,28 @@ class Runtime:
                 pool = make_pool(cfg, self.metrics)
                 self._stack.callback(pool.shutdown)
             self.pool = pool
-            index = StoryIndex(dedup_settings(cfg))
-            window = timedelta(seconds=cfg.dedup.window)
+            # the index is loaded when a poll first brings a new story, from the store's
+            # snapshot plus the stories saved since (dedupstate.py)
+            self.dedup = DedupState(self.store, dedup_settings(cfg), window=cfg.dedup.window,
+                                    clock=self.clock, metrics=self.metrics)
+            index = self.dedup.index
 
             def from_peers(stored: list[StoredStory]) -> None:
                 # the stories other instances sharing the store saved: near-duplicates
                 # of them found here join their clusters instead of alerting again
-                added = index.restore((s.story, s.cluster) for s in stored)
-                self.metrics.peer_stories.inc(added)
-                log.debug("dedup.from_peers", stories=added)
+                log.debug("dedup.from_peers", stories=self.dedup.from_peers(stored))
                 if hasattr(self, "pipeline"):  # heard while starting: nothing cached yet
                     self.pipeline.forget_alerts({s.cluster for s in stored})
 
-            async def after_gap() -> None:
-                stored = await self.store.recent_stories(self.clock() - window)
-                log.info("dedup.resynced", stories=index.restore(
-                    (s.story, s.cluster) for s in stored))
-
             # listening first, then loading: nothing saved in between is missed
-            await self.store.watch_stories(from_peers, after_gap)
-            restored = await self.store.recent_stories(now - window)
-            index.restore((s.story, s.cluster) for s in restored)
-            log.info("dedup.restored", stories=len(restored))
+            await self.store.watch_stories(from_peers, self.dedup.after_gap)
+            self._stack.push_async_callback(self.dedup.save)  # at the end, before the store
             self.pipeline = Pipeline(
                 config=cfg,
                 store=self.store,
                 fetcher=fetcher,
                 index=index,
+                index_ready=self.dedup.ready,
                 rules=rules,
                 prepare=pool,
                 metrics=self.metrics,
@@ -613,7 +611,8 @@ class Runtime:
                 "error_at": reload.get("at") if config_failed else None,
             },
             "parse": parse,  # the parse pool: jobs past their deadline, workers replaced
-            "dedup": {"stories": len(self.pipeline.index)},
+            # the index is loaded when a poll first brings a new story (dedupstate.py)
+            "dedup": {"stories": len(self.pipeline.index), "loaded": self.dedup.loaded},
             **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
         }
 
@@ -678,6 +677,12 @@ class Daemon:
         self._rules_watch_stop.set()
 
     async def run(self) -> int:
+        # here, not at the top: `monitor once` needs neither APScheduler nor aiohttp.web
+        # nor jinja2
+        from monitor.shell.scheduler import Scheduler
+        from monitor.shell.server import Server
+        from monitor.shell.status import StatusPage
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
@@ -699,9 +704,13 @@ class Daemon:
                 sched = Scheduler()
                 sched.every("poll", self.tick, self._poll_tick)
                 sched.every("prune", 3600.0, self._prune)
+                sched.every("dedup-snapshot", SAVE_EVERY, self._save_dedup, start_now=False)
                 sched.every("summary", SUMMARY_EVERY, self._summarize, start_now=False)
                 sched.start()
                 dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatch")
+                # the daemon loads its dedup index now, beside its first polls: the first
+                # new story need not wait for it, and it hears the other instances at once
+                loading = asyncio.create_task(self._load_dedup(), name="dedup-load")
                 self._rules_watcher = asyncio.create_task(self._watch_rules(),
                                                           name="watch-rules")
                 watcher = asyncio.create_task(self._watch_config(), name="watch-config")
@@ -756,7 +765,9 @@ class Daemon:
                     await dispatcher
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-                await asyncio.gather(self._rules_watcher, *self._reloads,
+                if not loading.done():  # still loading at a stop: not worth the wait
+                    loading.cancel()
+                await asyncio.gather(self._rules_watcher, *self._reloads, loading,
                                      return_exceptions=True)
                 if server:
                     await server.stop()
@@ -905,6 +916,17 @@ class Daemon:
         """One loop per channel (``Dispatcher.serve``), woken when a poll queues."""
         assert self.rt is not None
         await self.rt.dispatcher.serve(self._wake_dispatch, self.tick)
+
+    async def _load_dedup(self) -> None:
+        assert self.rt is not None
+        try:
+            await self.rt.dedup.ready()
+        except StoreError as e:  # the first poll that brings a new story tries again
+            self.rt.trouble.store_failed(e, "dedup")
+
+    async def _save_dedup(self) -> None:
+        if self.rt is not None:
+            await self.rt.dedup.save()
 
     async def _prune(self) -> None:
         assert self.rt is not None

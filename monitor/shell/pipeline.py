@@ -182,6 +182,8 @@ class Pipeline:
     metrics: Metrics
     clock: Callable[[], datetime]
     on_queued: Callable[[], None] = lambda: None
+    # awaited before the index is first used: it is loaded then (``dedupstate.py``)
+    index_ready: Callable[[], Awaitable[object]] | None = None
     settle: float = 0.0  # seconds a poll waits for others to decide together (dedup.settle)
     _round: _Round | None = None
     _on_way: int = 0  # polls started that have not reached the dedup step yet
@@ -339,6 +341,8 @@ class Pipeline:
         """Gather what ``route.plan`` needs for the feed's entries, call it, save."""
         batch = _unique_oldest_first(prepared.stories)
         fresh, known_links = await self._fresh(batch)
+        if fresh and self.index_ready is not None:
+            await self.index_ready()
         baseline = is_baseline(state, spec)
         churn = self._churn(state, spec, fresh, len(batch), baseline=baseline)
         if churn:

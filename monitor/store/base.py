@@ -78,6 +78,18 @@ class Table:
 Rows = tuple[Table, Sequence[tuple[object, ...]]]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DedupSnapshot:
+    """The dedup index's state as one process left it (``StoryIndex.snapshot``), so
+    that the next start loads it and adds only the stories saved since, instead of
+    rebuilding the index from every story of the window."""
+
+    key: str  # ``index.snapshot_key`` of the settings it holds for
+    taken: datetime  # the clock when it was taken: stories first seen later are not in it
+    stories: int  # the stories it holds (for logs)
+    data: bytes
+
+
 #: The ``state`` filter of ``Store.delivery_log``: a stored state, or ``held``.
 LOG_STATES: tuple[str, ...] = ("pending", "sent", "failed", "held")
 
@@ -196,6 +208,15 @@ class Store(Protocol):
 
     async def get_story(self, story_id: str) -> StoredStory | None:
         """One story by id."""
+
+    async def save_dedup_snapshot(self, snapshot: DedupSnapshot) -> None:
+        """Keep ``snapshot`` as the one dedup snapshot (any other, of another key, is
+        dropped). A cache, not state: it lives outside the versioned schema, in a table
+        created the first time one is saved, and losing it only costs a rebuild."""
+
+    async def load_dedup_snapshot(self, key: str) -> DedupSnapshot | None:
+        """The dedup snapshot saved under ``key``, or None (none saved, or only one of
+        other settings)."""
 
     async def prune(self, before: datetime) -> int:
         """Delete stories first seen before ``before`` (and clusters left empty, and sent

@@ -38,6 +38,11 @@ class CopyReport:
     replace: bool  # the target was emptied first, had it held rows (--force)
 
 
+#: Tables that only cache what the rest holds (the dedup index's snapshot): not copied;
+#: the target builds its own on its first start.
+CACHES = frozenset({"dedup_snapshot"})
+
+
 async def copy_store(source: Store, target: Store, *, replace: bool = False,
                      batch: int = BATCH) -> CopyReport:
     """Copy every row of ``source`` into ``target`` (both open). Raises ``StoreError``
@@ -46,8 +51,8 @@ async def copy_store(source: Store, target: Store, *, replace: bool = False,
         raise ValueError("batch must be at least 1")
     src_plan = await source.migrate()
     dst_plan = await target.migrate()
-    src_tables = {t.name: t for t in await source.tables()}
-    dst_tables = await target.tables()
+    src_tables = {t.name: t for t in await source.tables() if t.name not in CACHES}
+    dst_tables = [t for t in await target.tables() if t.name not in CACHES]
     _same_layout(src_tables, dst_tables)
     # the source's rows, read in the target's table order (referenced tables first)
     # and column order

@@ -44,6 +44,7 @@ from monitor.store import migrations
 from monitor.store.base import (
     LOG_STATES,
     Backlog,
+    DedupSnapshot,
     DeliveryRecord,
     DeliveryStatus,
     Rows,
@@ -535,6 +536,29 @@ class PostgresStore:
                 limit,
             )
             return [StoredStory(story=story_from_json(r[0]), cluster=r[1]) for r in rows]
+
+    async def save_dedup_snapshot(self, snapshot: DedupSnapshot) -> None:
+        async with self._con("save_dedup_snapshot", tx=True) as con:
+            # one creator at a time (a concurrent CREATE … IF NOT EXISTS can still clash)
+            await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                              f"monitor.dedup_snapshot:{self._schema or 'public'}")
+            await con.execute(
+                "CREATE TABLE IF NOT EXISTS dedup_snapshot (key TEXT PRIMARY KEY, "
+                "taken TIMESTAMPTZ NOT NULL, stories INTEGER NOT NULL, data BYTEA NOT NULL)")
+            await con.execute("DELETE FROM dedup_snapshot")
+            await con.execute(
+                "INSERT INTO dedup_snapshot (key, taken, stories, data) VALUES ($1, $2, $3, $4)",
+                snapshot.key, utc(snapshot.taken), snapshot.stories, snapshot.data)
+
+    async def load_dedup_snapshot(self, key: str) -> DedupSnapshot | None:
+        async with self._con("load_dedup_snapshot") as con:
+            try:
+                r = await con.fetchrow(
+                    "SELECT taken, stories, data FROM dedup_snapshot WHERE key = $1", key)
+            except asyncpg.UndefinedTableError:  # never saved one
+                return None
+        return None if r is None else DedupSnapshot(
+            key=key, taken=r["taken"], stories=r["stories"], data=bytes(r["data"]))
 
     async def watch_stories(
         self,

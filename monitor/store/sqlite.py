@@ -46,6 +46,7 @@ from monitor.store import migrations
 from monitor.store.base import (
     LOG_STATES,
     Backlog,
+    DedupSnapshot,
     DeliveryRecord,
     DeliveryStatus,
     Rows,
@@ -109,6 +110,11 @@ _DELIVERY_INSERT = (
     "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, attempts, "
     "created, next_attempt, grp) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
     "ON CONFLICT (key) DO NOTHING RETURNING id"
+)
+# the dedup snapshot: a cache outside the versioned schema (see Store.save_dedup_snapshot)
+_SNAPSHOT_TABLE = (
+    "CREATE TABLE IF NOT EXISTS dedup_snapshot (key TEXT PRIMARY KEY, taken TEXT NOT NULL, "
+    "stories INTEGER NOT NULL, data BLOB NOT NULL)"
 )
 _DELIVERY_COLUMNS = (
     "id, key, channel, state, attempts, created, next_attempt, sent_at, last_error, ref, "
@@ -603,6 +609,32 @@ class SQLiteStore:
             return None if r is None else StoredStory(story=story_from_json(r[0]), cluster=r[1])
 
         return await self._run("get_story", work)
+
+    async def save_dedup_snapshot(self, snapshot: DedupSnapshot) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                con.execute(_SNAPSHOT_TABLE)
+                con.execute("DELETE FROM dedup_snapshot")
+                con.execute(
+                    "INSERT INTO dedup_snapshot (key, taken, stories, data) VALUES (?, ?, ?, ?)",
+                    (snapshot.key, dt_to_text(snapshot.taken), snapshot.stories,
+                     snapshot.data))
+
+        await self._run("save_dedup_snapshot", work)
+
+    async def load_dedup_snapshot(self, key: str) -> DedupSnapshot | None:
+        def work(con: sqlite3.Connection) -> DedupSnapshot | None:
+            try:
+                r = con.execute("SELECT taken, stories, data FROM dedup_snapshot WHERE key = ?",
+                                (key,)).fetchone()
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):  # never saved one
+                    return None
+                raise
+            return None if r is None else DedupSnapshot(
+                key=key, taken=dt_from_text(r[0]), stories=r[1], data=bytes(r[2]))
+
+        return await self._run("load_dedup_snapshot", work)
 
     async def prune(self, before: datetime) -> int:
         def work(con: sqlite3.Connection) -> int:

@@ -59,15 +59,17 @@ the stories of the polls that reach dedup together in publication order (a dedup
 from __future__ import annotations
 
 import heapq
+import marshal
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
+from hashlib import blake2b, sha256
 from itertools import islice
 
 from rapidfuzz import fuzz, process
 
-from monitor.core.dedup.background import ZIPF
+from monitor.core.dedup.background import _BUCKETS, ZIPF
 from monitor.core.dedup.features import DedupSettings, Features, normalize_title
 from monitor.core.model import Story
 
@@ -80,6 +82,7 @@ __all__ = [
     "StoryIndex",
     "detect_guid_churn",
     "pair_score",
+    "snapshot_key",
 ]
 
 
@@ -223,13 +226,32 @@ def _epoch(dt: datetime) -> float:
 _ID, _LINK, _TITLE = 0, 1, 2
 
 
+def _hash(text: str) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process (``hash()`` of a str
+    is salted per process): the exact keys outlive the process in a snapshot."""
+    return int.from_bytes(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+
+
 def _key(kind: int, text: str) -> int:
-    """An exact-repeat key: the text's hash with its kind in the two low bits (one int
-    per (kind, hash) pair, cheaper to hash than the pair)."""
-    return hash(text) << 2 | kind
+    """An exact-repeat key: the text's stable hash with its kind in the two low bits (one
+    int per (kind, hash) pair, cheaper to hash than the pair)."""
+    return _hash(text) << 2 | kind
 
 
 _REASONS = ("same id", "same link", "same title")
+
+#: Bumped whenever ``StoryIndex.snapshot``'s layout or the meaning of a field changes.
+_SNAPSHOT_FORMAT = 1
+
+
+def snapshot_key(settings: DedupSettings) -> str:
+    """What a snapshot of an index holds for: the snapshot format, ``marshal``'s
+    version, every dedup setting and the background table. A snapshot under another
+    key is ignored (the index is rebuilt from the window's stories)."""
+    h = sha256(f"{_SNAPSHOT_FORMAT} {marshal.version} {astuple(settings)!r}".encode())
+    for z, words in sorted(_BUCKETS.items()):
+        h.update(f"{z}:{words};".encode())
+    return f"v{_SNAPSHOT_FORMAT}-{h.hexdigest()[:32]}"
 
 
 def _time_penalty(t: float, c: _Cluster, grace: float, per_day: float) -> float:
@@ -270,6 +292,7 @@ class StoryIndex:
         self._cutoff = 0.0
         self._seen_dt: datetime | None = None  # the last first_seen _insert saw, as epoch
         self._seen_t = 0.0
+        self.inserted = 0  # stories inserted by this process (snapshots: what one lacks)
 
     # -- public API ---------------------------------------------------------------------
 
@@ -376,6 +399,72 @@ class StoryIndex:
             added += 1
         return added
 
+    def snapshot(self) -> bytes:
+        """The index's whole state as bytes, for ``from_snapshot`` in another process:
+        clusters (members, sources, keys, token counts, running norms, near-miss links,
+        times), the exact keys, postings in their order, document frequencies, the
+        window's uses, the case table and the respelling buckets. A load decides exactly
+        as this index does (``snapshot_key`` says which settings it holds for).
+
+        ``marshal`` (plain containers only, no code: far faster than JSON or pickle both
+        ways, and nothing in the bytes can run) of the live dicts, so taking it costs
+        one pass over them."""
+        clusters = [
+            (c.num, c.id, c.members, c.sources, c.keys, c.tf, c.n, c.sq, c.ttf, c.tsq,
+             c.norm_n, c.near, c.first, c.last, c.first_pub, c.last_pub)
+            for c in self._clusters.values()
+        ]
+        return marshal.dumps((
+            _SNAPSHOT_FORMAT, self._next, self._stories, clusters, self._exact,
+            self._postings, self._df, self._uses, self._case, self._prefix,
+        ))
+
+    def clear(self) -> None:
+        """Forget every cluster and story: the index is as new, with its settings."""
+        StoryIndex.__init__(self, self.settings)
+
+    @classmethod
+    def from_snapshot(cls, data: bytes, settings: DedupSettings | None = None) -> StoryIndex:
+        """An index in the state ``snapshot`` took (see ``load_snapshot``)."""
+        index = cls(settings)
+        index.load_snapshot(data)
+        return index
+
+    def load_snapshot(self, data: bytes) -> int:
+        """Take the state ``snapshot`` took, in place of this index's (which must be
+        empty), and return the number of stories it holds. The settings must be those of
+        the index the snapshot was taken from: the caller keys snapshots by
+        ``snapshot_key``. Raises ValueError when ``data`` is not a snapshot of this
+        format (the index is left empty)."""
+        if self._clusters or self._stories:
+            raise ValueError("load_snapshot: the index is not empty")
+        try:
+            state = marshal.loads(data)
+            if not isinstance(state, tuple) or not state or state[0] != _SNAPSHOT_FORMAT:
+                raise ValueError("another format")
+            (_, nxt, stories, clusters, exact, postings, df, uses, case, prefix) = state
+            table: dict[int, _Cluster] = {}
+            by_id: dict[str, int] = {}
+            heap: list[tuple[float, int]] = []
+            for (num, cid, members, sources, keys, tf, n, sq, ttf, tsq, norm_n, near,
+                 first, last, first_pub, last_pub) in clusters:
+                c = _Cluster(num, cid)
+                c.members, c.sources, c.keys, c.tf, c.n, c.sq = members, sources, keys, tf, n, sq
+                c.ttf, c.tsq, c.norm_n, c.near = ttf, tsq, norm_n, near
+                c.first, c.last, c.first_pub, c.last_pub = first, last, first_pub, last_pub
+                table[num] = c
+                by_id[cid] = num
+                heap.append((last, num))
+        except (EOFError, TypeError, ValueError) as e:
+            raise ValueError(f"not a dedup snapshot of this format: {e}") from e
+        heapq.heapify(heap)
+        self._clusters, self._by_id, self._heap = table, by_id, heap
+        self._next, self._stories = nxt, stories
+        self._exact, self._postings, self._df = exact, postings, df
+        self._uses, self._case, self._prefix = uses, case, prefix
+        self._now = None
+        return int(stories)
+
     def known_under_other_id(self, story: Story) -> bool:
         """True when the id is new but the same feed already brought this link or title."""
         if _key(_ID, story.id) in self._exact:
@@ -471,12 +560,12 @@ class StoryIndex:
         return None if num is None else self._clusters.get(num)
 
     def _keys(self, story: Story, norm: str) -> list[int]:
-        keys = [hash(story.id) << 2]  # _key(_ID, story.id)
+        keys = [_hash(story.id) << 2]  # _key(_ID, story.id)
         if story.link:
-            keys.append(hash(story.link) << 2 | _LINK)
+            keys.append(_hash(story.link) << 2 | _LINK)
         # a normalised title is single-spaced: its words are its spaces plus one
         if (norm.count(" ") + 1 if norm else 0) >= self.settings.min_exact_tokens:
-            keys.append(hash(norm) << 2 | _TITLE)
+            keys.append(_hash(norm) << 2 | _TITLE)
         return keys
 
     def _respell(self, f: Features) -> Features:
@@ -797,6 +886,7 @@ class StoryIndex:
             c.last = seen_at
             heapq.heappush(self._heap, (seen_at, num))
         self._stories += 1
+        self.inserted += 1
         return c
 
     def _cluster_for(self, story: Story, num: int | None, cluster_id: str | None) -> _Cluster:
