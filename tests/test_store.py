@@ -23,7 +23,7 @@ import pytest
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.errors import StoreError
 from monitor.log import redact_url
-from monitor.store.base import Store, StoredStory
+from monitor.store.base import Instance, Store, StoredStory
 from monitor.store.listen import NOTIFY_BYTES, _heard_ids, notify_payloads
 from monitor.store.open import open_store
 from monitor.store.postgres import PostgresStore
@@ -260,6 +260,70 @@ async def test_claim_due_feeds_order_lease_and_gone(store: Store) -> None:
 
 
 # -- stories ------------------------------------------------------------------------------
+
+
+def instance(name: str, started: datetime = T0) -> Instance:
+    return Instance(id=name, host="host-" + name, pid=100, version="1.0", started=started,
+                    heartbeat=started)
+
+
+async def test_a_dead_instances_claims_are_retaken_at_once(make_store: StoreFactory) -> None:
+    """Claims record their claimer; an instance silent past the grace period is declared
+    dead once (by whichever instance judges first), and what it claimed is due again at
+    that moment; a saved feed, a marked or released delivery is nobody's claim."""
+    async with make_store() as a, make_store() as b:
+        await a.heartbeat(instance("a"), t(0), dead_after=60)
+        await b.heartbeat(instance("b"), t(0), dead_after=60)
+        await a.save_feeds([feed(n, next_poll=t(0)) for n in ("f1", "f2", "f3")])
+        [d1, d2, d3] = await queue(a, delivery("k1"), delivery("k2"), delivery("k3"))
+        lease = t(30)
+        got = await a.claim_due_feeds(t(0), limit=3, lease_until=lease, by="a")
+        assert sorted(f.name for f in got) == ["f1", "f2", "f3"]
+        claimed = await a.claim_deliveries(t(0), limit=3, lease_until=lease, by="a")
+        assert len(claimed) == 3
+        # a finished its poll of f1 and its sends of k1 (sent) and k2 (retry later)
+        await a.save_feed(replace(got[0] if got[0].name == "f1" else next(
+            f for f in got if f.name == "f1"), next_poll=t(5)))
+        await a.mark_sent(d1.id, t(0), None)  # type: ignore[arg-type]
+        await a.mark_failed(d2.id, t(0), "boom", t(20))  # type: ignore[arg-type]
+        # b keeps beating; a is silent: not dead within the grace period
+        assert await b.heartbeat(instance("b"), t(0.5), dead_after=60) == []
+        assert {i.id for i in await b.instances(since=t(0))} == {"a", "b"}
+        # past it: declared dead, once, with what it held
+        dead = await b.heartbeat(instance("b"), t(1.5), dead_after=60)
+        assert [(i.id, i.host, i.feeds_retaken, i.deliveries_retaken) for i in dead] == [
+            ("a", "host-a", 2, 1)]
+        assert dead[0].dead_since == t(1.5)
+        assert await b.heartbeat(instance("b"), t(1.6), dead_after=60) == []
+        due = await b.claim_due_feeds(t(1.5), limit=10, lease_until=t(3), by="b")
+        assert sorted(f.name for f in due) == ["f2", "f3"]  # f1 was saved: not early
+        again = await b.claim_deliveries(t(1.5), limit=10, lease_until=t(3), by="b")
+        assert [d.key for d in again] == ["k3"]  # k1 sent, k2 waits for its retry
+        shown = {i.id: i for i in await b.instances(since=t(1))}
+        assert shown["a"].dead_since == t(1.5) and shown["a"].feeds_retaken == 2
+        assert shown["b"].dead_since is None and shown["b"].heartbeat == t(1.6)
+        assert [i.id for i in await b.instances(since=t(2))] == ["b"]
+        # a was only slow: its next heartbeat brings it back
+        assert await a.heartbeat(instance("a"), t(2), dead_after=None) == []
+        assert {i.id: i.dead_since for i in await a.instances(since=t(2))} == {
+            "a": None, "b": None}
+        # a clean stop forgets the instance
+        await a.leave("a")
+        assert [i.id for i in await b.instances(since=t(0))] == ["b"]
+        del d3
+
+
+async def test_a_dead_instance_is_declared_once_by_concurrent_judges(
+        make_store: StoreFactory) -> None:
+    async with make_store() as a, make_store() as b, make_store() as c:
+        await c.heartbeat(instance("c"), t(0), dead_after=None)
+        await c.save_feeds([feed("f", next_poll=t(0))])
+        await c.claim_due_feeds(t(0), limit=1, lease_until=t(30), by="c")
+        found = await asyncio.gather(
+            a.heartbeat(instance("a"), t(5), dead_after=60),
+            b.heartbeat(instance("b"), t(5), dead_after=60))
+        assert sorted(i.id for got in found for i in got) == ["c"]
+        assert sum(i.feeds_retaken for got in found for i in got) == 1
 
 
 async def test_known_finds_ids_and_links(store: Store) -> None:

@@ -32,7 +32,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -46,6 +46,7 @@ from monitor.store.base import (
     Backlog,
     DeliveryRecord,
     DeliveryStatus,
+    Instance,
     Rows,
     StoredStory,
     Table,
@@ -81,6 +82,8 @@ _FEED_UPSERT = (
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(FEED_COLUMNS) + 1))}) "
     "ON CONFLICT (name) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in FEED_COLUMNS if c != "name")
+    # a saved feed is nobody's claim any more
+    + ", claimed_by = NULL"
 )
 _CLUSTER_UPSERT = (
     "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
@@ -198,6 +201,15 @@ def _cluster(r: Any, members: tuple[str, ...]) -> ClusterInfo:
         last_seen=r["last_seen"],
         sources=strs_from_json(r["sources"]),
         members=members,
+    )
+
+
+def _instance(r: Any, *, feeds: int | None = None, deliveries: int | None = None) -> Instance:
+    return Instance(
+        id=r["id"], host=r["host"], pid=r["pid"], version=r["version"], started=r["started"],
+        heartbeat=r["heartbeat"], dead_since=r["dead_since"],
+        feeds_retaken=r["feeds_retaken"] if feeds is None else feeds,
+        deliveries_retaken=r["deliveries_retaken"] if deliveries is None else deliveries,
     )
 
 
@@ -408,7 +420,7 @@ class PostgresStore:
             await con.execute("DELETE FROM feeds WHERE name = $1", name)
 
     async def claim_due_feeds(
-        self, now: datetime, *, limit: int, lease_until: datetime
+        self, now: datetime, *, limit: int, lease_until: datetime, by: str | None = None
     ) -> list[FeedState]:
         if limit <= 0:
             return []
@@ -419,11 +431,13 @@ class PostgresStore:
                 " WHERE NOT gone AND (next_poll IS NULL OR next_poll <= $1)"
                 " ORDER BY next_poll NULLS FIRST, name LIMIT $2"
                 " FOR UPDATE SKIP LOCKED) "
-                "UPDATE feeds f SET next_poll = $3 FROM due WHERE f.name = due.name "
+                "UPDATE feeds f SET next_poll = $3, claimed_by = $4 FROM due"
+                " WHERE f.name = due.name "
                 "RETURNING f.*, due.old_next_poll",
                 utc(now),
                 limit,
                 utc(lease_until),
+                by,
             )
         rows = sorted(
             rows,
@@ -616,7 +630,7 @@ class PostgresStore:
 
     async def claim_deliveries(
         self, now: datetime, *, limit: int, lease_until: datetime,
-        channel: str | None = None, exclude: Sequence[str] = (),
+        channel: str | None = None, exclude: Sequence[str] = (), by: str | None = None,
     ) -> list[Delivery]:
         if limit <= 0:
             return []
@@ -643,7 +657,8 @@ class PostgresStore:
                 " OR parent_key IN (SELECT key FROM due)"
                 " OR NOT EXISTS (SELECT 1 FROM deliveries p"
                 "  WHERE p.key = due.parent_key AND p.state = 'pending')) "
-                "UPDATE deliveries d SET next_attempt = $3 FROM ok WHERE d.id = ok.id "
+                "UPDATE deliveries d SET next_attempt = $3, claimed_by = $6 FROM ok"
+                " WHERE d.id = ok.id "
                 "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
                 "d.requeued, d.grp, "
                 "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
@@ -653,6 +668,7 @@ class PostgresStore:
                 lease,
                 channel,
                 list(exclude),
+                by,
             )
             return parents_first([
                 delivery_from_row(r, created=r["created"], next_attempt=lease,
@@ -701,7 +717,7 @@ class PostgresStore:
             status = await con.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, last_attempt = $2, "
                 "state = CASE WHEN $3::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, "
-                "next_attempt = $3 WHERE id = $4 AND state = 'pending'",
+                "next_attempt = $3, claimed_by = NULL WHERE id = $4 AND state = 'pending'",
                 _text(error),
                 utc(now),
                 None if next_attempt is None else utc(next_attempt),
@@ -720,7 +736,8 @@ class PostgresStore:
     ) -> list[int]:
         async with self._con("requeue_failed", tx=True) as con:
             rows = await con.fetch(
-                "UPDATE deliveries SET state = 'pending', next_attempt = $1, requeued = $1 "
+                "UPDATE deliveries SET state = 'pending', next_attempt = $1, requeued = $1, "
+                "claimed_by = NULL "
                 "WHERE state = 'failed' AND ($2::text IS NULL OR channel = $2) "
                 "AND (cardinality($3::bigint[]) = 0 OR id = ANY($3::bigint[])) "
                 "RETURNING id, created",
@@ -733,7 +750,8 @@ class PostgresStore:
     async def release(self, delivery_id: int, next_attempt: datetime) -> None:
         async with self._con(f"release {delivery_id}", tx=True) as con:
             status = await con.execute(
-                "UPDATE deliveries SET next_attempt = $1 WHERE id = $2 AND state = 'pending'",
+                "UPDATE deliveries SET next_attempt = $1, claimed_by = NULL "
+                "WHERE id = $2 AND state = 'pending'",
                 utc(next_attempt),
                 delivery_id,
             )
@@ -845,6 +863,59 @@ class PostgresStore:
                 "SELECT channel, count(*) AS n, min(created) AS oldest FROM deliveries "
                 "WHERE state = 'pending' GROUP BY channel")
         return {r["channel"]: Backlog(pending=int(r["n"]), oldest=r["oldest"]) for r in rows}
+
+    # -- instances ------------------------------------------------------------------------
+
+    async def heartbeat(
+        self, me: Instance, now: datetime, *, dead_after: float | None
+    ) -> list[Instance]:
+        t = utc(now)
+        async with self._con("heartbeat", tx=True) as con:
+            was = await con.fetchval("SELECT dead_since FROM instances WHERE id = $1", me.id)
+            if was is not None:
+                log.warning("instance.revived", instance=me.id, declared_dead=was.isoformat(),
+                            note="another instance took this one for dead and retook its "
+                            "claims; polls in flight here may be repeated there")
+            await con.execute(
+                "INSERT INTO instances (id, host, pid, version, started, heartbeat) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
+                "heartbeat = excluded.heartbeat, dead_since = NULL, feeds_retaken = 0, "
+                "deliveries_retaken = 0",
+                me.id, _text(me.host), me.pid, _text(me.version), utc(me.started), t)
+            if dead_after is None:
+                return []
+            cut = t - timedelta(seconds=dead_after)
+            # one judge per dead instance: the row lock of the first UPDATE decides
+            dead = await con.fetch(
+                "UPDATE instances SET dead_since = $1 WHERE dead_since IS NULL "
+                "AND heartbeat < $2 AND id <> $3 RETURNING *", t, cut, me.id)
+            out: list[Instance] = []
+            for r in dead:
+                feeds = _count(await con.execute(
+                    "UPDATE feeds SET next_poll = $1, claimed_by = NULL WHERE claimed_by = $2",
+                    t, r["id"]))
+                deliveries = _count(await con.execute(
+                    "UPDATE deliveries SET next_attempt = LEAST(next_attempt, $1), "
+                    "claimed_by = NULL WHERE claimed_by = $2 AND state = 'pending'",
+                    t, r["id"]))
+                await con.execute(
+                    "UPDATE instances SET feeds_retaken = $1, deliveries_retaken = $2 "
+                    "WHERE id = $3", feeds, deliveries, r["id"])
+                out.append(_instance(r, feeds=feeds, deliveries=deliveries))
+            await con.execute("DELETE FROM instances WHERE dead_since < $1",
+                              t - timedelta(days=1))
+            return out
+
+    async def instances(self, *, since: datetime) -> list[Instance]:
+        async with self._con("instances") as con:
+            rows = await con.fetch(
+                "SELECT * FROM instances WHERE dead_since IS NULL OR dead_since >= $1 "
+                "ORDER BY started, id", utc(since))
+        return [_instance(r) for r in rows]
+
+    async def leave(self, instance_id: str) -> None:
+        async with self._con("leave") as con:
+            await con.execute("DELETE FROM instances WHERE id = $1", instance_id)
 
     # -- copy -----------------------------------------------------------------------------
 
