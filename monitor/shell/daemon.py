@@ -56,6 +56,7 @@ from monitor.notify.registry import build_notifiers
 from monitor.shell import ops
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
+from monitor.shell.liveness import Liveness
 from monitor.shell.parsepool import ParsePool, Processes, Threads
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.reload import diff_configs, live_config
@@ -69,7 +70,8 @@ from monitor.store.open import open_store
 
 log = get_logger(__name__)
 
-FEED_LEASE = timedelta(minutes=10)
+#: a claimed feed's lease beyond its poll's own deadlines (``feed_lease``)
+LEASE_MARGIN = 30.0
 STOP_FLOOR = 1.0  # seconds the delivery in hand gets at least, even past shutdown_timeout
 EXIT_MARGIN = 10.0  # seconds past shutdown_timeout after which `monitor run` exits regardless
 SUMMARY_EVERY = 300.0  # seconds between "daemon.summary" lines (polls are logged at debug)
@@ -77,6 +79,16 @@ READY_STORE_TIMEOUT = 2.0  # seconds the store has to answer /readyz's query
 #: /readyz: the poll tick must have run within this many ticks (and at least 30 s)
 READY_TICKS = 10
 RELOAD_ERRORS_SHOWN = 50  # located problems /healthz lists for a failed reload, at most
+
+
+def feed_lease(config: Config) -> timedelta:
+    """How long a claimed feed is held: its poll's deadline (the fetch's ``timeout``
+    and the parse job's ``parse_timeout``) plus ``LEASE_MARGIN`` for the store's
+    writes. A poll that runs past it may be polled again by another instance; a
+    claim of an instance that dies is retaken sooner, when it is declared dead
+    (``shell.liveness``)."""
+    fc = config.fetch
+    return timedelta(seconds=fc.timeout + fc.parse_timeout + LEASE_MARGIN)
 
 
 def utc_now() -> datetime:
@@ -237,6 +249,8 @@ class Runtime:
         self.dispatcher: Dispatcher
         self.pool: ParsePool
         self.on_sent: list[Callable[[Delivery], None]] = []
+        # the instance's heartbeats (``monitor run``; None for ``monitor once``)
+        self.liveness: Liveness | None = None
 
     async def __aenter__(self) -> Runtime:
         cfg = self.config
@@ -245,7 +259,9 @@ class Runtime:
         rules = load_active_rules(cfg, now)  # invalid rules: refuse to start
         self.metrics.rules_loaded.set(len(rules.ruleset.rules))
         try:
-            self.store = open_store(cfg.store_url)
+            sc = cfg.store
+            self.store = open_store(cfg.store_url, pool=(sc.pool.min, sc.pool.max),
+                                    timeout=sc.timeout)
             await self._stack.enter_async_context(self.store)
             fc = cfg.fetch
             fetcher = Fetcher(
@@ -545,6 +561,20 @@ class Runtime:
         return await self.dispatcher.run_once()
 
     async def health(self) -> dict[str, Any]:
+        """/healthz. While the store cannot answer, what is known without it (503)."""
+        try:
+            return await self._health()
+        except StoreError as e:
+            return {
+                "status": "failing",
+                "reasons": [self.config.redact(scrub(f"the store cannot answer: {e}"))[:300]],
+                "time": self.clock().isoformat(),
+                "store": {"outage": self.store.outage(), "error": self.config.redact(
+                    scrub(str(e)))[:300]},
+                **({"instances": self.liveness.health()} if self.liveness else {}),
+            }
+
+    async def _health(self) -> dict[str, Any]:
         now = self.clock()
         feeds = await self.store.get_feeds()
         failing = [
@@ -583,6 +613,7 @@ class Runtime:
              config_failed),
             ("no rule is enabled: nothing can alert", not enabled),
             ("not hearing the other instances", listening is False),
+            ("the store is unreachable (reconnecting)", self.store.outage() is not None),
         ) if bad] + channel_reasons + parse_reasons
         status = "degraded" if reasons else "ok"
         peers = {} if listening is None else {"peers": {"listening": listening}}
@@ -613,6 +644,9 @@ class Runtime:
             "parse": parse,  # the parse pool: jobs past their deadline, workers replaced
             "dedup": {"stories": len(self.pipeline.index)},
             **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
+            # the instances sharing the store: alive, and dead lately (what was retaken)
+            **({"instances": self.liveness.health()} if self.liveness else {}),
+            **({"store": {"outage": outage}} if (outage := self.store.outage()) else {}),
         }
 
 
@@ -694,7 +728,15 @@ class Daemon:
                                     page=StatusPage(rt).render, auth=self.config.server.auth,
                                     ready=self.readiness)
                     await server.start()
+                sc = self.config.store
+                rt.liveness = Liveness(rt.store, every=sc.heartbeat, dead_after=sc.dead_after,
+                                       clock=self.clock, on_error=rt.trouble.store_failed)
+                rt.dispatcher.claimer = rt.liveness.id
+                await rt.liveness.beat()  # known to the others before claiming anything
+                log.info("instance.started", instance=rt.liveness.id,
+                         heartbeat=sc.heartbeat, dead_after=sc.dead_after)
                 sched = Scheduler()
+                sched.every("heartbeat", sc.heartbeat, rt.liveness.tick)
                 sched.every("poll", self.tick, self._poll_tick)
                 sched.every("prune", 3600.0, self._prune)
                 sched.every("summary", SUMMARY_EVERY, self._summarize, start_now=False)
@@ -756,6 +798,7 @@ class Daemon:
                     await watcher
                 await asyncio.gather(self._rules_watcher, *self._reloads,
                                      return_exceptions=True)
+                await rt.liveness.leave()  # its claims were given back or finished
                 if server:
                     await server.stop()
                 if self._store_probe is not None and not self._store_probe.done():
@@ -806,12 +849,21 @@ class Daemon:
         # a query that outlives its timeout is left to finish in the background (a
         # cancelled database call can itself hang on a dead network), and no second one
         # is started while it hangs
+        outage = rt.store.outage()
         probe = self._store_probe
-        if probe is None or probe.done():
+        if outage is not None:  # reconnecting with backoff: no query until it answers
+            checks["store"] = {"ok": False, "detail": rt.config.redact(scrub(
+                f"unreachable for {outage['down_for']:g} s ({outage['error']}); "
+                f"reconnecting, next attempt in {outage['retry_in']:g} s"))[:300]}
+            probe = None
+        elif probe is None or probe.done():
             probe = self._store_probe = asyncio.ensure_future(rt.store.count_pending())
             probe.add_done_callback(_retrieve)
-        done, _ = await asyncio.wait({probe}, timeout=READY_STORE_TIMEOUT)
-        if not done:
+        done, _ = (set(), set()) if probe is None else await asyncio.wait(
+            {probe}, timeout=READY_STORE_TIMEOUT)
+        if probe is None:
+            pass
+        elif not done:
             checks["store"] = {"ok": False,
                                "detail": f"no answer within {READY_STORE_TIMEOUT:g} s"}
         elif probe.cancelled() or probe.exception() is not None:
@@ -826,6 +878,9 @@ class Daemon:
             "ok": ago is not None and ago <= limit,
             "detail": "no tick yet" if ago is None else f"last tick {ago:.1f} s ago",
         }
+        if rt.liveness is not None:
+            ok, detail = rt.liveness.ready()
+            checks["instance"] = {"ok": ok, "detail": rt.config.redact(scrub(detail))[:300]}
         enabled = len(rt.pipeline.rules.ruleset.enabled)
         checks["rules"] = {"ok": enabled > 0, "detail": f"{enabled} enabled rule(s)"}
         channels = list(rt.dispatcher.notifiers)
@@ -852,8 +907,9 @@ class Daemon:
             now = self.clock()
             specs = {s.name: s for s in self.config.feed_specs()}
             try:
-                due = await rt.store.claim_due_feeds(now, limit=free,
-                                                     lease_until=now + FEED_LEASE)
+                due = await rt.store.claim_due_feeds(
+                    now, limit=free, lease_until=now + feed_lease(self.config),
+                    by=rt.liveness.id if rt.liveness else None)
             except StoreError as e:
                 rt.trouble.store_failed(e, "claim")
                 return

@@ -167,6 +167,9 @@ class Dispatcher:
         self.rates.update(rates or {})
         self.quiet = dict(quiet or {})  # channel → its quiet hours
         self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
+        # the instance whose claims these are (``shell.liveness``): its deliveries are
+        # retaken when it is declared dead; None: nobody's (``monitor once``)
+        self.claimer: str | None = None
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
         self._failing: dict[str, int] = {}  # channel → transient failures in a row
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -423,7 +426,7 @@ class Dispatcher:
                 limit = self._claim_limit(channel)
                 batch = await self.store.claim_deliveries(
                     now, limit=limit, lease_until=now + self._lease(channel, limit),
-                    channel=channel,
+                    channel=channel, by=self.claimer,
                 )
                 if not batch:
                     break
@@ -433,7 +436,7 @@ class Dispatcher:
                         more = await self.store.claim_deliveries(
                             now, limit=ROLLUP_CLAIM_MAX,
                             lease_until=now + self._lease(channel, len(batch) + ROLLUP_CLAIM_MAX),
-                            channel=channel,
+                            channel=channel, by=self.claimer,
                         )
                         batch += more
                         if len(more) < ROLLUP_CLAIM_MAX:
@@ -455,7 +458,8 @@ class Dispatcher:
         """Deliveries queued for a channel that is no longer configured: failed, said."""
         now = self.clock()
         batch = await self.store.claim_deliveries(
-            now, limit=self.settings.batch, lease_until=now + LEASE, exclude=list(self.notifiers))
+            now, limit=self.settings.batch, lease_until=now + LEASE, exclude=list(self.notifiers),
+            by=self.claimer)
         for d in batch:
             assert d.id is not None
             await self.store.mark_failed(

@@ -27,7 +27,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, GroupState, Story
 from monitor.errors import StoreError
@@ -132,6 +132,11 @@ class Store(Protocol):
         was made with ``migrate=False``), one migrator at a time across processes.
         ``dry_run`` runs every step in a transaction and rolls it back. Raises
         ``SchemaTooNew`` when the database is newer than the code."""
+
+    def outage(self) -> dict[str, Any] | None:
+        """While a server store has lost its server (restarted, cut off) and reconnects
+        with backoff: ``down_for`` and ``retry_in`` (seconds) and the last ``error``;
+        None when it answers (and always for SQLite)."""
 
     async def __aenter__(self) -> Store: ...
 

@@ -38,7 +38,7 @@ from typing import Any
 import asyncpg
 
 from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
-from monitor.errors import CodecError, StoreError
+from monitor.errors import CodecError, StoreError, StoreUnavailable
 from monitor.log import get_logger, redact_url
 from monitor.store import migrations
 from monitor.store.base import (
@@ -76,6 +76,23 @@ from monitor.store.listen import StoryListener, notify_payloads
 log = get_logger(__name__)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+RECONNECT_MIN = 0.5  # seconds before the second attempt after losing the server
+RECONNECT_MAX = 10.0  # the backoff between attempts doubles up to this
+CLOSE_TIMEOUT = 10.0  # seconds a pool has to close gracefully before it is terminated
+
+#: The driver's errors that mean the server or the connection to it is gone (restarted,
+#: cut, refusing connections, silent): the store reconnects with backoff
+_LOST = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError,
+)
+
+
+def _lost(e: BaseException) -> bool:
+    return isinstance(e, _LOST) or (
+        isinstance(e, asyncpg.InterfaceError) and "connection" in str(e).lower()
+        and "closed" in str(e).lower())
 
 _FEED_UPSERT = (
     f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) "
@@ -246,6 +263,12 @@ class PostgresStore:
         self._auto_migrate = migrate
         self._pool: Any = None
         self._opening = asyncio.Lock()
+        # the server lost (``_con``): since when (loop time), the wait before the next
+        # attempt, and the time before which calls fail at once instead of trying
+        self._down_since: float | None = None
+        self._down_error = ""
+        self._backoff = 0.0
+        self._retry_at = 0.0
         # this process's name in the notifications (its own are not handed back to it)
         self._token = uuid.uuid4().hex
         # notifications are per database already; the schema tells tenants apart
@@ -360,7 +383,10 @@ class PostgresStore:
         await self.listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:  # a graceful close waits for connections that may be dead
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except (TimeoutError, *_LOST):
+                pool.terminate()
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -371,12 +397,54 @@ class PostgresStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def outage(self) -> dict[str, Any] | None:
+        """While the server is unreachable: for how long, the last error and when the
+        next attempt is (seconds); None when it answers."""
+        if self._down_since is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        return {"down_for": round(now - self._down_since, 1), "error": self._down_error,
+                "retry_in": round(max(0.0, self._retry_at - now), 1)}
+
+    def _went_down(self, e: BaseException) -> None:
+        """A call lost the server: the next attempt comes at once the first time (a
+        dropped connection is replaced by the pool), then after a backoff doubling from
+        ``RECONNECT_MIN`` to ``RECONNECT_MAX``; calls before it fail at once. The
+        pool's idle connections are expired: after a restart they are all dead."""
+        now = asyncio.get_running_loop().time()
+        self._down_error = str(e) or type(e).__name__
+        if self._down_since is None:
+            self._down_since, self._backoff, self._retry_at = now, 0.0, now
+            log.warning("store.disconnected", store=self._where, error=self._down_error,
+                        note="reconnecting with backoff")
+        elif now >= self._retry_at:  # a new attempt failed (not one of the same moment)
+            self._backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, self._backoff * 2))
+            self._retry_at = now + self._backoff
+        pool = self._pool
+        if pool is not None:
+            pool.expire_connections()
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            down = asyncio.get_running_loop().time() - self._down_since
+            self._down_since = None
+            log.info("store.reconnected", store=self._where, down_s=round(down, 1))
+
     @contextlib.asynccontextmanager
     async def _con(self, what: str, *, tx: bool = False) -> AsyncIterator[Any]:
-        """A pooled connection (in a transaction when ``tx``), driver errors → StoreError."""
+        """A pooled connection (in a transaction when ``tx``), driver errors → StoreError.
+        While the server is lost, calls before the next attempt's time fail at once
+        (``StoreUnavailable``) rather than each waiting on a dead server."""
         pool = self._pool
         if pool is None:
             raise StoreError(f"{what}: the store is not open")
+        if self._down_since is not None:
+            wait = self._retry_at - asyncio.get_running_loop().time()
+            if wait > 0:
+                detail = (f"unreachable ({self._down_error}); reconnecting, next attempt "
+                          f"in {wait:.1f} s")
+                raise StoreUnavailable(f"{what}: {detail}", where=redact_url(self._dsn),
+                                       detail=detail)
         try:
             async with pool.acquire() as con:
                 if tx:
@@ -387,7 +455,16 @@ class PostgresStore:
         except CodecError as e:
             raise StoreError(f"{what}: {e}") from e
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+            if _lost(e):
+                self._went_down(e)
+                error = postgres_error(e, where=redact_url(self._dsn), what=what)
+                if not isinstance(error, StoreUnavailable):
+                    detail = f"connection lost ({error.detail or e})"
+                    error = StoreUnavailable(f"{what}: {detail}", where=error.where,
+                                             detail=detail)
+                raise error from e
             raise postgres_error(e, where=redact_url(self._dsn), what=what) from e
+        self._came_back()
 
     # -- feeds ----------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
 from monitor.errors import CodecError, StoreError
@@ -947,6 +947,9 @@ class SQLiteStore:
 
 
     # -- instances ------------------------------------------------------------------------
+
+    def outage(self) -> dict[str, Any] | None:
+        return None  # a file: there is no server to lose
 
     async def heartbeat(
         self, me: Instance, now: datetime, *, dead_after: float | None
