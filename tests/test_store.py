@@ -1091,6 +1091,46 @@ async def test_listening_on_an_unreachable_server_is_a_store_error(
         await a.watch_stories(Heard().on_stories, Heard().on_gap)
 
 
+async def test_a_lost_server_is_reconnected_with_backoff(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    """Every connection cut and new ones refused (a database restart, played by a
+    proxy): calls fail as StoreUnavailable, those before the next attempt at once and
+    without touching the network; ``outage`` says so; once the server takes connections
+    again, the next attempt reconnects and nothing written before is lost."""
+    from monitor.errors import StoreUnavailable
+    from monitor.store import postgres
+
+    a, _ = pg_pair
+    assert isinstance(a, PostgresStore)
+    proxy, through = await silent_proxy_dsn()
+    schema = a.schema
+    b = PostgresStore(through, schema=schema, min_size=2, max_size=3, command_timeout=5)
+    try:
+        async with b:
+            await b.save_feed(feed("x", next_poll=t(0)))
+            assert b.outage() is None
+            assert proxy.cut(refuse=True) >= 1
+            with pytest.raises(StoreUnavailable, match="connection lost|closed|refused|reset"):
+                await b.get_feeds()
+            down = b.outage()
+            assert down is not None and down["down_for"] >= 0
+            # the first retry comes at once, then the backoff starts
+            with pytest.raises(StoreUnavailable):
+                await b.get_feeds()
+            tried = proxy.refused
+            for _ in range(5):  # before the next attempt's time: no connection tried
+                with pytest.raises(StoreUnavailable, match="reconnecting, next attempt in"):
+                    await b.get_feeds()
+            assert proxy.refused == tried
+            proxy.allow()
+            await asyncio.sleep(postgres.RECONNECT_MIN + 0.1)
+            assert [f.name for f in await b.get_feeds()] == ["x"]  # reconnected
+            assert b.outage() is None
+    finally:
+        await proxy.stop()
+
+
 def test_notify_payloads_fit_and_keep_every_id_in_order() -> None:
     ids = [f"https://example.org/{i}/" + "x" * (i % 300) for i in range(400)]
     payloads = notify_payloads("me", ids)

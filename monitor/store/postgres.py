@@ -406,7 +406,7 @@ class PostgresStore:
         return {"down_for": round(now - self._down_since, 1), "error": self._down_error,
                 "retry_in": round(max(0.0, self._retry_at - now), 1)}
 
-    def _went_down(self, e: BaseException) -> None:
+    async def _went_down(self, e: BaseException) -> None:
         """A call lost the server: the next attempt comes at once the first time (a
         dropped connection is replaced by the pool), then after a backoff doubling from
         ``RECONNECT_MIN`` to ``RECONNECT_MAX``; calls before it fail at once. The
@@ -422,7 +422,7 @@ class PostgresStore:
             self._retry_at = now + self._backoff
         pool = self._pool
         if pool is not None:
-            pool.expire_connections()
+            await pool.expire_connections()
 
     def _came_back(self) -> None:
         if self._down_since is not None:
@@ -456,7 +456,7 @@ class PostgresStore:
             raise StoreError(f"{what}: {e}") from e
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
             if _lost(e):
-                self._went_down(e)
+                await self._went_down(e)
                 error = postgres_error(e, where=redact_url(self._dsn), what=what)
                 if not isinstance(error, StoreUnavailable):
                     detail = f"connection lost ({error.detail or e})"
