@@ -313,6 +313,17 @@ async def test_a_dead_instances_claims_are_retaken_at_once(make_store: StoreFact
         del d3
 
 
+async def test_release_feeds_gives_back_only_what_is_still_ones_own(store: Store) -> None:
+    await store.save_feeds([feed(n, next_poll=t(0)) for n in ("f1", "f2", "f3")])
+    await store.claim_due_feeds(t(0), limit=3, lease_until=t(30), by="a")
+    await store.save_feed(feed("f2", next_poll=t(10)))  # saved after all
+    assert await store.release_feeds(["f1", "f2", "f3"], by="b", now=t(1)) == 0
+    assert await store.release_feeds(["f1", "f2", "f3"], by="a", now=t(1)) == 2
+    due = await store.claim_due_feeds(t(1), limit=10, lease_until=t(3), by="b")
+    assert sorted(f.name for f in due) == ["f1", "f3"]
+    assert await store.release_feeds([], by="b", now=t(1)) == 0
+
+
 async def test_a_dead_instance_is_declared_once_by_concurrent_judges(
         make_store: StoreFactory) -> None:
     async with make_store() as a, make_store() as b, make_store() as c:

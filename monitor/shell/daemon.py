@@ -251,6 +251,7 @@ class Runtime:
         self.on_sent: list[Callable[[Delivery], None]] = []
         # the instance's heartbeats (``monitor run``; None for ``monitor once``)
         self.liveness: Liveness | None = None
+        self._unsaved: set[str] = set()  # claimed feeds whose poll could not be saved
 
     async def __aenter__(self) -> Runtime:
         cfg = self.config
@@ -459,7 +460,9 @@ class Runtime:
 
     async def sync_pending(self) -> None:
         """Sync the feeds a reload added, changed or removed with the store; a store
-        error leaves them for the next call (the daemon's poll tick retries)."""
+        error leaves them for the next call (the daemon's poll tick retries). And give
+        back the claims of polls whose save failed (``release_unsaved``)."""
+        await self.release_unsaved()
         only = self._unsynced
         if only is None:
             return
@@ -469,6 +472,21 @@ class Runtime:
         except StoreError as e:
             self._unsynced = (self._unsynced or set()) | only
             self.trouble.store_failed(e, "reload:feeds")
+
+    async def release_unsaved(self) -> None:
+        """The feeds whose poll's save failed (the store was unreachable) are due again
+        at once, unless another instance took them meanwhile: the poll is retried, and
+        what it found is neither lost nor alerted twice (its stories were not saved)."""
+        names, liveness = sorted(self._unsaved), self.liveness
+        if not names or liveness is None:
+            return
+        try:
+            n = await self.store.release_feeds(names, by=liveness.id, now=self.clock())
+        except StoreError:
+            return  # still unreachable: the next tick tries again
+        self._unsaved.difference_update(names)
+        log.info("feeds.released", feeds=n, unsaved=len(names),
+                 note="polls whose save failed are due again")
 
     async def poll_all(self) -> list[PollOutcome]:
         """Poll every configured feed now (``monitor once``), concurrently."""
@@ -540,9 +558,14 @@ class Runtime:
             # the store itself (full, read-only, unreachable…): not the feed's fault:
             # one line, and no failure on the feed
             self.trouble.store_failed(e, f"poll:{spec.name}")
-            with contextlib.suppress(Exception):
+            try:
                 await self.store.save_feed(replace(
                     state, next_poll=self.clock() + timedelta(seconds=spec.interval)))
+            except Exception:
+                # its claim holds it until the lease ends: given back (due at once) as
+                # soon as the store answers again (``release_unsaved``)
+                if self.liveness is not None:
+                    self._unsaved.add(spec.name)
             return PollOutcome(feed=spec.name, result="failed", error=str(e))
         except Exception as e:  # a bug must not kill the daemon or stop the feed for good
             now = self.clock()

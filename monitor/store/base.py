@@ -171,6 +171,11 @@ class Store(Protocol):
         instance is declared dead (``heartbeat``), the feed is due again at once.
         """
 
+    async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
+        """Give back feeds that ``by`` claimed and could not save (the store was
+        unreachable then): those still claimed by ``by`` are due at ``now``; a feed
+        saved or claimed since by another is left alone. Returns how many."""
+
     # -- stories ------------------------------------------------------------------------
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
         """The subset of the given story ids and canonical links already stored."""

@@ -522,6 +522,15 @@ class PostgresStore:
         )
         return [feed_from_row(r, _same) for r in rows]
 
+    async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
+        if not names:
+            return 0
+        async with self._con("release_feeds") as con:
+            return _count(await con.execute(
+                "UPDATE feeds SET next_poll = $1, claimed_by = NULL "
+                "WHERE name = ANY($2::text[]) AND claimed_by = $3",
+                utc(now), list(names), by))
+
     # -- stories --------------------------------------------------------------------------
 
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:

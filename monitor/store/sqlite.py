@@ -467,6 +467,19 @@ class SQLiteStore:
 
         return await self._run("claim_due_feeds", work)
 
+    async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
+        def work(con: sqlite3.Connection) -> int:
+            n = 0
+            with _write(con):
+                for chunk in _chunks(list(names)):
+                    n += con.execute(
+                        "UPDATE feeds SET next_poll = ?, claimed_by = NULL "
+                        f"WHERE name IN ({_marks(len(chunk))}) AND claimed_by = ?",
+                        (dt_to_text(now), *chunk, by)).rowcount
+            return n
+
+        return await self._run("release_feeds", work)
+
     # -- stories --------------------------------------------------------------------------
 
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
