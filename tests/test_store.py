@@ -324,6 +324,25 @@ async def test_release_feeds_gives_back_only_what_is_still_ones_own(store: Store
     assert await store.release_feeds([], by="b", now=t(1)) == 0
 
 
+async def test_add_and_reschedule_feeds_never_overwrite_what_another_did(store: Store) -> None:
+    """What an instance starting next to others writes: new feeds only if absent, and
+    a next poll moved only if nobody claimed or saved the feed since it was read."""
+    assert await store.add_feeds([feed("a", next_poll=t(1)), feed("b", next_poll=t(1))]) == 2
+    await store.claim_due_feeds(t(1), limit=1, lease_until=t(5), by="x")  # a (by name)
+    assert await store.add_feeds([feed("a", next_poll=t(9)), feed("c")]) == 1
+    assert (await store.get_feed("a")).next_poll == t(5)  # type: ignore[union-attr]
+    moved = await store.reschedule_feeds([
+        ("a", t(1), t(2)),  # claimed since: left alone
+        ("b", t(1), t(2)),  # as read: moved
+        ("c", None, t(3)),  # never scheduled: moved
+        ("b", t(1), t(7)),  # no longer as read (just moved): left alone
+    ])
+    assert moved == 2
+    got = {f.name: f.next_poll for f in await store.get_feeds()}
+    assert got == {"a": t(5), "b": t(2), "c": t(3)}
+    assert await store.add_feeds([]) == 0 and await store.reschedule_feeds([]) == 0
+
+
 async def test_a_dead_instance_is_declared_once_by_concurrent_judges(
         make_store: StoreFactory) -> None:
     async with make_store() as a, make_store() as b, make_store() as c:

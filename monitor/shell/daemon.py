@@ -179,12 +179,18 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
                      only: set[str] | None = None) -> list[FeedState]:
     """Make the stored feeds match the config: add new feeds (first poll spread over the
     next seconds), reset a feed whose configured URL changed, keep the schedule of the
-    others (a restart resumes it instead of stampeding), forget removed feeds.
+    others (a restart resumes it instead of stampeding), forget removed feeds. Other
+    instances may be polling meanwhile: a stored feed is never overwritten with what
+    was read (only its overdue next poll spread, if nobody claimed or saved it since).
 
     ``only`` (a reload): touch only these feeds (added or changed) besides removing the
     feeds no longer configured; the others may be polling, and their rows are theirs."""
     stored = {f.name: f for f in await store.get_feeds()}
     out: list[FeedState] = []
+    added: list[FeedState] = []
+    # (name, next_poll as read, new next_poll): moved only if still so (another instance
+    # sharing the store may have claimed or saved the feed since it was read)
+    moves: list[tuple[str, datetime | None, datetime]] = []
     for spec in specs:
         if only is not None and spec.name not in only:
             continue
@@ -197,17 +203,22 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
                 next_poll=initial_poll(now=now, interval=spec.interval, key=spec.name,
                                        last_polled=None, next_poll=None),
             )
+            added.append(st)
         elif st.configured_url != spec.url:
             st = moved(st, spec, now)
+            await store.save_feed(st)
         else:
-            st = replace(st, next_poll=initial_poll(
-                now=now, interval=spec.interval, key=spec.name,
-                last_polled=st.last_polled, next_poll=st.next_poll))
+            due = initial_poll(now=now, interval=spec.interval, key=spec.name,
+                               last_polled=st.last_polled, next_poll=st.next_poll)
+            if due != st.next_poll:
+                moves.append((st.name, st.next_poll, due))
+            st = replace(st, next_poll=due)
             if st.gone:
                 log.warning("feed.gone", feed=spec.name, url=scrub(st.url),
                             hint="the server answered 410 Gone; change its url or remove it")
-        await store.save_feed(st)
         out.append(st)
+    await store.add_feeds(added)  # (a feed another instance added meanwhile stays its)
+    await store.reschedule_feeds(moves)
     for name in set(stored) - {s.name for s in specs}:
         await store.delete_feed(name)
         log.info("feed.removed", feed=name)

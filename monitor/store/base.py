@@ -156,6 +156,19 @@ class Store(Protocol):
         """``save_feed`` for several feeds in one transaction (polls that found nothing
         new, written together)."""
 
+    async def add_feeds(self, states: Sequence[FeedState]) -> int:
+        """Insert the feeds that are not stored yet, in one transaction; a stored feed
+        is left as it is (another instance starting at the same time added it, and may
+        be polling it). Returns how many were inserted."""
+
+    async def reschedule_feeds(
+        self, moves: Sequence[tuple[str, datetime | None, datetime]]
+    ) -> int:
+        """For each (name, expected next_poll, new next_poll): move the feed's next poll,
+        only if its ``next_poll`` is still the expected one and nobody claims it (a
+        compare-and-set: an instance starting while others poll must not move a feed
+        another one has claimed or saved since it looked). Returns how many moved."""
+
     async def delete_feed(self, name: str) -> None:
         """Forget a feed removed from the config (its stories stay until pruned)."""
 

@@ -492,6 +492,32 @@ class PostgresStore:
     def _feed_row(state: FeedState) -> tuple[Any, ...]:
         return tuple(_text(v) if isinstance(v, str) else v for v in feed_to_row(state, utc))
 
+    async def add_feeds(self, states: Sequence[FeedState]) -> int:
+        if not states:
+            return 0
+        insert = (f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) VALUES "
+                  f"({', '.join(f'${i}' for i in range(1, len(FEED_COLUMNS) + 1))}) "
+                  "ON CONFLICT (name) DO NOTHING")
+        n = 0
+        async with self._con(f"add_feeds ({len(states)})", tx=True) as con:
+            for st in states:
+                n += _count(await con.execute(insert, *self._feed_row(st)))
+        return n
+
+    async def reschedule_feeds(
+        self, moves: Sequence[tuple[str, datetime | None, datetime]]
+    ) -> int:
+        if not moves:
+            return 0
+        n = 0
+        async with self._con(f"reschedule_feeds ({len(moves)})", tx=True) as con:
+            for name, was, new in moves:
+                n += _count(await con.execute(
+                    "UPDATE feeds SET next_poll = $1 WHERE name = $2 AND claimed_by IS NULL "
+                    "AND next_poll IS NOT DISTINCT FROM $3",
+                    utc(new), name, None if was is None else utc(was)))
+        return n
+
     async def delete_feed(self, name: str) -> None:
         async with self._con(f"delete_feed {name!r}") as con:
             await con.execute("DELETE FROM feeds WHERE name = $1", name)

@@ -429,6 +429,34 @@ class SQLiteStore:
 
         await self._run(f"save_feeds ({len(states)})", work)
 
+    async def add_feeds(self, states: Sequence[FeedState]) -> int:
+        insert = (f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) VALUES "
+                  f"({', '.join('?' for _ in FEED_COLUMNS)}) ON CONFLICT (name) DO NOTHING")
+
+        def work(con: sqlite3.Connection) -> int:
+            n = 0
+            with _write(con):
+                for st in states:
+                    n += con.execute(insert, _feed_row(st)).rowcount
+            return n
+
+        return await self._run(f"add_feeds ({len(states)})", work) if states else 0
+
+    async def reschedule_feeds(
+        self, moves: Sequence[tuple[str, datetime | None, datetime]]
+    ) -> int:
+        def work(con: sqlite3.Connection) -> int:
+            n = 0
+            with _write(con):
+                for name, was, new in moves:
+                    n += con.execute(
+                        "UPDATE feeds SET next_poll = ? WHERE name = ? AND claimed_by IS NULL "
+                        "AND next_poll IS ?", (dt_to_text(new), name, opt_dt_to_text(was)),
+                    ).rowcount
+            return n
+
+        return await self._run(f"reschedule_feeds ({len(moves)})", work) if moves else 0
+
     async def delete_feed(self, name: str) -> None:
         def work(con: sqlite3.Connection) -> None:
             with _write(con):
