@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -65,6 +66,7 @@ SLACK = 4.0
 BOUND = INTERVAL * (1 + JITTER) + DEAD_AFTER + HEARTBEAT + TICK + SLACK
 CUT_FOR = 6.0  # seconds the proxy refuses connections after cutting them all
 MATCH = "earthquake"
+SLOW = 2.5  # seconds one feed in ten takes to answer
 
 def title(feed: int, k: int) -> str:
     """A headline no other feed's resembles (words of random letters: dedup keeps them
@@ -139,9 +141,9 @@ class Publisher:
         if self.active[i] > 1:
             self.overlaps.append((i, begin))
         try:
-            # some service time: a poll is in flight long enough for overlaps to show,
-            # and a killed instance leaves claims behind
-            await asyncio.sleep(0.3)
+            # some service time: a poll is in flight long enough for overlaps to show;
+            # one feed in ten is slow, so a killed instance leaves claims behind
+            await asyncio.sleep(SLOW if i % 10 == 0 else 0.3)
             n = self.count(i, time.monotonic())
             etag = f'"{i}-{n}"'
             if request.headers.get("If-None-Match") == etag:
@@ -303,9 +305,13 @@ shutdown_timeout: 5s
 
         # -- kill -9 one instance midway, start a fresh one once it was declared dead
         await asyncio.sleep(PUBLISH * 0.25)
-        victim = instances[2]
-        victim_id = victim.instance_id()
-        assert victim_id is not None
+        # the victim: the instance holding the most claims right now (polls in flight)
+        ids = {inst.instance_id(): inst for inst in instances}
+        assert None not in ids
+        held = Counter({r[0]: r[1] for r in await direct.fetch(
+            "SELECT claimed_by, count(*) FROM feeds WHERE claimed_by IS NOT NULL GROUP BY 1")})
+        victim_id = max(ids, key=lambda i: (held[i], str(i)))
+        victim = ids[victim_id]
         killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
         assert await victim.stop(signal.SIGKILL) == -signal.SIGKILL
 
@@ -318,6 +324,7 @@ shutdown_timeout: 5s
         figures["retake_after_kill_s"] = round((row["dead_since"] - killed_wall).total_seconds(), 1)
         figures["feeds_retaken"] = row["feeds_retaken"]
         figures["deliveries_retaken"] = row["deliveries_retaken"]
+        assert row["feeds_retaken"] >= 1, "the killed instance held no claim: nothing shown"
         fresh = Instance("i3", config, free_port(), tmp_path)
         instances.append(fresh)
         await fresh.start()
@@ -346,6 +353,7 @@ shutdown_timeout: 5s
 
         await until(caught_up, "every published story stored and the outbox empty", 90)
         await asyncio.sleep(2 * INTERVAL)  # polls after the end: still one at a time
+        observed_until = time.monotonic()
         stop_probing.set()
         await prober
         rcs = [await inst.stop() for inst in instances if inst is not victim]
@@ -374,8 +382,8 @@ shutdown_timeout: 5s
         outage = (cut_at, allowed_at)
         for i in range(FEEDS):
             starts = sorted(b for b, _, _ in pub.log[i] if b >= t0)
-            edges = [t0, *starts]
-            for a, b in zip(edges, edges[1:], strict=False):
+            edges = [t0, *starts, observed_until]  # (a feed that stopped being polled: late)
+            for a, b in itertools.pairwise(edges):
                 gap = b - a
                 if a < outage[1] and b > outage[0]:  # spans the outage
                     worst_outage = max(worst_outage, gap)
@@ -392,12 +400,13 @@ shutdown_timeout: 5s
 
         # -- /readyz: not ready while the store was unreachable, ready again after
         during = {n for t, n, ok in readiness if outage[0] + 1 < t < outage[1] and not ok}
-        assert during >= {"i0", "i1"}, (during, readiness[-20:])
+        survivors = {inst.name for inst in instances[:3] if inst is not victim}
+        assert during >= survivors, (during, readiness[-20:])
         back = {}
         for t, n, ok in readiness:
             if t > outage[1] and ok and n not in back:
                 back[n] = t - outage[1]
-        assert set(back) >= {"i0", "i1"}, back
+        assert set(back) >= survivors, back
         figures["ready_again_after_allow_s"] = round(max(back.values()), 1)
         first_poll = min((b for i in range(FEEDS) for b, _, _ in pub.log[i] if b > outage[1]),
                          default=None)
