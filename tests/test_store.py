@@ -1141,7 +1141,7 @@ async def test_a_lost_server_is_reconnected_with_backoff(
             await b.save_feed(feed("x", next_poll=t(0)))
             assert b.outage() is None
             assert proxy.cut(refuse=True) >= 1
-            with pytest.raises(StoreUnavailable, match="connection lost|closed|refused|reset"):
+            with pytest.raises(StoreUnavailable, match=r"connection lost|closed|refused|reset"):
                 await b.get_feeds()
             down = b.outage()
             assert down is not None and down["down_for"] >= 0

@@ -176,7 +176,7 @@ def moved(st: FeedState, spec: FeedSpec, now: datetime) -> FeedState:
 
 
 async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
-                     only: set[str] | None = None) -> list[FeedState]:
+                     only: set[str] | None = None, *, live: bool = False) -> list[FeedState]:
     """Make the stored feeds match the config: add new feeds (first poll spread over the
     next seconds), reset a feed whose configured URL changed, keep the schedule of the
     others (a restart resumes it instead of stampeding), forget removed feeds. Other
@@ -210,7 +210,7 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
         else:
             due = initial_poll(now=now, interval=spec.interval, key=spec.name,
                                last_polled=st.last_polled, next_poll=st.next_poll)
-            if due != st.next_poll:
+            if due != st.next_poll and not live:
                 moves.append((st.name, st.next_poll, due))
             st = replace(st, next_poll=due)
             if st.gone:
@@ -339,7 +339,7 @@ class Runtime:
             )
             self.dispatcher.on_store_error = self.trouble.store_failed
             self._stack.push_async_callback(self.dispatcher.close)
-            await sync_feeds(self.store, cfg.feed_specs(), now)
+            await sync_feeds(self.store, cfg.feed_specs(), now, live=await self._peers_alive(now))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -347,6 +347,12 @@ class Runtime:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    async def _peers_alive(self, now: datetime) -> bool:
+        """Whether other instances heartbeat in the store now (``shell.liveness``)."""
+        grace = timedelta(seconds=self.config.store.dead_after)
+        return any(i.dead_since is None and now - i.heartbeat < grace
+                   for i in await self.store.instances(since=now))
 
     def _sent(self, d: Delivery) -> None:
         for cb in self.on_sent:
