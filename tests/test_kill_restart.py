@@ -354,6 +354,14 @@ shutdown_timeout: 5s
         await until(caught_up, "every published story stored and the outbox empty", 90)
         await asyncio.sleep(2 * INTERVAL)  # polls after the end: still one at a time
         observed_until = time.monotonic()
+        # /healthz of a survivor: the instances alive, and the victim dead with its retake
+        survivor = next(inst for inst in instances[:3] if inst is not victim)
+        async with session.get(f"http://127.0.0.1:{survivor.port}/healthz") as r:
+            health = await r.json()
+        alive = {i["id"] for i in health["instances"]["alive"]}
+        assert len(alive) == 3 and victim_id not in alive, health["instances"]
+        assert [(i["id"], i["feeds_retaken"]) for i in health["instances"]["dead"]] == [
+            (victim_id, row["feeds_retaken"])], health["instances"]
         stop_probing.set()
         await prober
         rcs = [await inst.stop() for inst in instances if inst is not victim]
