@@ -8,6 +8,7 @@ installed, or when running as root without an unprivileged user to run them as."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import pwd
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,10 +101,8 @@ def private_pg() -> Iterator[PrivatePG]:
     try:
         yield pg
     finally:
-        try:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
             pg.ctl("stop", "-m", "immediate")
-        except (subprocess.SubprocessError, OSError):
-            pass
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -148,6 +147,8 @@ async def test_the_store_survives_a_real_postgresql_restart(private_pg: PrivateP
             s.story.id == "s2" for batch in heard for s in batch)), 20)
 
 
-async def _until(cond: object) -> None:
-    while not cond():  # type: ignore[operator]
+async def _until(cond: Callable[[], bool]) -> None:
+    for _ in range(400):  # (bounded by the caller's wait_for too)
+        if cond():
+            return
         await asyncio.sleep(0.05)
