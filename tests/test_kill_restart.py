@@ -433,6 +433,8 @@ shutdown_timeout: 5s
             if inst.proc is not None and inst.proc.returncode is None:
                 inst.proc.kill()
                 await inst.proc.wait()
+            if inst.proc is not None:
+                inst._fh.close()  # (idempotent)
         await session.close()
         await direct.close()
         await proxy.stop()

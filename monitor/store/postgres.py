@@ -79,7 +79,8 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 RECONNECT_MIN = 0.5  # seconds before the second attempt after losing the server
 RECONNECT_MAX = 10.0  # the backoff between attempts doubles up to this
-CLOSE_TIMEOUT = 10.0  # seconds a pool has to close gracefully before it is terminated
+CLOSE_TIMEOUT = 10.0
+IDLE_IN_TRANSACTION = 60.0  # seconds (at least the command timeout): see _open_pool  # seconds a pool has to close gracefully before it is terminated
 
 #: The driver's errors that mean the server or the connection to it is gone (restarted,
 #: cut, refusing connections, silent): the store reconnects with backoff
@@ -221,10 +222,11 @@ def _cluster(r: Any, members: tuple[str, ...]) -> ClusterInfo:
     )
 
 
-def _instance(r: Any, *, feeds: int | None = None, deliveries: int | None = None) -> Instance:
+def _instance(r: Any, *, feeds: int | None = None, deliveries: int | None = None,
+              dead_since: datetime | None = None) -> Instance:
     return Instance(
         id=r["id"], host=r["host"], pid=r["pid"], version=r["version"], started=r["started"],
-        heartbeat=r["heartbeat"], dead_since=r["dead_since"],
+        heartbeat=r["heartbeat"], dead_since=dead_since or r["dead_since"],
         feeds_retaken=r["feeds_retaken"] if feeds is None else feeds,
         deliveries_retaken=r["deliveries_retaken"] if deliveries is None else deliveries,
     )
@@ -297,6 +299,11 @@ class PostgresStore:
 
     async def _open_pool(self) -> Any:
         settings = {"search_path": self._schema} if self._schema else {}
+        # a transaction left open by a client that died without closing its socket (a
+        # host gone) would hold its rows' locks until TCP gives up (hours): the server
+        # ends it after this (ours never wait between statements that long)
+        settings["idle_in_transaction_session_timeout"] = str(
+            int(max(IDLE_IN_TRANSACTION, self._command_timeout) * 1000))
         where = redact_url(self._dsn)
         try:
             pool = await asyncpg.create_pool(
@@ -997,23 +1004,29 @@ class PostgresStore:
             if dead_after is None:
                 return []
             cut = t - timedelta(seconds=dead_after)
-            # one judge per dead instance: the row lock of the first UPDATE decides
+            # one judge per dead instance (the first to lock its row), and nobody waits
+            # on a lock: a row held by a transaction of the dead instance that its
+            # server has not ended yet (a host gone without closing its sockets) is
+            # skipped here; its lease, and the server's idle-in-transaction timeout,
+            # bring it back
             dead = await con.fetch(
-                "UPDATE instances SET dead_since = $1 WHERE dead_since IS NULL "
-                "AND heartbeat < $2 AND id <> $3 RETURNING *", t, cut, me.id)
+                "SELECT * FROM instances WHERE dead_since IS NULL AND heartbeat < $1 "
+                "AND id <> $2 FOR UPDATE SKIP LOCKED", cut, me.id)
             out: list[Instance] = []
             for r in dead:
                 feeds = _count(await con.execute(
-                    "UPDATE feeds SET next_poll = $1, claimed_by = NULL WHERE claimed_by = $2",
+                    "UPDATE feeds SET next_poll = $1, claimed_by = NULL WHERE name IN ("
+                    " SELECT name FROM feeds WHERE claimed_by = $2 FOR UPDATE SKIP LOCKED)",
                     t, r["id"]))
                 deliveries = _count(await con.execute(
                     "UPDATE deliveries SET next_attempt = LEAST(next_attempt, $1), "
-                    "claimed_by = NULL WHERE claimed_by = $2 AND state = 'pending'",
+                    "claimed_by = NULL WHERE id IN (SELECT id FROM deliveries"
+                    " WHERE claimed_by = $2 AND state = 'pending' FOR UPDATE SKIP LOCKED)",
                     t, r["id"]))
                 await con.execute(
-                    "UPDATE instances SET feeds_retaken = $1, deliveries_retaken = $2 "
-                    "WHERE id = $3", feeds, deliveries, r["id"])
-                out.append(_instance(r, feeds=feeds, deliveries=deliveries))
+                    "UPDATE instances SET dead_since = $1, feeds_retaken = $2, "
+                    "deliveries_retaken = $3 WHERE id = $4", t, feeds, deliveries, r["id"])
+                out.append(_instance(r, feeds=feeds, deliveries=deliveries, dead_since=t))
             await con.execute("DELETE FROM instances WHERE dead_since < $1",
                               t - timedelta(days=1))
             return out

@@ -80,3 +80,6 @@ class TCPProxy:
                     await asyncio.Event().wait()  # swallow everything from now on
                 w.write(data)
                 await w.drain()
+        # one end closed (or died: a killed process's sockets are closed by its kernel):
+        # the other end is told, as it would be without a proxy in between
+        w.close()
