@@ -1121,6 +1121,39 @@ async def test_listening_on_an_unreachable_server_is_a_store_error(
         await a.watch_stories(Heard().on_stories, Heard().on_gap)
 
 
+async def test_judging_never_waits_on_a_dead_instances_open_transaction(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    """A dead instance's transaction the server has not ended yet (its host vanished
+    without closing the socket) holds its rows: the judge skips them instead of waiting,
+    and declares it dead all the same."""
+    a, b = pg_pair
+    assert isinstance(a, PostgresStore)
+    await a.heartbeat(instance("dead"), t(0), dead_after=None)
+    await a.save_feeds([feed("f1", next_poll=t(0)), feed("f2", next_poll=t(0))])
+    await a.claim_due_feeds(t(0), limit=2, lease_until=t(30), by="dead")
+    con = await asyncpg.connect(PG_URL, timeout=5,
+                                server_settings={"search_path": a.schema or "public"})
+    try:
+        tx = con.transaction()
+        await tx.start()  # the dead instance's save of f1, never finished
+        await con.execute("UPDATE feeds SET failures = 1 WHERE name = 'f1'")
+        await con.execute("SELECT * FROM instances WHERE id = 'dead' FOR UPDATE")
+        await b.heartbeat(instance("b"), t(0), dead_after=None)
+        # its instance row is locked too: skipped, not waited for
+        assert await asyncio.wait_for(
+            b.heartbeat(instance("b"), t(2), dead_after=60), 5) == []
+        await con.execute("SELECT 1")  # (still open)
+        await tx.rollback()
+        await con.execute("BEGIN")
+        await con.execute("UPDATE feeds SET failures = 1 WHERE name = 'f1'")
+        [dead] = await asyncio.wait_for(b.heartbeat(instance("b"), t(2), dead_after=60), 5)
+        assert dead.id == "dead" and dead.feeds_retaken == 1  # f2; f1 is still held
+        await con.execute("ROLLBACK")
+    finally:
+        await con.close()
+
+
 async def test_a_lost_server_is_reconnected_with_backoff(
     pg_pair: tuple[Store, Store],
 ) -> None:
