@@ -104,6 +104,50 @@ class FetchConfig(_Model):
     parse_timeout: Duration = 30.0
 
 
+class PoolConfig(_Model):
+    """``store.pool``: the PostgreSQL connection pool of each instance (SQLite has one
+    connection and ignores it)."""
+
+    min: int = Field(1, ge=0)
+    max: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> PoolConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is more than max ({self.max})")
+        return self
+
+
+class StoreConfig(_Model):
+    """``store:``, a URL, or a mapping with the URL and how each instance uses it:
+
+        store: postgresql://monitor@db/monitor
+        store: {url: postgresql://monitor@db/monitor, pool: {min: 1, max: 10},
+                timeout: 60s, heartbeat: 5s, dead_after: 30s}
+
+    ``timeout``: one PostgreSQL command's limit. ``heartbeat``: how often an instance
+    says it is alive in the store; ``dead_after``: how long another instance waits
+    after its last heartbeat before taking it for dead and retaking its claims."""
+
+    url: str = "sqlite:///monitor.db"
+    pool: PoolConfig = PoolConfig()
+    timeout: Duration = 60.0
+    heartbeat: Duration = 5.0
+    dead_after: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, v: Any) -> Any:
+        return {"url": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _grace(self) -> StoreConfig:
+        if self.dead_after < 2 * self.heartbeat:
+            raise ValueError(f"dead_after ({self.dead_after:g}s) must be at least twice "
+                             f"heartbeat ({self.heartbeat:g}s): one late heartbeat is not death")
+        return self
+
+
 class QuietHours(_Model):
     """A channel's quiet hours: alerts are held from ``from`` to ``to`` (local time in
     ``tz``, crossing midnight when ``to`` is not after ``from``) and go out as one digest
@@ -356,7 +400,7 @@ class Config(_Model):
     defaults: Defaults = Defaults()
     feeds: tuple[FeedConfig, ...] = ()
     rules: str = "rules"
-    store: str = "sqlite:///monitor.db"
+    store: StoreConfig = StoreConfig()
     retention: Duration = 30 * 86400.0
     # SIGTERM: in-flight polls and the delivery in hand get this long, then the daemon exits
     shutdown_timeout: Duration = 10.0
@@ -442,12 +486,13 @@ class Config(_Model):
     @property
     def store_url(self) -> str:
         """The store URL with a relative SQLite path made absolute against the config."""
-        if self.store.startswith("sqlite:///"):
-            rest = self.store[len("sqlite:///") :]
+        url = self.store.url
+        if url.startswith("sqlite:///"):
+            rest = url[len("sqlite:///") :]
             if rest == ":memory:":
-                return self.store
+                return url
             return "sqlite:///" + str(self.resolve(rest))
-        return self.store
+        return url
 
 
 def loopback_host(host: str) -> bool:
@@ -563,7 +608,7 @@ def _interpolate(
         if substituted:
             secrets.update(template_secrets(data, substituted))
         if looks_like_url(out.strip()):
-            secrets.update(url_secrets(out.strip(), lone_user=where != ("store",)))
+            secrets.update(url_secrets(out.strip(), lone_user=where not in (("store",), ("store", "url"))))
         return out
     return data
 
@@ -580,7 +625,7 @@ def secrets_of(config: Config) -> list[str]:
     auth = config.server.auth
     if auth is not None:
         out += [s for s in (auth.token, auth.password) if s]
-    m = re.match(r"^[a-z]+://[^:/@]+:([^@]+)@", config.store)
+    m = re.match(r"^[a-z]+://[^:/@]+:([^@]+)@", config.store.url)
     if m:
         out.append(m.group(1))  # a database password in the store URL
     return out

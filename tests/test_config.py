@@ -44,7 +44,7 @@ def test_example_config_is_valid() -> None:
 
 def test_defaults_when_empty() -> None:
     cfg = parse_config("", "c.yaml", {})
-    assert cfg.feeds == () and cfg.store == "sqlite:///monitor.db"
+    assert cfg.feeds == () and cfg.store.url == "sqlite:///monitor.db"
     assert cfg.defaults.interval == 300 and cfg.retention == 30 * 86400
     assert cfg.dedup.window == 48 * 3600
 
@@ -312,3 +312,30 @@ health:
   fallback: ops
 """)
     assert len(got) == 1 and got[0].startswith("c.yaml:6:13: health.fallback: the same channel")
+
+
+def test_store_is_a_url_or_a_mapping_with_pool_timeout_and_liveness() -> None:
+    cfg = parse_config("store: postgresql://u:pw@db/m\n", "c.yaml", {})
+    assert cfg.store.url == "postgresql://u:pw@db/m" and cfg.store_url == cfg.store.url
+    assert (cfg.store.pool.min, cfg.store.pool.max, cfg.store.timeout) == (1, 5, 60.0)
+    assert (cfg.store.heartbeat, cfg.store.dead_after) == (5.0, 30.0)
+    assert "pw" in secrets_of(cfg)
+    cfg = parse_config(
+        "store:\n  url: postgresql://u:${PW}@db/m\n  pool: {min: 2, max: 20}\n"
+        "  timeout: 15s\n  heartbeat: 2s\n  dead_after: 10s\n", "c.yaml", {"PW": "sekret"})
+    assert cfg.store.url == "postgresql://u:sekret@db/m"
+    assert (cfg.store.pool.min, cfg.store.pool.max, cfg.store.timeout) == (2, 20, 15.0)
+    assert (cfg.store.heartbeat, cfg.store.dead_after) == (2.0, 10.0)
+    assert "sekret" in secrets_of(cfg)
+
+
+def test_store_settings_are_validated_where_they_are_written() -> None:
+    got = problems("store:\n  url: sqlite:///m.db\n  pool: {min: 4, max: 2}\n")
+    assert any(p.startswith("c.yaml:3:") and "min (4) is more than max (2)" in p
+               for p in got), got
+    got = problems("store:\n  url: sqlite:///m.db\n  timeout: soon\n")
+    assert any(p.startswith("c.yaml:3:12") and "duration" in p for p in got), got
+    got = problems("store:\n  url: sqlite:///m.db\n  poool: {max: 3}\n")
+    assert any(p.startswith("c.yaml:3:") and "poool" in p for p in got), got
+    got = problems("store:\n  heartbeat: 10s\n  dead_after: 15s\n")
+    assert any(p.startswith("c.yaml:2:") and "at least twice" in p for p in got), got

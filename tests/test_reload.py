@@ -235,7 +235,7 @@ async def test_readiness_rules_and_channels(
     await until(lambda: "config.reloaded" in d.logtext(), "the reload of the rules")
     status, body = await get(port, "/readyz")
     assert status == 200 and body["ready"] is True and "failing" not in body
-    assert set(body["checks"]) == {"store", "scheduler", "rules", "channels"}
+    assert set(body["checks"]) == {"store", "scheduler", "instance", "rules", "channels"}
 
     # the only channel keeps failing: not ready, /healthz degraded with the reason
     await slack_server.stop()
@@ -468,7 +468,7 @@ server: {{enabled: false}}
         cfg.write_text(write_text, encoding="utf-8")
         with caplog.at_level(logging.INFO, logger="monitor.shell.daemon"):
             assert await rt.reload("test") is True
-        assert rt.config.store == "sqlite:///state.db" and rt.config.fetch.concurrency == 16
+        assert rt.config.store.url == "sqlite:///state.db" and rt.config.fetch.concurrency == 16
         assert rt.config.dedup.window == 48 * 3600.0
         assert rt.config.fetch.timeout == 7.0 and rt.fetcher.timeout == 7.0
         assert rt.dispatcher.settings.batch == 7 and rt.config.retention == 2 * 86400.0

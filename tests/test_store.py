@@ -23,7 +23,7 @@ import pytest
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.errors import StoreError
 from monitor.log import redact_url
-from monitor.store.base import DedupSnapshot, Store, StoredStory
+from monitor.store.base import DedupSnapshot, Instance, Store, StoredStory
 from monitor.store.listen import NOTIFY_BYTES, _heard_ids, notify_payloads
 from monitor.store.open import open_store
 from monitor.store.postgres import PostgresStore
@@ -260,6 +260,100 @@ async def test_claim_due_feeds_order_lease_and_gone(store: Store) -> None:
 
 
 # -- stories ------------------------------------------------------------------------------
+
+
+def instance(name: str, started: datetime = T0) -> Instance:
+    return Instance(id=name, host="host-" + name, pid=100, version="1.0", started=started,
+                    heartbeat=started)
+
+
+async def test_a_dead_instances_claims_are_retaken_at_once(make_store: StoreFactory) -> None:
+    """Claims record their claimer; an instance silent past the grace period is declared
+    dead once (by whichever instance judges first), and what it claimed is due again at
+    that moment; a saved feed, a marked or released delivery is nobody's claim."""
+    async with make_store() as a, make_store() as b:
+        await a.heartbeat(instance("a"), t(0), dead_after=60)
+        await b.heartbeat(instance("b"), t(0), dead_after=60)
+        await a.save_feeds([feed(n, next_poll=t(0)) for n in ("f1", "f2", "f3")])
+        [d1, d2, d3] = await queue(a, delivery("k1"), delivery("k2"), delivery("k3"))
+        lease = t(30)
+        got = await a.claim_due_feeds(t(0), limit=3, lease_until=lease, by="a")
+        assert sorted(f.name for f in got) == ["f1", "f2", "f3"]
+        claimed = await a.claim_deliveries(t(0), limit=3, lease_until=lease, by="a")
+        assert len(claimed) == 3
+        # a finished its poll of f1 and its sends of k1 (sent) and k2 (retry later)
+        await a.save_feed(replace(got[0] if got[0].name == "f1" else next(
+            f for f in got if f.name == "f1"), next_poll=t(5)))
+        await a.mark_sent(d1.id, t(0), None)  # type: ignore[arg-type]
+        await a.mark_failed(d2.id, t(0), "boom", t(20))  # type: ignore[arg-type]
+        # b keeps beating; a is silent: not dead within the grace period
+        assert await b.heartbeat(instance("b"), t(0.5), dead_after=60) == []
+        assert {i.id for i in await b.instances(since=t(0))} == {"a", "b"}
+        # past it: declared dead, once, with what it held
+        dead = await b.heartbeat(instance("b"), t(1.5), dead_after=60)
+        assert [(i.id, i.host, i.feeds_retaken, i.deliveries_retaken) for i in dead] == [
+            ("a", "host-a", 2, 1)]
+        assert dead[0].dead_since == t(1.5)
+        assert await b.heartbeat(instance("b"), t(1.6), dead_after=60) == []
+        due = await b.claim_due_feeds(t(1.5), limit=10, lease_until=t(3), by="b")
+        assert sorted(f.name for f in due) == ["f2", "f3"]  # f1 was saved: not early
+        again = await b.claim_deliveries(t(1.5), limit=10, lease_until=t(3), by="b")
+        assert [d.key for d in again] == ["k3"]  # k1 sent, k2 waits for its retry
+        shown = {i.id: i for i in await b.instances(since=t(1))}
+        assert shown["a"].dead_since == t(1.5) and shown["a"].feeds_retaken == 2
+        assert shown["b"].dead_since is None and shown["b"].heartbeat == t(1.6)
+        assert [i.id for i in await b.instances(since=t(2))] == ["b"]
+        # a was only slow: its next heartbeat brings it back
+        assert await a.heartbeat(instance("a"), t(2), dead_after=None) == []
+        assert {i.id: i.dead_since for i in await a.instances(since=t(2))} == {
+            "a": None, "b": None}
+        # a clean stop forgets the instance
+        await a.leave("a")
+        assert [i.id for i in await b.instances(since=t(0))] == ["b"]
+        del d3
+
+
+async def test_release_feeds_gives_back_only_what_is_still_ones_own(store: Store) -> None:
+    await store.save_feeds([feed(n, next_poll=t(0)) for n in ("f1", "f2", "f3")])
+    await store.claim_due_feeds(t(0), limit=3, lease_until=t(30), by="a")
+    await store.save_feed(feed("f2", next_poll=t(10)))  # saved after all
+    assert await store.release_feeds(["f1", "f2", "f3"], by="b", now=t(1)) == 0
+    assert await store.release_feeds(["f1", "f2", "f3"], by="a", now=t(1)) == 2
+    due = await store.claim_due_feeds(t(1), limit=10, lease_until=t(3), by="b")
+    assert sorted(f.name for f in due) == ["f1", "f3"]
+    assert await store.release_feeds([], by="b", now=t(1)) == 0
+
+
+async def test_add_and_reschedule_feeds_never_overwrite_what_another_did(store: Store) -> None:
+    """What an instance starting next to others writes: new feeds only if absent, and
+    a next poll moved only if nobody claimed or saved the feed since it was read."""
+    assert await store.add_feeds([feed("a", next_poll=t(1)), feed("b", next_poll=t(1))]) == 2
+    await store.claim_due_feeds(t(1), limit=1, lease_until=t(5), by="x")  # a (by name)
+    assert await store.add_feeds([feed("a", next_poll=t(9)), feed("c")]) == 1
+    assert (await store.get_feed("a")).next_poll == t(5)  # type: ignore[union-attr]
+    moved = await store.reschedule_feeds([
+        ("a", t(1), t(2)),  # claimed since: left alone
+        ("b", t(1), t(2)),  # as read: moved
+        ("c", None, t(3)),  # never scheduled: moved
+        ("b", t(1), t(7)),  # no longer as read (just moved): left alone
+    ])
+    assert moved == 2
+    got = {f.name: f.next_poll for f in await store.get_feeds()}
+    assert got == {"a": t(5), "b": t(2), "c": t(3)}
+    assert await store.add_feeds([]) == 0 and await store.reschedule_feeds([]) == 0
+
+
+async def test_a_dead_instance_is_declared_once_by_concurrent_judges(
+        make_store: StoreFactory) -> None:
+    async with make_store() as a, make_store() as b, make_store() as c:
+        await c.heartbeat(instance("c"), t(0), dead_after=None)
+        await c.save_feeds([feed("f", next_poll=t(0))])
+        await c.claim_due_feeds(t(0), limit=1, lease_until=t(30), by="c")
+        found = await asyncio.gather(
+            a.heartbeat(instance("a"), t(5), dead_after=60),
+            b.heartbeat(instance("b"), t(5), dead_after=60))
+        assert sorted(i.id for got in found for i in got) == ["c"]
+        assert sum(i.feeds_retaken for got in found for i in got) == 1
 
 
 async def test_known_finds_ids_and_links(store: Store) -> None:
@@ -1045,6 +1139,79 @@ async def test_listening_on_an_unreachable_server_is_a_store_error(
     a._dsn = "postgresql://u:topsecret@127.0.0.1:1/db"  # the pool is up, LISTEN cannot be
     with pytest.raises(StoreError, match=r"cannot listen on postgresql://u:\*\*\*@127.0.0.1:1/db"):
         await a.watch_stories(Heard().on_stories, Heard().on_gap)
+
+
+async def test_judging_never_waits_on_a_dead_instances_open_transaction(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    """A dead instance's transaction the server has not ended yet (its host vanished
+    without closing the socket) holds its rows: the judge skips them instead of waiting,
+    and declares it dead all the same."""
+    a, b = pg_pair
+    assert isinstance(a, PostgresStore)
+    await a.heartbeat(instance("dead"), t(0), dead_after=None)
+    await a.save_feeds([feed("f1", next_poll=t(0)), feed("f2", next_poll=t(0))])
+    await a.claim_due_feeds(t(0), limit=2, lease_until=t(30), by="dead")
+    con = await asyncpg.connect(PG_URL, timeout=5,
+                                server_settings={"search_path": a.schema or "public"})
+    try:
+        tx = con.transaction()
+        await tx.start()  # the dead instance's save of f1, never finished
+        await con.execute("UPDATE feeds SET failures = 1 WHERE name = 'f1'")
+        await con.execute("SELECT * FROM instances WHERE id = 'dead' FOR UPDATE")
+        await b.heartbeat(instance("b"), t(0), dead_after=None)
+        # its instance row is locked too: skipped, not waited for
+        assert await asyncio.wait_for(
+            b.heartbeat(instance("b"), t(2), dead_after=60), 5) == []
+        await con.execute("SELECT 1")  # (still open)
+        await tx.rollback()
+        await con.execute("BEGIN")
+        await con.execute("UPDATE feeds SET failures = 1 WHERE name = 'f1'")
+        [dead] = await asyncio.wait_for(b.heartbeat(instance("b"), t(2), dead_after=60), 5)
+        assert dead.id == "dead" and dead.feeds_retaken == 1  # f2; f1 is still held
+        await con.execute("ROLLBACK")
+    finally:
+        await con.close()
+
+
+async def test_a_lost_server_is_reconnected_with_backoff(
+    pg_pair: tuple[Store, Store],
+) -> None:
+    """Every connection cut and new ones refused (a database restart, played by a
+    proxy): calls fail as StoreUnavailable, those before the next attempt at once and
+    without touching the network; ``outage`` says so; once the server takes connections
+    again, the next attempt reconnects and nothing written before is lost."""
+    from monitor.errors import StoreUnavailable
+    from monitor.store import postgres
+
+    a, _ = pg_pair
+    assert isinstance(a, PostgresStore)
+    proxy, through = await silent_proxy_dsn()
+    schema = a.schema
+    b = PostgresStore(through, schema=schema, min_size=2, max_size=3, command_timeout=5)
+    try:
+        async with b:
+            await b.save_feed(feed("x", next_poll=t(0)))
+            assert b.outage() is None
+            assert proxy.cut(refuse=True) >= 1
+            with pytest.raises(StoreUnavailable, match=r"connection lost|closed|refused|reset"):
+                await b.get_feeds()
+            down = b.outage()
+            assert down is not None and down["down_for"] >= 0
+            # the first retry comes at once, then the backoff starts
+            with pytest.raises(StoreUnavailable):
+                await b.get_feeds()
+            tried = proxy.refused
+            for _ in range(5):  # before the next attempt's time: no connection tried
+                with pytest.raises(StoreUnavailable, match="reconnecting, next attempt in"):
+                    await b.get_feeds()
+            assert proxy.refused == tried
+            proxy.allow()
+            await asyncio.sleep(postgres.RECONNECT_MIN + 0.1)
+            assert [f.name for f in await b.get_feeds()] == ["x"]  # reconnected
+            assert b.outage() is None
+    finally:
+        await proxy.stop()
 
 
 def test_notify_payloads_fit_and_keep_every_id_in_order() -> None:

@@ -22,7 +22,7 @@ from monitor.errors import SchemaTooNew, StoreError
 from monitor.store import migrations
 from monitor.store import sqlite as sqlite_store
 from monitor.store.base import StoredStory
-from monitor.store.codec import FEED_COLUMNS
+from monitor.store.codec import FEED_COLUMNS, dt_to_text
 from monitor.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,7 +330,15 @@ async def test_a_version_1_database_is_upgraded_with_its_failed_deliveries(
                 key="k", channel="slack", created=T0,
                 alert=Alert(story=s.story, match=match, cluster=s.cluster))])
             assert d.id is not None
-            await old.mark_failed(d.id, T0, "invalid_auth", None)
+            # (that release's mark_failed: it knew no claimers, schema 7)
+            def fail(con: sqlite3.Connection) -> None:
+                with con:
+                    con.execute(
+                        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, "
+                        "last_attempt = ?, state = 'failed', next_attempt = NULL WHERE id = ?",
+                        ("invalid_auth", dt_to_text(T0), d.id))
+
+            await old._run("mark_failed", fail)
     async with SQLiteStore(db) as store:  # this release: migrated on open
         version = await store._run("v", lambda con: con.execute("PRAGMA user_version").fetchone()[0])
         assert version == len(real) >= 2

@@ -56,6 +56,7 @@ from monitor.shell import ops
 from monitor.shell.dedupstate import SAVE_EVERY, DedupState
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
+from monitor.shell.liveness import Liveness
 from monitor.shell.parsepool import ParsePool, Processes, Threads
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
 from monitor.shell.reload import diff_configs, live_config
@@ -66,7 +67,8 @@ from monitor.store.open import open_store
 
 log = get_logger(__name__)
 
-FEED_LEASE = timedelta(minutes=10)
+#: a claimed feed's lease beyond its poll's own deadlines (``feed_lease``)
+LEASE_MARGIN = 30.0
 STOP_FLOOR = 1.0  # seconds the delivery in hand gets at least, even past shutdown_timeout
 EXIT_MARGIN = 10.0  # seconds past shutdown_timeout after which `monitor run` exits regardless
 SUMMARY_EVERY = 300.0  # seconds between "daemon.summary" lines (polls are logged at debug)
@@ -74,6 +76,16 @@ READY_STORE_TIMEOUT = 2.0  # seconds the store has to answer /readyz's query
 #: /readyz: the poll tick must have run within this many ticks (and at least 30 s)
 READY_TICKS = 10
 RELOAD_ERRORS_SHOWN = 50  # located problems /healthz lists for a failed reload, at most
+
+
+def feed_lease(config: Config) -> timedelta:
+    """How long a claimed feed is held: its poll's deadline (the fetch's ``timeout``
+    and the parse job's ``parse_timeout``) plus ``LEASE_MARGIN`` for the store's
+    writes. A poll that runs past it may be polled again by another instance; a
+    claim of an instance that dies is retaken sooner, when it is declared dead
+    (``shell.liveness``)."""
+    fc = config.fetch
+    return timedelta(seconds=fc.timeout + fc.parse_timeout + LEASE_MARGIN)
 
 
 def utc_now() -> datetime:
@@ -161,16 +173,21 @@ def moved(st: FeedState, spec: FeedSpec, now: datetime) -> FeedState:
 
 
 async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
-                     only: set[str] | None = None) -> list[FeedState]:
+                     only: set[str] | None = None, *, live: bool = False) -> list[FeedState]:
     """Make the stored feeds match the config: add new feeds (first poll spread over the
     next seconds), reset a feed whose configured URL changed, keep the schedule of the
-    others (a restart resumes it instead of stampeding), forget removed feeds.
+    others (a restart resumes it instead of stampeding), forget removed feeds. Other
+    instances may be polling meanwhile: a stored feed is never overwritten with what
+    was read (only its overdue next poll spread, if nobody claimed or saved it since).
 
     ``only`` (a reload): touch only these feeds (added or changed) besides removing the
     feeds no longer configured; the others may be polling, and their rows are theirs."""
     stored = {f.name: f for f in await store.get_feeds()}
     out: list[FeedState] = []
-    changed: list[FeedState] = []
+    added: list[FeedState] = []
+    # (name, next_poll as read, new next_poll): moved only if still so (another instance
+    # sharing the store may have claimed or saved the feed since it was read)
+    moves: list[tuple[str, datetime | None, datetime]] = []
     for spec in specs:
         if only is not None and spec.name not in only:
             continue
@@ -183,21 +200,24 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
                 next_poll=initial_poll(now=now, interval=spec.interval, key=spec.name,
                                        last_polled=None, next_poll=None),
             )
+            added.append(st)
         elif st.configured_url != spec.url:
             st = moved(st, spec, now)
+            await store.save_feed(st)
         else:
-            st = replace(st, next_poll=initial_poll(
-                now=now, interval=spec.interval, key=spec.name,
-                last_polled=st.last_polled, next_poll=st.next_poll))
+            due = initial_poll(now=now, interval=spec.interval, key=spec.name,
+                               last_polled=st.last_polled, next_poll=st.next_poll)
+            if due != st.next_poll and not live:
+                moves.append((st.name, st.next_poll, due))
+            st = replace(st, next_poll=due)
             if st.gone:
                 log.warning("feed.gone", feed=spec.name, url=scrub(st.url),
                             hint="the server answered 410 Gone; change its url or remove it")
-        if st != stored.get(spec.name):
-            changed.append(st)
         out.append(st)
-    # one transaction, and only for what changed: a restart with 50,000 feeds whose
+    # only what changed, each in one statement batch: a restart with 50,000 feeds whose
     # schedule resumes writes nothing
-    await store.save_feeds(changed)
+    await store.add_feeds(added)  # (a feed another instance added meanwhile stays its)
+    await store.reschedule_feeds(moves)
     for name in set(stored) - {s.name for s in specs}:
         await store.delete_feed(name)
         log.info("feed.removed", feed=name)
@@ -240,6 +260,9 @@ class Runtime:
         self.pool: ParsePool
         self.dedup: DedupState
         self.on_sent: list[Callable[[Delivery], None]] = []
+        # the instance's heartbeats (``monitor run``; None for ``monitor once``)
+        self.liveness: Liveness | None = None
+        self._unsaved: set[str] = set()  # claimed feeds whose poll could not be saved
 
     async def __aenter__(self) -> Runtime:
         cfg = self.config
@@ -248,7 +271,9 @@ class Runtime:
         rules = load_active_rules(cfg, now)  # invalid rules: refuse to start
         self.metrics.rules_loaded.set(len(rules.ruleset.rules))
         try:
-            self.store = open_store(cfg.store_url)
+            sc = cfg.store
+            self.store = open_store(cfg.store_url, pool=(sc.pool.min, sc.pool.max),
+                                    timeout=sc.timeout)
             await self._stack.enter_async_context(self.store)
             fc = cfg.fetch
             fetcher = Fetcher(
@@ -310,7 +335,7 @@ class Runtime:
             self.dispatcher.on_store_error = self.trouble.store_failed
             self.dispatcher.ops = (cfg.health.channel, cfg.health.fallback)
             self._stack.push_async_callback(self.dispatcher.close)
-            await sync_feeds(self.store, cfg.feed_specs(), now)
+            await sync_feeds(self.store, cfg.feed_specs(), now, live=await self._peers_alive(now))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -318,6 +343,12 @@ class Runtime:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    async def _peers_alive(self, now: datetime) -> bool:
+        """Whether other instances heartbeat in the store now (``shell.liveness``)."""
+        grace = timedelta(seconds=self.config.store.dead_after)
+        return any(i.dead_since is None and now - i.heartbeat < grace
+                   for i in await self.store.instances(since=now))
 
     def _sent(self, d: Delivery) -> None:
         for cb in self.on_sent:
@@ -443,7 +474,9 @@ class Runtime:
 
     async def sync_pending(self) -> None:
         """Sync the feeds a reload added, changed or removed with the store; a store
-        error leaves them for the next call (the daemon's poll tick retries)."""
+        error leaves them for the next call (the daemon's poll tick retries). And give
+        back the claims of polls whose save failed (``release_unsaved``)."""
+        await self.release_unsaved()
         only = self._unsynced
         if only is None:
             return
@@ -453,6 +486,21 @@ class Runtime:
         except StoreError as e:
             self._unsynced = (self._unsynced or set()) | only
             self.trouble.store_failed(e, "reload:feeds")
+
+    async def release_unsaved(self) -> None:
+        """The feeds whose poll's save failed (the store was unreachable) are due again
+        at once, unless another instance took them meanwhile: the poll is retried, and
+        what it found is neither lost nor alerted twice (its stories were not saved)."""
+        names, liveness = sorted(self._unsaved), self.liveness
+        if not names or liveness is None:
+            return
+        try:
+            n = await self.store.release_feeds(names, by=liveness.id, now=self.clock())
+        except StoreError:
+            return  # still unreachable: the next tick tries again
+        self._unsaved.difference_update(names)
+        log.info("feeds.released", feeds=n, unsaved=len(names),
+                 note="polls whose save failed are due again")
 
     async def poll_all(self) -> list[PollOutcome]:
         """Poll every configured feed now (``monitor once``), concurrently."""
@@ -524,9 +572,14 @@ class Runtime:
             # the store itself (full, read-only, unreachable…): not the feed's fault:
             # one line, and no failure on the feed
             self.trouble.store_failed(e, f"poll:{spec.name}")
-            with contextlib.suppress(Exception):
+            try:
                 await self.store.save_feed(replace(
                     state, next_poll=self.clock() + timedelta(seconds=spec.interval)))
+            except Exception:
+                # its claim holds it until the lease ends: given back (due at once) as
+                # soon as the store answers again (``release_unsaved``)
+                if self.liveness is not None:
+                    self._unsaved.add(spec.name)
             return PollOutcome(feed=spec.name, result="failed", error=str(e))
         except Exception as e:  # a bug must not kill the daemon or stop the feed for good
             now = self.clock()
@@ -545,6 +598,20 @@ class Runtime:
         return await self.dispatcher.run_once()
 
     async def health(self) -> dict[str, Any]:
+        """/healthz. While the store cannot answer, what is known without it (503)."""
+        try:
+            return await self._health()
+        except StoreError as e:
+            return {
+                "status": "failing",
+                "reasons": [self.config.redact(scrub(f"the store cannot answer: {e}"))[:300]],
+                "time": self.clock().isoformat(),
+                "store": {"outage": self.store.outage(), "error": self.config.redact(
+                    scrub(str(e)))[:300]},
+                **({"instances": self.liveness.health()} if self.liveness else {}),
+            }
+
+    async def _health(self) -> dict[str, Any]:
         now = self.clock()
         feeds = await self.store.get_feeds()
         failing = [
@@ -583,6 +650,7 @@ class Runtime:
              config_failed),
             ("no rule is enabled: nothing can alert", not enabled),
             ("not hearing the other instances", listening is False),
+            ("the store is unreachable (reconnecting)", self.store.outage() is not None),
         ) if bad] + channel_reasons + parse_reasons
         status = "degraded" if reasons else "ok"
         peers = {} if listening is None else {"peers": {"listening": listening}}
@@ -614,6 +682,9 @@ class Runtime:
             # the index is loaded when a poll first brings a new story (dedupstate.py)
             "dedup": {"stories": len(self.pipeline.index), "loaded": self.dedup.loaded},
             **peers,  # instances sharing a PostgreSQL store: is this one hearing the others?
+            # the instances sharing the store: alive, and dead lately (what was retaken)
+            **({"instances": self.liveness.health()} if self.liveness else {}),
+            **({"store": {"outage": outage}} if (outage := self.store.outage()) else {}),
         }
 
 
@@ -701,7 +772,15 @@ class Daemon:
                                     page=StatusPage(rt).render, auth=self.config.server.auth,
                                     ready=self.readiness)
                     await server.start()
+                sc = self.config.store
+                rt.liveness = Liveness(rt.store, every=sc.heartbeat, dead_after=sc.dead_after,
+                                       clock=self.clock, on_error=rt.trouble.store_failed)
+                rt.dispatcher.claimer = rt.liveness.id
+                await rt.liveness.beat()  # known to the others before claiming anything
+                log.info("instance.started", instance=rt.liveness.id,
+                         heartbeat=sc.heartbeat, dead_after=sc.dead_after)
                 sched = Scheduler()
+                sched.every("heartbeat", sc.heartbeat, rt.liveness.tick)
                 sched.every("poll", self.tick, self._poll_tick)
                 sched.every("prune", 3600.0, self._prune)
                 sched.every("dedup-snapshot", SAVE_EVERY, self._save_dedup, start_now=False)
@@ -769,6 +848,7 @@ class Daemon:
                     loading.cancel()
                 await asyncio.gather(self._rules_watcher, *self._reloads, loading,
                                      return_exceptions=True)
+                await rt.liveness.leave()  # its claims were given back or finished
                 if server:
                     await server.stop()
                 if self._store_probe is not None and not self._store_probe.done():
@@ -819,12 +899,21 @@ class Daemon:
         # a query that outlives its timeout is left to finish in the background (a
         # cancelled database call can itself hang on a dead network), and no second one
         # is started while it hangs
+        outage = rt.store.outage()
         probe = self._store_probe
-        if probe is None or probe.done():
+        if outage is not None:  # reconnecting with backoff: no query until it answers
+            checks["store"] = {"ok": False, "detail": rt.config.redact(scrub(
+                f"unreachable for {outage['down_for']:g} s ({outage['error']}); "
+                f"reconnecting, next attempt in {outage['retry_in']:g} s"))[:300]}
+            probe = None
+        elif probe is None or probe.done():
             probe = self._store_probe = asyncio.ensure_future(rt.store.count_pending())
             probe.add_done_callback(_retrieve)
-        done, _ = await asyncio.wait({probe}, timeout=READY_STORE_TIMEOUT)
-        if not done:
+        done, _ = (set(), set()) if probe is None else await asyncio.wait(
+            {probe}, timeout=READY_STORE_TIMEOUT)
+        if probe is None:
+            pass
+        elif not done:
             checks["store"] = {"ok": False,
                                "detail": f"no answer within {READY_STORE_TIMEOUT:g} s"}
         elif probe.cancelled() or probe.exception() is not None:
@@ -839,6 +928,9 @@ class Daemon:
             "ok": ago is not None and ago <= limit,
             "detail": "no tick yet" if ago is None else f"last tick {ago:.1f} s ago",
         }
+        if rt.liveness is not None:
+            ok, detail = rt.liveness.ready()
+            checks["instance"] = {"ok": ok, "detail": rt.config.redact(scrub(detail))[:300]}
         enabled = len(rt.pipeline.rules.ruleset.enabled)
         checks["rules"] = {"ok": enabled > 0, "detail": f"{enabled} enabled rule(s)"}
         channels = list(rt.dispatcher.notifiers)
@@ -865,8 +957,9 @@ class Daemon:
             now = self.clock()
             specs = {s.name: s for s in self.config.feed_specs()}
             try:
-                due = await rt.store.claim_due_feeds(now, limit=free,
-                                                     lease_until=now + FEED_LEASE)
+                due = await rt.store.claim_due_feeds(
+                    now, limit=free, lease_until=now + feed_lease(self.config),
+                    by=rt.liveness.id if rt.liveness else None)
             except StoreError as e:
                 rt.trouble.store_failed(e, "claim")
                 return

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -168,6 +168,12 @@ class Dispatcher:
         self.rates.update(rates or {})
         self.quiet = dict(quiet or {})  # channel → its quiet hours
         self.stopping = False  # set on shutdown: finish the send in hand, give back the rest
+        # the instance whose claims these are (``shell.liveness``): its deliveries are
+        # retaken when it is declared dead; None: nobody's (``monitor once``)
+        self.claimer: str | None = None
+        # deliveries the peer accepted whose mark the store did not take (it was
+        # unreachable): id -> (sent at, ref); marked before the next claim, never re-sent
+        self._unmarked: dict[int, tuple[datetime, str | None]] = {}
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
         self._failing: dict[str, int] = {}  # channel → transient failures in a row
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -210,6 +216,38 @@ class Dispatcher:
         if threshold is None or threshold >= ROLLUP_CLAIM_MAX:
             return self.settings.batch
         return max(self.settings.batch, threshold + 1)
+
+    async def _mark_sent(self, ids: Sequence[int], now: datetime, ref: str | None) -> None:
+        """Mark deliveries the peer accepted as sent. When the store cannot take it (a
+        database restart), the mark is kept here and retried before the next claim
+        (``_flush_unmarked``), and the store's error ends the round: what was sent is
+        not sent again by this instance, and by no other while the lease holds."""
+        try:
+            if len(ids) == 1:
+                await self.store.mark_sent(ids[0], now, ref)
+            else:
+                await self.store.mark_sent_many(ids, now, ref)
+        except StoreError as e:
+            if e.kind in ("unavailable", "busy"):
+                for i in ids:
+                    self._unmarked[i] = (now, ref)
+                log.warning("delivery.unmarked", deliveries=len(ids), error=scrub(str(e)),
+                            note="sent, but not marked yet: the mark is retried, the "
+                            "delivery is not sent again")
+            raise
+
+    async def _flush_unmarked(self) -> None:
+        """Store the marks the store could not take when they were made."""
+        for did, (at, ref) in list(self._unmarked.items()):
+            try:
+                await self.store.mark_sent(did, at, ref)
+            except StoreError as e:
+                if e.kind in ("unavailable", "busy"):
+                    raise
+                log.warning("delivery.unmarked_dropped", id=did, error=scrub(str(e)))
+            else:
+                log.info("delivery.marked_late", id=did, sent_at=at.isoformat())
+            self._unmarked.pop(did, None)
 
     def _lease(self, channel: str, n: int) -> timedelta:
         """How long a claim of ``n`` deliveries is held: longer than the worst case of
@@ -421,6 +459,7 @@ class Dispatcher:
         total = DispatchResult()
         seen: set[int] = set()
         async with self._locks[channel]:
+            await self._flush_unmarked()
             while not self.stopping:
                 now = self.clock()
                 if self.paused_until(channel) is not None:
@@ -428,8 +467,10 @@ class Dispatcher:
                 limit = self._claim_limit(channel)
                 batch = await self.store.claim_deliveries(
                     now, limit=limit, lease_until=now + self._lease(channel, limit),
-                    channel=channel,
+                    channel=channel, by=self.claimer,
                 )
+                if self._unmarked:  # (sent already: their marks are pending)
+                    batch = [d for d in batch if d.id not in self._unmarked]
                 if not batch:
                     break
                 if len(batch) >= limit and self._quiet_members(channel, batch, now):
@@ -438,7 +479,7 @@ class Dispatcher:
                         more = await self.store.claim_deliveries(
                             now, limit=ROLLUP_CLAIM_MAX,
                             lease_until=now + self._lease(channel, len(batch) + ROLLUP_CLAIM_MAX),
-                            channel=channel,
+                            channel=channel, by=self.claimer,
                         )
                         batch += more
                         if len(more) < ROLLUP_CLAIM_MAX:
@@ -491,7 +532,8 @@ class Dispatcher:
         """Deliveries queued for a channel that is no longer configured: failed, said."""
         now = self.clock()
         batch = await self.store.claim_deliveries(
-            now, limit=self.settings.batch, lease_until=now + LEASE, exclude=list(self.notifiers))
+            now, limit=self.settings.batch, lease_until=now + LEASE, exclude=list(self.notifiers),
+            by=self.claimer)
         for d in batch:
             assert d.id is not None
             await self.store.mark_failed(
@@ -564,7 +606,7 @@ class Dispatcher:
             self._record(channel, outcome)
             now = self.clock()
             if isinstance(outcome, Sent):
-                await self.store.mark_sent(did, now, outcome.ref)
+                await self._mark_sent([did], now, outcome.ref)
                 self._failing.pop(channel, None)
                 if outcome.ref:
                     refs[d.key] = outcome.ref
@@ -769,7 +811,7 @@ class Dispatcher:
         now = self.clock()
         if isinstance(outcome, Sent):
             outcome = Sent(ref=thread_ref or outcome.ref)
-            await self.store.mark_sent_many(ids, now, outcome.ref)
+            await self._mark_sent(ids, now, outcome.ref)
             self._failing.pop(channel, None)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
             rules = sorted({d.alert.match.rule for d in group})
@@ -835,7 +877,7 @@ class Dispatcher:
         now = self.clock()
         if isinstance(outcome, Sent):
             self._failing.pop(channel, None)
-            await self.store.mark_sent_many([d.id for d in batch if d.id is not None], now,
+            await self._mark_sent([d.id for d in batch if d.id is not None], now,
                                             outcome.ref)
             self.metrics.deliveries.labels(channel, "sent").inc(len(batch))
             for d in batch:
@@ -955,7 +997,7 @@ class Dispatcher:
         self._record(channel, outcome)
         now = self.clock()
         if isinstance(outcome, Sent):
-            await self.store.mark_sent_many(ids, now, outcome.ref)
+            await self._mark_sent(ids, now, outcome.ref)
             self._failing.pop(channel, None)
             self.metrics.deliveries.labels(channel, "sent").inc(len(ids))
             log.info("digest.sent", channel=channel, rule=rule, stories=len(ids),

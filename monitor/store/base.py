@@ -27,7 +27,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, GroupState, Story
 from monitor.errors import StoreError
@@ -111,6 +111,23 @@ class Backlog:
     oldest: datetime  # the ``created`` of the oldest pending delivery
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Instance:
+    """A daemon sharing the store, as its heartbeats record it (``Store.heartbeat``)."""
+
+    id: str  # unique per process start
+    host: str
+    pid: int
+    version: str  # monitor's version
+    started: datetime
+    heartbeat: datetime  # the last one recorded
+    # when another instance found it silent past the grace period and retook its claims
+    # (None: alive, as far as the store knows)
+    dead_since: datetime | None = None
+    feeds_retaken: int = 0  # its claimed feeds made due again then
+    deliveries_retaken: int = 0  # its claimed deliveries made due again then
+
+
 @runtime_checkable
 class Store(Protocol):
     """Persistent state. Use as ``async with store:`` (``open`` creates/migrates the schema;
@@ -127,6 +144,11 @@ class Store(Protocol):
         was made with ``migrate=False``), one migrator at a time across processes.
         ``dry_run`` runs every step in a transaction and rolls it back. Raises
         ``SchemaTooNew`` when the database is newer than the code."""
+
+    def outage(self) -> dict[str, Any] | None:
+        """While a server store has lost its server (restarted, cut off) and reconnects
+        with backoff: ``down_for`` and ``retry_in`` (seconds) and the last ``error``;
+        None when it answers (and always for SQLite)."""
 
     async def __aenter__(self) -> Store: ...
 
@@ -146,18 +168,38 @@ class Store(Protocol):
         """``save_feed`` for several feeds in one transaction (polls that found nothing
         new, written together)."""
 
+    async def add_feeds(self, states: Sequence[FeedState]) -> int:
+        """Insert the feeds that are not stored yet, in one transaction; a stored feed
+        is left as it is (another instance starting at the same time added it, and may
+        be polling it). Returns how many were inserted."""
+
+    async def reschedule_feeds(
+        self, moves: Sequence[tuple[str, datetime | None, datetime]]
+    ) -> int:
+        """For each (name, expected next_poll, new next_poll): move the feed's next poll,
+        only if its ``next_poll`` is still the expected one and nobody claims it (a
+        compare-and-set: an instance starting while others poll must not move a feed
+        another one has claimed or saved since it looked). Returns how many moved."""
+
     async def delete_feed(self, name: str) -> None:
         """Forget a feed removed from the config (its stories stay until pruned)."""
 
     async def claim_due_feeds(
-        self, now: datetime, *, limit: int, lease_until: datetime
+        self, now: datetime, *, limit: int, lease_until: datetime, by: str | None = None
     ) -> list[FeedState]:
         """Feeds with ``next_poll <= now`` (or never polled), not gone, oldest first.
 
         The claim sets ``next_poll`` to ``lease_until`` so that another worker (or another
         instance sharing a PostgreSQL store) does not poll the same feed concurrently;
-        ``save_poll``/``save_feed`` then sets the real next poll time.
+        ``save_poll``/``save_feed`` then sets the real next poll time. ``by`` (an
+        ``Instance.id``) is recorded as the claimer until the feed is saved: when that
+        instance is declared dead (``heartbeat``), the feed is due again at once.
         """
+
+    async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
+        """Give back feeds that ``by`` claimed and could not save (the store was
+        unreachable then): those still claimed by ``by`` are due at ``now``; a feed
+        saved or claimed since by another is left alone. Returns how many."""
 
     # -- stories ------------------------------------------------------------------------
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
@@ -232,7 +274,7 @@ class Store(Protocol):
     # -- outbox -------------------------------------------------------------------------
     async def claim_deliveries(
         self, now: datetime, *, limit: int, lease_until: datetime,
-        channel: str | None = None, exclude: Sequence[str] = (),
+        channel: str | None = None, exclude: Sequence[str] = (), by: str | None = None,
     ) -> list[Delivery]:
         """Pending deliveries due at ``now`` (``next_attempt <= now``), oldest first;
         only ``channel``'s when it is given, and none of the channels in ``exclude``
@@ -240,7 +282,9 @@ class Store(Protocol):
         channels that are no longer configured).
 
         Claimed rows get ``next_attempt = lease_until`` so a crash mid-send retries them
-        after the lease (at-least-once towards the peer, exactly-once when it answered).
+        after the lease (at-least-once towards the peer, exactly-once when it answered),
+        or sooner when their claimer ``by`` is declared dead (``heartbeat``); marking
+        or releasing a delivery clears its claimer.
         ``Delivery.thread_ref`` is filled from the parent delivery's ``ref`` when sent.
 
         An update is never claimed before its first alert: only when that alert is no
@@ -330,6 +374,26 @@ class Store(Protocol):
         is remembered: ``save_poll`` files stories, clusters and deliveries that another
         instance still gives the absorbed id under the survivor, and ``cluster_alerts``
         of the absorbed id answers the survivor's (until ``prune`` drops the survivor)."""
+
+    # -- instances ----------------------------------------------------------------------
+    async def heartbeat(
+        self, me: Instance, now: datetime, *, dead_after: float | None
+    ) -> list[Instance]:
+        """One transaction: record that ``me`` is alive at ``now`` (its row inserted the
+        first time; revived if another instance had declared it dead), then, unless
+        ``dead_after`` is None, declare dead every other instance whose last heartbeat is
+        more than ``dead_after`` seconds before ``now`` and that is not declared yet: the
+        feeds and pending deliveries it still claims become due at ``now`` (claimer
+        cleared). Returns the instances this call declared dead, with what was retaken.
+        Two instances judging at once declare each dead instance once. Rows of
+        instances dead for a day are deleted."""
+
+    async def instances(self, *, since: datetime) -> list[Instance]:
+        """The instances not declared dead, and those declared dead at or after
+        ``since``; by start time."""
+
+    async def leave(self, instance_id: str) -> None:
+        """A clean stop: forget the instance (its claims were given back or finished)."""
 
     # -- copying a whole store (``monitor store copy``) ---------------------------------
     async def tables(self) -> list[Table]:

@@ -23,14 +23,17 @@ from monitor.store.base import Store
 SUPPORTED = ("sqlite:///", "postgresql://", "postgres://")
 
 
-def open_store(url: str, *, migrate: bool = True) -> Store:
-    """The Store for ``url`` (not yet opened). Raises StoreError for an unsupported URL."""
+def open_store(url: str, *, migrate: bool = True, pool: tuple[int, int] = (1, 5),
+               timeout: float = 60.0) -> Store:
+    """The Store for ``url`` (not yet opened). Raises StoreError for an unsupported URL.
+    ``pool`` (min, max connections) and ``timeout`` (one command's limit, seconds) are
+    PostgreSQL's (``store.pool``, ``store.timeout``); SQLite has one connection."""
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if scheme == "sqlite" and sep:
         return _sqlite(url, migrate)
     if scheme in ("postgresql", "postgres") and sep:
-        return _postgres(url, migrate)
+        return _postgres(url, migrate, pool, timeout)
     raise StoreError(
         f"unsupported store URL {redact_url(url)!r}: use one of {', '.join(s + '…' for s in SUPPORTED)}"
     )
@@ -59,7 +62,7 @@ def _sqlite(url: str, migrate: bool) -> Store:
     return SQLiteStore(path, synchronous=synchronous, busy_timeout=busy, migrate=migrate)
 
 
-def _postgres(url: str, migrate: bool) -> Store:
+def _postgres(url: str, migrate: bool, pool: tuple[int, int], timeout: float) -> Store:
     from monitor.store.postgres import PostgresStore
 
     try:
@@ -70,4 +73,5 @@ def _postgres(url: str, migrate: bool) -> Store:
     schema = next((v for k, v in query if k == "schema"), None)
     rest = [(k, v) for k, v in query if k != "schema"]
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-    return PostgresStore(dsn, schema=schema or None, migrate=migrate)
+    return PostgresStore(dsn, schema=schema or None, migrate=migrate, min_size=pool[0],
+                         max_size=pool[1], command_timeout=timeout)

@@ -32,13 +32,13 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
-from monitor.errors import CodecError, StoreError
+from monitor.errors import CodecError, StoreError, StoreUnavailable
 from monitor.log import get_logger, redact_url
 from monitor.store import migrations
 from monitor.store.base import (
@@ -47,6 +47,7 @@ from monitor.store.base import (
     DedupSnapshot,
     DeliveryRecord,
     DeliveryStatus,
+    Instance,
     Rows,
     StoredStory,
     Table,
@@ -77,11 +78,31 @@ log = get_logger(__name__)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
+RECONNECT_MIN = 0.5  # seconds before the second attempt after losing the server
+RECONNECT_MAX = 10.0  # the backoff between attempts doubles up to this
+CLOSE_TIMEOUT = 10.0
+IDLE_IN_TRANSACTION = 60.0  # seconds (at least the command timeout): see _open_pool  # seconds a pool has to close gracefully before it is terminated
+
+#: The driver's errors that mean the server or the connection to it is gone (restarted,
+#: cut, refusing connections, silent): the store reconnects with backoff
+_LOST = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError,
+)
+
+
+def _lost(e: BaseException) -> bool:
+    return isinstance(e, _LOST) or (
+        isinstance(e, asyncpg.InterfaceError) and "connection" in str(e).lower()
+        and "closed" in str(e).lower())
+
 _FEED_UPSERT = (
     f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(FEED_COLUMNS) + 1))}) "
     "ON CONFLICT (name) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in FEED_COLUMNS if c != "name")
+    # a saved feed is nobody's claim any more
+    + ", claimed_by = NULL"
 )
 _CLUSTER_UPSERT = (
     "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
@@ -202,6 +223,16 @@ def _cluster(r: Any, members: tuple[str, ...]) -> ClusterInfo:
     )
 
 
+def _instance(r: Any, *, feeds: int | None = None, deliveries: int | None = None,
+              dead_since: datetime | None = None) -> Instance:
+    return Instance(
+        id=r["id"], host=r["host"], pid=r["pid"], version=r["version"], started=r["started"],
+        heartbeat=r["heartbeat"], dead_since=dead_since or r["dead_since"],
+        feeds_retaken=r["feeds_retaken"] if feeds is None else feeds,
+        deliveries_retaken=r["deliveries_retaken"] if deliveries is None else deliveries,
+    )
+
+
 def _same(dt: datetime) -> datetime:
     return dt
 
@@ -235,6 +266,12 @@ class PostgresStore:
         self._auto_migrate = migrate
         self._pool: Any = None
         self._opening = asyncio.Lock()
+        # the server lost (``_con``): since when (loop time), the wait before the next
+        # attempt, and the time before which calls fail at once instead of trying
+        self._down_since: float | None = None
+        self._down_error = ""
+        self._backoff = 0.0
+        self._retry_at = 0.0
         # this process's name in the notifications (its own are not handed back to it)
         self._token = uuid.uuid4().hex
         # notifications are per database already; the schema tells tenants apart
@@ -263,6 +300,11 @@ class PostgresStore:
 
     async def _open_pool(self) -> Any:
         settings = {"search_path": self._schema} if self._schema else {}
+        # a transaction left open by a client that died without closing its socket (a
+        # host gone) would hold its rows' locks until TCP gives up (hours): the server
+        # ends it after this (ours never wait between statements that long)
+        settings["idle_in_transaction_session_timeout"] = str(
+            int(max(IDLE_IN_TRANSACTION, self._command_timeout) * 1000))
         where = redact_url(self._dsn)
         try:
             pool = await asyncpg.create_pool(
@@ -349,7 +391,10 @@ class PostgresStore:
         await self.listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:  # a graceful close waits for connections that may be dead
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except (TimeoutError, *_LOST):
+                pool.terminate()
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -360,12 +405,54 @@ class PostgresStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def outage(self) -> dict[str, Any] | None:
+        """While the server is unreachable: for how long, the last error and when the
+        next attempt is (seconds); None when it answers."""
+        if self._down_since is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        return {"down_for": round(now - self._down_since, 1), "error": self._down_error,
+                "retry_in": round(max(0.0, self._retry_at - now), 1)}
+
+    async def _went_down(self, e: BaseException) -> None:
+        """A call lost the server: the next attempt comes at once the first time (a
+        dropped connection is replaced by the pool), then after a backoff doubling from
+        ``RECONNECT_MIN`` to ``RECONNECT_MAX``; calls before it fail at once. The
+        pool's idle connections are expired: after a restart they are all dead."""
+        now = asyncio.get_running_loop().time()
+        self._down_error = str(e) or type(e).__name__
+        if self._down_since is None:
+            self._down_since, self._backoff, self._retry_at = now, 0.0, now
+            log.warning("store.disconnected", store=self._where, error=self._down_error,
+                        note="reconnecting with backoff")
+        elif now >= self._retry_at:  # a new attempt failed (not one of the same moment)
+            self._backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, self._backoff * 2))
+            self._retry_at = now + self._backoff
+        pool = self._pool
+        if pool is not None:
+            await pool.expire_connections()
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            down = asyncio.get_running_loop().time() - self._down_since
+            self._down_since = None
+            log.info("store.reconnected", store=self._where, down_s=round(down, 1))
+
     @contextlib.asynccontextmanager
     async def _con(self, what: str, *, tx: bool = False) -> AsyncIterator[Any]:
-        """A pooled connection (in a transaction when ``tx``), driver errors → StoreError."""
+        """A pooled connection (in a transaction when ``tx``), driver errors → StoreError.
+        While the server is lost, calls before the next attempt's time fail at once
+        (``StoreUnavailable``) rather than each waiting on a dead server."""
         pool = self._pool
         if pool is None:
             raise StoreError(f"{what}: the store is not open")
+        if self._down_since is not None:
+            wait = self._retry_at - asyncio.get_running_loop().time()
+            if wait > 0:
+                detail = (f"unreachable ({self._down_error}); reconnecting, next attempt "
+                          f"in {wait:.1f} s")
+                raise StoreUnavailable(f"{what}: {detail}", where=redact_url(self._dsn),
+                                       detail=detail)
         try:
             async with pool.acquire() as con:
                 if tx:
@@ -376,7 +463,16 @@ class PostgresStore:
         except CodecError as e:
             raise StoreError(f"{what}: {e}") from e
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as e:
+            if _lost(e):
+                await self._went_down(e)
+                error = postgres_error(e, where=redact_url(self._dsn), what=what)
+                if not isinstance(error, StoreUnavailable):
+                    detail = f"connection lost ({error.detail or e})"
+                    error = StoreUnavailable(f"{what}: {detail}", where=error.where,
+                                             detail=detail)
+                raise error from e
             raise postgres_error(e, where=redact_url(self._dsn), what=what) from e
+        self._came_back()
 
     # -- feeds ----------------------------------------------------------------------------
 
@@ -404,12 +500,38 @@ class PostgresStore:
     def _feed_row(state: FeedState) -> tuple[Any, ...]:
         return tuple(_text(v) if isinstance(v, str) else v for v in feed_to_row(state, utc))
 
+    async def add_feeds(self, states: Sequence[FeedState]) -> int:
+        if not states:
+            return 0
+        insert = (f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) VALUES "
+                  f"({', '.join(f'${i}' for i in range(1, len(FEED_COLUMNS) + 1))}) "
+                  "ON CONFLICT (name) DO NOTHING")
+        n = 0
+        async with self._con(f"add_feeds ({len(states)})", tx=True) as con:
+            for st in states:
+                n += _count(await con.execute(insert, *self._feed_row(st)))
+        return n
+
+    async def reschedule_feeds(
+        self, moves: Sequence[tuple[str, datetime | None, datetime]]
+    ) -> int:
+        if not moves:
+            return 0
+        n = 0
+        async with self._con(f"reschedule_feeds ({len(moves)})", tx=True) as con:
+            for name, was, new in moves:
+                n += _count(await con.execute(
+                    "UPDATE feeds SET next_poll = $1 WHERE name = $2 AND claimed_by IS NULL "
+                    "AND next_poll IS NOT DISTINCT FROM $3",
+                    utc(new), name, None if was is None else utc(was)))
+        return n
+
     async def delete_feed(self, name: str) -> None:
         async with self._con(f"delete_feed {name!r}") as con:
             await con.execute("DELETE FROM feeds WHERE name = $1", name)
 
     async def claim_due_feeds(
-        self, now: datetime, *, limit: int, lease_until: datetime
+        self, now: datetime, *, limit: int, lease_until: datetime, by: str | None = None
     ) -> list[FeedState]:
         if limit <= 0:
             return []
@@ -420,17 +542,28 @@ class PostgresStore:
                 " WHERE NOT gone AND (next_poll IS NULL OR next_poll <= $1)"
                 " ORDER BY next_poll NULLS FIRST, name LIMIT $2"
                 " FOR UPDATE SKIP LOCKED) "
-                "UPDATE feeds f SET next_poll = $3 FROM due WHERE f.name = due.name "
+                "UPDATE feeds f SET next_poll = $3, claimed_by = $4 FROM due"
+                " WHERE f.name = due.name "
                 "RETURNING f.*, due.old_next_poll",
                 utc(now),
                 limit,
                 utc(lease_until),
+                by,
             )
         rows = sorted(
             rows,
             key=lambda r: (r["old_next_poll"] is not None, r["old_next_poll"] or now, r["name"]),
         )
         return [feed_from_row(r, _same) for r in rows]
+
+    async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
+        if not names:
+            return 0
+        async with self._con("release_feeds") as con:
+            return _count(await con.execute(
+                "UPDATE feeds SET next_poll = $1, claimed_by = NULL "
+                "WHERE name = ANY($2::text[]) AND claimed_by = $3",
+                utc(now), list(names), by))
 
     # -- stories --------------------------------------------------------------------------
 
@@ -654,7 +787,7 @@ class PostgresStore:
 
     async def claim_deliveries(
         self, now: datetime, *, limit: int, lease_until: datetime,
-        channel: str | None = None, exclude: Sequence[str] = (),
+        channel: str | None = None, exclude: Sequence[str] = (), by: str | None = None,
     ) -> list[Delivery]:
         if limit <= 0:
             return []
@@ -681,7 +814,8 @@ class PostgresStore:
                 " OR parent_key IN (SELECT key FROM due)"
                 " OR NOT EXISTS (SELECT 1 FROM deliveries p"
                 "  WHERE p.key = due.parent_key AND p.state = 'pending')) "
-                "UPDATE deliveries d SET next_attempt = $3 FROM ok WHERE d.id = ok.id "
+                "UPDATE deliveries d SET next_attempt = $3, claimed_by = $6 FROM ok"
+                " WHERE d.id = ok.id "
                 "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
                 "d.requeued, d.grp, "
                 "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
@@ -691,6 +825,7 @@ class PostgresStore:
                 lease,
                 channel,
                 list(exclude),
+                by,
             )
             return parents_first([
                 delivery_from_row(r, created=r["created"], next_attempt=lease,
@@ -739,7 +874,7 @@ class PostgresStore:
             status = await con.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, last_attempt = $2, "
                 "state = CASE WHEN $3::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, "
-                "next_attempt = $3 WHERE id = $4 AND state = 'pending'",
+                "next_attempt = $3, claimed_by = NULL WHERE id = $4 AND state = 'pending'",
                 _text(error),
                 utc(now),
                 None if next_attempt is None else utc(next_attempt),
@@ -758,7 +893,8 @@ class PostgresStore:
     ) -> list[int]:
         async with self._con("requeue_failed", tx=True) as con:
             rows = await con.fetch(
-                "UPDATE deliveries SET state = 'pending', next_attempt = $1, requeued = $1 "
+                "UPDATE deliveries SET state = 'pending', next_attempt = $1, requeued = $1, "
+                "claimed_by = NULL "
                 "WHERE state = 'failed' AND ($2::text IS NULL OR channel = $2) "
                 "AND (cardinality($3::bigint[]) = 0 OR id = ANY($3::bigint[])) "
                 "RETURNING id, created",
@@ -771,7 +907,8 @@ class PostgresStore:
     async def release(self, delivery_id: int, next_attempt: datetime) -> None:
         async with self._con(f"release {delivery_id}", tx=True) as con:
             status = await con.execute(
-                "UPDATE deliveries SET next_attempt = $1 WHERE id = $2 AND state = 'pending'",
+                "UPDATE deliveries SET next_attempt = $1, claimed_by = NULL "
+                "WHERE id = $2 AND state = 'pending'",
                 utc(next_attempt),
                 delivery_id,
             )
@@ -883,6 +1020,65 @@ class PostgresStore:
                 "SELECT channel, count(*) AS n, min(created) AS oldest FROM deliveries "
                 "WHERE state = 'pending' GROUP BY channel")
         return {r["channel"]: Backlog(pending=int(r["n"]), oldest=r["oldest"]) for r in rows}
+
+    # -- instances ------------------------------------------------------------------------
+
+    async def heartbeat(
+        self, me: Instance, now: datetime, *, dead_after: float | None
+    ) -> list[Instance]:
+        t = utc(now)
+        async with self._con("heartbeat", tx=True) as con:
+            was = await con.fetchval("SELECT dead_since FROM instances WHERE id = $1", me.id)
+            if was is not None:
+                log.warning("instance.revived", instance=me.id, declared_dead=was.isoformat(),
+                            note="another instance took this one for dead and retook its "
+                            "claims; polls in flight here may be repeated there")
+            await con.execute(
+                "INSERT INTO instances (id, host, pid, version, started, heartbeat) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
+                "heartbeat = excluded.heartbeat, dead_since = NULL, feeds_retaken = 0, "
+                "deliveries_retaken = 0",
+                me.id, _text(me.host), me.pid, _text(me.version), utc(me.started), t)
+            if dead_after is None:
+                return []
+            cut = t - timedelta(seconds=dead_after)
+            # one judge per dead instance (the first to lock its row), and nobody waits
+            # on a lock: a row held by a transaction of the dead instance that its
+            # server has not ended yet (a host gone without closing its sockets) is
+            # skipped here; its lease, and the server's idle-in-transaction timeout,
+            # bring it back
+            dead = await con.fetch(
+                "SELECT * FROM instances WHERE dead_since IS NULL AND heartbeat < $1 "
+                "AND id <> $2 FOR UPDATE SKIP LOCKED", cut, me.id)
+            out: list[Instance] = []
+            for r in dead:
+                feeds = _count(await con.execute(
+                    "UPDATE feeds SET next_poll = $1, claimed_by = NULL WHERE name IN ("
+                    " SELECT name FROM feeds WHERE claimed_by = $2 FOR UPDATE SKIP LOCKED)",
+                    t, r["id"]))
+                deliveries = _count(await con.execute(
+                    "UPDATE deliveries SET next_attempt = LEAST(next_attempt, $1), "
+                    "claimed_by = NULL WHERE id IN (SELECT id FROM deliveries"
+                    " WHERE claimed_by = $2 AND state = 'pending' FOR UPDATE SKIP LOCKED)",
+                    t, r["id"]))
+                await con.execute(
+                    "UPDATE instances SET dead_since = $1, feeds_retaken = $2, "
+                    "deliveries_retaken = $3 WHERE id = $4", t, feeds, deliveries, r["id"])
+                out.append(_instance(r, feeds=feeds, deliveries=deliveries, dead_since=t))
+            await con.execute("DELETE FROM instances WHERE dead_since < $1",
+                              t - timedelta(days=1))
+            return out
+
+    async def instances(self, *, since: datetime) -> list[Instance]:
+        async with self._con("instances") as con:
+            rows = await con.fetch(
+                "SELECT * FROM instances WHERE dead_since IS NULL OR dead_since >= $1 "
+                "ORDER BY started, id", utc(since))
+        return [_instance(r) for r in rows]
+
+    async def leave(self, instance_id: str) -> None:
+        async with self._con("leave") as con:
+            await con.execute("DELETE FROM instances WHERE id = $1", instance_id)
 
     # -- copy -----------------------------------------------------------------------------
 

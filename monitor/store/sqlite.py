@@ -35,9 +35,9 @@ from collections.abc import (
 )
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
 from monitor.errors import CodecError, StoreError
@@ -49,6 +49,7 @@ from monitor.store.base import (
     DedupSnapshot,
     DeliveryRecord,
     DeliveryStatus,
+    Instance,
     Rows,
     StoredStory,
     Table,
@@ -89,6 +90,8 @@ _FEED_UPSERT = (
     f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) VALUES ({', '.join('?' for _ in FEED_COLUMNS)}) "
     "ON CONFLICT (name) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in FEED_COLUMNS if c != "name")
+    # a saved feed is nobody's claim any more
+    + ", claimed_by = NULL"
 )
 _CLUSTER_UPSERT = (
     "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
@@ -162,6 +165,16 @@ def _read(con: sqlite3.Connection) -> Iterator[None]:
     finally:
         if con.in_transaction:
             con.execute("COMMIT")
+
+
+def _instance(row: sqlite3.Row) -> Instance:
+    dead = row["dead_since"]
+    return Instance(
+        id=row["id"], host=row["host"], pid=row["pid"], version=row["version"],
+        started=dt_from_text(row["started"]), heartbeat=dt_from_text(row["heartbeat"]),
+        dead_since=None if dead is None else dt_from_text(dead),
+        feeds_retaken=row["feeds_retaken"], deliveries_retaken=row["deliveries_retaken"],
+    )
 
 
 def _status(row: sqlite3.Row) -> DeliveryStatus:
@@ -422,6 +435,34 @@ class SQLiteStore:
 
         await self._run(f"save_feeds ({len(states)})", work)
 
+    async def add_feeds(self, states: Sequence[FeedState]) -> int:
+        insert = (f"INSERT INTO feeds ({', '.join(FEED_COLUMNS)}) VALUES "
+                  f"({', '.join('?' for _ in FEED_COLUMNS)}) ON CONFLICT (name) DO NOTHING")
+
+        def work(con: sqlite3.Connection) -> int:
+            n = 0
+            with _write(con):
+                for st in states:
+                    n += con.execute(insert, _feed_row(st)).rowcount
+            return n
+
+        return await self._run(f"add_feeds ({len(states)})", work) if states else 0
+
+    async def reschedule_feeds(
+        self, moves: Sequence[tuple[str, datetime | None, datetime]]
+    ) -> int:
+        def work(con: sqlite3.Connection) -> int:
+            n = 0
+            with _write(con):
+                for name, was, new in moves:
+                    n += con.execute(
+                        "UPDATE feeds SET next_poll = ? WHERE name = ? AND claimed_by IS NULL "
+                        "AND next_poll IS ?", (dt_to_text(new), name, opt_dt_to_text(was)),
+                    ).rowcount
+            return n
+
+        return await self._run(f"reschedule_feeds ({len(moves)})", work) if moves else 0
+
     async def delete_feed(self, name: str) -> None:
         def work(con: sqlite3.Connection) -> None:
             with _write(con):
@@ -430,7 +471,7 @@ class SQLiteStore:
         await self._run(f"delete_feed {name!r}", work)
 
     async def claim_due_feeds(
-        self, now: datetime, *, limit: int, lease_until: datetime
+        self, now: datetime, *, limit: int, lease_until: datetime, by: str | None = None
     ) -> list[FeedState]:
         def work(con: sqlite3.Connection) -> list[FeedState]:
             if limit <= 0:
@@ -448,8 +489,9 @@ class SQLiteStore:
                 if not names:
                     return []
                 con.execute(
-                    f"UPDATE feeds SET next_poll = ? WHERE name IN ({_marks(len(names))})",
-                    (lease_t, *names),
+                    f"UPDATE feeds SET next_poll = ?, claimed_by = ? "
+                    f"WHERE name IN ({_marks(len(names))})",
+                    (lease_t, by, *names),
                 )
                 rows = con.execute(
                     f"SELECT * FROM feeds WHERE name IN ({_marks(len(names))})", names
@@ -458,6 +500,19 @@ class SQLiteStore:
             return [by_name[n] for n in names]
 
         return await self._run("claim_due_feeds", work)
+
+    async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
+        def work(con: sqlite3.Connection) -> int:
+            n = 0
+            with _write(con):
+                for chunk in _chunks(list(names)):
+                    n += con.execute(
+                        "UPDATE feeds SET next_poll = ?, claimed_by = NULL "
+                        f"WHERE name IN ({_marks(len(chunk))}) AND claimed_by = ?",
+                        (dt_to_text(now), *chunk, by)).rowcount
+            return n
+
+        return await self._run("release_feeds", work)
 
     # -- stories --------------------------------------------------------------------------
 
@@ -700,7 +755,7 @@ class SQLiteStore:
 
     async def claim_deliveries(
         self, now: datetime, *, limit: int, lease_until: datetime,
-        channel: str | None = None, exclude: Sequence[str] = (),
+        channel: str | None = None, exclude: Sequence[str] = (), by: str | None = None,
     ) -> list[Delivery]:
         which, args = "", []
         if channel is not None:
@@ -733,8 +788,9 @@ class SQLiteStore:
                 if not rows:
                     return []
                 con.execute(
-                    f"UPDATE deliveries SET next_attempt = ? WHERE id IN ({_marks(len(rows))})",
-                    (dt_to_text(lease_until), *(r["id"] for r in rows)),
+                    f"UPDATE deliveries SET next_attempt = ?, claimed_by = ? "
+                    f"WHERE id IN ({_marks(len(rows))})",
+                    (dt_to_text(lease_until), by, *(r["id"] for r in rows)),
                 )
             return parents_first([
                 delivery_from_row(r, created=dt_from_text(r["created"]), next_attempt=lease_until,
@@ -796,8 +852,8 @@ class SQLiteStore:
             with _write(con):
                 n = con.execute(
                     "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, last_attempt = ?, "
-                    "state = CASE WHEN ? IS NULL THEN 'failed' ELSE 'pending' END, next_attempt = ? "
-                    "WHERE id = ? AND state = 'pending'",
+                    "state = CASE WHEN ? IS NULL THEN 'failed' ELSE 'pending' END, next_attempt = ?, "
+                    "claimed_by = NULL WHERE id = ? AND state = 'pending'",
                     (_k(error), dt_to_text(now), *(2 * (opt_dt_to_text(next_attempt),)), delivery_id),
                 ).rowcount
                 if n == 0:
@@ -821,8 +877,8 @@ class SQLiteStore:
                     f"SELECT id FROM deliveries WHERE {where} ORDER BY created, id", args)]
                 for chunk in _chunks(found):
                     con.execute(
-                        "UPDATE deliveries SET state = 'pending', next_attempt = ?, requeued = ? "
-                        f"WHERE id IN ({_marks(len(chunk))})",
+                        "UPDATE deliveries SET state = 'pending', next_attempt = ?, requeued = ?, "
+                        f"claimed_by = NULL WHERE id IN ({_marks(len(chunk))})",
                         (dt_to_text(now), dt_to_text(now), *chunk),
                     )
             return found
@@ -833,7 +889,8 @@ class SQLiteStore:
         def work(con: sqlite3.Connection) -> None:
             with _write(con):
                 n = con.execute(
-                    "UPDATE deliveries SET next_attempt = ? WHERE id = ? AND state = 'pending'",
+                    "UPDATE deliveries SET next_attempt = ?, claimed_by = NULL "
+                    "WHERE id = ? AND state = 'pending'",
                     (dt_to_text(next_attempt), delivery_id),
                 ).rowcount
                 if n == 0:
@@ -981,6 +1038,71 @@ class SQLiteStore:
 
         return await self._run("backlog", work)
 
+
+    # -- instances ------------------------------------------------------------------------
+
+    def outage(self) -> dict[str, Any] | None:
+        return None  # a file: there is no server to lose
+
+    async def heartbeat(
+        self, me: Instance, now: datetime, *, dead_after: float | None
+    ) -> list[Instance]:
+        def work(con: sqlite3.Connection) -> list[Instance]:
+            t = dt_to_text(now)
+            with _write(con):
+                was = con.execute("SELECT dead_since FROM instances WHERE id = ?",
+                                  (me.id,)).fetchone()
+                if was is not None and was[0] is not None:
+                    log.warning("instance.revived", instance=me.id, declared_dead=was[0],
+                                note="another instance took this one for dead and retook "
+                                "its claims; polls in flight here may be repeated there")
+                con.execute(
+                    "INSERT INTO instances (id, host, pid, version, started, heartbeat) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "heartbeat = excluded.heartbeat, dead_since = NULL, feeds_retaken = 0, "
+                    "deliveries_retaken = 0",
+                    (me.id, _k(me.host), me.pid, _k(me.version), dt_to_text(me.started), t))
+                if dead_after is None:
+                    return []
+                cut = dt_to_text(now - timedelta(seconds=dead_after))
+                dead = con.execute(
+                    "SELECT * FROM instances WHERE dead_since IS NULL AND heartbeat < ? "
+                    "AND id <> ?", (cut, me.id)).fetchall()
+                out: list[Instance] = []
+                for r in dead:
+                    feeds = con.execute(
+                        "UPDATE feeds SET next_poll = ?, claimed_by = NULL WHERE claimed_by = ?",
+                        (t, r["id"])).rowcount
+                    deliveries = con.execute(
+                        "UPDATE deliveries SET next_attempt = MIN(next_attempt, ?), "
+                        "claimed_by = NULL WHERE claimed_by = ? AND state = 'pending'",
+                        (t, r["id"])).rowcount
+                    con.execute(
+                        "UPDATE instances SET dead_since = ?, feeds_retaken = ?, "
+                        "deliveries_retaken = ? WHERE id = ?", (t, feeds, deliveries, r["id"]))
+                    out.append(replace(_instance(r), dead_since=now, feeds_retaken=feeds,
+                                       deliveries_retaken=deliveries))
+                con.execute("DELETE FROM instances WHERE dead_since < ?",
+                            (dt_to_text(now - timedelta(days=1)),))
+            return out
+
+        return await self._run("heartbeat", work)
+
+    async def instances(self, *, since: datetime) -> list[Instance]:
+        def work(con: sqlite3.Connection) -> list[Instance]:
+            rows = con.execute(
+                "SELECT * FROM instances WHERE dead_since IS NULL OR dead_since >= ? "
+                "ORDER BY started, id", (dt_to_text(since),)).fetchall()
+            return [_instance(r) for r in rows]
+
+        return await self._run("instances", work)
+
+    async def leave(self, instance_id: str) -> None:
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                con.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+        await self._run("leave", work)
 
     # -- copy -----------------------------------------------------------------------------
 

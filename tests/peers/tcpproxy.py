@@ -3,9 +3,12 @@
     proxy = TCPProxy("127.0.0.1", 5432)
     port = await proxy.start()      # connect to 127.0.0.1:port instead
     proxy.freeze()                  # bytes stop flowing both ways; sockets stay open
+    proxy.cut(refuse=True)          # every connection closed, new ones closed at once
+    proxy.allow()                   # new connections go through again
     await proxy.stop()
 
-Used to show that a client notices a half-open connection by itself.
+Used to show that a client notices a half-open connection by itself, and to play a
+database restart (cut, refuse for a while, allow) without touching the server.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ class TCPProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
+        self._refusing = False
+        self.accepted = 0  # connections passed through
+        self.refused = 0  # connections closed at once while refusing
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -29,6 +35,19 @@ class TCPProxy:
 
     def freeze(self) -> None:
         self._frozen.set()
+
+    def cut(self, *, refuse: bool = False) -> int:
+        """Close every connection now (both ends see the socket close, as when the
+        server restarts); with ``refuse``, close new ones at once until ``allow``.
+        Returns how many connections were cut."""
+        self._refusing = refuse
+        writers, self._writers = self._writers, []
+        for w in writers:
+            w.transport.abort()
+        return len(writers) // 2
+
+    def allow(self) -> None:
+        self._refusing = False
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -42,7 +61,12 @@ class TCPProxy:
             await self._server.wait_closed()
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            self.refused += 1
+            client_w.transport.abort()
+            return
         server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self.accepted += 1
         self._writers += [client_w, server_w]
         for r, w in ((client_r, server_w), (server_r, client_w)):
             task = asyncio.ensure_future(self._pipe(r, w))
@@ -56,3 +80,6 @@ class TCPProxy:
                     await asyncio.Event().wait()  # swallow everything from now on
                 w.write(data)
                 await w.drain()
+        # one end closed (or died: a killed process's sockets are closed by its kernel):
+        # the other end is told, as it would be without a proxy in between
+        w.close()
