@@ -708,6 +708,28 @@ async def test_mark_sent_many_marks_a_batch_in_one_go(store: Store) -> None:
     assert await store.count_pending() == 1
 
 
+async def test_mark_sent_each_keeps_each_delivery_s_time_and_ref(store: Store) -> None:
+    ds = await queue(store, delivery("a"), delivery("b"), delivery("c"), delivery("d"))
+    a, b, c, d = (x.id for x in ds)
+    assert a is not None and b is not None and c is not None and d is not None
+    await store.claim_deliveries(t(0), limit=5, lease_until=t(1))
+    await store.mark_sent(a, t(1), "first")  # already sent: left as it is
+    await store.mark_sent_each([(a, t(2), "again"), (b, t(2), "ts-b"), (c, t(3), None),
+                                (b, t(4), "late")])  # b twice: its first mark wins
+    rows = {st.key: st for st in await store.deliveries()}
+    assert {k: (st.state, st.attempts, st.sent_at, st.ref) for k, st in rows.items()} == {
+        "a": ("sent", 1, t(1), "first"),
+        "b": ("sent", 1, t(2), "ts-b"),
+        "c": ("sent", 1, t(3), None),
+        "d": ("pending", 0, None, None),
+    }
+    await store.mark_sent_each([])  # nothing to do
+    # an unknown id marks none of the batch
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.mark_sent_each([(d, t(5), "ts-d"), (999999, t(5), None)])
+    assert [st.key for st in await store.deliveries(state="pending")] == ["d"]
+
+
 async def test_mark_failed_without_retry_gives_up(store: Store) -> None:
     [d] = await queue(store, delivery("k"))
     assert d.id is not None

@@ -60,6 +60,12 @@ STRAYS_EVERY = 60.0
 QUIET_CLAIM_MAX = 10 * ROLLUP_CLAIM_MAX
 #: A 429 without a usable Retry-After pauses its channel this long.
 DEFAULT_PAUSE = 1.0
+#: At most this many deliveries that the peer accepted wait for their mark to be stored
+#: at any moment (one message that carries more, a summary, waits for its own): the
+#: marks are written in the background, together, while the next sends go on. So a
+#: crash (kill -9, power loss) sends again at most this many deliveries, plus the one
+#: being sent, once their lease runs out or their instance is declared dead.
+MARKS_AHEAD = 8
 
 
 def _timeout_of(notifier: Notifier | None) -> float:
@@ -171,9 +177,16 @@ class Dispatcher:
         # the instance whose claims these are (``shell.liveness``): its deliveries are
         # retaken when it is declared dead; None: nobody's (``monitor once``)
         self.claimer: str | None = None
-        # deliveries the peer accepted whose mark the store did not take (it was
-        # unreachable): id -> (sent at, ref); marked before the next claim, never re-sent
+        # deliveries the peer accepted whose mark is not stored yet: id -> (sent at, ref).
+        # Written in the background (``_write_marks``), at most ``MARKS_AHEAD`` of them
+        # waiting; when the store cannot take them (it is unreachable) they stay here and
+        # are written before the next claim: never sent again by this instance
         self._unmarked: dict[int, tuple[datetime, str | None]] = {}
+        self._writing: asyncio.Task[None] | None = None  # the marks' write in hand
+        self._late: set[int] = set()  # of ``_unmarked``: a write of theirs failed
+        # why the last write failed (the store is unreachable): raised to every sender
+        # until a flush gets the marks through
+        self._mark_error: Exception | None = None
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
         self._failing: dict[str, int] = {}  # channel → transient failures in a row
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -218,36 +231,92 @@ class Dispatcher:
         return max(self.settings.batch, threshold + 1)
 
     async def _mark_sent(self, ids: Sequence[int], now: datetime, ref: str | None) -> None:
-        """Mark deliveries the peer accepted as sent. When the store cannot take it (a
-        database restart), the mark is kept here and retried before the next claim
-        (``_flush_unmarked``), and the store's error ends the round: what was sent is
-        not sent again by this instance, and by no other while the lease holds."""
+        """Note that the peer accepted these deliveries. Their marks are stored in the
+        background, many in one transaction (``_write_marks``), while the next sends go
+        on; before each claim, at the end of a round and at ``close`` every mark noted
+        is stored first (``_flush_marks``). At most ``MARKS_AHEAD`` wait at any moment:
+        past that, this waits for them to be stored.
+
+        When the store cannot take them (a database restart) they are kept here and
+        retried before the next claim, and the store's error ends the round: what was
+        sent is not sent again by this instance, and by no other while the lease holds."""
+        for i in ids:
+            self._unmarked.setdefault(i, (now, ref))
+        if self._mark_error is not None:
+            raise self._mark_error
+        self._start_marks()
+        while len(self._unmarked) > MARKS_AHEAD:
+            self._start_marks()
+            if self._writing is None:
+                break
+            await asyncio.shield(self._writing)
+            if self._mark_error is not None:
+                raise self._mark_error
+
+    def _start_marks(self) -> None:
+        """Start storing the marks noted, unless a write is in hand (when it ends, it
+        starts the next one for what was noted meanwhile) or the last one failed (the
+        next ``_flush_marks`` tries again)."""
+        if not self._unmarked or self._mark_error is not None:
+            return
+        if self._writing is not None and not self._writing.done():
+            return
+        self._writing = asyncio.create_task(self._write_marks(), name="dispatch-marks")
+        self._writing.add_done_callback(lambda _: self._start_marks())
+
+    async def _write_marks(self) -> None:
+        """Store every mark noted so far in one transaction. A batch the store refuses
+        for one of its rows (a delivery deleted meanwhile) is stored one by one, and
+        the marks it refuses are dropped, said; when the store is unreachable, the marks
+        stay and ``_mark_error`` says why."""
+        batch = [(i, at, ref) for i, (at, ref) in self._unmarked.items()]
+        late = any(i in self._late for i, _, _ in batch)
         try:
-            if len(ids) == 1:
-                await self.store.mark_sent(ids[0], now, ref)
-            else:
-                await self.store.mark_sent_many(ids, now, ref)
+            await self.store.mark_sent_each(batch)
         except StoreError as e:
             if e.kind in ("unavailable", "busy"):
-                for i in ids:
-                    self._unmarked[i] = (now, ref)
-                log.warning("delivery.unmarked", deliveries=len(ids), error=scrub(str(e)),
-                            note="sent, but not marked yet: the mark is retried, the "
-                            "delivery is not sent again")
-            raise
+                self._marks_refused(e, len(batch))
+                return
+            for i, at, ref in batch:
+                try:
+                    await self.store.mark_sent(i, at, ref)
+                except StoreError as e1:
+                    if e1.kind in ("unavailable", "busy"):
+                        self._marks_refused(e1, len(self._unmarked))
+                        return
+                    log.warning("delivery.unmarked_dropped", id=i, error=scrub(str(e1)))
+                self._unmarked.pop(i, None)
+                self._late.discard(i)
+            return
+        except Exception as e:  # not the store's answer (a bug): kept, retried, said
+            self._marks_refused(e, len(batch))
+            return
+        for i, _, _ in batch:
+            self._unmarked.pop(i, None)
+        if late:
+            self._late.difference_update(i for i, _, _ in batch)
+            log.info("delivery.marked_late", deliveries=len(batch),
+                     sent_at=min(at for _, at, _ in batch).isoformat())
 
-    async def _flush_unmarked(self) -> None:
-        """Store the marks the store could not take when they were made."""
-        for did, (at, ref) in list(self._unmarked.items()):
-            try:
-                await self.store.mark_sent(did, at, ref)
-            except StoreError as e:
-                if e.kind in ("unavailable", "busy"):
-                    raise
-                log.warning("delivery.unmarked_dropped", id=did, error=scrub(str(e)))
-            else:
-                log.info("delivery.marked_late", id=did, sent_at=at.isoformat())
-            self._unmarked.pop(did, None)
+    def _marks_refused(self, e: Exception, n: int) -> None:
+        self._mark_error = e
+        self._late.update(self._unmarked)
+        log.warning("delivery.unmarked", deliveries=n, error=scrub(str(e)),
+                    note="sent, but not marked yet: the mark is retried, the "
+                    "delivery is not sent again")
+
+    async def _flush_marks(self) -> None:
+        """Store every mark noted so far (before a claim, at the end of a round, at
+        ``close``); raises the store's error when it cannot take them."""
+        self._mark_error = None  # try again
+        wanted = set(self._unmarked)
+        while wanted & self._unmarked.keys():
+            self._start_marks()
+            if self._writing is None:
+                break
+            await asyncio.shield(self._writing)
+            if self._mark_error is not None:
+                raise self._mark_error
 
     def _lease(self, channel: str, n: int) -> timedelta:
         """How long a claim of ``n`` deliveries is held: longer than the worst case of
@@ -459,8 +528,10 @@ class Dispatcher:
         total = DispatchResult()
         seen: set[int] = set()
         async with self._locks[channel]:
-            await self._flush_unmarked()
             while not self.stopping:
+                # what was sent is marked before the claim: an update finds its alert sent
+                # (and its ref to thread under), a group its last message
+                await self._flush_marks()
                 now = self.clock()
                 if self.paused_until(channel) is not None:
                     break
@@ -496,6 +567,7 @@ class Dispatcher:
                     await self._channel_notices(channel)
                 if again or len(batch) < limit:
                     break
+            await self._flush_marks()
         return total
 
     async def _channel_notices(self, channel: str) -> None:
@@ -1036,6 +1108,15 @@ class Dispatcher:
         return DispatchResult(retrying=len(ids)), False
 
     async def close(self) -> None:
+        """Store the marks still waiting (a stop: every delivery the peer accepted is
+        marked sent before the store closes), then close the notifiers."""
+        if self._unmarked:
+            try:
+                await self._flush_marks()
+            except Exception as e:  # the store is gone: these are sent again after the lease
+                log.error("delivery.unmarked_at_stop", deliveries=len(self._unmarked),
+                          error=scrub(repr(e)),
+                          note="sent, but not marked: sent again after their lease")
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for n in self.notifiers.values():

@@ -302,6 +302,12 @@ class Store(Protocol):
         """``mark_sent`` for several deliveries in one transaction (a batch written in
         one go, a digest); an unknown id raises ``StoreError`` and marks none."""
 
+    async def mark_sent_each(self, marks: Sequence[tuple[int, datetime, str | None]]) -> None:
+        """``mark_sent`` for several deliveries, each (id, sent at, ref) with its own time
+        and ref, in ONE transaction (the dispatcher's marks of one-by-one sends, written
+        together: ``shell.dispatch``). A delivery already sent is left as it is; an
+        unknown id raises ``StoreError`` and marks none."""
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:

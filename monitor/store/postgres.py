@@ -867,6 +867,29 @@ class PostgresStore:
             if missing:
                 raise StoreError(f"no delivery with id {missing[0]}")
 
+    async def mark_sent_each(self, marks: Sequence[tuple[int, datetime, str | None]]) -> None:
+        if not marks:
+            return
+        first: dict[int, tuple[datetime, str | None]] = {}
+        for i, at, ref in marks:  # an id given twice: its first mark wins, as one by one
+            first.setdefault(i, (at, ref))
+        ids = list(first)
+        async with self._con(f"mark_sent {len(ids)} deliveries", tx=True) as con:
+            # one statement for the batch: the marks as three arrays, unnested together
+            await con.execute(
+                "UPDATE deliveries d SET state = 'sent', sent_at = m.at, last_attempt = m.at, "
+                "ref = m.ref, attempts = d.attempts + 1, next_attempt = NULL "
+                "FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS m(id, at, ref) "
+                "WHERE d.id = m.id AND d.state <> 'sent'",
+                ids, [utc(at) for at, _ in first.values()],
+                [_opt_text(ref) for _, ref in first.values()],
+            )
+            found = {r[0] for r in await con.fetch(
+                "SELECT id FROM deliveries WHERE id = ANY($1::bigint[])", ids)}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise StoreError(f"no delivery with id {missing[0]}")
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:

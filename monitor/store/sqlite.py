@@ -845,6 +845,28 @@ class SQLiteStore:
 
         await self._run(f"mark_sent {len(ids)} deliveries", work)
 
+    async def mark_sent_each(self, marks: Sequence[tuple[int, datetime, str | None]]) -> None:
+        if not marks:
+            return
+        rows = [(dt_to_text(at), dt_to_text(at), None if ref is None else _k(ref), i)
+                for i, at, ref in marks]
+        ids = list(dict.fromkeys(i for i, _, _ in marks))
+
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                con.executemany(
+                    "UPDATE deliveries SET state = 'sent', sent_at = ?, last_attempt = ?, "
+                    "ref = ?, attempts = attempts + 1, next_attempt = NULL "
+                    "WHERE id = ? AND state <> 'sent'", rows)
+                for chunk in _chunks(ids):
+                    found = {row[0] for row in con.execute(
+                        f"SELECT id FROM deliveries WHERE id IN ({_marks(len(chunk))})", chunk)}
+                    missing = [i for i in chunk if i not in found]
+                    if missing:
+                        raise StoreError(f"no delivery with id {missing[0]}")
+
+        await self._run(f"mark_sent {len(ids)} deliveries", work)
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:
