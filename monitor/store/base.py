@@ -276,10 +276,15 @@ class Store(Protocol):
         self, now: datetime, *, limit: int, lease_until: datetime,
         channel: str | None = None, exclude: Sequence[str] = (), by: str | None = None,
     ) -> list[Delivery]:
-        """Pending deliveries due at ``now`` (``next_attempt <= now``), oldest first;
-        only ``channel``'s when it is given, and none of the channels in ``exclude``
-        (each channel is dispatched on its own; ``exclude`` finds the deliveries of
-        channels that are no longer configured).
+        """Pending deliveries due at ``now`` (``next_attempt <= now``), at most ``limit``,
+        in the order they came due (``next_attempt``, then id: a fresh alert is due when
+        it is queued, so oldest first; a retry takes its place when its time comes), and
+        returned in sending order (``parents_first``); only ``channel``'s when it is
+        given, and none of the channels in ``exclude`` (each channel is dispatched on
+        its own; ``exclude`` finds the deliveries of channels that are no longer
+        configured). One channel's claim reads the partial index ``deliveries_claim``
+        (channel, next_attempt, id WHERE pending) in order and stops at the limit: its
+        cost follows the limit, not the number of due deliveries.
 
         Claimed rows get ``next_attempt = lease_until`` so a crash mid-send retries them
         after the lease (at-least-once towards the peer, exactly-once when it answered),
@@ -289,8 +294,10 @@ class Store(Protocol):
 
         An update is never claimed before its first alert: only when that alert is no
         longer pending (sent, failed, or never stored), or in the same claim, and then
-        after it (``parents_first``). Across instances too: an alert claimed by another
-        instance keeps its updates back until it is sent.
+        after it (``parents_first``). An alert that came due after its update (a retry)
+        is claimed with it, or, when the claim cannot hold both, instead of it. Across
+        instances too: an alert claimed by another instance keeps its updates back until
+        it is sent.
         """
 
     async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:

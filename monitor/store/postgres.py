@@ -180,6 +180,55 @@ async def _merged_ids(con: Any, ids: list[str]) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
+def claim_sql(*, by_channel: bool) -> str:
+    """``claim_deliveries``' statement. $1 now, $2 limit, $3 lease, $4 claimer, $5 the
+    channels left out, $6 (``by_channel``) the one channel.
+
+    One channel's due deliveries are read from the index ``deliveries_claim`` in the
+    order they came due (``next_attempt``, id), locked as they are read and no further
+    than the limit: nothing sorts every due delivery. An update's pending alert that
+    came due after it and past the limit (a retry) is locked too; then the claim's rows
+    are put in order with each update right behind its alert, a few rows sorted, and cut
+    to the limit again: a claim that holds an update holds its alert, and one too small
+    for both takes the alert."""
+    which = " AND NOT (channel = ANY($5::text[]))" + (" AND channel = $6" if by_channel else "")
+    return (
+        "WITH due AS ("
+        " SELECT id, key, parent_key, next_attempt FROM deliveries c"
+        " WHERE state = 'pending' AND next_attempt <= $1" + which +
+        # an update waits for an alert that is waiting to be retried, so that it can be
+        # threaded under it (a due alert comes first in the same batch); looked up for
+        # each update read (a scalar subquery: never a join, or a hash, of every pending
+        # row, which would end the reading in order)
+        " AND (c.parent_key IS NULL OR (SELECT p.state = 'pending' AND p.next_attempt > $1"
+        "  FROM deliveries p WHERE p.key = c.parent_key) IS NOT TRUE)"
+        " ORDER BY next_attempt, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED), "
+        "parents AS ("
+        " SELECT id, key, parent_key, next_attempt FROM deliveries c"
+        " WHERE key IN (SELECT parent_key FROM due) AND id NOT IN (SELECT id FROM due)"
+        " AND state = 'pending' AND next_attempt <= $1" + which +
+        " FOR UPDATE OF c SKIP LOCKED), "
+        "pool AS (SELECT * FROM due UNION ALL SELECT * FROM parents), "
+        "pick AS (SELECT u.id, u.key, u.parent_key FROM pool u"
+        " LEFT JOIN pool a ON a.key = u.parent_key"
+        " ORDER BY COALESCE(a.next_attempt, u.next_attempt), COALESCE(a.id, u.id),"
+        " a.id IS NOT NULL, u.id LIMIT $2), "
+        # an update goes only with its alert, or once the alert is no longer pending: an
+        # alert that another instance has locked (and is about to send) keeps its updates
+        # back, whatever this snapshot says of its lease
+        "ok AS (SELECT id FROM pick WHERE parent_key IS NULL"
+        " OR parent_key IN (SELECT key FROM pick)"
+        " OR (SELECT p.state FROM deliveries p WHERE p.key = pick.parent_key)"
+        "  IS DISTINCT FROM 'pending') "
+        "UPDATE deliveries d SET next_attempt = $3, claimed_by = $4 FROM ok"
+        " WHERE d.id = ok.id "
+        "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
+        "d.requeued, d.grp, "
+        "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
+        "AS parent_ref"
+    )
+
+
 def _opt_text(s: str | None) -> str | None:
     return None if s is None else column_text(s, nul=True)
 
@@ -792,41 +841,11 @@ class PostgresStore:
         if limit <= 0:
             return []
         lease = utc(lease_until)
-        # $4: one channel or NULL for any; $5: channels left out
-        which = " AND ($4::text IS NULL OR channel = $4) AND NOT (channel = ANY($5::text[]))"
+        args: list[object] = [utc(now), limit, lease, by, list(exclude)]
+        if channel is not None:
+            args.append(channel)
         async with self._con("claim_deliveries") as con:
-            rows = await con.fetch(
-                "WITH due AS ("
-                " SELECT id, key, parent_key FROM deliveries c"
-                " WHERE state = 'pending' AND next_attempt <= $1" + which +
-                # an update waits for an alert that is waiting to be retried, so that it
-                # can be threaded under it (a due alert comes first in the same batch)
-                " AND NOT EXISTS (SELECT 1 FROM deliveries p"
-                "  WHERE p.key = c.parent_key AND p.state = 'pending' AND p.next_attempt > $1)"
-                # an update sorts right behind its pending alert
-                " ORDER BY COALESCE((SELECT p.created FROM deliveries p"
-                "  WHERE p.key = c.parent_key AND p.state = 'pending'), created),"
-                " parent_key IS NOT NULL, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED), "
-                # an update goes only with its alert, or once the alert is no longer pending:
-                # an alert that another instance has locked (and is about to send) keeps its
-                # updates back, whatever this snapshot says of its lease
-                "ok AS (SELECT id FROM due WHERE parent_key IS NULL"
-                " OR parent_key IN (SELECT key FROM due)"
-                " OR NOT EXISTS (SELECT 1 FROM deliveries p"
-                "  WHERE p.key = due.parent_key AND p.state = 'pending')) "
-                "UPDATE deliveries d SET next_attempt = $3, claimed_by = $6 FROM ok"
-                " WHERE d.id = ok.id "
-                "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                "d.requeued, d.grp, "
-                "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
-                "AS parent_ref",
-                utc(now),
-                limit,
-                lease,
-                channel,
-                list(exclude),
-                by,
-            )
+            rows = await con.fetch(claim_sql(by_channel=channel is not None), *args)
             return parents_first([
                 delivery_from_row(r, created=r["created"], next_attempt=lease,
                                   thread_ref=r["parent_ref"], requeued=r["requeued"],

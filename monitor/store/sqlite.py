@@ -767,22 +767,33 @@ class SQLiteStore:
         def work(con: sqlite3.Connection) -> list[Delivery]:
             if limit <= 0:
                 return []
+            select = (
+                "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
+                "d.requeued, d.grp, d.next_attempt, "
+                "CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
+                "p.state = 'pending' AS parent_pending "
+                "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
+                "WHERE d.state = 'pending' AND d.next_attempt <= ? " + which)
             with _write(con):
                 rows = con.execute(
-                    "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                    "d.requeued, d.grp, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
-                    "p.state = 'pending' AS parent_pending "
-                    "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
-                    "WHERE d.state = 'pending' AND d.next_attempt <= ? " + which +
+                    select +
                     # an update waits for an alert that is waiting to be retried, so that it
                     # can be threaded under it (a due alert comes first in the same batch)
                     "AND (p.state IS NULL OR p.state <> 'pending' OR p.next_attempt <= ?) "
-                    # an update sorts right behind its pending alert, so that a batch that
-                    # holds the update holds the alert too
-                    "ORDER BY COALESCE(CASE WHEN p.state = 'pending' THEN p.created END, "
-                    "d.created), p.state = 'pending', d.id LIMIT ?",
+                    # in the order they came due: one channel's read from the index
+                    # deliveries_claim in order (no sort), stopping at the limit
+                    "ORDER BY d.next_attempt, d.id LIMIT ?",
                     (dt_to_text(now), *args, dt_to_text(now), limit),
                 ).fetchall()
+                keys = {r["key"] for r in rows}
+                parents = {r["parent_key"] for r in rows
+                           if r["parent_pending"] and r["parent_key"] not in keys}
+                if parents:  # due, but after the limit (a retry that came due later)
+                    rows += con.execute(
+                        select + f"AND d.key IN ({_marks(len(parents))})",
+                        (dt_to_text(now), *args, *parents),
+                    ).fetchall()
+                    rows = behind_parents(rows, limit)
                 keys = {r["key"] for r in rows}
                 rows = [r for r in rows if not r["parent_pending"] or r["parent_key"] in keys]
                 if not rows:
@@ -1224,6 +1235,20 @@ def _merged_ids(con: sqlite3.Connection, ids: set[str]) -> dict[str, str]:
             f"SELECT gone, into_id FROM cluster_merges WHERE gone IN ({_marks(len(chunk))})",
             tuple(chunk)).fetchall())
     return out
+
+
+def behind_parents(rows: list[sqlite3.Row], limit: int) -> list[sqlite3.Row]:
+    """The first ``limit`` of a claim's candidates (in the order they came due, and the
+    pending alerts of their updates) once each update is moved right behind its alert:
+    a claim that holds an update holds its alert too, and one too small for both takes
+    the alert (the update waits until the alert is sent)."""
+    place = {r["key"]: (r["next_attempt"], r["id"]) for r in rows}
+
+    def key(r: sqlite3.Row) -> tuple[tuple[str, int], bool, int]:
+        parent = place.get(r["parent_key"]) if r["parent_pending"] else None
+        return (parent or place[r["key"]], parent is not None, r["id"])
+
+    return sorted(rows, key=key)[:limit]
 
 
 def _exists(con: sqlite3.Connection, delivery_id: int) -> None:
