@@ -57,6 +57,7 @@ from monitor.store.base import (
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
+    SourcesJson,
     alert_title,
     alert_to_json,
     column_text,
@@ -64,6 +65,7 @@ from monitor.store.codec import (
     dt_from_text,
     feed_from_row,
     feed_to_row,
+    one_source_json,
     readable_alert,
     story_from_json,
     story_to_json,
@@ -315,6 +317,7 @@ class PostgresStore:
         self._auto_migrate = migrate
         self._pool: Any = None
         self._opening = asyncio.Lock()
+        self._sources_json = SourcesJson()  # clusters' sources, encoded incrementally
         # the server lost (``_con``): since when (loop time), the wait before the next
         # attempt, and the time before which calls fail at once instead of trying
         self._down_since: float | None = None
@@ -656,7 +659,7 @@ class PostgresStore:
                     _CLUSTER_UPSERT,
                     [
                         (_text(c.id), _text(c.first_story), _text(c.title), utc(c.first_seen), utc(c.last_seen),
-                         strs_to_json(c.sources))
+                         self._sources_json(c.id, c.sources))
                         for c in clusters
                     ],
                 )
@@ -671,7 +674,7 @@ class PostgresStore:
                         (sid, _text(s.feed), _text(s.link), title, cluster, seen,
                          utc(s.published), story_to_json(s))
                     )
-                    auto.append((cluster, sid, title, seen, strs_to_json((s.feed,))))
+                    auto.append((cluster, sid, title, seen, one_source_json(s.feed)))
                 await con.executemany(_CLUSTER_FOR_STORY, auto)
                 await con.executemany(_STORY_INSERT, rows)
                 # the other instances hear of them when (if) this transaction commits

@@ -59,6 +59,7 @@ from monitor.store.base import (
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
+    SourcesJson,
     alert_title,
     alert_to_json,
     column_text,
@@ -67,6 +68,7 @@ from monitor.store.codec import (
     dt_to_text,
     feed_from_row,
     feed_to_row,
+    one_source_json,
     opt_dt_from_text,
     opt_dt_to_text,
     readable_alert,
@@ -238,6 +240,7 @@ class SQLiteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._sources_json = SourcesJson()  # clusters' sources, encoded incrementally
 
     @property
     def path(self) -> str:
@@ -575,7 +578,7 @@ class SQLiteStore:
                                 _k(c.title),
                                 dt_to_text(c.first_seen),
                                 dt_to_text(c.last_seen),
-                                strs_to_json(c.sources),
+                                self._sources_json(c.id, c.sources),
                             )
                             for c in clusters_
                         ],
@@ -591,7 +594,7 @@ class SQLiteStore:
                             (sid, _k(s.feed), _k(s.link), title, cluster, seen,
                              dt_to_text(s.published), story_to_json(s))
                         )
-                        auto.append((cluster, sid, title, seen, seen, strs_to_json((s.feed,)), sid))
+                        auto.append((cluster, sid, title, seen, seen, one_source_json(s.feed), sid))
                     con.executemany(_CLUSTER_FOR_STORY, auto)
                     con.executemany(_STORY_INSERT, rows)
                 for d in deliveries:
