@@ -157,6 +157,9 @@ async def test_a_crash_sends_again_at_most_marks_ahead_plus_the_one_in_hand(
     assert writing is not None
     writing.cancel()
     await asyncio.gather(rnd, writing, return_exceptions=True)
+    assert dsp._writing is writing  # (a cancelled write starts no other)
+    for n in dsp.notifiers.values():
+        await n.close()
     assert await _sent_in_store(store) == set()
 
     # restarted after the lease: what was accepted and not marked is sent again, no more

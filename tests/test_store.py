@@ -731,6 +731,37 @@ async def test_mark_sent_each_keeps_each_delivery_s_time_and_ref(store: Store) -
     assert [st.key for st in await store.deliveries(state="pending")] == ["d"]
 
 
+async def test_release_and_mark_failed_many_change_a_batch_in_one_go(store: Store) -> None:
+    ds = await queue(store, delivery("a"), delivery("b"), delivery("c"), delivery("d"))
+    a, b, c, d = (x.id for x in ds)
+    assert a is not None and b is not None and c is not None and d is not None
+    await store.claim_deliveries(t(0), limit=5, lease_until=t(50), by="me")
+    await store.mark_sent(a, t(1), "ts")  # no longer pending: left as it is
+    await store.release_many([a, b, b], t(2))
+    await store.mark_failed_many([a, c], t(3), "HTTP 503", t(9))
+    await store.mark_failed_many([d], t(3), "invalid_auth", None)
+    rows = {st.key: st for st in await store.deliveries()}
+    assert {k: (st.state, st.attempts, st.next_attempt, st.last_error)
+            for k, st in rows.items()} == {
+        "a": ("sent", 1, None, None),
+        "b": ("pending", 0, t(2), None),
+        "c": ("pending", 1, t(9), "HTTP 503"),
+        "d": ("failed", 1, None, "invalid_auth"),
+    }
+    # released and retried rows are nobody's claim any more: due again when their time comes
+    assert [x.key for x in await store.claim_deliveries(t(9), limit=5, lease_until=t(10))] == [
+        "b", "c"]
+    await store.release_many([], t(0))
+    await store.mark_failed_many([], t(0), "x", None)
+    # an unknown id changes none of the batch
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.release_many([b, 999999], t(20))
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.mark_failed_many([c, 999999], t(20), "x", None)
+    rows = {st.key: st for st in await store.deliveries()}
+    assert (rows["b"].next_attempt, rows["c"].state, rows["c"].attempts) == (t(10), "pending", 1)
+
+
 async def test_mark_failed_without_retry_gives_up(store: Store) -> None:
     [d] = await queue(store, delivery("k"))
     assert d.id is not None

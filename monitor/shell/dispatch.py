@@ -262,7 +262,13 @@ class Dispatcher:
         if self._writing is not None and not self._writing.done():
             return
         self._writing = asyncio.create_task(self._write_marks(), name="dispatch-marks")
-        self._writing.add_done_callback(lambda _: self._start_marks())
+        self._writing.add_done_callback(self._marks_written)
+
+    def _marks_written(self, task: asyncio.Task[None]) -> None:
+        """A write ended: the next one starts for the marks noted meanwhile (but after a
+        cancelled one, the loop ending: ``_flush_marks`` will)."""
+        if not task.cancelled():
+            self._start_marks()
 
     async def _write_marks(self) -> None:
         """Store every mark noted so far in one transaction. A batch the store refuses
@@ -557,9 +563,7 @@ class Dispatcher:
                             break
                 again = [d for d in batch if d.id in seen]
                 if again:  # come back within this round: give them back, end the round
-                    for d in again:
-                        assert d.id is not None
-                        await self.store.release(d.id, now)
+                    await self._release(again, now)
                     batch = [d for d in batch if d.id not in seen]
                 seen.update(d.id for d in batch if d.id is not None)
                 if batch:
@@ -606,10 +610,14 @@ class Dispatcher:
         batch = await self.store.claim_deliveries(
             now, limit=self.settings.batch, lease_until=now + LEASE, exclude=list(self.notifiers),
             by=self.claimer)
+        by_channel: dict[str, list[int]] = defaultdict(list)
         for d in batch:
-            assert d.id is not None
-            await self.store.mark_failed(
-                d.id, now, f"channel {d.channel!r} is not configured any more", None)
+            if d.id is not None:
+                by_channel[d.channel].append(d.id)
+        for ch, ids in by_channel.items():
+            await self.store.mark_failed_many(
+                ids, now, f"channel {ch!r} is not configured any more", None)
+        for d in batch:
             self.metrics.deliveries.labels(d.channel, "failed").inc()
             log.error("delivery.failed", channel=d.channel, key=d.key,
                       error="channel not configured")
@@ -637,9 +645,7 @@ class Dispatcher:
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
         if notifier is None:  # removed by a reload since the claim
-            for d in deliveries:
-                if d.id is not None:
-                    await self.store.release(d.id, self.clock())
+            await self._release(deliveries, self.clock())
             return result
         refs: dict[str, str] = {}  # parents sent in this claim: key → ref, for threading
         if channel in self.quiet and not self.stopping:
@@ -656,16 +662,16 @@ class Dispatcher:
             and self.paused_until(channel) is None
         ):
             return result + await self._send_batch(channel, notifier, deliveries)
-        for d in deliveries:
+        for k, d in enumerate(deliveries):
             assert d.id is not None
-            if self.stopping:
-                await self.store.release(d.id, self.clock())  # due again at the next start
-                continue
+            if self.stopping:  # the rest is due again at the next start
+                await self._release(deliveries[k:], self.clock())
+                break
             until = self.paused_until(channel)
             if until is not None:
-                await self.store.release(d.id, until)
-                result = result + DispatchResult(retrying=1)
-                continue
+                await self._release(deliveries[k:], until)
+                result = result + DispatchResult(retrying=len(deliveries) - k)
+                break
             if d.parent_key and d.thread_ref is None and d.parent_key in refs:
                 d = replace(d, thread_ref=refs[d.parent_key])
             did = d.id
@@ -744,14 +750,10 @@ class Dispatcher:
         result = DispatchResult()
         window = quiet_window(now, q.from_, q.to, q.tz)
         if window is not None:
-            keep: list[Delivery] = []
-            for d in deliveries:
-                if d.alert.match.severity in q.except_severity:
-                    keep.append(d)
-                    continue
-                assert d.id is not None
-                await self.store.release(d.id, window[1])
-                result = result + DispatchResult(held=1)
+            keep = [d for d in deliveries if d.alert.match.severity in q.except_severity]
+            held = [d for d in deliveries if d.alert.match.severity not in q.except_severity]
+            await self._release(held, window[1])
+            result = result + DispatchResult(held=len(held))
             if result.held:
                 self.metrics.deliveries.labels(channel, "held").inc(result.held)
                 log.info("quiet.held", channel=channel, alerts=result.held,
@@ -769,12 +771,16 @@ class Dispatcher:
                                      heading=heading)
         return rest, result + r
 
+    async def _release(self, group: Sequence[Delivery], until: datetime) -> None:
+        """Give ``group`` back without counting an attempt, due at ``until``: one
+        transaction."""
+        ids = [d.id for d in group if d.id is not None]
+        if ids:
+            await self.store.release_many(ids, until)
+
     async def _give_back(self, channel: str, group: list[Delivery]) -> DispatchResult:
         """Release ``group`` until the channel's pause ends (a 429 earlier in the claim)."""
-        until = self.paused_until(channel) or self.clock()
-        for d in group:
-            assert d.id is not None
-            await self.store.release(d.id, until)
+        await self._release(group, self.paused_until(channel) or self.clock())
         return DispatchResult(retrying=len(group))
 
     async def _send_group(
@@ -847,9 +853,7 @@ class Dispatcher:
             if self.stopping or self.paused_until(channel) is not None:
                 until = self.paused_until(channel) or self.clock()
                 rest = [d for p in parts[k:] for d in p if d.id is not None]
-                for d in rest:
-                    assert d.id is not None
-                    await self.store.release(d.id, until)
+                await self._release(rest, until)
                 return result + DispatchResult(retrying=len(rest))
             result = result + await self._send_summary_part(
                 channel, notifier, part, kind, refs, heading=heading, thread_ref=thread_ref,
@@ -921,9 +925,8 @@ class Dispatcher:
                      give_up_after=self.settings.give_up_after, key=key)
             if outcome.retry else None
         )
-        for d in group:
-            assert d.id is not None
-            await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
+        await self.store.mark_failed_many([d.id for d in group if d.id is not None], now,
+                                          scrub(outcome.reason), nxt)
         if nxt is not None:
             self._peer_failed(channel, now, outcome.retry_after, cap=nxt)
             self.metrics.deliveries.labels(channel, "retry").inc(len(group))
@@ -1026,9 +1029,8 @@ class Dispatcher:
         the same Message-ID."""
         ids = [d.id for d in group if d.id is not None]
         if notifier is None:
-            for i in ids:
-                await self.store.mark_failed(
-                    i, self.clock(), f"channel {channel!r} is not configured any more", None)
+            await self.store.mark_failed_many(
+                ids, self.clock(), f"channel {channel!r} is not configured any more", None)
             return DispatchResult(failed=len(ids))
         size = getattr(notifier, "digest_max", None)
         step = size if isinstance(size, int) and size > 0 else len(group)
@@ -1037,9 +1039,7 @@ class Dispatcher:
         for k, part in enumerate(parts):
             rest = [d for p in parts[k:] for d in p]
             if k and self.stopping:  # the parts sent are recorded; the rest waits
-                for d in rest:
-                    if d.id is not None:
-                        await self.store.release(d.id, self.clock())
+                await self._release(rest, self.clock())
                 break
             r, ok = await self._send_digest_part(
                 channel, notifier, part, rest, (k + 1, len(parts)) if len(parts) > 1 else None)
@@ -1079,8 +1079,7 @@ class Dispatcher:
         if outcome.rate_limited:
             until = now + timedelta(seconds=outcome.retry_after or DEFAULT_PAUSE)
             self._pause(channel, until)
-            for i in ids:
-                await self.store.release(i, until)
+            await self.store.release_many(ids, until)
             log.info("channel.paused", channel=channel, seconds=outcome.retry_after,
                      reason=outcome.reason, until=until.isoformat())
             return DispatchResult(retrying=len(ids)), False
@@ -1098,8 +1097,7 @@ class Dispatcher:
         )
         if nxt is not None:
             self._peer_failed(channel, now, outcome.retry_after, cap=nxt)
-        for i in ids:
-            await self.store.mark_failed(i, now, scrub(outcome.reason), nxt)
+        await self.store.mark_failed_many(ids, now, scrub(outcome.reason), nxt)
         log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),
                     error=outcome.reason, retry=nxt is not None,
                     **({"part": f"{of[0]}/{of[1]}"} if of else {}))

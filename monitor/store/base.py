@@ -321,6 +321,14 @@ class Store(Protocol):
         """A failed attempt: ``attempts += 1``; retry at ``next_attempt``, or give up
         (state ``failed``) when it is None."""
 
+    async def mark_failed_many(
+        self, delivery_ids: Sequence[int], now: datetime, error: str,
+        next_attempt: datetime | None,
+    ) -> None:
+        """``mark_failed`` for several deliveries in one transaction (one message of many
+        that failed: a digest, a group's message); an unknown id raises ``StoreError``
+        and marks none."""
+
     async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
         """Outbox rows for operators, newest first, optionally filtered by state."""
 
@@ -364,6 +372,11 @@ class Store(Protocol):
     async def release(self, delivery_id: int, next_attempt: datetime) -> None:
         """Give a claimed delivery back without counting an attempt (its channel is
         failing; it was not tried)."""
+
+    async def release_many(self, delivery_ids: Sequence[int], next_attempt: datetime) -> None:
+        """``release`` for several deliveries in one transaction (the rest of a claim
+        given back at a stop, a pause, quiet hours); an unknown id raises ``StoreError``
+        and releases none."""
 
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         """The first alerts (not updates) created for a cluster, any state, oldest first:

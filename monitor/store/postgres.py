@@ -960,6 +960,39 @@ class PostgresStore:
             if _count(status) == 0:
                 await self._exists(con, delivery_id)
 
+    async def release_many(self, delivery_ids: Sequence[int], next_attempt: datetime) -> None:
+        await self._update_many(
+            "release", delivery_ids,
+            "UPDATE deliveries SET next_attempt = $2, claimed_by = NULL "
+            "WHERE id = ANY($1::bigint[]) AND state = 'pending'", utc(next_attempt))
+
+    async def mark_failed_many(
+        self, delivery_ids: Sequence[int], now: datetime, error: str,
+        next_attempt: datetime | None,
+    ) -> None:
+        await self._update_many(
+            "mark_failed", delivery_ids,
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = $2, last_attempt = $3, "
+            "state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, "
+            "next_attempt = $4, claimed_by = NULL WHERE id = ANY($1::bigint[]) "
+            "AND state = 'pending'",
+            _text(error), utc(now), None if next_attempt is None else utc(next_attempt))
+
+    async def _update_many(self, what: str, delivery_ids: Sequence[int], sql: str,
+                           *args: object) -> None:
+        """One UPDATE of the given deliveries ($1: their ids), in one transaction; an
+        unknown id raises ``StoreError`` and changes none."""
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return
+        async with self._con(f"{what} {len(ids)} deliveries", tx=True) as con:
+            await con.execute(sql, ids, *args)
+            found = {r[0] for r in await con.fetch(
+                "SELECT id FROM deliveries WHERE id = ANY($1::bigint[])", ids)}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise StoreError(f"no delivery with id {missing[0]}")
+
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         async with self._con("cluster_alerts") as con:
             key = _text(cluster)

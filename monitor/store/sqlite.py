@@ -934,6 +934,44 @@ class SQLiteStore:
 
         await self._run(f"release {delivery_id}", work)
 
+    async def release_many(self, delivery_ids: Sequence[int], next_attempt: datetime) -> None:
+        await self._update_many(
+            "release", delivery_ids,
+            "UPDATE deliveries SET next_attempt = ?, claimed_by = NULL WHERE state = 'pending' "
+            "AND id IN ({})", (dt_to_text(next_attempt),))
+
+    async def mark_failed_many(
+        self, delivery_ids: Sequence[int], now: datetime, error: str,
+        next_attempt: datetime | None,
+    ) -> None:
+        nxt = opt_dt_to_text(next_attempt)
+        await self._update_many(
+            "mark_failed", delivery_ids,
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, last_attempt = ?, "
+            "state = CASE WHEN ? IS NULL THEN 'failed' ELSE 'pending' END, next_attempt = ?, "
+            "claimed_by = NULL WHERE state = 'pending' AND id IN ({})",
+            (_k(error), dt_to_text(now), nxt, nxt))
+
+    async def _update_many(self, what: str, delivery_ids: Sequence[int], sql: str,
+                           args: tuple[object, ...]) -> None:
+        """One UPDATE of the given deliveries (``{}``: their ids' placeholders), in one
+        transaction; an unknown id raises ``StoreError`` and changes none."""
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return
+
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                for chunk in _chunks(ids):
+                    con.execute(sql.format(_marks(len(chunk))), (*args, *chunk))
+                    found = {row[0] for row in con.execute(
+                        f"SELECT id FROM deliveries WHERE id IN ({_marks(len(chunk))})", chunk)}
+                    missing = [i for i in chunk if i not in found]
+                    if missing:
+                        raise StoreError(f"no delivery with id {missing[0]}")
+
+        await self._run(f"{what} {len(ids)} deliveries", work)
+
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         def work(con: sqlite3.Connection) -> list[Delivery]:
             key = _k(cluster)
