@@ -66,6 +66,10 @@ DEFAULT_PAUSE = 1.0
 #: crash (kill -9, power loss) sends again at most this many deliveries, plus the one
 #: being sent, once their lease runs out or their instance is declared dead.
 MARKS_AHEAD = 8
+#: A write of marks starts when half of ``MARKS_AHEAD`` wait, or this long (seconds)
+#: after the first of them was noted, or at once before a claim, at the end of a round
+#: and at a stop: a mark waits at most this long plus one write.
+MARKS_WINDOW = 0.005
 
 
 def _timeout_of(notifier: Notifier | None) -> float:
@@ -184,6 +188,9 @@ class Dispatcher:
         self._unmarked: dict[int, tuple[datetime, str | None]] = {}
         self._writing: asyncio.Task[None] | None = None  # the marks' write in hand
         self._late: set[int] = set()  # of ``_unmarked``: a write of theirs failed
+        # set when the write in hand may go (``MARKS_WINDOW``): while it gathers marks
+        self._gather: asyncio.Future[None] | None = None
+        self._flushing = 0  # callers of ``_flush_marks`` waiting: no gathering then
         # why the last write failed (the store is unreachable): raised to every sender
         # until a flush gets the marks through
         self._mark_error: Exception | None = None
@@ -245,6 +252,8 @@ class Dispatcher:
         if self._mark_error is not None:
             raise self._mark_error
         self._start_marks()
+        if len(self._unmarked) >= MARKS_AHEAD // 2:
+            self._hurry_marks()
         while len(self._unmarked) > MARKS_AHEAD:
             self._start_marks()
             if self._writing is None:
@@ -264,6 +273,11 @@ class Dispatcher:
         self._writing = asyncio.create_task(self._write_marks(), name="dispatch-marks")
         self._writing.add_done_callback(self._marks_written)
 
+    def _hurry_marks(self) -> None:
+        """Write the marks waiting now, without waiting out ``MARKS_WINDOW``."""
+        if self._gather is not None and not self._gather.done():
+            self._gather.set_result(None)
+
     def _marks_written(self, task: asyncio.Task[None]) -> None:
         """A write ended: the next one starts for the marks noted meanwhile (but after a
         cancelled one, the loop ending: ``_flush_marks`` will)."""
@@ -275,6 +289,16 @@ class Dispatcher:
         for one of its rows (a delivery deleted meanwhile) is stored one by one, and
         the marks it refuses are dropped, said; when the store is unreachable, the marks
         stay and ``_mark_error`` says why."""
+        if len(self._unmarked) < MARKS_AHEAD // 2 and not self._late and not self._flushing:
+            # a few more, from the sends going on, join this write
+            loop = asyncio.get_running_loop()
+            self._gather = gather = loop.create_future()
+            timer = loop.call_later(MARKS_WINDOW, self._hurry_marks)
+            try:
+                await gather
+            finally:
+                timer.cancel()
+                self._gather = None
         batch = [(i, at, ref) for i, (at, ref) in self._unmarked.items()]
         late = any(i in self._late for i, _, _ in batch)
         try:
@@ -316,13 +340,18 @@ class Dispatcher:
         ``close``); raises the store's error when it cannot take them."""
         self._mark_error = None  # try again
         wanted = set(self._unmarked)
-        while wanted & self._unmarked.keys():
-            self._start_marks()
-            if self._writing is None:
-                break
-            await asyncio.shield(self._writing)
-            if self._mark_error is not None:
-                raise self._mark_error
+        self._flushing += 1
+        try:
+            while wanted & self._unmarked.keys():
+                self._start_marks()
+                self._hurry_marks()
+                if self._writing is None:
+                    break
+                await asyncio.shield(self._writing)
+                if self._mark_error is not None:
+                    raise self._mark_error
+        finally:
+            self._flushing -= 1
 
     def _lease(self, channel: str, n: int) -> timedelta:
         """How long a claim of ``n`` deliveries is held: longer than the worst case of
