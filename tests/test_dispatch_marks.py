@@ -144,10 +144,12 @@ async def test_a_crash_sends_again_at_most_marks_ahead_plus_the_one_in_hand(
     await _queue(store, 30)
     rnd = asyncio.create_task(dsp.run_once())
     await asyncio.wait_for(marks.held.wait(), 10)
-    for _ in range(200):  # the sender goes on until MARKS_AHEAD wait, then waits with them
-        if len(slack_server.messages) > MARKS_AHEAD:
-            break
-        await asyncio.sleep(0.01)
+
+    async def stalled() -> None:  # the sender goes on until more than MARKS_AHEAD wait
+        while len(dsp._unmarked) <= MARKS_AHEAD:  # noqa: ASYNC110 (no event to wait on)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(stalled(), 30)
     await asyncio.sleep(0.2)  # (room for a send too many, were there one)
     assert not rnd.done()
     assert len(slack_server.messages) == MARKS_AHEAD + 1
