@@ -11,6 +11,7 @@ import pytest
 from monitor.core.model import Alert, FeedState, Hit, Match, Story
 from monitor.errors import CodecError
 from monitor.store.codec import (
+    SourcesJson,
     alert_from_json,
     alert_to_json,
     dt_from_text,
@@ -242,3 +243,31 @@ def test_lone_surrogates_round_trip_in_payloads_and_are_replaced_in_columns() ->
     assert column_text("nul\x00here") == "nul\x00here"
     assert column_text("nul\x00here", nul=True) == "nulhere"
     assert column_text("plain") == "plain"
+
+
+def test_sources_json_is_strs_to_json_however_a_cluster_s_sources_change() -> None:
+    """The incremental encoder (``save_poll``'s) gives exactly ``strs_to_json``'s text: for
+    a cluster saved again as it was, grown, reordered by a merge, shrunk, with non-ASCII
+    names and lone surrogates (which make the whole list ASCII-escaped), and once the
+    cluster was forgotten."""
+    enc = SourcesJson(size=3)
+    rnd = random.Random(7)
+    names = ["bbc", "ap", "Le Monde", "Süddeutsche", "東京新聞", "bad\ud800", "q\"uote", "tab\t"]
+    clusters: dict[str, list[str]] = {f"c{i}": [] for i in range(5)}
+    grown = 0
+    for _ in range(2000):
+        cid = rnd.choice(list(clusters))
+        src = clusters[cid]
+        r = rnd.random()
+        if r < 0.6:
+            src.append(rnd.choice(names) + str(rnd.randrange(50)))
+            grown += 1
+        elif r < 0.7:
+            rnd.shuffle(src)
+        elif r < 0.75 and src:
+            src.pop(0)
+        values = tuple(src)
+        text = enc(cid, values)
+        assert text == strs_to_json(values), values
+        assert strs_from_json(text) == values
+    assert grown > 1000 and len(enc._last) == 3  # bounded: the oldest are forgotten

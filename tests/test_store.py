@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -26,7 +27,7 @@ from monitor.log import redact_url
 from monitor.store.base import DedupSnapshot, Instance, Store, StoredStory
 from monitor.store.listen import NOTIFY_BYTES, _heard_ids, notify_payloads
 from monitor.store.open import open_store
-from monitor.store.postgres import PostgresStore
+from monitor.store.postgres import PostgresStore, claim_sql
 from monitor.store.sqlite import SQLiteStore
 from tests.peers.tcpproxy import TCPProxy
 
@@ -708,6 +709,59 @@ async def test_mark_sent_many_marks_a_batch_in_one_go(store: Store) -> None:
     assert await store.count_pending() == 1
 
 
+async def test_mark_sent_each_keeps_each_delivery_s_time_and_ref(store: Store) -> None:
+    ds = await queue(store, delivery("a"), delivery("b"), delivery("c"), delivery("d"))
+    a, b, c, d = (x.id for x in ds)
+    assert a is not None and b is not None and c is not None and d is not None
+    await store.claim_deliveries(t(0), limit=5, lease_until=t(1))
+    await store.mark_sent(a, t(1), "first")  # already sent: left as it is
+    await store.mark_sent_each([(a, t(2), "again"), (b, t(2), "ts-b"), (c, t(3), None),
+                                (b, t(4), "late")])  # b twice: its first mark wins
+    rows = {st.key: st for st in await store.deliveries()}
+    assert {k: (st.state, st.attempts, st.sent_at, st.ref) for k, st in rows.items()} == {
+        "a": ("sent", 1, t(1), "first"),
+        "b": ("sent", 1, t(2), "ts-b"),
+        "c": ("sent", 1, t(3), None),
+        "d": ("pending", 0, None, None),
+    }
+    await store.mark_sent_each([])  # nothing to do
+    # an unknown id marks none of the batch
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.mark_sent_each([(d, t(5), "ts-d"), (999999, t(5), None)])
+    assert [st.key for st in await store.deliveries(state="pending")] == ["d"]
+
+
+async def test_release_and_mark_failed_many_change_a_batch_in_one_go(store: Store) -> None:
+    ds = await queue(store, delivery("a"), delivery("b"), delivery("c"), delivery("d"))
+    a, b, c, d = (x.id for x in ds)
+    assert a is not None and b is not None and c is not None and d is not None
+    await store.claim_deliveries(t(0), limit=5, lease_until=t(50), by="me")
+    await store.mark_sent(a, t(1), "ts")  # no longer pending: left as it is
+    await store.release_many([a, b, b], t(2))
+    await store.mark_failed_many([a, c], t(3), "HTTP 503", t(9))
+    await store.mark_failed_many([d], t(3), "invalid_auth", None)
+    rows = {st.key: st for st in await store.deliveries()}
+    assert {k: (st.state, st.attempts, st.next_attempt, st.last_error)
+            for k, st in rows.items()} == {
+        "a": ("sent", 1, None, None),
+        "b": ("pending", 0, t(2), None),
+        "c": ("pending", 1, t(9), "HTTP 503"),
+        "d": ("failed", 1, None, "invalid_auth"),
+    }
+    # released and retried rows are nobody's claim any more: due again when their time comes
+    assert [x.key for x in await store.claim_deliveries(t(9), limit=5, lease_until=t(10))] == [
+        "b", "c"]
+    await store.release_many([], t(0))
+    await store.mark_failed_many([], t(0), "x", None)
+    # an unknown id changes none of the batch
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.release_many([b, 999999], t(20))
+    with pytest.raises(StoreError, match="no delivery with id 999999"):
+        await store.mark_failed_many([c, 999999], t(20), "x", None)
+    rows = {st.key: st for st in await store.deliveries()}
+    assert (rows["b"].next_attempt, rows["c"].state, rows["c"].attempts) == (t(10), "pending", 1)
+
+
 async def test_mark_failed_without_retry_gives_up(store: Store) -> None:
     [d] = await queue(store, delivery("k"))
     assert d.id is not None
@@ -780,6 +834,82 @@ async def test_an_update_goes_right_after_its_alert_in_one_claim(store: Store) -
     assert q.key == "q" and q.id is not None
     await store.mark_failed(q.id, t(5), "channel_not_found", None)
     assert [d.key for d in await store.claim_deliveries(t(5), limit=5, lease_until=t(6))] == ["v"]
+
+
+async def test_a_claim_takes_deliveries_in_the_order_they_came_due(store: Store) -> None:
+    """By ``next_attempt`` (a fresh alert is due when it is queued), and an update with
+    its alert: an alert that came due after its update (a retry) is claimed with it, or,
+    when the claim cannot hold both, instead of it."""
+    [p] = await queue(store, delivery("p", created=t(0)))
+    assert p.id is not None
+    await store.claim_deliveries(t(0), limit=1, lease_until=t(1))
+    await store.mark_failed(p.id, t(0), "HTTP 503", t(5))  # retried at t(5)
+    await queue(store, delivery("u", created=t(1), parent="p"), delivery("x1", created=t(2)),
+                delivery("x2", created=t(3)), delivery("x3", created=t(4)))
+    # before p's retry, its update waits; the others go by the time they came due
+    assert [d.key for d in await store.claim_deliveries(t(4), limit=2, lease_until=t(99))] == [
+        "x1", "x2"]
+    # at t(6): u came due first (t(1)), but goes behind p (t(5)): a claim of two takes x3
+    # and p, and u waits until p is sent
+    got = await store.claim_deliveries(t(6), limit=2, lease_until=t(99))
+    assert [d.key for d in got] == ["p", "x3"]
+    assert await store.claim_deliveries(t(6), limit=2, lease_until=t(99)) == []
+    await store.mark_sent(got[0].id, t(7), "ts-p")  # type: ignore[arg-type]
+    got = await store.claim_deliveries(t(7), limit=5, lease_until=t(99))
+    assert [(d.key, d.thread_ref) for d in got] == [("u", "ts-p")]
+
+
+async def test_a_claim_reads_the_index_in_order_without_sorting_the_due_deliveries(
+    store: Store,
+) -> None:
+    """``deliveries_claim`` (migration 0008) gives one channel's due deliveries in the
+    order they came due: the plan reads it and sorts no due delivery (the issue: "every
+    claim sorts all due deliveries")."""
+    [seed] = await queue(store, delivery("seed", created=t(0)))
+    n = 12000  # enough that PostgreSQL's planner sees a backlog worth reading in order
+    if isinstance(store, SQLiteStore):
+        def fill(con: Any) -> None:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(
+                "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < ?) "
+                "INSERT INTO deliveries (key, channel, cluster, rule, payload, state, created, "
+                "next_attempt) SELECT 'bulk' || i, CASE i % 3 WHEN 0 THEN 'slack' "
+                "WHEN 1 THEN 'mail' ELSE 'old' END, cluster, rule, payload, "
+                "CASE WHEN i % 4 = 0 THEN 'sent' ELSE 'pending' END, created, created "
+                "FROM deliveries, g WHERE key = 'seed'", (n,))
+            con.execute("COMMIT")
+
+        await store._run("fill", fill)
+        seen: list[str] = []
+        await store._run("trace", lambda con: con.set_trace_callback(seen.append))
+        got = await store.claim_deliveries(t(1), limit=50, lease_until=t(2), channel="slack")
+        await store._run("trace", lambda con: con.set_trace_callback(None))
+        [claim] = [q for q in seen if q.startswith("SELECT d.id")]
+        plan = [r[3] for r in await store._run(
+            "plan", lambda con: con.execute("EXPLAIN QUERY PLAN " + claim).fetchall())]
+        assert any("USING INDEX deliveries_claim" in step for step in plan), plan
+        assert not any("TEMP B-TREE" in step for step in plan), plan
+    else:
+        assert isinstance(store, PostgresStore)
+        async with store._con("fill") as con:
+            await con.execute(
+                "INSERT INTO deliveries (key, channel, cluster, rule, payload, state, created, "
+                "next_attempt) SELECT 'bulk' || g, (ARRAY['slack', 'mail', 'old'])[g % 3 + 1], "
+                "cluster, rule, payload, CASE WHEN g % 4 = 0 THEN 'sent' ELSE 'pending' END, "
+                "created + g * interval '1 ms', created + g * interval '1 ms' "
+                "FROM deliveries, generate_series(1, $1::int) g WHERE key = 'seed'", n)
+            await con.execute("ANALYZE deliveries")
+            lines = [r[0] for r in await con.fetch(
+                "EXPLAIN " + claim_sql(by_channel=True), t(1), 50, t(2), None, [], "slack")]
+        text = "\n".join(lines)
+        due = text[text.index("CTE due"):text.index("CTE parents")]
+        assert "Index Scan using deliveries_claim" in due, text
+        assert "Sort" not in due, text
+        got = await store.claim_deliveries(t(1), limit=50, lease_until=t(2), channel="slack")
+    # and the claim is the first 50 of the channel to come due
+    assert seed.id is not None and seed.channel == "slack"
+    assert [d.key for d in got][:3] == ["seed", "bulk3", "bulk6"] and len(got) == 50
+    assert all(d.channel == "slack" for d in got)
 
 
 async def test_deliveries_newest_first_filtered(store: Store) -> None:

@@ -60,6 +60,16 @@ STRAYS_EVERY = 60.0
 QUIET_CLAIM_MAX = 10 * ROLLUP_CLAIM_MAX
 #: A 429 without a usable Retry-After pauses its channel this long.
 DEFAULT_PAUSE = 1.0
+#: At most this many deliveries that the peer accepted wait for their mark to be stored
+#: at any moment (one message that carries more, a summary, waits for its own): the
+#: marks are written in the background, together, while the next sends go on. So a
+#: crash (kill -9, power loss) sends again at most this many deliveries, plus the one
+#: being sent, once their lease runs out or their instance is declared dead.
+MARKS_AHEAD = 8
+#: A write of marks starts when half of ``MARKS_AHEAD`` wait, or this long (seconds)
+#: after the first of them was noted, or at once before a claim, at the end of a round
+#: and at a stop: a mark waits at most this long plus one write.
+MARKS_WINDOW = 0.005
 
 
 def _timeout_of(notifier: Notifier | None) -> float:
@@ -171,9 +181,19 @@ class Dispatcher:
         # the instance whose claims these are (``shell.liveness``): its deliveries are
         # retaken when it is declared dead; None: nobody's (``monitor once``)
         self.claimer: str | None = None
-        # deliveries the peer accepted whose mark the store did not take (it was
-        # unreachable): id -> (sent at, ref); marked before the next claim, never re-sent
+        # deliveries the peer accepted whose mark is not stored yet: id -> (sent at, ref).
+        # Written in the background (``_write_marks``), at most ``MARKS_AHEAD`` of them
+        # waiting; when the store cannot take them (it is unreachable) they stay here and
+        # are written before the next claim: never sent again by this instance
         self._unmarked: dict[int, tuple[datetime, str | None]] = {}
+        self._writing: asyncio.Task[None] | None = None  # the marks' write in hand
+        self._late: set[int] = set()  # of ``_unmarked``: a write of theirs failed
+        # set when the write in hand may go (``MARKS_WINDOW``): while it gathers marks
+        self._gather: asyncio.Future[None] | None = None
+        self._flushing = 0  # callers of ``_flush_marks`` waiting: no gathering then
+        # why the last write failed (the store is unreachable): raised to every sender
+        # until a flush gets the marks through
+        self._mark_error: Exception | None = None
         self._paused: dict[str, datetime] = {}  # channel → not before (429, peer unwell)
         self._failing: dict[str, int] = {}  # channel → transient failures in a row
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -218,36 +238,120 @@ class Dispatcher:
         return max(self.settings.batch, threshold + 1)
 
     async def _mark_sent(self, ids: Sequence[int], now: datetime, ref: str | None) -> None:
-        """Mark deliveries the peer accepted as sent. When the store cannot take it (a
-        database restart), the mark is kept here and retried before the next claim
-        (``_flush_unmarked``), and the store's error ends the round: what was sent is
-        not sent again by this instance, and by no other while the lease holds."""
+        """Note that the peer accepted these deliveries. Their marks are stored in the
+        background, many in one transaction (``_write_marks``), while the next sends go
+        on; before each claim, at the end of a round and at ``close`` every mark noted
+        is stored first (``_flush_marks``). At most ``MARKS_AHEAD`` wait at any moment:
+        past that, this waits for them to be stored.
+
+        When the store cannot take them (a database restart) they are kept here and
+        retried before the next claim, and the store's error ends the round: what was
+        sent is not sent again by this instance, and by no other while the lease holds."""
+        for i in ids:
+            self._unmarked.setdefault(i, (now, ref))
+        if self._mark_error is not None:
+            raise self._mark_error
+        self._start_marks()
+        if len(self._unmarked) >= MARKS_AHEAD // 2:
+            self._hurry_marks()
+        while len(self._unmarked) > MARKS_AHEAD:
+            self._start_marks()
+            if self._writing is None:
+                break
+            await asyncio.shield(self._writing)
+            if self._mark_error is not None:
+                raise self._mark_error
+
+    def _start_marks(self) -> None:
+        """Start storing the marks noted, unless a write is in hand (when it ends, it
+        starts the next one for what was noted meanwhile) or the last one failed (the
+        next ``_flush_marks`` tries again)."""
+        if not self._unmarked or self._mark_error is not None:
+            return
+        if self._writing is not None and not self._writing.done():
+            return
+        self._writing = asyncio.create_task(self._write_marks(), name="dispatch-marks")
+        self._writing.add_done_callback(self._marks_written)
+
+    def _hurry_marks(self) -> None:
+        """Write the marks waiting now, without waiting out ``MARKS_WINDOW``."""
+        if self._gather is not None and not self._gather.done():
+            self._gather.set_result(None)
+
+    def _marks_written(self, task: asyncio.Task[None]) -> None:
+        """A write ended: the next one starts for the marks noted meanwhile (but after a
+        cancelled one, the loop ending: ``_flush_marks`` will)."""
+        if not task.cancelled():
+            self._start_marks()
+
+    async def _write_marks(self) -> None:
+        """Store every mark noted so far in one transaction. A batch the store refuses
+        for one of its rows (a delivery deleted meanwhile) is stored one by one, and
+        the marks it refuses are dropped, said; when the store is unreachable, the marks
+        stay and ``_mark_error`` says why."""
+        if len(self._unmarked) < MARKS_AHEAD // 2 and not self._late and not self._flushing:
+            # a few more, from the sends going on, join this write
+            loop = asyncio.get_running_loop()
+            self._gather = gather = loop.create_future()
+            timer = loop.call_later(MARKS_WINDOW, self._hurry_marks)
+            try:
+                await gather
+            finally:
+                timer.cancel()
+                self._gather = None
+        batch = [(i, at, ref) for i, (at, ref) in self._unmarked.items()]
+        late = any(i in self._late for i, _, _ in batch)
         try:
-            if len(ids) == 1:
-                await self.store.mark_sent(ids[0], now, ref)
-            else:
-                await self.store.mark_sent_many(ids, now, ref)
+            await self.store.mark_sent_each(batch)
         except StoreError as e:
             if e.kind in ("unavailable", "busy"):
-                for i in ids:
-                    self._unmarked[i] = (now, ref)
-                log.warning("delivery.unmarked", deliveries=len(ids), error=scrub(str(e)),
-                            note="sent, but not marked yet: the mark is retried, the "
-                            "delivery is not sent again")
-            raise
+                self._marks_refused(e, len(batch))
+                return
+            for i, at, ref in batch:
+                try:
+                    await self.store.mark_sent(i, at, ref)
+                except StoreError as e1:
+                    if e1.kind in ("unavailable", "busy"):
+                        self._marks_refused(e1, len(self._unmarked))
+                        return
+                    log.warning("delivery.unmarked_dropped", id=i, error=scrub(str(e1)))
+                self._unmarked.pop(i, None)
+                self._late.discard(i)
+            return
+        except Exception as e:  # not the store's answer (a bug): kept, retried, said
+            self._marks_refused(e, len(batch))
+            return
+        for i, _, _ in batch:
+            self._unmarked.pop(i, None)
+        if late:
+            self._late.difference_update(i for i, _, _ in batch)
+            log.info("delivery.marked_late", deliveries=len(batch),
+                     sent_at=min(at for _, at, _ in batch).isoformat())
 
-    async def _flush_unmarked(self) -> None:
-        """Store the marks the store could not take when they were made."""
-        for did, (at, ref) in list(self._unmarked.items()):
-            try:
-                await self.store.mark_sent(did, at, ref)
-            except StoreError as e:
-                if e.kind in ("unavailable", "busy"):
-                    raise
-                log.warning("delivery.unmarked_dropped", id=did, error=scrub(str(e)))
-            else:
-                log.info("delivery.marked_late", id=did, sent_at=at.isoformat())
-            self._unmarked.pop(did, None)
+    def _marks_refused(self, e: Exception, n: int) -> None:
+        self._mark_error = e
+        self._late.update(self._unmarked)
+        log.warning("delivery.unmarked", deliveries=n, error=scrub(str(e)),
+                    note="sent, but not marked yet: the mark is retried, the "
+                    "delivery is not sent again")
+
+    async def _flush_marks(self) -> None:
+        """Store every mark noted so far (before a claim, at the end of a round, at
+        ``close``); raises the store's error when it cannot take them."""
+        self._mark_error = None  # try again
+        wanted = set(self._unmarked)
+        self._flushing += 1
+        try:
+            while wanted & self._unmarked.keys():
+                self._start_marks()
+                self._hurry_marks()
+                if self._writing is None:
+                    break
+                await asyncio.shield(self._writing)
+                if self._mark_error is not None:
+                    raise self._mark_error
+        finally:
+            self._flushing -= 1
 
     def _lease(self, channel: str, n: int) -> timedelta:
         """How long a claim of ``n`` deliveries is held: longer than the worst case of
@@ -459,8 +563,10 @@ class Dispatcher:
         total = DispatchResult()
         seen: set[int] = set()
         async with self._locks[channel]:
-            await self._flush_unmarked()
             while not self.stopping:
+                # what was sent is marked before the claim: an update finds its alert sent
+                # (and its ref to thread under), a group its last message
+                await self._flush_marks()
                 now = self.clock()
                 if self.paused_until(channel) is not None:
                     break
@@ -486,9 +592,7 @@ class Dispatcher:
                             break
                 again = [d for d in batch if d.id in seen]
                 if again:  # come back within this round: give them back, end the round
-                    for d in again:
-                        assert d.id is not None
-                        await self.store.release(d.id, now)
+                    await self._release(again, now)
                     batch = [d for d in batch if d.id not in seen]
                 seen.update(d.id for d in batch if d.id is not None)
                 if batch:
@@ -496,6 +600,7 @@ class Dispatcher:
                     await self._channel_notices(channel)
                 if again or len(batch) < limit:
                     break
+            await self._flush_marks()
         return total
 
     async def _channel_notices(self, channel: str) -> None:
@@ -534,10 +639,14 @@ class Dispatcher:
         batch = await self.store.claim_deliveries(
             now, limit=self.settings.batch, lease_until=now + LEASE, exclude=list(self.notifiers),
             by=self.claimer)
+        by_channel: dict[str, list[int]] = defaultdict(list)
         for d in batch:
-            assert d.id is not None
-            await self.store.mark_failed(
-                d.id, now, f"channel {d.channel!r} is not configured any more", None)
+            if d.id is not None:
+                by_channel[d.channel].append(d.id)
+        for ch, ids in by_channel.items():
+            await self.store.mark_failed_many(
+                ids, now, f"channel {ch!r} is not configured any more", None)
+        for d in batch:
             self.metrics.deliveries.labels(d.channel, "failed").inc()
             log.error("delivery.failed", channel=d.channel, key=d.key,
                       error="channel not configured")
@@ -565,9 +674,7 @@ class Dispatcher:
         result = DispatchResult()
         notifier = self.notifiers.get(channel)
         if notifier is None:  # removed by a reload since the claim
-            for d in deliveries:
-                if d.id is not None:
-                    await self.store.release(d.id, self.clock())
+            await self._release(deliveries, self.clock())
             return result
         refs: dict[str, str] = {}  # parents sent in this claim: key → ref, for threading
         if channel in self.quiet and not self.stopping:
@@ -584,16 +691,16 @@ class Dispatcher:
             and self.paused_until(channel) is None
         ):
             return result + await self._send_batch(channel, notifier, deliveries)
-        for d in deliveries:
+        for k, d in enumerate(deliveries):
             assert d.id is not None
-            if self.stopping:
-                await self.store.release(d.id, self.clock())  # due again at the next start
-                continue
+            if self.stopping:  # the rest is due again at the next start
+                await self._release(deliveries[k:], self.clock())
+                break
             until = self.paused_until(channel)
             if until is not None:
-                await self.store.release(d.id, until)
-                result = result + DispatchResult(retrying=1)
-                continue
+                await self._release(deliveries[k:], until)
+                result = result + DispatchResult(retrying=len(deliveries) - k)
+                break
             if d.parent_key and d.thread_ref is None and d.parent_key in refs:
                 d = replace(d, thread_ref=refs[d.parent_key])
             did = d.id
@@ -672,14 +779,10 @@ class Dispatcher:
         result = DispatchResult()
         window = quiet_window(now, q.from_, q.to, q.tz)
         if window is not None:
-            keep: list[Delivery] = []
-            for d in deliveries:
-                if d.alert.match.severity in q.except_severity:
-                    keep.append(d)
-                    continue
-                assert d.id is not None
-                await self.store.release(d.id, window[1])
-                result = result + DispatchResult(held=1)
+            keep = [d for d in deliveries if d.alert.match.severity in q.except_severity]
+            held = [d for d in deliveries if d.alert.match.severity not in q.except_severity]
+            await self._release(held, window[1])
+            result = result + DispatchResult(held=len(held))
             if result.held:
                 self.metrics.deliveries.labels(channel, "held").inc(result.held)
                 log.info("quiet.held", channel=channel, alerts=result.held,
@@ -697,12 +800,16 @@ class Dispatcher:
                                      heading=heading)
         return rest, result + r
 
+    async def _release(self, group: Sequence[Delivery], until: datetime) -> None:
+        """Give ``group`` back without counting an attempt, due at ``until``: one
+        transaction."""
+        ids = [d.id for d in group if d.id is not None]
+        if ids:
+            await self.store.release_many(ids, until)
+
     async def _give_back(self, channel: str, group: list[Delivery]) -> DispatchResult:
         """Release ``group`` until the channel's pause ends (a 429 earlier in the claim)."""
-        until = self.paused_until(channel) or self.clock()
-        for d in group:
-            assert d.id is not None
-            await self.store.release(d.id, until)
+        await self._release(group, self.paused_until(channel) or self.clock())
         return DispatchResult(retrying=len(group))
 
     async def _send_group(
@@ -775,9 +882,7 @@ class Dispatcher:
             if self.stopping or self.paused_until(channel) is not None:
                 until = self.paused_until(channel) or self.clock()
                 rest = [d for p in parts[k:] for d in p if d.id is not None]
-                for d in rest:
-                    assert d.id is not None
-                    await self.store.release(d.id, until)
+                await self._release(rest, until)
                 return result + DispatchResult(retrying=len(rest))
             result = result + await self._send_summary_part(
                 channel, notifier, part, kind, refs, heading=heading, thread_ref=thread_ref,
@@ -849,9 +954,8 @@ class Dispatcher:
                      give_up_after=self.settings.give_up_after, key=key)
             if outcome.retry else None
         )
-        for d in group:
-            assert d.id is not None
-            await self.store.mark_failed(d.id, now, scrub(outcome.reason), nxt)
+        await self.store.mark_failed_many([d.id for d in group if d.id is not None], now,
+                                          scrub(outcome.reason), nxt)
         if nxt is not None:
             self._peer_failed(channel, now, outcome.retry_after, cap=nxt)
             self.metrics.deliveries.labels(channel, "retry").inc(len(group))
@@ -954,9 +1058,8 @@ class Dispatcher:
         the same Message-ID."""
         ids = [d.id for d in group if d.id is not None]
         if notifier is None:
-            for i in ids:
-                await self.store.mark_failed(
-                    i, self.clock(), f"channel {channel!r} is not configured any more", None)
+            await self.store.mark_failed_many(
+                ids, self.clock(), f"channel {channel!r} is not configured any more", None)
             return DispatchResult(failed=len(ids))
         size = getattr(notifier, "digest_max", None)
         step = size if isinstance(size, int) and size > 0 else len(group)
@@ -965,9 +1068,7 @@ class Dispatcher:
         for k, part in enumerate(parts):
             rest = [d for p in parts[k:] for d in p]
             if k and self.stopping:  # the parts sent are recorded; the rest waits
-                for d in rest:
-                    if d.id is not None:
-                        await self.store.release(d.id, self.clock())
+                await self._release(rest, self.clock())
                 break
             r, ok = await self._send_digest_part(
                 channel, notifier, part, rest, (k + 1, len(parts)) if len(parts) > 1 else None)
@@ -1007,8 +1108,7 @@ class Dispatcher:
         if outcome.rate_limited:
             until = now + timedelta(seconds=outcome.retry_after or DEFAULT_PAUSE)
             self._pause(channel, until)
-            for i in ids:
-                await self.store.release(i, until)
+            await self.store.release_many(ids, until)
             log.info("channel.paused", channel=channel, seconds=outcome.retry_after,
                      reason=outcome.reason, until=until.isoformat())
             return DispatchResult(retrying=len(ids)), False
@@ -1026,8 +1126,7 @@ class Dispatcher:
         )
         if nxt is not None:
             self._peer_failed(channel, now, outcome.retry_after, cap=nxt)
-        for i in ids:
-            await self.store.mark_failed(i, now, scrub(outcome.reason), nxt)
+        await self.store.mark_failed_many(ids, now, scrub(outcome.reason), nxt)
         log.warning("digest.failed", channel=channel, rule=rule, stories=len(ids),
                     error=outcome.reason, retry=nxt is not None,
                     **({"part": f"{of[0]}/{of[1]}"} if of else {}))
@@ -1036,6 +1135,15 @@ class Dispatcher:
         return DispatchResult(retrying=len(ids)), False
 
     async def close(self) -> None:
+        """Store the marks still waiting (a stop: every delivery the peer accepted is
+        marked sent before the store closes), then close the notifiers."""
+        if self._unmarked:
+            try:
+                await self._flush_marks()
+            except Exception as e:  # the store is gone: these are sent again after the lease
+                log.error("delivery.unmarked_at_stop", deliveries=len(self._unmarked),
+                          error=scrub(repr(e)),
+                          note="sent, but not marked: sent again after their lease")
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for n in self.notifiers.values():

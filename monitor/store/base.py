@@ -276,10 +276,15 @@ class Store(Protocol):
         self, now: datetime, *, limit: int, lease_until: datetime,
         channel: str | None = None, exclude: Sequence[str] = (), by: str | None = None,
     ) -> list[Delivery]:
-        """Pending deliveries due at ``now`` (``next_attempt <= now``), oldest first;
-        only ``channel``'s when it is given, and none of the channels in ``exclude``
-        (each channel is dispatched on its own; ``exclude`` finds the deliveries of
-        channels that are no longer configured).
+        """Pending deliveries due at ``now`` (``next_attempt <= now``), at most ``limit``,
+        in the order they came due (``next_attempt``, then id: a fresh alert is due when
+        it is queued, so oldest first; a retry takes its place when its time comes), and
+        returned in sending order (``parents_first``); only ``channel``'s when it is
+        given, and none of the channels in ``exclude`` (each channel is dispatched on
+        its own; ``exclude`` finds the deliveries of channels that are no longer
+        configured). One channel's claim reads the partial index ``deliveries_claim``
+        (channel, next_attempt, id WHERE pending) in order and stops at the limit: its
+        cost follows the limit, not the number of due deliveries.
 
         Claimed rows get ``next_attempt = lease_until`` so a crash mid-send retries them
         after the lease (at-least-once towards the peer, exactly-once when it answered),
@@ -289,8 +294,10 @@ class Store(Protocol):
 
         An update is never claimed before its first alert: only when that alert is no
         longer pending (sent, failed, or never stored), or in the same claim, and then
-        after it (``parents_first``). Across instances too: an alert claimed by another
-        instance keeps its updates back until it is sent.
+        after it (``parents_first``). An alert that came due after its update (a retry)
+        is claimed with it, or, when the claim cannot hold both, instead of it. Across
+        instances too: an alert claimed by another instance keeps its updates back until
+        it is sent.
         """
 
     async def mark_sent(self, delivery_id: int, now: datetime, ref: str | None) -> None:
@@ -302,11 +309,25 @@ class Store(Protocol):
         """``mark_sent`` for several deliveries in one transaction (a batch written in
         one go, a digest); an unknown id raises ``StoreError`` and marks none."""
 
+    async def mark_sent_each(self, marks: Sequence[tuple[int, datetime, str | None]]) -> None:
+        """``mark_sent`` for several deliveries, each (id, sent at, ref) with its own time
+        and ref, in ONE transaction (the dispatcher's marks of one-by-one sends, written
+        together: ``shell.dispatch``). A delivery already sent is left as it is; an
+        unknown id raises ``StoreError`` and marks none."""
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:
         """A failed attempt: ``attempts += 1``; retry at ``next_attempt``, or give up
         (state ``failed``) when it is None."""
+
+    async def mark_failed_many(
+        self, delivery_ids: Sequence[int], now: datetime, error: str,
+        next_attempt: datetime | None,
+    ) -> None:
+        """``mark_failed`` for several deliveries in one transaction (one message of many
+        that failed: a digest, a group's message); an unknown id raises ``StoreError``
+        and marks none."""
 
     async def deliveries(self, *, state: str | None = None, limit: int = 100) -> list[DeliveryStatus]:
         """Outbox rows for operators, newest first, optionally filtered by state."""
@@ -351,6 +372,11 @@ class Store(Protocol):
     async def release(self, delivery_id: int, next_attempt: datetime) -> None:
         """Give a claimed delivery back without counting an attempt (its channel is
         failing; it was not tried)."""
+
+    async def release_many(self, delivery_ids: Sequence[int], next_attempt: datetime) -> None:
+        """``release`` for several deliveries in one transaction (the rest of a claim
+        given back at a stop, a pause, quiet hours); an unknown id raises ``StoreError``
+        and releases none."""
 
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         """The first alerts (not updates) created for a cluster, any state, oldest first:

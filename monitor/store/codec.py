@@ -11,6 +11,7 @@ value reaching the store is a bug that must not be silently shifted.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -337,6 +338,51 @@ def alert_title(text: str | bytes) -> str | None:
 
 def strs_to_json(values: tuple[str, ...]) -> str:
     return _dumps(_check_strs(values, "sources"))
+
+
+@functools.lru_cache(maxsize=4096)
+def one_source_json(feed: str) -> str:
+    """``strs_to_json((feed,))``: the sources of a story's own cluster, once per feed."""
+    return strs_to_json((feed,))
+
+
+class SourcesJson:
+    """Clusters' source lists as JSON for ``save_poll``, remembering each cluster's last
+    encoding: a cluster saved again with the same sources costs a comparison, and one
+    that gained sources (they only grow, in order of arrival) encodes only the new ones,
+    appended to its last text. Anything else (a merge reordered them, a cluster not seen
+    lately) is encoded whole. The text is the one ``strs_to_json`` gives.
+
+    One per store, used by one thread at a time (SQLite's worker, PostgreSQL's event
+    loop); it remembers the ``size`` clusters saved last."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        # cluster id -> (its sources, their JSON, whether it is ASCII-escaped throughout)
+        self._last: dict[str, tuple[tuple[str, ...], str, bool]] = {}
+
+    def __call__(self, cluster: str, sources: tuple[str, ...]) -> str:
+        last = self._last.pop(cluster, None)
+        if last is not None and last[0] == sources:
+            entry = last
+        elif (last is not None and last[0] and not last[2]
+              and len(sources) > len(last[0]) and sources[:len(last[0])] == last[0]):
+            more, escaped = _dumps_strs(sources[len(last[0]):])
+            entry = (sources, last[1][:-1] + "," + more[1:], False) if not escaped else (
+                sources, *_dumps_strs(sources))
+        else:
+            entry = (sources, *_dumps_strs(sources))
+        self._last[cluster] = entry  # (the newest last: the oldest go first)
+        if len(self._last) > self.size:
+            del self._last[next(iter(self._last))]
+        return entry[1]
+
+
+def _dumps_strs(values: tuple[str, ...]) -> tuple[str, bool]:
+    """``strs_to_json``, and whether the text had to be ASCII-escaped (lone surrogates):
+    such a text cannot be extended with unescaped text and stay what one encoding gives."""
+    text = strs_to_json(values)
+    return text, bool(values) and text.isascii() and not all(v.isascii() for v in values)
 
 
 def strs_from_json(text: str | bytes) -> tuple[str, ...]:

@@ -57,6 +57,7 @@ from monitor.store.base import (
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
+    SourcesJson,
     alert_title,
     alert_to_json,
     column_text,
@@ -64,6 +65,7 @@ from monitor.store.codec import (
     dt_from_text,
     feed_from_row,
     feed_to_row,
+    one_source_json,
     readable_alert,
     story_from_json,
     story_to_json,
@@ -180,6 +182,55 @@ async def _merged_ids(con: Any, ids: list[str]) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
+def claim_sql(*, by_channel: bool) -> str:
+    """``claim_deliveries``' statement. $1 now, $2 limit, $3 lease, $4 claimer, $5 the
+    channels left out, $6 (``by_channel``) the one channel.
+
+    One channel's due deliveries are read from the index ``deliveries_claim`` in the
+    order they came due (``next_attempt``, id), locked as they are read and no further
+    than the limit: nothing sorts every due delivery. An update's pending alert that
+    came due after it and past the limit (a retry) is locked too; then the claim's rows
+    are put in order with each update right behind its alert, a few rows sorted, and cut
+    to the limit again: a claim that holds an update holds its alert, and one too small
+    for both takes the alert."""
+    which = " AND NOT (channel = ANY($5::text[]))" + (" AND channel = $6" if by_channel else "")
+    return (
+        "WITH due AS ("
+        " SELECT id, key, parent_key, next_attempt FROM deliveries c"
+        " WHERE state = 'pending' AND next_attempt <= $1" + which +
+        # an update waits for an alert that is waiting to be retried, so that it can be
+        # threaded under it (a due alert comes first in the same batch); looked up for
+        # each update read (a scalar subquery: never a join, or a hash, of every pending
+        # row, which would end the reading in order)
+        " AND (c.parent_key IS NULL OR (SELECT p.state = 'pending' AND p.next_attempt > $1"
+        "  FROM deliveries p WHERE p.key = c.parent_key) IS NOT TRUE)"
+        " ORDER BY next_attempt, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED), "
+        "parents AS ("
+        " SELECT id, key, parent_key, next_attempt FROM deliveries c"
+        " WHERE key IN (SELECT parent_key FROM due) AND id NOT IN (SELECT id FROM due)"
+        " AND state = 'pending' AND next_attempt <= $1" + which +
+        " FOR UPDATE OF c SKIP LOCKED), "
+        "pool AS (SELECT * FROM due UNION ALL SELECT * FROM parents), "
+        "pick AS (SELECT u.id, u.key, u.parent_key FROM pool u"
+        " LEFT JOIN pool a ON a.key = u.parent_key"
+        " ORDER BY COALESCE(a.next_attempt, u.next_attempt), COALESCE(a.id, u.id),"
+        " a.id IS NOT NULL, u.id LIMIT $2), "
+        # an update goes only with its alert, or once the alert is no longer pending: an
+        # alert that another instance has locked (and is about to send) keeps its updates
+        # back, whatever this snapshot says of its lease
+        "ok AS (SELECT id FROM pick WHERE parent_key IS NULL"
+        " OR parent_key IN (SELECT key FROM pick)"
+        " OR (SELECT p.state FROM deliveries p WHERE p.key = pick.parent_key)"
+        "  IS DISTINCT FROM 'pending') "
+        "UPDATE deliveries d SET next_attempt = $3, claimed_by = $4 FROM ok"
+        " WHERE d.id = ok.id "
+        "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
+        "d.requeued, d.grp, "
+        "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
+        "AS parent_ref"
+    )
+
+
 def _opt_text(s: str | None) -> str | None:
     return None if s is None else column_text(s, nul=True)
 
@@ -266,6 +317,7 @@ class PostgresStore:
         self._auto_migrate = migrate
         self._pool: Any = None
         self._opening = asyncio.Lock()
+        self._sources_json = SourcesJson()  # clusters' sources, encoded incrementally
         # the server lost (``_con``): since when (loop time), the wait before the next
         # attempt, and the time before which calls fail at once instead of trying
         self._down_since: float | None = None
@@ -607,7 +659,7 @@ class PostgresStore:
                     _CLUSTER_UPSERT,
                     [
                         (_text(c.id), _text(c.first_story), _text(c.title), utc(c.first_seen), utc(c.last_seen),
-                         strs_to_json(c.sources))
+                         self._sources_json(c.id, c.sources))
                         for c in clusters
                     ],
                 )
@@ -622,7 +674,7 @@ class PostgresStore:
                         (sid, _text(s.feed), _text(s.link), title, cluster, seen,
                          utc(s.published), story_to_json(s))
                     )
-                    auto.append((cluster, sid, title, seen, strs_to_json((s.feed,))))
+                    auto.append((cluster, sid, title, seen, one_source_json(s.feed)))
                 await con.executemany(_CLUSTER_FOR_STORY, auto)
                 await con.executemany(_STORY_INSERT, rows)
                 # the other instances hear of them when (if) this transaction commits
@@ -792,41 +844,11 @@ class PostgresStore:
         if limit <= 0:
             return []
         lease = utc(lease_until)
-        # $4: one channel or NULL for any; $5: channels left out
-        which = " AND ($4::text IS NULL OR channel = $4) AND NOT (channel = ANY($5::text[]))"
+        args: list[object] = [utc(now), limit, lease, by, list(exclude)]
+        if channel is not None:
+            args.append(channel)
         async with self._con("claim_deliveries") as con:
-            rows = await con.fetch(
-                "WITH due AS ("
-                " SELECT id, key, parent_key FROM deliveries c"
-                " WHERE state = 'pending' AND next_attempt <= $1" + which +
-                # an update waits for an alert that is waiting to be retried, so that it
-                # can be threaded under it (a due alert comes first in the same batch)
-                " AND NOT EXISTS (SELECT 1 FROM deliveries p"
-                "  WHERE p.key = c.parent_key AND p.state = 'pending' AND p.next_attempt > $1)"
-                # an update sorts right behind its pending alert
-                " ORDER BY COALESCE((SELECT p.created FROM deliveries p"
-                "  WHERE p.key = c.parent_key AND p.state = 'pending'), created),"
-                " parent_key IS NOT NULL, id LIMIT $2 FOR UPDATE OF c SKIP LOCKED), "
-                # an update goes only with its alert, or once the alert is no longer pending:
-                # an alert that another instance has locked (and is about to send) keeps its
-                # updates back, whatever this snapshot says of its lease
-                "ok AS (SELECT id FROM due WHERE parent_key IS NULL"
-                " OR parent_key IN (SELECT key FROM due)"
-                " OR NOT EXISTS (SELECT 1 FROM deliveries p"
-                "  WHERE p.key = due.parent_key AND p.state = 'pending')) "
-                "UPDATE deliveries d SET next_attempt = $3, claimed_by = $6 FROM ok"
-                " WHERE d.id = ok.id "
-                "RETURNING d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                "d.requeued, d.grp, "
-                "(SELECT p.ref FROM deliveries p WHERE p.key = d.parent_key AND p.state = 'sent') "
-                "AS parent_ref",
-                utc(now),
-                limit,
-                lease,
-                channel,
-                list(exclude),
-                by,
-            )
+            rows = await con.fetch(claim_sql(by_channel=channel is not None), *args)
             return parents_first([
                 delivery_from_row(r, created=r["created"], next_attempt=lease,
                                   thread_ref=r["parent_ref"], requeued=r["requeued"],
@@ -860,6 +882,29 @@ class PostgresStore:
                 utc(now),
                 _opt_text(ref),
                 ids,
+            )
+            found = {r[0] for r in await con.fetch(
+                "SELECT id FROM deliveries WHERE id = ANY($1::bigint[])", ids)}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise StoreError(f"no delivery with id {missing[0]}")
+
+    async def mark_sent_each(self, marks: Sequence[tuple[int, datetime, str | None]]) -> None:
+        if not marks:
+            return
+        first: dict[int, tuple[datetime, str | None]] = {}
+        for i, at, ref in marks:  # an id given twice: its first mark wins, as one by one
+            first.setdefault(i, (at, ref))
+        ids = list(first)
+        async with self._con(f"mark_sent {len(ids)} deliveries", tx=True) as con:
+            # one statement for the batch: the marks as three arrays, unnested together
+            await con.execute(
+                "UPDATE deliveries d SET state = 'sent', sent_at = m.at, last_attempt = m.at, "
+                "ref = m.ref, attempts = d.attempts + 1, next_attempt = NULL "
+                "FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS m(id, at, ref) "
+                "WHERE d.id = m.id AND d.state <> 'sent'",
+                ids, [utc(at) for at, _ in first.values()],
+                [_opt_text(ref) for _, ref in first.values()],
             )
             found = {r[0] for r in await con.fetch(
                 "SELECT id FROM deliveries WHERE id = ANY($1::bigint[])", ids)}
@@ -914,6 +959,39 @@ class PostgresStore:
             )
             if _count(status) == 0:
                 await self._exists(con, delivery_id)
+
+    async def release_many(self, delivery_ids: Sequence[int], next_attempt: datetime) -> None:
+        await self._update_many(
+            "release", delivery_ids,
+            "UPDATE deliveries SET next_attempt = $2, claimed_by = NULL "
+            "WHERE id = ANY($1::bigint[]) AND state = 'pending'", utc(next_attempt))
+
+    async def mark_failed_many(
+        self, delivery_ids: Sequence[int], now: datetime, error: str,
+        next_attempt: datetime | None,
+    ) -> None:
+        await self._update_many(
+            "mark_failed", delivery_ids,
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = $2, last_attempt = $3, "
+            "state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, "
+            "next_attempt = $4, claimed_by = NULL WHERE id = ANY($1::bigint[]) "
+            "AND state = 'pending'",
+            _text(error), utc(now), None if next_attempt is None else utc(next_attempt))
+
+    async def _update_many(self, what: str, delivery_ids: Sequence[int], sql: str,
+                           *args: object) -> None:
+        """One UPDATE of the given deliveries ($1: their ids), in one transaction; an
+        unknown id raises ``StoreError`` and changes none."""
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return
+        async with self._con(f"{what} {len(ids)} deliveries", tx=True) as con:
+            await con.execute(sql, ids, *args)
+            found = {r[0] for r in await con.fetch(
+                "SELECT id FROM deliveries WHERE id = ANY($1::bigint[])", ids)}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise StoreError(f"no delivery with id {missing[0]}")
 
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         async with self._con("cluster_alerts") as con:

@@ -59,6 +59,7 @@ from monitor.store.base import (
 )
 from monitor.store.codec import (
     FEED_COLUMNS,
+    SourcesJson,
     alert_title,
     alert_to_json,
     column_text,
@@ -67,6 +68,7 @@ from monitor.store.codec import (
     dt_to_text,
     feed_from_row,
     feed_to_row,
+    one_source_json,
     opt_dt_from_text,
     opt_dt_to_text,
     readable_alert,
@@ -238,6 +240,7 @@ class SQLiteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._sources_json = SourcesJson()  # clusters' sources, encoded incrementally
 
     @property
     def path(self) -> str:
@@ -575,7 +578,7 @@ class SQLiteStore:
                                 _k(c.title),
                                 dt_to_text(c.first_seen),
                                 dt_to_text(c.last_seen),
-                                strs_to_json(c.sources),
+                                self._sources_json(c.id, c.sources),
                             )
                             for c in clusters_
                         ],
@@ -591,7 +594,7 @@ class SQLiteStore:
                             (sid, _k(s.feed), _k(s.link), title, cluster, seen,
                              dt_to_text(s.published), story_to_json(s))
                         )
-                        auto.append((cluster, sid, title, seen, seen, strs_to_json((s.feed,)), sid))
+                        auto.append((cluster, sid, title, seen, seen, one_source_json(s.feed), sid))
                     con.executemany(_CLUSTER_FOR_STORY, auto)
                     con.executemany(_STORY_INSERT, rows)
                 for d in deliveries:
@@ -767,22 +770,33 @@ class SQLiteStore:
         def work(con: sqlite3.Connection) -> list[Delivery]:
             if limit <= 0:
                 return []
+            select = (
+                "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
+                "d.requeued, d.grp, d.next_attempt, "
+                "CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
+                "p.state = 'pending' AS parent_pending "
+                "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
+                "WHERE d.state = 'pending' AND d.next_attempt <= ? " + which)
             with _write(con):
                 rows = con.execute(
-                    "SELECT d.id, d.key, d.channel, d.parent_key, d.payload, d.attempts, d.created, "
-                    "d.requeued, d.grp, CASE WHEN p.state = 'sent' THEN p.ref END AS parent_ref, "
-                    "p.state = 'pending' AS parent_pending "
-                    "FROM deliveries d LEFT JOIN deliveries p ON p.key = d.parent_key "
-                    "WHERE d.state = 'pending' AND d.next_attempt <= ? " + which +
+                    select +
                     # an update waits for an alert that is waiting to be retried, so that it
                     # can be threaded under it (a due alert comes first in the same batch)
                     "AND (p.state IS NULL OR p.state <> 'pending' OR p.next_attempt <= ?) "
-                    # an update sorts right behind its pending alert, so that a batch that
-                    # holds the update holds the alert too
-                    "ORDER BY COALESCE(CASE WHEN p.state = 'pending' THEN p.created END, "
-                    "d.created), p.state = 'pending', d.id LIMIT ?",
+                    # in the order they came due: one channel's read from the index
+                    # deliveries_claim in order (no sort), stopping at the limit
+                    "ORDER BY d.next_attempt, d.id LIMIT ?",
                     (dt_to_text(now), *args, dt_to_text(now), limit),
                 ).fetchall()
+                keys = {r["key"] for r in rows}
+                parents = {r["parent_key"] for r in rows
+                           if r["parent_pending"] and r["parent_key"] not in keys}
+                if parents:  # due, but after the limit (a retry that came due later)
+                    rows += con.execute(
+                        select + f"AND d.key IN ({_marks(len(parents))})",
+                        (dt_to_text(now), *args, *parents),
+                    ).fetchall()
+                    rows = behind_parents(rows, limit)
                 keys = {r["key"] for r in rows}
                 rows = [r for r in rows if not r["parent_pending"] or r["parent_key"] in keys]
                 if not rows:
@@ -845,6 +859,28 @@ class SQLiteStore:
 
         await self._run(f"mark_sent {len(ids)} deliveries", work)
 
+    async def mark_sent_each(self, marks: Sequence[tuple[int, datetime, str | None]]) -> None:
+        if not marks:
+            return
+        rows = [(dt_to_text(at), dt_to_text(at), None if ref is None else _k(ref), i)
+                for i, at, ref in marks]
+        ids = list(dict.fromkeys(i for i, _, _ in marks))
+
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                con.executemany(
+                    "UPDATE deliveries SET state = 'sent', sent_at = ?, last_attempt = ?, "
+                    "ref = ?, attempts = attempts + 1, next_attempt = NULL "
+                    "WHERE id = ? AND state <> 'sent'", rows)
+                for chunk in _chunks(ids):
+                    found = {row[0] for row in con.execute(
+                        f"SELECT id FROM deliveries WHERE id IN ({_marks(len(chunk))})", chunk)}
+                    missing = [i for i in chunk if i not in found]
+                    if missing:
+                        raise StoreError(f"no delivery with id {missing[0]}")
+
+        await self._run(f"mark_sent {len(ids)} deliveries", work)
+
     async def mark_failed(
         self, delivery_id: int, now: datetime, error: str, next_attempt: datetime | None
     ) -> None:
@@ -897,6 +933,44 @@ class SQLiteStore:
                     _exists(con, delivery_id)
 
         await self._run(f"release {delivery_id}", work)
+
+    async def release_many(self, delivery_ids: Sequence[int], next_attempt: datetime) -> None:
+        await self._update_many(
+            "release", delivery_ids,
+            "UPDATE deliveries SET next_attempt = ?, claimed_by = NULL WHERE state = 'pending' "
+            "AND id IN ({})", (dt_to_text(next_attempt),))
+
+    async def mark_failed_many(
+        self, delivery_ids: Sequence[int], now: datetime, error: str,
+        next_attempt: datetime | None,
+    ) -> None:
+        nxt = opt_dt_to_text(next_attempt)
+        await self._update_many(
+            "mark_failed", delivery_ids,
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, last_attempt = ?, "
+            "state = CASE WHEN ? IS NULL THEN 'failed' ELSE 'pending' END, next_attempt = ?, "
+            "claimed_by = NULL WHERE state = 'pending' AND id IN ({})",
+            (_k(error), dt_to_text(now), nxt, nxt))
+
+    async def _update_many(self, what: str, delivery_ids: Sequence[int], sql: str,
+                           args: tuple[object, ...]) -> None:
+        """One UPDATE of the given deliveries (``{}``: their ids' placeholders), in one
+        transaction; an unknown id raises ``StoreError`` and changes none."""
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return
+
+        def work(con: sqlite3.Connection) -> None:
+            with _write(con):
+                for chunk in _chunks(ids):
+                    con.execute(sql.format(_marks(len(chunk))), (*args, *chunk))
+                    found = {row[0] for row in con.execute(
+                        f"SELECT id FROM deliveries WHERE id IN ({_marks(len(chunk))})", chunk)}
+                    missing = [i for i in chunk if i not in found]
+                    if missing:
+                        raise StoreError(f"no delivery with id {missing[0]}")
+
+        await self._run(f"{what} {len(ids)} deliveries", work)
 
     async def cluster_alerts(self, cluster: str) -> list[Delivery]:
         def work(con: sqlite3.Connection) -> list[Delivery]:
@@ -1202,6 +1276,20 @@ def _merged_ids(con: sqlite3.Connection, ids: set[str]) -> dict[str, str]:
             f"SELECT gone, into_id FROM cluster_merges WHERE gone IN ({_marks(len(chunk))})",
             tuple(chunk)).fetchall())
     return out
+
+
+def behind_parents(rows: list[sqlite3.Row], limit: int) -> list[sqlite3.Row]:
+    """The first ``limit`` of a claim's candidates (in the order they came due, and the
+    pending alerts of their updates) once each update is moved right behind its alert:
+    a claim that holds an update holds its alert too, and one too small for both takes
+    the alert (the update waits until the alert is sent)."""
+    place = {r["key"]: (r["next_attempt"], r["id"]) for r in rows}
+
+    def key(r: sqlite3.Row) -> tuple[tuple[str, int], bool, int]:
+        parent = place.get(r["parent_key"]) if r["parent_pending"] else None
+        return (parent or place[r["key"]], parent is not None, r["id"])
+
+    return sorted(rows, key=key)[:limit]
 
 
 def _exists(con: sqlite3.Connection, delivery_id: int) -> None:
