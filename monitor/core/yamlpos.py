@@ -14,8 +14,9 @@ of text). Each is a located ``YamlError`` that says which limit and what to do.
 Speed: when PyYAML has its LibYAML binding, the text is scanned and parsed in C (the
 events carry the same line and column marks) and only composed and constructed in
 Python, here, so the limits above still hold (a 1,000-feed config loads in about a
-quarter of the time). Any YAML error found that way is reported by parsing again in pure Python, so
-that the messages and positions a user sees do not depend on how PyYAML was built.
+quarter of the time). Any YAML error found that way is reported by parsing again in pure
+Python, so that the messages and positions a user sees do not depend on how PyYAML was
+built.
 """
 
 from __future__ import annotations
