@@ -1,7 +1,8 @@
 """Start cost (issue #14): ``monitor once`` on stores of 10k and 100k stories.
 
     python -m bench start                          # both sizes (part of `make bench`)
-    BENCH_START_SIZES=10000 python -m bench start  # one size (BENCH_START_RUNS=5: runs)
+    BENCH_START_SIZES=10000 python -m bench start  # one size
+    BENCH_START_RUNS=3 python -m bench start       # runs per figure (default 5)
 
 A store is built per size (SQLite, synthetic but realistic headlines: real ones from the
 shared corpora, pieces of three run together so that they rarely repeat, clustered by

@@ -37,13 +37,13 @@ class CertsOnUse(ssl.SSLContext):
         """Load what was deferred (once; thread-safe)."""
         if not self.__dict__.get("_deferred"):
             return
-        with _LOCK:
-            todo, self._deferred = self._deferred, []
-            for what, purpose in todo:
+        with _LOCK:  # emptied only once loaded: a second handshake meanwhile waits here
+            for what, purpose in self.__dict__.get("_deferred") or ():
                 if what == "certs":
                     _LOAD_DEFAULT_CERTS(self, purpose)
                 else:
                     _SET_DEFAULT_VERIFY_PATHS(self)
+            self._deferred = []
 
     def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
         self.load_deferred()
