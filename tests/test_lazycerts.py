@@ -100,3 +100,25 @@ async def test_an_https_feed_is_verified_with_the_default_certificates(
     # the system's bundle does not know that CA: refused, as it always was
     out = await _fetch_in_fresh_process(url, env)
     assert out.startswith("FetchFailed") and "certificate" in out.lower(), out
+
+
+def test_handshakes_racing_the_first_all_see_every_certificate() -> None:
+    import threading
+
+    with certs_on_first_use():
+        ctx = ssl.create_default_context()
+    want = len(ssl.create_default_context().get_ca_certs())
+    seen: list[int] = []
+    start = threading.Barrier(8)
+
+    def handshake() -> None:
+        start.wait()
+        ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.com")
+        seen.append(len(ctx.get_ca_certs()))
+
+    threads = [threading.Thread(target=handshake) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [want] * 8
