@@ -2,6 +2,7 @@
 
     python -m bench start                          # both sizes (part of `make bench`)
     BENCH_START_SIZES=10000 python -m bench start  # one size
+    BENCH_START_RUNS=3 python -m bench start       # runs per figure (default 5)
 
 A store is built per size (SQLite, synthetic but realistic headlines: real ones from the
 shared corpora, pieces of three run together so that they rarely repeat, clustered by
@@ -24,9 +25,16 @@ installed):
   snapshot saved at the end).
 
 Beside it, lemon24/reader's ``reader update --no-scheduled`` over the same feeds all
-answering 304 (``cpu_vs_reader``), when a Python with ``reader``, ``click`` and
-``sgmllib3k`` is found: ``$BENCH_READER_PYTHON``, else ``/tmp/readervenv/bin/python``;
-else that part is skipped with the reason.
+answering 304, served by the same server, its runs taken in turn with monitor's (one
+monitor run, one reader run, ...) so that a change in the machine's load touches both:
+``cpu_vs_reader`` is the ratio of the medians, and ``targets`` says for each store size
+and feed count whether issue #14's 0.33× is met. reader runs when a Python with
+``reader``, ``click`` and ``sgmllib3k`` is found: ``$BENCH_READER_PYTHON``, else
+``/tmp/readervenv/bin/python``; else that part is skipped with the reason.
+
+``BENCH_START_BASE=DIR`` also runs the ``monitor`` package of another checkout (``git
+worktree add DIR REV``, or ``git archive REV | tar -x -C DIR``) on a copy of each store,
+in the same turns (``before``): a before/after in one run, on one machine's load.
 """
 
 from __future__ import annotations
@@ -54,7 +62,8 @@ SIZES = (10_000, 100_000)
 N_FEEDS = 100  # configured feeds, all answering 304
 BIG_FEEDS = 1000  # and again with as many
 STORE_FEEDS = 400  # feeds the stored stories came from
-RUNS = 3
+RUNS = int(os.environ.get("BENCH_START_RUNS", "5"))
+TARGET = 0.33  # issue #14: an all-304 cycle at most 0.33x reader's CPU, whole process
 WINDOW_H = 44  # stories first seen over the last 44 h (the window is 48 h)
 
 
@@ -273,69 +282,120 @@ def _reader_python() -> str | None:
     return None
 
 
-def _reader(tmp: Path, port: int, conn: Any, feeds_n: int) -> dict[str, Any]:
+def _reader_setup(tmp: Path, port: int, conn: Any, feeds_n: int
+                  ) -> tuple[list[str] | None, dict[str, Any]]:
+    """A reader database with ``feeds_n`` feeds, updated once (200s: the baseline); the
+    command of an update, and what to report (or why it is skipped)."""
     py = _reader_python()
     if py is None:
-        return {"skipped": "no Python with reader and click (pip install 'reader[cli]' "
-                           "sgmllib3k into a venv, then BENCH_READER_PYTHON=its python)"}
+        return None, {"skipped": "no Python with reader and click (pip install "
+                                 "'reader[cli]' sgmllib3k into a venv, then "
+                                 "BENCH_READER_PYTHON=its python)"}
     db = str(tmp / f"reader-{feeds_n}.sqlite")
-    base = [py, "-m", "reader", "--db", db, "--config", str(tmp / "none.toml")]
     (tmp / "none.toml").write_text("[reader]\n", encoding="utf-8")
+    cmd = [py, "-m", "reader", "--db", db, "--config", str(tmp / "none.toml"),
+           "update", "--no-scheduled"]
     urls = [f"http://127.0.0.1:{port}/{i}.xml" for i in range(feeds_n)]
     subprocess.run([py, "-c", "import sys; from reader import make_reader; "
                     "r = make_reader(sys.argv[1]); [r.add_feed(u) for u in sys.argv[2:]]",
                     db, *urls], check=True, env=_ENV)
-    subprocess.run([*base, "update", "--no-scheduled"], check=True, env=_ENV,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # 200s: baseline
+    subprocess.run(cmd, check=True, env=_ENV, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     conn.send("stats")
     conn.recv()
     version = subprocess.run([py, "-c", "import reader; print(reader.__version__)"],
                              capture_output=True, text=True).stdout.strip()
-    runs = [_timed([*base, "update", "--no-scheduled"], tmp, conn) for _ in range(RUNS)]
-    return {"version": version, "command": "reader update --no-scheduled", **_median(runs)}
+    return cmd, {"version": version, "command": "reader update --no-scheduled"}
 
 
 def run() -> dict[str, Any]:
     if not (CORPORA / "uci-news-aggregator" / "headlines.csv").exists():
         return {"skipped": f"no shared corpora at {CORPORA} (real headlines to build stores)"}
     sizes = [int(s) for s in os.environ.get("BENCH_START_SIZES", "").split(",") if s] or SIZES
+    base = os.environ.get("BENCH_START_BASE")
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     server = ctx.Process(target=_serve, args=(child, N_FEEDS), daemon=True)
     server.start()
     port = parent.recv()
-    out: dict[str, Any] = {"runs": RUNS, "store": "sqlite", "command": "monitor once"}
+    out: dict[str, Any] = {"runs": RUNS, "store": "sqlite", "command": "monitor once",
+                           "target_cpu_vs_reader": TARGET}
+    if base:
+        out["before"] = {"code": base}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-start-") as tmp_:
             tmp = Path(tmp_)
-            out["reader"] = {f"feeds_{n}": _reader(tmp, port, parent, n)
-                             for n in (N_FEEDS, BIG_FEEDS)}
+            reader = {n: _reader_setup(tmp, port, parent, n) for n in (N_FEEDS, BIG_FEEDS)}
+            out["reader"] = {f"feeds_{n}": info for n, (_, info) in reader.items()}
             for n in sizes:
-                out[f"stories_{n}"] = _one_store(tmp, n, port, parent, out["reader"])
+                out[f"stories_{n}"] = _one_store(tmp, n, port, parent, reader, base)
     finally:
         parent.send("stop")
         server.join(timeout=10)
+    out["targets"] = {
+        f"stories_{n}_feeds_{f}": {
+            "cpu_vs_reader": c["cpu_vs_reader"], "target": TARGET,
+            "met": c["cpu_vs_reader"] <= TARGET,
+            **({"before": c["before"]["cpu_vs_reader"]} if "before" in c else {})}
+        for n in sizes for f in (N_FEEDS, BIG_FEEDS)
+        if "cpu_vs_reader" in (c := out[f"stories_{n}"][f"all_304_feeds_{f}"])}
     return out
 
 
-def _one_store(tmp: Path, n: int, port: int, conn: Any, reader: dict[str, Any]
-               ) -> dict[str, Any]:
+def _monitor_cmd(cfg: Path) -> list[str]:
+    return [sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "warning", "once"]
+
+
+def _base_env(base: str) -> dict[str, str]:
+    """The environment that runs ``base``'s monitor package instead of this one."""
+    return {**_ENV, "PYTHONPATH": str(Path(base).resolve())}
+
+
+def _in_turns(conn: Any, cmds: dict[str, tuple[list[str], Path, dict[str, str]]]
+              ) -> dict[str, dict[str, float]]:
+    """Each command ``RUNS`` times, taking turns; the median of each."""
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in cmds}
+    for _ in range(RUNS):
+        for k, (cmd, cwd, env) in cmds.items():
+            runs[k].append(_timed(cmd, cwd, conn, env))
+    return {k: _median(v) for k, v in runs.items()}
+
+
+def _one_store(tmp: Path, n: int, port: int, conn: Any,
+               reader: dict[int, tuple[list[str] | None, dict[str, Any]]],
+               base: str | None) -> dict[str, Any]:
     dir_ = tmp / f"s{n}"
     dir_.mkdir()
     t0 = time.perf_counter()
     built = build_store(dir_ / "state.db", n, datetime.now(UTC))
     built["build_s"] = round(time.perf_counter() - t0, 1)
     res: dict[str, Any] = {"store": built}
+    base_dir = tmp / f"s{n}-before"
+    if base:
+        shutil.copytree(dir_, base_dir)
     for feeds_n in (N_FEEDS, BIG_FEEDS):
-        cfg = write_config(dir_, port, feeds_n=feeds_n)
+        cmds: dict[str, tuple[list[str], Path, dict[str, str]]] = {
+            "monitor": (_monitor_cmd(write_config(dir_, port, feeds_n=feeds_n)), dir_, _ENV)}
+        if base:
+            cmds["before"] = (_monitor_cmd(write_config(base_dir, port, feeds_n=feeds_n)),
+                              base_dir, _base_env(base))
         # every feed answers 200 (a silent baseline: the index is loaded, rebuilt, and
         # its snapshot saved), then 304 at every run
-        _timed([sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "warning",
-                "once"], dir_, conn)
-        cycle = _monitor_once(dir_, cfg, conn)
-        ref = reader[f"feeds_{feeds_n}"]
-        if ref.get("cpu_s"):
-            cycle["cpu_vs_reader"] = round(cycle["cpu_s"] / ref["cpu_s"], 2)
+        for cmd, cwd, env in cmds.values():
+            _timed(cmd, cwd, conn, env)
+        ref_cmd, _ = reader[feeds_n]
+        if ref_cmd is not None:
+            cmds["reader"] = (ref_cmd, tmp, _ENV)
+        got = _in_turns(conn, cmds)
+        cycle = got["monitor"]
+        if "reader" in got:
+            res.setdefault("reader", {})[f"feeds_{feeds_n}"] = got["reader"]
+            cycle["cpu_vs_reader"] = round(cycle["cpu_s"] / got["reader"]["cpu_s"], 2)
+            if "before" in got:
+                got["before"]["cpu_vs_reader"] = round(
+                    got["before"]["cpu_s"] / got["reader"]["cpu_s"], 2)
+        if "before" in got:
+            cycle["before"] = got["before"]
         res[f"all_304_feeds_{feeds_n}"] = cycle
     # the same 100 feeds and one with a new story at every poll: the index is loaded,
     # from the snapshot and the stories since; then without a snapshot (a rebuild)
@@ -343,6 +403,7 @@ def _one_store(tmp: Path, n: int, port: int, conn: Any, reader: dict[str, Any]
     res["one_new_story"] = _monitor_once(dir_, cfg, conn)
     res["one_new_story_no_snapshot"] = _monitor_once(dir_, cfg, conn, drop_snapshot=True)
     shutil.rmtree(dir_, ignore_errors=True)
+    shutil.rmtree(base_dir, ignore_errors=True)
     return res
 
 

@@ -365,3 +365,38 @@ async def test_check_reports_a_regex_the_linear_engine_cannot_run(workdir: Path)
     assert rc == 1 and not any(r["matched"] for r in json.loads(out)["rules"])
     rc, out, _ = await monitor("rules", "test", "--json", "--title", "a" * 30_000, cwd=workdir)
     assert rc == 0 and [r["rule"] for r in json.loads(out)["rules"] if r["matched"]] == ["evil"]
+
+
+async def test_a_cycle_of_304s_imports_nothing_it_does_not_use(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """``monitor once`` when every feed answers 304: no parser, no dedup index, no
+    metrics library, no notifier library are imported (they are a good part of its
+    CPU); the cycle that had a body to parse did import the parser. (APScheduler is:
+    these rules have a digest, whose cron expression is validated at load.)"""
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    feed_server.serve("/a.rss", rss(BACKLOG), etag=True)
+    (tmp_path / "config.yaml").write_text(f"""
+feeds:
+  - {{name: a, url: '{feed_server.url('/a.rss')}'}}
+channels:
+  slack-news: {{type: file, path: slack.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: audit.jsonl}}
+fetch: {{parse_in: thread}}
+""", encoding="utf-8")
+    unused = ("feedparser", "rapidfuzz", "prometheus_client", "monitor.core.dedup.background",
+              "monitor.core.parse", "slack_sdk", "aiosmtplib", "jinja2")
+
+    def imported(err: str) -> set[str]:
+        return {line.rsplit("|", 1)[-1].strip() for line in err.splitlines()
+                if line.startswith("import time:")}
+
+    rc, out, err = await monitor("-c", "config.yaml", "once", cwd=tmp_path,
+                                 env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert rc == 0 and "entries=" in out, out + err
+    assert "feedparser" in imported(err)  # (with parse_in: thread it parses here)
+    rc, out, err = await monitor("-c", "config.yaml", "once", cwd=tmp_path,
+                                 env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert rc == 0 and "not_modified" in out.replace("-", "_").lower(), out
+    assert imported(err) and not imported(err) & set(unused), imported(err) & set(unused)

@@ -94,3 +94,42 @@ async def test_monitor_check_refuses_a_bomb_without_stalling(tmp_path: Path) -> 
     text = (out + err).decode()
     assert proc.returncode == 1, text
     assert "bomb.yaml:" in text and "expands to more than" in text
+
+
+# -- the LibYAML fast path -----------------------------------------------------------------
+SAMPLES = [
+    "a: é€ 😀 x\nb: [1, 2, {c: 'dé'}]\n",
+    "k: |\n  multi\n  line\nm: >\n  folded\n  text\n",
+    "x: &a [1, 2]\ny: *a\nz: {<<: {p: 1}, q: 2}\n",
+    "\ufeffa: 1\n",
+    "a:\r\n  - 1\r\n  - 2\r\n",
+    "a: 'x\u2028y'\nb: 2\n",
+    "when: 2026-01-02T03:04:05Z\nn: ~\nt: yes\nf: 1.5e3\n",
+]
+BROKEN = [
+    "feeds: [a, b\nrules: x\n",  # an unclosed flow sequence
+    "a: 'unclosed\nb: 2\n",
+    "a: 1\na: 2\n",  # a duplicate key
+    "a: 2024-02-30\n",  # a date PyYAML cannot build
+    "a:\n\t- 1\n",  # a tab
+    "- " * 70 + "x\n",  # too deep
+]
+
+
+@pytest.mark.skipif(yamlpos._FastLoader is None, reason="PyYAML without LibYAML")
+@pytest.mark.parametrize("text", SAMPLES + [p.read_text(encoding="utf-8") for p in sorted(
+    [*ROOT.glob("*.yaml"), *ROOT.glob("rules/*.yaml"), *ROOT.glob("deploy/**/*.yaml")])])
+def test_the_fast_loader_gives_the_same_values_and_positions(text: str) -> None:
+    assert yamlpos._FastLoader is not None
+    fast = yamlpos._load(yamlpos._FastLoader(text), "f.yaml")
+    assert fast == yamlpos._load(yamlpos._Loader(text), "f.yaml")
+    assert load_yaml(text, "f.yaml") == fast
+
+
+@pytest.mark.parametrize("text", BROKEN)
+def test_errors_are_the_pure_loaders_whatever_the_build(text: str) -> None:
+    with pytest.raises(YamlError) as pure:
+        yamlpos._load(yamlpos._Loader(text), "f.yaml")
+    with pytest.raises(YamlError) as got:
+        load_yaml(text, "f.yaml")
+    assert got.value.problems == pure.value.problems

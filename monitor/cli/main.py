@@ -339,9 +339,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # -- once / status ----------------------------------------------------------------------
 async def cmd_once(config: Config, as_json: bool, *, strict: bool = False) -> int:
+    from monitor.metrics import Metrics
     from monitor.shell.daemon import Runtime
 
-    async with Runtime(config) as rt:
+    # no server shows metrics here: they are not collected (nor prometheus_client imported)
+    async with Runtime(config, metrics=Metrics(collect=False)) as rt:
         outcomes, sent = await rt.poll_and_deliver()
     from monitor.cli.once import once_report, print_once
 

@@ -28,7 +28,6 @@ from datetime import datetime
 
 from monitor.core.dedup.features import DedupSettings, Features, story_features
 from monitor.core.model import FeedHints, Story
-from monitor.core.parse import parse_feed
 from monitor.core.rules.match import Matcher, Prematch
 
 
@@ -80,6 +79,10 @@ def prepare(job: Job, matcher: Matcher | None = None, progress: Progress | None 
     """Parse and normalise ``job.body``, then compute the per-story work. ``matcher`` must
     be compiled from the rules ``job.rules_fingerprint`` names; None: no prematch.
     ``progress`` is called before each entry's work (see ``Progress``)."""
+    # imported here: feedparser is a tenth of a second to import, and a process that
+    # has no body to parse (every feed answered 304) never pays for it
+    from monitor.core.parse import parse_feed
+
     parsed = parse_feed(
         job.body, job.headers, feed=job.feed, feed_tags=job.feed_tags, url=job.url, now=job.now
     )

@@ -236,6 +236,7 @@ class Runtime:
         executor: Executor | None = None,
         config_path: Path | None = None,
         env: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         # where a reload reads the config from (None: the rules only are re-read), and
@@ -249,7 +250,8 @@ class Runtime:
         # None: nothing to sync
         self._unsynced: set[str] | None = None
         self.fetcher: Fetcher
-        self.metrics = Metrics()
+        # (``monitor once`` gives ``Metrics(collect=False)``: it has no server to show them)
+        self.metrics = Metrics() if metrics is None else metrics
         self.trouble = Trouble(clock)  # store errors and failing feeds, said once
         self._stack = AsyncExitStack()
         self._notifiers = notifiers

@@ -25,6 +25,7 @@ stories that adding them at the next start would cost about as much
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from collections.abc import Callable
@@ -58,7 +59,7 @@ class DedupState:
                  clock: Callable[[], datetime], metrics: Metrics | None = None) -> None:
         self.store = store
         self.index = StoryIndex(settings)
-        self.key = snapshot_key(settings)
+        self.settings = settings
         self.window = timedelta(seconds=window)
         self.clock = clock
         self.metrics = metrics
@@ -71,6 +72,13 @@ class DedupState:
         # one), and those added after it from the store
         self.from_snapshot: int | None = None
         self.caught_up = 0
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The snapshot key of these settings (``snapshot_key``), computed when a snapshot
+        is first loaded or saved: it reads the background table, which a start that
+        never needs the index is spared."""
+        return snapshot_key(self.settings)
 
     @property
     def loaded(self) -> bool:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import io
 import multiprocessing
 import os
@@ -93,6 +92,8 @@ def worker_init(parent: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the daemon, which stops us
     if sys.platform.startswith("linux"):
+        import ctypes  # here: only a worker needs it, and the daemon's start is spared it
+
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG

@@ -67,9 +67,6 @@ from datetime import UTC, datetime
 from hashlib import blake2b, sha256
 from itertools import islice
 
-from rapidfuzz import fuzz, process
-
-from monitor.core.dedup.background import _BUCKETS, ZIPF
 from monitor.core.dedup.features import DedupSettings, Features, normalize_title
 from monitor.core.model import Story
 
@@ -84,6 +81,15 @@ __all__ = [
     "pair_score",
     "snapshot_key",
 ]
+
+
+def _background() -> tuple[Mapping[str, float], Mapping[int, str]]:
+    """The background table (``ZIPF``, and the buckets it is made from), imported when
+    first needed: it and rapidfuzz are a fair share of a start, and a ``monitor once``
+    that finds nothing new never needs them."""
+    from monitor.core.dedup.background import _BUCKETS, ZIPF
+
+    return ZIPF, _BUCKETS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -249,7 +255,7 @@ def snapshot_key(settings: DedupSettings) -> str:
     version, every dedup setting and the background table. A snapshot under another
     key is ignored (the index is rebuilt from the window's stories)."""
     h = sha256(f"{_SNAPSHOT_FORMAT} {marshal.version} {astuple(settings)!r}".encode())
-    for z, words in sorted(_BUCKETS.items()):
+    for z, words in sorted(_background()[1].items()):
         h.update(f"{z}:{words};".encode())
     return f"v{_SNAPSHOT_FORMAT}-{h.hexdigest()[:32]}"
 
@@ -286,7 +292,8 @@ class StoryIndex:
         # background document frequency of a token, out of bg_size pseudo-headlines
         scale = st.bg_size * st.bg_words
         self._bg: Callable[[str], float] = lambda t: (
-            min(st.bg_size, scale * 10.0 ** (z - 9.0)) if (z := ZIPF.get(t)) else 0.0)
+            min(st.bg_size, scale * 10.0 ** (z - 9.0)) if (z := _background()[0].get(t))
+            else 0.0)
         self._bg_cache: dict[str, float] = {}
         self._now: datetime | None = None  # the last ``now`` evict saw, and its cutoff
         self._cutoff = 0.0
@@ -577,10 +584,13 @@ class StoryIndex:
         st = self.settings
         if not st.respell:
             return f
+        from rapidfuzz import fuzz, process
+
         df = self._df
+        zipf = _background()[0]
         spelling: dict[str, str] | None = None
         for t in (*f.tokens, *f.lead):
-            if len(t) < st.respell_len or t in df or t in ZIPF or t.isdigit():
+            if len(t) < st.respell_len or t in df or t in zipf or t.isdigit():
                 continue  # a word of the language is not a misspelling of another
             bucket = self._prefix.get(t[:3])
             if not bucket:
@@ -666,9 +676,10 @@ class StoryIndex:
         if cos < st.anchor_min or not st.anchor_bonus:
             return None
         need = st.anchor_share * c.n
+        zipf = _background()[0]
         for t in f.tokens:
             k = c.tf.get(t)
-            if (k is None or k < need or t.isdigit() or ZIPF.get(t, 0.0) >= st.anchor_zipf
+            if (k is None or k < need or t.isdigit() or zipf.get(t, 0.0) >= st.anchor_zipf
                     or k < st.anchor_within * self._uses.get(t, 0.0) or not self._is_name(t)):
                 continue
             return t
