@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
+import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -51,10 +52,6 @@ from monitor.core.model import Fetched, FetchFailed, FetchResult, NotModified
 from monitor.core.schedule import parse_retry_after
 from monitor.log import get_logger
 from monitor.redact import display_url, redact_text
-from monitor.shell.lazycerts import certs_on_first_use
-
-with certs_on_first_use():  # aiohttp's TLS contexts read the CA bundle when first used
-    import aiohttp
 
 log = get_logger(__name__)
 
