@@ -1,5 +1,7 @@
 """A quick scheduler load: ``monitor run`` against N local feeds, polls/s, polls in
-flight, lag and main-process CPU, sampled from /metrics and /proc every 10 s.
+flight, lag and main-process CPU: polls counted by the feed server and CPU read from
+/proc every 10 s, /metrics read at the start and the end only (with per-feed series,
+rendering it at 20,000 feeds takes seconds of the daemon's CPU).
 
     python -m bench.load_sched --feeds 6000 --interval 60s --seconds 150 [--root /work/main]
         [--concurrency 64]
@@ -105,6 +107,8 @@ async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
                 out["polls"] += s.value
             elif s.name == "monitor_polls_in_flight":
                 out["in_flight"] = s.value
+            elif s.name in ("monitor_fetch_seconds_sum", "monitor_fetch_seconds_count"):
+                out[s.name] = s.value
             elif s.name == "monitor_poll_lag_seconds_bucket":
                 out[f"lag_le_{s.labels['le']}"] = s.value
             elif s.name == "monitor_poll_lag_seconds_count":
@@ -127,19 +131,10 @@ def lag_quantile(m: dict[str, float], q: float) -> float | None:
     return math.inf
 
 
-async def main(args: argparse.Namespace) -> dict[str, object]:
-    root = Path(args.root).resolve()
-    feeds = Feeds(args.interval_s)
-    app = web.Application()
-    app.router.add_get("/f/{i}", feeds.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    for h in HOSTS:
-        await web.TCPSite(runner, h, port).start()
+def prepare(args: argparse.Namespace, root: Path, port: int, mport: int) -> Path:
+    """The daemon's directory: its config (the feeds on the 16 hosts) and rules."""
     tmp = Path(tempfile.mkdtemp(prefix="load-sched-"))
     shutil.copytree(root / "rules", tmp / "rules")
-    mport = free_port()
     lines = "\n".join(f"  - {{name: f{i}, url: 'http://{HOSTS[i % 16]}:{port}/f/{i}'}}"
                       for i in range(args.feeds))
     fetch = "parse_in: process"
@@ -158,6 +153,18 @@ channels:
 fetch: {{{fetch}}}
 server: {{listen: '127.0.0.1:{mport}'}}
 """, encoding="utf-8")
+    return tmp
+
+
+async def main(args: argparse.Namespace, root: Path, tmp: Path, port: int,
+               mport: int) -> dict[str, object]:
+    feeds = Feeds(args.interval_s)
+    app = web.Application()
+    app.router.add_get("/f/{i}", feeds.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    for h in HOSTS:
+        await web.TCPSite(runner, h, port).start()
     env = {**os.environ, "PYTHONPATH": str(root)}
     log = (tmp / "daemon.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -173,21 +180,18 @@ server: {{listen: '127.0.0.1:{mport}'}}
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.2)
             t0, c0 = time.monotonic(), cpu_seconds(proc.pid)
-            prev = await scrape(session, mport)
-            prev_t, prev_c = t0, c0
+            prev, prev_t, prev_c = feeds.requests, t0, c0
             peak_rss = 0.0
             while time.monotonic() - t0 < args.seconds:
                 await asyncio.sleep(10)
-                m = await scrape(session, mport)
-                t, c = time.monotonic(), cpu_seconds(proc.pid)
+                n, t, c = feeds.requests, time.monotonic(), cpu_seconds(proc.pid)
                 peak_rss = max(peak_rss, rss_mb(proc.pid))
-                windows.append({"t": round(t - t0), "polls_per_s": round(
-                    (m["polls"] - prev["polls"]) / (t - prev_t), 1),
-                    "cpu": round((c - prev_c) / (t - prev_t), 2),
-                    **({"in_flight": m["in_flight"]} if "in_flight" in m else {})})
-                prev, prev_t, prev_c = m, t, c
+                windows.append({"t": round(t - t0),
+                                "polls_per_s": round((n - prev) / (t - prev_t), 1),
+                                "cpu": round((c - prev_c) / (t - prev_t), 2)})
+                prev, prev_t, prev_c = n, t, c
             total = time.monotonic() - t0
-            last = prev
+            last = await scrape(session, mport)
     finally:
         proc.terminate()
         await proc.wait()
@@ -196,6 +200,7 @@ server: {{listen: '127.0.0.1:{mport}'}}
     need = args.feeds / args.interval_s
     steady = windows[len(windows) // 2:] or windows
     rates = [w["polls_per_s"] for w in steady]
+    rates_all = sum(w["polls_per_s"] for w in windows) / len(windows)
     return {
         "root": str(root), "feeds": args.feeds, "interval_s": args.interval_s,
         "concurrency": args.concurrency or "default", "needed_polls_per_s": round(need, 1),
@@ -205,6 +210,9 @@ server: {{listen: '127.0.0.1:{mport}'}}
         "main_cpu_cores": round(sum(w["cpu"] for w in windows) / len(windows), 2),
         "cpu_ms_per_poll": round(1000 * sum(w["cpu"] for w in windows)
                                  / max(1.0, sum(w["polls_per_s"] for w in windows)), 2),
+        # Little's law: polls/s × mean poll time (monitor_fetch_seconds)
+        "in_flight_mean": round(rates_all * last.get("monitor_fetch_seconds_sum", 0.0)
+                                / max(1.0, last.get("monitor_fetch_seconds_count", 0.0)), 1),
         "lag_p50_s": lag_quantile(last, 0.5), "lag_p99_s": lag_quantile(last, 0.99),
         "ticks_skipped": last.get("ticks_poll_skipped", 0.0),
         "peak_rss_mb": round(peak_rss),
@@ -227,4 +235,7 @@ if __name__ == "__main__":
     p.add_argument("--root", default=str(Path(__file__).resolve().parents[1]))
     a = p.parse_args()
     a.interval_s = parse_duration(a.interval)
-    print(json.dumps(asyncio.run(main(a)), indent=1))
+    root_dir, feed_port, metrics_port = Path(a.root).resolve(), free_port(), free_port()
+    run_dir = prepare(a, root_dir, feed_port, metrics_port)
+    print(json.dumps(asyncio.run(main(a, root_dir, run_dir, feed_port, metrics_port)),
+                     indent=1))
