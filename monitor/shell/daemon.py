@@ -17,6 +17,12 @@ swapped), or rejected with the old ones kept running and the located problems in
 ``/healthz`` (``reload``). What only a restart can change is said (``shell.reload``).
 ``${VAR}`` are resolved with the environment captured at start.
 
+Polling (``Daemon._refill``): at most ``Runtime.concurrency`` polls run at once (the
+slots: ``fetch.concurrency``, or ``auto`` sized by ``schedule.auto_concurrency``). Polls
+that end free slots, and once a sixteenth of them are free one claim fills them; the
+scheduler's tick claims too, for feeds that came due meanwhile. One claim runs at a time;
+a claim that finds fewer due feeds than free slots leaves the rest to the next tick.
+
 Readiness (``/readyz``, ``Daemon.readiness``): the store answers, the scheduler ticks,
 some rule is enabled, and not every channel is failing.
 """
