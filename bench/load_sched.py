@@ -47,6 +47,13 @@ def _frac(*parts: object) -> float:
     return int.from_bytes(h, "big") / 2.0**64
 
 
+def _title(i: int, n: int) -> str:
+    """Six made-up words, different for every story: no two stories are near-duplicates
+    (titles like "feed 1 story 2" would all join one cluster)."""
+    h = hashlib.blake2b(f"{i}/{n}".encode(), digest_size=18).hexdigest()
+    return " ".join(h[k:k + 6] for k in range(0, 36, 6))
+
+
 class Feeds:
     """Feed i's version moves on at most once per interval (about one feed in five each
     interval, by 1–5 items); its ETag is its version."""
@@ -60,9 +67,9 @@ class Feeds:
 
     def body(self, i: int, v: int) -> bytes:
         items = "".join(
-            f"<item><title>Bench feed {i} story {n}</title>"
+            f"<item><title>{_title(i, n)}</title>"
             f"<link>http://bench.example/{i}/{n}</link><guid>b{i}-{n}</guid>"
-            f"<description>Words about item {n} of feed {i}.</description></item>"
+            f"<description>{_title(n, i)} {_title(i, -n)}.</description></item>"
             for n in range(max(0, v - 5), v))
         return (f'<?xml version="1.0"?><rss version="2.0"><channel><title>f{i}</title>'
                 f"<link>http://bench.example/{i}</link><description>d</description>"
