@@ -89,7 +89,9 @@ class FeedConfig(_Model):
 
 
 class FetchConfig(_Model):
-    concurrency: int = Field(16, ge=1)
+    # polls in flight at once; ``auto`` (the default) sizes it for the configured poll
+    # rate: ceil(2 s × Σ 1/interval) within [16, 1024] (``schedule.auto_concurrency``)
+    concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     per_host: int = Field(2, ge=1)
     connect_timeout: Duration = 10.0
     timeout: Duration = 30.0

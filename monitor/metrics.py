@@ -132,6 +132,38 @@ class Metrics:
             "Stories other instances sharing the store saved, added to this one's dedup index",
             registry=r,
         )
+        # the poll scheduler (shell.daemon): slots, claims, lag behind the due times
+        self.poll_lag = Histogram(
+            "monitor_poll_lag_seconds",
+            "How late a poll started: its claim's time minus the feed's due time",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.polls_in_flight = Gauge(
+            "monitor_polls_in_flight",
+            "Polls started and not finished (at most the resolved fetch.concurrency)",
+            registry=r,
+        )
+        self.poll_slots = Gauge(
+            "monitor_poll_slots",
+            "Polls this instance runs at once at most: fetch.concurrency as resolved at start",
+            registry=r,
+        )
+        self.feed_claims = Counter(
+            "monitor_feed_claims_total",
+            "Claim queries for due feeds, by what started them: the scheduler's tick, or "
+            "polls that finished and freed slots (refill)", ["trigger"], registry=r,
+        )
+        self.feeds_claimed = Counter(
+            "monitor_feeds_claimed_total",
+            "Feeds claimed for polling, by what started their claim (tick, refill)",
+            ["trigger"], registry=r,
+        )
+        self.scheduler_ticks = Counter(
+            "monitor_scheduler_ticks_total",
+            "Periodic jobs' ticks by result: ran, or skipped because the job's previous "
+            "run was still going", ["job", "result"], registry=r,
+        )
 
     def _off(self) -> None:
         names = ("polls fetch_seconds stories matches deliveries outbox_pending "

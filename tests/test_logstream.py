@@ -159,29 +159,34 @@ server: {{enabled: false}}
     assert "feed.failed" in events
 
 
-async def test_a_tick_during_a_long_run_is_skipped_quietly(
+async def test_a_tick_during_a_long_run_is_skipped_counted_and_said_once(
         caplog: pytest.LogCaptureFixture) -> None:
+    """Not silently (#14): each skipped tick is counted, and the first of a run is said
+    at info; the next ones of the same run at debug only."""
     from monitor.shell.scheduler import _guarded
 
     release = asyncio.Event()
     runs = 0
+    ticks: list[tuple[str, str]] = []
 
     async def job() -> None:
         nonlocal runs
         runs += 1
         await release.wait()
 
-    tick = _guarded("poll", 1.0, job)
+    tick = _guarded("poll", 1.0, job, lambda name, result: ticks.append((name, result)))
     with caplog.at_level(logging.DEBUG, logger="monitor.shell.scheduler"):
         first = asyncio.ensure_future(tick())
         await asyncio.sleep(0)
         await tick()  # returns at once: the first run is still going
+        await tick()
         release.set()
         await first
         await tick()  # and the next one runs again
     assert runs == 2
+    assert ticks == [("poll", "ran"), ("poll", "skipped"), ("poll", "skipped"), ("poll", "ran")]
     skipped = [r for r in caplog.records if r.getMessage() == "scheduler.skipped"]
-    assert len(skipped) == 1 and skipped[0].levelno == logging.DEBUG
+    assert [r.levelno for r in skipped] == [logging.INFO, logging.DEBUG]
 
 
 # -- config errors and failed commands as JSON lines -------------------------------------

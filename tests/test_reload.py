@@ -468,7 +468,8 @@ server: {{enabled: false}}
         cfg.write_text(write_text, encoding="utf-8")
         with caplog.at_level(logging.INFO, logger="monitor.shell.daemon"):
             assert await rt.reload("test") is True
-        assert rt.config.store.url == "sqlite:///state.db" and rt.config.fetch.concurrency == 16
+        assert rt.config.store.url == "sqlite:///state.db" and rt.config.fetch.concurrency == "auto"
+        assert rt.concurrency == rt.fetcher.concurrency == 16  # resolved at start, kept
         assert rt.config.dedup.window == 48 * 3600.0
         assert rt.config.fetch.timeout == 7.0 and rt.fetcher.timeout == 7.0
         assert rt.dispatcher.settings.batch == 7 and rt.config.retention == 2 * 86400.0

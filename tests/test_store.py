@@ -245,6 +245,8 @@ async def test_claim_due_feeds_order_lease_and_gone(store: Store) -> None:
     first = await store.claim_due_feeds(t(0), limit=3, lease_until=t(2))
     assert [f.name for f in first] == ["new", "late", "a-due"]
     assert all(f.next_poll == t(2) for f in first)  # the lease is stored and returned
+    # and each carries the due time its claim replaced (the poll's lag, its next anchor)
+    assert [f.due for f in first] == [None, t(-10), t(-1)]
     rest = await store.claim_due_feeds(t(0), limit=10, lease_until=t(2))
     assert [f.name for f in rest] == ["b-due", "exact"]
     assert await store.claim_due_feeds(t(1), limit=10, lease_until=t(3)) == []

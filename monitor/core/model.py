@@ -83,6 +83,10 @@ class FeedState:
     # the key of the operational notice (failing, silent) sent and not yet followed by
     # its recovery notice; None when the feed has none open
     notice: str | None = None
+    # not stored: when the poll in hand was due (``Store.claim_due_feeds`` sets it, from
+    # the ``next_poll`` its claim replaced). The next poll counts from it
+    # (``schedule.next_poll``), and the claim's lag is measured against it
+    due: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

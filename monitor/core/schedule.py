@@ -9,8 +9,12 @@ inputs always give the same answer while different feeds still spread out.
 * :func:`timeout_backoff` after a parse job that ran past its deadline: a longer wait,
   so that a feed whose content hangs the parser cannot monopolise the parse workers.
 * :func:`initial_poll` at start-up: resume the stored schedule, spreading overdue
-  feeds over the first minute and brand-new feeds over the first 30 seconds, so a
-  restart does not fire every feed at once.
+  and brand-new feeds over a window (:func:`spread_window`: at least a minute / 30
+  seconds, up to the interval when there are more than the instance polls in that
+  time), so a restart does not fire every feed at once and a big first pass does
+  not bunch.
+* :func:`auto_concurrency` ``fetch.concurrency: auto``: the polls in flight a
+  configuration needs (Little's law over its poll rate).
 * :func:`parse_retry_after` a ``Retry-After`` header (feeds, Slack) as seconds.
 * :func:`retry_at`     after a failed delivery: exponential backoff, ``Retry-After`` as
   a lower bound, giving up after a while.
@@ -53,6 +57,14 @@ RETRY_AFTER_CAP = 24 * 3600.0
 OVERDUE_SPREAD = 60.0
 #: Brand-new feeds get their first poll spread over at most this many seconds.
 NEW_FEED_SPREAD = 30.0
+#: Seconds one poll is taken to last when sizing (``auto_concurrency``, ``spread_window``):
+#: polls in flight = poll rate × time per poll. A local 304 takes milliseconds, a remote
+#: feed 0.1–1 s, a slow server seconds: 2 s leaves room for the slow ones.
+POLL_SECONDS = 2.0
+#: ``fetch.concurrency: auto`` stays within these bounds: 16 (the former default, plenty
+#: for a small configuration) and 1024 (sockets and memory of one process).
+AUTO_CONCURRENCY_MIN = 16
+AUTO_CONCURRENCY_MAX = 1024
 #: Exponent cap for the backoff multiplier (2**62 × any interval is beyond any cap).
 _MAX_EXPONENT = 62
 
@@ -104,6 +116,7 @@ def next_poll(
     jitter: float,
     key: str,
     floor: float = 0.0,
+    due: datetime | None = None,
 ) -> datetime:
     """When to poll a feed next, decided right after a poll that ended at ``now``.
 
@@ -118,6 +131,17 @@ def next_poll(
     of ``key`` and ``now``: deterministic for tests, different across feeds and polls.
     ``floor`` (seconds) is a lower bound applied after the jitter: a feed's hint that
     :func:`poll_interval` honoured (its ``floor``) is not undercut by the jitter.
+
+    Anchoring: ``due`` is when this poll was due. After a success that ran late by less
+    than half the delay, the delay counts from ``due``, not from ``now``: the feed keeps
+    its place in the interval, so due times spread over the interval (``initial_poll``)
+    stay spread however long the polls take or wait for a slot. Counted from the
+    finish, each poll's lag would push its feed back for good, and after a busy moment
+    (a first pass, a restart, a slow store) the polls would keep the shape of that
+    moment, bunched, cycle after cycle. A poll later than half the delay (the instance
+    fell behind) counts from ``now``, so it is not polled again right away; failures
+    always count from ``now`` (backoff). ``retry_after`` and ``floor`` count from
+    ``now`` whatever the anchor, and the result is never before ``now``.
     """
     _require_aware(now)
     interval = max(interval, 0.0)
@@ -127,11 +151,17 @@ def next_poll(
     )
     # offset in [-jitter, +jitter) × delay
     delay += (2.0 * unit_hash(key, now.isoformat()) - 1.0) * jitter * delay
+    base = now
+    if failures <= 0 and due is not None and timedelta(0) <= now - due < timedelta(
+            seconds=delay / 2):
+        base = due  # on time, or nearly: the feed keeps its place in the interval
+    at = base + timedelta(seconds=max(delay, 0.0))
+    least = 0.0  # from now: the Retry-After and the honoured hint
     if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
+        least = max(least, min(retry_after, RETRY_AFTER_CAP))
     if math.isfinite(floor) and floor > 0:
-        delay = max(delay, floor)
-    return now + timedelta(seconds=max(delay, 0.0))
+        least = max(least, floor)
+    return max(at, now + timedelta(seconds=least))
 
 
 # -- Adaptive polling ---------------------------------------------------------------------
@@ -366,6 +396,8 @@ def initial_poll(
     key: str,
     last_polled: datetime | None,
     next_poll: datetime | None,
+    backlog: int = 1,
+    rate: float = math.inf,
 ) -> datetime:
     """The first poll time of a feed when the daemon starts (or the feed is added).
 
@@ -375,9 +407,14 @@ def initial_poll(
       ``last_polled + interval``.
     * A due time in the past means the feed is overdue (the daemon was down): instead
       of firing every overdue feed at once, each is placed at a deterministic point
-      (by ``key``) in ``[now, now + min(interval, 60 s))``.
+      (by ``key``) in ``[now, now + spread_window(least=60 s))``.
     * A brand-new feed (never polled, nothing stored) is placed at a deterministic
-      point in ``[now, now + min(interval, 30 s))``.
+      point in ``[now, now + spread_window(least=30 s))``.
+
+    ``backlog`` is how many feeds are being placed together (the new and overdue feeds
+    of this start or reload) and ``rate`` how many polls a second the instance is sized
+    for (``fetch.concurrency`` / :data:`POLL_SECONDS`): see :func:`spread_window`. The
+    defaults (one feed, no limit) give the least window.
     """
     _require_aware(now)
     interval = max(interval, 0.0)
@@ -385,12 +422,52 @@ def initial_poll(
     if due is None and last_polled is not None:
         due = last_polled + timedelta(seconds=interval)
     if due is None:
-        window = min(interval, NEW_FEED_SPREAD)
+        least = NEW_FEED_SPREAD
     elif due >= now:
         return due
     else:
-        window = min(interval, OVERDUE_SPREAD)
+        least = OVERDUE_SPREAD
+    window = spread_window(interval=interval, least=least, backlog=backlog, rate=rate)
     return now + timedelta(seconds=unit_hash(key) * window)
+
+
+def spread_window(*, interval: float, least: float, backlog: int, rate: float) -> float:
+    """Seconds over which the first polls of ``backlog`` feeds placed together (new
+    feeds, or overdue ones at a restart) are spread, for a feed polled every
+    ``interval``, by an instance sized for ``rate`` polls a second:
+
+        window = min(interval, max(least, backlog / rate))
+
+    * A few feeds (a reload that adds one, a small configuration) are polled within
+      ``least`` (30 s new, 60 s overdue): soon, yet not all in the same second.
+    * When the backlog takes the instance longer than ``least`` to poll, the window is
+      the time it takes, up to the whole interval. Squeezed into ``least`` instead, the
+      first pass would run at full tilt for ``backlog / rate`` seconds and then idle,
+      and the next passes would keep that shape; spread over the interval (``auto``
+      concurrency makes ``backlog / rate`` about the interval for a whole
+      configuration), the first pass ends within one interval and the steady state,
+      anchored on due times (:func:`next_poll`), has no bunch.
+    * Never longer than ``interval``: a feed is first polled within its interval.
+    """
+    interval = max(interval, 0.0)
+    need = backlog / rate if rate > 0 and math.isfinite(rate) else 0.0
+    return min(interval, max(least, need))
+
+
+def auto_concurrency(intervals: Iterable[float]) -> int:
+    """``fetch.concurrency: auto``: the polls in flight that the configured poll rate
+    needs, by Little's law (in flight = rate × time per poll):
+
+        concurrency = ceil(POLL_SECONDS × Σ 1 / interval), within [16, 1024]
+
+    ``Σ 1 / interval`` over the feeds (their configured intervals) is the polls a second
+    the configuration asks for; :data:`POLL_SECONDS` (2 s) is a generous time per poll,
+    so the slots are busy only when polls are slow. 50,000 feeds every 5 minutes: 167
+    polls/s, 334 in flight at most; 1,000 feeds every 5 minutes: 16 (the floor). A
+    feed whose learned cadence polls it more often than its interval is not counted
+    at that pace: the 2 s margin covers it."""
+    rate = sum(1.0 / i for i in intervals if i > 0 and math.isfinite(i))
+    return min(AUTO_CONCURRENCY_MAX, max(AUTO_CONCURRENCY_MIN, math.ceil(POLL_SECONDS * rate)))
 
 
 _DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")

@@ -17,6 +17,12 @@ swapped), or rejected with the old ones kept running and the located problems in
 ``/healthz`` (``reload``). What only a restart can change is said (``shell.reload``).
 ``${VAR}`` are resolved with the environment captured at start.
 
+Polling (``Daemon._refill``): at most ``Runtime.concurrency`` polls run at once (the
+slots: ``fetch.concurrency``, or ``auto`` sized by ``schedule.auto_concurrency``). Polls
+that end free slots, and once a sixteenth of them are free one claim fills them; the
+scheduler's tick claims too, for feeds that came due meanwhile. One claim runs at a time;
+a claim that finds fewer due feeds than free slots leaves the rest to the next tick.
+
 Readiness (``/readyz``, ``Daemon.readiness``): the store answers, the scheduler ticks,
 some rule is enabled, and not every channel is failing.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import os
 import signal
 import sys
@@ -46,7 +53,7 @@ from monitor.core.feedhealth import condition
 from monitor.core.model import Delivery, FeedSpec, FeedState
 from monitor.core.rules.match import compile_rules
 from monitor.core.rules.model import RuleSet
-from monitor.core.schedule import initial_poll
+from monitor.core.schedule import POLL_SECONDS, auto_concurrency, initial_poll
 from monitor.errors import ConfigError, MonitorError, Problem, RulesError, StoreError
 from monitor.log import get_logger, redact, redact_url, scrub
 from monitor.metrics import Metrics
@@ -86,6 +93,17 @@ def feed_lease(config: Config) -> timedelta:
     (``shell.liveness``)."""
     fc = config.fetch
     return timedelta(seconds=fc.timeout + fc.parse_timeout + LEASE_MARGIN)
+
+
+def poll_slots(config: Config) -> int:
+    """The polls one instance runs at once: ``fetch.concurrency``, or with ``auto`` (the
+    default) the configured poll rate's need (``schedule.auto_concurrency``). Resolved
+    at start: the fetcher's limits are built from it, and a reload keeps it."""
+    fc = config.fetch.concurrency
+    if fc == "auto":
+        d = config.defaults.interval
+        return auto_concurrency(f.interval or d for f in config.feeds)
+    return fc
 
 
 def utc_now() -> datetime:
@@ -173,16 +191,31 @@ def moved(st: FeedState, spec: FeedSpec, now: datetime) -> FeedState:
 
 
 async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
-                     only: set[str] | None = None, *, live: bool = False) -> list[FeedState]:
+                     only: set[str] | None = None, *, live: bool = False,
+                     rate: float = math.inf) -> list[FeedState]:
     """Make the stored feeds match the config: add new feeds (first poll spread over the
-    next seconds), reset a feed whose configured URL changed, keep the schedule of the
-    others (a restart resumes it instead of stampeding), forget removed feeds. Other
+    next seconds, or over up to their interval when there are many:
+    ``schedule.spread_window`` with the number of new and overdue feeds and ``rate``,
+    the polls a second the instance is sized for), reset a feed whose configured URL
+    changed, keep the schedule of the others (a restart resumes it instead of
+    stampeding, its overdue feeds spread the same way), forget removed feeds. Other
     instances may be polling meanwhile: a stored feed is never overwritten with what
     was read (only its overdue next poll spread, if nobody claimed or saved it since).
 
     ``only`` (a reload): touch only these feeds (added or changed) besides removing the
     feeds no longer configured; the others may be polling, and their rows are theirs."""
     stored = {f.name: f for f in await store.get_feeds()}
+
+    def placed(spec: FeedSpec) -> bool:  # new, or overdue: spread by initial_poll
+        st = stored.get(spec.name)
+        if st is None:
+            return True
+        due = st.next_poll
+        if due is None and st.last_polled is not None:
+            due = st.last_polled + timedelta(seconds=spec.interval)
+        return due is None or due < now
+
+    backlog = sum(1 for spec in specs if (only is None or spec.name in only) and placed(spec))
     out: list[FeedState] = []
     added: list[FeedState] = []
     # (name, next_poll as read, new next_poll): moved only if still so (another instance
@@ -198,7 +231,8 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
                 url=spec.url,
                 configured_url=spec.url,
                 next_poll=initial_poll(now=now, interval=spec.interval, key=spec.name,
-                                       last_polled=None, next_poll=None),
+                                       last_polled=None, next_poll=None, backlog=backlog,
+                                       rate=rate),
             )
             added.append(st)
         elif st.configured_url != spec.url:
@@ -206,7 +240,8 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
             await store.save_feed(st)
         else:
             due = initial_poll(now=now, interval=spec.interval, key=spec.name,
-                               last_polled=st.last_polled, next_poll=st.next_poll)
+                               last_polled=st.last_polled, next_poll=st.next_poll,
+                               backlog=backlog, rate=rate)
             if due != st.next_poll and not live:
                 moves.append((st.name, st.next_poll, due))
             st = replace(st, next_poll=due)
@@ -265,6 +300,12 @@ class Runtime:
         # the instance's heartbeats (``monitor run``; None for ``monitor once``)
         self.liveness: Liveness | None = None
         self._unsaved: set[str] = set()  # claimed feeds whose poll could not be saved
+        # polls at once (``poll_slots``), resolved at start: the fetcher is built for it
+        self.concurrency = poll_slots(config)
+        # the feed specs of ``_specs_of`` (the config object they were built from): built
+        # once per configuration, not per claim (50,000 specs are a third of a core/s)
+        self._specs: dict[str, FeedSpec] = {}
+        self._specs_of: Config | None = None
 
     async def __aenter__(self) -> Runtime:
         cfg = self.config
@@ -284,7 +325,7 @@ class Runtime:
                 timeout=fc.timeout,
                 max_bytes=fc.max_bytes,
                 max_redirects=fc.max_redirects,
-                concurrency=fc.concurrency,
+                concurrency=self.concurrency,
                 per_host=fc.per_host,
             )
             await self._stack.enter_async_context(fetcher)
@@ -337,7 +378,9 @@ class Runtime:
             self.dispatcher.on_store_error = self.trouble.store_failed
             self.dispatcher.ops = (cfg.health.channel, cfg.health.fallback)
             self._stack.push_async_callback(self.dispatcher.close)
-            await sync_feeds(self.store, cfg.feed_specs(), now, live=await self._peers_alive(now))
+            self.metrics.poll_slots.set(self.concurrency)
+            await sync_feeds(self.store, list(self.specs().values()), now,
+                             live=await self._peers_alive(now), rate=self.rate)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -345,6 +388,21 @@ class Runtime:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    @property
+    def rate(self) -> float:
+        """Polls a second this instance is sized for: its slots, each busy for
+        ``POLL_SECONDS`` a poll (first polls are spread by it: ``sync_feeds``)."""
+        return self.concurrency / POLL_SECONDS
+
+    def specs(self) -> dict[str, FeedSpec]:
+        """The configured feeds' specs by name, rebuilt only when the configuration
+        object changes (a reload swaps it)."""
+        if self._specs_of is not self.config:
+            cfg = self.config
+            self._specs = {s.name: s for s in cfg.feed_specs()}
+            self._specs_of = cfg
+        return self._specs
 
     async def _peers_alive(self, now: datetime) -> bool:
         """Whether other instances heartbeat in the store now (``shell.liveness``)."""
@@ -484,7 +542,8 @@ class Runtime:
             return
         self._unsynced = None
         try:
-            await sync_feeds(self.store, self.config.feed_specs(), self.clock(), only=only)
+            await sync_feeds(self.store, list(self.specs().values()), self.clock(), only=only,
+                             rate=self.rate)
         except StoreError as e:
             self._unsynced = (self._unsynced or set()) | only
             self.trouble.store_failed(e, "reload:feeds")
@@ -741,7 +800,12 @@ class Daemon:
         self._wake_dispatch = asyncio.Event()
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
         self._claimed: dict[asyncio.Task[PollOutcome], FeedState] = {}
-        self._ticking: asyncio.Task[Any] | None = None
+        # the poll slots (``Runtime.concurrency``, set at start): at most this many polls
+        # run at once; freed slots are refilled by one task at a time (``_refill``)
+        self.slots = 1
+        self._refilling: asyncio.Task[None] | None = None
+        self._again = False  # a refill was asked for while one ran: one more round
+        self._drained = False  # the last claim found fewer due feeds than free slots
         self.rt: Runtime | None = None
         self._polled: Counter[str] = Counter()  # since the last summary line
 
@@ -764,6 +828,7 @@ class Daemon:
             async with Runtime(self.config, clock=self.clock, config_path=self.config_path,
                                env=self.env) as rt:
                 self.rt = rt
+                self.slots = rt.concurrency
                 rt.pipeline.on_queued = self._wake_dispatch.set
                 # what start-up built (the restored index, compiled rules, imports) lives as
                 # long as the daemon: keep it out of the collector's way
@@ -780,8 +845,10 @@ class Daemon:
                 rt.dispatcher.claimer = rt.liveness.id
                 await rt.liveness.beat()  # known to the others before claiming anything
                 log.info("instance.started", instance=rt.liveness.id,
-                         heartbeat=sc.heartbeat, dead_after=sc.dead_after)
-                sched = Scheduler()
+                         heartbeat=sc.heartbeat, dead_after=sc.dead_after,
+                         concurrency=rt.concurrency, per_host=self.config.fetch.per_host)
+                ticks = rt.metrics.scheduler_ticks
+                sched = Scheduler(on_tick=lambda job, result: ticks.labels(job, result).inc())
                 sched.every("heartbeat", sc.heartbeat, rt.liveness.tick)
                 sched.every("poll", self.tick, self._poll_tick)
                 sched.every("prune", 3600.0, self._prune)
@@ -813,8 +880,8 @@ class Daemon:
                 self._rules_watcher.cancel()
                 for t in self._reloads:
                     t.cancel()
-                if self._ticking is not None:  # a tick in the middle of its claim
-                    await asyncio.gather(self._ticking, return_exceptions=True)
+                if self._refilling is not None:  # a claim in the middle of its query
+                    await asyncio.gather(self._refilling, return_exceptions=True)
                 if self._inflight:
                     _, pending = await asyncio.wait(
                         self._inflight, timeout=max(0.0, deadline - loop.time()))
@@ -946,49 +1013,107 @@ class Daemon:
         return all(c["ok"] for c in checks.values()), checks
 
     async def _poll_tick(self) -> None:
+        """The scheduler's tick (every ``tick`` s): sync what a reload left unsynced, and
+        fill the free poll slots with due feeds (``_refill``). The claim itself runs in
+        the refill task, so a tick stays short whatever is due."""
         rt = self.rt
         if rt is None or self._stop.is_set():
             return
         self._last_tick = asyncio.get_running_loop().time()
         await rt.sync_pending()  # what a reload changed and a store error left unsynced
-        free = self.config.fetch.concurrency - len(self._inflight)
-        if free <= 0:
+        self._drained = False  # feeds may have come due since the last claim
+        self._kick("tick")
+
+    def _kick(self, trigger: str) -> None:
+        """Start the refill task, or, while it runs, ask it for one more round: one
+        claim at a time, never overlapping."""
+        if self.rt is None or self._stop.is_set():
             return
-        self._ticking = asyncio.current_task()
+        if self._refilling is not None:
+            self._again = True
+            return
+        self._refilling = asyncio.create_task(self._refill(trigger), name="poll-refill")
+
+    async def _refill(self, trigger: str) -> None:
+        """Claim due feeds for the free slots and start their polls, as long as slots
+        are free and feeds are due. A claim that finds fewer due feeds than free slots
+        means nothing more is due now: finished polls stop asking (``_drained``) until
+        the next tick, so an idle instance runs one claim a tick, not one a poll."""
         try:
-            now = self.clock()
-            specs = {s.name: s for s in self.config.feed_specs()}
-            try:
-                due = await rt.store.claim_due_feeds(
-                    now, limit=free, lease_until=now + feed_lease(self.config),
-                    by=rt.liveness.id if rt.liveness else None)
-            except StoreError as e:
-                rt.trouble.store_failed(e, "claim")
-                return
-            for st in due:
-                spec = specs.get(st.name)
-                if spec is None:  # not configured (here): left alone, its claim holds it
-                    continue
-                if st.configured_url != spec.url:  # its URL changed while it was polling
-                    st = moved(st, spec, now)
-                if self._stop.is_set():  # stopping while we claimed: give it back
-                    await rt.store.save_feed(replace(st, next_poll=now))
-                    continue
-                task = asyncio.create_task(rt.poll_one(st, spec), name=f"poll:{st.name}")
-                self._inflight.add(task)
-                self._claimed[task] = st
-                task.add_done_callback(self._forget)
+            while self.rt is not None and not self._stop.is_set():
+                self._again = False
+                free = self.slots - len(self._inflight)
+                if free <= 0:
+                    return
+                got = await self._claim(free, trigger)
+                if got is None or got < free:
+                    self._drained = got is not None
+                    return
+                if not self._again:
+                    return
+                trigger = "refill"
+        except Exception as e:  # a bug: said, and the next tick claims again
+            log.error("poll.refill_crashed", trigger=trigger, error=repr(e), exc_info=True)
         finally:
-            self._ticking = None
+            self._refilling = None
+
+    async def _claim(self, free: int, trigger: str) -> int | None:
+        """Claim at most ``free`` due feeds and start their polls; how many were claimed
+        (None: the store failed, said once by ``trouble``)."""
+        rt = self.rt
+        assert rt is not None
+        now = self.clock()
+        specs = rt.specs()
+        rt.metrics.feed_claims.labels(trigger).inc()
+        try:
+            due = await rt.store.claim_due_feeds(
+                now, limit=free, lease_until=now + feed_lease(rt.config),
+                by=rt.liveness.id if rt.liveness else None)
+        except StoreError as e:
+            rt.trouble.store_failed(e, "claim")
+            return None
+        rt.metrics.feeds_claimed.labels(trigger).inc(len(due))
+        lag = rt.metrics.poll_lag
+        for st in due:
+            if st.due is not None:
+                lag.observe(max(0.0, (now - st.due).total_seconds()))
+            spec = specs.get(st.name)
+            if spec is None:  # not configured (here): left alone, its claim holds it
+                continue
+            if st.configured_url != spec.url:  # its URL changed while it was polling
+                st = moved(st, spec, now)
+            if self._stop.is_set():  # stopping while we claimed: give it back
+                with contextlib.suppress(StoreError):
+                    await rt.store.save_feed(replace(st, next_poll=now))
+                continue
+            task = asyncio.create_task(rt.poll_one(st, spec), name=f"poll:{st.name}")
+            self._inflight.add(task)
+            self._claimed[task] = st
+            task.add_done_callback(self._forget)
+        rt.metrics.polls_in_flight.set(len(self._inflight))
+        return len(due)
 
     def _forget(self, task: asyncio.Task[PollOutcome]) -> None:
+        """A poll ended: its slot is free. Refill once enough slots are free
+        (``refill_at``), so one claim serves several slots, unless the last claim found
+        nothing more due (then the next tick claims)."""
         self._inflight.discard(task)
         self._claimed.pop(task, None)
+        if self.rt is not None:
+            self.rt.metrics.polls_in_flight.set(len(self._inflight))
         if not task.cancelled() and task.exception() is None:
             outcome = task.result()
             self._polled[outcome.result] += 1
             self._polled[" new"] += outcome.new
             self._polled[" alerts"] += outcome.alerts
+        if not self._drained and self.slots - len(self._inflight) >= self.refill_at:
+            self._kick("refill")
+
+    @property
+    def refill_at(self) -> int:
+        """Free slots that start a refill between ticks: a sixteenth of the slots (at
+        least one), so that one claim query serves several finished polls."""
+        return max(1, self.slots // 16)
 
     async def _summarize(self) -> None:
         """One info line every few minutes: the daemon is alive, and what its polls found

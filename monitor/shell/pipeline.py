@@ -253,6 +253,7 @@ class Pipeline:
         next_at = next_poll(
             now=now, interval=decision.delay, failures=0, retry_after=None,
             backoff_max=fc.backoff_max, jitter=jitter, key=spec.name, floor=decision.floor,
+            due=state.due,  # counted from when it was due: it keeps its place
         )
         if isinstance(result, NotModified):
             _recovered(state, spec, now)
@@ -323,7 +324,8 @@ class Pipeline:
                                poll_reason=decision.why, next_poll=next_poll(
                                    now=now, interval=decision.delay, failures=0,
                                    retry_after=None, backoff_max=fc.backoff_max,
-                                   jitter=jitter, key=spec.name, floor=decision.floor))
+                                   jitter=jitter, key=spec.name, floor=decision.floor,
+                                   due=state.due))
         _recovered(state, spec, now)
         self._ok(spec, now)
         self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)

@@ -5,9 +5,12 @@ the ticks that claim due feeds and prune old stories. Digest fire times are pure
 arithmetic and live in ``monitor.core.schedule`` (``next_cron``).
 
 A job never runs twice at once, and a tick that comes while the previous run is still
-going is skipped here, quietly (``scheduler.skipped`` at debug), rather than by
-APScheduler with a warning each time; a run that goes on for ``SLOW_AFTER`` intervals
-(at least a minute) is reported once, at warning (``scheduler.slow``).
+going is skipped here rather than by APScheduler with a warning each time, and never
+silently: every tick is counted, ran or skipped (``on_tick``: the daemon's
+``monitor_scheduler_ticks_total{job, result}``), the first skip of a run is logged at
+info (``scheduler.skipped``; the next ones at debug), and a run that goes on for
+``SLOW_AFTER`` intervals (at least a minute) is reported once, at warning
+(``scheduler.slow``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,19 @@ from monitor.log import get_logger
 log = get_logger(__name__)
 
 Job = Callable[[], Awaitable[None]]
+#: told of every tick: (job name, "ran" or "skipped")
+OnTick = Callable[[str, str], None]
 
 SLOW_AFTER = 10  # intervals a run may last before it is reported (at least 60 s)
 
 
-def _guarded(name: str, seconds: float, job: Job) -> Job:
-    """``job``, run at most once at a time: a call while a run is going returns at once."""
+def _ignore(_job: str, _result: str) -> None:
+    pass
+
+
+def _guarded(name: str, seconds: float, job: Job, on_tick: OnTick = _ignore) -> Job:
+    """``job``, run at most once at a time: a call while a run is going returns at once,
+    counted as skipped."""
     started: float | None = None
     skipped = 0
     warned = False
@@ -38,14 +48,18 @@ def _guarded(name: str, seconds: float, job: Job) -> Job:
         nonlocal started, skipped, warned
         if started is not None:
             skipped += 1
+            on_tick(name, "skipped")
             running = time.monotonic() - started
-            log.debug("scheduler.skipped", job=name, running_s=running, skipped=skipped)
+            (log.info if skipped == 1 else log.debug)(
+                "scheduler.skipped", job=name, running_s=running, skipped=skipped,
+                why="the previous run is still going")
             if not warned and running >= max(60.0, SLOW_AFTER * seconds):
                 warned = True
                 log.warning("scheduler.slow", job=name, running_s=running, every_s=seconds,
                             note="its next runs are skipped until this one ends")
             return
         started, skipped, warned = time.monotonic(), 0, False
+        on_tick(name, "ran")
         try:
             await job()
         finally:
@@ -55,12 +69,15 @@ def _guarded(name: str, seconds: float, job: Job) -> Job:
 
 
 class Scheduler:
-    def __init__(self) -> None:
+    """Periodic jobs on the running loop; ``on_tick`` is told of every tick of each."""
+
+    def __init__(self, on_tick: OnTick = _ignore) -> None:
         self._s = AsyncIOScheduler(timezone=UTC)
+        self._on_tick = on_tick
 
     def every(self, name: str, seconds: float, job: Job, *, start_now: bool = True) -> None:
         self._s.add_job(
-            _guarded(name, seconds, job),
+            _guarded(name, seconds, job, self._on_tick),
             IntervalTrigger(seconds=seconds, timezone=UTC),
             id=name,
             name=name,

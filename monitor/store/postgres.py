@@ -587,13 +587,21 @@ class PostgresStore:
     ) -> list[FeedState]:
         if limit <= 0:
             return []
+        # two scans of the ``feeds_next_poll`` index, each bounded by the LIMIT: the
+        # never-polled, then the due ones in order (``x IS NULL OR x <= $1`` in one
+        # query is a bitmap scan of every due feed and a sort of them all)
         async with self._con("claim_due_feeds") as con:
             rows = await con.fetch(
-                "WITH due AS ("
-                " SELECT name, next_poll AS old_next_poll FROM feeds"
-                " WHERE NOT gone AND (next_poll IS NULL OR next_poll <= $1)"
-                " ORDER BY next_poll NULLS FIRST, name LIMIT $2"
-                " FOR UPDATE SKIP LOCKED) "
+                "WITH fresh AS ("
+                " SELECT name, next_poll FROM feeds WHERE next_poll IS NULL AND NOT gone"
+                " ORDER BY name LIMIT $2 FOR UPDATE SKIP LOCKED), "
+                "dated AS ("
+                " SELECT name, next_poll FROM feeds WHERE next_poll <= $1 AND NOT gone"
+                " ORDER BY next_poll, name LIMIT $2 FOR UPDATE SKIP LOCKED), "
+                "due AS ("
+                " SELECT name, next_poll AS old_next_poll FROM ("
+                "  SELECT 0 AS k, * FROM fresh UNION ALL SELECT 1, * FROM dated) u"
+                " ORDER BY k, next_poll, name LIMIT $2) "
                 "UPDATE feeds f SET next_poll = $3, claimed_by = $4 FROM due"
                 " WHERE f.name = due.name "
                 "RETURNING f.*, due.old_next_poll",
@@ -606,7 +614,7 @@ class PostgresStore:
             rows,
             key=lambda r: (r["old_next_poll"] is not None, r["old_next_poll"] or now, r["name"]),
         )
-        return [feed_from_row(r, _same) for r in rows]
+        return [replace(feed_from_row(r, _same), due=r["old_next_poll"]) for r in rows]
 
     async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
         if not names:

@@ -481,16 +481,19 @@ class SQLiteStore:
                 return []
             now_t, lease_t = dt_to_text(now), dt_to_text(lease_until)
             with _write(con):
-                names = [
-                    r[0]
-                    for r in con.execute(
-                        "SELECT name FROM feeds WHERE gone = 0 AND (next_poll IS NULL OR next_poll <= ?) "
-                        "ORDER BY next_poll, name LIMIT ?",  # NULL (never polled) sorts first
-                        (now_t, limit),
-                    )
-                ]
-                if not names:
+                # two searches of the ``feeds_next_poll`` index, each bounded by the
+                # LIMIT (``x IS NULL OR x <= ?`` in one query scans the whole index when
+                # fewer than LIMIT are due): the never-polled first, then the due ones
+                due: list[tuple[str, str | None]] = list(con.execute(
+                    "SELECT name, next_poll FROM feeds WHERE next_poll IS NULL AND gone = 0 "
+                    "ORDER BY name LIMIT ?", (limit,)))
+                if len(due) < limit:
+                    due += con.execute(
+                        "SELECT name, next_poll FROM feeds WHERE next_poll <= ? AND gone = 0 "
+                        "ORDER BY next_poll, name LIMIT ?", (now_t, limit - len(due)))
+                if not due:
                     return []
+                names = [name for name, _ in due]
                 con.execute(
                     f"UPDATE feeds SET next_poll = ?, claimed_by = ? "
                     f"WHERE name IN ({_marks(len(names))})",
@@ -500,7 +503,8 @@ class SQLiteStore:
                     f"SELECT * FROM feeds WHERE name IN ({_marks(len(names))})", names
                 ).fetchall()
             by_name = {r["name"]: feed_from_row(r, dt_from_text) for r in rows}
-            return [by_name[n] for n in names]
+            return [replace(by_name[n], due=None if was is None else dt_from_text(was))
+                    for n, was in due]
 
         return await self._run("claim_due_feeds", work)
 
