@@ -311,16 +311,23 @@ class StoryIndex:
         f = self._respell(Features(story.title, story.summary, self.settings.lead_words))
         return self._decide(story, f, self._keys(story, f.norm), _epoch(story.published))[0]
 
-    def add(self, story: Story, *, now: datetime, features: Features | None = None) -> Decision:
+    def add(self, story: Story, *, now: datetime, features: Features | None = None,
+            fuzzy: bool = True) -> Decision:
         """Decide and insert. ``Seen`` stories join their cluster (a new source counts)
         unless their id is already a member. ``features`` (from ``story_features`` with the
-        same settings, e.g. computed in a worker process) saves recomputing them."""
+        same settings, e.g. computed in a worker process) saves recomputing them.
+
+        ``fuzzy=False``: only the exact keys are looked up (an exact repeat still joins its
+        cluster); otherwise the story starts a cluster of its own, without being scored
+        against the window. For stories that can never alert, a feed's baseline: scoring
+        is most of the cost of an add, and a later reworded copy is still scored against
+        them (their tokens are indexed as any story's are)."""
         self.evict(now)
         f = self._respell(
             features or Features(story.title, story.summary, self.settings.lead_words))
         keys = self._keys(story, f.norm)
         pub = _epoch(story.published)
-        decision, num, near = self._decide(story, f, keys, pub)
+        decision, num, near = self._decide(story, f, keys, pub, fuzzy=fuzzy)
         if isinstance(decision, Seen) and decision.reason == "same id":
             return decision
         c = self._insert(story, f, num, keys=keys, pub=pub)
@@ -675,7 +682,7 @@ class StoryIndex:
         return None
 
     def _decide(
-        self, story: Story, f: Features, keys: list[int], t_story: float
+        self, story: Story, f: Features, keys: list[int], t_story: float, *, fuzzy: bool = True
     ) -> tuple[Decision, int | None, int | None]:
         """The decision, the number of the cluster the story joins (None for a new one),
         and for a near miss the number of the cluster to link the new one to."""
@@ -686,7 +693,7 @@ class StoryIndex:
                 num, sid = hit
                 return (Seen(cluster=self._clusters[num].id, matched_with=sid,
                              reason=_REASONS[key & 3]), num, None)
-        if not f.tokens and not f.lead:
+        if not fuzzy or (not f.tokens and not f.lead):
             return New(cluster=story.id), None, None
         weights, snorm, idf = self._story_vector(f)
         st = self.settings
