@@ -23,7 +23,6 @@ work it does on real feeds, not only exact-title hits.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import html
 import multiprocessing as mp
