@@ -71,8 +71,8 @@ from monitor.redact import without_userinfo
 from monitor.shell import ops
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import JobAbandoned, JobTimedOut
-from monitor.store.base import Store, StoredStory
-from monitor.store.groupcommit import FeedStateWriter
+from monitor.store.base import PollSave, Store, StoredStory
+from monitor.store.groupcommit import FeedStateWriter, PollWriter
 
 log = get_logger(__name__)
 
@@ -193,11 +193,15 @@ class Pipeline:
     _absorbed: dict[str, str] = field(default_factory=dict)
     # feed states of polls that found nothing new (or failed), written in groups
     states: FeedStateWriter = field(init=False)
+    # baseline polls (no deliveries, no merges: a fresh instance's first pass), written in
+    # groups
+    baselines: PollWriter = field(init=False)
     # the story ids each feed carried at its last parsed poll (see Job.skip_ids)
     _last_ids: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.states = FeedStateWriter(self.store)
+        self.baselines = PollWriter(self.store)
 
     async def poll_feed(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
         """Fetch, parse, dedup, match, route and save one feed's poll."""
@@ -385,7 +389,7 @@ class Pipeline:
             stories_seen=state.stories_seen + len(fresh),
         ), work.news, now=now)
         state, notices = ops.review(self.config, state, now)
-        inserted = await self._save(state, work, deliveries + notices)
+        inserted = await self._save(state, work, deliveries + notices, grouped=baseline)
         ops.queued([d for d in inserted if is_operational(d.alert)], self.metrics)
         inserted = [d for d in inserted if not is_operational(d.alert)]
         result = "baseline" if baseline else "new" if fresh else "unchanged"
@@ -624,15 +628,21 @@ class Pipeline:
                 earlier[c.facts.cluster] = tuple(await self._cluster_alerts(c.facts.cluster))
         return earlier
 
-    async def _save(self, state: FeedState, work: _Work,
-                    deliveries: list[Delivery]) -> list[Delivery]:
+    async def _save(self, state: FeedState, work: _Work, deliveries: list[Delivery], *,
+                    grouped: bool = False) -> list[Delivery]:
         """One transaction: the feed state, its new stories, their clusters, the outbox.
-        Returns the deliveries the store did not have (by key)."""
+        Returns the deliveries the store did not have (by key). ``grouped`` (a baseline):
+        a save with no delivery and no merge to record shares its transaction with the
+        others of the next few milliseconds (``PollWriter``)."""
         # the index's sources as of now: polls of other feeds may have added some while
         # this one awaited the store
         fresh_clusters = [replace(c, sources=self.index.cluster_sources(c.id) or c.sources)
                           for c in work.clusters.values()]
         merges = list(self._absorbed.items())  # this poll's, and any a failed save left
+        if grouped and not deliveries and not merges:
+            await self.baselines.save(PollSave(state=state, stories=work.to_store,
+                                               clusters=fresh_clusters))
+            return []
         inserted = await self.store.save_poll(state, work.to_store, deliveries, fresh_clusters,
                                               merges)
         for gone, survivor in merges:
