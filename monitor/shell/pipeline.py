@@ -289,6 +289,8 @@ class Pipeline:
                       unchanged=True, ms=ms(), **_schedule_fields(ok_state, now))
             return PollOutcome(feed=spec.name, result="unchanged", status=result.status, ms=ms())
 
+        # a baseline never alerts: its stories need no text matching (prematch)
+        silent = is_baseline(state, spec)
         try:
             prepared = await self.prepare(Job(
                 body=result.body,
@@ -299,8 +301,8 @@ class Pipeline:
                 # a story's link (and an alert)
                 url=without_userinfo(result.final_url),
                 now=now,
-                rules_path=str(self.config.rules_path),
-                rules_fingerprint=self.rules.ruleset.fingerprint,
+                rules_path=None if silent else str(self.config.rules_path),
+                rules_fingerprint="" if silent else self.rules.ruleset.fingerprint,
                 dedup=self.index.settings,
                 skip_ids=self._last_ids.get(spec.name, frozenset()),
             ))
