@@ -688,27 +688,24 @@ def test_a_new_spelling_of_a_known_name_counts_as_that_name() -> None:
     assert f.tokens == ("strike", "hit", "kharkov", "odesa")
 
 
-def test_an_add_without_scoring_keeps_exact_repeats_and_is_scored_against_later() -> None:
-    """``fuzzy=False`` (a feed's baseline): an exact repeat still joins its cluster, a
-    reworded copy starts its own, and a later reworded copy from another outlet, scored as
-    usual, joins the baselined story's cluster."""
-    idx = StoryIndex()
+def test_a_quick_add_still_clusters_copies_and_later_stories_join_them() -> None:
+    """``quick`` (a feed's baseline): a narrower search, the same scoring. Exact repeats
+    and reworded copies cluster as with a full add; a later story (full add) is scored
+    against the clusters quick adds made."""
     first = "Peru's Congress ousts interim President José Jerí over corruption scandal"
     reworded = "Peru's Congress removes interim President Jerí as he faces a corruption probe"
-    assert isinstance(idx.add(story(first, "abc", sid="a"), now=T0, fuzzy=False), New)
-    # the same title from another outlet: exact, so it joins (a new source)
-    d = idx.add(story(first, "cbs", sid="a2"), now=T0, fuzzy=False)
-    assert isinstance(d, Seen) and d.cluster == "a" and d.reason == "same title"
-    assert idx.cluster_sources("a") == ("abc", "cbs")
-    # a reworded copy is not scored: a cluster of its own, not linked to "a" for a merge
-    d = idx.add(story(reworded, "nyt", sid="c"), now=T0, fuzzy=False)
-    assert isinstance(d, New) and d.cluster == "c" and idx.clusters == 2
-    # with scoring, as the same copy would have been
-    scored = StoryIndex()
-    scored.add(story(first, "abc", sid="a"), now=T0)
-    assert isinstance(scored.add(story(reworded, "nyt", sid="c"), now=T0), SameStory)
-    # a later reworded copy (a poll that may alert) is scored against the baselined ones
-    later = idx.add(story(reworded.replace("removes", "ousts"), "jt", sid="d"),
-                    now=T0 + timedelta(hours=1))
-    assert isinstance(later, SameStory) and later.cluster in ("a", "c")
-    assert isinstance(idx.add(story(first, "x", sid="a"), now=T0, fuzzy=False), Seen)  # same id
+    decisions = {}
+    for quick in (False, True):
+        idx = StoryIndex()
+        assert isinstance(idx.add(story(first, "abc", sid="a"), now=T0, quick=quick), New)
+        d = idx.add(story(first, "cbs", sid="a2"), now=T0, quick=quick)
+        assert isinstance(d, Seen) and d.cluster == "a" and d.reason == "same title"
+        d = idx.add(story(reworded, "nyt", sid="c"), now=T0, quick=quick)
+        assert isinstance(d, SameStory) and d.cluster == "a"
+        decisions[quick] = d.score
+        assert idx.cluster_sources("a") == ("abc", "cbs", "nyt")
+        later = idx.add(story(reworded.replace("removes", "ousts"), "jt", sid="d"),
+                        now=T0 + timedelta(hours=1))
+        assert isinstance(later, SameStory) and later.cluster == "a"
+    assert decisions[True] == decisions[False]  # the same scoring
+

@@ -662,9 +662,9 @@ async def test_the_index_loads_when_a_story_is_new_and_restarts_from_its_snapsho
 
 async def test_a_reworded_copy_joins_a_story_another_feed_baselined(
         rt: Runtime, feed_server: FeedServer, clock: Clock) -> None:
-    """A baseline's stories are indexed without being scored (the cost of a fresh
-    instance's first pass), yet a later copy from another outlet, worded otherwise, is
-    scored against them and joins the baselined story's cluster: one story, two sources."""
+    """A baseline's stories get the index's quick search (the cost of a fresh instance's
+    first pass), and a later copy from another outlet, worded otherwise, is scored
+    against them and joins the baselined story's cluster: one story, two sources."""
     avalanche = BACKLOG[1]
     first = await poll(rt)
     assert first["a"].result == "baseline"

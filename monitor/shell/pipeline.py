@@ -162,7 +162,7 @@ class _Round:
     way to dedup, else once ``settle`` passes without a new one (and at the latest
     ``ROUND_MAX`` settles after the first)."""
 
-    entries: list[tuple[PreparedStory, datetime, bool]]  # (story, its poll's now, fuzzy)
+    entries: list[tuple[PreparedStory, datetime, bool]]  # (story, its poll's now, quick)
     done: asyncio.Future[dict[tuple[str, str], Decision]]
     last_call: float  # loop time by which the round is decided, at the latest
     timer: asyncio.TimerHandle | None = None
@@ -357,10 +357,9 @@ class Pipeline:
                 problem=f"GUID churn: {len(fresh)} of {len(batch)} items came back with new "
                 "ids but known titles and links; they were recorded without alerting",
             )
-        # a baseline never alerts: its stories are indexed without being scored against
-        # the window (the cost of a fresh instance's first pass); later stories are
-        # scored against them as against any
-        decisions = await self._decide(fresh, now, fuzzy=not baseline)
+        # a baseline never alerts: its stories get the index's quick search (the cost of a
+        # fresh instance's first pass); later stories are scored against them as any
+        decisions = await self._decide(fresh, now, quick=baseline)
         rules = self.rules  # one rule set for the whole poll, even if a reload comes
         max_age = timedelta(seconds=spec.max_age)
         work = self._dedup_and_match(
@@ -447,7 +446,7 @@ class Pipeline:
         return churn
 
     async def _decide(self, fresh: Sequence[PreparedStory], now: datetime, *,
-                      fuzzy: bool = True) -> dict[tuple[str, str], Decision]:
+                      quick: bool = False) -> dict[tuple[str, str], Decision]:
         """The dedup decision of each new story, keyed by (feed, id). With ``settle``,
         the stories of the polls that get here within ``settle`` seconds of one another
         (a burst: ``monitor once``, or the feeds of one scheduler tick) are added to the
@@ -457,7 +456,7 @@ class Pipeline:
         if not fresh or self.settle <= 0:
             if ticket is not None:
                 self._arrive(ticket)
-            return self._add_all([(p, now, fuzzy) for p in fresh]) if fresh else {}
+            return self._add_all([(p, now, quick) for p in fresh]) if fresh else {}
         loop = asyncio.get_running_loop()
         r = self._round
         if r is None:
@@ -467,7 +466,7 @@ class Pipeline:
         elif r.timer is not None:
             r.timer.cancel()
         r.timer = loop.call_at(min(loop.time() + self.settle, r.last_call), self._flush, r)
-        r.entries.extend((p, now, fuzzy) for p in fresh)
+        r.entries.extend((p, now, quick) for p in fresh)
         if ticket is not None:
             self._arrive(ticket)  # the last poll on its way decides the round now
         # shielded: a poll cancelled while it waits does not cancel the others' round
@@ -486,15 +485,15 @@ class Pipeline:
     def _add_all(self, entries: Sequence[tuple[PreparedStory, datetime, bool]]
                  ) -> dict[tuple[str, str], Decision]:
         """Add the stories to the index oldest first (ties by id, then feed), all at the
-        latest ``now`` of their polls; ``fuzzy`` False (a baseline's) adds one by its exact
-        keys only (``StoryIndex.add``). No await: the index sees them in one go. A merge
+        latest ``now`` of their polls; ``quick`` (a baseline's story) with the index's quick
+        search (``StoryIndex.add``). No await: the index sees them in one go. A merge
         is recorded at once (``_absorbed``), before any poll can read a stale cache."""
         now = max(n for _, n, _ in entries)
         out: dict[tuple[str, str], Decision] = {}
-        for p, _, fuzzy in sorted(entries, key=lambda e: (e[0].story.published, e[0].story.id,
+        for p, _, quick in sorted(entries, key=lambda e: (e[0].story.published, e[0].story.id,
                                                           e[0].story.feed)):
             story = p.story
-            decision = self.index.add(story, now=now, features=p.features, fuzzy=fuzzy)
+            decision = self.index.add(story, now=now, features=p.features, quick=quick)
             out[(story.feed, story.id)] = decision
             for gone in decision.merged:
                 self._absorbed[gone] = decision.cluster
