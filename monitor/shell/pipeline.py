@@ -191,6 +191,9 @@ class Pipeline:
     # clusters the index merged whose merge the store does not have yet: absorbed -> survivor
     # (saved with the next poll's transaction; until then their alerts are looked up too)
     _absorbed: dict[str, str] = field(default_factory=dict)
+    # absorbed clusters whose merge a save in flight carries: the others' saves leave it
+    # out (a failed save leaves it in ``_absorbed`` for the next one)
+    _merging: set[str] = field(default_factory=set)
     # feed states of polls that found nothing new (or failed), written in groups
     states: FeedStateWriter = field(init=False)
     # baseline polls (no deliveries, no merges: a fresh instance's first pass), written in
@@ -633,19 +636,29 @@ class Pipeline:
                     grouped: bool = False) -> list[Delivery]:
         """One transaction: the feed state, its new stories, their clusters, the outbox.
         Returns the deliveries the store did not have (by key). ``grouped`` (a baseline):
-        a save with no delivery and no merge to record shares its transaction with the
-        others of the next few milliseconds (``PollWriter``)."""
+        a save with no delivery shares its transaction with the others of the next few
+        milliseconds (``PollWriter``).
+
+        The merges the store does not have yet go with it, but for those a save in
+        flight already carries: saved once, not once per concurrent poll."""
         # the index's sources as of now: polls of other feeds may have added some while
         # this one awaited the store
         fresh_clusters = [replace(c, sources=self.index.cluster_sources(c.id) or c.sources)
                           for c in work.clusters.values()]
-        merges = list(self._absorbed.items())  # this poll's, and any a failed save left
-        if grouped and not deliveries and not merges:
-            await self.baselines.save(PollSave(state=state, stories=work.to_store,
-                                               clusters=fresh_clusters))
-            return []
-        inserted = await self.store.save_poll(state, work.to_store, deliveries, fresh_clusters,
-                                              merges)
+        # this poll's, and any a failed save left
+        merges = [(g, s) for g, s in self._absorbed.items() if g not in self._merging]
+        carried = {g for g, _ in merges}
+        self._merging |= carried
+        try:
+            if grouped and not deliveries:
+                await self.baselines.save(PollSave(state=state, stories=work.to_store,
+                                                   clusters=fresh_clusters, merges=merges))
+                inserted: list[Delivery] = []
+            else:
+                inserted = await self.store.save_poll(state, work.to_store, deliveries,
+                                                      fresh_clusters, merges)
+        finally:
+            self._merging -= carried
         for gone, survivor in merges:
             if self._absorbed.get(gone) == survivor:
                 del self._absorbed[gone]
