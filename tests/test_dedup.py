@@ -686,3 +686,26 @@ def test_a_new_spelling_of_a_known_name_counts_as_that_name() -> None:
     idx2.add(story("Strike on Kharkiv power plant", "a", sid="a"), now=T0)
     f = idx2._respell(Features("Strikes hit Kharkov and Odesa", "", 40))
     assert f.tokens == ("strike", "hit", "kharkov", "odesa")
+
+
+def test_a_quick_add_still_clusters_copies_and_later_stories_join_them() -> None:
+    """``quick`` (a feed's baseline): a narrower search, the same scoring. Exact repeats
+    and reworded copies cluster as with a full add; a later story (full add) is scored
+    against the clusters quick adds made."""
+    first = "Peru's Congress ousts interim President José Jerí over corruption scandal"
+    reworded = "Peru's Congress removes interim President Jerí as he faces a corruption probe"
+    decisions = {}
+    for quick in (False, True):
+        idx = StoryIndex()
+        assert isinstance(idx.add(story(first, "abc", sid="a"), now=T0, quick=quick), New)
+        d = idx.add(story(first, "cbs", sid="a2"), now=T0, quick=quick)
+        assert isinstance(d, Seen) and d.cluster == "a" and d.reason == "same title"
+        d = idx.add(story(reworded, "nyt", sid="c"), now=T0, quick=quick)
+        assert isinstance(d, SameStory) and d.cluster == "a"
+        decisions[quick] = d.score
+        assert idx.cluster_sources("a") == ("abc", "cbs", "nyt")
+        later = idx.add(story(reworded.replace("removes", "ousts"), "jt", sid="d"),
+                        now=T0 + timedelta(hours=1))
+        assert isinstance(later, SameStory) and later.cluster == "a"
+    assert decisions[True] == decisions[False]  # the same scoring
+

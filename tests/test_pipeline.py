@@ -658,3 +658,24 @@ async def test_the_index_loads_when_a_story_is_new_and_restarts_from_its_snapsho
         assert (rt.dedup.from_snapshot, rt.dedup.caught_up) == (held, 0)
         assert len(rt.pipeline.index) == held + 1
     assert len(alerts(tmp_path)) == 1
+
+
+async def test_a_reworded_copy_joins_a_story_another_feed_baselined(
+        rt: Runtime, feed_server: FeedServer, clock: Clock) -> None:
+    """A baseline's stories get the index's quick search (the cost of a fresh instance's
+    first pass), and a later copy from another outlet, worded otherwise, is scored
+    against them and joins the baselined story's cluster: one story, two sources."""
+    avalanche = BACKLOG[1]
+    first = await poll(rt)
+    assert first["a"].result == "baseline"
+    clock.advance(minutes=5)
+    copy = Item(title="Search under way for ten skiers missing after avalanche in California",
+                link="https://news.example/skiers", guid="b-skiers")
+    feed_server.set("/b.rss", rss([copy], now=clock.now))
+    await poll(rt)
+    stored = {s.story.title: s for s in await rt.store.recent_stories(T0 - timedelta(days=1))}
+    theirs, ours = stored[avalanche.title], stored[copy.title]
+    assert (theirs.story.feed, ours.story.feed) == ("a", "b")
+    assert ours.cluster == theirs.cluster
+    cluster = await rt.store.get_cluster(theirs.cluster)
+    assert cluster is not None and set(cluster.sources) == {"a", "b"}

@@ -24,7 +24,7 @@ import pytest
 from monitor.core.model import Alert, ClusterInfo, Delivery, FeedState, Hit, Match, Story
 from monitor.errors import StoreError
 from monitor.log import redact_url
-from monitor.store.base import DedupSnapshot, Instance, Store, StoredStory
+from monitor.store.base import DedupSnapshot, Instance, PollSave, Store, StoredStory
 from monitor.store.listen import NOTIFY_BYTES, _heard_ids, notify_payloads
 from monitor.store.open import open_store
 from monitor.store.postgres import PostgresStore, claim_sql
@@ -494,6 +494,37 @@ async def test_save_poll_is_atomic(store: Store) -> None:
     assert await store.count_pending() == 0
     # and the store is still usable afterwards
     assert [d.key for d in await store.save_poll(before, [stored("s1")], [delivery("k-ok")])] == ["k-ok"]
+
+
+async def test_save_polls_stores_each_poll_in_one_transaction(store: Store) -> None:
+    """Several polls in one transaction: each as ``save_poll`` would store it, each
+    poll's inserted deliveries returned in order; a failing one stores none of them."""
+    a, b = feed("a", polls=1, baselined=True), feed("b", polls=3)
+    got = await store.save_polls([
+        PollSave(state=a, stories=[stored("s1", cluster="c1"), stored("s2", cluster="c2")],
+                 clusters=[ClusterInfo(id="c1", first_story="s1", title="One", first_seen=T0,
+                                       last_seen=T0, sources=("a",))]),
+        PollSave(state=b, stories=[stored("s3", feed="b", cluster="c1")],
+                 deliveries=[delivery("k1", cluster="c1")]),
+        PollSave(state=replace(a, polls=2)),  # a later state of the same feed, in order
+    ])
+    assert [[d.key for d in ds] for ds in got] == [[], ["k1"], []]
+    assert got[1][0].id is not None
+    assert await store.get_feed("a") == replace(a, polls=2)
+    assert await store.get_feed("b") == b
+    c1 = await store.get_cluster("c1")
+    assert c1 is not None and sorted(c1.members) == ["s1", "s3"]
+    c2 = await store.get_cluster("c2")  # a story's cluster row, made as save_poll makes it
+    assert c2 is not None and c2.members == ("s2",)
+    s = story("s-bad")
+    bad = Delivery(key="k-bad", channel="slack", created=T0, alert=Alert(
+        story=s, cluster="c", match=Match(rule="r", severity="high", channels=("slack",),
+                                          terms=(object(),))))  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="save_polls"):
+        await store.save_polls([PollSave(state=feed("c"), stories=[stored("s9", feed="c")]),
+                                PollSave(state=feed("d"), deliveries=[bad])])
+    assert await store.get_feed("c") is None
+    assert await store.known(["s9"], []) == set()
 
 
 async def test_naive_datetimes_raise_store_error(store: Store) -> None:

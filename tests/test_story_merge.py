@@ -4,6 +4,7 @@ clusters do not depend on which feed of a burst is heard first."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import shutil
@@ -277,3 +278,55 @@ async def test_which_feed_answers_first_does_not_change_the_clusters(
     assert len(runs[0]) > 1000
     assert len(set(runs[0].values())) < len(runs[0]) - 30  # stories did cluster
     assert runs[0] == runs[1]
+
+
+async def test_a_merge_is_saved_by_one_of_the_polls_saving_together(
+        make_config: MakeConfig, feed_server: FeedServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll whose story merged two clusters and a poll of another feed decided in the
+    same dedup round save concurrently: the merge goes with one of the two saves, not
+    with both (each carried merge costs the store several statements)."""
+    from monitor.store.sqlite import SQLiteStore
+
+    real = SQLiteStore.save_poll
+    carried: list[tuple[str, str]] = []
+    other_saving = asyncio.Event()
+    held: list[int] = []
+
+    async def counting(self: SQLiteStore, *args: Any, **kw: Any) -> Any:
+        merges = args[4] if len(args) > 4 else kw.get("merges", ())
+        carried.extend(merges)
+        if merges and not held:  # the first save with the merge waits for the other save
+            held.append(1)
+            await asyncio.wait_for(other_saving.wait(), 10)
+        else:
+            other_saving.set()
+        return await real(self, *args, **kw)
+
+    monkeypatch.setattr(SQLiteStore, "save_poll", counting)
+    clock = Clock()
+    for n in ("a", "b", "c", "d"):
+        feed_server.serve(f"/{n}", rss([], now=clock.now))
+    other = Item(title="Robots dance at the Chinese New Year gala in Beijing",
+                 link="https://d.example/r", guid="r1")
+    async with Runtime(make_config(["a", "b", "c", "d"], "dedup: {threshold: 0.6}"),
+                       clock=clock) as rt:
+        await rt.poll_all()
+        for path, item in (("/a", X), ("/b", Y)):
+            clock.advance(minutes=5)
+            feed_server.set(path, rss([item], now=clock.now))
+            await rt.poll_all()
+        clock.advance(minutes=5)
+        feed_server.set("/c", rss([Z], now=clock.now))
+        feed_server.set("/d", rss([other], now=clock.now))
+        polled = {o.feed: o.result for o in await rt.poll_all()}
+        await rt.drain()
+    assert polled == {"a": "not-modified", "b": "not-modified", "c": "new", "d": "new"}
+    assert [gone.rsplit("/", 1)[1] for gone, _ in carried] == ["y1"]
+    con = sqlite3.connect(tmp_path / "state.db")
+    try:
+        clusters = {s.rsplit("/", 1)[1]: c.rsplit("/", 1)[1]
+                    for s, c in con.execute("SELECT id, cluster FROM stories")}
+    finally:
+        con.close()
+    assert clusters == {"x1": "x1", "y1": "x1", "z1": "x1", "r1": "r1"}

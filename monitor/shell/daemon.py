@@ -367,6 +367,7 @@ class Runtime:
                 settle=cfg.dedup.settle,
             )
             self._stack.push_async_callback(self.pipeline.states.close)  # before the store
+            self._stack.push_async_callback(self.pipeline.baselines.close)
             notifiers = self._notifiers if self._notifiers is not None else build_notifiers(cfg)
             self.dispatcher = Dispatcher(
                 self.store, notifiers, cfg.delivery, self.metrics, self.clock,

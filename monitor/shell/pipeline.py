@@ -71,8 +71,8 @@ from monitor.redact import without_userinfo
 from monitor.shell import ops
 from monitor.shell.fetch import Fetcher
 from monitor.shell.parsepool import JobAbandoned, JobTimedOut
-from monitor.store.base import Store, StoredStory
-from monitor.store.groupcommit import FeedStateWriter
+from monitor.store.base import PollSave, Store, StoredStory
+from monitor.store.groupcommit import FeedStateWriter, PollWriter
 
 log = get_logger(__name__)
 
@@ -162,7 +162,7 @@ class _Round:
     way to dedup, else once ``settle`` passes without a new one (and at the latest
     ``ROUND_MAX`` settles after the first)."""
 
-    entries: list[tuple[PreparedStory, datetime]]
+    entries: list[tuple[PreparedStory, datetime, bool]]  # (story, its poll's now, quick)
     done: asyncio.Future[dict[tuple[str, str], Decision]]
     last_call: float  # loop time by which the round is decided, at the latest
     timer: asyncio.TimerHandle | None = None
@@ -191,13 +191,20 @@ class Pipeline:
     # clusters the index merged whose merge the store does not have yet: absorbed -> survivor
     # (saved with the next poll's transaction; until then their alerts are looked up too)
     _absorbed: dict[str, str] = field(default_factory=dict)
+    # absorbed clusters whose merge a save in flight carries: the others' saves leave it
+    # out (a failed save leaves it in ``_absorbed`` for the next one)
+    _merging: set[str] = field(default_factory=set)
     # feed states of polls that found nothing new (or failed), written in groups
     states: FeedStateWriter = field(init=False)
+    # baseline polls (no deliveries, no merges: a fresh instance's first pass), written in
+    # groups
+    baselines: PollWriter = field(init=False)
     # the story ids each feed carried at its last parsed poll (see Job.skip_ids)
     _last_ids: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.states = FeedStateWriter(self.store)
+        self.baselines = PollWriter(self.store)
 
     async def poll_feed(self, state: FeedState, spec: FeedSpec) -> PollOutcome:
         """Fetch, parse, dedup, match, route and save one feed's poll."""
@@ -286,6 +293,8 @@ class Pipeline:
                       unchanged=True, ms=ms(), **_schedule_fields(ok_state, now))
             return PollOutcome(feed=spec.name, result="unchanged", status=result.status, ms=ms())
 
+        # a baseline never alerts: its stories need no text matching (prematch)
+        silent = is_baseline(state, spec)
         try:
             prepared = await self.prepare(Job(
                 body=result.body,
@@ -296,8 +305,8 @@ class Pipeline:
                 # a story's link (and an alert)
                 url=without_userinfo(result.final_url),
                 now=now,
-                rules_path=str(self.config.rules_path),
-                rules_fingerprint=self.rules.ruleset.fingerprint,
+                rules_path=None if silent else str(self.config.rules_path),
+                rules_fingerprint="" if silent else self.rules.ruleset.fingerprint,
                 dedup=self.index.settings,
                 skip_ids=self._last_ids.get(spec.name, frozenset()),
             ))
@@ -353,7 +362,9 @@ class Pipeline:
                 problem=f"GUID churn: {len(fresh)} of {len(batch)} items came back with new "
                 "ids but known titles and links; they were recorded without alerting",
             )
-        decisions = await self._decide(fresh, now)
+        # a baseline never alerts: its stories get the index's quick search (the cost of a
+        # fresh instance's first pass); later stories are scored against them as any
+        decisions = await self._decide(fresh, now, quick=baseline)
         rules = self.rules  # one rule set for the whole poll, even if a reload comes
         max_age = timedelta(seconds=spec.max_age)
         work = self._dedup_and_match(
@@ -384,7 +395,7 @@ class Pipeline:
             stories_seen=state.stories_seen + len(fresh),
         ), work.news, now=now)
         state, notices = ops.review(self.config, state, now)
-        inserted = await self._save(state, work, deliveries + notices)
+        inserted = await self._save(state, work, deliveries + notices, grouped=baseline)
         ops.queued([d for d in inserted if is_operational(d.alert)], self.metrics)
         inserted = [d for d in inserted if not is_operational(d.alert)]
         result = "baseline" if baseline else "new" if fresh else "unchanged"
@@ -439,8 +450,8 @@ class Pipeline:
             log.warning("feed.guid_churn", feed=spec.name, fresh=len(fresh), total=total)
         return churn
 
-    async def _decide(self, fresh: Sequence[PreparedStory],
-                      now: datetime) -> dict[tuple[str, str], Decision]:
+    async def _decide(self, fresh: Sequence[PreparedStory], now: datetime, *,
+                      quick: bool = False) -> dict[tuple[str, str], Decision]:
         """The dedup decision of each new story, keyed by (feed, id). With ``settle``,
         the stories of the polls that get here within ``settle`` seconds of one another
         (a burst: ``monitor once``, or the feeds of one scheduler tick) are added to the
@@ -450,7 +461,7 @@ class Pipeline:
         if not fresh or self.settle <= 0:
             if ticket is not None:
                 self._arrive(ticket)
-            return self._add_all([(p, now) for p in fresh]) if fresh else {}
+            return self._add_all([(p, now, quick) for p in fresh]) if fresh else {}
         loop = asyncio.get_running_loop()
         r = self._round
         if r is None:
@@ -460,7 +471,7 @@ class Pipeline:
         elif r.timer is not None:
             r.timer.cancel()
         r.timer = loop.call_at(min(loop.time() + self.settle, r.last_call), self._flush, r)
-        r.entries.extend((p, now) for p in fresh)
+        r.entries.extend((p, now, quick) for p in fresh)
         if ticket is not None:
             self._arrive(ticket)  # the last poll on its way decides the round now
         # shielded: a poll cancelled while it waits does not cancel the others' round
@@ -469,24 +480,25 @@ class Pipeline:
     def _flush(self, r: _Round) -> None:
         if self._round is r:
             self._round = None
-        log.debug("dedup.round", feeds=len({p.story.feed for p, _ in r.entries}),
+        log.debug("dedup.round", feeds=len({p.story.feed for p, _, _ in r.entries}),
                   stories=len(r.entries))
         try:
             r.done.set_result(self._add_all(r.entries))
         except Exception as e:  # handed to every poll of the round
             r.done.set_exception(e)
 
-    def _add_all(self, entries: Sequence[tuple[PreparedStory, datetime]]
+    def _add_all(self, entries: Sequence[tuple[PreparedStory, datetime, bool]]
                  ) -> dict[tuple[str, str], Decision]:
         """Add the stories to the index oldest first (ties by id, then feed), all at the
-        latest ``now`` of their polls. No await: the index sees them in one go. A merge
+        latest ``now`` of their polls; ``quick`` (a baseline's story) with the index's quick
+        search (``StoryIndex.add``). No await: the index sees them in one go. A merge
         is recorded at once (``_absorbed``), before any poll can read a stale cache."""
-        now = max(n for _, n in entries)
+        now = max(n for _, n, _ in entries)
         out: dict[tuple[str, str], Decision] = {}
-        for p, _ in sorted(entries, key=lambda e: (e[0].story.published, e[0].story.id,
-                                                   e[0].story.feed)):
+        for p, _, quick in sorted(entries, key=lambda e: (e[0].story.published, e[0].story.id,
+                                                          e[0].story.feed)):
             story = p.story
-            decision = self.index.add(story, now=now, features=p.features)
+            decision = self.index.add(story, now=now, features=p.features, quick=quick)
             out[(story.feed, story.id)] = decision
             for gone in decision.merged:
                 self._absorbed[gone] = decision.cluster
@@ -622,17 +634,33 @@ class Pipeline:
                 earlier[c.facts.cluster] = tuple(await self._cluster_alerts(c.facts.cluster))
         return earlier
 
-    async def _save(self, state: FeedState, work: _Work,
-                    deliveries: list[Delivery]) -> list[Delivery]:
+    async def _save(self, state: FeedState, work: _Work, deliveries: list[Delivery], *,
+                    grouped: bool = False) -> list[Delivery]:
         """One transaction: the feed state, its new stories, their clusters, the outbox.
-        Returns the deliveries the store did not have (by key)."""
+        Returns the deliveries the store did not have (by key). ``grouped`` (a baseline):
+        a save with no delivery shares its transaction with the others of the next few
+        milliseconds (``PollWriter``).
+
+        The merges the store does not have yet go with it, but for those a save in
+        flight already carries: saved once, not once per concurrent poll."""
         # the index's sources as of now: polls of other feeds may have added some while
         # this one awaited the store
         fresh_clusters = [replace(c, sources=self.index.cluster_sources(c.id) or c.sources)
                           for c in work.clusters.values()]
-        merges = list(self._absorbed.items())  # this poll's, and any a failed save left
-        inserted = await self.store.save_poll(state, work.to_store, deliveries, fresh_clusters,
-                                              merges)
+        # this poll's, and any a failed save left
+        merges = [(g, s) for g, s in self._absorbed.items() if g not in self._merging]
+        carried = {g for g, _ in merges}
+        self._merging |= carried
+        try:
+            if grouped and not deliveries:
+                await self.baselines.save(PollSave(state=state, stories=work.to_store,
+                                                   clusters=fresh_clusters, merges=merges))
+                inserted: list[Delivery] = []
+            else:
+                inserted = await self.store.save_poll(state, work.to_store, deliveries,
+                                                      fresh_clusters, merges)
+        finally:
+            self._merging -= carried
         for gone, survivor in merges:
             if self._absorbed.get(gone) == survivor:
                 del self._absorbed[gone]

@@ -43,6 +43,17 @@ class StoredStory:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PollSave:
+    """What one poll writes: the arguments of ``Store.save_poll``, for ``save_polls``."""
+
+    state: FeedState
+    stories: Sequence[StoredStory] = ()
+    deliveries: Sequence[Delivery] = ()
+    clusters: Sequence[ClusterInfo] = ()
+    merges: Sequence[tuple[str, str]] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DeliveryStatus:
     """An outbox row as seen by an operator (``monitor status``, health)."""
 
@@ -220,6 +231,12 @@ class Store(Protocol):
         last_seen replaced, first_seen kept). Returns the deliveries actually inserted
         (with ``id`` set); those whose key already existed are skipped.
         """
+
+    async def save_polls(self, polls: Sequence[PollSave]) -> list[list[Delivery]]:
+        """Several polls' ``save_poll`` in one transaction, in order: all are stored or
+        none is (the store's error is raised). Returns each poll's inserted deliveries.
+        For many small writes that arrive together (a fresh instance's first pass
+        baselines every feed): one commit instead of one per poll."""
 
     async def queue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         """Add deliveries to the outbox outside a poll (operational notices about a

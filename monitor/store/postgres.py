@@ -48,6 +48,7 @@ from monitor.store.base import (
     DeliveryRecord,
     DeliveryStatus,
     Instance,
+    PollSave,
     Rows,
     StoredStory,
     Table,
@@ -651,59 +652,76 @@ class PostgresStore:
         clusters: Sequence[ClusterInfo] = (),
         merges: Sequence[tuple[str, str]] = (),
     ) -> list[Delivery]:
-        inserted: list[Delivery] = []
         async with self._con(f"save_poll {state.name!r}", tx=True) as con:
-            await _merge(con, merges)
-            await con.execute(_FEED_UPSERT, *self._feed_row(state))
-            moved = await _merged_ids(con, list({
-                *(_text(st.cluster) for st in stories), *(_text(c.id) for c in clusters),
-                *(_text(d.alert.cluster) for d in deliveries)}))
-            if moved:  # filed by an instance that has not heard of a merge yet
-                stories = [replace(st, cluster=moved.get(_text(st.cluster), st.cluster))
-                           for st in stories]
-                clusters = [replace(c, id=moved.get(_text(c.id), c.id)) for c in clusters]
-            if clusters:
-                await con.executemany(
-                    _CLUSTER_UPSERT,
-                    [
-                        (_text(c.id), _text(c.first_story), _text(c.title), utc(c.first_seen), utc(c.last_seen),
-                         self._sources_json(c.id, c.sources))
-                        for c in clusters
-                    ],
+            return await self._save_poll(con, state, stories, deliveries, clusters, merges)
+
+    async def save_polls(self, polls: Sequence[PollSave]) -> list[list[Delivery]]:
+        async with self._con(f"save_polls ({len(polls)} polls)", tx=True) as con:
+            return [await self._save_poll(con, p.state, p.stories, p.deliveries, p.clusters,
+                                          p.merges) for p in polls]
+
+    async def _save_poll(
+        self,
+        con: Any,
+        state: FeedState,
+        stories: Sequence[StoredStory],
+        deliveries: Sequence[Delivery],
+        clusters: Sequence[ClusterInfo],
+        merges: Sequence[tuple[str, str]],
+    ) -> list[Delivery]:
+        """``save_poll`` inside the caller's transaction."""
+        inserted: list[Delivery] = []
+        await _merge(con, merges)
+        await con.execute(_FEED_UPSERT, *self._feed_row(state))
+        moved = await _merged_ids(con, list({
+            *(_text(st.cluster) for st in stories), *(_text(c.id) for c in clusters),
+            *(_text(d.alert.cluster) for d in deliveries)}))
+        if moved:  # filed by an instance that has not heard of a merge yet
+            stories = [replace(st, cluster=moved.get(_text(st.cluster), st.cluster))
+                       for st in stories]
+            clusters = [replace(c, id=moved.get(_text(c.id), c.id)) for c in clusters]
+        if clusters:
+            await con.executemany(
+                _CLUSTER_UPSERT,
+                [
+                    (_text(c.id), _text(c.first_story), _text(c.title), utc(c.first_seen), utc(c.last_seen),
+                     self._sources_json(c.id, c.sources))
+                    for c in clusters
+                ],
+            )
+        if stories:
+            rows = []
+            auto = []
+            for st in stories:
+                s = st.story
+                seen = utc(s.first_seen)
+                sid, cluster, title = _text(s.id), _text(st.cluster), _text(s.title)
+                rows.append(
+                    (sid, _text(s.feed), _text(s.link), title, cluster, seen,
+                     utc(s.published), story_to_json(s))
                 )
-            if stories:
-                rows = []
-                auto = []
-                for st in stories:
-                    s = st.story
-                    seen = utc(s.first_seen)
-                    sid, cluster, title = _text(s.id), _text(st.cluster), _text(s.title)
-                    rows.append(
-                        (sid, _text(s.feed), _text(s.link), title, cluster, seen,
-                         utc(s.published), story_to_json(s))
-                    )
-                    auto.append((cluster, sid, title, seen, one_source_json(s.feed)))
-                await con.executemany(_CLUSTER_FOR_STORY, auto)
-                await con.executemany(_STORY_INSERT, rows)
-                # the other instances hear of them when (if) this transaction commits
-                for payload in notify_payloads(self._token, [r[0] for r in rows]):
-                    await con.execute("SELECT pg_notify($1, $2)", self._channel, payload)
-            for d in deliveries:
-                new_id = await con.fetchval(
-                    _DELIVERY_INSERT,
-                    _text(d.key),
-                    _text(d.channel),
-                    _opt_text(d.parent_key),
-                    moved.get(_text(d.alert.cluster), _text(d.alert.cluster)),
-                    _text(d.alert.match.rule),
-                    alert_to_json(d.alert),
-                    d.attempts,
-                    utc(d.created),
-                    utc(d.next_attempt or d.created),
-                    _opt_text(d.group),
-                )
-                if new_id is not None:
-                    inserted.append(replace(d, id=new_id))
+                auto.append((cluster, sid, title, seen, one_source_json(s.feed)))
+            await con.executemany(_CLUSTER_FOR_STORY, auto)
+            await con.executemany(_STORY_INSERT, rows)
+            # the other instances hear of them when (if) this transaction commits
+            for payload in notify_payloads(self._token, [r[0] for r in rows]):
+                await con.execute("SELECT pg_notify($1, $2)", self._channel, payload)
+        for d in deliveries:
+            new_id = await con.fetchval(
+                _DELIVERY_INSERT,
+                _text(d.key),
+                _text(d.channel),
+                _opt_text(d.parent_key),
+                moved.get(_text(d.alert.cluster), _text(d.alert.cluster)),
+                _text(d.alert.match.rule),
+                alert_to_json(d.alert),
+                d.attempts,
+                utc(d.created),
+                utc(d.next_attempt or d.created),
+                _opt_text(d.group),
+            )
+            if new_id is not None:
+                inserted.append(replace(d, id=new_id))
         return inserted
 
     async def queue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:

@@ -50,6 +50,7 @@ from monitor.store.base import (
     DeliveryRecord,
     DeliveryStatus,
     Instance,
+    PollSave,
     Rows,
     StoredStory,
     Table,
@@ -560,68 +561,20 @@ class SQLiteStore:
         merges: Sequence[tuple[str, str]] = (),
     ) -> list[Delivery]:
         def work(con: sqlite3.Connection) -> list[Delivery]:
-            inserted: list[Delivery] = []
             with _write(con):
-                _merge(con, merges)
-                con.execute(_FEED_UPSERT, _feed_row(state))
-                moved = _merged_ids(con, {*(st.cluster for st in stories), *(c.id for c in clusters),
-                                          *(d.alert.cluster for d in deliveries)})
-                if moved:  # filed by an instance that has not heard of a merge yet
-                    stories_ = [replace(st, cluster=moved.get(st.cluster, st.cluster))
-                                for st in stories]
-                    clusters_ = [replace(c, id=moved.get(c.id, c.id)) for c in clusters]
-                else:
-                    stories_, clusters_ = list(stories), list(clusters)
-                if clusters_:
-                    con.executemany(
-                        _CLUSTER_UPSERT,
-                        [
-                            (
-                                _k(c.id),
-                                _k(c.first_story),
-                                _k(c.title),
-                                dt_to_text(c.first_seen),
-                                dt_to_text(c.last_seen),
-                                self._sources_json(c.id, c.sources),
-                            )
-                            for c in clusters_
-                        ],
-                    )
-                if stories_:
-                    rows = []
-                    auto = []
-                    for st in stories_:
-                        s = st.story
-                        seen = dt_to_text(s.first_seen)
-                        sid, cluster, title = _k(s.id), _k(st.cluster), _k(s.title)
-                        rows.append(
-                            (sid, _k(s.feed), _k(s.link), title, cluster, seen,
-                             dt_to_text(s.published), story_to_json(s))
-                        )
-                        auto.append((cluster, sid, title, seen, seen, one_source_json(s.feed), sid))
-                    con.executemany(_CLUSTER_FOR_STORY, auto)
-                    con.executemany(_STORY_INSERT, rows)
-                for d in deliveries:
-                    row = con.execute(
-                        _DELIVERY_INSERT,
-                        (
-                            _k(d.key),
-                            _k(d.channel),
-                            None if d.parent_key is None else _k(d.parent_key),
-                            _k(moved.get(d.alert.cluster, d.alert.cluster)),
-                            _k(d.alert.match.rule),
-                            alert_to_json(d.alert),
-                            d.attempts,
-                            dt_to_text(d.created),
-                            dt_to_text(d.next_attempt or d.created),
-                            None if d.group is None else _k(d.group),
-                        ),
-                    ).fetchone()
-                    if row is not None:
-                        inserted.append(replace(d, id=row[0]))
-            return inserted
+                return _save_poll(con, self._sources_json, state, stories, deliveries, clusters,
+                                  merges)
 
         return await self._run(f"save_poll {state.name!r}", work)
+
+    async def save_polls(self, polls: Sequence[PollSave]) -> list[list[Delivery]]:
+        def work(con: sqlite3.Connection) -> list[list[Delivery]]:
+            with _write(con):
+                return [_save_poll(con, self._sources_json, p.state, p.stories, p.deliveries,
+                                   p.clusters, p.merges)
+                        for p in polls]
+
+        return await self._run(f"save_polls ({len(polls)} polls)", work)
 
     async def queue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         def work(con: sqlite3.Connection) -> list[Delivery]:
@@ -1234,6 +1187,77 @@ class SQLiteStore:
             await asyncio.shield(self._run("store copy: rollback", _end_write))
             raise
         return counts
+
+
+def _save_poll(
+    con: sqlite3.Connection,
+    sources_json: SourcesJson,
+    state: FeedState,
+    stories: Sequence[StoredStory],
+    deliveries: Sequence[Delivery],
+    clusters: Sequence[ClusterInfo],
+    merges: Sequence[tuple[str, str]],
+) -> list[Delivery]:
+    """``Store.save_poll`` inside the caller's transaction."""
+    inserted: list[Delivery] = []
+    _merge(con, merges)
+    con.execute(_FEED_UPSERT, _feed_row(state))
+    moved = _merged_ids(con, {*(st.cluster for st in stories), *(c.id for c in clusters),
+                              *(d.alert.cluster for d in deliveries)})
+    if moved:  # filed by an instance that has not heard of a merge yet
+        stories_ = [replace(st, cluster=moved.get(st.cluster, st.cluster))
+                    for st in stories]
+        clusters_ = [replace(c, id=moved.get(c.id, c.id)) for c in clusters]
+    else:
+        stories_, clusters_ = list(stories), list(clusters)
+    if clusters_:
+        con.executemany(
+            _CLUSTER_UPSERT,
+            [
+                (
+                    _k(c.id),
+                    _k(c.first_story),
+                    _k(c.title),
+                    dt_to_text(c.first_seen),
+                    dt_to_text(c.last_seen),
+                    sources_json(c.id, c.sources),
+                )
+                for c in clusters_
+            ],
+        )
+    if stories_:
+        rows = []
+        auto = []
+        for st in stories_:
+            s = st.story
+            seen = dt_to_text(s.first_seen)
+            sid, cluster, title = _k(s.id), _k(st.cluster), _k(s.title)
+            rows.append(
+                (sid, _k(s.feed), _k(s.link), title, cluster, seen,
+                 dt_to_text(s.published), story_to_json(s))
+            )
+            auto.append((cluster, sid, title, seen, seen, one_source_json(s.feed), sid))
+        con.executemany(_CLUSTER_FOR_STORY, auto)
+        con.executemany(_STORY_INSERT, rows)
+    for d in deliveries:
+        row = con.execute(
+            _DELIVERY_INSERT,
+            (
+                _k(d.key),
+                _k(d.channel),
+                None if d.parent_key is None else _k(d.parent_key),
+                _k(moved.get(d.alert.cluster, d.alert.cluster)),
+                _k(d.alert.match.rule),
+                alert_to_json(d.alert),
+                d.attempts,
+                dt_to_text(d.created),
+                dt_to_text(d.next_attempt or d.created),
+                None if d.group is None else _k(d.group),
+            ),
+        ).fetchone()
+        if row is not None:
+            inserted.append(replace(d, id=row[0]))
+    return inserted
 
 
 def _merge(con: sqlite3.Connection, merges: Sequence[tuple[str, str]]) -> None:
