@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+#: PostgreSQL statements sent by this process, by store operation (``PostgresStore``
+#: counts them; each daemon's ``Metrics`` shows them as ``monitor_store_queries_total``).
+#: Process-wide, as the store is: it may be opened before, or without, a ``Metrics``.
+STORE_QUERIES: Tally[str] = Tally()
+
+
+class _StoreQueries(Collector):
+    """``monitor_store_queries_total{op}``, read from ``STORE_QUERIES`` at each scrape."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "monitor_store_queries",
+            "PostgreSQL statements sent, by store operation (transaction control and the "
+            "pool's reset of a released connection included)", labels=["op"])
+        for op, n in sorted(STORE_QUERIES.items()):
+            family.add_metric([op], n)
+        yield family
 
 
 class Metrics:
@@ -91,6 +114,8 @@ class Metrics:
             "Stories other instances sharing the store saved, added to this one's dedup index",
             registry=r,
         )
+
+        r.register(_StoreQueries())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
