@@ -100,8 +100,8 @@ class Farm:
         self.headlines = headlines
         self._halves = [(h.split()[: max(1, len(h.split()) // 2)],
                          h.split()[max(1, len(h.split()) // 2):]) for h in headlines]
-        # per feed: (cycles counted, items then), so a request costs O(new cycles)
-        self._memo: dict[int, tuple[int, int]] = {}
+        # per feed: the items it had after cycle 0, 1, 2, … (extended as time goes on)
+        self._memo: dict[int, list[int]] = {}
 
     def phase(self, i: int) -> float:
         """Where in each cycle feed ``i`` publishes, as a fraction of the interval."""
@@ -117,12 +117,12 @@ class Farm:
 
     def count(self, i: int, now: float) -> int:
         """Items feed ``i`` has published by ``now`` (wall time)."""
-        cycles = max(0, math.floor((now - self.t0) / self.interval - self.phase(i)))
-        done, n = self._memo.get(i, (0, ITEMS))
-        for c in range(done + 1, cycles + 1):
-            n += self.new_items(i, c)
-        self._memo[i] = (max(done, cycles), n)
-        return n
+        # (+1e-9: an item counts from its own publishing time, whatever the rounding)
+        cycles = max(0, math.floor((now - self.t0) / self.interval - self.phase(i) + 1e-9))
+        cum = self._memo.setdefault(i, [ITEMS])
+        while len(cum) <= cycles:
+            cum.append(cum[-1] + self.new_items(i, len(cum)))
+        return cum[cycles]
 
     def item_time(self, i: int, k: int) -> float:
         """When item ``k`` of feed ``i`` was published: the first 10 an hour apart before
