@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.capfarm import MARKER, MARKER_EVERY, feed_url, read_requests
+from bench.capfarm import MARKER, MARKER_EVERY, die_with_parent, feed_url, read_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
@@ -114,9 +114,20 @@ atexit.register(_kill_children)
 
 
 def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-    p = subprocess.Popen(args, start_new_session=True, **kw)
+    """A child in a process group of its own (so that its workers are ended with it),
+    sent SIGTERM by Linux should this harness die without cleaning up (SIGKILL)."""
+    p = subprocess.Popen(args, start_new_session=True, preexec_fn=die_with_parent, **kw)
     _children.append(p)
     return p
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the harness through ``SystemExit``, so its children are ended too."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def free_port() -> int:
@@ -705,6 +716,7 @@ def run_pg_series(counts: list[int], **kw: Any) -> dict[str, Any]:
 def run() -> dict[str, Any]:
     """``make bench``: the small mode by default, ``MONITOR_CAPBENCH=full`` for the
     50,000-feed run (see the module's docstring)."""
+    _exit_on_sigterm()
     full = os.environ.get("MONITOR_CAPBENCH", "small") == "full"
     mode = FULL if full else SMALL
     out: dict[str, Any] = {
@@ -745,10 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.instances.split(",")]
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
+    _exit_on_sigterm()
     kw = {"feeds": args.feeds, "interval": args.interval, "duration": args.duration,
           "concurrency": args.concurrency, "farm_procs": args.farm_procs, "keep": args.keep}
     if args.store == "postgres":

@@ -297,7 +297,7 @@ def bind_all(port: int) -> list[socket.socket]:
     raise OSError("no port free on all 16 loopback addresses")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGTERM this process when its parent dies (best effort)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--log-dir", type=Path, required=True)
     args = ap.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     parent = os.getppid()
     headlines, source = load_headlines()
     farm = Farm(args.feeds, args.interval, args.t0 or time.time(), headlines)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in range(1, args.procs):
         pid = os.fork()
         if pid == 0:
-            _die_with_parent()
+            die_with_parent()
             asyncio.run(_serve(farm, socks, Recorder(args.log_dir / f"requests-{n}.bin"),
                                os.getppid()))
             os._exit(0)
