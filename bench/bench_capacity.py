@@ -476,7 +476,7 @@ def _run(tmp: Path, db: str | None, *, feeds: int, interval: float, duration: fl
     reqs = sorted((t, f, s) for t, f, s in read_requests(reqdir) if t <= run.t_end)
     w0 = _report_requests(run, reqs, result)
     _report_resources(run, reqs, w0, result)
-    result["daemon_warnings"] = _warnings(run.daemons)
+    result["daemon_log"] = _log_events(run.daemons)
     result["meets"] = _meets(run, result)
     return result
 
@@ -663,18 +663,27 @@ def _report_resources(run: Run, reqs: list[tuple[float, int, int]], w0: float,
     result["storage"] = st
 
 
-def _warnings(daemons: list[Instance]) -> dict[str, int]:
-    """The daemons' warnings and errors, by event (APScheduler's skipped ticks too)."""
-    events: Counter[str] = Counter()
+#: info events of the daemons' logs worth counting in the report
+EVENTS = ("feed.polled", "story.merged", "alert.queued", "delivery.sent", "feed.failed")
+
+
+def _log_events(daemons: list[Instance]) -> dict[str, dict[str, int]]:
+    """The daemons' warnings and errors by event (APScheduler's skipped ticks too), and
+    a few telling info events (``EVENTS``: polls that changed, stories merged, …)."""
+    bad: Counter[str] = Counter()
+    info: Counter[str] = Counter()
     for d in daemons:
         for line in d.log.read_text(encoding="utf-8", errors="replace").splitlines():
-            if '"warning"' in line or '"error"' in line or "maximum number" in line:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    rec = {"event": line}
-                events[str(rec.get("event", "?"))[:80]] += 1
-    return dict(events.most_common(12))
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = {"event": line, "level": "warning" if "maximum number" in line else ""}
+            event = str(rec.get("event", "?"))[:80]
+            if rec.get("level") in ("warning", "error", "critical"):
+                bad[event] += 1
+            elif event in EVENTS:
+                info[event] += 1
+    return {"warnings": dict(bad.most_common(12)), "events": dict(info)}
 
 
 def _meets(run: Run, result: dict[str, Any]) -> dict[str, bool]:

@@ -13,7 +13,7 @@ every feed starts with 10 items; in each cycle (``interval`` seconds from ``--t0
 deterministic 20 % of the feeds gain 1–5 new items, at a point of the cycle of their own
 (``phase``) so that publishing is spread. A response lists the newest 10 items; its ETag
 and Last-Modified follow the newest item, and a conditional GET that matches either
-answers 304. Titles splice halves of two real headlines (``../shared/corpora``'s UCI
+answers 304. Titles splice thirds of three real headlines (``../shared/corpora``'s UCI
 sample) so that they read like news and rarely collide; where the corpus is absent they
 are generated from a fixed word list (``Farm.titles_from`` says which). One item in 50
 carries the word ``MARKER`` (the rule of the benchmark matches it).
@@ -92,14 +92,18 @@ def load_headlines(path: Path = UCI) -> tuple[list[str], str]:
     return made, f"generated from a word list ({path} absent)"
 
 
+def _thirds(words: list[str]) -> tuple[list[str], list[str], list[str]]:
+    a, b = len(words) // 3, 2 * len(words) // 3
+    return words[:a], words[a:b], words[b:]
+
+
 class Farm:
     """The content of every feed at any time: pure arithmetic on (feed, cycle)."""
 
     def __init__(self, feeds: int, interval: float, t0: float, headlines: list[str]) -> None:
         self.feeds, self.interval, self.t0 = feeds, interval, t0
         self.headlines = headlines
-        self._halves = [(h.split()[: max(1, len(h.split()) // 2)],
-                         h.split()[max(1, len(h.split()) // 2):]) for h in headlines]
+        self._thirds = [_thirds(h.split()) for h in headlines if len(h.split()) >= 3]
         # per feed: the items it had after cycle 0, 1, 2, … (extended as time goes on)
         self._memo: dict[int, list[int]] = {}
 
@@ -137,9 +141,9 @@ class Farm:
                 return self.published_at(i, c)
 
     def title(self, i: int, k: int) -> str:
-        a = self._halves[_h("a", i, k) % len(self._halves)][0]
-        b = self._halves[_h("b", i, k) % len(self._halves)][1]
-        words = a + b
+        n = len(self._thirds)
+        words = [*self._thirds[_h("a", i, k) % n][0], *self._thirds[_h("b", i, k) % n][1],
+                 *self._thirds[_h("c", i, k) % n][2]]
         if self.marked(i, k):
             words = [*words[:2], MARKER, *words[2:]]
         return " ".join(words)
