@@ -581,6 +581,12 @@ def _report_requests(run: Run, reqs: list[tuple[float, int, int]],
         if f in last and t >= w0:
             gaps.append(t - last[f] - interval)
         last[f] = t
+    # feeds still waiting at the end count too (a lower bound of their lag): without
+    # them a saturated daemon, which never comes back to many feeds, would look punctual
+    for f in range(feeds):
+        waiting = t_end - last.get(f, run.t_spawn) - interval
+        if waiting > 0:
+            gaps.append(waiting)
     farm_lag = {
         "gap_minus_interval_p50": r(quantile(gaps, 0.5)),
         "gap_minus_interval_p99": r(quantile(gaps, 0.99)),
