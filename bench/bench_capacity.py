@@ -675,8 +675,12 @@ def _report_resources(run: Run, reqs: list[tuple[float, int, int]], w0: float,
     st["mb_per_day"] = r(grow / wall * 86400 / 2**20) if wall else None
     st.update(zip(tables, map(int, counts), strict=True))
     alerts = run.tmp / "alerts.jsonl"
+    st["alerts_written"] = 0
     with contextlib.suppress(OSError), alerts.open(encoding="utf-8") as fh:
         st["alerts_written"] = sum(1 for _ in fh)
+    st["growth_window"] = (result["polls_per_5min"]["window"] if result["first_pass"]["done"]
+                           else "during the first pass: the baseline's 10 stories a feed, "
+                                "not the steady state")
     result["storage"] = st
 
 
