@@ -43,8 +43,9 @@ Modes (the JSON's ``scale`` says which ran):
 
     python -m bench capacity        # make bench: small. SQLite, 2,000 feeds / 60 s / 180 s;
                                     # PostgreSQL 1, 2, 3 instances, 1,000 feeds / 20 s /
-                                    # 100 s with the default fetch settings, so that one
+                                    # 120 s with the default fetch settings, so that one
                                     # instance is saturated and the scaling ratio shows
+                                    # (about 9 min in all on 2 cores)
     MONITOR_CAPBENCH=full python -m bench capacity   # 50,000 feeds / 300 s / 750 s, SQLite
                                     # (about 14 min); PostgreSQL only if asked for:
     MONITOR_CAPBENCH=full MONITOR_CAPBENCH_PG=1,2,3 ...   # + 50,000 feeds on K instances
@@ -96,7 +97,7 @@ JITTER = 0.1  # defaults.jitter: left at its default
 TICK = os.sysconf("SC_CLK_TCK")
 
 SMALL: dict[str, Any] = {"feeds": 2000, "interval": 60.0, "duration": 180.0}
-SMALL_PG: dict[str, Any] = {"feeds": 1000, "interval": 20.0, "duration": 100.0, "concurrency": "default"}
+SMALL_PG: dict[str, Any] = {"feeds": 1000, "interval": 20.0, "duration": 120.0, "concurrency": "default"}
 FULL: dict[str, Any] = {"feeds": 50000, "interval": 300.0, "duration": 750.0}
 
 _children: list[subprocess.Popen[bytes]] = []
