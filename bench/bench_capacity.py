@@ -383,13 +383,14 @@ rules:
 
 def run_once(*, feeds: int, interval: float, duration: float, store: str = "sqlite",
              instances: int = 1, concurrency: str | None = None, farm_procs: int = 1,
-             keep: bool = False) -> dict[str, Any]:
+             keep: bool = False, code: str | None = None) -> dict[str, Any]:
     """One measured run: farm, ``instances`` daemons, ``duration`` seconds from spawn."""
     tmp = Path(tempfile.mkdtemp(prefix="capbench-"))
     db = f"capbench_{uuid.uuid4().hex[:10]}" if store == "postgres" else None
     try:
         return _run(tmp, db, feeds=feeds, interval=interval, duration=duration, store=store,
-                    instances=instances, concurrency=concurrency, farm_procs=farm_procs)
+                    instances=instances, concurrency=concurrency, farm_procs=farm_procs,
+                    code=code)
     finally:
         _kill_children()
         if db:
@@ -441,7 +442,7 @@ def _fetch(feeds: int, interval: float, concurrency: str | None) -> dict[str, An
 
 def _run(tmp: Path, db: str | None, *, feeds: int, interval: float, duration: float,
          store: str, instances: int, concurrency: str | None,
-         farm_procs: int) -> dict[str, Any]:
+         farm_procs: int, code: str | None = None) -> dict[str, Any]:
     fetch = _fetch(feeds, interval, concurrency)
     reqdir = tmp / "farm"
     reqdir.mkdir()
@@ -471,6 +472,8 @@ def _run(tmp: Path, db: str | None, *, feeds: int, interval: float, duration: fl
         port = free_port()
         log = tmp / f"daemon-{n}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MONITOR_PORT": str(port)}
+        if code:  # another checkout's monitor package, ahead of the installed one
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (code, env.get("PYTHONPATH"))))
         with log.open("wb") as fh:
             proc = _spawn([sys.executable, "-m", "monitor", "--log-format", "json", "run",
                            "--config", str(config)], cwd=tmp, env=env,
@@ -481,6 +484,7 @@ def _run(tmp: Path, db: str | None, *, feeds: int, interval: float, duration: fl
     result: dict[str, Any] = {
         "feeds": feeds, "interval_s": interval, "duration_s": duration, "store": store,
         "instances": instances, "fetch": fetch, "titles": titles,
+        "code": code or "the installed monitor",
         "marked_items": f"1 in {MARKER_EVERY} (rule capbench)",
     }
     reqs = sorted((t, f, s) for t, f, s in read_requests(reqdir) if t <= run.t_end)
@@ -786,12 +790,16 @@ def main(argv: list[str] | None = None) -> int:
                          "(16/2 unscaled), or a literal value such as 256 or auto")
     ap.add_argument("--farm-procs", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--code", default=None,
+                    help="a directory holding another version's monitor package (e.g. from "
+                         "git archive BRANCH), run instead of the installed one")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.instances.split(",")]
 
     _exit_on_sigterm()
     kw = {"feeds": args.feeds, "interval": args.interval, "duration": args.duration,
-          "concurrency": args.concurrency, "farm_procs": args.farm_procs, "keep": args.keep}
+          "concurrency": args.concurrency, "farm_procs": args.farm_procs, "keep": args.keep,
+          "code": args.code}
     if args.store == "postgres":
         if (why := pg_unavailable()) is not None:
             print(json.dumps({"skipped": why}))
