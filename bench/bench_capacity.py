@@ -435,8 +435,8 @@ class Run:
 def _fetch(feeds: int, interval: float, concurrency: str | None) -> dict[str, Any]:
     if concurrency in (None, "rule"):
         return fetch_settings(feeds, interval)
-    if concurrency == "default":
-        return {"rule": "the defaults (concurrency 16, per_host 2)"}
+    if concurrency == "default":  # written out: a version whose default differs keeps it
+        return {"concurrency": 16, "per_host": 2, "rule": "main's defaults, unscaled"}
     return {"concurrency": concurrency, "rule": f"concurrency: {concurrency} (given)"}
 
 
