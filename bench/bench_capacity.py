@@ -435,7 +435,7 @@ class Run:
 def _fetch(feeds: int, interval: float, concurrency: str | None) -> dict[str, Any]:
     if concurrency in (None, "rule"):
         return fetch_settings(feeds, interval)
-    if concurrency == "default":  # written out: a version whose default differs keeps it
+    if concurrency == "default":  # written out, so that a version with another default runs 16 / 2
         return {"concurrency": 16, "per_host": 2, "rule": "main's defaults, unscaled"}
     return {"concurrency": concurrency, "rule": f"concurrency: {concurrency} (given)"}
 
