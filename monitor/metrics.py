@@ -8,6 +8,8 @@ prometheus_client is not even imported. Creating a labelled child costs about 30
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,6 +38,27 @@ class _Off:
 
 
 OFF: Any = _Off()
+
+#: PostgreSQL statements sent by this process, by store operation (``PostgresStore``
+#: counts them; each daemon's ``Metrics`` shows them as ``monitor_store_queries_total``).
+#: Process-wide, as the store is: it may be opened before, or without, a ``Metrics``.
+STORE_QUERIES: Tally[str] = Tally()
+
+
+class _StoreQueries:
+    """``monitor_store_queries_total{op}``, read from ``STORE_QUERIES`` at each scrape
+    (a prometheus_client collector)."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "monitor_store_queries",
+            "PostgreSQL statements sent, by store operation (transaction control and the "
+            "pool's reset of a released connection included)", labels=["op"])
+        for op, n in sorted(STORE_QUERIES.items()):
+            family.add_metric([op], n)
+        yield family
 
 
 class Metrics:
@@ -164,6 +187,7 @@ class Metrics:
             "Periodic jobs' ticks by result: ran, or skipped because the job's previous "
             "run was still going", ["job", "result"], registry=r,
         )
+        r.register(_StoreQueries())
 
     def _off(self) -> None:
         names = ("polls fetch_seconds stories matches deliveries outbox_pending "
@@ -172,6 +196,7 @@ class Metrics:
                  "rules_reloads clusters parse_timeouts parse_workers_replaced peer_stories")
         for name in names.split():
             setattr(self, name, OFF)
+
 
     def render(self) -> bytes:
         if self.registry is None:

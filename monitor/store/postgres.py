@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import re
 import uuid
@@ -40,6 +41,7 @@ import asyncpg
 from monitor.core.model import ClusterInfo, Delivery, FeedState, GroupState
 from monitor.errors import CodecError, StoreError, StoreUnavailable
 from monitor.log import get_logger, redact_url
+from monitor.metrics import STORE_QUERIES
 from monitor.store import migrations
 from monitor.store.base import (
     LOG_STATES,
@@ -78,6 +80,21 @@ from monitor.store.diagnose import postgres_error
 from monitor.store.listen import StoryListener, notify_payloads
 
 log = get_logger(__name__)
+
+# the store operation (``_con``'s ``what``, first word) the current task is in: each
+# statement a pooled connection sends is counted under it (``STORE_QUERIES``)
+_OP: contextvars.ContextVar[str] = contextvars.ContextVar("monitor_store_op", default="other")
+
+
+def _count_query(_record: Any) -> None:
+    """asyncpg's query logger: runs soon after each statement, in a copy of the context
+    the statement was sent from, so ``_OP`` names its operation."""
+    STORE_QUERIES[_OP.get()] += 1
+
+
+async def _init_connection(con: Any) -> None:
+    con.add_query_logger(_count_query)
+
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -367,6 +384,7 @@ class PostgresStore:
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
                 server_settings=settings,
+                init=_init_connection,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as e:
             raise postgres_error(e, where=where, what=f"cannot connect to {where}") from e
@@ -506,6 +524,7 @@ class PostgresStore:
                           f"in {wait:.1f} s")
                 raise StoreUnavailable(f"{what}: {detail}", where=redact_url(self._dsn),
                                        detail=detail)
+        op = _OP.set(what.split(" ", 1)[0])
         try:
             async with pool.acquire() as con:
                 if tx:
@@ -525,6 +544,9 @@ class PostgresStore:
                                              detail=detail)
                 raise error from e
             raise postgres_error(e, where=redact_url(self._dsn), what=what) from e
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another context
+                _OP.reset(op)
         self._came_back()
 
     # -- feeds ----------------------------------------------------------------------------
