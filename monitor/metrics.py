@@ -193,7 +193,8 @@ class Metrics:
         names = ("polls fetch_seconds stories matches deliveries outbox_pending "
                  "outbox_oldest_age feed_failures poll_errors fetched_bytes feed_last_success "
                  "channel_failures config_reloads stale_items ops_notices rules_loaded "
-                 "rules_reloads clusters parse_timeouts parse_workers_replaced peer_stories")
+                 "rules_reloads clusters parse_timeouts parse_workers_replaced peer_stories "
+                 "poll_lag polls_in_flight poll_slots feed_claims feeds_claimed scheduler_ticks")
         for name in names.split():
             setattr(self, name, OFF)
 
