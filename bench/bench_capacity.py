@@ -34,10 +34,11 @@ the end. Reported (JSON):
 - ``meets``: each target of issue #14 (≥ 50,000 polls per 5 min, p99 lag < 60 s, first
   pass ≤ interval, no 10-s window below half the mean).
 
-Fetch settings follow one rule (``fetch_settings``): the defaults (concurrency 16,
-per_host 2) poll at most 16 feeds a second, so both are multiplied by
-k = ⌈1.5 × feeds / interval / 16⌉ (50,000 feeds every 300 s: k = 16, so 256 / 32).
-``--concurrency`` sets a literal value instead (``auto`` where the config accepts it).
+Fetch settings are the config's defaults: ``fetch.concurrency: auto`` sizes the polls in
+flight by one rule, ceil(2 s × Σ 1/interval) within [16, 1024] (50,000 feeds every 300 s:
+334), ``per_host`` 2. ``--concurrency rule`` runs the older rule instead (16 / 2 × k, k =
+⌈1.5 × feeds / interval / 16⌉), ``default`` writes 16 / 2 out (a saturated instance), and
+a number sets it literally.
 
 Modes (the JSON's ``scale`` says which ran):
 
@@ -433,7 +434,11 @@ class Run:
 
 
 def _fetch(feeds: int, interval: float, concurrency: str | None) -> dict[str, Any]:
-    if concurrency in (None, "rule"):
+    if concurrency is None:  # the config's own defaults: fetch.concurrency is auto
+        need = math.ceil(2.0 * feeds / interval)
+        return {"rule": "the defaults: fetch.concurrency auto = ceil(2 s × feeds / interval) "
+                        f"within [16, 1024] = {min(1024, max(16, need))}, per_host 2"}
+    if concurrency == "rule":
         return fetch_settings(feeds, interval)
     if concurrency == "default":  # written out, so that a version with another default runs 16 / 2
         return {"concurrency": 16, "per_host": 2, "rule": "main's defaults, unscaled"}
@@ -786,8 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", default="1", help="K, or K1,K2,... (PostgreSQL)")
     ap.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--concurrency", default=None,
-                    help="fetch.concurrency: 'rule' (default: the scaling rule), 'default' "
-                         "(16/2 unscaled), or a literal value such as 256 or auto")
+                    help="fetch.concurrency: unset (the default: the config's own, auto), "
+                         "'rule' (16/2 × k), 'default' (16/2 written out), or a literal "
+                         "value such as 256")
     ap.add_argument("--farm-procs", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--code", default=None,
