@@ -61,6 +61,9 @@ CORPORA = ROOT.parent / "shared" / "corpora"
 SIZES = (10_000, 100_000)
 N_FEEDS = 100  # configured feeds, all answering 304
 BIG_FEEDS = 1000  # and again with as many
+#: the configured feed counts measured (``BENCH_START_FEEDS=100,1000,5000`` for more)
+FEED_COUNTS = tuple(int(x) for x in os.environ.get(
+    "BENCH_START_FEEDS", f"{N_FEEDS},{BIG_FEEDS}").split(",") if x)
 STORE_FEEDS = 400  # feeds the stored stories came from
 RUNS = int(os.environ.get("BENCH_START_RUNS", "5"))
 TARGET = 0.33  # issue #14: an all-304 cycle at most 0.33x reader's CPU, whole process
@@ -325,7 +328,7 @@ def run() -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-start-") as tmp_:
             tmp = Path(tmp_)
-            reader = {n: _reader_setup(tmp, port, parent, n) for n in (N_FEEDS, BIG_FEEDS)}
+            reader = {n: _reader_setup(tmp, port, parent, n) for n in FEED_COUNTS}
             out["reader"] = {f"feeds_{n}": info for n, (_, info) in reader.items()}
             for n in sizes:
                 out[f"stories_{n}"] = _one_store(tmp, n, port, parent, reader, base)
@@ -337,7 +340,7 @@ def run() -> dict[str, Any]:
             "cpu_vs_reader": c["cpu_vs_reader"], "target": TARGET,
             "met": c["cpu_vs_reader"] <= TARGET,
             **({"before": c["before"]["cpu_vs_reader"]} if "before" in c else {})}
-        for n in sizes for f in (N_FEEDS, BIG_FEEDS)
+        for n in sizes for f in FEED_COUNTS
         if "cpu_vs_reader" in (c := out[f"stories_{n}"][f"all_304_feeds_{f}"])}
     return out
 
@@ -373,7 +376,7 @@ def _one_store(tmp: Path, n: int, port: int, conn: Any,
     base_dir = tmp / f"s{n}-before"
     if base:
         shutil.copytree(dir_, base_dir)
-    for feeds_n in (N_FEEDS, BIG_FEEDS):
+    for feeds_n in FEED_COUNTS:
         cmds: dict[str, tuple[list[str], Path, dict[str, str]]] = {
             "monitor": (_monitor_cmd(write_config(dir_, port, feeds_n=feeds_n)), dir_, _ENV)}
         if base:
