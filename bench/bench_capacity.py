@@ -434,6 +434,14 @@ class Run:
 
 
 def _fetch(feeds: int, interval: float, concurrency: str | None) -> dict[str, Any]:
+    out = _fetch_rule(feeds, interval, concurrency)
+    if per_host := os.environ.get("MONITOR_CAPBENCH_PER_HOST"):  # the farm's 16 addresses
+        out["per_host"] = int(per_host)  # standing for many hosts: see the docstring
+        out["rule"] += f"; per_host {per_host} (MONITOR_CAPBENCH_PER_HOST)"
+    return out
+
+
+def _fetch_rule(feeds: int, interval: float, concurrency: str | None) -> dict[str, Any]:
     if concurrency is None:  # the config's own defaults: fetch.concurrency is auto
         need = math.ceil(2.0 * feeds / interval)
         return {"rule": "the defaults: fetch.concurrency auto = ceil(2 s × feeds / interval) "
