@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -245,9 +246,12 @@ def test_next_poll_counts_from_the_due_time_so_lag_does_not_bunch() -> None:
     for lag in (0.0, 1.0, 60.0, 149.0):
         assert next_poll(now=due + timedelta(seconds=lag), due=due, **kw) == (  # type: ignore[arg-type]
             due + timedelta(seconds=300))
-    # later than that: from now, not polled again right away
-    late = due + timedelta(seconds=200)
-    assert next_poll(now=late, due=due, **kw) == late + timedelta(seconds=300)  # type: ignore[arg-type]
+    # later than that: still at its place, a cycle on, at least half an interval away
+    for lag, at in ((150.0, 300.0), (200.0, 600.0), (450.0, 600.0), (451.0, 900.0),
+                    (1000.0, 1200.0)):
+        got = next_poll(now=due + timedelta(seconds=lag), due=due, **kw)  # type: ignore[arg-type]
+        assert got == due + timedelta(seconds=at), lag
+        assert got - (due + timedelta(seconds=lag)) >= timedelta(seconds=150)
     # failures back off from now; a floor and Retry-After count from now
     assert next_poll(now=due + timedelta(seconds=10), due=due, **{**kw, "failures": 1}) == (  # type: ignore[arg-type]
         due + timedelta(seconds=310))
@@ -274,6 +278,31 @@ def test_due_anchored_polls_keep_their_spread_through_a_busy_moment() -> None:
                                    backoff_max=3600.0, jitter=0.0, key=name)
     for name, due in dues.items():
         assert due == start[name] + timedelta(seconds=5 * interval)
+
+
+def test_a_first_pass_slower_than_the_interval_leaves_no_bunch() -> None:
+    """1,000 feeds due over one 5-minute interval, but the first pass takes 2.5 times as
+    long (polled in due order at 1,000 per 750 s, so the last ones 450 s late): from
+    then on every poll is on time, at the place its first due time gave it: the polls
+    of any minute of the next cycles are as many as of any other."""
+    interval = 300.0
+    start = {f"f{i}": NOW + timedelta(seconds=i * interval / 1000) for i in range(1000)}
+    dues = {}
+    for i, (name, due) in enumerate(start.items()):
+        polled = NOW + timedelta(seconds=i * 0.75)
+        dues[name] = next_poll(now=polled, due=due, interval=interval, failures=0,
+                               retry_after=None, backoff_max=3600.0, jitter=0.0, key=name)
+        assert dues[name] - polled >= timedelta(seconds=interval / 2)
+    for name, due in dues.items():
+        assert (due - start[name]).total_seconds() % interval == 0  # its place kept
+    # the second cycle onwards: polls per minute even (the first pass ended at 750 s)
+    for name, due in dues.items():
+        while due < NOW + timedelta(seconds=900):
+            due += timedelta(seconds=interval)
+        dues[name] = due
+    per_minute = Counter(int((d - NOW).total_seconds() // 60) for d in dues.values())
+    assert sorted(per_minute) == [15, 16, 17, 18, 19]
+    assert min(per_minute.values()) >= 190 and max(per_minute.values()) <= 210
 
 
 def test_auto_concurrency_rule(tmp_path: Path, feed_server: FeedServer) -> None:

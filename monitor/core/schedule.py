@@ -139,9 +139,13 @@ def next_poll(
     finish, each poll's lag would push its feed back for good, and after a busy moment
     (a first pass, a restart, a slow store) the polls would keep the shape of that
     moment, bunched, cycle after cycle. A poll later than half the delay (the instance
-    fell behind) counts from ``now``, so it is not polled again right away; failures
-    always count from ``now`` (backoff). ``retry_after`` and ``floor`` count from
-    ``now`` whatever the anchor, and the result is never before ``now``.
+    fell behind: a first pass slower than the interval, a long outage) keeps its place
+    too, a cycle or more on: the next poll is the first point ``due + k × delay`` at
+    least half the delay after ``now``. So the feed is not polled again right away, and
+    a first pass that overran the interval does not leave the next cycles bunched where
+    it ended. Failures always count from ``now`` (backoff). ``retry_after`` and
+    ``floor`` count from ``now`` whatever the anchor, and the result is never before
+    ``now``.
     """
     _require_aware(now)
     interval = max(interval, 0.0)
@@ -151,11 +155,14 @@ def next_poll(
     )
     # offset in [-jitter, +jitter) × delay
     delay += (2.0 * unit_hash(key, now.isoformat()) - 1.0) * jitter * delay
-    base = now
-    if failures <= 0 and due is not None and timedelta(0) <= now - due < timedelta(
-            seconds=delay / 2):
-        base = due  # on time, or nearly: the feed keeps its place in the interval
-    at = base + timedelta(seconds=max(delay, 0.0))
+    delay = max(delay, 0.0)
+    at = now + timedelta(seconds=delay)
+    if failures <= 0 and due is not None and delay > 0 and now >= due:
+        late = (now - due).total_seconds()
+        # the feed keeps its place in the interval: the next point of its grid that is
+        # at least half a delay away (one delay on when on time or nearly)
+        cycles = max(1, math.ceil((late + delay / 2) / delay))
+        at = due + timedelta(seconds=cycles * delay)
     least = 0.0  # from now: the Retry-After and the honoured hint
     if retry_after is not None and retry_after > 0:
         least = max(least, min(retry_after, RETRY_AFTER_CAP))
