@@ -44,8 +44,8 @@ Modes (the JSON's ``scale`` says which ran):
 
     python -m bench capacity        # make bench: small. SQLite, 2,000 feeds / 60 s / 180 s;
                                     # PostgreSQL 1, 2, 3 instances, 1,000 feeds / 20 s /
-                                    # 120 s with the default fetch settings, so that one
-                                    # instance is saturated and the scaling ratio shows
+                                    # 120 s with concurrency 16 (each instance count
+                                    # polls the demand: the database work per poll)
                                     # (about 9 min in all on 2 cores)
     MONITOR_CAPBENCH=full python -m bench capacity   # 50,000 feeds / 300 s / 750 s, SQLite
                                     # (about 14 min); PostgreSQL only if asked for:
@@ -98,7 +98,8 @@ JITTER = 0.1  # defaults.jitter: left at its default
 TICK = os.sysconf("SC_CLK_TCK")
 
 SMALL: dict[str, Any] = {"feeds": 2000, "interval": 60.0, "duration": 180.0}
-SMALL_PG: dict[str, Any] = {"feeds": 1000, "interval": 20.0, "duration": 120.0, "concurrency": "default"}
+SMALL_PG: dict[str, Any] = {"feeds": 1000, "interval": 20.0, "duration": 120.0,
+                            "concurrency": "default"}
 FULL: dict[str, Any] = {"feeds": 50000, "interval": 300.0, "duration": 750.0}
 
 _children: list[subprocess.Popen[bytes]] = []
@@ -706,11 +707,13 @@ def _report_resources(run: Run, reqs: list[tuple[float, int, int]], w0: float,
 EVENTS = ("feed.polled", "story.merged", "alert.queued", "delivery.sent", "feed.failed")
 
 
-def _log_events(daemons: list[Instance]) -> dict[str, dict[str, int]]:
-    """The daemons' warnings and errors by event (APScheduler's skipped ticks too), and
-    a few telling info events (``EVENTS``: polls that changed, stories merged, …)."""
+def _log_events(daemons: list[Instance]) -> dict[str, Any]:
+    """The daemons' warnings and errors by event (APScheduler's skipped ticks too), the
+    first line of each (its fields, the traceback's last line), and a few telling info
+    events (``EVENTS``: polls that changed, stories merged, …)."""
     bad: Counter[str] = Counter()
     info: Counter[str] = Counter()
+    first: dict[str, str] = {}
     for d in daemons:
         for line in d.log.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
@@ -720,9 +723,17 @@ def _log_events(daemons: list[Instance]) -> dict[str, dict[str, int]]:
             event = str(rec.get("event", "?"))[:80]
             if rec.get("level") in ("warning", "error", "critical"):
                 bad[event] += 1
+                if event not in first:
+                    fields = {k: v for k, v in rec.items()
+                              if k not in ("event", "level", "timestamp", "exception")}
+                    tail = str(rec.get("exception", "")).strip().splitlines()[-1:]
+                    first[event] = (json.dumps(fields, default=str)[:300]
+                                    + (f" | {tail[0][:300]}" if tail else ""))
             elif event in EVENTS:
                 info[event] += 1
-    return {"warnings": dict(bad.most_common(12)), "events": dict(info)}
+    return {"warnings": dict(bad.most_common(12)),
+            "first_of_each": {k: first[k] for k, _ in bad.most_common(12)},
+            "events": dict(info)}
 
 
 def _meets(run: Run, result: dict[str, Any]) -> dict[str, bool]:
