@@ -724,9 +724,10 @@ def _log_events(daemons: list[Instance]) -> dict[str, Any]:
             if rec.get("level") in ("warning", "error", "critical"):
                 bad[event] += 1
                 if event not in first:
+                    trace = str(rec.get("exc") or rec.get("exception") or "")
                     fields = {k: v for k, v in rec.items()
-                              if k not in ("event", "level", "timestamp", "exception")}
-                    tail = str(rec.get("exception", "")).strip().splitlines()[-1:]
+                              if k not in ("event", "level", "ts", "exc", "exception")}
+                    tail = trace.strip().splitlines()[-1:]  # the exception itself
                     first[event] = (json.dumps(fields, default=str)[:300]
                                     + (f" | {tail[0][:300]}" if tail else ""))
             elif event in EVENTS:
