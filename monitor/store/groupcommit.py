@@ -15,13 +15,16 @@ commit per poll would be a large part of their cost.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from monitor.core.model import Delivery, FeedState
 from monitor.log import get_logger, scrub
 from monitor.store.base import PollSave, Store
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 WINDOW = 0.005  # seconds a first write waits for others to join it
 MAX_POLLS = 100  # polls per ``save_polls`` transaction at most (a batch this big goes at once)
@@ -60,15 +63,7 @@ class FeedStateWriter:
         if done is None:
             return  # an earlier flush took this batch
         self._pending, self._done = {}, None
-        try:
-            await self.store.save_feeds(states)
-        except asyncio.CancelledError:
-            done.cancel()
-            raise
-        except Exception as e:  # every caller of this batch gets the store's error
-            done.set_exception(e)
-        else:
-            done.set_result(None)
+        await _settle(done, self.store.save_feeds(states))
 
     async def close(self) -> None:
         """Wait for writes in flight (before the store closes)."""
@@ -123,15 +118,7 @@ class PollWriter:
 
     async def _flush(self, polls: list[PollSave],
                      done: asyncio.Future[list[list[Delivery]]]) -> None:
-        try:
-            inserted = await self.store.save_polls(polls)
-        except asyncio.CancelledError:
-            done.cancel()
-            raise
-        except Exception as e:  # every caller of this batch gets the store's error
-            done.set_exception(e)
-        else:
-            done.set_result(inserted)
+        await _settle(done, self.store.save_polls(polls))
 
     async def close(self) -> None:
         """Wait for writes in flight (before the store closes)."""
@@ -141,9 +128,23 @@ class PollWriter:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
 
+async def _settle(done: asyncio.Future[T], write: Awaitable[T]) -> None:
+    """Run a batch's ``write`` and give its callers (waiting on ``done``) the result, or
+    every one of them the store's error."""
+    try:
+        result = await write
+    except asyncio.CancelledError:
+        done.cancel()
+        raise
+    except Exception as e:
+        done.set_exception(e)
+    else:
+        done.set_result(result)
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         # its callers report it (the daemon: one store.failed line per problem); if they
         # were all cancelled (a shutdown), the feeds are polled again and the write lost
         # costs nothing else: a debug line, not one more line per batch on a full disk
-        log.debug("store.feed_states_failed", error=scrub(str(fut.exception())))
+        log.debug("store.batch_failed", error=scrub(str(fut.exception())))
