@@ -29,6 +29,7 @@ from typing import Any
 
 from monitor import __version__
 from monitor.cli.report import json_requested, log_problems, report_error, say_error
+from monitor.cli.stdio import make_stdio_reliable
 from monitor.config import Config, find_config, load_config
 from monitor.core.rules.model import RuleSet
 from monitor.core.units import parse_duration
@@ -196,6 +197,8 @@ def _options_after_command(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command line: its output must arrive whole
+        make_stdio_reliable()
     argv = _options_after_command(sys.argv[1:] if argv is None else argv)
     if json_requested(argv):  # argparse's own errors are JSON lines too
         setup_logging("info", "json")
