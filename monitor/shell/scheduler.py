@@ -15,6 +15,7 @@ info (``scheduler.skipped``; the next ones at debug), and a run that goes on for
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -62,6 +63,11 @@ def _guarded(name: str, seconds: float, job: Job, on_tick: OnTick = _ignore) -> 
         on_tick(name, "ran")
         try:
             await job()
+        except asyncio.CancelledError:
+            # the daemon is stopping (the loop cancels what is left): not a failure, and
+            # APScheduler, which catches BaseException, would log it as one with a
+            # traceback (``scheduler.job_failed`` for a heartbeat cut off by the stop)
+            log.debug("scheduler.cancelled", job=name)
         finally:
             started = None
 
