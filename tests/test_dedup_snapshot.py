@@ -284,3 +284,80 @@ async def test_a_store_failure_while_loading_leaves_nothing_half_loaded(
         await st.ready()  # the next one that needs it tries again
         assert (st.from_snapshot, st.caught_up, calls) == (80, 0, 2)
         assert state(st.index) == state(first.index)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+async def test_a_big_index_is_snapshotted_in_a_forked_child_and_loads_the_same(
+        make_store: StoreFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """``fork_above``: the pass over the index runs in a forked copy while the loop goes
+    on; what it saves is byte for byte what the loop would have taken, and loads so."""
+    sample = stories(300)
+    clock = Clock(sample[-1].first_seen + timedelta(seconds=1))
+    async with make_store() as store:
+        await save(store, sample)
+        st = DedupState(store, DedupSettings(), window=48 * 3600.0, clock=clock, fork_above=1)
+        await st.ready()
+        with caplog.at_level("INFO"):
+            assert await st.save(force=True)
+        [saved] = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+                   if r.getMessage() == "dedup.snapshot_saved"]
+        assert saved["forked"] is True and saved["stories"] == 300
+        stored = await store.load_dedup_snapshot(st.key)
+        assert stored is not None and stored.data == st.index.snapshot()
+        assert stored.stories == 300
+        again = DedupState(store, DedupSettings(), window=48 * 3600.0, clock=clock)
+        await again.ready()
+        assert (again.from_snapshot, again.caught_up) == (300, 0)
+        assert state(again.index) == state(st.index)
+        same_decisions(again.index, st.index)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+async def test_a_forked_child_that_fails_or_is_cancelled_leaves_nothing_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+    import time
+
+    from monitor.shell.forked import ForkFailed, forked_bytes
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def boom() -> bytes:
+        raise RuntimeError("the child's bug")
+
+    with pytest.raises(ForkFailed, match="exited with 1"):
+        await forked_bytes(boom)
+    assert list(tmp_path.iterdir()) == []
+
+    def forever() -> bytes:
+        time.sleep(60)
+        return b""
+
+    before = set(os.listdir("/proc")) if os.path.isdir("/proc") else set()
+    task = asyncio.ensure_future(forked_bytes(forever))
+    for _ in range(200):  # until the child exists (its temporary file does)
+        await asyncio.sleep(0.01)
+        if list(tmp_path.iterdir()):
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(tmp_path.iterdir()) == []
+    if before:  # the child was killed and reaped: no process of ours is left from it
+        for _ in range(500):
+            extra = [p for p in set(os.listdir("/proc")) - before if p.isdigit()
+                     and _ppid(p) == os.getpid()]
+            if not extra:
+                break
+            await asyncio.sleep(0.01)
+        assert extra == []
+    assert await forked_bytes(lambda: b"x" * 100_000) == b"x" * 100_000
+
+
+def _ppid(pid: str) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
