@@ -10,7 +10,11 @@ twice by ``DedupState.save``: once on the loop (``fork_above=None``), once in a 
 child (``fork_above=1``), in turns ``RUNS`` times. Meanwhile a task on the loop wakes
 every 5 ms: ``max_stall_ms`` is the longest it waited beyond that (the loop blocked),
 ``wall_ms`` the whole save (the child, reading its bytes, the store's write), and
-``ratio`` forked ÷ on the loop of the median stalls.
+``ratio`` forked ÷ on the loop of the median stalls. Beside it, a task asks the store
+for a feed over and over: ``max_store_wait_ms`` is the longest one of those calls took,
+which is how long a poll's store call can wait behind the snapshot's write (SQLite
+writes a big snapshot in parts of ``SNAPSHOT_PART``, 4 MB, one transaction each; with
+``BENCH_SNAPSHOT_PART=0`` in one, as before).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from bench.bench_start import synthetic_titles
 from monitor.core.dedup.features import DedupSettings
 from monitor.core.model import Story
 from monitor.shell.dedupstate import DedupState
+from monitor.store import sqlite as sqlite_store
 from monitor.store.sqlite import SQLiteStore
 
 N = int(os.environ.get("BENCH_SNAPSHOT_STORIES", "100000"))
@@ -38,7 +43,16 @@ TICK = 0.005
 async def _save(st: DedupState, fork_above: int | None) -> dict[str, float]:
     st.fork_above = fork_above
     stall = 0.0
+    wait = 0.0
     going = True
+
+    async def asker() -> None:
+        nonlocal wait
+        while going:
+            t = time.perf_counter()
+            await st.store.get_feed("nobody")
+            wait = max(wait, time.perf_counter() - t)
+            await asyncio.sleep(TICK)
 
     async def ticker() -> None:
         nonlocal stall
@@ -48,14 +62,15 @@ async def _save(st: DedupState, fork_above: int | None) -> dict[str, float]:
             await asyncio.sleep(TICK)
             stall = max(stall, loop.time() - t - TICK)
 
-    t = asyncio.ensure_future(ticker())
+    tasks = [asyncio.ensure_future(ticker()), asyncio.ensure_future(asker())]
     await asyncio.sleep(0.05)
     t0 = time.perf_counter()
     assert await st.save(force=True)
     wall = time.perf_counter() - t0
     going = False
-    await t
-    return {"max_stall_ms": round(stall * 1000, 1), "wall_ms": round(wall * 1000, 1)}
+    await asyncio.gather(*tasks)
+    return {"max_stall_ms": round(stall * 1000, 1), "max_store_wait_ms": round(wait * 1000, 1),
+            "wall_ms": round(wall * 1000, 1)}
 
 
 async def _main(tmp: Path) -> dict[str, Any]:
@@ -79,10 +94,11 @@ async def _main(tmp: Path) -> dict[str, Any]:
         for _ in range(RUNS):
             rows["on_loop"].append(await _save(st, None))
             rows["forked"].append(await _save(st, 1))
-    med = {k: {f: statistics.median(r[f] for r in v) for f in ("max_stall_ms", "wall_ms")}
+    med = {k: {f: statistics.median(r[f] for r in v)
+               for f in ("max_stall_ms", "max_store_wait_ms", "wall_ms")}
            for k, v in rows.items()}
     return {
-        "stories": N, "runs": RUNS, "index_build_s": round(built, 1),
+        "stories": N, "runs": RUNS, "snapshot_part": sqlite_store.SNAPSHOT_PART, "index_build_s": round(built, 1),
         "snapshot_bytes": len(st.index.snapshot()),
         "median": med, "all": rows,
         "stall_ratio_forked_vs_loop": round(
@@ -91,6 +107,8 @@ async def _main(tmp: Path) -> dict[str, Any]:
 
 
 def run() -> dict[str, Any]:
+    if "BENCH_SNAPSHOT_PART" in os.environ:
+        sqlite_store.SNAPSHOT_PART = int(os.environ["BENCH_SNAPSHOT_PART"]) or 2**62
     if not hasattr(os, "fork"):
         return {"skipped": "no os.fork on this platform: snapshots are taken on the loop"}
     with tempfile.TemporaryDirectory() as d:

@@ -40,7 +40,7 @@ class CopyReport:
 
 #: Tables that only cache what the rest holds (the dedup index's snapshot): not copied;
 #: the target builds its own on its first start.
-CACHES = frozenset({"dedup_snapshot"})
+CACHES = frozenset({"dedup_snapshot", "dedup_snapshot_parts"})
 
 
 async def copy_store(source: Store, target: Store, *, replace: bool = False,
