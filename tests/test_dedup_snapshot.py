@@ -361,3 +361,31 @@ def _ppid(pid: str) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def test_a_save_that_would_outlast_the_stop_is_skipped(
+        make_store: StoreFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """At a stop (``deadline``: when the exit watchdog ends the process) a snapshot that
+    would not be done in time is skipped; the stored one and the stories since load."""
+    import time
+
+    sample = stories(120)
+    clock = Clock(sample[-1].first_seen + timedelta(seconds=1))
+    async with make_store() as store:
+        await save(store, sample[:100])
+        st = DedupState(store, DedupSettings(), window=48 * 3600.0, clock=clock)
+        await st.ready()
+        st.deadline = time.monotonic() + 3600  # plenty of time: saved
+        assert await st.save()
+        st.index.restore((s, s.id) for s in sample[100:])
+        await save(store, sample[100:])
+        st.deadline = time.monotonic() + 0.0  # the watchdog is about to end the process
+        with caplog.at_level("INFO"):
+            assert not await st.save()
+        [skipped] = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+                     if r.getMessage() == "dedup.snapshot_skipped"]
+        assert skipped["stories"] == 120 and skipped["need_s"] >= skipped["left_s"]
+        again = DedupState(store, DedupSettings(), window=48 * 3600.0, clock=clock)
+        await again.ready()
+        assert (again.from_snapshot, again.caught_up) == (100, 20)
+        assert state(again.index) == state(st.index)

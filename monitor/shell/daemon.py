@@ -875,6 +875,8 @@ class Daemon:
                 log.info("daemon.stopping", inflight=len(self._inflight), deadline=budget)
                 if self.exit_watchdog:
                     arm_exit_watchdog(budget + EXIT_MARGIN)
+                    # the last snapshot is skipped rather than cut off by the watchdog
+                    rt.dedup.deadline = time.monotonic() + budget + EXIT_MARGIN / 2
                 sched.stop()
                 watcher.cancel()
                 self._rules_watch_stop.set()
