@@ -48,7 +48,7 @@ Modes (the JSON's ``scale`` says which ran):
                                     # 120 s with concurrency 16 (each instance count
                                     # polls the demand: the database work per poll)
                                     # (about 9 min in all on 2 cores)
-    MONITOR_CAPBENCH=full python -m bench capacity   # 50,000 feeds / 300 s / 750 s, SQLite
+    MONITOR_CAPBENCH=full python -m bench capacity   # 50,000 feeds / 300 s / 1,500 s, SQLite
                                     # (about 14 min); PostgreSQL only if asked for:
     MONITOR_CAPBENCH=full MONITOR_CAPBENCH_PG=1,2,3 ...   # + 50,000 feeds on K instances
     MONITOR_CAPBENCH_PG=0 ...       # no PostgreSQL runs (also skipped when none answers)
@@ -56,7 +56,7 @@ Modes (the JSON's ``scale`` says which ran):
 A scaling ratio (``scaling_vs_first``: sustained polls against the first K's) measures
 capacity only while the first run is saturated (``polls_per_5min.saturated``: below
 97 % of the demand); otherwise every K polls the demand and the ratio is 1.
-    python -m bench.bench_capacity --feeds 50000 --interval 300 --duration 750 \\
+    python -m bench.bench_capacity --feeds 50000 --interval 300 --duration 1500 \\
         --instances 1 --store sqlite        # one ad-hoc run (--instances 1,2,3: several)
 
 Every child (farm, daemons and their workers) runs in a process group of its own and is
@@ -101,7 +101,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 SMALL: dict[str, Any] = {"feeds": 2000, "interval": 60.0, "duration": 180.0}
 SMALL_PG: dict[str, Any] = {"feeds": 1000, "interval": 20.0, "duration": 120.0,
                             "concurrency": "default"}
-FULL: dict[str, Any] = {"feeds": 50000, "interval": 300.0, "duration": 750.0}
+FULL: dict[str, Any] = {"feeds": 50000, "interval": 300.0, "duration": 1500.0}
 
 _children: list[subprocess.Popen[bytes]] = []
 
@@ -814,7 +814,7 @@ def run() -> dict[str, Any]:
     out: dict[str, Any] = {
         "scale": ("full: 50,000 feeds / 300 s" if full else
                   "small (the default; MONITOR_CAPBENCH=full runs 50,000 feeds / 300 s for "
-                  "750 s)"),
+                  "1,500 s: the first pass and three cycles after it)"),
     }
     print(f"# capacity: sqlite, {mode['feeds']} feeds ...", file=sys.stderr, flush=True)
     out["sqlite"] = run_once(feeds=int(mode["feeds"]), interval=float(mode["interval"]),
