@@ -328,31 +328,41 @@ async def test_a_forked_child_that_fails_or_is_cancelled_leaves_nothing_behind(
 
     with pytest.raises(ForkFailed, match="exited with 1"):
         await forked_bytes(boom)
-    assert list(tmp_path.iterdir()) == []
+    assert _files(tmp_path) == []
 
     def forever() -> bytes:
         time.sleep(60)
         return b""
 
-    before = set(os.listdir("/proc")) if os.path.isdir("/proc") else set()
+    before = _procs()
     task = asyncio.ensure_future(forked_bytes(forever))
     for _ in range(200):  # until the child exists (its temporary file does)
         await asyncio.sleep(0.01)
-        if list(tmp_path.iterdir()):
+        if _files(tmp_path):
             break
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert list(tmp_path.iterdir()) == []
+    assert _files(tmp_path) == []
     if before:  # the child was killed and reaped: no process of ours is left from it
         for _ in range(500):
-            extra = [p for p in set(os.listdir("/proc")) - before if p.isdigit()
-                     and _ppid(p) == os.getpid()]
+            extra = [p for p in _procs() - before if _ppid(p) == os.getpid()]
             if not extra:
                 break
             await asyncio.sleep(0.01)
         assert extra == []
     assert await forked_bytes(lambda: b"x" * 100_000) == b"x" * 100_000
+
+
+def _files(d: Path) -> list[Path]:
+    return list(d.iterdir())
+
+
+def _procs() -> set[str]:
+    """The pids in /proc (empty where there is none)."""
+    import os
+
+    return {p for p in os.listdir("/proc") if p.isdigit()} if os.path.isdir("/proc") else set()
 
 
 def _ppid(pid: str) -> int | None:
