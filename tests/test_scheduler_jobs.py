@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -58,3 +59,33 @@ async def test_a_job_that_raises_is_still_reported(caplog: pytest.LogCaptureFixt
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors and errors[0].exc_info is not None
     assert errors[0].exc_info[0] is ZeroDivisionError
+
+
+
+async def test_stop_cancels_every_run_going_on_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """APScheduler's executor cancels the runs going on at shutdown (a dedup snapshot's
+    forked child is then killed, a heartbeat's store call given up): no error is logged."""
+    started = {"dedup-snapshot": asyncio.Event(), "heartbeat": asyncio.Event()}
+    ended: list[str] = []
+
+    def job(name: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            started[name].set()
+            await asyncio.sleep(30)
+            ended.append(name)
+        return run
+
+    s = Scheduler()
+    for name in started:
+        s.every(name, 5, job(name))
+    with caplog.at_level(logging.DEBUG):
+        s.start()
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())), 10)
+        s.stop()
+        for _ in range(100):
+            if sum("scheduler.cancelled" in r.getMessage() for r in caplog.records) == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert ended == []
+    assert sum("scheduler.cancelled" in r.getMessage() for r in caplog.records) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

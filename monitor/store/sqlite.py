@@ -665,18 +665,19 @@ class SQLiteStore:
 
     async def load_dedup_snapshot(self, key: str) -> DedupSnapshot | None:
         def work(con: sqlite3.Connection) -> DedupSnapshot | None:
-            try:
-                r = con.execute("SELECT taken, stories, data FROM dedup_snapshot WHERE key = ?",
-                                (key,)).fetchone()
-            except sqlite3.OperationalError as e:
-                if "no such table" in str(e):  # never saved one
+            with _read(con):  # the row and its parts as one transaction saw them
+                try:
+                    r = con.execute("SELECT taken, stories, data FROM dedup_snapshot "
+                                    "WHERE key = ?", (key,)).fetchone()
+                except sqlite3.OperationalError as e:
+                    if "no such table" in str(e):  # never saved one
+                        return None
+                    raise
+                if r is None:
                     return None
-                raise
-            if r is None:
-                return None
-            data: bytes | None = bytes(r[2])
-            if data is not None and data.startswith(_PARTS_MARK):
-                data = _snapshot_parts(con, data[len(_PARTS_MARK):])
+                data: bytes | None = bytes(r[2])
+                if data is not None and data.startswith(_PARTS_MARK):
+                    data = _snapshot_parts(con, data[len(_PARTS_MARK):])
             if data is None:
                 return None
             return DedupSnapshot(key=key, taken=dt_from_text(r[0]), stories=r[1], data=data)
@@ -1302,7 +1303,9 @@ def _snapshot_part(con: sqlite3.Connection, *, gen: str, part: int, data: memory
 def _switch_snapshot(con: sqlite3.Connection, *, snapshot: DedupSnapshot, data: bytes,
                      gen: str | None) -> list[tuple[str, int]]:
     """The row of the one snapshot, now ``snapshot`` (its bytes, or the mark of its
-    parts under ``gen``); returns the parts of other generations, to be dropped."""
+    parts under ``gen``); returns the parts of other generations, to be dropped. (Saves
+    are one at a time: one instance per SQLite file, and ``DedupState`` saves under a
+    lock; so no other generation is still being written.)"""
     with _write(con):
         con.execute(_SNAPSHOT_TABLE)
         con.execute("DELETE FROM dedup_snapshot")
