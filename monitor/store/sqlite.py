@@ -675,9 +675,9 @@ class SQLiteStore:
                     raise
                 if r is None:
                     return None
-                data: bytes | None = bytes(r[2])
-                if data is not None and data.startswith(_PARTS_MARK):
-                    data = _snapshot_parts(con, data[len(_PARTS_MARK):])
+                raw = bytes(r[2])
+                data = _snapshot_parts(con, raw[len(_PARTS_MARK):]) \
+                    if raw.startswith(_PARTS_MARK) else raw
             if data is None:
                 return None
             return DedupSnapshot(key=key, taken=dt_from_text(r[0]), stories=r[1], data=data)
