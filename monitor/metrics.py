@@ -187,6 +187,15 @@ class Metrics:
             "Periodic jobs' ticks by result: ran, or skipped because the job's previous "
             "run was still going", ["job", "result"], registry=r,
         )
+        self.gc_seconds = Counter(
+            "monitor_gc_seconds",
+            "Seconds the garbage collector held the process, by generation (2: full)",
+            ["generation"], registry=r,
+        )
+        self.gc_collections = Counter(
+            "monitor_gc_collections_total", "Garbage collections, by generation",
+            ["generation"], registry=r,
+        )
         r.register(_StoreQueries())
 
     def _off(self) -> None:
@@ -194,7 +203,8 @@ class Metrics:
                  "outbox_oldest_age feed_failures poll_errors fetched_bytes feed_last_success "
                  "channel_failures config_reloads stale_items ops_notices rules_loaded "
                  "rules_reloads clusters parse_timeouts parse_workers_replaced peer_stories "
-                 "poll_lag polls_in_flight poll_slots feed_claims feeds_claimed scheduler_ticks")
+                 "poll_lag polls_in_flight poll_slots feed_claims feeds_claimed scheduler_ticks "
+                 "gc_seconds gc_collections")
         for name in names.split():
             setattr(self, name, OFF)
 

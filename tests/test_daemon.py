@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -206,6 +207,11 @@ async def test_daemon_alerts_once_survives_restart_and_smtp_outage(setup: Setup)
     assert 'monitor_deliveries_total{channel="slack-news",result="sent"}' in metrics
     assert 'monitor_rule_matches_total{rule="sanctions-deadline"}' in metrics
     assert 'monitor_polls_total{feed="world",result="baseline"} 1.0' in metrics
+    # the collector's pauses are measured (monitor.shell.gcpolicy)
+    young = re.search(r'^monitor_gc_collections_total\{generation="0"\} ([0-9.e+]+)$', metrics,
+                      re.M)
+    assert young is not None and float(young.group(1)) >= 1
+    assert re.search(r'^monitor_gc_seconds_total\{generation="0"\} ', metrics, re.M)
 
     # restart: the schedule resumes, nothing is sent again
     assert await d.stop() == 0

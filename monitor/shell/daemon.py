@@ -63,6 +63,8 @@ from monitor.shell import ops
 from monitor.shell.dedupstate import SAVE_EVERY, DedupState
 from monitor.shell.dispatch import Dispatcher, DispatchResult
 from monitor.shell.fetch import Fetcher
+from monitor.shell.gcpolicy import SWEEP_EVERY as GC_SWEEP_EVERY
+from monitor.shell.gcpolicy import GcPolicy
 from monitor.shell.liveness import Liveness
 from monitor.shell.parsepool import ParsePool, Processes, Threads
 from monitor.shell.pipeline import ActiveRules, Pipeline, PollOutcome
@@ -797,6 +799,7 @@ class Daemon:
         self.tick = tick
         # `monitor run`: the process exits at the latest EXIT_MARGIN s past the deadline
         self.exit_watchdog = exit_watchdog
+        self.gc = GcPolicy()
         self._stop = asyncio.Event()
         self._wake_dispatch = asyncio.Event()
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
@@ -832,8 +835,11 @@ class Daemon:
                 self.slots = rt.concurrency
                 rt.pipeline.on_queued = self._wake_dispatch.set
                 # what start-up built (the restored index, compiled rules, imports) lives as
-                # long as the daemon: keep it out of the collector's way
+                # long as the daemon: keep it out of the collector's way, and so what
+                # survives each full collection from now on (``gcpolicy``)
                 gc.freeze()
+                self.gc.metrics = rt.metrics
+                self.gc.install()
                 server: Server | None = None
                 if self.config.server.enabled:
                     server = Server(self.config.server.listen, rt.metrics, rt.health,
@@ -855,6 +861,7 @@ class Daemon:
                 sched.every("prune", 3600.0, self._prune)
                 sched.every("dedup-snapshot", SAVE_EVERY, self._save_dedup, start_now=False)
                 sched.every("summary", SUMMARY_EVERY, self._summarize, start_now=False)
+                sched.every("gc-sweep", GC_SWEEP_EVERY, self._sweep_gc, start_now=False)
                 sched.start()
                 dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatch")
                 # the daemon loads its dedup index now, beside its first polls: the first
@@ -926,6 +933,7 @@ class Daemon:
                 if self._store_probe is not None and not self._store_probe.done():
                     self._store_probe.cancel()  # a /readyz query the store never answered
         finally:
+            self.gc.uninstall()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("daemon.stopped")
@@ -1133,7 +1141,11 @@ class Daemon:
                 pending = "?"
         log.info("daemon.summary", minutes=round(SUMMARY_EVERY / 60),
                  polls=sum(results.values()), new_stories=counts[" new"], alerts=counts[" alerts"],
-                 outbox_pending=pending, **results)
+                 outbox_pending=pending, gc_max_pause_ms=round(self.gc.take_max() * 1000, 1),
+                 **results)
+
+    async def _sweep_gc(self) -> None:
+        self.gc.sweep()
 
     async def _dispatch_loop(self) -> None:
         """One loop per channel (``Dispatcher.serve``), woken when a poll queues."""
