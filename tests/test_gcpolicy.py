@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -13,7 +14,7 @@ from monitor.shell.gcpolicy import GcPolicy
 
 
 class _Cycle:
-    freed: list[str] = []
+    freed: ClassVar[list[str]] = []
 
     def __init__(self, name: str) -> None:
         self.name = name

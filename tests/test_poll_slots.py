@@ -20,9 +20,11 @@ import pytest
 from monitor.config import Config, load_config
 from monitor.core.model import FeedState
 from monitor.core.schedule import (
+    FIRST_PASS_SHARE,
     NEW_FEED_SPREAD,
     OVERDUE_SPREAD,
     auto_concurrency,
+    first_anchor,
     initial_poll,
     next_poll,
     spread_window,
@@ -211,18 +213,21 @@ def test_spread_window_rule() -> None:
     assert spread_window(interval=300, least=30, backlog=10, rate=float("inf")) == 30
 
 
-def test_a_big_first_pass_is_spread_evenly_over_the_interval() -> None:
+def test_a_big_first_pass_is_spread_evenly_over_most_of_the_interval() -> None:
     """50,000 new feeds (auto concurrency: 334 slots, 167 polls/s): first polls over the
-    whole 5 minutes, about as many in each tenth of it; one feed added: within 30 s."""
+    first four fifths of the 5 minutes (FIRST_PASS_SHARE: room to run late and still end
+    within the interval), about as many in each tenth of that; one feed added: within
+    30 s."""
     n, interval = 50_000, 300.0
     rate = auto_concurrency([interval] * n) / 2.0
     firsts = [initial_poll(now=NOW, interval=interval, key=f"feed-{i}", last_polled=None,
                            next_poll=None, backlog=n, rate=rate) for i in range(n)]
     offsets = [(t - NOW).total_seconds() for t in firsts]
-    assert min(offsets) >= 0 and max(offsets) < interval
+    span = FIRST_PASS_SHARE * interval
+    assert min(offsets) >= 0 and max(offsets) < span and max(offsets) > 0.99 * span
     bins = [0] * 10
     for o in offsets:
-        bins[int(o / interval * 10)] += 1
+        bins[int(o / span * 10)] += 1
     assert min(bins) > 0.9 * n / 10 and max(bins) < 1.1 * n / 10, bins
     one = initial_poll(now=NOW, interval=interval, key="added", last_polled=None,
                        next_poll=None, backlog=1, rate=rate)
@@ -303,6 +308,50 @@ def test_a_first_pass_slower_than_the_interval_leaves_no_bunch() -> None:
     per_minute = Counter(int((d - NOW).total_seconds() // 60) for d in dues.values())
     assert sorted(per_minute) == [15, 16, 17, 18, 19]
     assert min(per_minute.values()) >= 190 and max(per_minute.values()) <= 210
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.1])
+def test_a_compressed_first_pass_leaves_the_next_cycles_even(jitter: float) -> None:
+    """10,000 new feeds, 60 s interval: the first pass is spread over 48 s and its polls
+    run up to 5 s late; each feed's next poll counts from ``first_anchor``, the ones
+    after from their due time. From the first pass's end on, every 2-s window holds
+    about the mean number of polls (no gap where the first pass ended, no burst), the
+    first poll of every feed is within the interval, and each feed's second poll comes
+    at least half an interval after its first and at most 1.25 intervals."""
+    n, interval = 10_000, 60.0
+    rate = auto_concurrency([interval] * n) / 2.0
+    kw = {"interval": interval, "failures": 0, "retry_after": None, "backoff_max": 3600.0,
+          "jitter": jitter}
+    polls: list[float] = []
+    for i in range(n):
+        key = f"feed-{i}"
+        due = initial_poll(now=NOW, interval=interval, key=key, last_polled=None,
+                           next_poll=None, backlog=n, rate=rate)
+        now = due + timedelta(seconds=5.0 * i / n)  # late, more so towards the end
+        first = (now - NOW).total_seconds()
+        assert first < interval
+        polls.append(first)
+        nxt = next_poll(now=now, key=key, due=first_anchor(due=due, key=key,
+                                                           interval=interval), **kw)  # type: ignore[arg-type]
+        gap = (nxt - now).total_seconds()
+        assert interval / 2 <= gap <= 1.25 * interval, (key, gap)
+        for _ in range(4):  # the next cycles, on time
+            polls.append((nxt - NOW).total_seconds())
+            nxt = next_poll(now=nxt, key=key, due=nxt, **kw)  # type: ignore[arg-type]
+    end_of_first = max(polls[::5])
+    windows = Counter(int(t // 2) for t in polls if end_of_first <= t < 4 * interval)
+    counts = [windows.get(w, 0) for w in range(int(end_of_first // 2) + 1, int(4 * interval // 2))]
+    mean = sum(counts) / len(counts)
+    assert abs(mean - n / interval * 2) < 0.05 * mean  # the steady rate
+    assert min(counts) > 0.75 * mean and max(counts) < 1.25 * mean, (min(counts), max(counts))
+
+
+def test_first_anchor_only_moves_a_place_back_by_a_fifth_at_most() -> None:
+    for i in range(200):
+        key = f"k{i}"
+        back = NOW - first_anchor(due=NOW, key=key, interval=300.0)
+        assert timedelta(0) <= back <= timedelta(seconds=(1 - FIRST_PASS_SHARE) * 300.0)
+    assert first_anchor(due=NOW, key="k", interval=0.0) == NOW
 
 
 def test_auto_concurrency_rule(tmp_path: Path, feed_server: FeedServer) -> None:

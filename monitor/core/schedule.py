@@ -57,6 +57,10 @@ RETRY_AFTER_CAP = 24 * 3600.0
 OVERDUE_SPREAD = 60.0
 #: Brand-new feeds get their first poll spread over at most this many seconds.
 NEW_FEED_SPREAD = 30.0
+#: A fresh instance's first pass (every feed new) is spread over at most this share of
+#: the interval, so that it ends within one interval even when its polls run late by a
+#: fifth of it; ``first_anchor`` spreads the second polls back over the whole interval.
+FIRST_PASS_SHARE = 0.8
 #: Seconds one poll is taken to last when sizing (``auto_concurrency``, ``spread_window``):
 #: polls in flight = poll rate × time per poll. A local 304 takes milliseconds, a remote
 #: feed 0.1–1 s, a slow server seconds: 2 s leaves room for the slow ones.
@@ -416,7 +420,8 @@ def initial_poll(
       of firing every overdue feed at once, each is placed at a deterministic point
       (by ``key``) in ``[now, now + spread_window(least=60 s))``.
     * A brand-new feed (never polled, nothing stored) is placed at a deterministic
-      point in ``[now, now + spread_window(least=30 s))``.
+      point in ``[now, now + spread_window(least=30 s, share=FIRST_PASS_SHARE))``; its
+      first poll then counts from :func:`first_anchor` for the next one.
 
     ``backlog`` is how many feeds are being placed together (the new and overdue feeds
     of this start or reload) and ``rate`` how many polls a second the instance is sized
@@ -428,22 +433,45 @@ def initial_poll(
     due = next_poll
     if due is None and last_polled is not None:
         due = last_polled + timedelta(seconds=interval)
+    share = 1.0
     if due is None:
-        least = NEW_FEED_SPREAD
+        least, share = NEW_FEED_SPREAD, FIRST_PASS_SHARE
     elif due >= now:
         return due
     else:
         least = OVERDUE_SPREAD
-    window = spread_window(interval=interval, least=least, backlog=backlog, rate=rate)
+    window = spread_window(interval=interval, least=least, backlog=backlog, rate=rate,
+                           share=share)
     return now + timedelta(seconds=unit_hash(key) * window)
 
 
-def spread_window(*, interval: float, least: float, backlog: int, rate: float) -> float:
+def first_anchor(*, due: datetime, key: str, interval: float) -> datetime:
+    """The due time a feed's first poll counts from for its next one
+    (``next_poll(due=...)``), where ``due`` is when that first poll was due.
+
+    A fresh instance's first pass is spread over :data:`FIRST_PASS_SHARE` of the
+    interval (``initial_poll``: the feed at ``unit_hash(key)`` of it), so that it ends
+    within one interval. Counted from those due times, the next cycles would keep that
+    shape: every poll in the first four fifths of each interval, none in the last fifth.
+    Counted from this anchor instead, ``due − (1 − share) × (1 − unit_hash(key)) ×
+    interval``, the feed's second poll falls at ``share × interval + unit_hash(key) ×
+    interval`` from the start: the second polls begin where the first pass ends and are
+    spread evenly over one whole interval, at the same rate as every cycle after.
+
+    For a feed placed otherwise (added later, its first polls failed) this only moves its
+    place in the interval, by at most a fifth of it, earlier; ``next_poll`` still keeps
+    the next poll at least half an interval away."""
+    back = (1.0 - FIRST_PASS_SHARE) * (1.0 - unit_hash(key)) * max(interval, 0.0)
+    return due - timedelta(seconds=back)
+
+
+def spread_window(*, interval: float, least: float, backlog: int, rate: float,
+                  share: float = 1.0) -> float:
     """Seconds over which the first polls of ``backlog`` feeds placed together (new
     feeds, or overdue ones at a restart) are spread, for a feed polled every
     ``interval``, by an instance sized for ``rate`` polls a second:
 
-        window = min(interval, max(least, backlog / rate))
+        window = min(share × interval, max(least, backlog / rate))
 
     * A few feeds (a reload that adds one, a small configuration) are polled within
       ``least`` (30 s new, 60 s overdue): soon, yet not all in the same second.
@@ -454,11 +482,13 @@ def spread_window(*, interval: float, least: float, backlog: int, rate: float) -
       concurrency makes ``backlog / rate`` about the interval for a whole
       configuration), the first pass ends within one interval and the steady state,
       anchored on due times (:func:`next_poll`), has no bunch.
-    * Never longer than ``interval``: a feed is first polled within its interval.
+    * Never longer than ``share`` of the interval (1 for overdue feeds; new feeds:
+      :data:`FIRST_PASS_SHARE`, see :func:`first_anchor`): a feed is first polled within
+      its interval, with room for the polls to run late.
     """
     interval = max(interval, 0.0)
     need = backlog / rate if rate > 0 and math.isfinite(rate) else 0.0
-    return min(interval, max(least, need))
+    return min(share * interval, max(least, need))
 
 
 def auto_concurrency(intervals: Iterable[float]) -> int:

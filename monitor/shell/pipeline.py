@@ -59,6 +59,7 @@ from monitor.core.rules.match import Matcher, RegexSkipped
 from monitor.core.rules.model import RuleSet
 from monitor.core.schedule import (
     PollDecision,
+    first_anchor,
     http_freshness,
     next_poll,
     poll_interval,
@@ -260,7 +261,8 @@ class Pipeline:
         next_at = next_poll(
             now=now, interval=decision.delay, failures=0, retry_after=None,
             backoff_max=fc.backoff_max, jitter=jitter, key=spec.name, floor=decision.floor,
-            due=state.due,  # counted from when it was due: it keeps its place
+            # counted from when it was due: it keeps its place
+            due=_anchor(state, spec.name, decision.delay),
         )
         if isinstance(result, NotModified):
             _recovered(state, spec, now)
@@ -334,7 +336,7 @@ class Pipeline:
                                    now=now, interval=decision.delay, failures=0,
                                    retry_after=None, backoff_max=fc.backoff_max,
                                    jitter=jitter, key=spec.name, floor=decision.floor,
-                                   due=state.due))
+                                   due=_anchor(state, spec.name, decision.delay)))
         _recovered(state, spec, now)
         self._ok(spec, now)
         self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)
@@ -810,6 +812,16 @@ def _succeeded(
         etag=etag, last_modified=last_modified, body_hash=body_hash,
         poll_interval=decision.delay, poll_reason=decision.why,
     )
+
+
+def _anchor(state: FeedState, key: str, interval: float) -> datetime | None:
+    """What the poll in hand counts from for the next one (``next_poll(due=...)``): when
+    it was due, or for the feed's first poll (not baselined yet) the place that
+    ``schedule.first_anchor`` gives it, so that a fresh instance's compressed first pass
+    leaves the next cycles evenly spread."""
+    if state.due is None or state.baselined:
+        return state.due
+    return first_anchor(due=state.due, key=key, interval=interval)
 
 
 def _hints_of(state: FeedState) -> FeedHints:
