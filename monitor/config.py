@@ -99,7 +99,7 @@ class FetchConfig(_Model):
     max_redirects: int = Field(5, ge=0)
     user_agent: str = ""
     backoff_max: Duration = 6 * 3600.0
-    parse_workers: int = Field(0, ge=0)  # 0 = one per core
+    parse_workers: int = Field(0, ge=0)  # 0 = one more than the cores
     parse_in: Literal["process", "thread"] = "process"
     # one parse/prepare job's deadline: past it the job is abandoned, its worker killed
     # and replaced, and the feed fails (and backs off)

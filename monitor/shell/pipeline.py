@@ -458,9 +458,16 @@ class Pipeline:
         the stories of the polls that get here within ``settle`` seconds of one another
         (a burst: ``monitor once``, or the feeds of one scheduler tick) are added to the
         index together, in publication order: which feed answered first does not change
-        the clusters. A round waits ``ROUND_MAX * settle`` at most."""
+        the clusters. A round waits ``ROUND_MAX * settle`` at most.
+
+        ``quick`` (a baseline: stories that never alert) is decided at once, outside any
+        round. In a fresh instance's first pass every poll is a baseline, and under
+        continuous load a round lasts its full ``ROUND_MAX * settle``: each poll held
+        its slot a second longer, and the rounds released the polls in waves that
+        queued at the parse workers and the store (10,000 feeds every minute: the first
+        pass 68.5 s with rounds, 62.8 s without, in one run each)."""
         ticket = _TICKET.get()
-        if not fresh or self.settle <= 0:
+        if not fresh or self.settle <= 0 or quick:
             if ticket is not None:
                 self._arrive(ticket)
             return self._add_all([(p, now, quick) for p in fresh]) if fresh else {}
