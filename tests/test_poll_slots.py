@@ -332,7 +332,8 @@ def test_a_compressed_first_pass_leaves_the_next_cycles_even(jitter: float) -> N
         assert first < interval
         polls.append(first)
         nxt = next_poll(now=now, key=key, due=first_anchor(due=due, key=key,
-                                                           interval=interval), **kw)  # type: ignore[arg-type]
+                                                           interval=interval),
+                        first=True, **kw)  # type: ignore[arg-type]
         gap = (nxt - now).total_seconds()
         assert interval / 2 <= gap <= 1.25 * interval, (key, gap)
         for _ in range(4):  # the next cycles, on time
@@ -344,6 +345,39 @@ def test_a_compressed_first_pass_leaves_the_next_cycles_even(jitter: float) -> N
     mean = sum(counts) / len(counts)
     assert abs(mean - n / interval * 2) < 0.05 * mean  # the steady rate
     assert min(counts) > 0.75 * mean and max(counts) < 1.25 * mean, (min(counts), max(counts))
+
+
+@pytest.mark.parametrize("rate", [110.0, 150.0])
+def test_a_first_pass_slower_than_its_spread_leaves_no_hole(rate: float) -> None:
+    """10,000 new feeds, 60 s interval, spread over 48 s, but the instance baselines
+    only ``rate`` feeds a second (the first pass takes 67-91 s): each feed's second poll
+    is at least half an interval after its first and the cycles after the first pass
+    have no window below half the mean (moved a cycle on, as later polls are, the late
+    feeds left a hole there)."""
+    n, interval = 10_000, 60.0
+    kw = {"interval": interval, "failures": 0, "retry_after": None, "backoff_max": 3600.0,
+          "jitter": 0.1}
+    dues = sorted((initial_poll(now=NOW, interval=interval, key=f"feed-{i}",
+                                last_polled=None, next_poll=None, backlog=n,
+                                rate=auto_concurrency([interval] * n) / 2.0), f"feed-{i}")
+                  for i in range(n))
+    polls: list[float] = []
+    busy_until = NOW
+    for due, key in dues:  # polled in due order, at most ``rate`` a second
+        now = max(due, busy_until)
+        busy_until = now + timedelta(seconds=1 / rate)
+        polls.append((now - NOW).total_seconds())
+        nxt = next_poll(now=now, key=key, due=first_anchor(due=due, key=key, interval=interval),
+                        first=True, **kw)  # type: ignore[arg-type]
+        assert (nxt - now).total_seconds() >= (1 - 0.1) * interval / 2  # (the jitter)
+        for _ in range(4):
+            polls.append((nxt - NOW).total_seconds())
+            nxt = next_poll(now=nxt, key=key, due=nxt, **kw)  # type: ignore[arg-type]
+    end = (busy_until - NOW).total_seconds()
+    windows = Counter(int(t // 10) for t in polls if end <= t < 4 * interval)
+    counts = [windows.get(w, 0) for w in range(int(end // 10) + 1, int(4 * interval // 10))]
+    mean = sum(counts) / len(counts)
+    assert min(counts) >= 0.5 * mean, (min(counts), mean)
 
 
 def test_first_anchor_only_moves_a_place_back_by_a_fifth_at_most() -> None:

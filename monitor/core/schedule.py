@@ -121,6 +121,7 @@ def next_poll(
     key: str,
     floor: float = 0.0,
     due: datetime | None = None,
+    first: bool = False,
 ) -> datetime:
     """When to poll a feed next, decided right after a poll that ended at ``now``.
 
@@ -147,7 +148,14 @@ def next_poll(
     too, a cycle or more on: the next poll is the first point ``due + k × delay`` at
     least half the delay after ``now``. So the feed is not polled again right away, and
     a first pass that overran the interval does not leave the next cycles bunched where
-    it ended. Failures always count from ``now`` (backoff). ``retry_after`` and
+    it ended. Failures always count from ``now`` (backoff).
+
+    ``first``: the feed's first successful poll (``due`` then comes from
+    :func:`first_anchor`). Late by more than half the delay, it is not moved a cycle on:
+    the next poll is ``max(due + delay, now + delay / 2)``. A first pass that ran late
+    (more feeds than the instance baselines in an interval) would otherwise leave a hole
+    in the next cycle where the late feeds' places were; this way the second polls
+    follow the first pass's own pace, at least half an interval after it. ``retry_after`` and
     ``floor`` count from ``now`` whatever the anchor, and the result is never before
     ``now``.
     """
@@ -165,8 +173,11 @@ def next_poll(
         late = (now - due).total_seconds()
         # the feed keeps its place in the interval: the next point of its grid that is
         # at least half a delay away (one delay on when on time or nearly)
-        cycles = max(1, math.ceil((late + delay / 2) / delay))
-        at = due + timedelta(seconds=cycles * delay)
+        if first:
+            at = max(due + timedelta(seconds=delay), now + timedelta(seconds=delay / 2))
+        else:
+            cycles = max(1, math.ceil((late + delay / 2) / delay))
+            at = due + timedelta(seconds=cycles * delay)
     least = 0.0  # from now: the Retry-After and the honoured hint
     if retry_after is not None and retry_after > 0:
         least = max(least, min(retry_after, RETRY_AFTER_CAP))
