@@ -148,16 +148,16 @@ def next_poll(
     too, a cycle or more on: the next poll is the first point ``due + k × delay`` at
     least half the delay after ``now``. So the feed is not polled again right away, and
     a first pass that overran the interval does not leave the next cycles bunched where
-    it ended. Failures always count from ``now`` (backoff).
+    it ended. Failures always count from ``now`` (backoff). ``retry_after`` and
+    ``floor`` count from ``now`` whatever the anchor, and the result is never before
+    ``now``.
 
     ``first``: the feed's first successful poll (``due`` then comes from
     :func:`first_anchor`). Late by more than half the delay, it is not moved a cycle on:
     the next poll is ``max(due + delay, now + delay / 2)``. A first pass that ran late
     (more feeds than the instance baselines in an interval) would otherwise leave a hole
     in the next cycle where the late feeds' places were; this way the second polls
-    follow the first pass's own pace, at least half an interval after it. ``retry_after`` and
-    ``floor`` count from ``now`` whatever the anchor, and the result is never before
-    ``now``.
+    follow the first pass's own pace, at least half an interval after it.
     """
     _require_aware(now)
     interval = max(interval, 0.0)

@@ -13,14 +13,14 @@ The policy (``GcPolicy``):
 
 * **What survives a full collection is frozen** (``gc.freeze``): the next full
   collections walk only what was allocated since, milliseconds instead of seconds.
-* **A sweep every ``sweep`` seconds** (an hour by default) thaws everything and collects
+* **A sweep every** :data:`SWEEP_EVERY` **seconds** (an hour) thaws everything and collects
   once (``gc.unfreeze(); gc.collect()``), then freezes again. A reference cycle that dies
   while frozen (a failed poll's exception and its traceback, say) is not collected until
   then; the sweep is one full pause an hour instead of one every few seconds, and it is
   logged (``gc.swept``: how long, what it freed).
 * Collections are timed: ``monitor_gc_seconds_total{generation}`` and
-  ``monitor_gc_collections_total{generation}``, and the longest pause since the last
-  summary is in ``max_pause_s`` of ``GcPolicy.stats``.
+  ``monitor_gc_collections_total{generation}``, and the daemon's ``daemon.summary``
+  line carries the longest pause of its five minutes (``GcPolicy.take_max``).
 
 Only the daemon installs it (``monitor once`` ends before any of this matters).
 """
