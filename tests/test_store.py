@@ -369,6 +369,19 @@ async def test_known_finds_ids_and_links(store: Store) -> None:
     assert await store.known(iter(["s2", "s2"]), iter([])) == {"s2"}
 
 
+async def test_known_apart_answers_ids_and_links_separately(store: Store) -> None:
+    """One round trip for a poll's two questions: which ids are stored, and which links.
+    A value given as an id that is only a stored link (or the reverse) is not found."""
+    await store.save_poll(feed("a"), [stored("s1"), stored("s2", link="https://x.example/canon")], [])
+    assert await store.known_apart([], []) == (set(), set())
+    ids, links = await store.known_apart(
+        ["s1", "https://x.example/canon", "nope"], ["https://x.example/canon", "s2", "https://other"])
+    assert ids == {"s1"}
+    assert links == {"https://x.example/canon"}
+    assert await store.known_apart(iter(["s2", "s2"]), iter([])) == ({"s2"}, set())
+    assert await store.known_apart([], ["https://news.example/s1"]) == (set(), {"https://news.example/s1"})
+
+
 async def test_known_handles_large_batches(store: Store) -> None:
     many = [stored(f"s{i}") for i in range(1200)]
     await store.save_poll(feed("a"), many, [])
@@ -376,6 +389,8 @@ async def test_known_handles_large_batches(store: Store) -> None:
     links = [f"https://news.example/s{i}" for i in range(1, 2400, 2)]
     found = await store.known(ids, links)
     assert found == {f"s{i}" for i in range(0, 1200, 2)} | {f"https://news.example/s{i}" for i in range(1, 1200, 2)}
+    assert await store.known_apart(ids, links) == (
+        {f"s{i}" for i in range(0, 1200, 2)}, {f"https://news.example/s{i}" for i in range(1, 1200, 2)})
 
 
 async def test_save_poll_stores_everything_and_ignores_repeats(store: Store) -> None:

@@ -434,14 +434,15 @@ class Pipeline:
         self, batch: Sequence[PreparedStory]
     ) -> tuple[list[PreparedStory], set[str]]:
         """The entries whose ids the store does not have, and which of their links it has."""
-        # two questions, not one: an id that happens to equal a stored link is still new
-        known_ids = await self.store.known([p.story.id for p in batch], [])
+        # two questions in one round trip, their answers apart: an id that happens to
+        # equal a stored link is still new
+        known_ids, known_links = await self.store.known_apart(
+            [p.story.id for p in batch], [p.story.link for p in batch if p.story.link])
         fresh = [p for p in batch if p.story.id not in known_ids]
-        links = [p.story.link for p in fresh if p.story.link]
         # a known id is a story we already have; a known link under a new id is the same
         # story from another source (or re-published): it joins its cluster as a source
-        known_links = await self.store.known([], links) if links else set()
-        return fresh, known_links
+        # (only the fresh stories' links are asked about: a known story's is its own)
+        return fresh, {p.story.link for p in fresh if p.story.link in known_links}
 
     def _churn(self, state: FeedState, spec: FeedSpec, fresh: Sequence[PreparedStory],
                total: int, *, baseline: bool) -> bool:

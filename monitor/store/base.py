@@ -216,6 +216,13 @@ class Store(Protocol):
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
         """The subset of the given story ids and canonical links already stored."""
 
+    async def known_apart(
+        self, ids: Iterable[str], links: Iterable[str]
+    ) -> tuple[set[str], set[str]]:
+        """``known`` in one round trip, kept apart: the given ids that are stored story
+        ids, and the given links that are stored canonical links (an id that equals a
+        stored link is not a known id)."""
+
     async def save_poll(
         self,
         state: FeedState,

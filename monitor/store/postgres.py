@@ -651,20 +651,29 @@ class PostgresStore:
     # -- stories --------------------------------------------------------------------------
 
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
+        found_ids, found_links = await self.known_apart(ids, links)
+        return found_ids | found_links
+
+    async def known_apart(
+        self, ids: Iterable[str], links: Iterable[str]
+    ) -> tuple[set[str], set[str]]:
         # lookups use the stored form of each value; answers are the values given
         id_map = {_text(i): i for i in ids}
         link_map = {_text(x): x for x in links}
         if not id_map and not link_map:
-            return set()
+            return set(), set()
         async with self._con("known") as con:
             rows = await con.fetch(
-                "SELECT id FROM stories WHERE id = ANY($1::text[]) "
-                "UNION ALL SELECT link FROM stories WHERE link = ANY($2::text[])",
+                "SELECT 0, id FROM stories WHERE id = ANY($1::text[]) "
+                "UNION ALL SELECT 1, link FROM stories WHERE link = ANY($2::text[])",
                 list(id_map),
                 list(link_map),
             )
-        found = {r[0] for r in rows}
-        return {id_map[v] for v in found if v in id_map} | {link_map[v] for v in found if v in link_map}
+        found: tuple[set[str], set[str]] = (set(), set())
+        for kind, v in rows:
+            found[kind].add(v)
+        return ({id_map[v] for v in found[0] if v in id_map},
+                {link_map[v] for v in found[1] if v in link_map})
 
     async def save_poll(
         self,

@@ -536,31 +536,37 @@ class SQLiteStore:
     # -- stories --------------------------------------------------------------------------
 
     async def known(self, ids: Iterable[str], links: Iterable[str]) -> set[str]:
+        found_ids, found_links = await self.known_apart(ids, links)
+        return found_ids | found_links
+
+    async def known_apart(
+        self, ids: Iterable[str], links: Iterable[str]
+    ) -> tuple[set[str], set[str]]:
         # lookups use the stored form of each value; answers are the values given
         id_map = {_k(i): i for i in ids}
         link_map = {_k(x): x for x in links}
         id_list, link_list = list(id_map), list(link_map)
 
-        def work(con: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
+        def work(con: sqlite3.Connection) -> tuple[set[str], set[str]]:
+            found: tuple[set[str], set[str]] = (set(), set())
             half = CHUNK // 2
             n = max(len(id_list), len(link_list))
             for i in range(0, n, half):
                 a, b = id_list[i : i + half], link_list[i : i + half]
                 parts, params = [], []
                 if a:
-                    parts.append(f"SELECT id FROM stories WHERE id IN ({_marks(len(a))})")
+                    parts.append(f"SELECT 0, id FROM stories WHERE id IN ({_marks(len(a))})")
                     params += a
                 if b:
-                    parts.append(f"SELECT link FROM stories WHERE link IN ({_marks(len(b))})")
+                    parts.append(f"SELECT 1, link FROM stories WHERE link IN ({_marks(len(b))})")
                     params += b
-                found.update(r[0] for r in con.execute(" UNION ALL ".join(parts), params))
-            return {id_map[v] for v in found if v in id_map} | {
-                link_map[v] for v in found if v in link_map
-            }
+                for kind, v in con.execute(" UNION ALL ".join(parts), params):
+                    found[kind].add(v)
+            return ({id_map[v] for v in found[0] if v in id_map},
+                    {link_map[v] for v in found[1] if v in link_map})
 
         if not id_list and not link_list:
-            return set()
+            return set(), set()
         return await self._run("known", work)
 
     async def save_poll(
