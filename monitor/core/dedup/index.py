@@ -575,6 +575,20 @@ class StoryIndex:
         n = len(self._clusters) + 1.0 + self.settings.bg_size
         return math.log(n / (self._df.get(token, 0) + bg + 1.0)) + 1.0
 
+    def _idfs(self, tokens: Iterable[str]) -> Iterator[float]:
+        """``idf(t)`` of each token, computed alike (the same float operations) without a
+        call per token: the add's hottest arithmetic. The index must not change while
+        it is consumed."""
+        bgc = self._bg_cache
+        df = self._df
+        log = math.log
+        n = len(self._clusters) + 1.0 + self.settings.bg_size
+        for t in tokens:
+            bg = bgc.get(t)
+            if bg is None:
+                bg = bgc[t] = self._bg(t)
+            yield log(n / (df.get(t, 0) + bg + 1.0)) + 1.0
+
     # -- internals ----------------------------------------------------------------------
 
     def _get(self, cluster_id: str) -> _Cluster | None:
@@ -623,16 +637,12 @@ class StoryIndex:
     ) -> tuple[dict[str, float], float, dict[str, float]]:
         """The story's token → weight (its group weight times IDF), the vector's length
         and the IDF of each token."""
-        idf_of = self.idf
-        idf: dict[str, float] = {}
-        weights: dict[str, float] = {}
-        for t in f.tokens:
-            idf[t] = i = idf_of(t)
-            weights[t] = i
+        idf: dict[str, float] = dict(zip(f.tokens, self._idfs(f.tokens), strict=True))
+        weights: dict[str, float] = dict(idf)
         if f.lead:
             lw = self.settings.lead_weight
-            for t in f.lead:
-                idf[t] = i = idf_of(t)
+            for t, i in zip(f.lead, self._idfs(f.lead), strict=True):
+                idf[t] = i
                 weights[t] = lw * i
         norm = math.sqrt(sum(w * w for w in weights.values()))
         return weights, norm, idf
@@ -645,10 +655,9 @@ class StoryIndex:
         return math.sqrt(c.sq) if c.sq > 0.0 else 1.0
 
     def _renorm(self, c: _Cluster) -> None:
-        idf = self.idf
-        c.sq = sum((k * idf(t)) ** 2 for t, k in c.tf.items())
+        c.sq = sum((k * i) ** 2 for k, i in zip(c.tf.values(), self._idfs(c.tf), strict=True))
         if c.ttf is not None:
-            c.tsq = sum((k * idf(t)) ** 2 for t, k in c.ttf.items())
+            c.tsq = sum((k * i) ** 2 for k, i in zip(c.ttf.values(), self._idfs(c.ttf), strict=True))
         c.norm_n = c.n
 
     def _cosine(self, f: Features, c: _Cluster, full: float, idf: dict[str, float],
@@ -789,12 +798,13 @@ class StoryIndex:
                 continue
             for num in islice(reversed(p), max_posting):
                 votes[num] = votes.get(num, 0.0) + w
-        if len(votes) > max_candidates:
-            nums = heapq.nlargest(max_candidates, votes, key=lambda n: (votes[n], n))
-        else:
-            nums = sorted(votes)
         clusters = self._clusters
-        return [clusters[n] for n in nums]
+        if len(votes) > max_candidates:
+            # (weight, num) pairs: the order of nlargest(key=(votes[n], n)), without a
+            # Python call per cluster
+            return [clusters[n] for _, n in heapq.nlargest(
+                max_candidates, zip(votes.values(), votes, strict=True))]
+        return [clusters[n] for n in sorted(votes)]
 
     def _centroid_cosine(self, a: _Cluster, b: _Cluster) -> float:
         """The cosine of two clusters' centroids, less the time penalty between them."""
@@ -955,9 +965,13 @@ class StoryIndex:
         uses = self._uses
         postings = self._postings
         lw = self.settings.lead_weight
-        idf = self.idf
         prefix = self._prefix
         min_len = self.settings.respell_len
+        # idf(t), inlined (the same float operations): no cluster comes or goes here
+        bgc = self._bg_cache
+        bg_of = self._bg
+        log = math.log
+        n_idf = len(self._clusters) + 1.0 + self.settings.bg_size
         if f.lead and c.ttf is None:  # the first lead: the titles get their own centroid
             c.ttf = dict(tf)
             c.tsq = c.sq
@@ -966,7 +980,10 @@ class StoryIndex:
             for t in f.tokens:
                 k = ttf.get(t, 0.0)
                 if c.norm_n:
-                    i = idf(t)
+                    bg = bgc.get(t)
+                    if bg is None:
+                        bg = bgc[t] = bg_of(t)
+                    i = log(n_idf / (df.get(t, 0) + bg + 1.0)) + 1.0
                     c.tsq += (k * 2.0 + 1.0) * i * i
                 ttf[t] = k + 1.0
         for part, w in ((f.tokens, 1.0), (f.lead, lw)):
@@ -980,7 +997,10 @@ class StoryIndex:
                     p.pop(num, None)
                     p[num] = None
                 if c.norm_n:  # the running sum: (k + w)^2 - k^2, times idf^2
-                    i = idf(t)
+                    bg = bgc.get(t)
+                    if bg is None:
+                        bg = bgc[t] = bg_of(t)
+                    i = log(n_idf / (df.get(t, 0) + bg + 1.0)) + 1.0
                     c.sq += ((have or 0.0) * 2.0 + w) * w * i * i
                 if have is None:
                     tf[t] = w
