@@ -151,8 +151,7 @@ def _read_frame(f: io.BufferedIOBase) -> bytes | None:
 
 
 def _write_frame(f: io.BufferedIOBase, data: bytes) -> None:
-    f.write(_HEADER.pack(len(data)))
-    f.write(data)
+    f.write(_HEADER.pack(len(data)) + data)  # one send: the daemon wakes once to read it
     f.flush()
 
 
@@ -335,8 +334,9 @@ class Processes:
                 self._busy.add(w)
                 try:
                     async with asyncio.timeout(deadline):
-                        w.writer.write(_HEADER.pack(len(payload)))
-                        w.writer.write(payload)
+                        # one write, so one send: each system call lets go of the
+                        # interpreter lock, which the store's thread may then hold
+                        w.writer.write(_HEADER.pack(len(payload)) + payload)
                         await w.writer.drain()
                         kind, value = await _read(w.reader)
                 except TimeoutError:
