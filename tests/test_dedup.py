@@ -709,3 +709,18 @@ def test_a_quick_add_still_clusters_copies_and_later_stories_join_them() -> None
         assert isinstance(later, SameStory) and later.cluster == "a"
     assert decisions[True] == decisions[False]  # the same scoring
 
+
+
+def test_the_inlined_idf_is_idf_to_the_last_bit() -> None:
+    """``_idfs`` (the add's hot loops) computes each token's IDF with the same float
+    operations as ``idf``: bit for bit, for tokens the window knows, tokens only the
+    background table knows, and tokens neither knows."""
+    idx = StoryIndex()
+    for i, feed in enumerate(("a", "b", "c", "d")):
+        idx.add(story("Witkoff meets Putin in Moscow as sanctions deadline nears", feed,
+                      at=T0 + timedelta(minutes=i),
+                      summary="The envoy met the Russian president for five hours."), now=T0)
+        idx.add(story(f"Local council approves budget number {i}", feed,
+                      at=T0 + timedelta(minutes=i)), now=T0)
+    tokens = [*sorted(idx._df), "the", "zzyzxqv", "moscow"]
+    assert list(idx._idfs(tokens)) == [idx.idf(t) for t in tokens]
