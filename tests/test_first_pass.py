@@ -99,3 +99,42 @@ def test_the_parse_pool_has_one_worker_more_than_the_cores(
         assert isinstance(pool.backend, Processes) and pool.backend.size == 5
     finally:
         pool.shutdown()
+
+
+async def test_a_poll_asks_the_store_about_its_stories_once(
+        tmp_path: Path, feed_server: FeedServer) -> None:
+    """The ids and the links of a poll's entries go to the store in one round trip
+    (``known_apart``), first pass and later polls alike; a link already stored under
+    another id still counts as known (the story joins its cluster as a source)."""
+    clock = Clock()
+    for f in ("a", "b"):
+        feed_server.serve(f"/{f}", rss(_items(f, 3), now=clock.now))
+    async with Runtime(_config(tmp_path, feed_server), clock=clock) as rt:
+        store = rt.pipeline.store
+        calls: list[str] = []
+        known_apart, known = store.known_apart, store.known
+
+        async def counted_apart(ids, links):  # type: ignore[no-untyped-def]
+            calls.append("known_apart")
+            return await known_apart(ids, links)
+
+        async def counted_known(ids, links):  # type: ignore[no-untyped-def]
+            calls.append("known")
+            return await known(ids, links)
+
+        store.known_apart = counted_apart  # type: ignore[method-assign]
+        store.known = counted_known  # type: ignore[method-assign]
+        first = await rt.poll_all()
+        assert sorted(o.result for o in first) == ["baseline", "baseline"]
+        assert calls == ["known_apart", "known_apart"]
+        calls.clear()
+        # b republishes a's story 0 under a new id, with a's link, and one story of its own
+        moved = Item(title="a story number 0 about harbour cranes and tides a0",
+                     link="https://a.example/0", guid="b-copy-of-a0")
+        feed_server.serve("/b", rss([moved, *_items("b", 4)], now=clock.now))
+        clock.advance(seconds=120)
+        second = {o.feed: o for o in await rt.poll_all()}
+        assert calls == ["known_apart"]  # a answered as before: nothing to ask
+        assert second["b"].new == 2
+        clusters = {c.id: c for c in await store.list_clusters()}
+        assert any(set(c.sources) == {"a", "b"} for c in clusters.values())
