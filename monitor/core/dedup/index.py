@@ -967,11 +967,7 @@ class StoryIndex:
         lw = self.settings.lead_weight
         prefix = self._prefix
         min_len = self.settings.respell_len
-        # idf(t), inlined (the same float operations): no cluster comes or goes here
-        bgc = self._bg_cache
-        bg_of = self._bg
-        log = math.log
-        n_idf = len(self._clusters) + 1.0 + self.settings.bg_size
+        idf = self.idf
         if f.lead and c.ttf is None:  # the first lead: the titles get their own centroid
             c.ttf = dict(tf)
             c.tsq = c.sq
@@ -980,10 +976,7 @@ class StoryIndex:
             for t in f.tokens:
                 k = ttf.get(t, 0.0)
                 if c.norm_n:
-                    bg = bgc.get(t)
-                    if bg is None:
-                        bg = bgc[t] = bg_of(t)
-                    i = log(n_idf / (df.get(t, 0) + bg + 1.0)) + 1.0
+                    i = idf(t)
                     c.tsq += (k * 2.0 + 1.0) * i * i
                 ttf[t] = k + 1.0
         for part, w in ((f.tokens, 1.0), (f.lead, lw)):
@@ -997,10 +990,7 @@ class StoryIndex:
                     p.pop(num, None)
                     p[num] = None
                 if c.norm_n:  # the running sum: (k + w)^2 - k^2, times idf^2
-                    bg = bgc.get(t)
-                    if bg is None:
-                        bg = bgc[t] = bg_of(t)
-                    i = log(n_idf / (df.get(t, 0) + bg + 1.0)) + 1.0
+                    i = idf(t)
                     c.sq += ((have or 0.0) * 2.0 + w) * w * i * i
                 if have is None:
                     tf[t] = w
