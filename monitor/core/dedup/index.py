@@ -965,9 +965,9 @@ class StoryIndex:
         uses = self._uses
         postings = self._postings
         lw = self.settings.lead_weight
+        idf = self.idf
         prefix = self._prefix
         min_len = self.settings.respell_len
-        idf = self.idf
         if f.lead and c.ttf is None:  # the first lead: the titles get their own centroid
             c.ttf = dict(tf)
             c.tsq = c.sq
