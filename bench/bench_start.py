@@ -32,6 +32,12 @@ and feed count whether issue #14's 0.33× is met. reader runs when a Python with
 ``reader``, ``click`` and ``sgmllib3k`` is found: ``$BENCH_READER_PYTHON``, else
 ``/tmp/readervenv/bin/python``; else that part is skipped with the reason.
 
+``stack_floor`` (``bench/stackfloor.py``, in the same turns): a process that only
+imports monitor's stack (asyncio with uvloop, aiohttp, pydantic, PyYAML, sqlite3) and
+sends the same conditional GETs with plain aiohttp; its ``cpu_vs_reader`` is the least
+any code on this stack could reach, and ``targets`` says whether the 0.33× is within it
+(``reachable_on_this_stack``).
+
 ``BENCH_START_BASE=DIR`` also runs the ``monitor`` package of another checkout (``git
 worktree add DIR REV``, or ``git archive REV | tar -x -C DIR``) on a copy of each store,
 in the same turns (``before``): a before/after in one run, on one machine's load.
@@ -339,6 +345,8 @@ def run() -> dict[str, Any]:
         f"stories_{n}_feeds_{f}": {
             "cpu_vs_reader": c["cpu_vs_reader"], "target": TARGET,
             "met": c["cpu_vs_reader"] <= TARGET,
+            "stack_floor_vs_reader": c["stack_floor"]["cpu_vs_reader"],
+            "reachable_on_this_stack": c["stack_floor"]["cpu_vs_reader"] <= TARGET,
             **({"before": c["before"]["cpu_vs_reader"]} if "before" in c else {})}
         for n in sizes for f in FEED_COUNTS
         if "cpu_vs_reader" in (c := out[f"stories_{n}"][f"all_304_feeds_{f}"])}
@@ -389,11 +397,16 @@ def _one_store(tmp: Path, n: int, port: int, conn: Any,
         ref_cmd, _ = reader[feeds_n]
         if ref_cmd is not None:
             cmds["reader"] = (ref_cmd, tmp, _ENV)
+            cmds["floor"] = ([sys.executable, "-m", "bench.stackfloor", str(port),
+                              str(feeds_n)], ROOT, _ENV)
         got = _in_turns(conn, cmds)
         cycle = got["monitor"]
         if "reader" in got:
             res.setdefault("reader", {})[f"feeds_{feeds_n}"] = got["reader"]
             cycle["cpu_vs_reader"] = round(cycle["cpu_s"] / got["reader"]["cpu_s"], 2)
+            # the stack alone (bench/stackfloor.py): what no code on it can go below
+            cycle["stack_floor"] = {**got["floor"], "cpu_vs_reader": round(
+                got["floor"]["cpu_s"] / got["reader"]["cpu_s"], 2)}
             if "before" in got:
                 got["before"]["cpu_vs_reader"] = round(
                     got["before"]["cpu_s"] / got["reader"]["cpu_s"], 2)

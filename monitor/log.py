@@ -57,6 +57,12 @@ class Logger:
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(logging.DEBUG, event, fields)
 
+    @property
+    def debugging(self) -> bool:
+        """Whether ``debug`` lines are written: a hot path skips building their fields
+        when they are not."""
+        return self._log.isEnabledFor(logging.DEBUG)
+
     def info(self, event: str, **fields: Any) -> None:
         self._emit(logging.INFO, event, fields)
 

@@ -271,3 +271,52 @@ def test_sources_json_is_strs_to_json_however_a_cluster_s_sources_change() -> No
         assert text == strs_to_json(values), values
         assert strs_from_json(text) == values
     assert grown > 1000 and len(enc._last) == 3  # bounded: the oldest are forgotten
+
+
+def test_feed_rows_are_each_field_encoded_in_column_order() -> None:
+    """``feed_to_row`` reads the fields in one go and converts only the times: the row
+    is what encoding each field by itself gives, story times in any zone included."""
+    from monitor.store.codec import FEED_COLUMNS
+
+    paris = timezone(timedelta(hours=2))
+    t = datetime(2026, 2, 3, 4, 5, 6, 7, tzinfo=UTC)
+    state = FeedState(
+        name="n", url="u2", configured_url="u", etag='W/"x"', last_polled=t,
+        next_poll=t + timedelta(minutes=5), last_success=t, failures=1, gone=False,
+        baselined=True, update_base=t - timedelta(days=2), failing_since=t,
+        last_new_story=datetime(2026, 2, 3, 6, 0, tzinfo=paris), notice="failing:n",
+        story_times=(datetime(2026, 2, 3, 6, 0, tzinfo=paris), t),
+    )
+    times = {"last_polled", "next_poll", "last_success", "update_base", "failing_since",
+             "last_new_story"}
+
+    def by_hand(col: str) -> object:
+        value = getattr(state, col)
+        if col in times:
+            return None if value is None else dt_to_text(value)
+        if col == "story_times":
+            return json.dumps([dt_to_text(x) for x in value])
+        return value
+
+    row = feed_to_row(state, dt_to_text)
+    assert row == tuple(by_hand(col) for col in FEED_COLUMNS)
+    assert json.loads(row[FEED_COLUMNS.index("story_times")]) == [
+        "2026-02-03T04:00:00.000000+00:00", "2026-02-03T04:05:06.000007+00:00"]
+    back = feed_from_row(dict(zip(FEED_COLUMNS, row, strict=True)), dt_from_text)
+    assert back == state  # the same instants (equal across zones), now in UTC
+    assert back.last_new_story is not None and back.last_new_story.utcoffset() == timedelta(0)
+    assert all(x.tzinfo is UTC for x in back.story_times)
+    empty = feed_to_row(FeedState(name="m", url="u", configured_url="u"), dt_to_text)
+    assert empty[FEED_COLUMNS.index("story_times")] == json.dumps([])
+
+
+def test_utc_text_is_the_same_whichever_way_the_time_came() -> None:
+    class Stamp(datetime):  # a subclass takes the general path
+        pass
+
+    t = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
+    same = [t, t.astimezone(timezone(timedelta(hours=-5))), t.astimezone(timezone.utc),
+            Stamp(2026, 2, 3, 4, 5, 6, tzinfo=UTC)]
+    assert {dt_to_text(x) for x in same} == {"2026-02-03T04:05:06.000000+00:00"}
+    assert utc(t) is t or utc(t) == t
+    assert isinstance(utc(same[1]), datetime) and utc(same[1]).tzinfo is UTC

@@ -249,6 +249,8 @@ class Fetcher:
             raise RuntimeError("Fetcher used outside 'async with'")
         started = time.monotonic()
         result, status, size = await self._fetch(url, etag=etag, last_modified=last_modified)
+        if not log.debugging:
+            return result
         ms = round((time.monotonic() - started) * 1000)
         shown = display_url(url)  # (the log formatter also masks the config's secrets)
         if isinstance(result, FetchFailed):

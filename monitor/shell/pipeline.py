@@ -275,8 +275,9 @@ class Pipeline:
             )
             await self._save_state(*ops.review(self.config, new, now))
             self.metrics.polls.labels(spec.name, "not-modified").inc()
-            log.debug("feed.polled", feed=spec.name, status=304, new=0, ms=ms(),
-                      **_schedule_fields(new, now))
+            if log.debugging:  # the most frequent poll: its line's fields only when shown
+                log.debug("feed.polled", feed=spec.name, status=304, new=0, ms=ms(),
+                          **_schedule_fields(new, now))
             return PollOutcome(feed=spec.name, result="not-modified", status=304, ms=ms())
 
         assert isinstance(result, Fetched)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ PAYLOAD_VERSION = 1
 
 def dt_to_text(dt: datetime) -> str:
     """Aware datetime → fixed-width UTC ISO text (sorts chronologically)."""
+    if dt.tzinfo is UTC and type(dt) is datetime:  # the usual case, and a hot one
+        return dt.isoformat(timespec="microseconds")
     if not isinstance(dt, datetime):
         raise CodecError(f"expected a datetime, got {type(dt).__name__}")
     if dt.tzinfo is None or dt.utcoffset() is None:
@@ -430,11 +433,16 @@ FEED_COLUMNS: tuple[str, ...] = (
 _FEED_TIMES = frozenset({"last_polled", "next_poll", "last_success", "update_base",
                          "failing_since", "last_new_story"})
 _FEED_BOOLS = frozenset({"gone", "baselined"})
+_FEED_FIELDS = operator.attrgetter(*FEED_COLUMNS)
+_TIME_AT = tuple(i for i, col in enumerate(FEED_COLUMNS) if col in _FEED_TIMES)
+_STORY_TIMES_AT = FEED_COLUMNS.index("story_times")
 
 
 def times_to_json(times: tuple[datetime, ...]) -> str:
     """A feed's ``story_times`` as a JSON list of ISO 8601 UTC times (both stores)."""
-    return json.dumps([dt_to_text(t) for t in times])
+    # what json.dumps writes for a list of these strings (no character in them needs
+    # escaping), for less than a third of its cost
+    return "[" + ", ".join(['"' + dt_to_text(t) + '"' for t in times]) + "]"
 
 
 def times_from_json(text: str | None) -> tuple[datetime, ...]:
@@ -451,29 +459,28 @@ def times_from_json(text: str | None) -> tuple[datetime, ...]:
 
 def feed_to_row(state: FeedState, dt: Callable[[datetime], Any]) -> tuple[Any, ...]:
     """FeedState → values in FEED_COLUMNS order; ``dt`` encodes non-null datetimes."""
-    out: list[Any] = []
-    for col in FEED_COLUMNS:
-        value = getattr(state, col)
-        if col in _FEED_TIMES and value is not None:
-            value = dt(value)
-        elif col == "story_times":
-            value = times_to_json(value)
-        out.append(value)
+    # every poll writes its feed's row back: one C-level read of all the fields, then
+    # only the few columns that need converting (a loop over all of them cost more than
+    # the row's write)
+    out = list(_FEED_FIELDS(state))
+    for i in _TIME_AT:
+        value = out[i]
+        if value is not None:
+            out[i] = dt(value)
+    out[_STORY_TIMES_AT] = times_to_json(out[_STORY_TIMES_AT])
     return tuple(out)
 
 
 def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime]) -> FeedState:
     """A ``feeds`` row (mapping by column name) → FeedState; ``dt`` decodes datetimes."""
-    values: dict[str, Any] = {}
-    for col in FEED_COLUMNS:
-        value = row[col]
-        if col in _FEED_TIMES and value is not None:
-            value = dt(value)
-        elif col in _FEED_BOOLS:
-            value = bool(value)
-        elif col == "story_times":
-            value = times_from_json(value)
-        values[col] = value
+    values = dict(zip(FEED_COLUMNS, map(row.__getitem__, FEED_COLUMNS), strict=True))
+    for col in _FEED_TIMES:
+        value = values[col]
+        if value is not None:
+            values[col] = dt(value)
+    for col in _FEED_BOOLS:
+        values[col] = bool(values[col])
+    values["story_times"] = times_from_json(values["story_times"])
     return FeedState(**values)
 
 

@@ -145,7 +145,8 @@ def _k(s: str) -> str:
 
 
 def _feed_row(state: FeedState) -> tuple[object, ...]:
-    return tuple(column_text(v) if isinstance(v, str) else v for v in feed_to_row(state, dt_to_text))
+    return tuple([column_text(v) if type(v) is str else v
+                  for v in feed_to_row(state, dt_to_text)])
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
