@@ -263,9 +263,10 @@ async def sync_feeds(store: Store, specs: list[FeedSpec], now: datetime,
             due = initial_poll(now=now, interval=spec.interval, key=spec.name,
                                last_polled=st.last_polled, next_poll=st.next_poll,
                                backlog=backlog, rate=rate)
-            if due != st.next_poll and not live:
-                moves.append((st.name, st.next_poll, due))
-            st = replace(st, next_poll=due)
+            if due != st.next_poll:
+                if not live:
+                    moves.append((st.name, st.next_poll, due))
+                st = replace(st, next_poll=due)
             if st.gone:
                 log.warning("feed.gone", feed=spec.name, url=scrub(st.url),
                             hint="the server answered 410 Gone; change its url or remove it")
@@ -589,7 +590,7 @@ class Runtime:
 
     async def poll_all(self) -> list[PollOutcome]:
         """Poll every configured feed now (``monitor once``), concurrently."""
-        specs = {s.name: s for s in self.config.feed_specs()}
+        specs = self.specs()
         states = [f for f in await self.store.get_feeds() if f.name in specs and not f.gone]
         return list(await asyncio.gather(
             *(self.poll_one(st, specs[st.name]) for st in states)
