@@ -138,3 +138,33 @@ async def test_a_poll_asks_the_store_about_its_stories_once(
         assert second["b"].new == 2
         clusters = {c.id: c for c in await store.list_clusters()}
         assert any(set(c.sources) == {"a", "b"} for c in clusters.values())
+
+
+async def test_once_reads_the_feeds_once_and_later_rounds_read_them_again(
+        tmp_path: Path, feed_server: FeedServer) -> None:
+    """``monitor once`` polls the feeds as the start's sync read them (one read of every
+    feed's row, not two); a later round reads the store, so it sees what the first one
+    saved."""
+    clock = Clock()
+    for f in ("a", "b"):
+        feed_server.serve(f"/{f}", rss(_items(f, 3), now=clock.now))
+    reads: list[int] = []
+    async with Runtime(_config(tmp_path, feed_server), clock=clock) as rt:
+        assert rt.synced is not None and sorted(s.name for s in rt.synced) == ["a", "b"]
+        get_feeds = rt.store.get_feeds
+
+        async def counted():  # type: ignore[no-untyped-def]
+            got = await get_feeds()
+            reads.append(len(got))
+            return got
+
+        rt.store.get_feeds = counted  # type: ignore[method-assign]
+        first = await rt.poll_all()
+        assert sorted(o.result for o in first) == ["baseline", "baseline"]
+        assert reads == [] and rt.synced is None
+        clock.advance(seconds=120)
+        second = await rt.poll_all()
+        assert reads == [2]
+        # the second round polled with the first round's validators and counts
+        assert sorted(o.result for o in second) == ["not-modified", "not-modified"]
+        assert {s.name: s.polls for s in await get_feeds()} == {"a": 2, "b": 2}

@@ -306,6 +306,9 @@ class Runtime:
         # feeds a reload added or changed, not synced with the store yet (removals too);
         # None: nothing to sync
         self._unsynced: set[str] | None = None
+        # the configured feeds as the start's sync read and left them, for the first
+        # ``poll_all`` (then None; the daemon drops them at once)
+        self.synced: list[FeedState] | None = None
         self.fetcher: Fetcher
         # (``monitor once`` gives ``Metrics(collect=False)``: it has no server to show them)
         self.metrics = Metrics() if metrics is None else metrics
@@ -404,8 +407,8 @@ class Runtime:
             self.dispatcher.ops = (cfg.health.channel, cfg.health.fallback)
             self._stack.push_async_callback(self.dispatcher.close)
             self.metrics.poll_slots.set(self.concurrency)
-            await sync_feeds(self.store, list(self.specs().values()), now,
-                             live=await self._peers_alive(now), rate=self.rate)
+            self.synced = await sync_feeds(self.store, list(self.specs().values()), now,
+                                           live=await self._peers_alive(now), rate=self.rate)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -591,7 +594,11 @@ class Runtime:
     async def poll_all(self) -> list[PollOutcome]:
         """Poll every configured feed now (``monitor once``), concurrently."""
         specs = self.specs()
-        states = [f for f in await self.store.get_feeds() if f.name in specs and not f.gone]
+        # the first round polls the feeds as the start's sync just read and left them
+        # (``monitor once`` reads each feed's row once, not twice); later rounds read them
+        synced, self.synced = self.synced, None
+        stored = synced if synced is not None else await self.store.get_feeds()
+        states = [f for f in stored if f.name in specs and not f.gone]
         return list(await asyncio.gather(
             *(self.poll_one(st, specs[st.name]) for st in states)
         ))
@@ -854,6 +861,7 @@ class Daemon:
             async with Runtime(self.config, clock=self.clock, config_path=self.config_path,
                                env=self.env) as rt:
                 self.rt = rt
+                rt.synced = None  # the daemon claims its feeds: not kept for its lifetime
                 self.slots = rt.concurrency
                 rt.pipeline.on_queued = self._wake_dispatch.set
                 # what start-up built (the restored index, compiled rules, imports) lives as

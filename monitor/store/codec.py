@@ -15,7 +15,7 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -473,15 +473,24 @@ def feed_to_row(state: FeedState, dt: Callable[[datetime], Any]) -> tuple[Any, .
 
 def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime]) -> FeedState:
     """A ``feeds`` row (mapping by column name) → FeedState; ``dt`` decodes datetimes."""
-    values = dict(zip(FEED_COLUMNS, map(row.__getitem__, FEED_COLUMNS), strict=True))
+    return feed_from_values(map(row.__getitem__, FEED_COLUMNS), dt)
+
+
+def feed_from_values(values: Iterable[Any], dt: Callable[[Any], datetime], *,
+                     due: datetime | None = None) -> FeedState:
+    """The values of FEED_COLUMNS, in that order (a ``SELECT`` of those columns) →
+    FeedState; ``dt`` decodes datetimes. A store reads every feed at start and each
+    claimed feed at each claim: by position, not by name (``sqlite3.Row`` finds a
+    name by comparing it with each column's)."""
+    state = dict(zip(FEED_COLUMNS, values, strict=True))
     for col in _FEED_TIMES:
-        value = values[col]
+        value = state[col]
         if value is not None:
-            values[col] = dt(value)
+            state[col] = dt(value)
     for col in _FEED_BOOLS:
-        values[col] = bool(values[col])
-    values["story_times"] = times_from_json(values["story_times"])
-    return FeedState(**values)
+        state[col] = bool(state[col])
+    state["story_times"] = times_from_json(state["story_times"])
+    return FeedState(**state, due=due)
 
 
 def delivery_from_row(

@@ -67,7 +67,7 @@ from monitor.store.codec import (
     delivery_from_row,
     dt_from_text,
     dt_to_text,
-    feed_from_row,
+    feed_from_values,
     feed_to_row,
     one_source_json,
     opt_dt_from_text,
@@ -142,6 +142,9 @@ _DELIVERY_COLUMNS = (
 def _k(s: str) -> str:
     """The stored form of a text value (see ``codec.column_text``)."""
     return column_text(s)
+
+
+_FEED_SELECT = f"SELECT {', '.join(FEED_COLUMNS)} FROM feeds"
 
 
 def _feed_row(state: FeedState) -> tuple[object, ...]:
@@ -420,15 +423,15 @@ class SQLiteStore:
 
     async def get_feeds(self) -> list[FeedState]:
         def work(con: sqlite3.Connection) -> list[FeedState]:
-            rows = con.execute("SELECT * FROM feeds ORDER BY name").fetchall()
-            return [feed_from_row(r, dt_from_text) for r in rows]
+            rows = con.execute(f"{_FEED_SELECT} ORDER BY name").fetchall()
+            return [feed_from_values(r, dt_from_text) for r in rows]
 
         return await self._run("get_feeds", work)
 
     async def get_feed(self, name: str) -> FeedState | None:
         def work(con: sqlite3.Connection) -> FeedState | None:
-            row = con.execute("SELECT * FROM feeds WHERE name = ?", (name,)).fetchone()
-            return None if row is None else feed_from_row(row, dt_from_text)
+            row = con.execute(f"{_FEED_SELECT} WHERE name = ?", (name,)).fetchone()
+            return None if row is None else feed_from_values(row, dt_from_text)
 
         return await self._run("get_feed", work)
 
@@ -513,10 +516,11 @@ class SQLiteStore:
                     (lease_t, by, *names),
                 )
                 rows = con.execute(
-                    f"SELECT * FROM feeds WHERE name IN ({_marks(len(names))})", names
+                    f"{_FEED_SELECT} WHERE name IN ({_marks(len(names))})", names
                 ).fetchall()
-            by_name = {r["name"]: feed_from_row(r, dt_from_text) for r in rows}
-            return [replace(by_name[n], due=None if was is None else dt_from_text(was))
+            by_name = {r[0]: r for r in rows}  # name is the first column
+            return [feed_from_values(by_name[n], dt_from_text,
+                                     due=None if was is None else dt_from_text(was))
                     for n, was in due]
 
         return await self._run("claim_due_feeds", work)
