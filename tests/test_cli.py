@@ -400,3 +400,30 @@ fetch: {{parse_in: thread}}
                                  env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert rc == 0 and "not_modified" in out.replace("-", "_").lower(), out
     assert imported(err) and not imported(err) & set(unused), imported(err) & set(unused)
+
+
+async def test_a_command_run_as_the_process_freezes_what_it_built_before_exiting(
+        workdir: Path) -> None:
+    """``main()`` as the process's own entry freezes the collector's objects at its end
+    (the interpreter's shutdown does not traverse them again); called with arguments,
+    as a library or a test does, it leaves the caller's collector alone."""
+    import gc
+
+    from monitor.cli.main import main
+
+    code = ("import gc, sys\nfrom monitor.cli.main import main\n"
+            "sys.argv = ['monitor', 'check']\nrc = main()\n"
+            "print(rc, gc.get_freeze_count() > 0)\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=workdir, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out, err = await proc.communicate()
+    assert out.decode().split()[-2:] == ["0", "True"], err.decode()
+    before = gc.get_freeze_count()
+    cwd = os.getcwd()
+    try:
+        os.chdir(workdir)
+        assert main(["check"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert gc.get_freeze_count() == before

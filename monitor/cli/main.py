@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from collections import Counter, defaultdict
@@ -197,7 +198,8 @@ def _options_after_command(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # the process's own command line: its output must arrive whole
+    whole_process = argv is None
+    if whole_process:  # the process's own command line: its output must arrive whole
         make_stdio_reliable()
     argv = _options_after_command(sys.argv[1:] if argv is None else argv)
     if json_requested(argv):  # argparse's own errors are JSON lines too
@@ -214,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if whole_process:
+            # the process ends here: what it built is freed as it exits, not traversed
+            # again by the collector's passes while the interpreter shuts down (about
+            # 6 % of a `monitor once` of 1,000 feeds that all answer 304)
+            gc.freeze()
 
 
 # the commands that send: they need every channel's secrets; the others only read the
