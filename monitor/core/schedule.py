@@ -121,7 +121,6 @@ def next_poll(
     key: str,
     floor: float = 0.0,
     due: datetime | None = None,
-    first: bool = False,
 ) -> datetime:
     """When to poll a feed next, decided right after a poll that ended at ``now``.
 
@@ -152,12 +151,13 @@ def next_poll(
     ``floor`` count from ``now`` whatever the anchor, and the result is never before
     ``now``.
 
-    ``first``: the feed's first successful poll (``due`` then comes from
-    :func:`first_anchor`). Late by more than half the delay, it is not moved a cycle on:
-    the next poll is ``max(due + delay, now + delay / 2)``. A first pass that ran late
-    (more feeds than the instance baselines in an interval) would otherwise leave a hole
-    in the next cycle where the late feeds' places were; this way the second polls
-    follow the first pass's own pace, at least half an interval after it.
+    A feed's first poll follows the same rule, counted from :func:`first_anchor`: a
+    first pass that overran the interval leaves its late feeds a cycle on, at their own
+    places of the grid, for one cycle; the cycles after are as even as the grid. (Next
+    polls that followed the first pass's own pace instead, half an interval after each
+    first poll, kept that pace's shape: where the slow first pass was longer than the
+    interval, two feeds shared each place of part of it, and the cycles after kept a
+    wave of twice the polls there, cycle after cycle.)
     """
     _require_aware(now)
     interval = max(interval, 0.0)
@@ -173,11 +173,8 @@ def next_poll(
         late = (now - due).total_seconds()
         # the feed keeps its place in the interval: the next point of its grid that is
         # at least half a delay away (one delay on when on time or nearly)
-        if first:
-            at = max(due + timedelta(seconds=delay), now + timedelta(seconds=delay / 2))
-        else:
-            cycles = max(1, math.ceil((late + delay / 2) / delay))
-            at = due + timedelta(seconds=cycles * delay)
+        cycles = max(1, math.ceil((late + delay / 2) / delay))
+        at = due + timedelta(seconds=cycles * delay)
     least = 0.0  # from now: the Retry-After and the honoured hint
     if retry_after is not None and retry_after > 0:
         least = max(least, min(retry_after, RETRY_AFTER_CAP))

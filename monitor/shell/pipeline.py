@@ -262,7 +262,7 @@ class Pipeline:
             now=now, interval=decision.delay, failures=0, retry_after=None,
             backoff_max=fc.backoff_max, jitter=jitter, key=spec.name, floor=decision.floor,
             # counted from when it was due: it keeps its place
-            due=_anchor(state, spec.name, decision.delay), first=not state.baselined,
+            due=_anchor(state, spec.name, decision.delay),
         )
         if isinstance(result, NotModified):
             _recovered(state, spec, now)
@@ -337,8 +337,7 @@ class Pipeline:
                                    now=now, interval=decision.delay, failures=0,
                                    retry_after=None, backoff_max=fc.backoff_max,
                                    jitter=jitter, key=spec.name, floor=decision.floor,
-                                   due=_anchor(state, spec.name, decision.delay),
-                                   first=not state.baselined))
+                                   due=_anchor(state, spec.name, decision.delay)))
         _recovered(state, spec, now)
         self._ok(spec, now)
         self._last_ids[spec.name] = frozenset(p.story.id for p in prepared.stories)
