@@ -4,59 +4,35 @@ not be an all-304 cycle's)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import pytest
-from aiohttp import web
+from tests.peers.feedserver import FeedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[tuple[int, list[str], dict[str, int]]]:
-    seen: list[str] = []
-    status = {"code": 304}
-
-    async def feed(request: web.Request) -> web.Response:
-        seen.append(f"{request.path} {request.headers.get('If-None-Match')}")
-        return web.Response(status=status["code"], body=b"" if status["code"] == 304 else b"x")
-
-    app = web.Application()
-    app.router.add_get("/{n}.xml", feed)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-    try:
-        yield port, seen, status
-    finally:
-        await runner.cleanup()
-
-
-async def _floor(port: int, n: int) -> subprocess.CompletedProcess[str]:
-    import asyncio
-
+async def _floor(feed_server: FeedServer, n: int, etag: str) -> subprocess.CompletedProcess[str]:
+    for i in range(n):
+        feed_server.serve(f"/{i}.xml", b"<rss><channel/></rss>", etag=etag)
+    port = urlsplit(feed_server.url("/")).port
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "bench.stackfloor", str(port), str(n)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-async def test_the_floor_asks_each_feed_once_with_its_etag(
-        server: tuple[int, list[str], dict[str, int]]) -> None:
-    port, seen, _ = server
-    done = await _floor(port, 7)
+async def test_the_floor_asks_each_feed_once_with_its_etag(feed_server: FeedServer) -> None:
+    done = await _floor(feed_server, 7, '"v1"')
     assert done.returncode == 0, done.stderr
-    assert sorted(seen) == sorted(f'/{i}.xml "v1"' for i in range(7))
+    asked = sorted((r.path, r.headers.get("If-None-Match")) for r in feed_server.requests)
+    assert asked == sorted((f"/{i}.xml", '"v1"') for i in range(7))
 
 
 async def test_the_floor_refuses_a_server_that_does_not_answer_304(
-        server: tuple[int, list[str], dict[str, int]]) -> None:
-    port, _, status = server
-    status["code"] = 200
-    done = await _floor(port, 3)
+        feed_server: FeedServer) -> None:
+    done = await _floor(feed_server, 3, '"v2"')  # another version: 200 with the body
     assert done.returncode != 0
     assert "expected 304" in done.stderr
