@@ -402,6 +402,50 @@ fetch: {{parse_in: thread}}
     assert imported(err) and not imported(err) & set(unused), imported(err) & set(unused)
 
 
+async def test_once_run_as_the_process_starts_without_collections_then_resumes_them(
+        tmp_path: Path, feed_server: FeedServer) -> None:
+    """``monitor once`` as the process: the collector is off while it starts, on again
+    (young generation every ``ONE_SHOT_THRESHOLD[0]`` allocations, the start's objects
+    frozen) for the cycle; in-process, the caller's collector is left as it was."""
+    import gc
+
+    from monitor.cli.main import main
+    from monitor.shell.gcpolicy import ONE_SHOT_THRESHOLD
+
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    feed_server.serve("/a.rss", rss(BACKLOG), etag=True)
+    (tmp_path / "config.yaml").write_text(f"""
+feeds:
+  - {{name: a, url: '{feed_server.url('/a.rss')}'}}
+channels:
+  slack-news: {{type: file, path: slack.jsonl}}
+  email-oncall: {{type: file, path: email.jsonl}}
+  audit-file: {{type: file, path: audit.jsonl}}
+fetch: {{parse_in: thread}}
+""", encoding="utf-8")
+    code = ("import gc, sys\nfrom monitor.cli import main as m\nfrom monitor.shell import daemon\n"
+            "seen = []\nopen_ = daemon.Runtime.__aenter__\n"
+            "async def spy(self):\n    seen.append(gc.isenabled())\n"
+            "    return await open_(self)\n"
+            "daemon.Runtime.__aenter__ = spy\n"
+            "sys.argv = ['monitor', '-c', 'config.yaml', 'once']\nrc = m.main()\n"
+            "print(rc, seen, gc.isenabled(), list(gc.get_threshold()))\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out, err = await proc.communicate()
+    assert out.decode().splitlines()[-1] == f"0 [False] True {list(ONE_SHOT_THRESHOLD)}", (
+        out.decode() + err.decode())
+    before = gc.get_threshold(), gc.isenabled()
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)  # (in a thread: this test's loop is running here)
+        assert await asyncio.to_thread(main, ["-c", "config.yaml", "once"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert (gc.get_threshold(), gc.isenabled()) == before
+
+
 async def test_a_command_run_as_the_process_freezes_what_it_built_before_exiting(
         workdir: Path) -> None:
     """``main()`` as the process's own entry freezes the collector's objects at its end

@@ -10,6 +10,7 @@ from typing import ClassVar
 import pytest
 
 from monitor.metrics import Metrics
+from monitor.shell import gcpolicy
 from monitor.shell.gcpolicy import GcPolicy
 
 
@@ -88,3 +89,59 @@ def test_uninstall_thaws_and_stops_freezing() -> None:
     assert p._callback not in gc.callbacks
     gc.collect()
     assert gc.get_freeze_count() == 0
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """The test process's collector as it was, whatever a test did to it."""
+    enabled, threshold = gc.isenabled(), gc.get_threshold()
+    try:
+        yield
+    finally:
+        gcpolicy.resume()
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        (gc.enable if enabled else gc.disable)()
+
+
+def test_a_one_shot_start_collects_nothing_then_freezes_what_it_built(collector: None) -> None:
+    """``monitor once`` as the process: no collection while it starts; once started,
+    what the start built is frozen, and young cycles are collected again (less often)."""
+    gc.unfreeze()
+    gcpolicy.pause_for_start()
+    assert not gc.isenabled()
+    built = _Cycle("built at start")
+    gc.collect(0)  # explicit collections still work: only the automatic ones are off
+    assert gc.get_freeze_count() == 0
+    gcpolicy.started()
+    assert gc.isenabled() and gc.get_threshold() == gcpolicy.ONE_SHOT_THRESHOLD
+    assert gc.get_freeze_count() > 0
+    _Cycle.freed.clear()
+    del built
+    young = _Cycle("young")
+    del young
+    gc.collect()
+    assert _Cycle.freed == ["young"]  # the start's objects are out of every collection
+    gcpolicy.started()  # a second call changes nothing
+    assert gc.isenabled()
+
+
+def test_started_without_a_pause_leaves_the_callers_collector_alone(collector: None) -> None:
+    """``cmd_once`` called in-process (a test, a library): no freeze, no new thresholds."""
+    gc.unfreeze()
+    before = gc.get_threshold()
+    gcpolicy.started()
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before and gc.isenabled()
+    gc.disable()  # a caller that turned it off itself: pause_for_start does not own that
+    gcpolicy.pause_for_start()
+    gcpolicy.started()
+    assert not gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_a_start_that_fails_gets_its_collector_back(collector: None) -> None:
+    gcpolicy.pause_for_start()
+    assert not gc.isenabled()
+    gcpolicy.resume()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gcpolicy.resume()  # nothing paused: nothing to do
+    assert gc.isenabled()

