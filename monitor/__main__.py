@@ -1,3 +1,3 @@
-from monitor.cli.main import main
+from monitor.cli.entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -446,6 +446,39 @@ fetch: {{parse_in: thread}}
     assert (gc.get_threshold(), gc.isenabled()) == before
 
 
+async def test_the_entry_imports_without_collections_and_other_commands_turn_them_on(
+        workdir: Path) -> None:
+    """``monitor`` / ``python -m monitor`` (``monitor.cli.entry``): nothing is collected
+    while the modules are imported; a command other than ``once`` (here ``check``) runs
+    with the collector on again, with CPython's thresholds."""
+    async def python(code: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import gc, sys\nseen = []\n" + code
+            + "sys.argv = ['monitor', 'check']\nrc = entry.run()\nprint(rc, seen)\n",
+            cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out, err = await proc.communicate()
+        return (out.decode().splitlines() or [""])[-1] + err.decode()
+
+    importing = await python(
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'monitor.config':\n"
+        "            seen.append(gc.isenabled())\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "from monitor.cli import entry\n")
+    assert importing == "0 [False]", importing
+    running = await python(
+        "from monitor.cli import entry, main as m\n"
+        "threshold = gc.get_threshold()\n"
+        "check = m.cmd_check\n"
+        "def spy(args):\n"
+        "    seen.append((gc.isenabled(), gc.get_threshold() == threshold))\n"
+        "    return check(args)\n"
+        "m.cmd_check = spy\n")
+    assert running == "0 [(True, True)]", running
+
+
 async def test_a_command_run_as_the_process_freezes_what_it_built_before_exiting(
         workdir: Path) -> None:
     """``main()`` as the process's own entry freezes the collector's objects at its end

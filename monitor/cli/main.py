@@ -209,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = args.cmd in ("demo", "check", "rules", "backtest", "stories", "status", "outbox",
                          "alerts", "notify", "feeds", "migrate", "store")
     setup_logging(args.log_level or ("warning" if quiet else "info"), args.log_format)
-    if whole_process and args.cmd == "once":
-        gcpolicy.pause_for_start()  # on again once it has started (cmd_once)
+    if whole_process:
+        if args.cmd == "once":
+            gcpolicy.pause_for_start()  # on again once it has started (cmd_once)
+        else:
+            gcpolicy.resume()  # paused while importing (monitor.cli.entry)
     try:
         return _dispatch(args)
     except MonitorError as e:  # config or rules problems, a failed store, a command's error
