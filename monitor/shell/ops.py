@@ -30,7 +30,9 @@ def health_settings(config: Config) -> HealthSettings:
 
 def shown_error(config: Config, state: FeedState) -> str:
     """The feed's last error as a notice, ``monitor feeds`` or /healthz may show it."""
-    return config.redact(scrub(state.last_error or ""))
+    if not state.last_error:  # every poll that succeeds: no secret to look for
+        return ""
+    return config.redact(scrub(state.last_error))
 
 
 def review(config: Config, state: FeedState, now: datetime) -> tuple[FeedState, list[Delivery]]:
