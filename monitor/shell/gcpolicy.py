@@ -55,9 +55,10 @@ _paused = False  # ``pause_for_start`` turned the collector off, ``started`` not
 
 
 def pause_for_start() -> None:
-    """A one-shot command run as the process: no collection while it starts (nothing it
-    builds then is garbage). ``started`` turns the collector on again; so does
-    ``resume``, for a start that ends in an error."""
+    """No collection while the process starts: its imports (``monitor.cli.entry``, for
+    every command) and, for ``monitor once``, its whole start; nothing built then is
+    garbage. ``started`` turns the collector on again, so does ``resume`` (a command
+    other than ``once``, or a start that ends in an error)."""
     global _paused
     if gc.isenabled():
         gc.disable()
@@ -67,9 +68,11 @@ def pause_for_start() -> None:
 def started() -> None:
     """The one-shot command has started: what it built is frozen out of every collection
     (it lives until the process ends) and the collector resumes, its young generation
-    collected every ``ONE_SHOT_THRESHOLD[0]`` allocations. Does nothing unless
-    ``pause_for_start`` paused it: called in-process (a test, a library) it leaves the
-    caller's collector alone."""
+    collected every ``ONE_SHOT_THRESHOLD[0]`` allocations. A reference cycle that died
+    during the start is frozen with the rest and freed when the process ends: a start
+    makes few (a caught exception's traceback), and a one-shot command ends soon. Does
+    nothing unless ``pause_for_start`` paused it: called in-process (a test, a library)
+    it leaves the caller's collector alone."""
     global _paused
     if not _paused:
         return
