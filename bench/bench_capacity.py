@@ -25,8 +25,12 @@ the end. Reported (JSON):
   processes' share of one core, in the steady window;
 - ``peak_rss_mb``: VmHWM of each main process and its workers, summed; beside it the
   peak of the pages of its own a forked copy (the dedup snapshot's child) held;
-- ``storage``: growth per day extrapolated from the steady window (SQLite file + WAL,
-  or ``pg_database_size``), stories, clusters, deliveries and alerts written at the end;
+- ``storage``: growth per day extrapolated from the steady window, stories, clusters,
+  deliveries and alerts written at the end. SQLite: ``mb_per_day`` counts the pages in
+  use (``page_count - freelist_count``, as committed, the WAL's commits included), the
+  data the store holds; ``file_mb_per_day`` the files (database + WAL), which also grow
+  by the WAL between checkpoints and by pages a rewrite freed for later writes (the
+  dedup snapshot's parts, rewritten every 10 minutes). PostgreSQL: ``pg_database_size``;
 - ``db_per_poll`` (PostgreSQL): ``pg_stat_database`` transactions and rows inserted /
   updated / deleted per poll, and round trips per poll by operation from the daemons'
   ``monitor_store_queries_total`` (``pg_stat_statements`` is not loaded here);
@@ -364,6 +368,7 @@ class Sample:
     cpu_all: float
     store_bytes: float
     pg: dict[str, float] | None
+    store_used: float = 0.0  # SQLite: bytes of the pages in use (``sqlite_used_bytes``)
 
 
 def at_time(samples: list[Sample], t: float) -> Sample:
@@ -454,8 +459,26 @@ class Run:
 
     def sample(self) -> None:
         mains, alls = zip(*(d.cpu() for d in self.daemons), strict=True)
+        used = 0.0 if self.store == "postgres" else sqlite_used_bytes(self.tmp / "monitor.db")
         self.samples.append(Sample(time.time(), sum(mains), sum(alls), self.store_bytes(),
-                                   pg_stats(self.db) if self.db else None))
+                                   pg_stats(self.db) if self.db else None, used))
+
+
+def sqlite_used_bytes(path: Path) -> float:
+    """Bytes of the SQLite database's pages in use, as committed (what its WAL holds
+    included): ``(page_count - freelist_count) × page_size``. 0 when it cannot be read
+    yet (not created, or busy past the timeout)."""
+    if not path.exists():
+        return 0.0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                timeout=5)) as con:
+            pages = con.execute("PRAGMA page_count").fetchone()[0]
+            free = con.execute("PRAGMA freelist_count").fetchone()[0]
+            size = con.execute("PRAGMA page_size").fetchone()[0]
+    except sqlite3.Error:
+        return 0.0
+    return float((pages - free) * size)
 
 
 def _fetch(feeds: int, interval: float, concurrency: str | None) -> dict[str, Any]:
@@ -717,8 +740,11 @@ def _report_resources(run: Run, reqs: list[tuple[float, int, int]], w0: float,
                                      "whole run (the first pass did not end)")
         result["db_per_poll"] = per
     else:
-        grow = s1.store_bytes - s0.store_bytes
+        files = s1.store_bytes - s0.store_bytes
+        grow = s1.store_used - s0.store_used
         st["final_bytes"] = int(run.store_bytes())
+        st["final_used_bytes"] = int(s1.store_used)
+        st["file_mb_per_day"] = r(files / wall * 86400 / 2**20) if wall else None
         with contextlib.closing(sqlite3.connect(run.tmp / "monitor.db")) as con:
             counts = [str(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
                       for t in tables]

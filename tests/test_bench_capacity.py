@@ -1,11 +1,20 @@
 """The capacity benchmark's arithmetic (``bench/bench_capacity.py``): the fetch scaling
-rule, quantiles from a Prometheus histogram, 10-second windows, /metrics parsing."""
+rule, quantiles from a Prometheus histogram, 10-second windows, /metrics parsing, the
+SQLite store's size in use."""
 
 from __future__ import annotations
 
 import math
+import sqlite3
+from pathlib import Path
 
-from bench.bench_capacity import bucket_quantile, fetch_settings, parse_metrics, window_stats
+from bench.bench_capacity import (
+    bucket_quantile,
+    fetch_settings,
+    parse_metrics,
+    sqlite_used_bytes,
+    window_stats,
+)
 
 
 def test_the_fetch_rule_scales_the_defaults_to_one_and_a_half_times_the_demand() -> None:
@@ -43,3 +52,23 @@ def test_parse_metrics_reads_labelled_samples_of_the_names_asked() -> None:
                    ("monitor_store_queries_total", {"op": "claim_due_feeds"}, 3.0)]
     (lag,) = parse_metrics(text, {"monitor_poll_lag_seconds_bucket"})
     assert math.isinf(float(lag[1]["le"]))
+
+
+def test_sqlite_used_bytes_counts_pages_in_use_not_freed_ones(tmp_path: Path) -> None:
+    """Store growth counts the pages holding data (committed, WAL included): rows that a
+    rewrite deleted leave free pages that the file keeps but the data does not."""
+    db = tmp_path / "monitor.db"
+    assert sqlite_used_bytes(db) == 0.0  # not created yet
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("CREATE TABLE t (x BLOB)")
+    empty = sqlite_used_bytes(db)
+    con.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < 2000) INSERT INTO t SELECT randomblob(1000) FROM n")
+    full = sqlite_used_bytes(db)  # committed to the WAL, not checkpointed yet
+    assert full - empty >= 2000 * 1000
+    con.execute("DELETE FROM t")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    files = sum(p.stat().st_size for p in tmp_path.glob("monitor.db*"))
+    assert sqlite_used_bytes(db) < empty + 10 * 4096 < files
+    con.close()
