@@ -23,14 +23,17 @@ The policy (``GcPolicy``):
   line carries the longest pause of its five minutes (``GcPolicy.take_max``).
 
 Only the daemon installs it. ``monitor once``, run as the process, has a policy of its
-own (``pause_for_start`` and ``started``): it starts, polls every feed once and exits, so
+own (``pause_for_start``, ``started``): it starts, polls every feed once and exits, so
 what its start builds (modules, config, rules, the feeds' states) lives until the end.
-The collector is off while it starts (from the first import: ``monitor.cli.entry``; every
-other command turns it on again as soon as its command line is read), what the start
-built is frozen once it has started,
-and the young generation is collected every :data:`ONE_SHOT_THRESHOLD` allocations
-rather than CPython's 700. A cycle of 1,000 feeds that all answer 304 spent 43-52 ms in
-collections (70-80 % of them over objects that were never garbage), and 8 ms with this.
+
+* The collector is off while it starts, from the first import (``monitor.cli.entry``
+  pauses it for every command; the others turn it on again, ``resume``, as soon as
+  their command line is read).
+* Once it has started, what the start built is frozen and the young generation is
+  collected every ``ONE_SHOT_THRESHOLD[0]`` allocations rather than CPython's 700.
+
+A cycle of 1,000 feeds that all answer 304 spent 43-52 ms in collections, over objects
+that were never garbage, and 8 ms with this.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def started() -> None:
 
 
 def resume() -> None:
-    """The collector on again if ``pause_for_start`` left it off (a start that failed)."""
+    """The collector on again if ``pause_for_start`` left it off: a command other than
+    ``once``, or a start that ended in an error."""
     global _paused
     if _paused:
         _paused = False
