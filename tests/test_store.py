@@ -233,6 +233,18 @@ async def test_save_feeds_writes_several_in_one_go(store: Store) -> None:
     assert await store.get_feeds() == batch
 
 
+async def test_save_feeds_writes_a_batch_of_any_size(store: Store) -> None:
+    """A group commit's batch holds whatever arrived together (SQLite writes it in
+    statements of up to ``FEED_ROWS`` rows): every size, updates among inserts."""
+    for n in (1, 63, 64, 65, 150):
+        batch = [feed(f"f{i:03}", polls=n, next_poll=t(i), etag=f'"{n}-{i}"')
+                 for i in range(n)]
+        await store.save_feeds(batch)
+        got = {f.name: f for f in await store.get_feeds()}
+        assert [got[f.name] for f in batch] == batch
+    assert len(await store.get_feeds()) == 150
+
+
 async def test_claim_due_feeds_order_lease_and_gone(store: Store) -> None:
     await store.save_feed(feed("late", next_poll=t(-10)))
     await store.save_feed(feed("new"))  # never polled: first

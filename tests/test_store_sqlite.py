@@ -373,3 +373,17 @@ async def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: 
         assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
     finally:
         con.close()
+
+
+async def test_feed_rows_are_written_whatever_the_host_parameter_limit(
+        tmp_path: Path) -> None:
+    """``save_feeds`` puts up to ``FEED_ROWS`` rows in a statement, fewer when the
+    SQLite build allows fewer host parameters (here three rows' worth)."""
+    async with SQLiteStore(tmp_path / "m.db") as store:
+        await store._run("limit", lambda con: con.setlimit(
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, len(FEED_COLUMNS) * 3))
+        batch = [FeedState(name=f"f{i}", url=f"https://f{i}.example/", configured_url=
+                           f"https://f{i}.example/", polls=i) for i in range(10)]
+        await store.save_feeds(batch)
+        assert await store.get_feeds() == batch
+        assert sqlite_store.FEED_ROWS > 3  # (so the limit is what split them here)

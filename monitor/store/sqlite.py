@@ -96,6 +96,34 @@ _FEED_UPSERT = (
     # a saved feed is nobody's claim any more
     + ", claimed_by = NULL"
 )
+#: Feed rows per statement of ``_upsert_feeds`` at most (64 × 27 host parameters).
+FEED_ROWS = 64
+
+
+@functools.cache
+def _feed_upsert(rows: int) -> str:
+    """``_FEED_UPSERT`` for ``rows`` rows in one statement."""
+    one = f"({', '.join('?' for _ in FEED_COLUMNS)})"
+    head, tail = _FEED_UPSERT.split(f" VALUES {one} ")
+    return f"{head} VALUES {', '.join([one] * rows)} {tail}"
+
+
+def _upsert_feeds(con: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Feed rows written in statements of up to ``FEED_ROWS`` rows each (a power of two:
+    seven statements at most, each prepared once). ``executemany`` steps once per row and
+    gives the interpreter's lock back at each step; while the event loop is busy, taking
+    it back waits up to a switch interval. 1,000 rows took 0.16-0.21 s and 35-41 ms of
+    this thread's CPU that way, against 0.06 s and 27 ms in 64-row statements (a busy
+    thread beside it in both)."""
+    most = max(1, min(FEED_ROWS, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+                      // len(FEED_COLUMNS)))
+    i = 0
+    while i < len(rows):
+        k = 1 << (min(most, len(rows) - i).bit_length() - 1)
+        con.execute(_feed_upsert(k), [v for row in rows[i:i + k] for v in row])
+        i += k
+
+
 _CLUSTER_UPSERT = (
     "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
     "VALUES (?, ?, ?, ?, ?, ?) "
@@ -450,7 +478,7 @@ class SQLiteStore:
         def work(con: sqlite3.Connection) -> None:
             rows = [_feed_row(s) for s in states]
             with _write(con):
-                con.executemany(_FEED_UPSERT, rows)
+                _upsert_feeds(con, rows)
 
         await self._run(f"save_feeds ({len(states)})", work)
 
