@@ -437,6 +437,30 @@ async def test_save_poll_creates_a_cluster_row_when_none_is_passed(store: Store)
     assert (c.first_story, c.first_seen, c.last_seen, c.sources, c.members) == ("s1", t(1), t(1), ("a",), ("s1",))
 
 
+async def test_save_poll_of_many_stories_files_each_once_with_its_cluster(store: Store) -> None:
+    """A first poll of a big feed (SQLite writes its rows in statements of up to
+    ``FEED_ROWS``): 150 stories, 10 of them saved before; clusters passed and not."""
+    first = [stored(f"s{i:03}", cluster=f"own{i:03}", seen=t(i)) for i in range(10)]
+    await store.save_poll(feed("a"), first, [])
+    passed = [ClusterInfo(id=f"c{k}", first_story=f"s{k:03}", title=f"C{k}", first_seen=t(k),
+                          last_seen=t(k + 100), sources=("a",)) for k in range(10, 80)]
+    stories = [stored(f"s{i:03}", cluster=f"c{i}" if 10 <= i < 80 else f"own{i:03}",
+                      seen=t(i)) for i in range(10, 150)]
+    # the 10 saved before come again filed elsewhere: they stay where they are, and no
+    # empty cluster is made for them
+    again = [stored(f"s{i:03}", cluster=f"re{i:03}", seen=t(i)) for i in range(10)]
+    await store.save_poll(feed("a"), again + stories, [], passed)
+    got = {x.story.id: x.cluster for x in await store.recent_stories(T0)}
+    assert got == {f"s{i:03}": f"c{i}" if 10 <= i < 80 else f"own{i:03}" for i in range(150)}
+    assert await store.get_cluster("re000") is None and await store.get_cluster("re009") is None
+    for k in (10, 79):
+        c = await store.get_cluster(f"c{k}")
+        assert c is not None and (c.last_seen, c.members) == (t(k + 100), (f"s{k:03}",))
+    for i in (0, 9, 80, 149):  # a cluster of its own, made once
+        c = await store.get_cluster(f"own{i:03}")
+        assert c is not None and (c.first_story, c.members) == (f"s{i:03}", (f"s{i:03}",))
+
+
 async def test_merge_clusters_moves_stories_and_alerts_to_the_older(store: Store) -> None:
     old = ClusterInfo(id="c-old", first_story="s1", title="Old", first_seen=T0, last_seen=t(5),
                       sources=("a", "b"))

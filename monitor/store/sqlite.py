@@ -109,19 +109,58 @@ def _feed_upsert(rows: int) -> str:
 
 
 def _upsert_feeds(con: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """Feed rows written in statements of up to ``FEED_ROWS`` rows each (a power of two:
-    seven statements at most, each prepared once). ``executemany`` steps once per row and
-    gives the interpreter's lock back at each step; while the event loop is busy, taking
-    it back waits up to a switch interval. 1,000 rows took 0.16-0.21 s and 35-41 ms of
-    this thread's CPU that way, against 0.06 s and 27 ms in 64-row statements (a busy
-    thread beside it in both)."""
-    most = max(1, min(FEED_ROWS, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-                      // len(FEED_COLUMNS)))
+    """Feed rows written in statements of up to ``FEED_ROWS`` rows each."""
+    _in_statements(con, _feed_upsert, rows)
+
+
+def _in_statements(con: sqlite3.Connection, statement: Callable[[int], str],
+                   rows: Sequence[tuple[object, ...]]) -> None:
+    """``rows`` written by ``statement(k)`` (the SQL for ``k`` rows, cached), up to
+    ``FEED_ROWS`` rows a statement and as many as the host parameter limit allows, ``k``
+    a power of two (seven statements at most, each prepared once).
+
+    Not ``executemany``: it steps once per row and gives the interpreter's lock back at
+    each step, and while the event loop is busy, taking it back waits up to a switch
+    interval. 1,000 feed rows took 0.16-0.21 s and 35-41 ms of this thread's CPU that
+    way, against 0.06 s and 27 ms in 64-row statements (a busy thread beside it in both)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    most = max(1, min(FEED_ROWS, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
     i = 0
     while i < len(rows):
         k = 1 << (min(most, len(rows) - i).bit_length() - 1)
-        con.execute(_feed_upsert(k), [v for row in rows[i:i + k] for v in row])
+        con.execute(statement(k), [v for row in rows[i:i + k] for v in row])
         i += k
+
+
+def _values(rows: int, width: int) -> str:
+    one = f"({', '.join('?' * width)})"
+    return ", ".join([one] * rows)
+
+
+@functools.cache
+def _cluster_upsert(rows: int) -> str:
+    """``_CLUSTER_UPSERT`` for ``rows`` rows in one statement."""
+    head, tail = _CLUSTER_UPSERT.split(" VALUES (?, ?, ?, ?, ?, ?) ")
+    return f"{head} VALUES {_values(rows, 6)} {tail}"
+
+
+@functools.cache
+def _clusters_for_stories(rows: int) -> str:
+    """Each story's own cluster (``rows`` stories in one statement), unless the store has
+    the story already (then its cluster is the one it was filed in)."""
+    return ("INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
+            "SELECT column1, column2, column3, column4, column5, column6 FROM "
+            f"(VALUES {_values(rows, 7)}) WHERE NOT EXISTS "
+            "(SELECT 1 FROM stories WHERE id = column7) ON CONFLICT (id) DO NOTHING")
+
+
+@functools.cache
+def _story_insert(rows: int) -> str:
+    """``_STORY_INSERT`` for ``rows`` rows in one statement."""
+    head, tail = _STORY_INSERT.split(" VALUES (?, ?, ?, ?, ?, ?, ?, ?) ")
+    return f"{head} VALUES {_values(rows, 8)} {tail}"
 
 
 _CLUSTER_UPSERT = (
@@ -131,11 +170,6 @@ _CLUSTER_UPSERT = (
 )
 # A story whose cluster was not passed in ``clusters`` still gets a cluster row (the
 # stories → clusters foreign key holds), unless the story itself is already stored.
-_CLUSTER_FOR_STORY = (
-    "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
-    "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM stories WHERE id = ?) "
-    "ON CONFLICT (id) DO NOTHING"
-)
 _STORY_INSERT = (
     "INSERT INTO stories (id, feed, link, title, cluster, first_seen, published, payload) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
@@ -1283,8 +1317,8 @@ def _save_poll(
     else:
         stories_, clusters_ = list(stories), list(clusters)
     if clusters_:
-        con.executemany(
-            _CLUSTER_UPSERT,
+        _in_statements(
+            con, _cluster_upsert,
             [
                 (
                     _k(c.id),
@@ -1309,8 +1343,8 @@ def _save_poll(
                  dt_to_text(s.published), story_to_json(s))
             )
             auto.append((cluster, sid, title, seen, seen, one_source_json(s.feed), sid))
-        con.executemany(_CLUSTER_FOR_STORY, auto)
-        con.executemany(_STORY_INSERT, rows)
+        _in_statements(con, _clusters_for_stories, auto)
+        _in_statements(con, _story_insert, rows)
     for d in deliveries:
         row = con.execute(
             _DELIVERY_INSERT,
