@@ -367,13 +367,19 @@ async def test_check_reports_a_regex_the_linear_engine_cannot_run(workdir: Path)
     assert rc == 0 and [r["rule"] for r in json.loads(out)["rules"] if r["matched"]] == ["evil"]
 
 
-async def test_a_cycle_of_304s_imports_nothing_it_does_not_use(
-    tmp_path: Path, feed_server: FeedServer
-) -> None:
-    """``monitor once`` when every feed answers 304: no parser, no dedup index, no
-    metrics library, no notifier library are imported (they are a good part of its
-    CPU); the cycle that had a body to parse did import the parser. (APScheduler is:
-    these rules have a digest, whose cron expression is validated at load.)"""
+async def _python(code: str, cwd: Path) -> tuple[str, str]:
+    """``python -c code`` in ``cwd`` with this checkout first on the path: (stdout,
+    stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=cwd, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out, err = await proc.communicate()
+    return out.decode(), err.decode()
+
+
+def _one_feed_with_an_etag(tmp_path: Path, feed_server: FeedServer) -> None:
+    """The example rules, their channels as files, and one feed that answers 304 to its
+    ETag (parsed in a thread, so a subprocess's imports show the parser's)."""
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
     feed_server.serve("/a.rss", rss(BACKLOG), etag=True)
     (tmp_path / "config.yaml").write_text(f"""
@@ -385,6 +391,16 @@ channels:
   audit-file: {{type: file, path: audit.jsonl}}
 fetch: {{parse_in: thread}}
 """, encoding="utf-8")
+
+
+async def test_a_cycle_of_304s_imports_nothing_it_does_not_use(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """``monitor once`` when every feed answers 304: no parser, no dedup index, no
+    metrics library, no notifier library are imported (they are a good part of its
+    CPU); the cycle that had a body to parse did import the parser. (APScheduler is:
+    these rules have a digest, whose cron expression is validated at load.)"""
+    _one_feed_with_an_etag(tmp_path, feed_server)
     unused = ("feedparser", "rapidfuzz", "prometheus_client", "monitor.core.dedup.background",
               "monitor.core.parse", "slack_sdk", "aiosmtplib", "jinja2")
 
@@ -412,17 +428,7 @@ async def test_once_run_as_the_process_starts_without_collections_then_resumes_t
     from monitor.cli.main import main
     from monitor.shell.gcpolicy import ONE_SHOT_THRESHOLD
 
-    shutil.copytree(ROOT / "rules", tmp_path / "rules")
-    feed_server.serve("/a.rss", rss(BACKLOG), etag=True)
-    (tmp_path / "config.yaml").write_text(f"""
-feeds:
-  - {{name: a, url: '{feed_server.url('/a.rss')}'}}
-channels:
-  slack-news: {{type: file, path: slack.jsonl}}
-  email-oncall: {{type: file, path: email.jsonl}}
-  audit-file: {{type: file, path: audit.jsonl}}
-fetch: {{parse_in: thread}}
-""", encoding="utf-8")
+    _one_feed_with_an_etag(tmp_path, feed_server)
     code = ("import gc, sys\nfrom monitor.cli import main as m\nfrom monitor.shell import daemon\n"
             "seen = []\nopen_ = daemon.Runtime.__aenter__\n"
             "async def spy(self):\n    seen.append(gc.isenabled())\n"
@@ -430,12 +436,8 @@ fetch: {{parse_in: thread}}
             "daemon.Runtime.__aenter__ = spy\n"
             "sys.argv = ['monitor', '-c', 'config.yaml', 'once']\nrc = m.main()\n"
             "print(rc, seen, gc.isenabled(), list(gc.get_threshold()))\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    out, err = await proc.communicate()
-    assert out.decode().splitlines()[-1] == f"0 [False] True {list(ONE_SHOT_THRESHOLD)}", (
-        out.decode() + err.decode())
+    out, err = await _python(code, tmp_path)
+    assert out.splitlines()[-1] == f"0 [False] True {list(ONE_SHOT_THRESHOLD)}", out + err
     before = gc.get_threshold(), gc.isenabled()
     cwd = os.getcwd()
     try:
@@ -452,13 +454,10 @@ async def test_the_entry_imports_without_collections_and_other_commands_turn_the
     while the modules are imported; a command other than ``once`` (here ``check``) runs
     with the collector on again, with CPython's thresholds."""
     async def python(code: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import gc, sys\nseen = []\n" + code
-            + "sys.argv = ['monitor', 'check']\nrc = entry.run()\nprint(rc, seen)\n",
-            cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        out, err = await proc.communicate()
-        return (out.decode().splitlines() or [""])[-1] + err.decode()
+        out, err = await _python("import gc, sys\nseen = []\n" + code + "sys.argv = "
+                                 "['monitor', 'check']\nrc = entry.run()\nprint(rc, seen)\n",
+                                 workdir)
+        return (out.splitlines() or [""])[-1] + err
 
     importing = await python(
         "class Spy:\n"
@@ -491,11 +490,8 @@ async def test_a_command_run_as_the_process_freezes_what_it_built_before_exiting
     code = ("import gc, sys\nfrom monitor.cli.main import main\n"
             "sys.argv = ['monitor', 'check']\nrc = main()\n"
             "print(rc, gc.get_freeze_count() > 0)\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, cwd=workdir, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    out, err = await proc.communicate()
-    assert out.decode().split()[-2:] == ["0", "True"], err.decode()
+    out, err = await _python(code, workdir)
+    assert out.split()[-2:] == ["0", "True"], err
     before = gc.get_freeze_count()
     cwd = os.getcwd()
     try:
