@@ -235,7 +235,7 @@ async def test_save_feeds_writes_several_in_one_go(store: Store) -> None:
 
 async def test_save_feeds_writes_a_batch_of_any_size(store: Store) -> None:
     """A group commit's batch holds whatever arrived together (SQLite writes it in
-    statements of up to ``FEED_ROWS`` rows): every size, updates among inserts."""
+    statements of up to ``ROWS_PER_STATEMENT`` rows): every size, updates among inserts."""
     for n in (1, 63, 64, 65, 150):
         batch = [feed(f"f{i:03}", polls=n, next_poll=t(i), etag=f'"{n}-{i}"')
                  for i in range(n)]
@@ -439,7 +439,7 @@ async def test_save_poll_creates_a_cluster_row_when_none_is_passed(store: Store)
 
 async def test_save_poll_of_many_stories_files_each_once_with_its_cluster(store: Store) -> None:
     """A first poll of a big feed (SQLite writes its rows in statements of up to
-    ``FEED_ROWS``): 150 stories, 10 of them saved before; clusters passed and not."""
+    ``ROWS_PER_STATEMENT``): 150 stories, 10 of them saved before; clusters passed and not."""
     first = [stored(f"s{i:03}", cluster=f"own{i:03}", seen=t(i)) for i in range(10)]
     await store.save_poll(feed("a"), first, [])
     passed = [ClusterInfo(id=f"c{k}", first_story=f"s{k:03}", title=f"C{k}", first_seen=t(k),

@@ -377,7 +377,7 @@ async def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: 
 
 async def test_feed_rows_are_written_whatever_the_host_parameter_limit(
         tmp_path: Path) -> None:
-    """``save_feeds`` puts up to ``FEED_ROWS`` rows in a statement, fewer when the
+    """``save_feeds`` puts up to ``ROWS_PER_STATEMENT`` rows in a statement, fewer when the
     SQLite build allows fewer host parameters (here three rows' worth)."""
     async with SQLiteStore(tmp_path / "m.db") as store:
         await store._run("limit", lambda con: con.setlimit(
@@ -386,4 +386,4 @@ async def test_feed_rows_are_written_whatever_the_host_parameter_limit(
                            f"https://f{i}.example/", polls=i) for i in range(10)]
         await store.save_feeds(batch)
         assert await store.get_feeds() == batch
-        assert sqlite_store.FEED_ROWS > 3  # (so the limit is what split them here)
+        assert sqlite_store.ROWS_PER_STATEMENT > 3  # (so the limit is what split them here)

@@ -96,28 +96,24 @@ _FEED_UPSERT = (
     # a saved feed is nobody's claim any more
     + ", claimed_by = NULL"
 )
-#: Feed rows per statement of ``_upsert_feeds`` at most (64 × 27 host parameters).
-FEED_ROWS = 64
-
-
-@functools.cache
-def _feed_upsert(rows: int) -> str:
-    """``_FEED_UPSERT`` for ``rows`` rows in one statement."""
-    one = f"({', '.join('?' for _ in FEED_COLUMNS)})"
-    head, tail = _FEED_UPSERT.split(f" VALUES {one} ")
-    return f"{head} VALUES {', '.join([one] * rows)} {tail}"
-
-
-def _upsert_feeds(con: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """Feed rows written in statements of up to ``FEED_ROWS`` rows each."""
-    _in_statements(con, _feed_upsert, rows)
+_CLUSTER_UPSERT = (
+    "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
+    "VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, sources = excluded.sources"
+)
+_STORY_INSERT = (
+    "INSERT INTO stories (id, feed, link, title, cluster, first_seen, published, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+#: Rows per statement of ``_in_statements`` at most (feeds: 64 × 27 host parameters).
+ROWS_PER_STATEMENT = 64
 
 
 def _in_statements(con: sqlite3.Connection, statement: Callable[[int], str],
                    rows: Sequence[tuple[object, ...]]) -> None:
     """``rows`` written by ``statement(k)`` (the SQL for ``k`` rows, cached), up to
-    ``FEED_ROWS`` rows a statement and as many as the host parameter limit allows, ``k``
-    a power of two (seven statements at most, each prepared once).
+    ``ROWS_PER_STATEMENT`` rows a statement and as many as the host parameter limit
+    allows, ``k`` a power of two (seven statements at most, each prepared once).
 
     Not ``executemany``: it steps once per row and gives the interpreter's lock back at
     each step, and while the event loop is busy, taking it back waits up to a switch
@@ -126,7 +122,8 @@ def _in_statements(con: sqlite3.Connection, statement: Callable[[int], str],
     if not rows:
         return
     width = len(rows[0])
-    most = max(1, min(FEED_ROWS, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    most = max(1, min(ROWS_PER_STATEMENT,
+                      con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
     i = 0
     while i < len(rows):
         k = 1 << (min(most, len(rows) - i).bit_length() - 1)
@@ -140,16 +137,26 @@ def _values(rows: int, width: int) -> str:
 
 
 @functools.cache
+def _feed_upsert(rows: int) -> str:
+    """``_FEED_UPSERT`` for ``rows`` rows in one statement."""
+    head, tail = _FEED_UPSERT.split(f" VALUES {_values(1, len(FEED_COLUMNS))} ")
+    return f"{head} VALUES {_values(rows, len(FEED_COLUMNS))} {tail}"
+
+
+@functools.cache
 def _cluster_upsert(rows: int) -> str:
     """``_CLUSTER_UPSERT`` for ``rows`` rows in one statement."""
-    head, tail = _CLUSTER_UPSERT.split(" VALUES (?, ?, ?, ?, ?, ?) ")
+    head, tail = _CLUSTER_UPSERT.split(f" VALUES {_values(1, 6)} ")
     return f"{head} VALUES {_values(rows, 6)} {tail}"
 
 
 @functools.cache
 def _clusters_for_stories(rows: int) -> str:
-    """Each story's own cluster (``rows`` stories in one statement), unless the store has
-    the story already (then its cluster is the one it was filed in)."""
+    """A story whose cluster was not passed in ``clusters`` still gets a cluster row
+    (the stories → clusters foreign key holds), unless the story itself is already
+    stored (then its cluster is the one it was filed in): ``rows`` stories in one
+    statement, each ``(cluster, first_story, title, first_seen, last_seen, sources,
+    story id)``."""
     return ("INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
             "SELECT column1, column2, column3, column4, column5, column6 FROM "
             f"(VALUES {_values(rows, 7)}) WHERE NOT EXISTS "
@@ -159,21 +166,10 @@ def _clusters_for_stories(rows: int) -> str:
 @functools.cache
 def _story_insert(rows: int) -> str:
     """``_STORY_INSERT`` for ``rows`` rows in one statement."""
-    head, tail = _STORY_INSERT.split(" VALUES (?, ?, ?, ?, ?, ?, ?, ?) ")
+    head, tail = _STORY_INSERT.split(f" VALUES {_values(1, 8)} ")
     return f"{head} VALUES {_values(rows, 8)} {tail}"
 
 
-_CLUSTER_UPSERT = (
-    "INSERT INTO clusters (id, first_story, title, first_seen, last_seen, sources) "
-    "VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, sources = excluded.sources"
-)
-# A story whose cluster was not passed in ``clusters`` still gets a cluster row (the
-# stories → clusters foreign key holds), unless the story itself is already stored.
-_STORY_INSERT = (
-    "INSERT INTO stories (id, feed, link, title, cluster, first_seen, published, payload) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
-)
 _DELIVERY_INSERT = (
     "INSERT INTO deliveries (key, channel, parent_key, cluster, rule, payload, state, attempts, "
     "created, next_attempt, grp) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
@@ -512,7 +508,7 @@ class SQLiteStore:
         def work(con: sqlite3.Connection) -> None:
             rows = [_feed_row(s) for s in states]
             with _write(con):
-                _upsert_feeds(con, rows)
+                _in_statements(con, _feed_upsert, rows)
 
         await self._run(f"save_feeds ({len(states)})", work)
 
