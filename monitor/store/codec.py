@@ -471,9 +471,11 @@ def feed_to_row(state: FeedState, dt: Callable[[datetime], Any]) -> tuple[Any, .
     return tuple(out)
 
 
-def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime]) -> FeedState:
-    """A ``feeds`` row (mapping by column name) → FeedState; ``dt`` decodes datetimes."""
-    return feed_from_values(map(row.__getitem__, FEED_COLUMNS), dt)
+def feed_from_row(row: Mapping[str, Any], dt: Callable[[Any], datetime], *,
+                  due: datetime | None = None) -> FeedState:
+    """A ``feeds`` row (mapping by column name) → FeedState; ``dt`` decodes datetimes,
+    ``due`` as ``feed_from_values``."""
+    return feed_from_values(map(row.__getitem__, FEED_COLUMNS), dt, due=due)
 
 
 def feed_from_values(values: Iterable[Any], dt: Callable[[Any], datetime], *,

@@ -67,7 +67,6 @@ from monitor.store.codec import (
     delivery_from_row,
     dt_from_text,
     feed_from_row,
-    feed_from_values,
     feed_to_row,
     one_source_json,
     readable_alert,
@@ -638,8 +637,7 @@ class PostgresStore:
             rows,
             key=lambda r: (r["old_next_poll"] is not None, r["old_next_poll"] or now, r["name"]),
         )
-        return [feed_from_values(map(r.__getitem__, FEED_COLUMNS), _same, due=r["old_next_poll"])
-                for r in rows]
+        return [feed_from_row(r, _same, due=r["old_next_poll"]) for r in rows]
 
     async def release_feeds(self, names: Sequence[str], *, by: str, now: datetime) -> int:
         if not names:
